@@ -1,0 +1,88 @@
+"""Helpers shared by every kernel family: interpreter detection, dtype codes, exact rounding.
+
+The ``@triton.jit`` helpers here implement the tricks NUMERICS.md "Known traps" asks for, so that
+the kernels are bit-exact both on the GPU and under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton decides at decoration time whether @triton.jit functions are interpreted, so this is read
+# once, at import, exactly as Triton does.
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Integer codes for the input dtype, passed to kernels as a constexpr.
+DT_FP32, DT_FP16, DT_BF16 = 0, 1, 2
+_DT_CODE = {torch.float32: DT_FP32, torch.float16: DT_FP16, torch.bfloat16: DT_BF16}
+FLOAT_DTYPES = tuple(_DT_CODE)
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    """The constexpr code of a floating dtype (fp32, fp16 or bf16)."""
+    return _DT_CODE[dtype]
+
+
+def use_kernels(t: torch.Tensor) -> bool:
+    """CUDA tensors always run the Triton kernels; CPU tensors only under the interpreter."""
+    return t.is_cuda or INTERPRET
+
+
+def dot_in_fp32(dtype: torch.dtype) -> bool:
+    """Under the interpreter, ``tl.dot`` on bf16 multiplies raw bit patterns: upcast there (exact)."""
+    return INTERPRET and dtype == torch.bfloat16
+
+
+@triton.jit
+def round_to_bf16(v):
+    """fp32 -> nearest-even bf16 value, kept in fp32. Bit-level, because under the interpreter
+    ``.to(tl.bfloat16)`` truncates; NaN passes through unchanged."""
+    bits = v.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(v != v, v, rounded.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def round_to_dt(v, DT: tl.constexpr):
+    """Round an fp32 value to the input dtype (rne) and return it as fp32: emulates one op "in dt"."""
+    if DT == 1:
+        return v.to(tl.float16).to(tl.float32)
+    elif DT == 2:
+        return round_to_bf16(v)
+    else:
+        return v
+
+
+@triton.jit
+def cast_to_dt(v, DT: tl.constexpr):
+    """fp32 -> the storage dtype with round-to-nearest-even on the GPU and under the interpreter."""
+    if DT == 1:
+        return v.to(tl.float16)
+    elif DT == 2:
+        # the value is bf16-exact after rounding, so the (truncating) interpreter cast is exact too
+        return round_to_bf16(v).to(tl.bfloat16)
+    else:
+        return v
+
+
+@triton.jit
+def rint(v):
+    """Round half to even for fp32 (libdevice.round rounds halves away from zero; libdevice.rint
+    returns nothing under the interpreter). Adding and subtracting 1.5 * 2**23 is exact rne for
+    |v| < 2**22; v is clamped first so NaN-free huge values stay in range (their code clamps)."""
+    v = tl.minimum(tl.maximum(v, -4194304.0), 4194304.0)
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def div_scalar(a, d: tl.constexpr, DIV_BY_RECIP: tl.constexpr):
+    """``a / d`` for a Python-float divisor exactly as PyTorch computes it on the input's device:
+    CUDA multiplies by the fp32 reciprocal (a CPU scalar divisor), the CPU divides."""
+    if DIV_BY_RECIP:
+        return a * tl.div_rn(1.0, tl.full(a.shape, d, tl.float32))
+    else:
+        return tl.div_rn(a, tl.full(a.shape, d, tl.float32))

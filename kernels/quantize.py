@@ -1,0 +1,326 @@
+"""Quantize kernels: per-token / per-channel / per-group / per-tensor int-b quantization.
+
+One kernel serves activations and weights: a program owns ``BLOCK_R`` rows of a 2-D tensor and walks
+its groups (a group is ``group_size`` consecutive elements of a row; per-token and per-channel are
+one group of the whole row). Per group it computes the qparams in the input dtype (NUMERICS.md
+family 1) or loads given ones (per-tensor, torch.ao family 2), then writes in one more sweep:
+
+* the int8 codes (ranges above 127, torch.ao's quint8, are stored shifted by -128 together with the
+  zero point, so ``code - zero_point`` is unchanged and every code fits int8),
+* the clamp mask for the STE backward: 1 bit per element (``PACK_MASK``) or 1 byte per element,
+* per-group sums of the codes (for the asymmetric zero-point correction of the int8 GEMM),
+* optionally the fake-quantized values in the input dtype.
+
+Layout: x [R, C] any strides, fp32/fp16/bf16. Outputs are contiguous: codes int8 [R, C],
+scale fp32 [R, G], zero_point int32 [R, G], mask uint8 [R, ceil(C/8)] or [R, C], code_sum int32 [R, G],
+y [R, C] in x's dtype, with G = C // group_size.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from triton_qat.autotune import quantize_config
+
+from ._common import (
+    FLOAT_DTYPES,
+    cast_to_dt,
+    div_scalar,
+    dtype_code,
+    rint,
+    round_to_dt,
+    use_kernels,
+)
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, stride_xr, stride_xc,
+    codes_ptr, scale_ptr, zp_ptr, mask_ptr, sum_ptr, y_ptr,
+    R, C, GROUP, eps,
+    QMIN: tl.constexpr, QMAX: tl.constexpr, CODE_OFFSET: tl.constexpr,
+    SYMMETRIC: tl.constexpr, HAS_QPARAMS: tl.constexpr, DT: tl.constexpr,
+    DIV_BY_RECIP: tl.constexpr, PACK_MASK: tl.constexpr, WRITE_CODES: tl.constexpr,
+    WRITE_Y: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
+    m_r = o_r < R
+    n_groups = C // GROUP
+    n_bytes = (C + 7) // 8
+    o_c = tl.arange(0, BLOCK_C)  # [BC]
+    for g in range(0, n_groups):
+        col0 = g * GROUP
+        o_q = o_r * n_groups + g  # [BR] index into the [R, G] qparam tensors
+        if HAS_QPARAMS:
+            b_s = tl.load(scale_ptr + o_q, mask=m_r, other=1.0)
+            b_zp = tl.load(zp_ptr + o_q, mask=m_r, other=0).to(tl.float32)
+        else:
+            # sweep 1: row-group min and max (padding with 0 is harmless: min(., 0), max(., 0))
+            b_mn = tl.zeros([BLOCK_R], dtype=tl.float32)
+            b_mx = tl.zeros([BLOCK_R], dtype=tl.float32)
+            b_nan = tl.zeros([BLOCK_R], dtype=tl.int32)
+            for c0 in range(0, GROUP, BLOCK_C):
+                m_c = (c0 + o_c) < GROUP
+                p_x = x_ptr + o_r[:, None] * stride_xr + (col0 + c0 + o_c)[None, :] * stride_xc
+                b_x = tl.load(p_x, mask=m_r[:, None] & m_c[None, :], other=0.0).to(tl.float32)
+                b_mn = tl.minimum(b_mn, tl.min(b_x, axis=1))
+                b_mx = tl.maximum(b_mx, tl.max(b_x, axis=1))
+                b_nan += tl.sum((b_x != b_x).to(tl.int32), axis=1)
+            # torch's min/max propagate NaN; Triton's do not promise to
+            b_mn = tl.where(b_nan > 0, float("nan"), b_mn)
+            # qparams "in dt": round to the input dtype after every op, as torch does
+            if SYMMETRIC:
+                b_amax = tl.maximum(-b_mn, b_mx)
+                b_s = round_to_dt(div_scalar(b_amax, (QMAX - QMIN) / 2, DIV_BY_RECIP), DT)
+            else:
+                b_rng = round_to_dt(b_mx - b_mn, DT)
+                b_s = round_to_dt(div_scalar(b_rng, QMAX - QMIN, DIV_BY_RECIP), DT)
+            b_s = tl.where(b_s != b_s, b_s, tl.maximum(b_s, eps))
+            if SYMMETRIC:
+                b_zp = tl.zeros([BLOCK_R], dtype=tl.float32)
+            else:
+                b_zp = QMIN - rint(round_to_dt(tl.div_rn(b_mn, b_s), DT))
+                b_zp = tl.minimum(tl.maximum(b_zp, QMIN), QMAX)
+                b_zp = tl.where(b_s != b_s, 0.0, b_zp)  # NaN rows: any zp, keep it defined
+            tl.store(scale_ptr + o_q, b_s, mask=m_r)
+            tl.store(zp_ptr + o_q, b_zp.to(tl.int32) + CODE_OFFSET, mask=m_r)
+        if HAS_QPARAMS:
+            b_zp = b_zp - CODE_OFFSET  # given zero points are stored shifted, like the codes
+        b_inv = tl.div_rn(tl.full([BLOCK_R], 1.0, tl.float32), b_s)  # IEEE 1/s, as torch
+        b_sum = tl.zeros([BLOCK_R], dtype=tl.int32)
+        # sweep 2: codes, mask, code sums, fake-quantized values
+        for c0 in range(0, GROUP, BLOCK_C):
+            o_col = col0 + c0 + o_c
+            m_c = (c0 + o_c) < GROUP
+            m_rc = m_r[:, None] & m_c[None, :]
+            p_x = x_ptr + o_r[:, None] * stride_xr + o_col[None, :] * stride_xc
+            b_x = tl.load(p_x, mask=m_rc, other=0.0).to(tl.float32)
+            b_v = b_x * b_inv[:, None]  # fp32 product, rounded (fp-fusion is off for this kernel)
+            b_ok = b_v == b_v
+            b_qu = rint(b_v) + b_zp[:, None]  # zero point added after rounding
+            b_keep = b_ok & (b_qu >= QMIN) & (b_qu <= QMAX)
+            b_q = tl.where(b_ok, tl.minimum(tl.maximum(b_qu, QMIN), QMAX), 0.0)
+            b_code = b_q.to(tl.int32) + CODE_OFFSET
+            b_sum += tl.sum(tl.where(m_rc, b_code, 0), axis=1)
+            o_rc = o_r[:, None] * C + o_col[None, :]
+            if WRITE_CODES:
+                tl.store(codes_ptr + o_rc, b_code.to(tl.int8), mask=m_rc)
+            if WRITE_Y:
+                b_y = (b_q - b_zp[:, None]) * b_s[:, None]
+                tl.store(y_ptr + o_rc, cast_to_dt(b_y, DT), mask=m_rc)
+            if PACK_MASK:
+                # one group per row and BLOCK_C % 8 == 0, so bytes never straddle two programs
+                b_bits = tl.reshape((b_keep & m_rc).to(tl.int32), [BLOCK_R, BLOCK_C // 8, 8])
+                b_byte = tl.sum(b_bits << tl.arange(0, 8)[None, None, :], axis=2)
+                o_byte = (c0 // 8) + tl.arange(0, BLOCK_C // 8)
+                p_m = mask_ptr + o_r[:, None] * n_bytes + o_byte[None, :]
+                m_m = m_r[:, None] & (o_byte < n_bytes)[None, :]
+                tl.store(p_m, b_byte.to(tl.uint8), mask=m_m)
+            else:
+                tl.store(mask_ptr + o_rc, b_keep.to(tl.uint8), mask=m_rc)
+        tl.store(sum_ptr + o_q, b_sum, mask=m_r)
+
+
+class Quantized(NamedTuple):
+    """What :func:`quantize_rows` returns (see the module docstring for layouts)."""
+
+    codes: torch.Tensor  # int8 [R, C]
+    scale: torch.Tensor  # fp32 [R, G]
+    zero_point: torch.Tensor  # int32 [R, G], shifted by code_offset like the codes
+    mask: torch.Tensor  # uint8 [R, ceil(C/8)] bits (pack_mask) or [R, C] 0/1
+    code_sum: torch.Tensor  # int32 [R, G]
+    y: torch.Tensor | None  # fake-quantized values [R, C] in x.dtype (with_y)
+
+
+def code_offset(qmin: int, qmax: int) -> int:
+    """Shift applied to stored codes and zero points so that the code range fits int8."""
+    return -128 if qmax > 127 else 0
+
+
+def check_quant_range(qmin: int, qmax: int) -> None:
+    if not (qmin < qmax and qmax - qmin <= 255 and -128 <= qmin and qmax <= 255):
+        raise ValueError(f"quant range: expected qmin < qmax within [-128, 255], got [{qmin}, {qmax}]")
+
+
+def eps_for(dtype: torch.dtype) -> float:
+    """Family-1 eps: the smallest normal of the input dtype."""
+    return torch.finfo(dtype).smallest_normal
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher
+
+
+def quantize_rows(
+    x: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    group_size: int,
+    symmetric: bool,
+    *,
+    pack_mask: bool,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+    with_y: bool = False,
+) -> Quantized:
+    """Quantize the rows of ``x`` [R, C] in groups of ``group_size`` columns.
+
+    Without ``scale`` the qparams are computed per (row, group) with NUMERICS.md family-1 numerics
+    (in x's dtype, eps = smallest normal). With ``scale`` (fp32) and ``zero_point`` (int32), both
+    broadcastable to [R, G], they are used as given (the per-tensor and torch.ao paths); the given
+    zero point is the true one (not shifted). ``pack_mask`` needs ``group_size == C``.
+    """
+    R, C = x.shape
+    check_quant_range(qmin, qmax)
+    if C % group_size != 0:
+        raise ValueError(f"group_size: expected a divisor of {C}, got {group_size}")
+    if pack_mask and group_size != C:
+        raise ValueError("pack_mask: bit-packed masks need one group per row")
+    if not use_kernels(x):
+        return quantize_rows_ref(
+            x, qmin, qmax, group_size, symmetric, pack_mask=pack_mask, scale=scale,
+            zero_point=zero_point, with_y=with_y,
+        )  # fmt: skip
+    n_groups = C // group_size
+    offset = code_offset(qmin, qmax)
+    dev = x.device
+    codes = torch.empty((R, C), dtype=torch.int8, device=dev)
+    has_qparams = scale is not None
+    if has_qparams:
+        out_scale = scale.to(torch.float32).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
+        zp = zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32, device=dev)
+        out_zp = (zp.to(torch.int32) + offset).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
+    else:
+        out_scale = torch.empty((R, n_groups), dtype=torch.float32, device=dev)
+        out_zp = torch.empty((R, n_groups), dtype=torch.int32, device=dev)
+    mask_cols = (C + 7) // 8 if pack_mask else C
+    mask = torch.empty((R, mask_cols), dtype=torch.uint8, device=dev)
+    code_sum = torch.empty((R, n_groups), dtype=torch.int32, device=dev)
+    y = torch.empty((R, C), dtype=x.dtype, device=dev) if with_y else None
+    if R == 0 or C == 0:
+        return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
+    cfg = quantize_config(R, group_size, x.device)
+    grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
+    _quantize_rows_kernel[grid](
+        x, x.stride(0), x.stride(1),
+        codes, out_scale, out_zp, mask, code_sum, y if with_y else codes,
+        R, C, group_size, eps_for(x.dtype),
+        QMIN=qmin, QMAX=qmax, CODE_OFFSET=offset, SYMMETRIC=symmetric, HAS_QPARAMS=has_qparams,
+        DT=dtype_code(x.dtype), DIV_BY_RECIP=x.is_cuda, PACK_MASK=pack_mask, WRITE_CODES=True,
+        WRITE_Y=with_y, BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"],
+        num_warps=cfg["num_warps"],
+        enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
+    )  # fmt: skip
+    return Quantized(codes, out_scale, out_zp, mask, code_sum, y)
+
+
+# ----------------------------------------------------------------------------------------------
+# plain-torch reference (NUMERICS.md, literally, as torch ops in the input dtype)
+
+
+def qparams_ref(
+    mn: torch.Tensor, mx: torch.Tensor, qmin: int, qmax: int, symmetric: bool, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Family-1 qparams from a group's min and max, in their dtype. Returns (fp32 scale, int32 zp)."""
+    zero = torch.zeros((), dtype=mn.dtype, device=mn.device)
+    mn = torch.minimum(mn, zero)
+    mx = torch.maximum(mx, zero)
+    if symmetric:
+        s = torch.maximum(-mn, mx) / ((qmax - qmin) / 2)
+        s = torch.clamp(s, min=eps)
+        zp = torch.zeros(s.shape, dtype=torch.int32, device=s.device)
+    else:
+        s = (mx - mn) / float(qmax - qmin)
+        s = torch.clamp(s, min=eps)
+        zp = torch.clamp(qmin - torch.round(mn / s), qmin, qmax)
+        zp = torch.where(torch.isnan(s), 0, zp).to(torch.int32)
+    return s.to(torch.float32), zp
+
+
+def fake_quant_ref(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes (fp32 holding integers), mask and fake-quantized values of x with given qparams
+    (broadcastable, scale fp32, zero_point int32): NUMERICS.md, same for both families."""
+    inv = 1.0 / scale
+    qu = torch.round(x.to(torch.float32) * inv) + zero_point
+    q = torch.clamp(qu, qmin, qmax)
+    mask = (qu >= qmin) & (qu <= qmax)
+    y = ((q.to(x.dtype) - zero_point.to(x.dtype)) * scale).to(x.dtype)
+    return q, mask, y
+
+
+def group_qparams_ref(
+    x: torch.Tensor, qmin: int, qmax: int, group_size: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Family-1 qparams of x [R, C] per (row, group): fp32 scale and int32 zp, both [R, G]."""
+    R, C = x.shape
+    xg = x.reshape(R, C // group_size, group_size)
+    mn = torch.where(xg.isnan().any(-1), float("nan"), xg.amin(-1)) if R * C else xg.amin(-1)
+    return qparams_ref(mn, xg.amax(-1), qmin, qmax, symmetric, eps_for(x.dtype))
+
+
+def quantize_rows_ref(
+    x: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    group_size: int,
+    symmetric: bool,
+    *,
+    pack_mask: bool,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+    with_y: bool = False,
+) -> Quantized:
+    """Plain-torch twin of :func:`quantize_rows`: same outputs, same layouts, same bits."""
+    R, C = x.shape
+    n_groups = C // group_size
+    offset = code_offset(qmin, qmax)
+    if scale is None:
+        if R * C == 0:
+            s = torch.ones((R, n_groups), dtype=torch.float32, device=x.device)
+            zp = torch.zeros((R, n_groups), dtype=torch.int32, device=x.device)
+        else:
+            s, zp = group_qparams_ref(x, qmin, qmax, group_size, symmetric)
+    else:
+        s = scale.to(torch.float32).expand(R, n_groups).clone()
+        zp0 = zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32)
+        zp = zp0.to(device=x.device, dtype=torch.int32).expand(R, n_groups).clone()
+    xg = x.reshape(R, n_groups, group_size)
+    q, keep, y = fake_quant_ref(xg, s[..., None], zp[..., None], qmin, qmax)
+    q = torch.nan_to_num(q, nan=0.0)  # codes of NaN inputs are unspecified; keep them defined
+    codes = (q.to(torch.int32) + offset).reshape(R, C)
+    code_sum = codes.reshape(R, n_groups, group_size).sum(-1, dtype=torch.int32)
+    keep = keep.reshape(R, C)
+    mask = pack_bits(keep) if pack_mask else keep.to(torch.uint8)
+    y_out = y.reshape(R, C) if with_y else None
+    return Quantized(codes.to(torch.int8), s, zp + offset, mask, code_sum, y_out)
+
+
+def pack_bits(keep: torch.Tensor) -> torch.Tensor:
+    """bool [R, C] -> uint8 [R, ceil(C/8)], element c in bit c % 8 of byte c // 8."""
+    R, C = keep.shape
+    pad = (-C) % 8
+    bits = torch.nn.functional.pad(keep.to(torch.uint8), (0, pad)).reshape(R, -1, 8).to(torch.int32)
+    weights = (1 << torch.arange(8, device=keep.device, dtype=torch.int32))
+    return (bits * weights).sum(-1).to(torch.uint8)
+
+
+def unpack_bits(mask: torch.Tensor, C: int) -> torch.Tensor:
+    """uint8 [R, ceil(C/8)] -> bool [R, C]; inverse of :func:`pack_bits`."""
+    shifts = torch.arange(8, device=mask.device, dtype=torch.int32)
+    bits = (mask.to(torch.int32)[..., None] >> shifts) & 1
+    return bits.reshape(mask.shape[0], -1)[:, :C].to(torch.bool)
+
+
+def check_float_input(x: torch.Tensor, name: str) -> None:
+    """TypeError naming the argument unless x is an fp32/fp16/bf16 tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {x.dtype}")
