@@ -1,0 +1,135 @@
+"""torch.ao numerics (NUMERICS.md family 2): validate a ``QConfig`` and run its observers as
+branch-free tensor ops, so a ``Linear`` given a torch.ao qconfig trains exactly like
+``prepare_qat(model, mapping={nn.Linear: torch.ao.nn.qat.dynamic.Linear})`` and still compiles with
+``fullgraph=True`` (torch.ao's own FakeQuantize branches on tensor values in Python).
+
+The torch.ao ``FakeQuantize`` modules are kept as submodules under torch.ao's names
+(``activation_post_process``, ``weight_fake_quant``) so state dicts line up with torch.ao's and
+``model.apply(torch.ao.quantization.disable_observer)`` keeps working; their ``forward`` is never
+called: :func:`observe` reproduces ``FakeQuantize.forward``'s state update instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_MEMORYLESS_MSG = (
+    "Dynamic QAT requires a memoryless observer."
+    + "This means a MovingAverage observer with averaging constant equal to 1"
+)  # the seed's message, verbatim
+
+
+def _ao():
+    import torch.ao.quantization as q  # noqa: PLC0415 - imported lazily: it prints a notice
+
+    return q
+
+
+def is_ao_qconfig(qconfig) -> bool:
+    return qconfig is not None and hasattr(qconfig, "activation") and hasattr(qconfig, "weight")
+
+
+def make_fake_quants(qconfig, out_features: int, device=None) -> tuple[nn.Module, nn.Module]:
+    """Instantiate and validate ``(activation_post_process, weight_fake_quant)`` for a QConfig.
+
+    Raises the seed's ValueError for a non-memoryless activation observer and NotImplementedError
+    naming any observer/fake-quant this module cannot run exactly.
+    """
+    q = _ao()
+    if not q.qconfig._activation_is_memoryless(qconfig):
+        raise ValueError(_MEMORYLESS_MSG)
+    act, wfq = qconfig.activation(), qconfig.weight()
+    _check_supported(act, "activation", q, allowed_qschemes=(torch.per_tensor_affine,))
+    _check_supported(wfq, "weight", q,
+                     allowed_qschemes=(torch.per_tensor_symmetric, torch.per_channel_symmetric))  # fmt: skip
+    if wfq.dtype != torch.qint8:
+        raise NotImplementedError(f"qconfig.weight: dtype {wfq.dtype} (only torch.qint8 weights)")
+    if wfq.qscheme == torch.per_channel_symmetric:
+        if wfq.ch_axis != 0:
+            raise NotImplementedError(f"qconfig.weight: ch_axis={wfq.ch_axis} (only 0)")
+        obs = wfq.activation_post_process
+        # torch.ao sizes these on the first observation; size them now so shapes are static
+        obs.min_val = torch.full((out_features,), float("inf"))
+        obs.max_val = torch.full((out_features,), float("-inf"))
+        wfq.scale = torch.ones(out_features)
+        wfq.zero_point = torch.zeros(out_features, dtype=torch.int32)
+    if device is not None:
+        act.to(device)
+        wfq.to(device)
+    return act, wfq
+
+
+def _check_supported(fq, role: str, q, allowed_qschemes) -> None:
+    obs = getattr(fq, "activation_post_process", None)
+    ok_obs = (q.observer.MovingAverageMinMaxObserver, q.observer.MovingAveragePerChannelMinMaxObserver)
+    if type(fq) is not q.FakeQuantize:
+        raise NotImplementedError(
+            f"qconfig.{role}: {type(fq).__name__} is not supported (torch.ao FakeQuantize only)"
+        )
+    if type(obs) not in ok_obs:
+        raise NotImplementedError(
+            f"qconfig.{role}: observer {type(obs).__name__} is not supported "
+            "(MovingAverageMinMaxObserver / MovingAveragePerChannelMinMaxObserver only)"
+        )
+    if fq.qscheme not in allowed_qschemes:
+        raise NotImplementedError(f"qconfig.{role}: qscheme {fq.qscheme} is not supported")
+
+
+def _moving_average(obs: nn.Module, cur_min: Tensor, cur_max: Tensor) -> tuple[Tensor, Tensor]:
+    """MovingAverage(PerChannel)MinMaxObserver's update; the first observation is taken as is."""
+    old_min, old_max = obs.min_val, obs.max_val
+    if old_min.numel() == 0:  # a per-channel state loaded from an untrained torch.ao module
+        return cur_min, cur_max
+    c = obs.averaging_constant
+    first = (old_min == float("inf")) & (old_max == float("-inf"))
+    new_min = torch.where(first, cur_min, old_min + c * (cur_min - old_min))
+    new_max = torch.where(first, cur_max, old_max + c * (cur_max - old_max))
+    return new_min, new_max
+
+
+def _calculate_qparams(obs: nn.Module, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
+    """UniformQuantizationObserverBase._calculate_qparams for the supported qschemes, branch-free."""
+    qmin, qmax = obs.quant_min, obs.quant_max
+    zero = torch.zeros_like(min_val)
+    min_neg = torch.min(min_val, zero)
+    max_pos = torch.max(max_val, zero)
+    if obs.qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric):
+        scale = torch.max(-min_neg, max_pos) / (float(qmax - qmin) / 2)
+        scale = torch.max(scale, obs.eps)
+        zp = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+    else:
+        scale = (max_pos - min_neg) / float(qmax - qmin)
+        scale = torch.max(scale, obs.eps)
+        zp = qmin - torch.round(min_neg / scale).to(torch.int)
+        zp = torch.clamp(zp, qmin, qmax).to(torch.int32)
+    # torch.ao returns scale 1 / zero point 0 while nothing has been observed
+    valid = ~((min_val == float("inf")) & (max_val == float("-inf")))
+    scale = torch.where(valid, scale, torch.ones_like(scale))
+    zp = torch.where(valid, zp, torch.zeros_like(zp))
+    return scale, zp
+
+
+def observe(fq: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """FakeQuantize.forward's state update on ``x`` (gated by ``fq.observer_enabled``), returning
+    the (scale, zero_point) it would fake-quantize with. Mutates fq's buffers like torch.ao."""
+    obs = fq.activation_post_process
+    x32 = x.detach().to(obs.min_val.dtype)
+    if fq.qscheme == torch.per_channel_symmetric:
+        cur_min, cur_max = torch.aminmax(x32.reshape(x32.shape[0], -1), dim=1)
+    else:
+        cur_min, cur_max = torch.aminmax(x32)
+    new_min, new_max = _moving_average(obs, cur_min, cur_max)
+    scale, zp = _calculate_qparams(obs, new_min, new_max)
+    on = fq.observer_enabled[0] == 1
+    if obs.min_val.shape == new_min.shape:
+        obs.min_val.copy_(torch.where(on, new_min, obs.min_val))
+        obs.max_val.copy_(torch.where(on, new_max, obs.max_val))
+    else:  # first observation after loading an empty per-channel state: torch.ao resizes
+        obs.min_val = torch.where(on, new_min, torch.full_like(new_min, float("inf")))
+        obs.max_val = torch.where(on, new_max, torch.full_like(new_max, float("-inf")))
+    scale = torch.where(on, scale.reshape(fq.scale.shape), fq.scale)
+    zp = torch.where(on, zp.reshape(fq.zero_point.shape), fq.zero_point)
+    fq.scale.copy_(scale)
+    fq.zero_point.copy_(zp)
+    return scale, zp

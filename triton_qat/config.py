@@ -1,0 +1,78 @@
+"""QuantConfig: what to quantize, how many bits, at which granularity (NUMERICS.md family 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ACTIVATION_GRANULARITIES = ("per_token", "per_tensor")
+WEIGHT_GRANULARITIES = ("per_channel", "per_group", "per_tensor")
+GRANULARITIES = ("per_token", "per_channel", "per_group", "per_tensor")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Fake-quantization settings for one tensor.
+
+    Args:
+        bits: code width, 2..8; codes span [-2**(bits-1), 2**(bits-1) - 1] (int8: [-128, 127]).
+        granularity: "per_token" (one scale per row of the last dim; activations), "per_channel"
+            (one per output row of a weight), "per_group" (``group_size`` consecutive elements of a
+            row share a scale), or "per_tensor".
+        symmetric: zero point fixed at 0 and scale from max(|min|, |max|). Per-channel and
+            per-group are symmetric only (that is the torchao weight numerics).
+        group_size: elements per group along the last dim; required for "per_group" only.
+
+    Defaults: ``QuantConfig()`` is the activation default (int8 per-token asymmetric);
+    ``QuantConfig(granularity="per_channel", symmetric=True)`` the weight default.
+    """
+
+    bits: int = 8
+    granularity: str = "per_token"
+    symmetric: bool = False
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ValueError(f"bits: expected an int in 2..8, got {self.bits!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric: expected a bool, got {self.symmetric!r}")
+        if self.granularity == "per_group":
+            g = self.group_size
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                raise ValueError(f"group_size: per_group needs a positive int, got {g!r}")
+        elif self.group_size is not None:
+            raise ValueError(
+                f"group_size: only used with granularity='per_group', got {self.group_size!r} "
+                f"with granularity={self.granularity!r}"
+            )
+        if self.granularity in ("per_channel", "per_group") and not self.symmetric:
+            raise ValueError(
+                f"symmetric: {self.granularity} quantization is symmetric (torchao weight "
+                "numerics); pass symmetric=True"
+            )
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+    def check_role(self, role: str) -> None:
+        """ValueError naming ``role`` ("activation" or "weight") if the granularity does not fit."""
+        allowed = ACTIVATION_GRANULARITIES if role == "activation" else WEIGHT_GRANULARITIES
+        if self.granularity not in allowed:
+            raise ValueError(
+                f"{role}: granularity must be one of {allowed}, got {self.granularity!r}"
+            )
+
+    def group_size_for(self, k: int) -> int:
+        """Elements per scale along a row of length ``k`` (per_tensor handled by the caller)."""
+        return self.group_size if self.granularity == "per_group" else k
+
+
+DEFAULT_ACTIVATION = QuantConfig(bits=8, granularity="per_token", symmetric=False)
+DEFAULT_WEIGHT = QuantConfig(bits=8, granularity="per_channel", symmetric=True)

@@ -1,0 +1,166 @@
+"""``triton_qat.Linear``: a drop-in ``nn.Linear`` whose forward is the fused fake-quantized matmul."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from triton_qat import ao
+from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.functional import ao_qat_linear, check_linear_inputs, qat_linear
+
+
+class Linear(nn.Linear):
+    """Linear layer with dynamic fake quantization of its input and weight (QAT).
+
+    Two numerics families (NUMERICS.md):
+
+    * ``qconfig`` = a torch.ao ``QConfig`` (e.g. ``default_dynamic_qat_qconfig``): trains exactly like
+      ``torch.ao.nn.qat.dynamic.Linear`` after ``prepare_qat``, observer state included (kept in
+      torch.ao-named submodules ``activation_post_process`` and ``weight_fake_quant``).
+    * otherwise torchao numerics with ``activation`` (default int8 per-token asymmetric) and
+      ``weight`` (default int8 per-channel symmetric) :class:`QuantConfig`\\ s.
+
+    Shapes: input [..., in_features] in fp32 / fp16 / bf16 (any strides), output [..., out_features]
+    in the input's dtype. The backward keeps int8 codes, per-token qparams and a 1-bit clamp mask of
+    the input (about 1.1 bytes per element), not the input itself.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        qconfig=None,
+        device=None,
+        dtype=None,
+        *,
+        activation: QuantConfig | None = None,
+        weight: QuantConfig | None = None,
+    ) -> None:
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.fake_quant_enabled = True
+        self.qconfig = qconfig
+        if qconfig is not None:
+            if activation is not None or weight is not None:
+                raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
+            if not ao.is_ao_qconfig(qconfig):
+                raise TypeError(f"qconfig: expected a torch.ao QConfig, got {type(qconfig).__name__}")
+            act_fq, w_fq = ao.make_fake_quants(qconfig, out_features, self.weight.device)
+            self.activation_post_process = act_fq
+            self.weight_fake_quant = w_fq
+            self.activation_config = self.weight_config = None
+        else:
+            self.activation_config = _checked(activation, DEFAULT_ACTIVATION, "activation")
+            self.weight_config = _checked(weight, DEFAULT_WEIGHT, "weight")
+            g = self.weight_config.group_size_for(in_features)
+            if in_features % g != 0:
+                raise ValueError(
+                    f"weight.group_size: expected a divisor of in_features={in_features}, got {g}"
+                )
+
+    @property
+    def uses_ao_numerics(self) -> bool:
+        return self.qconfig is not None
+
+    def forward(self, input: Tensor) -> Tensor:
+        check_linear_inputs(input, self.weight, self.bias)
+        weight, bias = self.weight, self.bias
+        if input.dtype != weight.dtype:  # e.g. under autocast: compute in the input's dtype
+            weight = weight.to(input.dtype)
+            bias = bias.to(input.dtype) if bias is not None else None
+        if not self.uses_ao_numerics:
+            if not self.fake_quant_enabled:
+                return F.linear(input, weight, bias)
+            return qat_linear(input, weight, bias, self.activation_config, self.weight_config)
+        # torch.ao family: observers run whenever their observer_enabled flag is set, as in torch.ao
+        a_scale, a_zp = ao.observe(self.activation_post_process, input)
+        w_scale, _ = ao.observe(self.weight_fake_quant, self.weight)
+        if not self.fake_quant_enabled:
+            return F.linear(input, weight, bias)
+        a_fq, w_fq = self.activation_post_process, self.weight_fake_quant
+        return ao_qat_linear(input, weight, bias, (a_fq.quant_min, a_fq.quant_max), a_scale, a_zp,
+                             (w_fq.quant_min, w_fq.quant_max), w_scale)  # fmt: skip
+
+    # -- toggles (torch.ao names) -------------------------------------------------------------
+    def disable_fake_quant(self) -> Linear:
+        """Make this module an exact ``nn.Linear`` until :meth:`enable_fake_quant`."""
+        return self._set_fake_quant(False)
+
+    def enable_fake_quant(self) -> Linear:
+        return self._set_fake_quant(True)
+
+    def _set_fake_quant(self, on: bool) -> Linear:
+        self.fake_quant_enabled = on
+        for fq in self._ao_fake_quants():
+            fq.fake_quant_enabled[0] = int(on)
+        return self
+
+    def disable_observer(self) -> Linear:
+        """Freeze torch.ao observers (qparams stay as stored). Family 1 has no observer state."""
+        for fq in self._ao_fake_quants():
+            fq.observer_enabled[0] = 0
+        return self
+
+    def enable_observer(self) -> Linear:
+        for fq in self._ao_fake_quants():
+            fq.observer_enabled[0] = 1
+        return self
+
+    def _ao_fake_quants(self) -> list[nn.Module]:
+        if not self.uses_ao_numerics:
+            return []
+        return [self.activation_post_process, self.weight_fake_quant]
+
+    # -- conversion ---------------------------------------------------------------------------
+    @classmethod
+    def from_float(
+        cls,
+        mod: nn.Linear,
+        *,
+        activation: QuantConfig | None = None,
+        weight: QuantConfig | None = None,
+    ) -> Linear:
+        """Wrap an ``nn.Linear`` sharing its parameters (an optimizer built before keeps working).
+        Uses ``mod.qconfig`` (torch.ao numerics) when it is set and no configs are given."""
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"mod: expected an nn.Linear, got {type(mod).__name__}")
+        qconfig = getattr(mod, "qconfig", None)
+        if activation is not None or weight is not None:
+            qconfig = None
+        new = cls(mod.in_features, mod.out_features, mod.bias is not None, qconfig=qconfig,
+                  device=mod.weight.device, dtype=mod.weight.dtype, activation=activation,
+                  weight=weight)  # fmt: skip
+        new.weight = mod.weight
+        new.bias = mod.bias
+        return new
+
+    def to_float(self) -> nn.Linear:
+        """An ``nn.Linear`` sharing this module's parameters."""
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                        device="meta")  # fmt: skip
+        lin.weight = self.weight
+        lin.bias = self.bias
+        return lin
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()
+        if self.uses_ao_numerics:
+            return f"{base}, numerics=torch.ao, fake_quant={self.fake_quant_enabled}"
+        return (f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
+                f"fake_quant={self.fake_quant_enabled}")  # fmt: skip
+
+
+def _checked(cfg: QuantConfig | None, default: QuantConfig, role: str) -> QuantConfig:
+    if cfg is None:
+        return default
+    if not isinstance(cfg, QuantConfig):
+        raise TypeError(f"{role}: expected a triton_qat.QuantConfig, got {type(cfg).__name__}")
+    cfg.check_role(role)
+    if role == "weight" and not cfg.symmetric:
+        raise ValueError("weight: symmetric=False is not supported for weights")
+    return cfg
