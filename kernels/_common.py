@@ -15,6 +15,9 @@ import triton.language as tl
 # Triton decides at decoration time whether @triton.jit functions are interpreted, so this is read
 # once, at import, exactly as Triton does.
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Tests set this so every output a launcher allocates starts as NaN / a sentinel pattern: an element a
+# kernel forgets to write can then never pass a comparison (FLA does the same).
+POISON: bool = os.environ.get("TRITON_QAT_POISON", "0") == "1"
 
 # Integer codes for the input dtype, passed to kernels as a constexpr.
 DT_FP32, DT_FP16, DT_BF16 = 0, 1, 2
@@ -25,6 +28,14 @@ FLOAT_DTYPES = tuple(_DT_CODE)
 def dtype_code(dtype: torch.dtype) -> int:
     """The constexpr code of a floating dtype (fp32, fp16 or bf16)."""
     return _DT_CODE[dtype]
+
+
+def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs; poisoned when ``TRITON_QAT_POISON=1``."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if POISON:
+        t.fill_(float("nan") if dtype.is_floating_point else 0x5A)
+    return t
 
 
 def use_kernels(t: torch.Tensor) -> bool:

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from triton_qat.autotune import gemm_config
 
-from ._common import cast_to_dt, dot_in_fp32, dtype_code, round_to_dt, use_kernels
+from ._common import new_empty, cast_to_dt, dot_in_fp32, dtype_code, round_to_dt, use_kernels
 from .gemm_int8 import _swizzle, dequantize_ref
 from .quantize import unpack_bits
 
@@ -118,7 +118,7 @@ def dgrad(
     K = w_codes.shape[1]
     if not use_kernels(grad_y):
         return dgrad_ref(grad_y, w_codes, w_scale, x_mask)
-    dx = torch.empty((M, K), dtype=grad_y.dtype, device=grad_y.device)
+    dx = new_empty((M, K), grad_y.dtype, grad_y.device)
     if M == 0 or K == 0:
         return dx
     if N == 0:
@@ -148,8 +148,8 @@ def wgrad(
     K = x_codes.shape[1]
     if not use_kernels(grad_y):
         return wgrad_ref(grad_y, x_codes, x_scale, x_zero_point, w_mask, with_bias)
-    dw = torch.empty((N, K), dtype=grad_y.dtype, device=grad_y.device)
-    db = torch.empty((N,), dtype=grad_y.dtype, device=grad_y.device) if with_bias else None
+    dw = new_empty((N, K), grad_y.dtype, grad_y.device)
+    db = new_empty((N,), grad_y.dtype, grad_y.device) if with_bias else None
     if N == 0:
         return dw, db
     if M == 0 or K == 0:

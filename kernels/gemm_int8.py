@@ -24,7 +24,7 @@ import triton.language as tl
 
 from triton_qat.autotune import gemm_config
 
-from ._common import cast_to_dt, dtype_code, use_kernels
+from ._common import new_empty, cast_to_dt, dtype_code, use_kernels
 
 
 @triton.jit
@@ -136,7 +136,7 @@ def int8_linear(
     group_size = K // n_groups
     if not use_kernels(x_codes):
         return int8_linear_ref(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype)
-    out = torch.empty((M, N), dtype=out_dtype, device=x_codes.device)
+    out = new_empty((M, N), out_dtype, x_codes.device)
     if M == 0 or N == 0:
         return out
     if K == 0:

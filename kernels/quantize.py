@@ -27,6 +27,7 @@ import triton.language as tl
 from triton_qat.autotune import quantize_config
 
 from ._common import (
+    new_empty,
     FLOAT_DTYPES,
     cast_to_dt,
     div_scalar,
@@ -189,19 +190,19 @@ def quantize_rows(
     n_groups = C // group_size
     offset = code_offset(qmin, qmax)
     dev = x.device
-    codes = torch.empty((R, C), dtype=torch.int8, device=dev)
+    codes = new_empty((R, C), torch.int8, dev)
     has_qparams = scale is not None
     if has_qparams:
         out_scale = scale.to(torch.float32).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
         zp = zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32, device=dev)
         out_zp = (zp.to(torch.int32) + offset).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
     else:
-        out_scale = torch.empty((R, n_groups), dtype=torch.float32, device=dev)
-        out_zp = torch.empty((R, n_groups), dtype=torch.int32, device=dev)
+        out_scale = new_empty((R, n_groups), torch.float32, dev)
+        out_zp = new_empty((R, n_groups), torch.int32, dev)
     mask_cols = (C + 7) // 8 if pack_mask else C
-    mask = torch.empty((R, mask_cols), dtype=torch.uint8, device=dev)
-    code_sum = torch.empty((R, n_groups), dtype=torch.int32, device=dev)
-    y = torch.empty((R, C), dtype=x.dtype, device=dev) if with_y else None
+    mask = new_empty((R, mask_cols), torch.uint8, dev)
+    code_sum = new_empty((R, n_groups), torch.int32, dev)
+    y = new_empty((R, C), x.dtype, dev) if with_y else None
     if R == 0 or C == 0:
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
     cfg = quantize_config(R, group_size, x.device)

@@ -1,0 +1,41 @@
+"""Test setup: CPU runs the real Triton kernels through the interpreter; outputs are poisoned."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Triton reads this when kernels are decorated, so it must be set before triton_qat is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_QAT_POISON", "1")
+
+import pytest  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# max |err| / max |ref| allowed for a GEMM output or gradient against an fp64 product
+REL_TOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def dt_id(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "").replace("float", "fp").replace("bfp", "bf")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE
+
+
+def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str):
+    """Relative error (to the largest reference magnitude) within the dtype's bound; NaN fails."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values (unwritten output?)"
+    a, e = actual.double(), expected.double()
+    scale = e.abs().max().clamp_min(1e-30)
+    err = ((a - e).abs().max() / scale).item()
+    assert err <= REL_TOL[dtype], f"{what}: relative error {err:.3e} > {REL_TOL[dtype]:.1e}"

@@ -1,0 +1,183 @@
+"""Quantize kernels: codes, scales, zero points, masks and fake-quantized values bit-exact against
+the plain-torch NUMERICS.md reference and against torch's own fake_quantize ops."""
+
+import pytest
+import torch
+from conftest import DTYPES, dt_id
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import triton_qat as tq
+from triton_qat.kernels.quantize import (
+    code_offset,
+    quantize_rows,
+    quantize_rows_ref,
+    unpack_bits,
+)
+from triton_qat.reference import fake_quantize_ref, fake_quantize_with_mask
+
+SHAPES = [(1, 40), (3, 96), (13, 130), (67, 33)]
+
+
+def _assert_same(a, b, what=""):
+    for name, u, v in zip(a._fields, a, b):
+        if u is None and v is None:
+            continue
+        assert u.dtype == v.dtype and u.shape == v.shape, f"{what} {name}: {u.dtype}{tuple(u.shape)}"
+        assert torch.equal(u, v) or (u.is_floating_point() and torch.equal(u.isnan(), v.isnan())
+                                     and torch.equal(u.nan_to_num(), v.nan_to_num())), (
+            f"{what} {name}: {(u != v).sum().item()} of {u.numel()} differ"
+        )  # fmt: skip
+
+
+def _data(shape, dtype, device, scale=3.0):
+    x = torch.randn(shape, device=device) * scale
+    x[0, : shape[1] // 3] *= 40  # one row with a much wider range, and a near-constant one
+    if shape[0] > 2:
+        x[2] = x[2] * 1e-3 + 0.5
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("R,C", SHAPES, ids=[f"R{r}-C{c}" for r, c in SHAPES])
+@pytest.mark.parametrize("bits,symmetric", [(8, False), (8, True), (4, False), (2, True)],
+                         ids=["i8-asym", "i8-sym", "i4-asym", "i2-sym"])  # fmt: skip
+def test_per_token_bit_exact(R, C, dtype, bits, symmetric, device):
+    cfg = tq.QuantConfig(bits=bits, symmetric=symmetric)
+    x = _data((R, C), dtype, device)
+    args = (x, cfg.qmin, cfg.qmax, C, symmetric)
+    got = quantize_rows(*args, pack_mask=True, with_y=True)
+    want = quantize_rows_ref(*args, pack_mask=True, with_y=True)
+    _assert_same(got, want, "per-token")
+    # the public fake_quantize is the same numbers, and its mask drives the STE gradient
+    xg = x.clone().requires_grad_()
+    y = tq.fake_quantize(xg, cfg)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(y, want.y)
+    assert torch.equal(xg.grad != 0, unpack_bits(want.mask, C))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize(
+    "N,K,group,bits",
+    [(40, 96, 32, 4), (17, 96, 96, 8), (24, 130, 13, 8), (5, 64, 64, 4), (33, 256, 128, 4)],
+    ids=["g32-i4", "per-channel-i8", "g13-i8", "per-channel-i4", "g128-i4"],
+)
+def test_weight_groups_bit_exact(N, K, group, bits, dtype, device):
+    w = _data((N, K), dtype, device, scale=0.05)
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    got = quantize_rows(w, qmin, qmax, group, True, pack_mask=False, with_y=True)
+    want = quantize_rows_ref(w, qmin, qmax, group, True, pack_mask=False, with_y=True)
+    _assert_same(got, want, "weight")
+    assert torch.equal(got.code_sum, got.codes.to(torch.int32).reshape(N, -1, group).sum(-1))
+    gran = "per_channel" if group == K else "per_group"
+    cfg = tq.QuantConfig(bits=bits, granularity=gran, symmetric=True,
+                         group_size=group if gran == "per_group" else None)  # fmt: skip
+    assert torch.equal(tq.fake_quantize(w, cfg), fake_quantize_ref(w, cfg))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
+def test_per_tensor_matches_reference(dtype, symmetric, device):
+    x = _data((13, 40), dtype, device)
+    cfg = tq.QuantConfig(granularity="per_tensor", symmetric=symmetric)
+    y = tq.fake_quantize(x, cfg)
+    y_ref, _ = fake_quantize_with_mask(x, cfg)
+    assert torch.equal(y, y_ref)
+    assert len(torch.unique(y.float())) > 20
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+def test_matches_torch_fake_quantize_per_channel(dtype, device):
+    """Codes and values with our own (family-1) scales equal torch.fake_quantize_per_channel_affine."""
+    w = _data((24, 96), dtype, device, scale=0.1)
+    got = quantize_rows(w, -128, 127, 96, True, pack_mask=False, with_y=True)
+    scale = got.scale[:, 0]
+    zp = torch.zeros(24, dtype=torch.int32, device=device)
+    wg = w.clone().requires_grad_()
+    want = torch.fake_quantize_per_channel_affine(wg, scale, zp, 0, -128, 127)
+    want.backward(torch.ones_like(want))
+    assert torch.equal(got.y, want.detach())
+    assert torch.equal(got.mask.bool(), wg.grad != 0)
+    if dtype == torch.float32:  # in fp32 a row's +amax lands on 127.5 -> 128: clipped, masked
+        assert (~got.mask.bool()).any(), "the positive amax must clip to 127 and be masked"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("qmin,qmax", [(0, 255), (0, 127), (-128, 127)], ids=["quint8", "reduce", "qint8"])
+def test_matches_torch_fake_quantize_per_tensor(dtype, qmin, qmax, device):
+    """Given torch.ao-style qparams, values and mask equal torch.fake_quantize_per_tensor_affine."""
+    x = _data((13, 40), dtype, device)
+    scale = torch.tensor([0.037], device=device)
+    zp = torch.tensor([(qmin + qmax) // 2 + 3], dtype=torch.int32, device=device)
+    got = quantize_rows(x, qmin, qmax, 40, False, pack_mask=True, scale=scale, zero_point=zp,
+                        with_y=True)  # fmt: skip
+    xg = x.clone().requires_grad_()
+    want = torch.fake_quantize_per_tensor_affine(xg, scale, zp, qmin, qmax)
+    want.backward(torch.ones_like(want))
+    assert torch.equal(got.y, want.detach())
+    assert torch.equal(unpack_bits(got.mask, 40), xg.grad != 0)
+    offset = code_offset(qmin, qmax)
+    assert torch.equal(got.zero_point, (zp + offset).expand(13, 1))
+    codes = got.codes.to(torch.int32) - offset
+    assert codes.min() >= qmin and codes.max() <= qmax
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(
+        st.one_of(
+            st.floats(-1e4, 1e4, width=32),
+            st.sampled_from([0.0, -0.0, 1e-30, -1e-30, 65504.0, -3.0e38, 2.5, -2.5, 0.5]),
+        ),
+        min_size=8, max_size=8,
+    ).map(lambda v: v * 3),
+    dtype=st.sampled_from(DTYPES),
+    symmetric=st.booleans(),
+)  # fmt: skip
+def test_property_special_values(rows, dtype, symmetric):
+    """Zeros, signed zeros, denormal-ish, huge, exact halves: still bit-exact (finite rows)."""
+    x = torch.tensor(rows, dtype=torch.float32).reshape(3, 8).to(dtype)
+    if not torch.isfinite(x).all():
+        return
+    got = quantize_rows(x, -128, 127, 8, symmetric, pack_mask=True, with_y=True)
+    want = quantize_rows_ref(x, -128, 127, 8, symmetric, pack_mask=True, with_y=True)
+    _assert_same(got, want, "special")
+
+
+def test_all_zero_row(device):
+    x = torch.zeros(2, 16, device=device, dtype=torch.bfloat16)
+    got = quantize_rows(x, -128, 127, 16, False, pack_mask=True, with_y=True)
+    assert torch.equal(got.scale, torch.full_like(got.scale, torch.finfo(torch.bfloat16).smallest_normal))
+    assert torch.equal(got.zero_point, torch.full_like(got.zero_point, -128))
+    assert torch.equal(got.y, x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_token_stays_in_its_row(bad, device):
+    x = _data((5, 24), torch.float32, device)
+    x[3, 7] = bad
+    got = quantize_rows(x, -128, 127, 24, False, pack_mask=True, with_y=True)
+    clean = quantize_rows(torch.cat([x[:3], x[4:]]), -128, 127, 24, False, pack_mask=True,
+                          with_y=True)  # fmt: skip
+    keep = [0, 1, 2, 4]
+    assert torch.equal(got.y[keep], clean.y) and torch.equal(got.codes[keep], clean.codes)
+    assert not torch.isfinite(got.y[3]).all()
+
+
+def test_empty_batch(device):
+    x = torch.empty(0, 32, device=device)
+    assert tq.fake_quantize(x, tq.QuantConfig()).shape == (0, 32)
+    got = quantize_rows(x, -128, 127, 32, False, pack_mask=True)
+    assert got.codes.shape == (0, 32) and got.mask.shape == (0, 4)
+
+
+def test_bf16_rounded_scale_can_clip_the_row_max():
+    """NUMERICS: for bf16 the rounded scale can push the row max past qmax, so the mask is not
+    always all-true; the kernel and the reference must agree on exactly those elements."""
+    torch.manual_seed(1)
+    x = torch.randn(256, 64).to(torch.bfloat16)
+    got = quantize_rows(x, -128, 127, 64, False, pack_mask=False)
+    want = quantize_rows_ref(x, -128, 127, 64, False, pack_mask=False)
+    assert torch.equal(got.mask, want.mask)
+    assert (got.mask == 0).any()
