@@ -227,12 +227,11 @@ def qat_linear_backward(
     grad_bias [N]) in grad_out's dtype; a gradient that is not needed comes back empty ([0])."""
     N = w_codes.shape[0]
     dy = grad_out.reshape(-1, N)
-    empty = dy.new_empty(_EMPTY)
-    grad_x = dgrad(dy, w_codes, w_scale, x_mask) if need_x else empty
-    grad_w, grad_b = empty, empty
+    grad_x = dgrad(dy, w_codes, w_scale, x_mask) if need_x else dy.new_empty(_EMPTY)
+    grad_w, grad_b = dy.new_empty(_EMPTY), dy.new_empty(_EMPTY)  # distinct: outputs may not alias
     if need_w:
         grad_w, db = wgrad(dy, x_codes, x_scale, x_zero_point, w_mask, need_bias)
-        grad_b = db if db is not None else empty
+        grad_b = db if db is not None else grad_b
     elif need_bias:
         grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
     return grad_x, grad_w, grad_b

@@ -1,0 +1,187 @@
+"""tq.Linear (torchao numerics): forward and all gradients against an fp64 product of the same
+fake-quantized values, shapes, toggles, conversion, saved-activation memory, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DTYPES, REL_TOL, assert_close_rel, dt_id
+from torch import nn
+
+import triton_qat as tq
+from triton_qat.reference import fake_quantize_with_mask
+
+CONFIGS = {
+    "default": (tq.QuantConfig(), tq.QuantConfig(granularity="per_channel", symmetric=True)),
+    "sym-act-i4g32": (
+        tq.QuantConfig(symmetric=True),
+        tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True),
+    ),
+    "per-tensor": (
+        tq.QuantConfig(granularity="per_tensor"),
+        tq.QuantConfig(granularity="per_tensor", symmetric=True),
+    ),
+}
+
+
+def _fp64_reference(x, lin, act, wcfg):
+    """Output and gradients of F.linear over the fake-quantized values, in fp64, with STE masks."""
+    x_fq, mx = fake_quantize_with_mask(x.detach(), act)
+    w_fq, mw = fake_quantize_with_mask(lin.weight.detach(), wcfg)
+    xd = x_fq.double().requires_grad_()
+    wd = w_fq.double().requires_grad_()
+    bd = lin.bias.detach().double().requires_grad_()
+    out = F.linear(xd, wd, bd)
+    return out, xd, wd, bd, mx, mw
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("cfg", list(CONFIGS), ids=list(CONFIGS))
+@pytest.mark.parametrize("lead", [(1,), (3,), (13,), (67,), (2, 3, 5)], ids=lambda s: "x".join(map(str, s)))
+def test_linear_forward_backward(lead, cfg, dtype, device):
+    act, wcfg = CONFIGS[cfg]
+    lin = tq.Linear(96, 40, activation=act, weight=wcfg, device=device, dtype=dtype)
+    x = (torch.randn(*lead, 96, device=device) * 2).to(dtype).requires_grad_()
+    out = lin(x)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    ref, xd, wd, bd, mx, mw = _fp64_reference(x, lin, act, wcfg)
+    ref.backward(dy.double())
+    assert out.shape == (*lead, 40) and out.dtype == dtype
+    assert_close_rel(out, ref, dtype, "out")
+    assert_close_rel(x.grad, xd.grad * mx, dtype, "grad_x")
+    assert_close_rel(lin.weight.grad, wd.grad * mw, dtype, "grad_w")
+    assert_close_rel(lin.bias.grad, bd.grad, dtype, "grad_bias")
+
+
+def test_non_contiguous_input(device):
+    lin = tq.Linear(40, 24, device=device)
+    base = torch.randn(40, 6, 5, device=device)
+    x = base.permute(1, 2, 0)  # [6, 5, 40], not contiguous
+    assert not x.is_contiguous()
+    assert torch.equal(lin(x), lin(x.contiguous()))
+
+
+def test_no_bias_and_frozen_input(device):
+    lin = tq.Linear(40, 24, bias=False, device=device)
+    x = torch.randn(5, 40, device=device)  # no grad wanted for x: only grad_w is computed
+    lin(x).sum().backward()
+    assert lin.bias is None and lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+
+
+def test_disable_fake_quant_is_exact_linear(device):
+    lin = tq.Linear(40, 24, device=device)
+    x = torch.randn(7, 40, device=device)
+    ref = F.linear(x, lin.weight, lin.bias)
+    assert not torch.equal(lin(x), ref)
+    lin.disable_fake_quant()
+    assert torch.equal(lin(x), ref)
+    lin.enable_fake_quant()
+    assert not torch.equal(lin(x), ref)
+
+
+def test_from_float_shares_parameters_and_to_float(device):
+    fl = nn.Linear(40, 24, device=device)
+    opt = torch.optim.SGD(fl.parameters(), lr=0.1)
+    q = tq.Linear.from_float(fl)
+    assert q.weight is fl.weight and q.bias is fl.bias
+    before = fl.weight.detach().clone()
+    q(torch.randn(3, 40, device=device)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, fl.weight)
+    back = q.to_float()
+    assert type(back) is nn.Linear and back.weight is q.weight and back.bias is q.bias
+    x = torch.randn(3, 40, device=device)
+    assert torch.equal(back(x), fl(x))
+
+
+def test_saved_activation_memory_is_int8_plus_bits(device):
+    """bf16 input: backward keeps codes + per-row qparams + 1-bit mask, <= 1.25 B/element, not x."""
+    M, K, N = 64, 128, 32
+    lin = tq.Linear(K, N, device=device, dtype=torch.bfloat16)
+    x = torch.randn(M, K, device=device, dtype=torch.bfloat16, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lin(x)
+    assert all(t.data_ptr() != x.data_ptr() for t in saved), "x itself must not be saved"
+    per_token = [t for t in saved if t.dim() >= 1 and t.shape[0] == M]
+    act_bytes = sum(t.numel() * t.element_size() for t in per_token)
+    assert act_bytes / (M * K) <= 1.25, f"{act_bytes / (M * K):.3f} bytes per activation element"
+
+
+def test_non_finite_token_only_affects_its_row(device):
+    lin = tq.Linear(40, 24, device=device)
+    x = torch.randn(6, 40, device=device)
+    x[2, 5] = float("nan")
+    x.requires_grad_()
+    out = lin(x)
+    keep = [0, 1, 3, 4, 5]
+    clean = lin(x.detach()[keep])
+    assert torch.equal(out[keep], clean) and torch.isnan(out[2]).all()
+    out[keep].sum().backward()
+    assert torch.isfinite(x.grad[keep]).all()
+
+
+def test_empty_batch(device):
+    lin = tq.Linear(40, 24, device=device)
+    x = torch.randn(0, 40, device=device, requires_grad=True)
+    out = lin(x)
+    assert out.shape == (0, 24)
+    out.sum().backward()
+    assert x.grad.shape == (0, 40) and torch.equal(lin.bias.grad, torch.zeros(24, device=device))
+
+
+@pytest.mark.parametrize(
+    "make_input,exc,needle",
+    [
+        (lambda d: torch.randn(3, 41, device=d), ValueError, "in_features = 40"),
+        (lambda d: torch.randint(0, 5, (3, 40), device=d), TypeError, "input"),
+        (lambda d: torch.randn(3, 40, dtype=torch.complex64, device=d), TypeError, "input"),
+        (lambda d: torch.tensor(1.0, device=d), ValueError, "input"),
+        (lambda d: [[1.0] * 40], TypeError, "input"),
+    ],
+    ids=["wrong-features", "int", "complex", "0-dim", "list"],
+)
+def test_bad_input(make_input, exc, needle, device):
+    lin = tq.Linear(40, 24, device=device)
+    with pytest.raises(exc, match=needle):
+        lin(make_input(device))
+
+
+def test_mismatched_devices():
+    """The weight on one device, the input on another (cuda vs cpu where a GPU exists, else meta)."""
+    other = "cuda" if torch.cuda.is_available() else "meta"
+    lin = tq.Linear(40, 24, device=other)
+    with pytest.raises(ValueError, match="input: expected device"):
+        lin(torch.randn(3, 40))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,needle",
+    [
+        (dict(weight=tq.QuantConfig(bits=4, granularity="per_group", group_size=7, symmetric=True)),
+         ValueError, "group_size"),
+        (dict(activation=tq.QuantConfig(granularity="per_channel", symmetric=True)), ValueError,
+         "activation"),
+        (dict(weight=tq.QuantConfig()), ValueError, "weight"),
+        (dict(weight=tq.QuantConfig(granularity="per_tensor")), ValueError, "symmetric"),
+        (dict(activation="int8"), TypeError, "activation"),
+    ],
+    ids=["group-not-dividing", "act-per-channel", "weight-per-token", "weight-asym", "not-a-config"],
+)  # fmt: skip
+def test_bad_module_config(kwargs, exc, needle):
+    with pytest.raises(exc, match=needle):
+        tq.Linear(40, 24, **kwargs)
+
+
+def test_autocast_dtype_follows_input(device):
+    lin = tq.Linear(40, 24, device=device)  # fp32 parameters
+    x = torch.randn(5, 40, device=device, dtype=torch.bfloat16, requires_grad=True)
+    out = lin(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and lin.weight.grad.dtype == torch.float32
+    assert REL_TOL[torch.bfloat16] > 0
