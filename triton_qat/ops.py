@@ -258,10 +258,11 @@ def _qat_linear_setup(ctx, inputs, output):
 def _qat_linear_backward(ctx, grad_out, *_unused):
     x_codes, x_scale, x_zp, x_mask, w_codes, w_scale, w_mask = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_x, grad_w, grad_b = qat_linear_backward(
-        grad_out, x_codes, x_scale, x_zp, x_mask, w_codes, w_scale, w_mask,
-        need_x, need_w, need_b and ctx.has_bias,
-    )  # fmt: skip
+    with torch.no_grad():  # the STE gradients are not differentiated again (no double backward)
+        grad_x, grad_w, grad_b = qat_linear_backward(
+            grad_out, x_codes, x_scale, x_zp, x_mask, w_codes, w_scale, w_mask,
+            need_x, need_w, need_b and ctx.has_bias,
+        )  # fmt: skip
     grad_x = grad_x.reshape(ctx.x_shape) if need_x else None
     return (grad_x, grad_w if need_w else None, grad_b if need_b and ctx.has_bias else None,
             *([None] * 11))  # fmt: skip
