@@ -1,0 +1,140 @@
+"""torch.ao numerics (family 2): tq.Linear(qconfig=...) trains like prepare_qat with
+torch.ao.nn.qat.dynamic.Linear, observer state included."""
+
+import copy
+
+import pytest
+import torch
+import torch.ao.nn.qat.dynamic as aoqat
+import torch.ao.quantization as q
+from torch import nn
+
+import triton_qat as tq
+
+QCONFIGS = {
+    "dynamic-default": q.default_dynamic_qat_qconfig,
+    "per-channel-weight": q.QConfig(
+        activation=q.default_dynamic_qat_qconfig.activation,
+        weight=q.default_per_channel_weight_fake_quant,
+    ),
+    "reduce-range": q.QConfig(
+        activation=q.FakeQuantize.with_args(
+            observer=q.MovingAverageMinMaxObserver, quant_min=0, quant_max=127,
+            dtype=torch.quint8, averaging_constant=1, is_dynamic=True,
+        ),
+        weight=q.default_weight_fake_quant,
+    ),
+}  # fmt: skip
+
+
+def _models(qconfig, device, layers=(0, 2)):
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(40, 24), nn.Tanh(), nn.Linear(24, 8)).to(device)
+    base = base[: layers[-1] + 1]
+    ref = copy.deepcopy(base)
+    for i in layers:  # on the Linears only (a model-wide qconfig would also fake-quantize Tanh)
+        ref[i].qconfig = qconfig
+    ref = q.prepare_qat(ref, mapping={nn.Linear: aoqat.Linear})
+    ours = copy.deepcopy(base)
+    for i in layers:
+        ours[i] = tq.Linear.from_float(_with_qconfig(ours[i], qconfig))
+    return ref, ours
+
+
+def _with_qconfig(mod, qconfig):
+    mod.qconfig = qconfig
+    return mod
+
+
+@pytest.mark.parametrize("name", list(QCONFIGS), ids=list(QCONFIGS))
+def test_trains_like_prepare_qat(name, device):
+    """One layer, so both see the same input bits: observer state must be bit-identical."""
+    ref, ours = _models(QCONFIGS[name], device, layers=(0,))
+    assert set(ours.state_dict()) == set(ref.state_dict()), "state_dict keys must line up"
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.5)
+    opt_o = torch.optim.SGD(ours.parameters(), lr=0.5)
+    for step in range(5):
+        x = torch.randn(13, 40, device=device) * (1 + step)
+        y_r, y_o = ref(x), ours(x)
+        torch.testing.assert_close(y_o, y_r, rtol=2e-5, atol=1e-5)
+        y_r.square().sum().backward()
+        y_o.square().sum().backward()
+        for (n, p_r), p_o in zip(ref.named_parameters(), ours.parameters()):
+            torch.testing.assert_close(p_o.grad, p_r.grad, rtol=2e-4, atol=1e-5, msg=n)
+        # observer state is bit-identical at every step
+        for k, v in ref.state_dict().items():
+            if "fake_quant" in k or "activation_post_process" in k:
+                assert torch.equal(ours.state_dict()[k].reshape(v.shape), v), (step, k)
+        opt_r.step()
+        opt_o.step()
+        opt_r.zero_grad()
+        opt_o.zero_grad()
+        # keep the weights identical so the next step tests the numerics, not accumulated rounding
+        with torch.no_grad():
+            for p_r, p_o in zip(ref.parameters(), ours.parameters()):
+                p_o.copy_(p_r)
+
+
+def test_two_layer_model_tracks_torch_ao(device):
+    """Deeper layers see inputs that differ by float rounding of the matmul (int8 GEMM vs fp32
+    F.linear), so their qparams agree to rounding, not bits."""
+    ref, ours = _models(q.default_dynamic_qat_qconfig, device)
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_o = torch.optim.SGD(ours.parameters(), lr=0.1)
+    for _ in range(4):
+        x = torch.randn(13, 40, device=device)
+        for model, opt in ((ref, opt_r), (ours, opt_o)):
+            model(x).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    mine = ours.state_dict()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(mine[k].reshape(v.shape), v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_eval_and_disabled_observer(device):
+    ref, ours = _models(q.default_dynamic_qat_qconfig, device)
+    x = torch.randn(5, 40, device=device)
+    ref(x), ours(x)
+    ref.apply(q.disable_observer)
+    for m in ours.modules():
+        if isinstance(m, tq.Linear):
+            m.disable_observer()
+    ref.eval(), ours.eval()
+    x2 = torch.randn(5, 40, device=device) * 10
+    torch.testing.assert_close(ours(x2), ref(x2), rtol=2e-5, atol=1e-5)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k].reshape(v.shape), v), k
+
+
+def test_state_dict_loads_from_torch_ao(device):
+    ref, ours = _models(QCONFIGS["per-channel-weight"], device)
+    ref(torch.randn(4, 40, device=device))
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 40, device=device)
+    torch.testing.assert_close(ours(x), ref(x), rtol=2e-5, atol=1e-5)
+
+
+def test_non_memoryless_activation_raises_seed_error():
+    bad = q.QConfig(activation=q.default_fake_quant, weight=q.default_weight_fake_quant)
+    with pytest.raises(ValueError, match="Dynamic QAT requires a memoryless observer"):
+        tq.Linear(8, 4, qconfig=bad)
+    with pytest.raises(ValueError, match="Dynamic QAT requires a memoryless observer"):
+        aoqat.Linear(8, 4, qconfig=bad)  # the same message as the seed
+
+
+@pytest.mark.parametrize(
+    "weight,needle",
+    [
+        (q.default_fused_per_channel_wt_fake_quant, "FusedMovingAvgObsFakeQuantize"),
+        (q.FakeQuantize.with_args(observer=q.MinMaxObserver, dtype=torch.qint8,
+                                  qscheme=torch.per_tensor_symmetric), "MinMaxObserver"),
+        (q.FakeQuantize.with_args(observer=q.MovingAverageMinMaxObserver, quant_min=0,
+                                  quant_max=255, dtype=torch.quint8), "qscheme"),
+    ],
+    ids=["fused", "minmax", "affine-weight"],
+)  # fmt: skip
+def test_unsupported_weight_observer_names_it(weight, needle):
+    cfg = q.QConfig(activation=q.default_dynamic_qat_qconfig.activation, weight=weight)
+    with pytest.raises(NotImplementedError, match=needle):
+        tq.Linear(8, 4, qconfig=cfg)
