@@ -52,18 +52,24 @@ def fake_quantize(x: Tensor, config: QuantConfig) -> Tensor:
     return y.reshape(x.shape)
 
 
-def check_linear_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    """TypeError / ValueError naming the argument for anything the kernels cannot take."""
+def check_input(x: Tensor, in_features: int, device: torch.device) -> None:
+    """TypeError / ValueError naming ``input`` unless it is a float tensor [..., in_features] on
+    ``device``."""
     check_float_input(x, "input")
-    check_float_input(weight, "weight")
     if x.dim() < 1:
         raise ValueError("input: expected at least 1 dimension, got a 0-dim tensor")
-    if x.shape[-1] != weight.shape[1]:
+    if x.shape[-1] != in_features:
         raise ValueError(
-            f"input: expected last dim == in_features = {weight.shape[1]}, got shape {tuple(x.shape)}"
+            f"input: expected last dim == in_features = {in_features}, got shape {tuple(x.shape)}"
         )
-    if x.device != weight.device:
-        raise ValueError(f"input: expected device {weight.device} (the weight's), got {x.device}")
+    if x.device != device:
+        raise ValueError(f"input: expected device {device} (the weight's), got {x.device}")
+
+
+def check_linear_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """TypeError / ValueError naming the argument for anything the kernels cannot take."""
+    check_float_input(weight, "weight")
+    check_input(x, weight.shape[1], weight.device)
     if bias is not None and bias.device != weight.device:
         raise ValueError(f"bias: expected device {weight.device} (the weight's), got {bias.device}")
 

@@ -1,0 +1,133 @@
+"""``QuantizedLinear``: real int8 inference after QAT (what ``tq.convert`` swaps in).
+
+Weights are stored as int8 codes (bits <= 4: two codes packed per byte) with fp32 scales; the input
+is quantized per token (or per tensor) at run time and multiplied on the int8 GEMM of the training
+forward, so the eval output equals the prepared model's eval output (QAT trained on exactly this
+arithmetic).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from triton_qat import ops
+from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.functional import check_input
+
+
+def pack_int4(codes: Tensor) -> Tensor:
+    """int8 codes in [-8, 7], [N, K] -> uint8 [N, ceil(K/2)]: element 2j in the low nibble."""
+    N, K = codes.shape
+    u = (codes.to(torch.int16) & 0xF).to(torch.uint8)
+    if K % 2:
+        u = torch.nn.functional.pad(u, (0, 1))
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_int4(packed: Tensor, K: int) -> Tensor:
+    """Inverse of :func:`pack_int4`: uint8 [N, ceil(K/2)] -> int8 [N, K] (sign-extended)."""
+    lo = (packed & 0xF).to(torch.int8)
+    hi = (packed >> 4).to(torch.int8)
+    codes = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)[:, :K]
+    return torch.where(codes > 7, codes - 16, codes)
+
+
+class QuantizedLinear(nn.Module):
+    """Int8 inference linear layer (no gradients).
+
+    Buffers: ``weight_codes`` int8 [N, K] (or uint8 [N, ceil(K/2)] when ``weight_bits <= 4``),
+    ``weight_scale`` fp32 [N, G], ``weight_code_sum`` int32 [N, G], ``bias`` [N] or None.
+    Input [..., K] fp32 / fp16 / bf16 -> output [..., N] in the input's dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        activation: QuantConfig = DEFAULT_ACTIVATION,
+        weight: QuantConfig = DEFAULT_WEIGHT,
+        activation_range: tuple[int, int] | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.activation_config, self.weight_config = activation, weight
+        # torch.ao layers quantize activations per tensor with their own (e.g. quint8) range
+        self.activation_range = activation_range or (activation.qmin, activation.qmax)
+        self.packed = weight.bits <= 4
+        n_groups = 1 if weight.granularity != "per_group" else in_features // weight.group_size
+        code_cols = (in_features + 1) // 2 if self.packed else in_features
+        code_dtype = torch.uint8 if self.packed else torch.int8
+        self.register_buffer("weight_codes", torch.zeros(out_features, code_cols, dtype=code_dtype,
+                                                         device=device))  # fmt: skip
+        self.register_buffer("weight_scale", torch.ones(out_features, n_groups, device=device))
+        self.register_buffer("weight_code_sum", torch.zeros(out_features, n_groups,
+                                                            dtype=torch.int32, device=device))  # fmt: skip
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device)
+                             if bias else None)  # fmt: skip
+
+    @classmethod
+    @torch.no_grad()
+    def from_qat(cls, lin: nn.Module) -> QuantizedLinear:
+        """Freeze a trained :class:`triton_qat.Linear` into int8 codes with its exact numerics."""
+        from triton_qat import ao
+
+        w = lin.weight.detach()
+        K = lin.in_features
+        if lin.uses_ao_numerics:
+            w_fq, a_fq = lin.weight_fake_quant, lin.activation_post_process
+            w_scale, _ = ao.observe(w_fq, w) if w_fq.observer_enabled[0] == 1 else (w_fq.scale, None)
+            qmin, qmax = w_fq.quant_min, w_fq.quant_max
+            wcfg = QuantConfig(bits=8, granularity="per_channel", symmetric=True)
+            act = QuantConfig(granularity="per_tensor")
+            a_range = (a_fq.quant_min, a_fq.quant_max)
+            scale = w_scale.to(torch.float32).reshape(-1, 1).expand(w.shape[0], 1)
+            codes, scale, _, _, code_sum = ops.quantize(w, qmin, qmax, K, True, False, False,
+                                                        scale, None)  # fmt: skip
+        else:
+            wcfg, act, a_range = lin.weight_config, lin.activation_config, None
+            group = wcfg.group_size_for(K)
+            codes, scale, _, _, code_sum = ops.quantize(
+                w, wcfg.qmin, wcfg.qmax, group, True, wcfg.granularity == "per_tensor", False,
+                None, None,
+            )  # fmt: skip
+            if wcfg.granularity == "per_tensor":
+                wcfg = QuantConfig(bits=wcfg.bits, granularity="per_channel", symmetric=True)
+        new = cls(K, lin.out_features, lin.bias is not None, activation=act, weight=wcfg,
+                  activation_range=a_range, device=w.device, dtype=w.dtype)  # fmt: skip
+        new.weight_codes.copy_(pack_int4(codes) if new.packed else codes)
+        new.weight_scale.copy_(scale)
+        new.weight_code_sum.copy_(code_sum)
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias.detach())
+        return new
+
+    def weight_nbytes(self) -> int:
+        """Bytes of weight storage (codes + scales + code sums + bias)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def forward(self, input: Tensor) -> Tensor:
+        check_input(input, self.in_features, self.weight_codes.device)
+        codes = self.weight_codes
+        if self.packed:
+            codes = unpack_int4(codes, self.in_features)
+        K, N = self.in_features, self.out_features
+        act = self.activation_config
+        x2d = input.reshape(-1, K)
+        qmin, qmax = self.activation_range
+        x_codes, x_scale, x_zp, _, _ = ops.quantize(
+            x2d, qmin, qmax, K, act.symmetric, act.granularity == "per_tensor", True, None, None
+        )  # fmt: skip
+        bias = self.bias.to(input.dtype) if self.bias is not None else None
+        out = ops.int8_linear(x_codes, x_scale, x_zp, codes, self.weight_scale,
+                              self.weight_code_sum, bias, input.dtype)  # fmt: skip
+        return out.reshape(*input.shape[:-1], N)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, weight={self.weight_config}, "
+                f"activation={self.activation_config}")  # fmt: skip
