@@ -20,7 +20,7 @@ def quantize_config(rows: int, group_size: int, device: torch.device) -> dict:
     """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step."""
     block_c = max(16, min(triton.next_power_of_2(group_size), 64 if INTERPRET else 1024))
     if INTERPRET:
-        return {"BLOCK_R": 16, "BLOCK_C": block_c, "num_warps": 1}
+        return {"BLOCK_R": 64, "BLOCK_C": block_c, "num_warps": 1}
     block_r = max(1, min(16, 4096 // block_c))
     return {"BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": 4}
 
@@ -29,7 +29,7 @@ def gemm_config(kernel: str, M: int, N: int, K: int, device: torch.device) -> di
     """Tile for a GEMM kernel (``kernel`` in {"fwd", "dgrad", "wgrad"}) at problem size M x N x K
     (the output is M x N; K is the reduction)."""
     if INTERPRET:
-        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 1,
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 1,
                 "num_stages": 1}  # fmt: skip
     if kernel == "fwd":
         return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,

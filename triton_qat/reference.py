@@ -80,3 +80,22 @@ class ReferenceLinear(torch.nn.Linear):
         return qat_linear_ref(x, self.weight.to(x.dtype),
                               None if self.bias is None else self.bias.to(x.dtype),
                               self.activation_config, self.weight_config)  # fmt: skip
+
+
+def prepare_reference(
+    model: torch.nn.Module,
+    activation: QuantConfig = DEFAULT_ACTIVATION,
+    weight: QuantConfig = DEFAULT_WEIGHT,
+    filter_fn=None,
+) -> torch.nn.Module:
+    """Swap every ``nn.Linear`` for a :class:`ReferenceLinear` sharing its parameters, in place:
+    the plain-torch QAT baseline the demo and perf/ compare against."""
+    for fqn, mod in list(model.named_modules()):
+        if type(mod) is not torch.nn.Linear or (filter_fn is not None and not filter_fn(mod, fqn)):
+            continue
+        new = ReferenceLinear(mod.in_features, mod.out_features, mod.bias is not None,
+                              device="meta", activation=activation, weight=weight)  # fmt: skip
+        new.weight, new.bias = mod.weight, mod.bias
+        parent_name, _, child = fqn.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model
