@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 test: $(STAMP)
+	$(VPY) -m ruff check .
 	TRITON_INTERPRET=$(INTERPRET) $(VPY) -m pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import triton
-
 from triton_qat.kernels._common import INTERPRET
 
 __all__ = ["quantize_config", "gemm_config"]
@@ -29,10 +28,28 @@ def gemm_config(kernel: str, M: int, N: int, K: int, device: torch.device) -> di
     """Tile for a GEMM kernel (``kernel`` in {"fwd", "dgrad", "wgrad"}) at problem size M x N x K
     (the output is M x N; K is the reduction)."""
     if INTERPRET:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 1,
-                "num_stages": 1}  # fmt: skip
+        return {
+            "BLOCK_M": 64,
+            "BLOCK_N": 64,
+            "BLOCK_K": 64,
+            "GROUP_M": 4,
+            "num_warps": 1,
+            "num_stages": 1,
+        }
     if kernel == "fwd":
-        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-                "num_stages": 3}  # fmt: skip
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
-            "num_stages": 3}  # fmt: skip
+        return {
+            "BLOCK_M": 128,
+            "BLOCK_N": 128,
+            "BLOCK_K": 128,
+            "GROUP_M": 8,
+            "num_warps": 8,
+            "num_stages": 3,
+        }
+    return {
+        "BLOCK_M": 128,
+        "BLOCK_N": 128,
+        "BLOCK_K": 64,
+        "GROUP_M": 8,
+        "num_warps": 8,
+        "num_stages": 3,
+    }

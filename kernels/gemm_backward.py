@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from triton_qat.autotune import gemm_config
 
-from ._common import new_empty, cast_to_dt, dot_in_fp32, dtype_code, round_to_dt, use_kernels
+from ._common import cast_to_dt, dot_in_fp32, dtype_code, new_empty, round_to_dt, use_kernels
 from .gemm_int8 import _swizzle, dequantize_ref
 from .quantize import unpack_bits
 
@@ -38,11 +37,26 @@ def _dot(a, b, acc, DT: tl.constexpr, DOT_FP32: tl.constexpr):
 
 @triton.jit
 def _dgrad_kernel(
-    dy_ptr, wq_ptr, sw_ptr, mask_ptr, dx_ptr,
-    M, N, K, GROUP, stride_dym, stride_dyn, stride_wn, stride_dxm,
-    DT: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+    dy_ptr,
+    wq_ptr,
+    sw_ptr,
+    mask_ptr,
+    dx_ptr,
+    M,
+    N,
+    K,
+    GROUP,
+    stride_dym,
+    stride_dyn,
+    stride_wn,
+    stride_dxm,
+    DT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     # output tile [BLOCK_M, BLOCK_K] of grad_x; the reduction runs over N in BLOCK_N steps
     pid_m, pid_k = _swizzle(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP_M)
     o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -72,11 +86,28 @@ def _dgrad_kernel(
 
 @triton.jit
 def _wgrad_kernel(
-    dy_ptr, xq_ptr, sx_ptr, zpx_ptr, mask_ptr, dw_ptr, db_ptr,
-    M, N, K, stride_dym, stride_dyn, stride_xm, stride_dwn,
-    HAS_BIAS: tl.constexpr, DT: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+    dy_ptr,
+    xq_ptr,
+    sx_ptr,
+    zpx_ptr,
+    mask_ptr,
+    dw_ptr,
+    db_ptr,
+    M,
+    N,
+    K,
+    stride_dym,
+    stride_dyn,
+    stride_xm,
+    stride_dwn,
+    HAS_BIAS: tl.constexpr,
+    DT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     # output tile [BLOCK_N, BLOCK_K] of grad_w; the reduction runs over tokens M in BLOCK_M steps
     pid_n, pid_k = _swizzle(tl.program_id(0), N, K, BLOCK_N, BLOCK_K, GROUP_M)
     o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -126,12 +157,28 @@ def dgrad(
     cfg = gemm_config("dgrad", M, K, N, grad_y.device)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
     _dgrad_kernel[grid](
-        grad_y, w_codes.contiguous(), w_scale.contiguous(), x_mask.contiguous(), dx,
-        M, N, K, K // w_scale.shape[1], grad_y.stride(0), grad_y.stride(1), K, dx.stride(0),
-        DT=dtype_code(grad_y.dtype), DOT_FP32=dot_in_fp32(grad_y.dtype),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+        grad_y,
+        w_codes.contiguous(),
+        w_scale.contiguous(),
+        x_mask.contiguous(),
+        dx,
+        M,
+        N,
+        K,
+        K // w_scale.shape[1],
+        grad_y.stride(0),
+        grad_y.stride(1),
+        K,
+        dx.stride(0),
+        DT=dtype_code(grad_y.dtype),
+        DOT_FP32=dot_in_fp32(grad_y.dtype),
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg["GROUP_M"],
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
     return dx
 
 
@@ -161,13 +208,30 @@ def wgrad(
     cfg = gemm_config("wgrad", N, K, M, grad_y.device)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(max(K, 1), cfg["BLOCK_K"]),)
     _wgrad_kernel[grid](
-        grad_y, x_codes.contiguous(), x_scale.contiguous(), x_zero_point.contiguous(),
-        w_mask.contiguous(), dw, db if db is not None else dw,
-        M, N, K, grad_y.stride(0), grad_y.stride(1), K, dw.stride(0),
-        HAS_BIAS=with_bias, DT=dtype_code(grad_y.dtype), DOT_FP32=dot_in_fp32(grad_y.dtype),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+        grad_y,
+        x_codes.contiguous(),
+        x_scale.contiguous(),
+        x_zero_point.contiguous(),
+        w_mask.contiguous(),
+        dw,
+        db if db is not None else dw,
+        M,
+        N,
+        K,
+        grad_y.stride(0),
+        grad_y.stride(1),
+        K,
+        dw.stride(0),
+        HAS_BIAS=with_bias,
+        DT=dtype_code(grad_y.dtype),
+        DOT_FP32=dot_in_fp32(grad_y.dtype),
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg["GROUP_M"],
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
     return dw, db
 
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from triton_qat.autotune import gemm_config
 
-from ._common import new_empty, cast_to_dt, dtype_code, use_kernels
+from ._common import cast_to_dt, dtype_code, new_empty, use_kernels
 
 
 @triton.jit
@@ -43,11 +42,30 @@ def _swizzle(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: t
 
 @triton.jit
 def _int8_linear_kernel(
-    xq_ptr, sx_ptr, zpx_ptr, wq_ptr, sw_ptr, wsum_ptr, bias_ptr, out_ptr,
-    M, N, K, GROUP, stride_xm, stride_wn, stride_om,
-    HAS_BIAS: tl.constexpr, ASYM: tl.constexpr, MODE: tl.constexpr, DT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+    xq_ptr,
+    sx_ptr,
+    zpx_ptr,
+    wq_ptr,
+    sw_ptr,
+    wsum_ptr,
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    GROUP,
+    stride_xm,
+    stride_wn,
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    ASYM: tl.constexpr,
+    MODE: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     pid_m, pid_n = _swizzle(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
@@ -147,13 +165,32 @@ def int8_linear(
     mode, block_k = _pick_mode(K, group_size, cfg["BLOCK_K"])
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     _int8_linear_kernel[grid](
-        x_codes, x_scale.contiguous(), x_zero_point.contiguous(), w_codes, w_scale.contiguous(),
-        w_code_sum.contiguous(), bias if bias is not None else out, out,
-        M, N, K, group_size, x_codes.stride(0), w_codes.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, ASYM=asymmetric, MODE=mode, DT=dtype_code(out_dtype),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
+        x_codes,
+        x_scale.contiguous(),
+        x_zero_point.contiguous(),
+        w_codes,
+        w_scale.contiguous(),
+        w_code_sum.contiguous(),
+        bias if bias is not None else out,
+        out,
+        M,
+        N,
+        K,
+        group_size,
+        x_codes.stride(0),
+        w_codes.stride(0),
+        out.stride(0),
+        HAS_BIAS=bias is not None,
+        ASYM=asymmetric,
+        MODE=mode,
+        DT=dtype_code(out_dtype),
+        BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=block_k,
+        GROUP_M=cfg["GROUP_M"],
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
     return out
 
 

@@ -23,15 +23,14 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-
 from triton_qat.autotune import quantize_config
 
 from ._common import (
-    new_empty,
     FLOAT_DTYPES,
     cast_to_dt,
     div_scalar,
     dtype_code,
+    new_empty,
     rint,
     round_to_dt,
     use_kernels,
@@ -40,14 +39,32 @@ from ._common import (
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, stride_xr, stride_xc,
-    codes_ptr, scale_ptr, zp_ptr, mask_ptr, sum_ptr, y_ptr,
-    R, C, GROUP, eps,
-    QMIN: tl.constexpr, QMAX: tl.constexpr, CODE_OFFSET: tl.constexpr,
-    SYMMETRIC: tl.constexpr, HAS_QPARAMS: tl.constexpr, DT: tl.constexpr,
-    DIV_BY_RECIP: tl.constexpr, PACK_MASK: tl.constexpr, WRITE_CODES: tl.constexpr,
-    WRITE_Y: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    stride_xr,
+    stride_xc,
+    codes_ptr,
+    scale_ptr,
+    zp_ptr,
+    mask_ptr,
+    sum_ptr,
+    y_ptr,
+    R,
+    C,
+    GROUP,
+    eps,
+    QMIN: tl.constexpr,
+    QMAX: tl.constexpr,
+    CODE_OFFSET: tl.constexpr,
+    SYMMETRIC: tl.constexpr,
+    HAS_QPARAMS: tl.constexpr,
+    DT: tl.constexpr,
+    DIV_BY_RECIP: tl.constexpr,
+    PACK_MASK: tl.constexpr,
+    WRITE_CODES: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     pid = tl.program_id(0)
     o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
     m_r = o_r < R
@@ -145,7 +162,9 @@ def code_offset(qmin: int, qmax: int) -> int:
 
 def check_quant_range(qmin: int, qmax: int) -> None:
     if not (qmin < qmax and qmax - qmin <= 255 and -128 <= qmin and qmax <= 255):
-        raise ValueError(f"quant range: expected qmin < qmax within [-128, 255], got [{qmin}, {qmax}]")
+        raise ValueError(
+            f"quant range: expected qmin < qmax within [-128, 255], got [{qmin}, {qmax}]"
+        )
 
 
 def eps_for(dtype: torch.dtype) -> float:
@@ -184,18 +203,33 @@ def quantize_rows(
         raise ValueError("pack_mask: bit-packed masks need one group per row")
     if not use_kernels(x):
         return quantize_rows_ref(
-            x, qmin, qmax, group_size, symmetric, pack_mask=pack_mask, scale=scale,
-            zero_point=zero_point, with_y=with_y,
-        )  # fmt: skip
+            x,
+            qmin,
+            qmax,
+            group_size,
+            symmetric,
+            pack_mask=pack_mask,
+            scale=scale,
+            zero_point=zero_point,
+            with_y=with_y,
+        )
     n_groups = C // group_size
     offset = code_offset(qmin, qmax)
     dev = x.device
     codes = new_empty((R, C), torch.int8, dev)
     has_qparams = scale is not None
     if has_qparams:
-        out_scale = scale.to(torch.float32).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
-        zp = zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32, device=dev)
-        out_zp = (zp.to(torch.int32) + offset).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
+        out_scale = (
+            scale.to(torch.float32).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
+        )
+        zp = (
+            zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32, device=dev)
+        )
+        out_zp = (
+            (zp.to(torch.int32) + offset)
+            .expand(R, n_groups)
+            .clone(memory_format=torch.contiguous_format)
+        )
     else:
         out_scale = new_empty((R, n_groups), torch.float32, dev)
         out_zp = new_empty((R, n_groups), torch.int32, dev)
@@ -208,15 +242,34 @@ def quantize_rows(
     cfg = quantize_config(R, group_size, x.device)
     grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
     _quantize_rows_kernel[grid](
-        x, x.stride(0), x.stride(1),
-        codes, out_scale, out_zp, mask, code_sum, y if with_y else codes,
-        R, C, group_size, eps_for(x.dtype),
-        QMIN=qmin, QMAX=qmax, CODE_OFFSET=offset, SYMMETRIC=symmetric, HAS_QPARAMS=has_qparams,
-        DT=dtype_code(x.dtype), DIV_BY_RECIP=x.is_cuda, PACK_MASK=pack_mask, WRITE_CODES=True,
-        WRITE_Y=with_y, BLOCK_R=cfg["BLOCK_R"], BLOCK_C=cfg["BLOCK_C"],
+        x,
+        x.stride(0),
+        x.stride(1),
+        codes,
+        out_scale,
+        out_zp,
+        mask,
+        code_sum,
+        y if with_y else codes,
+        R,
+        C,
+        group_size,
+        eps_for(x.dtype),
+        QMIN=qmin,
+        QMAX=qmax,
+        CODE_OFFSET=offset,
+        SYMMETRIC=symmetric,
+        HAS_QPARAMS=has_qparams,
+        DT=dtype_code(x.dtype),
+        DIV_BY_RECIP=x.is_cuda,
+        PACK_MASK=pack_mask,
+        WRITE_CODES=True,
+        WRITE_Y=with_y,
+        BLOCK_R=cfg["BLOCK_R"],
+        BLOCK_C=cfg["BLOCK_C"],
         num_warps=cfg["num_warps"],
         enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
-    )  # fmt: skip
+    )
     return Quantized(codes, out_scale, out_zp, mask, code_sum, y)
 
 
@@ -308,7 +361,7 @@ def pack_bits(keep: torch.Tensor) -> torch.Tensor:
     R, C = keep.shape
     pad = (-C) % 8
     bits = torch.nn.functional.pad(keep.to(torch.uint8), (0, pad)).reshape(R, -1, 8).to(torch.int32)
-    weights = (1 << torch.arange(8, device=keep.device, dtype=torch.int32))
+    weights = 1 << torch.arange(8, device=keep.device, dtype=torch.int32)
     return (bits * weights).sum(-1).to(torch.uint8)
 
 

@@ -19,12 +19,16 @@ QCONFIGS = {
     ),
     "reduce-range": q.QConfig(
         activation=q.FakeQuantize.with_args(
-            observer=q.MovingAverageMinMaxObserver, quant_min=0, quant_max=127,
-            dtype=torch.quint8, averaging_constant=1, is_dynamic=True,
+            observer=q.MovingAverageMinMaxObserver,
+            quant_min=0,
+            quant_max=127,
+            dtype=torch.quint8,
+            averaging_constant=1,
+            is_dynamic=True,
         ),
         weight=q.default_weight_fake_quant,
     ),
-}  # fmt: skip
+}
 
 
 def _models(qconfig, device, layers=(0, 2)):
@@ -59,7 +63,7 @@ def test_trains_like_prepare_qat(name, device):
         torch.testing.assert_close(y_o, y_r, rtol=2e-5, atol=1e-5)
         y_r.square().sum().backward()
         y_o.square().sum().backward()
-        for (n, p_r), p_o in zip(ref.named_parameters(), ours.parameters()):
+        for (n, p_r), p_o in zip(ref.named_parameters(), ours.parameters(), strict=True):
             torch.testing.assert_close(p_o.grad, p_r.grad, rtol=2e-4, atol=1e-5, msg=n)
         # observer state is bit-identical at every step
         for k, v in ref.state_dict().items():
@@ -71,7 +75,7 @@ def test_trains_like_prepare_qat(name, device):
         opt_o.zero_grad()
         # keep the weights identical so the next step tests the numerics, not accumulated rounding
         with torch.no_grad():
-            for p_r, p_o in zip(ref.parameters(), ours.parameters()):
+            for p_r, p_o in zip(ref.parameters(), ours.parameters(), strict=True):
                 p_o.copy_(p_r)
 
 
@@ -127,13 +131,24 @@ def test_non_memoryless_activation_raises_seed_error():
     "weight,needle",
     [
         (q.default_fused_per_channel_wt_fake_quant, "FusedMovingAvgObsFakeQuantize"),
-        (q.FakeQuantize.with_args(observer=q.MinMaxObserver, dtype=torch.qint8,
-                                  qscheme=torch.per_tensor_symmetric), "MinMaxObserver"),
-        (q.FakeQuantize.with_args(observer=q.MovingAverageMinMaxObserver, quant_min=0,
-                                  quant_max=255, dtype=torch.quint8), "qscheme"),
+        (
+            q.FakeQuantize.with_args(
+                observer=q.MinMaxObserver, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric
+            ),
+            "MinMaxObserver",
+        ),
+        (
+            q.FakeQuantize.with_args(
+                observer=q.MovingAverageMinMaxObserver,
+                quant_min=0,
+                quant_max=255,
+                dtype=torch.quint8,
+            ),
+            "qscheme",
+        ),
     ],
     ids=["fused", "minmax", "affine-weight"],
-)  # fmt: skip
+)
 def test_unsupported_weight_observer_names_it(weight, needle):
     cfg = q.QConfig(activation=q.default_dynamic_qat_qconfig.activation, weight=weight)
     with pytest.raises(NotImplementedError, match=needle):

@@ -21,9 +21,20 @@ import triton_qat as tq
         (dict(granularity="per_group", group_size=32), "symmetric"),
         (dict(symmetric="yes"), "symmetric"),
     ],
-    ids=["bits1", "bits9", "bits-float", "bits-bool", "granularity", "group-missing", "group0",
-         "group-without-per-group", "per-channel-asym", "per-group-asym", "symmetric-str"],
-)  # fmt: skip
+    ids=[
+        "bits1",
+        "bits9",
+        "bits-float",
+        "bits-bool",
+        "granularity",
+        "group-missing",
+        "group0",
+        "group-without-per-group",
+        "per-channel-asym",
+        "per-group-asym",
+        "symmetric-str",
+    ],
+)
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         tq.QuantConfig(**kwargs)

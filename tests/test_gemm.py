@@ -3,7 +3,6 @@
 import pytest
 import torch
 from conftest import DTYPES, assert_close_rel, dt_id
-
 from triton_qat.kernels.gemm_backward import dgrad, wgrad
 from triton_qat.kernels.gemm_int8 import _pick_mode, int8_linear
 from triton_qat.kernels.quantize import quantize_rows, unpack_bits
@@ -34,8 +33,17 @@ def _quantized(M, K, N, group, bits, sym, dtype, device):
 def test_forward_gemm(M, K, N, group, bits, sym, dtype, with_bias, device):
     qa, qw = _quantized(M, K, N, group, bits, sym, dtype, device)
     bias = torch.randn(N, device=device).to(dtype) if with_bias else None
-    out = int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, bias,
-                      dtype, asymmetric=not sym)  # fmt: skip
+    out = int8_linear(
+        qa.codes,
+        qa.scale,
+        qa.zero_point,
+        qw.codes,
+        qw.scale,
+        qw.code_sum,
+        bias,
+        dtype,
+        asymmetric=not sym,
+    )
     ref = qa.y.double() @ qw.y.double().T
     if with_bias:
         ref += bias.double()
@@ -70,5 +78,6 @@ def test_strided_grad_output(device):
     qa, qw = _quantized(13, 40, 24, 40, 8, False, torch.float32, device)
     dy = torch.randn(24, 13, device=device).T
     dx = dgrad(dy, qw.codes, qw.scale, qa.mask)
-    assert_close_rel(dx, (dy.double() @ qw.y.double()) * unpack_bits(qa.mask, 40), torch.float32,
-                     "grad_x")  # fmt: skip
+    assert_close_rel(
+        dx, (dy.double() @ qw.y.double()) * unpack_bits(qa.mask, 40), torch.float32, "grad_x"
+    )

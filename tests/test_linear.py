@@ -36,7 +36,9 @@ def _fp64_reference(x, lin, act, wcfg):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
 @pytest.mark.parametrize("cfg", list(CONFIGS), ids=list(CONFIGS))
-@pytest.mark.parametrize("lead", [(1,), (3,), (13,), (67,), (2, 3, 5)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "lead", [(1,), (3,), (13,), (67,), (2, 3, 5)], ids=lambda s: "x".join(map(str, s))
+)
 def test_linear_forward_backward(lead, cfg, dtype, device):
     act, wcfg = CONFIGS[cfg]
     lin = tq.Linear(96, 40, activation=act, weight=wcfg, device=device, dtype=dtype)
@@ -65,7 +67,9 @@ def test_no_bias_and_frozen_input(device):
     lin = tq.Linear(40, 24, bias=False, device=device)
     x = torch.randn(5, 40, device=device)  # no grad wanted for x: only grad_w is computed
     lin(x).sum().backward()
-    assert lin.bias is None and lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+    assert (
+        lin.bias is None and lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+    )
 
 
 def test_disable_fake_quant_is_exact_linear(device):
@@ -163,16 +167,30 @@ def test_mismatched_devices():
 @pytest.mark.parametrize(
     "kwargs,exc,needle",
     [
-        (dict(weight=tq.QuantConfig(bits=4, granularity="per_group", group_size=7, symmetric=True)),
-         ValueError, "group_size"),
-        (dict(activation=tq.QuantConfig(granularity="per_channel", symmetric=True)), ValueError,
-         "activation"),
+        (
+            dict(
+                weight=tq.QuantConfig(bits=4, granularity="per_group", group_size=7, symmetric=True)
+            ),
+            ValueError,
+            "group_size",
+        ),
+        (
+            dict(activation=tq.QuantConfig(granularity="per_channel", symmetric=True)),
+            ValueError,
+            "activation",
+        ),
         (dict(weight=tq.QuantConfig()), ValueError, "weight"),
         (dict(weight=tq.QuantConfig(granularity="per_tensor")), ValueError, "symmetric"),
         (dict(activation="int8"), TypeError, "activation"),
     ],
-    ids=["group-not-dividing", "act-per-channel", "weight-per-token", "weight-asym", "not-a-config"],
-)  # fmt: skip
+    ids=[
+        "group-not-dividing",
+        "act-per-channel",
+        "weight-per-token",
+        "weight-asym",
+        "not-a-config",
+    ],
+)
 def test_bad_module_config(kwargs, exc, needle):
     with pytest.raises(exc, match=needle):
         tq.Linear(40, 24, **kwargs)

@@ -76,14 +76,16 @@ def test_compile_fullgraph_matches_eager(dtype, device):
     counters.clear()
     model = _mlp(device, dtype)
     compiled = torch.compile(model, fullgraph=True)
-    for batch in range(3):  # same shapes: one compile, no recompiles
+    for _batch in range(3):  # same shapes: one compile, no recompiles
         x = torch.randn(5, 9, 32, device=device, dtype=dtype, requires_grad=True)
         eager_out, eager_grads = _step(model, x)
         comp_out, comp_grads = _step(compiled, x)
         # the custom ops run the same kernels; ReLU/mean may be fused differently by Inductor
         torch.testing.assert_close(comp_out, eager_out, rtol=0, atol=0)
-        for g, e in zip(comp_grads, eager_grads):
-            torch.testing.assert_close(g, e, rtol=1e-5 if dtype == torch.float32 else 1e-2, atol=1e-6)
+        for g, e in zip(comp_grads, eager_grads, strict=True):
+            torch.testing.assert_close(
+                g, e, rtol=1e-5 if dtype == torch.float32 else 1e-2, atol=1e-6
+            )
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
 
@@ -102,6 +104,8 @@ def test_compile_ao_numerics_fullgraph(device):
         e_out, _ = _step(eager, x)
         c_out, _ = _step(compiled, x)
         torch.testing.assert_close(c_out, e_out, rtol=0, atol=0)
-    for (name, a), (_, b) in zip(eager.state_dict().items(), model.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        eager.state_dict().items(), model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
     assert counters["stats"]["unique_graphs"] == 1

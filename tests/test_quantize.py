@@ -6,28 +6,31 @@ import torch
 from conftest import DTYPES, dt_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import triton_qat as tq
 from triton_qat.kernels.quantize import (
     code_offset,
     quantize_rows,
     quantize_rows_ref,
     unpack_bits,
 )
+
+import triton_qat as tq
 from triton_qat.reference import fake_quantize_ref, fake_quantize_with_mask
 
 SHAPES = [(1, 40), (3, 96), (13, 130), (67, 33)]
 
 
 def _assert_same(a, b, what=""):
-    for name, u, v in zip(a._fields, a, b):
+    for name, u, v in zip(a._fields, a, b, strict=True):
         if u is None and v is None:
             continue
-        assert u.dtype == v.dtype and u.shape == v.shape, f"{what} {name}: {u.dtype}{tuple(u.shape)}"
-        assert torch.equal(u, v) or (u.is_floating_point() and torch.equal(u.isnan(), v.isnan())
-                                     and torch.equal(u.nan_to_num(), v.nan_to_num())), (
-            f"{what} {name}: {(u != v).sum().item()} of {u.numel()} differ"
-        )  # fmt: skip
+        assert u.dtype == v.dtype and u.shape == v.shape, (
+            f"{what} {name}: {u.dtype}{tuple(u.shape)}"
+        )
+        assert torch.equal(u, v) or (
+            u.is_floating_point()
+            and torch.equal(u.isnan(), v.isnan())
+            and torch.equal(u.nan_to_num(), v.nan_to_num())
+        ), f"{what} {name}: {(u != v).sum().item()} of {u.numel()} differ"
 
 
 def _data(shape, dtype, device, scale=3.0):
@@ -40,8 +43,11 @@ def _data(shape, dtype, device, scale=3.0):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
 @pytest.mark.parametrize("R,C", SHAPES, ids=[f"R{r}-C{c}" for r, c in SHAPES])
-@pytest.mark.parametrize("bits,symmetric", [(8, False), (8, True), (4, False), (2, True)],
-                         ids=["i8-asym", "i8-sym", "i4-asym", "i2-sym"])  # fmt: skip
+@pytest.mark.parametrize(
+    "bits,symmetric",
+    [(8, False), (8, True), (4, False), (2, True)],
+    ids=["i8-asym", "i8-sym", "i4-asym", "i2-sym"],
+)
 def test_per_token_bit_exact(R, C, dtype, bits, symmetric, device):
     cfg = tq.QuantConfig(bits=bits, symmetric=symmetric)
     x = _data((R, C), dtype, device)
@@ -71,8 +77,12 @@ def test_weight_groups_bit_exact(N, K, group, bits, dtype, device):
     _assert_same(got, want, "weight")
     assert torch.equal(got.code_sum, got.codes.to(torch.int32).reshape(N, -1, group).sum(-1))
     gran = "per_channel" if group == K else "per_group"
-    cfg = tq.QuantConfig(bits=bits, granularity=gran, symmetric=True,
-                         group_size=group if gran == "per_group" else None)  # fmt: skip
+    cfg = tq.QuantConfig(
+        bits=bits,
+        granularity=gran,
+        symmetric=True,
+        group_size=group if gran == "per_group" else None,
+    )
     assert torch.equal(tq.fake_quantize(w, cfg), fake_quantize_ref(w, cfg))
 
 
@@ -104,14 +114,17 @@ def test_matches_torch_fake_quantize_per_channel(dtype, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
-@pytest.mark.parametrize("qmin,qmax", [(0, 255), (0, 127), (-128, 127)], ids=["quint8", "reduce", "qint8"])
+@pytest.mark.parametrize(
+    "qmin,qmax", [(0, 255), (0, 127), (-128, 127)], ids=["quint8", "reduce", "qint8"]
+)
 def test_matches_torch_fake_quantize_per_tensor(dtype, qmin, qmax, device):
     """Given torch.ao-style qparams, values and mask equal torch.fake_quantize_per_tensor_affine."""
     x = _data((13, 40), dtype, device)
     scale = torch.tensor([0.037], device=device)
     zp = torch.tensor([(qmin + qmax) // 2 + 3], dtype=torch.int32, device=device)
-    got = quantize_rows(x, qmin, qmax, 40, False, pack_mask=True, scale=scale, zero_point=zp,
-                        with_y=True)  # fmt: skip
+    got = quantize_rows(
+        x, qmin, qmax, 40, False, pack_mask=True, scale=scale, zero_point=zp, with_y=True
+    )
     xg = x.clone().requires_grad_()
     want = torch.fake_quantize_per_tensor_affine(xg, scale, zp, qmin, qmax)
     want.backward(torch.ones_like(want))
@@ -130,11 +143,12 @@ def test_matches_torch_fake_quantize_per_tensor(dtype, qmin, qmax, device):
             st.floats(-1e4, 1e4, width=32),
             st.sampled_from([0.0, -0.0, 1e-30, -1e-30, 65504.0, -3.0e38, 2.5, -2.5, 0.5]),
         ),
-        min_size=8, max_size=8,
+        min_size=8,
+        max_size=8,
     ).map(lambda v: v * 3),
     dtype=st.sampled_from(DTYPES),
     symmetric=st.booleans(),
-)  # fmt: skip
+)
 def test_property_special_values(rows, dtype, symmetric):
     """Zeros, signed zeros, denormal-ish, huge, exact halves: still bit-exact (finite rows)."""
     x = torch.tensor(rows, dtype=torch.float32).reshape(3, 8).to(dtype)
@@ -148,7 +162,9 @@ def test_property_special_values(rows, dtype, symmetric):
 def test_all_zero_row(device):
     x = torch.zeros(2, 16, device=device, dtype=torch.bfloat16)
     got = quantize_rows(x, -128, 127, 16, False, pack_mask=True, with_y=True)
-    assert torch.equal(got.scale, torch.full_like(got.scale, torch.finfo(torch.bfloat16).smallest_normal))
+    assert torch.equal(
+        got.scale, torch.full_like(got.scale, torch.finfo(torch.bfloat16).smallest_normal)
+    )
     assert torch.equal(got.zero_point, torch.full_like(got.zero_point, -128))
     assert torch.equal(got.y, x)
 
@@ -158,8 +174,9 @@ def test_non_finite_token_stays_in_its_row(bad, device):
     x = _data((5, 24), torch.float32, device)
     x[3, 7] = bad
     got = quantize_rows(x, -128, 127, 24, False, pack_mask=True, with_y=True)
-    clean = quantize_rows(torch.cat([x[:3], x[4:]]), -128, 127, 24, False, pack_mask=True,
-                          with_y=True)  # fmt: skip
+    clean = quantize_rows(
+        torch.cat([x[:3], x[4:]]), -128, 127, 24, False, pack_mask=True, with_y=True
+    )
     keep = [0, 1, 2, 4]
     assert torch.equal(got.y[keep], clean.y) and torch.equal(got.codes[keep], clean.codes)
     assert not torch.isfinite(got.y[3]).all()

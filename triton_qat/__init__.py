@@ -1,14 +1,14 @@
 """triton_qat: fused Triton kernels for dynamic fake-quantized (QAT) linear layers.
 
-    import triton_qat as tq
-    lin = tq.Linear(4096, 4096, activation=tq.QuantConfig(), weight=tq.QuantConfig(
-        bits=4, granularity="per_group", group_size=32, symmetric=True))
-    y = lin(x)                      # int8 GEMM forward, STE backward from int8 codes
-    y = tq.fake_quantize(x, tq.QuantConfig())
+import triton_qat as tq
+lin = tq.Linear(4096, 4096, activation=tq.QuantConfig(), weight=tq.QuantConfig(
+    bits=4, granularity="per_group", group_size=32, symmetric=True))
+y = lin(x)                      # int8 GEMM forward, STE backward from int8 codes
+y = tq.fake_quantize(x, tq.QuantConfig())
 
-    model = tq.prepare(model)       # every nn.Linear -> tq.Linear, parameters shared
-    ...train...
-    model = tq.convert(model)       # tq.Linear -> tq.QuantizedLinear (int8 weights, int8 GEMM)
+model = tq.prepare(model)       # every nn.Linear -> tq.Linear, parameters shared
+...train...
+model = tq.convert(model)       # tq.Linear -> tq.QuantizedLinear (int8 weights, int8 GEMM)
 """
 
 from triton_qat import ops  # noqa: F401  (registers the torch.library ops)

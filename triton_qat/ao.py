@@ -41,8 +41,9 @@ def make_fake_quants(qconfig, out_features: int, device=None) -> tuple[nn.Module
         raise ValueError(_MEMORYLESS_MSG)
     act, wfq = qconfig.activation(), qconfig.weight()
     _check_supported(act, "activation", q, allowed_qschemes=(torch.per_tensor_affine,))
-    _check_supported(wfq, "weight", q,
-                     allowed_qschemes=(torch.per_tensor_symmetric, torch.per_channel_symmetric))  # fmt: skip
+    _check_supported(
+        wfq, "weight", q, allowed_qschemes=(torch.per_tensor_symmetric, torch.per_channel_symmetric)
+    )
     if wfq.dtype != torch.qint8:
         raise NotImplementedError(f"qconfig.weight: dtype {wfq.dtype} (only torch.qint8 weights)")
     if wfq.qscheme == torch.per_channel_symmetric:
@@ -62,7 +63,10 @@ def make_fake_quants(qconfig, out_features: int, device=None) -> tuple[nn.Module
 
 def _check_supported(fq, role: str, q, allowed_qschemes) -> None:
     obs = getattr(fq, "activation_post_process", None)
-    ok_obs = (q.observer.MovingAverageMinMaxObserver, q.observer.MovingAveragePerChannelMinMaxObserver)
+    ok_obs = (
+        q.observer.MovingAverageMinMaxObserver,
+        q.observer.MovingAveragePerChannelMinMaxObserver,
+    )
     if type(fq) is not q.FakeQuantize:
         raise NotImplementedError(
             f"qconfig.{role}: {type(fq).__name__} is not supported (torch.ao FakeQuantize only)"

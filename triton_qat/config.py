@@ -35,7 +35,9 @@ class QuantConfig:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ValueError(f"bits: expected an int in 2..8, got {self.bits!r}")
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}")
+            raise ValueError(
+                f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}"
+            )
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"symmetric: expected a bool, got {self.symmetric!r}")
         if self.granularity == "per_group":

@@ -45,10 +45,12 @@ class ModelConfig:
 
 CONFIGS = {
     "tiny": ModelConfig(d_model=32, n_layers=1, n_heads=2, seq_len=32, batch=8, steps=40, lr=3e-3),
-    "small": ModelConfig(d_model=256, n_layers=4, n_heads=4, seq_len=128, batch=32, steps=300,
-                         lr=1e-3),  # fmt: skip
-    "medium": ModelConfig(d_model=512, n_layers=8, n_heads=8, seq_len=256, batch=32, steps=1000,
-                          lr=6e-4),  # fmt: skip
+    "small": ModelConfig(
+        d_model=256, n_layers=4, n_heads=4, seq_len=128, batch=32, steps=300, lr=1e-3
+    ),
+    "medium": ModelConfig(
+        d_model=512, n_layers=8, n_heads=8, seq_len=256, batch=32, steps=1000, lr=6e-4
+    ),
 }
 
 
@@ -147,8 +149,14 @@ def train(name, model, train_data, eval_data, cfg, args, steps, dtype):
     step_fn = torch.compile(model, fullgraph=True) if not args.no_compile else model
     losses, times = [], []
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    bar = tqdm(batches(train_data, cfg, steps, args.seed), total=steps, desc=f"{name:>16}",
-               unit="step", dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    bar = tqdm(
+        batches(train_data, cfg, steps, args.seed),
+        total=steps,
+        desc=f"{name:>16}",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     for x, y in bar:
         sync()
         t0 = time.perf_counter()
@@ -173,9 +181,15 @@ def train(name, model, train_data, eval_data, cfg, args, steps, dtype):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", choices=list(CONFIGS), default=None,
-                   help="model size (default: tiny on CPU, small on CUDA)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        choices=list(CONFIGS),
+        default=None,
+        help="model size (default: tiny on CPU, small on CUDA)",
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps per run")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -184,8 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        print("note: TRITON_INTERPRET is not 1, so CPU runs use the plain-torch fallback, not the "
-              "Triton kernels (make demo sets it)")  # fmt: skip
+        print(
+            "note: TRITON_INTERPRET is not 1, so CPU runs use the plain-torch fallback, not the "
+            "Triton kernels (make demo sets it)"
+        )
     cfg = CONFIGS[args.config or ("small" if args.device == "cuda" else "tiny")]
     steps = args.steps if args.steps is not None else cfg.steps
     if steps < 1:
@@ -195,9 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
     train_data, eval_data, vocab = load_corpus(device)
     torch.manual_seed(args.seed)
     base = TinyGPT(vocab, cfg).to(device=device, dtype=dtype)
-    print(f"triton_qat demo: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters, "
-          f"config={args.config or ('small' if device.type == 'cuda' else 'tiny')} {cfg}, "
-          f"{steps} steps, {device.type} {dtype}, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"triton_qat demo: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters, "
+        f"config={args.config or ('small' if device.type == 'cuda' else 'tiny')} {cfg}, "
+        f"{steps} steps, {device.type} {dtype}, torch {torch.__version__}"
+    )
 
     runs = {
         "float": copy.deepcopy(base),
@@ -208,8 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model in runs.items():
         results[name] = train(name, model, train_data, eval_data, cfg, args, steps, dtype)
     # int8 inference: convert the QAT model; the float model gets post-training quantization
-    results["QAT triton_qat"]["int8_eval"] = eval_loss(tq.convert(runs["QAT triton_qat"]),
-                                                       eval_data, cfg)  # fmt: skip
+    results["QAT triton_qat"]["int8_eval"] = eval_loss(
+        tq.convert(runs["QAT triton_qat"]), eval_data, cfg
+    )
     ptq = tq.convert(tq.prepare(copy.deepcopy(runs["float"]), filter_fn=not_head))
     results["float"]["int8_eval"] = eval_loss(ptq, eval_data, cfg)
     print_table(results)
@@ -222,10 +241,14 @@ def print_table(results: dict) -> None:
     print("\n" + head + "\n" + "-" * len(head))
     for name, r in results.items():
         int8 = f"{r['int8_eval']:.4f}" if "int8_eval" in r else "-"
-        print(f"{name:<16} {r['train']:>10.4f} {r['eval']:>10.4f} {int8:>10} "
-              f"{r['ms_per_step']:>9.1f} {r['saved_mb']:>9.2f}")  # fmt: skip
-    print("int8 eval: eval loss after tq.convert (float row: post-training quantization of the "
-          "float model). saved MB: what autograd keeps for backward in one step.")  # fmt: skip
+        print(
+            f"{name:<16} {r['train']:>10.4f} {r['eval']:>10.4f} {int8:>10} "
+            f"{r['ms_per_step']:>9.1f} {r['saved_mb']:>9.2f}"
+        )
+    print(
+        "int8 eval: eval loss after tq.convert (float row: post-training quantization of the "
+        "float model). saved MB: what autograd keeps for backward in one step."
+    )
 
 
 def plot(results: dict, out: Path, device: torch.device, cfg: ModelConfig) -> None:

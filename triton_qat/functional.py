@@ -47,8 +47,16 @@ def fake_quantize(x: Tensor, config: QuantConfig) -> Tensor:
     x2d, group = _rows_for(x, config)
     if x2d.numel() == 0:
         return x * 1  # nothing to quantize; keeps autograd connected
-    y, _ = ops.fake_quantize(x2d, config.qmin, config.qmax, group, config.symmetric,
-                             config.granularity == "per_tensor", None, None)  # fmt: skip
+    y, _ = ops.fake_quantize(
+        x2d,
+        config.qmin,
+        config.qmax,
+        group,
+        config.symmetric,
+        config.granularity == "per_tensor",
+        None,
+        None,
+    )
     return y.reshape(x.shape)
 
 
@@ -104,12 +112,21 @@ def qat_linear(
     weight = weight.to(x.dtype)
     bias = bias.to(x.dtype) if bias is not None else None
     out = ops.qat_linear(
-        x, weight, bias,
-        activation.qmin, activation.qmax, activation.symmetric,
-        activation.granularity == "per_tensor", None, None,
-        weight_config.qmin, weight_config.qmax, w_group,
-        weight_config.granularity == "per_tensor", None,
-    )  # fmt: skip
+        x,
+        weight,
+        bias,
+        activation.qmin,
+        activation.qmax,
+        activation.symmetric,
+        activation.granularity == "per_tensor",
+        None,
+        None,
+        weight_config.qmin,
+        weight_config.qmax,
+        w_group,
+        weight_config.granularity == "per_tensor",
+        None,
+    )
     return out[0]
 
 
@@ -127,9 +144,19 @@ def ao_qat_linear(
     scale/zero point ([1]), per-tensor ([1]) or per-channel ([N]) symmetric weight scale."""
     N = weight.shape[0]
     out = ops.qat_linear(
-        x, weight, bias, a_range[0], a_range[1], False, False,
-        a_scale.reshape(1, 1).to(torch.float32), a_zero_point.reshape(1, 1).to(torch.int32),
-        w_range[0], w_range[1], weight.shape[1], False,
+        x,
+        weight,
+        bias,
+        a_range[0],
+        a_range[1],
+        False,
+        False,
+        a_scale.reshape(1, 1).to(torch.float32),
+        a_zero_point.reshape(1, 1).to(torch.int32),
+        w_range[0],
+        w_range[1],
+        weight.shape[1],
+        False,
         w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1),
-    )  # fmt: skip
+    )
     return out[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -47,9 +46,13 @@ class Linear(nn.Linear):
         self.qconfig = qconfig
         if qconfig is not None:
             if activation is not None or weight is not None:
-                raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
+                raise ValueError(
+                    "qconfig: pass a torch.ao qconfig or activation=/weight=, not both"
+                )
             if not ao.is_ao_qconfig(qconfig):
-                raise TypeError(f"qconfig: expected a torch.ao QConfig, got {type(qconfig).__name__}")
+                raise TypeError(
+                    f"qconfig: expected a torch.ao QConfig, got {type(qconfig).__name__}"
+                )
             act_fq, w_fq = ao.make_fake_quants(qconfig, out_features, self.weight.device)
             self.activation_post_process = act_fq
             self.weight_fake_quant = w_fq
@@ -83,8 +86,16 @@ class Linear(nn.Linear):
         if not self.fake_quant_enabled:
             return F.linear(input, weight, bias)
         a_fq, w_fq = self.activation_post_process, self.weight_fake_quant
-        return ao_qat_linear(input, weight, bias, (a_fq.quant_min, a_fq.quant_max), a_scale, a_zp,
-                             (w_fq.quant_min, w_fq.quant_max), w_scale)  # fmt: skip
+        return ao_qat_linear(
+            input,
+            weight,
+            bias,
+            (a_fq.quant_min, a_fq.quant_max),
+            a_scale,
+            a_zp,
+            (w_fq.quant_min, w_fq.quant_max),
+            w_scale,
+        )
 
     # -- toggles (torch.ao names) -------------------------------------------------------------
     def disable_fake_quant(self) -> Linear:
@@ -132,17 +143,23 @@ class Linear(nn.Linear):
         qconfig = getattr(mod, "qconfig", None)
         if activation is not None or weight is not None:
             qconfig = None
-        new = cls(mod.in_features, mod.out_features, mod.bias is not None, qconfig=qconfig,
-                  device=mod.weight.device, dtype=mod.weight.dtype, activation=activation,
-                  weight=weight)  # fmt: skip
+        new = cls(
+            mod.in_features,
+            mod.out_features,
+            mod.bias is not None,
+            qconfig=qconfig,
+            device=mod.weight.device,
+            dtype=mod.weight.dtype,
+            activation=activation,
+            weight=weight,
+        )
         new.weight = mod.weight
         new.bias = mod.bias
         return new
 
     def to_float(self) -> nn.Linear:
         """An ``nn.Linear`` sharing this module's parameters."""
-        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                        device="meta")  # fmt: skip
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
         lin.weight = self.weight
         lin.bias = self.bias
         return lin
@@ -151,8 +168,10 @@ class Linear(nn.Linear):
         base = super().extra_repr()
         if self.uses_ao_numerics:
             return f"{base}, numerics=torch.ao, fake_quant={self.fake_quant_enabled}"
-        return (f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
-                f"fake_quant={self.fake_quant_enabled}")  # fmt: skip
+        return (
+            f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
+            f"fake_quant={self.fake_quant_enabled}"
+        )
 
 
 def _checked(cfg: QuantConfig | None, default: QuantConfig, role: str) -> QuantConfig:

@@ -13,7 +13,6 @@ Data flows one way: module -> these ops -> launchers in ``triton_qat.kernels`` -
 """
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -55,13 +54,14 @@ def quantize(
     symmetric: bool,
     per_tensor: bool,
     pack_mask: bool,
-    scale: Optional[Tensor],
-    zero_point: Optional[Tensor],
+    scale: Tensor | None,
+    zero_point: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Quantize x [R, C]: (codes int8 [R, C], scale fp32 [R, G], zero_point int32 [R, G],
     mask uint8 [R, ceil(C/8)] bits if pack_mask else [R, C], code_sum int32 [R, G])."""
-    q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                  pack_mask=pack_mask)  # fmt: skip
+    q = _quantize(
+        x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, pack_mask=pack_mask
+    )
     return q.codes, q.scale, q.zero_point, q.mask, q.code_sum
 
 
@@ -91,12 +91,22 @@ def fake_quantize(
     group_size: int,
     symmetric: bool,
     per_tensor: bool,
-    scale: Optional[Tensor],
-    zero_point: Optional[Tensor],
+    scale: Tensor | None,
+    zero_point: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Fake-quantize x [R, C]: (y [R, C] in x.dtype, keep-mask uint8 [R, C])."""
-    q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                  pack_mask=False, with_y=True)  # fmt: skip
+    q = _quantize(
+        x,
+        qmin,
+        qmax,
+        group_size,
+        symmetric,
+        per_tensor,
+        scale,
+        zero_point,
+        pack_mask=False,
+        with_y=True,
+    )
     return q.y, q.mask
 
 
@@ -111,8 +121,9 @@ def _fake_quantize_setup(ctx, inputs, output):
 
 def _fake_quantize_backward(ctx, grad_y, _grad_mask):
     (mask,) = ctx.saved_tensors
-    grad_x = torch.where(mask.to(torch.bool), grad_y, torch.zeros((), dtype=grad_y.dtype,
-                                                                    device=grad_y.device))  # fmt: skip
+    grad_x = torch.where(
+        mask.to(torch.bool), grad_y, torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)
+    )
     return grad_x, None, None, None, None, None, None, None
 
 
@@ -131,13 +142,14 @@ def int8_linear(
     w_codes: Tensor,
     w_scale: Tensor,
     w_code_sum: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     out_dtype: torch.dtype,
 ) -> Tensor:
     """x_fq @ w_fq.T + bias from codes: x [M, K] int8 with [M, 1] qparams, w [N, K] int8 with
     [N, G] scales and code sums. Returns [M, N] in out_dtype."""
-    return _int8_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
-                        out_dtype)  # fmt: skip
+    return _int8_linear(
+        x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype
+    )
 
 
 @int8_linear.register_fake
@@ -153,18 +165,18 @@ def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dt
 def qat_linear(
     x: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor],
+    bias: Tensor | None,
     a_qmin: int,
     a_qmax: int,
     a_symmetric: bool,
     a_per_tensor: bool,
-    a_scale: Optional[Tensor],
-    a_zero_point: Optional[Tensor],
+    a_scale: Tensor | None,
+    a_zero_point: Tensor | None,
     w_qmin: int,
     w_qmax: int,
     w_group_size: int,
     w_per_tensor: bool,
-    w_scale: Optional[Tensor],
+    w_scale: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Fused fake-quantized linear forward.
 
@@ -179,20 +191,53 @@ def qat_linear(
     K = x.shape[-1]
     N = weight.shape[0]
     x2d = x.reshape(-1, K)
-    qa = _quantize(x2d, a_qmin, a_qmax, K, a_symmetric, a_per_tensor, a_scale, a_zero_point,
-                   pack_mask=True)  # fmt: skip
-    qw = _quantize(weight, w_qmin, w_qmax, w_group_size, True, w_per_tensor, w_scale, None,
-                   pack_mask=False)  # fmt: skip
+    qa = _quantize(
+        x2d, a_qmin, a_qmax, K, a_symmetric, a_per_tensor, a_scale, a_zero_point, pack_mask=True
+    )
+    qw = _quantize(
+        weight, w_qmin, w_qmax, w_group_size, True, w_per_tensor, w_scale, None, pack_mask=False
+    )
     asym = not a_symmetric or a_zero_point is not None
-    out = _int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, bias,
-                       x.dtype, asymmetric=asym)  # fmt: skip
-    return (out.reshape(*x.shape[:-1], N), qa.codes, qa.scale, qa.zero_point, qa.mask,
-            qw.codes, qw.scale, qw.mask)  # fmt: skip
+    out = _int8_linear(
+        qa.codes,
+        qa.scale,
+        qa.zero_point,
+        qw.codes,
+        qw.scale,
+        qw.code_sum,
+        bias,
+        x.dtype,
+        asymmetric=asym,
+    )
+    return (
+        out.reshape(*x.shape[:-1], N),
+        qa.codes,
+        qa.scale,
+        qa.zero_point,
+        qa.mask,
+        qw.codes,
+        qw.scale,
+        qw.mask,
+    )
 
 
 @qat_linear.register_fake
-def _(x, weight, bias, a_qmin, a_qmax, a_symmetric, a_per_tensor, a_scale, a_zero_point,
-      w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale):  # fmt: skip
+def _(
+    x,
+    weight,
+    bias,
+    a_qmin,
+    a_qmax,
+    a_symmetric,
+    a_per_tensor,
+    a_scale,
+    a_zero_point,
+    w_qmin,
+    w_qmax,
+    w_group_size,
+    w_per_tensor,
+    w_scale,
+):
     K = x.shape[-1]
     N = weight.shape[0]
     M = math.prod(x.shape[:-1])
@@ -238,8 +283,19 @@ def qat_linear_backward(
 
 
 @qat_linear_backward.register_fake
-def _(grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask, need_x,
-      need_w, need_bias):  # fmt: skip
+def _(
+    grad_out,
+    x_codes,
+    x_scale,
+    x_zero_point,
+    x_mask,
+    w_codes,
+    w_scale,
+    w_mask,
+    need_x,
+    need_w,
+    need_bias,
+):
     new = grad_out.new_empty
     return (
         new(tuple(x_codes.shape)) if need_x else new(_EMPTY),
@@ -260,12 +316,25 @@ def _qat_linear_backward(ctx, grad_out, *_unused):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     with torch.no_grad():  # the STE gradients are not differentiated again (no double backward)
         grad_x, grad_w, grad_b = qat_linear_backward(
-            grad_out, x_codes, x_scale, x_zp, x_mask, w_codes, w_scale, w_mask,
-            need_x, need_w, need_b and ctx.has_bias,
-        )  # fmt: skip
+            grad_out,
+            x_codes,
+            x_scale,
+            x_zp,
+            x_mask,
+            w_codes,
+            w_scale,
+            w_mask,
+            need_x,
+            need_w,
+            need_b and ctx.has_bias,
+        )
     grad_x = grad_x.reshape(ctx.x_shape) if need_x else None
-    return (grad_x, grad_w if need_w else None, grad_b if need_b and ctx.has_bias else None,
-            *([None] * 11))  # fmt: skip
+    return (
+        grad_x,
+        grad_w if need_w else None,
+        grad_b if need_b and ctx.has_bias else None,
+        *([None] * 11),
+    )
 
 
 qat_linear.register_autograd(_qat_linear_backward, setup_context=_qat_linear_setup)

@@ -62,13 +62,16 @@ class QuantizedLinear(nn.Module):
         n_groups = 1 if weight.granularity != "per_group" else in_features // weight.group_size
         code_cols = (in_features + 1) // 2 if self.packed else in_features
         code_dtype = torch.uint8 if self.packed else torch.int8
-        self.register_buffer("weight_codes", torch.zeros(out_features, code_cols, dtype=code_dtype,
-                                                         device=device))  # fmt: skip
+        self.register_buffer(
+            "weight_codes", torch.zeros(out_features, code_cols, dtype=code_dtype, device=device)
+        )
         self.register_buffer("weight_scale", torch.ones(out_features, n_groups, device=device))
-        self.register_buffer("weight_code_sum", torch.zeros(out_features, n_groups,
-                                                            dtype=torch.int32, device=device))  # fmt: skip
-        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device)
-                             if bias else None)  # fmt: skip
+        self.register_buffer(
+            "weight_code_sum", torch.zeros(out_features, n_groups, dtype=torch.int32, device=device)
+        )
+        self.register_buffer(
+            "bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None
+        )
 
     @classmethod
     @torch.no_grad()
@@ -80,25 +83,43 @@ class QuantizedLinear(nn.Module):
         K = lin.in_features
         if lin.uses_ao_numerics:
             w_fq, a_fq = lin.weight_fake_quant, lin.activation_post_process
-            w_scale, _ = ao.observe(w_fq, w) if w_fq.observer_enabled[0] == 1 else (w_fq.scale, None)
+            w_scale, _ = (
+                ao.observe(w_fq, w) if w_fq.observer_enabled[0] == 1 else (w_fq.scale, None)
+            )
             qmin, qmax = w_fq.quant_min, w_fq.quant_max
             wcfg = QuantConfig(bits=8, granularity="per_channel", symmetric=True)
             act = QuantConfig(granularity="per_tensor")
             a_range = (a_fq.quant_min, a_fq.quant_max)
             scale = w_scale.to(torch.float32).reshape(-1, 1).expand(w.shape[0], 1)
-            codes, scale, _, _, code_sum = ops.quantize(w, qmin, qmax, K, True, False, False,
-                                                        scale, None)  # fmt: skip
+            codes, scale, _, _, code_sum = ops.quantize(
+                w, qmin, qmax, K, True, False, False, scale, None
+            )
         else:
             wcfg, act, a_range = lin.weight_config, lin.activation_config, None
             group = wcfg.group_size_for(K)
             codes, scale, _, _, code_sum = ops.quantize(
-                w, wcfg.qmin, wcfg.qmax, group, True, wcfg.granularity == "per_tensor", False,
-                None, None,
-            )  # fmt: skip
+                w,
+                wcfg.qmin,
+                wcfg.qmax,
+                group,
+                True,
+                wcfg.granularity == "per_tensor",
+                False,
+                None,
+                None,
+            )
             if wcfg.granularity == "per_tensor":
                 wcfg = QuantConfig(bits=wcfg.bits, granularity="per_channel", symmetric=True)
-        new = cls(K, lin.out_features, lin.bias is not None, activation=act, weight=wcfg,
-                  activation_range=a_range, device=w.device, dtype=w.dtype)  # fmt: skip
+        new = cls(
+            K,
+            lin.out_features,
+            lin.bias is not None,
+            activation=act,
+            weight=wcfg,
+            activation_range=a_range,
+            device=w.device,
+            dtype=w.dtype,
+        )
         new.weight_codes.copy_(pack_int4(codes) if new.packed else codes)
         new.weight_scale.copy_(scale)
         new.weight_code_sum.copy_(code_sum)
@@ -121,13 +142,23 @@ class QuantizedLinear(nn.Module):
         qmin, qmax = self.activation_range
         x_codes, x_scale, x_zp, _, _ = ops.quantize(
             x2d, qmin, qmax, K, act.symmetric, act.granularity == "per_tensor", True, None, None
-        )  # fmt: skip
+        )
         bias = self.bias.to(input.dtype) if self.bias is not None else None
-        out = ops.int8_linear(x_codes, x_scale, x_zp, codes, self.weight_scale,
-                              self.weight_code_sum, bias, input.dtype)  # fmt: skip
+        out = ops.int8_linear(
+            x_codes,
+            x_scale,
+            x_zp,
+            codes,
+            self.weight_scale,
+            self.weight_code_sum,
+            bias,
+            input.dtype,
+        )
         return out.reshape(*input.shape[:-1], N)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, weight={self.weight_config}, "
-                f"activation={self.activation_config}")  # fmt: skip
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, weight={self.weight_config}, "
+            f"activation={self.activation_config}"
+        )

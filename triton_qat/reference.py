@@ -15,8 +15,9 @@ def qparams_for(x2d: Tensor, config: QuantConfig, group_size: int) -> tuple[Tens
     """Family-1 (scale fp32, zero point int32) of x2d [R, C] per (row, group), shape [R, G]
     (per_tensor: [1, 1])."""
     if config.granularity == "per_tensor":
-        s, zp = qparams_ref(x2d.amin(), x2d.amax(), config.qmin, config.qmax, config.symmetric,
-                            eps_for(x2d.dtype))  # fmt: skip
+        s, zp = qparams_ref(
+            x2d.amin(), x2d.amax(), config.qmin, config.qmax, config.symmetric, eps_for(x2d.dtype)
+        )
         return s.reshape(1, 1), zp.reshape(1, 1)
     return group_qparams_ref(x2d, config.qmin, config.qmax, group_size, config.symmetric)
 
@@ -33,8 +34,9 @@ def fake_quantize_with_mask(x: Tensor, config: QuantConfig) -> tuple[Tensor, Ten
     s, zp = qparams_for(x2d, config, group)
     G = C // group
     xg = x2d.reshape(R, G, group)
-    _, mask, y = fake_quant_ref(xg, s.expand(R, G)[..., None], zp.expand(R, G)[..., None],
-                                config.qmin, config.qmax)  # fmt: skip
+    _, mask, y = fake_quant_ref(
+        xg, s.expand(R, G)[..., None], zp.expand(R, G)[..., None], config.qmin, config.qmax
+    )
     return y.reshape(x.shape), mask.reshape(x.shape)
 
 
@@ -65,7 +67,9 @@ def qat_linear_ref(
     weight_config: QuantConfig = DEFAULT_WEIGHT,
 ) -> Tensor:
     """``F.linear(fake_quantize(x), fake_quantize(weight), bias)`` in plain torch (STE autograd)."""
-    return F.linear(fake_quantize_ref(x, activation), fake_quantize_ref(weight, weight_config), bias)
+    return F.linear(
+        fake_quantize_ref(x, activation), fake_quantize_ref(weight, weight_config), bias
+    )
 
 
 class ReferenceLinear(torch.nn.Linear):
@@ -77,9 +81,13 @@ class ReferenceLinear(torch.nn.Linear):
         self.weight_config = weight
 
     def forward(self, x: Tensor) -> Tensor:
-        return qat_linear_ref(x, self.weight.to(x.dtype),
-                              None if self.bias is None else self.bias.to(x.dtype),
-                              self.activation_config, self.weight_config)  # fmt: skip
+        return qat_linear_ref(
+            x,
+            self.weight.to(x.dtype),
+            None if self.bias is None else self.bias.to(x.dtype),
+            self.activation_config,
+            self.weight_config,
+        )
 
 
 def prepare_reference(
@@ -93,8 +101,14 @@ def prepare_reference(
     for fqn, mod in list(model.named_modules()):
         if type(mod) is not torch.nn.Linear or (filter_fn is not None and not filter_fn(mod, fqn)):
             continue
-        new = ReferenceLinear(mod.in_features, mod.out_features, mod.bias is not None,
-                              device="meta", activation=activation, weight=weight)  # fmt: skip
+        new = ReferenceLinear(
+            mod.in_features,
+            mod.out_features,
+            mod.bias is not None,
+            device="meta",
+            activation=activation,
+            weight=weight,
+        )
         new.weight, new.bias = mod.weight, mod.bias
         parent_name, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
