@@ -1,0 +1,96 @@
+"""Data-parallel training: 2 CPU processes (gloo) under DDP and FSDP2 give the gradients and
+parameters of a single-process run on the full batch."""
+
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import triton_qat as tq
+
+WORLD = 2
+STEPS = 3
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16))
+    return tq.prepare(model)
+
+
+def _batches():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 32, generator=g), torch.randn(8, 16, generator=g)) for _ in range(STEPS)]
+
+
+def _train(model, params_of, grads_of, shard=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first_grads = None
+    for x, y in _batches():
+        if shard is not None:
+            x, y = x.chunk(WORLD)[shard], y.chunk(WORLD)[shard]
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        if first_grads is None:
+            first_grads = grads_of(model)
+        opt.step()
+        opt.zero_grad()
+    return first_grads, params_of(model)
+
+
+def _full(t):
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _worker(rank: int, port: int, mode: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model = _model()
+        if mode == "ddp":
+            wrapped = nn.parallel.DistributedDataParallel(model)
+        else:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model:
+                if isinstance(layer, tq.Linear):
+                    fully_shard(layer)
+            wrapped = fully_shard(model)
+        grads, params = _train(
+            wrapped,
+            lambda m: [_full(p).detach().clone() for p in m.parameters()],
+            lambda m: [_full(p.grad).detach().clone() for p in m.parameters()],
+            shard=rank,
+        )
+        if rank == 0:
+            torch.save({"grads": grads, "params": params}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_data_parallel_matches_single_process(mode):
+    grads_ref, params_ref = _train(
+        _model(),
+        lambda m: [p.detach().clone() for p in m.parameters()],
+        lambda m: [p.grad.detach().clone() for p in m.parameters()],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.pt")
+        mp.spawn(_worker, args=(_free_port(), mode, out), nprocs=WORLD, join=True)
+        got = torch.load(out)
+    for g, r in zip(got["grads"], grads_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    for p, r in zip(got["params"], params_ref, strict=True):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
