@@ -154,7 +154,7 @@ def dgrad(
         return dx
     if N == 0:
         return dx.zero_()
-    cfg = gemm_config("dgrad", M, K, N, grad_y.device)
+    cfg = gemm_config("dgrad", M, N, K, grad_y.device, grad_y.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
     _dgrad_kernel[grid](
         grad_y,
@@ -205,7 +205,7 @@ def wgrad(
             db.zero_()
         if M == 0 or db is None:
             return dw, db
-    cfg = gemm_config("wgrad", N, K, M, grad_y.device)
+    cfg = gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(max(K, 1), cfg["BLOCK_K"]),)
     _wgrad_kernel[grid](
         grad_y,

@@ -161,7 +161,7 @@ def int8_linear(
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
     x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
     w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
-    cfg = gemm_config("fwd", M, N, K, x_codes.device)
+    cfg = gemm_config("fwd", M, N, K, x_codes.device, out_dtype, group_size)
     mode, block_k = _pick_mode(K, group_size, cfg["BLOCK_K"])
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     _int8_linear_kernel[grid](

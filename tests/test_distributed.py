@@ -25,7 +25,9 @@ def _model() -> nn.Module:
 
 def _batches():
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, 32, generator=g), torch.randn(8, 16, generator=g)) for _ in range(STEPS)]
+    return [
+        (torch.randn(8, 32, generator=g), torch.randn(8, 16, generator=g)) for _ in range(STEPS)
+    ]
 
 
 def _train(model, params_of, grads_of, shard=None):
@@ -69,8 +71,12 @@ def _worker(rank: int, port: int, mode: str, out: str) -> None:
         )
         if rank == 0:
             torch.save({"grads": grads, "params": params}, out)
+        dist.barrier()  # no rank tears gloo down while the other still has work in flight
     finally:
         dist.destroy_process_group()
+    # Skip interpreter teardown: a gloo worker thread occasionally aborts the process at exit
+    # ("terminate called without an active exception") after all work is done and checked.
+    os._exit(0)
 
 
 def _free_port() -> int:

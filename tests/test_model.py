@@ -44,7 +44,9 @@ def test_prepare_filter_fn_and_unquantizable_shapes(device):
         tq.prepare(model, weight=I4G32, filter_fn=lambda mod, fqn: fqn != "0")
     assert type(model[0]) is nn.Linear  # rejected by filter_fn
     assert type(model[2][0]) is tq.Linear and model[2][0].weight_config == I4G32
-    assert type(model[3]) is nn.Linear  # 40 is not a multiple of 32: left alone, named in the warning
+    assert (
+        type(model[3]) is nn.Linear
+    )  # 40 is not a multiple of 32: left alone, named in the warning
 
 
 def test_prepare_respects_torch_ao_qconfig_propagation(device):

@@ -1,0 +1,151 @@
+"""Persistent cache of tuned launch configs: one JSON file per GPU name and Triton version.
+
+Lookup order for a (kernel, shape) key: the user's cache file (``$TRITON_QAT_CACHE_DIR``, default
+``~/.cache/triton_qat``), then the file shipped in ``triton_qat/autotune/configs/``; a strict key
+match first, then the nearest tuned M bucket of the same kernel/N/K/dtype; else the caller's
+default. Writes are atomic (temp file + ``os.replace`` under an exclusive lock, merging entries
+written meanwhile), so two processes tuning at once never leave a broken file. A file that cannot
+be read or parsed is ignored with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import triton
+
+FORMAT_VERSION = 1
+SHIPPED_DIR = Path(__file__).parent / "configs"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TRITON_QAT_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "triton_qat"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def file_name(device_name: str) -> str:
+    return f"{slug(device_name)}__triton-{triton.__version__}.json"
+
+
+def m_bucket(m: int) -> int:
+    """Tokens bucketed to the next power of two (>= 16): a new batch size reuses a tuned config."""
+    return max(16, 1 << max(0, (max(1, m) - 1).bit_length()))
+
+
+def make_key(kernel: str, m: int, n: int, k: int, dtype: str, extra: str = "") -> str:
+    return f"{kernel}|M{m_bucket(m)}|N{n}|K{k}|{dtype}|{extra}"
+
+
+def _split_key(key: str) -> tuple[str, int, str]:
+    kernel, m, rest = key.split("|", 2)
+    return kernel, int(m[1:]), rest
+
+
+def read_entries(path: Path) -> dict[str, dict]:
+    """Entries of one cache file; {} with a warning naming the file if it is unreadable."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        entries = data["entries"]
+        if not isinstance(entries, dict) or data.get("version") != FORMAT_VERSION:
+            raise ValueError("unexpected layout or version")
+        return {k: v for k, v in entries.items() if isinstance(v, dict) and "config" in v}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warnings.warn(f"triton_qat: ignoring unreadable autotune cache {path}: {e}", stacklevel=3)
+        return {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Exclusive advisory lock on ``path`` + '.lock' (no-op where fcntl is missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_suffix(path.suffix + ".lock")
+    with open(lock_path, "a+") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        yield
+
+
+def write_entries(path: Path, device_name: str, new: dict[str, dict]) -> None:
+    """Merge ``new`` into the file at ``path`` atomically."""
+    with _locked(path):
+        entries = read_entries(path)
+        entries.update(new)
+        payload = {
+            "version": FORMAT_VERSION,
+            "gpu": device_name,
+            "triton": triton.__version__,
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "entries": dict(sorted(entries.items())),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(payload, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+class ConfigCache:
+    """In-memory view of the shipped + user cache files for one device name."""
+
+    def __init__(self, device_name: str) -> None:
+        self.device_name = device_name
+        self.user_path = cache_dir() / file_name(device_name)
+        self._lock = threading.Lock()
+        self.entries: dict[str, dict] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        shipped = read_entries(SHIPPED_DIR / file_name(self.device_name))
+        if not shipped:  # a shipped file for another Triton version is better than nothing
+            matches = sorted(SHIPPED_DIR.glob(f"{slug(self.device_name)}__triton-*.json"))
+            shipped = read_entries(matches[-1]) if matches else {}
+        with self._lock:
+            self.entries = {**shipped, **read_entries(self.user_path)}
+
+    def lookup(self, key: str) -> dict | None:
+        """Strict match, else the nearest tuned M bucket with the same kernel/N/K/dtype/extra."""
+        hit = self.entries.get(key)
+        if hit is not None:
+            return hit["config"]
+        kernel, m, rest = _split_key(key)
+        best, best_dist = None, math.inf
+        for other, entry in self.entries.items():
+            o_kernel, o_m, o_rest = _split_key(other)
+            if o_kernel == kernel and o_rest == rest:
+                dist = abs(math.log2(o_m) - math.log2(m))
+                if dist < best_dist:
+                    best, best_dist = entry["config"], dist
+        return best
+
+    def store(self, new: dict[str, dict]) -> None:
+        write_entries(self.user_path, self.device_name, new)
+        with self._lock:
+            self.entries.update(new)

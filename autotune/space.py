@@ -1,0 +1,87 @@
+"""Config spaces per kernel and GPU generation, pruned by problem shape.
+
+A config is a plain dict of launch parameters (tile sizes, ``num_warps``, ``num_stages``). The spaces
+are built by comprehension at import; :func:`candidates` drops tiles larger than the problem and
+tiles whose pipelined operand buffers would not fit in shared memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import triton
+
+# Shared memory per SM available to one block (bytes): Hopper 227 KiB, Ampere 163 KiB, else 99 KiB.
+_SMEM = {9: 227 * 1024, 8: 163 * 1024}
+_SMEM_DEFAULT = 99 * 1024
+
+_GEMM_FWD = [
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s}
+    for bm, bn, bk, w, s in itertools.product(
+        (64, 128, 256), (64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5)
+    )
+]
+_GEMM_BWD = [
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s}
+    for bm, bn, bk, w, s in itertools.product(
+        (64, 128, 256), (32, 64, 128), (64, 128, 256), (4, 8), (3, 4)
+    )
+]
+_QUANTIZE = [
+    {"BLOCK_R": r, "BLOCK_C": c, "num_warps": w}
+    for r, c, w in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8))
+]
+
+SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": _QUANTIZE}
+
+# Untuned defaults (not measured), used until a tuned config exists for a shape.
+DEFAULTS = {
+    "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+            "num_stages": 3},
+    "dgrad": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+              "num_stages": 3},
+    "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+              "num_stages": 3},
+}  # fmt: skip
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    return max(lo, triton.next_power_of_2(max(1, n)))
+
+
+def smem_bytes(kernel: str, cfg: dict, elem_bytes: int) -> int:
+    """Pipelined operand buffers of one block, in bytes."""
+    bm, bn, bk, s = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["num_stages"]
+    if kernel == "fwd":  # int8 A [BM, BK] and B [BK, BN]
+        return s * (bm * bk + bk * bn)
+    if kernel == "dgrad":  # dy [BM, BN] in dt, w codes [BN, BK] int8
+        return s * (bm * bn * elem_bytes + bn * bk)
+    return s * (bn * bm * elem_bytes + bm * bk)  # wgrad: dy^T [BN, BM], x codes [BM, BK]
+
+
+def candidates(
+    kernel: str, shape: tuple[int, ...], capability: int, elem_bytes: int = 2
+) -> list[dict]:
+    """The configs worth timing for ``kernel`` at ``shape`` on a GPU of compute ``capability``
+    (major version). GEMMs take shape (M, N, K) of the linear; quantize takes (rows, group_size)."""
+    if kernel == "quantize":
+        rows, group = shape
+        max_c = _pow2_at_least(group, 16)
+        max_r = _pow2_at_least(rows, 1)
+        return [c for c in _QUANTIZE if c["BLOCK_C"] <= max_c and c["BLOCK_R"] <= max_r
+                and c["BLOCK_R"] * c["BLOCK_C"] <= 16384] or [quantize_default(rows, group)]  # fmt: skip
+    M, N, K = shape
+    limit = _SMEM.get(capability, _SMEM_DEFAULT)
+    # every GEMM kernel tiles the linear's M, N and K with BLOCK_M, BLOCK_N and BLOCK_K
+    mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
+    kept = [
+        c for c in SPACES[kernel]
+        if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)
+        and smem_bytes(kernel, c, elem_bytes) <= limit
+    ]  # fmt: skip
+    return kept or [dict(DEFAULTS[kernel])]
+
+
+def quantize_default(rows: int, group_size: int) -> dict:
+    block_c = max(16, min(triton.next_power_of_2(group_size), 1024))
+    return {"BLOCK_R": max(1, min(16, 4096 // block_c)), "BLOCK_C": block_c, "num_warps": 4}
