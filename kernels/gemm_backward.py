@@ -142,7 +142,11 @@ def _wgrad_kernel(
 
 
 def dgrad(
-    grad_y: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, x_mask: torch.Tensor
+    grad_y: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    x_mask: torch.Tensor,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """grad_x [M, K] in grad_y's dtype = (grad_y [M, N] @ w_fq [N, K]) * unpack(x_mask)."""
     M, N = grad_y.shape
@@ -154,7 +158,7 @@ def dgrad(
         return dx
     if N == 0:
         return dx.zero_()
-    cfg = gemm_config("dgrad", M, N, K, grad_y.device, grad_y.dtype)
+    cfg = config or gemm_config("dgrad", M, N, K, grad_y.device, grad_y.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
     _dgrad_kernel[grid](
         grad_y,
@@ -189,6 +193,7 @@ def wgrad(
     x_zero_point: torch.Tensor,
     w_mask: torch.Tensor,
     with_bias: bool,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(grad_w [N, K], grad_bias [N] or None) in grad_y's dtype, from grad_y [M, N] and x's codes."""
     M, N = grad_y.shape
@@ -205,7 +210,7 @@ def wgrad(
             db.zero_()
         if M == 0 or db is None:
             return dw, db
-    cfg = gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
+    cfg = config or gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(max(K, 1), cfg["BLOCK_K"]),)
     _wgrad_kernel[grid](
         grad_y,

@@ -141,6 +141,7 @@ def int8_linear(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     asymmetric: bool = True,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes.
 
@@ -161,7 +162,7 @@ def int8_linear(
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
     x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
     w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
-    cfg = gemm_config("fwd", M, N, K, x_codes.device, out_dtype, group_size)
+    cfg = config or gemm_config("fwd", M, N, K, x_codes.device, out_dtype, group_size)
     mode, block_k = _pick_mode(K, group_size, cfg["BLOCK_K"])
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     _int8_linear_kernel[grid](

@@ -187,6 +187,7 @@ def quantize_rows(
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
     with_y: bool = False,
+    config: dict | None = None,
 ) -> Quantized:
     """Quantize the rows of ``x`` [R, C] in groups of ``group_size`` columns.
 
@@ -239,7 +240,7 @@ def quantize_rows(
     y = new_empty((R, C), x.dtype, dev) if with_y else None
     if R == 0 or C == 0:
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
-    cfg = quantize_config(R, group_size, x.device, x.dtype)
+    cfg = config or quantize_config(R, group_size, x.device, x.dtype)
     grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
     _quantize_rows_kernel[grid](
         x,

@@ -1,6 +1,7 @@
 """Test setup: CPU runs the real Triton kernels through the interpreter; outputs are poisoned."""
 
 import os
+import tempfile
 
 import torch
 
@@ -8,6 +9,8 @@ if not torch.cuda.is_available():
     # Triton reads this when kernels are decorated, so it must be set before triton_qat is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_QAT_POISON", "1")
+# tests never read or write the user's tuned-config cache
+os.environ["TRITON_QAT_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton_qat_cache_")
 
 import pytest  # noqa: E402
 
