@@ -13,6 +13,7 @@ import contextlib
 import functools
 
 import torch
+
 from triton_qat.kernels._common import INTERPRET
 
 from .cache import ConfigCache, make_key

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import triton
+
 from triton_qat.kernels._common import INTERPRET
 from triton_qat.kernels.gemm_backward import dgrad, wgrad
 from triton_qat.kernels.gemm_int8 import int8_linear

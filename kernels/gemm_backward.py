@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from triton_qat.autotune import gemm_config
 
 from ._common import cast_to_dt, dot_in_fp32, dtype_code, new_empty, round_to_dt, use_kernels

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from triton_qat.autotune import gemm_config
 
 from ._common import cast_to_dt, dtype_code, new_empty, use_kernels

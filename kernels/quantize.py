@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+
 from triton_qat.autotune import quantize_config
 
 from ._common import (

@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 from torch import nn
-from triton_qat.autotune.cache import ConfigCache, file_name, m_bucket, make_key, write_entries
-from triton_qat.autotune.space import candidates
 
 import triton_qat as tq
 from triton_qat import autotune
+from triton_qat.autotune.cache import ConfigCache, file_name, m_bucket, make_key, write_entries
+from triton_qat.autotune.space import candidates
 
 
 @pytest.fixture

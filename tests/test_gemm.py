@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import DTYPES, assert_close_rel, dt_id
+
 from triton_qat.kernels.gemm_backward import dgrad, wgrad
 from triton_qat.kernels.gemm_int8 import _pick_mode, int8_linear
 from triton_qat.kernels.quantize import quantize_rows, unpack_bits

@@ -6,14 +6,14 @@ import torch
 from conftest import DTYPES, dt_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import triton_qat as tq
 from triton_qat.kernels.quantize import (
     code_offset,
     quantize_rows,
     quantize_rows_ref,
     unpack_bits,
 )
-
-import triton_qat as tq
 from triton_qat.reference import fake_quantize_ref, fake_quantize_with_mask
 
 SHAPES = [(1, 40), (3, 96), (13, 130), (67, 33)]

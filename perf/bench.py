@@ -1,0 +1,320 @@
+"""Side-by-side benchmark of a QAT linear layer, one process, one long-format CSV.
+
+    python perf/bench.py                 # full sweep on the GPU (bf16)
+    python perf/bench.py --quick         # tiny sweep that also runs on CPU (Triton interpreter)
+
+Providers (kernel "qat_linear"): ``F.linear`` (cuBLAS bf16, no quantization), ``torch ref eager``
+and ``torch ref compiled`` (the plain-torch fake-quant reference, the ops torchao's QAT runs),
+``triton_qat eager`` and ``triton_qat compiled``. Modes: fwd (training forward), bwd, fwd+bwd. Kernel
+micro-benchmarks: the int8 GEMM against ``torch._int_mm`` on the same operands ("int8_gemm") and the
+activation quantize kernel against a device-to-device copy ("quantize").
+
+Timing: medians with p20/p80 over repetitions after warm-up, CUDA events on the GPU (perf_counter on
+CPU), only the measured region inside the events (forward runs untimed before a timed backward), and
+inputs rotated over several buffers so caches do not flatter. Results: ``perf/results/<gpu>/bench.csv``
+with GPU name, torch/triton versions and the git commit in every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import triton
+from torch import nn
+
+import triton_qat as tq
+from triton_qat.autotune.cache import slug
+from triton_qat.kernels.gemm_int8 import int8_linear
+from triton_qat.kernels.quantize import quantize_rows
+from triton_qat.reference import ReferenceLinear
+
+FIELDS = ["kernel", "provider", "mode", "metric", "M", "K", "N", "dtype", "value", "p20", "p80",
+          "gpu", "torch", "triton", "commit", "utc"]  # fmt: skip
+PROVIDERS = ["F.linear", "torch ref eager", "torch ref compiled", "triton_qat eager",
+             "triton_qat compiled"]  # fmt: skip
+MODES = ["fwd", "bwd", "fwd+bwd"]
+FLOPS_PER_MODE = {"fwd": 2, "bwd": 4, "fwd+bwd": 6}  # x M*N*K
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    interp = " (Triton interpreter)" if os.environ.get("TRITON_INTERPRET") == "1" else ""
+    return f"CPU {platform.processor() or platform.machine()}{interp}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=10)  # fmt: skip
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Timer:
+    """Times ``timed(state)`` after an untimed ``setup(i)``; returns per-rep milliseconds."""
+
+    def __init__(self, device: torch.device, warmup: int, reps: int) -> None:
+        self.device, self.warmup, self.reps = device, warmup, reps
+
+    def __call__(
+        self, setup: Callable[[int], object], timed: Callable[[object], object]
+    ) -> list[float]:
+        cuda = self.device.type == "cuda"
+        out = []
+        for i in range(self.warmup + self.reps):
+            state = setup(i)
+            if cuda:
+                torch.cuda.synchronize()
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
+                start.record()
+                timed(state)
+                end.record()
+                torch.cuda.synchronize()
+                ms = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                timed(state)
+                ms = 1e3 * (time.perf_counter() - t0)
+            if i >= self.warmup:
+                out.append(ms)
+        return out
+
+
+def quantiles(ms: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
+    return statistics.median(ms), q[1], q[7]  # median, p20, p80
+
+
+def make_layer(provider: str, K: int, N: int, device, dtype) -> nn.Module:
+    torch.manual_seed(0)
+    if provider == "F.linear":
+        return nn.Linear(K, N, device=device, dtype=dtype)
+    if provider.startswith("torch ref"):
+        layer = ReferenceLinear(K, N, device=device, dtype=dtype)
+    else:
+        layer = tq.Linear(K, N, device=device, dtype=dtype)
+    return torch.compile(layer, fullgraph=True) if provider.endswith("compiled") else layer
+
+
+def saved_bytes(layer: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(bytes autograd keeps for backward over one forward, of which per-token tensors)."""
+    params = {p.data_ptr() for p in layer.parameters()}
+    total = per_token = 0
+
+    def pack(t):
+        nonlocal total, per_token
+        if t.data_ptr() not in params:
+            n = t.numel() * t.element_size()
+            total += n
+            per_token += n if t.dim() >= 1 and t.shape[0] == x.shape[0] else 0
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return total, per_token
+
+
+def bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list[dict]:
+    layer = make_layer(provider, K, N, device, dtype)
+    xs = [torch.randn(M, K, device=device, dtype=dtype, requires_grad=True) for _ in range(n_rot)]
+    dys = [torch.randn(M, N, device=device, dtype=dtype) for _ in range(n_rot)]
+    params = list(layer.parameters())
+    rows = []
+
+    def fresh(i):
+        for p in params:
+            p.grad = None
+        x = xs[i % n_rot]
+        x.grad = None
+        return x, dys[i % n_rot]
+
+    def fwd_then(i):
+        x, dy = fresh(i)
+        return layer(x), dy
+
+    timed = {
+        "fwd": (fresh, lambda s: layer(s[0])),
+        "bwd": (fwd_then, lambda s: s[0].backward(s[1])),
+        "fwd+bwd": (fresh, lambda s: layer(s[0]).backward(s[1])),
+    }
+    for mode in modes:
+        setup, fn = timed[mode]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        ms = timer(setup, fn)
+        med, p20, p80 = quantiles(ms)
+        flops = FLOPS_PER_MODE[mode] * M * N * K
+        rows.append(dict(metric="ms", value=med, p20=p20, p80=p80, mode=mode))
+        rows.append(dict(metric="tflops", value=flops / med / 1e9, p20=flops / p80 / 1e9,
+                         p80=flops / p20 / 1e9, mode=mode))  # fmt: skip
+        if device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            rows.append(dict(metric="peak_mem_mb", value=peak, mode=mode))
+    total, per_token = saved_bytes(layer, xs[0])
+    rows.append(dict(metric="saved_bytes", value=total, mode="fwd"))
+    rows.append(dict(metric="saved_act_bytes_per_elem", value=per_token / (M * K), mode="fwd"))
+    for r in rows:
+        r.update(kernel="qat_linear", provider=provider, M=M, K=K, N=N)
+    return rows
+
+
+def bench_int8_gemm(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
+    """Our int8 GEMM (with its epilogue) vs torch._int_mm (int32 out) on the same int8 operands."""
+    xs = [quantize_rows(torch.randn(M, K, device=device, dtype=dtype), -128, 127, K, False,
+                        pack_mask=True) for _ in range(n_rot)]  # fmt: skip
+    qw = quantize_rows(torch.randn(N, K, device=device, dtype=dtype), -128, 127, K, True,
+                       pack_mask=False)  # fmt: skip
+    w_t = qw.codes.t()  # [K, N] column-major view, the layout _int_mm wants
+    providers = {
+        "triton_qat": lambda q: int8_linear(
+            q.codes, q.scale, q.zero_point, qw.codes, qw.scale, qw.code_sum, None, dtype
+        ),  # fmt: skip
+        "torch._int_mm": lambda q: torch._int_mm(q.codes, w_t),
+    }
+    rows = []
+    for name, fn in providers.items():
+        try:
+            ms = timer(lambda i: xs[i % n_rot], fn)
+        except RuntimeError as e:  # e.g. shapes _int_mm does not take on this device
+            print(f"  int8_gemm {name}: skipped ({str(e).splitlines()[0][:80]})")
+            continue
+        med, p20, p80 = quantiles(ms)
+        ops = 2 * M * N * K
+        rows.append(dict(metric="ms", value=med, p20=p20, p80=p80))
+        rows.append(
+            dict(metric="tops", value=ops / med / 1e9, p20=ops / p80 / 1e9, p80=ops / p20 / 1e9)
+        )
+        for r in rows[-2:]:
+            r.update(kernel="int8_gemm", provider=name, mode="fwd", M=M, K=K, N=N)
+    return rows
+
+
+def bench_quantize(M, K, device, dtype, timer, n_rot) -> list[dict]:
+    """Activation quantize kernel bandwidth vs a device-to-device copy of the same tensor."""
+    xs = [torch.randn(M, K, device=device, dtype=dtype) for _ in range(n_rot)]
+    esize = xs[0].element_size()
+    moved = {  # bytes read + written
+        "triton_qat": M * K * esize + M * K + M * ((K + 7) // 8) + M * 12,
+        "copy": 2 * M * K * esize,
+    }
+    fns = {
+        "triton_qat": lambda x: quantize_rows(x, -128, 127, K, False, pack_mask=True),
+        "copy": lambda x: x.clone(),
+    }
+    rows = []
+    for name, fn in fns.items():
+        med, p20, p80 = quantiles(timer(lambda i: xs[i % n_rot], fn))
+        gbs = moved[name] / 1e6
+        rows.append(dict(metric="ms", value=med, p20=p20, p80=p80))
+        rows.append(dict(metric="gb_per_s", value=gbs / med, p20=gbs / p80, p80=gbs / p20))
+        for r in rows[-2:]:
+            r.update(kernel="quantize", provider=name, mode="fwd", M=M, K=K, N=0)
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> list[dict]:
+    base = {(r["mode"], r["M"], r["K"], r["N"]): r["value"] for r in rows
+            if r["kernel"] == "qat_linear" and r["provider"] == "F.linear" and r["metric"] == "ms"}  # fmt: skip
+    extra = []
+    for r in rows:
+        key = (r["mode"], r["M"], r["K"], r["N"])
+        if r["kernel"] == "qat_linear" and r["metric"] == "ms" and key in base:
+            extra.append({**r, "metric": "speedup_vs_F.linear", "value": base[key] / r["value"],
+                          "p20": base[key] / r["p80"], "p80": base[key] / r["p20"]})  # fmt: skip
+    return rows + extra
+
+
+def parse_pairs(text: str) -> list[tuple[int, int]]:
+    pairs = []
+    for item in text.split(","):
+        k, _, n = item.partition("->") if "->" in item else item.partition("x")
+        pairs.append((int(k), int(n)))
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sweep (CPU-friendly)")
+    p.add_argument("--tokens", default=None, help="comma-separated M values")
+    p.add_argument("--features", default=None, help="comma-separated KxN pairs, e.g. 4096x4096")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None)
+    p.add_argument("--providers", default=",".join(PROVIDERS))
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--out", default=None, help="CSV path (default perf/results/<gpu>/bench.csv)")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick:
+        tokens, pairs, reps, warmup = [48], [(64, 40)], 3, 1
+    else:
+        tokens = [512, 1024, 2048, 4096, 8192, 16384]
+        pairs, reps, warmup = [(4096, 4096), (4096, 14336), (14336, 4096)], 50, 10
+    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else tokens
+    pairs = parse_pairs(args.features) if args.features else pairs
+    reps = args.reps or reps
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    providers = [s for s in args.providers.split(",") if s]
+    modes = [s for s in args.modes.split(",") if s]
+    for name, given, allowed in (("--providers", providers, PROVIDERS), ("--modes", modes, MODES)):
+        if not given or any(g not in allowed for g in given):
+            p.error(f"{name}: expected a subset of {allowed}, got {given}")
+    gpu = device_label(device)
+    out = (
+        Path(args.out) if args.out else Path(__file__).parent / "results" / slug(gpu) / "bench.csv"
+    )
+    timer = Timer(device, warmup, reps)
+    n_rot = 3  # rotated input buffers
+    rows = []
+    for K, N in pairs:
+        for M in tokens:
+            print(f"M={M} K={K} N={N} {dtype} on {gpu}")
+            for provider in providers:
+                rows += bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot)
+            rows += bench_int8_gemm(M, K, N, device, dtype, timer, n_rot)
+        rows += bench_quantize(max(tokens), K, device, dtype, timer, n_rot)
+    rows = add_speedups(rows)
+    meta = dict(dtype=str(dtype).replace("torch.", ""), gpu=gpu, torch=torch.__version__,
+                triton=triton.__version__, commit=git_commit(),
+                utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{"p20": "", "p80": ""}, **r, **meta})
+    print_summary(rows)
+    print(f"wrote {len(rows)} rows to {out}")
+    return out
+
+
+def print_summary(rows: list[dict]) -> None:
+    ms = [r for r in rows if r["kernel"] == "qat_linear" and r["metric"] == "speedup_vs_F.linear"]
+    print(f"\n{'M':>6} {'K':>6} {'N':>6} {'mode':<8} {'provider':<20} {'speedup vs F.linear':>20}")
+    for r in ms:
+        print(
+            f"{r['M']:>6} {r['K']:>6} {r['N']:>6} {r['mode']:<8} {r['provider']:<20} {r['value']:>20.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

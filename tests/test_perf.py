@@ -1,0 +1,34 @@
+"""perf/: the quick benchmark runs on CPU and writes a long-format CSV; the plots are drawn from it."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_quick_and_plot(tmp_path):
+    out = tmp_path / "bench.csv"
+    res = subprocess.run([sys.executable, str(ROOT / "perf" / "bench.py"), "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    providers = {r["provider"] for r in rows if r["kernel"] == "qat_linear"}
+    assert providers == {"F.linear", "torch ref eager", "torch ref compiled", "triton_qat eager",
+                         "triton_qat compiled"}  # fmt: skip
+    assert {r["mode"] for r in rows if r["kernel"] == "qat_linear"} == {"fwd", "bwd", "fwd+bwd"}
+    for r in rows:
+        assert r["gpu"] and r["torch"] and r["triton"] and r["commit"]
+        if r["metric"] == "ms":
+            assert float(r["p20"]) <= float(r["value"]) <= float(r["p80"])
+    saved = {
+        r["provider"]: float(r["value"]) for r in rows if r["metric"] == "saved_act_bytes_per_elem"
+    }
+    assert saved["triton_qat eager"] <= 1.25 < saved["torch ref eager"]
+    assert {r["kernel"] for r in rows} == {"qat_linear", "int8_gemm", "quantize"}
+    res = subprocess.run([sys.executable, str(ROOT / "perf" / "plot.py"), "--csv", str(out)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 3 and all(p.stat().st_size > 10_000 for p in pngs)
