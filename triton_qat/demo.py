@@ -8,6 +8,10 @@ text shipped in ``triton_qat/data/corpus.txt``) as (1) a float model, (2) QAT th
 loss, eval loss after ``tq.convert`` to int8, time per step, activation memory kept for backward)
 and writes a PNG of the loss curves. On a CPU the kernels run in Triton's interpreter
 (TRITON_INTERPRET=1, set by ``make demo``), so the default there is a tiny model.
+
+Several GPUs: ``torchrun --nproc_per_node 8 -m triton_qat.demo --config medium`` runs the same script
+with DistributedDataParallel (NCCL on GPUs, gloo on CPU); each rank trains on its slice of every
+batch and rank 0 prints.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -144,9 +149,24 @@ def not_head(mod: nn.Module, fqn: str) -> bool:
     return fqn != "head"
 
 
+def setup_distributed(device_type: str) -> tuple[int, int, int]:
+    """(rank, world size, local rank); initializes the process group when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), world, local_rank
+
+
 def train(name, model, train_data, eval_data, cfg, args, steps, dtype):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step_fn = torch.compile(model, fullgraph=True) if not args.no_compile else model
+    if args.world > 1:  # compile first, then DDP: its all-reduce hooks run outside the graph
+        ids = [args.local_rank] if args.device == "cuda" else None
+        step_fn = nn.parallel.DistributedDataParallel(step_fn, device_ids=ids)
     losses, times = [], []
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     bar = tqdm(
@@ -156,8 +176,11 @@ def train(name, model, train_data, eval_data, cfg, args, steps, dtype):
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,
+        disable=args.rank != 0,
     )
     for x, y in bar:
+        if args.world > 1:  # every rank draws the same batch and trains on its slice
+            x, y = x.chunk(args.world)[args.rank], y.chunk(args.world)[args.rank]
         sync()
         t0 = time.perf_counter()
         loss = lm_loss(step_fn, x, y)
@@ -197,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-compile", action="store_true", help="run eagerly (debugging)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.rank, args.world, args.local_rank = setup_distributed(args.device)
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         print(
             "note: TRITON_INTERPRET is not 1, so CPU runs use the plain-torch fallback, not the "
@@ -206,15 +230,20 @@ def main(argv: list[str] | None = None) -> dict:
     steps = args.steps if args.steps is not None else cfg.steps
     if steps < 1:
         p.error("--steps: expected a positive int")
-    device = torch.device(args.device)
+    if cfg.batch % args.world:
+        p.error(f"batch {cfg.batch} of --config does not split over {args.world} processes")
+    device = (
+        torch.device(args.device, args.local_rank) if args.device == "cuda" else torch.device("cpu")
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     train_data, eval_data, vocab = load_corpus(device)
     torch.manual_seed(args.seed)
     base = TinyGPT(vocab, cfg).to(device=device, dtype=dtype)
-    print(
+    say = print if args.rank == 0 else (lambda *a, **k: None)
+    say(
         f"triton_qat demo: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters, "
         f"config={args.config or ('small' if device.type == 'cuda' else 'tiny')} {cfg}, "
-        f"{steps} steps, {device.type} {dtype}, torch {torch.__version__}"
+        f"{steps} steps, {device.type} {dtype} x{args.world} process(es), torch {torch.__version__}"
     )
 
     runs = {
@@ -231,8 +260,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ptq = tq.convert(tq.prepare(copy.deepcopy(runs["float"]), filter_fn=not_head))
     results["float"]["int8_eval"] = eval_loss(ptq, eval_data, cfg)
-    print_table(results)
-    plot(results, Path(args.out), device, cfg)
+    if args.rank == 0:
+        print_table(results)
+        plot(results, Path(args.out), device, cfg)
+    if args.world > 1:
+        dist.destroy_process_group()
     return results
 
 
