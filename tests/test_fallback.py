@@ -1,0 +1,44 @@
+"""Without the interpreter, CPU tensors take the plain-torch twins of the kernels: same fake-quant
+bits, and the same layer outputs and gradients up to float rounding."""
+
+import os
+import subprocess
+import sys
+
+import torch
+from conftest import assert_close_rel
+
+import triton_qat as tq
+
+SCRIPT = r"""
+import sys, torch, triton_qat as tq
+from triton_qat.kernels._common import INTERPRET
+assert not INTERPRET
+torch.manual_seed(0)
+x = torch.randn(13, 96).to(torch.bfloat16).requires_grad_()
+lin = tq.Linear(96, 40, weight=tq.QuantConfig(bits=4, granularity="per_group", group_size=32,
+                                              symmetric=True), dtype=torch.bfloat16)
+y = lin(x)
+y.float().square().sum().backward()
+fq = tq.fake_quantize(x.detach(), tq.QuantConfig())
+torch.save({"y": y.detach(), "gx": x.grad, "gw": lin.weight.grad, "fq": fq}, sys.argv[1])
+"""
+
+
+def test_cpu_fallback_matches_the_kernels(tmp_path):
+    out = tmp_path / "fallback.pt"
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = torch.load(out)
+    torch.manual_seed(0)
+    x = torch.randn(13, 96).to(torch.bfloat16).requires_grad_()
+    cfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
+    lin = tq.Linear(96, 40, weight=cfg, dtype=torch.bfloat16)
+    y = lin(x)
+    y.float().square().sum().backward()
+    assert torch.equal(got["fq"], tq.fake_quantize(x.detach(), tq.QuantConfig()))
+    assert_close_rel(got["y"], y.detach(), torch.bfloat16, "out")
+    assert_close_rel(got["gx"], x.grad, torch.bfloat16, "grad_x")
+    assert_close_rel(got["gw"], lin.weight.grad, torch.bfloat16, "grad_w")
