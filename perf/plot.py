@@ -61,6 +61,17 @@ def _series(rows, kernel, metric, mode, K, N):
     return {p: sorted(v) for p, v in by_provider.items()}
 
 
+def _errorbars(ax, series: dict) -> None:
+    """One line per provider: median with p20-p80 error bars."""
+    for provider, pts in series.items():
+        m, v, lo, hi = zip(*pts, strict=True)
+        err = [
+            [a - b for a, b in zip(v, lo, strict=True)],
+            [b - a for a, b in zip(v, hi, strict=True)],
+        ]
+        ax.errorbar(m, v, yerr=err, marker="o", capsize=3, label=provider)
+
+
 def plot(rows: list[dict], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     if not rows:
@@ -70,24 +81,12 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     shapes = sorted({(r["K"], r["N"], r["mode"]) for r in rows if r["kernel"] == "qat_linear"})
     for K, N, mode in shapes:
         fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for provider, pts in _series(rows, "qat_linear", "tflops", mode, K, N).items():
-            m, v, lo, hi = zip(*pts, strict=True)
-            err = [
-                [a - b for a, b in zip(v, lo, strict=True)],
-                [b - a for a, b in zip(v, hi, strict=True)],
-            ]
-            ax_t.errorbar(m, v, yerr=err, marker="o", capsize=3, label=provider)
+        _errorbars(ax_t, _series(rows, "qat_linear", "tflops", mode, K, N))
         roof = [(int(m), roofline_tflops(int(m), int(K), int(N), mode, gpu))
                 for m in sorted({r["M"] for r in rows if r["K"] == K and r["N"] == N}, key=int)]  # fmt: skip
         if roof and all(v is not None for _, v in roof):
             ax_t.plot(*zip(*roof, strict=True), "k--", label="bf16 roofline")
-        for provider, pts in _series(rows, "qat_linear", "speedup_vs_F.linear", mode, K, N).items():
-            m, v, lo, hi = zip(*pts, strict=True)
-            err = [
-                [a - b for a, b in zip(v, lo, strict=True)],
-                [b - a for a, b in zip(v, hi, strict=True)],
-            ]
-            ax_s.errorbar(m, v, yerr=err, marker="o", capsize=3, label=provider)
+        _errorbars(ax_s, _series(rows, "qat_linear", "speedup_vs_F.linear", mode, K, N))
         ax_s.axhline(1.0, color="gray", lw=0.8)
         for ax, ylabel in ((ax_t, "TFLOP/s (median, p20-p80)"), (ax_s, "speedup vs F.linear (x)")):
             ax.set_xscale("log", base=2)
