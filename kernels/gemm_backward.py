@@ -62,7 +62,7 @@ def _dgrad_kernel(
     pid_m, pid_k = _swizzle(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP_M)
     o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     o_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    o_n = tl.arange(0, BLOCK_N)
+    o_n = tl.arange(0, BLOCK_N).to(tl.int64)  # row offsets n * K can pass 2**31
     m_m = o_m < M
     m_k = o_k < K
     n_groups = K // GROUP
@@ -113,7 +113,7 @@ def _wgrad_kernel(
     pid_n, pid_k = _swizzle(tl.program_id(0), N, K, BLOCK_N, BLOCK_K, GROUP_M)
     o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     o_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    o_m = tl.arange(0, BLOCK_M)
+    o_m = tl.arange(0, BLOCK_M).to(tl.int64)  # token offsets m * N can pass 2**31
     m_n = o_n < N
     m_k = o_k < K
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
