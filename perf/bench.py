@@ -41,8 +41,15 @@ from triton_qat.reference import ReferenceLinear
 
 FIELDS = ["kernel", "provider", "mode", "metric", "M", "K", "N", "dtype", "value", "p20", "p80",
           "gpu", "torch", "triton", "commit", "utc"]  # fmt: skip
-PROVIDERS = ["F.linear", "torch ref eager", "torch ref compiled", "triton_qat eager",
-             "triton_qat compiled"]  # fmt: skip
+PROVIDERS = [
+    "F.linear",
+    "torch ref eager",
+    "torch ref compiled",
+    "triton_qat eager",
+    "triton_qat compiled",
+    "triton_qat i4g32 compiled",  # int4 per-group weights, to compare with per-channel int8
+    "triton_qat i4g128 compiled",
+]
 MODES = ["fwd", "bwd", "fwd+bwd"]
 FLOPS_PER_MODE = {"fwd": 2, "bwd": 4, "fwd+bwd": 6}  # x M*N*K
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -108,6 +115,10 @@ def make_layer(provider: str, K: int, N: int, device, dtype) -> nn.Module:
         return nn.Linear(K, N, device=device, dtype=dtype)
     if provider.startswith("torch ref"):
         layer = ReferenceLinear(K, N, device=device, dtype=dtype)
+    elif " i4g" in provider:
+        group = int(provider.split(" i4g")[1].split()[0])
+        weight = tq.QuantConfig(bits=4, granularity="per_group", group_size=group, symmetric=True)
+        layer = tq.Linear(K, N, device=device, dtype=dtype, weight=weight)
     else:
         layer = tq.Linear(K, N, device=device, dtype=dtype)
     return torch.compile(layer, fullgraph=True) if provider.endswith("compiled") else layer
@@ -289,6 +300,8 @@ def main(argv: list[str] | None = None) -> Path:
         for M in tokens:
             print(f"M={M} K={K} N={N} {dtype} on {gpu}")
             for provider in providers:
+                if " i4g" in provider and K % int(provider.split(" i4g")[1].split()[0]):
+                    continue  # the group size does not divide K
                 rows += bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot)
             rows += bench_int8_gemm(M, K, N, device, dtype, timer, n_rot)
         rows += bench_quantize(max(tokens), K, device, dtype, timer, n_rot)

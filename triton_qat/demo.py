@@ -292,7 +292,7 @@ def plot(results: dict, out: Path, device: torch.device, cfg: ModelConfig) -> No
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in results.items():
-        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{name} (eval {r['eval']:.3f})")
+        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{name} (eval {r['eval']:.4f})")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss (cross-entropy, nats)")
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, Triton interpreter"
