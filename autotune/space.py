@@ -74,7 +74,7 @@ def candidates(
     limit = _SMEM.get(capability, _SMEM_DEFAULT)
     # every GEMM kernel tiles the linear's M, N and K with BLOCK_M, BLOCK_N and BLOCK_K
     mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
-    max_stages = 5 if capability >= 9 else 4  # deeper pipelines pay off with Hopper's TMA/wgmma
+    max_stages = 5 if capability >= 9 else 4  # Hopper's larger shared memory fits deeper pipelines
     kept = [
         c for c in SPACES[kernel]
         if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)

@@ -255,13 +255,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model in runs.items():
         results[name] = train(name, model, train_data, eval_data, cfg, args, steps, dtype)
     # int8 inference: convert the QAT model; the float model gets post-training quantization
-    results["QAT triton_qat"]["int8_eval"] = eval_loss(
-        tq.convert(runs["QAT triton_qat"]), eval_data, cfg
-    )
+    converted = tq.convert(runs["QAT triton_qat"])
+    results["QAT triton_qat"]["int8_eval"] = eval_loss(converted, eval_data, cfg)
     ptq = tq.convert(tq.prepare(copy.deepcopy(runs["float"]), filter_fn=not_head))
     results["float"]["int8_eval"] = eval_loss(ptq, eval_data, cfg)
     if args.rank == 0:
         print_table(results)
+        size = tq.weight_nbytes(converted)
+        print(f"linear-layer weights after convert: {size['stored'] / 1024:.1f} KiB "
+              f"(as bf16 nn.Linear: {size['bf16'] / 1024:.1f} KiB; LM head kept in float)")  # fmt: skip
         plot(results, Path(args.out), device, cfg)
     if args.world > 1:
         dist.destroy_process_group()
