@@ -173,7 +173,7 @@ def int8_linear(
         w_codes,
         w_scale.contiguous(),
         w_code_sum.contiguous(),
-        bias if bias is not None else out,
+        bias.contiguous() if bias is not None else out,
         out,
         M,
         N,

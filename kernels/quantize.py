@@ -71,7 +71,7 @@ def _quantize_rows_kernel(
     m_r = o_r < R
     n_groups = C // GROUP
     n_bytes = (C + 7) // 8
-    o_c = tl.arange(0, BLOCK_C)  # [BC]
+    o_c = tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]; col * stride can pass 2**31 (x.T)
     for g in range(0, n_groups):
         col0 = g * GROUP
         o_q = o_r * n_groups + g  # [BR] index into the [R, G] qparam tensors
@@ -94,7 +94,8 @@ def _quantize_rows_kernel(
             b_mn = tl.where(b_nan > 0, float("nan"), b_mn)
             # qparams "in dt": round to the input dtype after every op, as torch does
             if SYMMETRIC:
-                b_amax = tl.maximum(-b_mn, b_mx)
+                # tl.maximum drops NaN (max.f32 / np.fmax); torch.maximum propagates it
+                b_amax = tl.where(b_nan > 0, float("nan"), tl.maximum(-b_mn, b_mx))
                 b_s = round_to_dt(div_scalar(b_amax, (QMAX - QMIN) / 2, DIV_BY_RECIP), DT)
             else:
                 b_rng = round_to_dt(b_mx - b_mn, DT)
@@ -103,9 +104,10 @@ def _quantize_rows_kernel(
             if SYMMETRIC:
                 b_zp = tl.zeros([BLOCK_R], dtype=tl.float32)
             else:
-                b_zp = QMIN - rint(round_to_dt(tl.div_rn(b_mn, b_s), DT))
-                b_zp = tl.minimum(tl.maximum(b_zp, QMIN), QMAX)
-                b_zp = tl.where(b_s != b_s, 0.0, b_zp)  # NaN rows: any zp, keep it defined
+                b_ratio = round_to_dt(tl.div_rn(b_mn, b_s), DT)
+                b_zp = tl.minimum(tl.maximum(QMIN - rint(b_ratio), QMIN), QMAX)
+                # non-finite rows (mn / s is NaN): torch's NaN -> int is undefined; both say 0
+                b_zp = tl.where(b_ratio != b_ratio, 0.0, b_zp)
             tl.store(scale_ptr + o_q, b_s, mask=m_r)
             tl.store(zp_ptr + o_q, b_zp.to(tl.int32) + CODE_OFFSET, mask=m_r)
         if HAS_QPARAMS:
@@ -131,6 +133,7 @@ def _quantize_rows_kernel(
                 tl.store(codes_ptr + o_rc, b_code.to(tl.int8), mask=m_rc)
             if WRITE_Y:
                 b_y = (b_q - b_zp[:, None]) * b_s[:, None]
+                b_y = tl.where(b_ok, b_y, float("nan"))  # x * (1/s) was NaN: so is the reference
                 tl.store(y_ptr + o_rc, cast_to_dt(b_y, DT), mask=m_rc)
             if PACK_MASK:
                 # one group per row and BLOCK_C % 8 == 0, so bytes never straddle two programs
@@ -294,7 +297,7 @@ def qparams_ref(
         s = (mx - mn) / float(qmax - qmin)
         s = torch.clamp(s, min=eps)
         zp = torch.clamp(qmin - torch.round(mn / s), qmin, qmax)
-        zp = torch.where(torch.isnan(s), 0, zp).to(torch.int32)
+        zp = torch.where(torch.isnan(zp), 0, zp).to(torch.int32)  # non-finite row: NaN -> 0
     return s.to(torch.float32), zp
 
 

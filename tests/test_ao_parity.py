@@ -153,3 +153,55 @@ def test_unsupported_weight_observer_names_it(weight, needle):
     cfg = q.QConfig(activation=q.default_dynamic_qat_qconfig.activation, weight=weight)
     with pytest.raises(NotImplementedError, match=needle):
         tq.Linear(8, 4, qconfig=cfg)
+
+
+@pytest.mark.parametrize("which", ["both", "activation", "weight"])
+def test_torch_ao_fake_quant_switches(which, device):
+    """model.apply(torch.ao.quantization.disable_fake_quant) and per-half switches act as in torch.ao."""
+    ref, ours = _models(q.default_dynamic_qat_qconfig, device, layers=(0,))
+    x = torch.randn(7, 40, device=device)
+    if which == "both":
+        ref.apply(q.disable_fake_quant)
+        ours.apply(q.disable_fake_quant)
+        assert not ours[0].fake_quant_enabled
+    else:
+        name = "activation_post_process" if which == "activation" else "weight_fake_quant"
+        getattr(ref[0], name).disable_fake_quant()
+        getattr(ours[0], name).disable_fake_quant()
+    torch.testing.assert_close(ours(x), ref(x), rtol=2e-5, atol=1e-5)
+    if which == "both":
+        assert torch.equal(ours(x), torch.nn.functional.linear(x, ours[0].weight, ours[0].bias))
+    # the switch survives a state_dict round trip
+    _, fresh = _models(q.default_dynamic_qat_qconfig, device, layers=(0,))
+    fresh.load_state_dict(ours.state_dict())
+    assert fresh[0].fake_quant_enabled == ours[0].fake_quant_enabled
+    torch.testing.assert_close(fresh(x), ours(x), rtol=0, atol=0)
+
+
+def test_loads_an_untrained_per_channel_state(device):
+    ref, ours = _models(QCONFIGS["per-channel-weight"], device, layers=(0,))
+    ours.load_state_dict(ref.state_dict())  # torch.ao's untrained per-channel buffers are [1]/[0]
+    x = torch.randn(5, 40, device=device)
+    torch.testing.assert_close(ours(x), ref(x), rtol=2e-5, atol=1e-5)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+
+
+def test_empty_batch_keeps_state(device):
+    ref, ours = _models(q.default_dynamic_qat_qconfig, device, layers=(0,))
+    ours(torch.randn(3, 40, device=device))
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    assert ours(torch.randn(0, 40, device=device)).shape == (0, 24)
+    assert ref(torch.randn(0, 40, device=device)).shape == (0, 24)
+    for k, v in ours.state_dict().items():
+        if "activation_post_process" in k:
+            assert torch.equal(v, before[k]), k
+
+
+def test_pickles_whole_model(tmp_path, device):
+    _, ours = _models(q.default_dynamic_qat_qconfig, device, layers=(0,))
+    path = tmp_path / "model.pt"
+    torch.save(ours, path)
+    loaded = torch.load(path, weights_only=False)
+    x = torch.randn(3, 40, device=device)
+    assert torch.equal(loaded(x), ours(x))

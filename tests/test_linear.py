@@ -4,7 +4,7 @@ fake-quantized values, shapes, toggles, conversion, saved-activation memory, bad
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DTYPES, REL_TOL, assert_close_rel, dt_id
+from conftest import DTYPES, assert_close_rel, dt_id
 from torch import nn
 
 import triton_qat as tq
@@ -196,10 +196,42 @@ def test_bad_module_config(kwargs, exc, needle):
         tq.Linear(40, 24, **kwargs)
 
 
-def test_autocast_dtype_follows_input(device):
-    lin = tq.Linear(40, 24, device=device)  # fp32 parameters
-    x = torch.randn(5, 40, device=device, dtype=torch.bfloat16, requires_grad=True)
+def test_fp32_parameters_bf16_input(device):
+    """Mixed precision: the weight is fake-quantized in its own dtype (fp32), as torchao does
+    before autocast casts the result; output and grad_x in bf16, parameter grads in fp32."""
+    lin = tq.Linear(64, 24, device=device)  # fp32 parameters
+    x = torch.randn(5, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
     out = lin(x)
     out.float().sum().backward()
-    assert out.dtype == torch.bfloat16 and lin.weight.grad.dtype == torch.float32
-    assert REL_TOL[torch.bfloat16] > 0
+    assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    assert lin.weight.grad.dtype == torch.float32 and lin.bias.grad.dtype == torch.float32
+    w_fq, _ = fake_quantize_with_mask(lin.weight.detach(), lin.weight_config)  # fp32 numerics
+    x_fq, _ = fake_quantize_with_mask(x.detach(), lin.activation_config)
+    ref = x_fq.double() @ w_fq.double().T + lin.bias.double()
+    assert_close_rel(out, ref, torch.bfloat16, "out")
+    lin.eval()
+    assert torch.equal(tq.convert(lin)(x.detach()), lin(x.detach()))
+
+
+def test_strided_bias_and_weight(device):
+    w_big = torch.randn(24, 80, device=device)
+    b_big = torch.randn(24, 3, device=device)
+    x = torch.randn(5, 40, device=device)
+    w, b = w_big[:, ::2], b_big[:, 1]
+    assert not w.is_contiguous() and not b.is_contiguous()
+    assert torch.equal(tq.qat_linear(x, w, b), tq.qat_linear(x, w.contiguous(), b.contiguous()))
+
+
+@pytest.mark.parametrize(
+    "weight,bias,needle",
+    [
+        (torch.randn(40), None, "weight: expected 2 dims"),
+        (torch.randn(24, 40), torch.randn(1), r"bias: expected shape \(24,\)"),
+        (torch.randn(24, 40), torch.randn(4, 24), r"bias: expected shape \(24,\)"),
+        (torch.randn(24, 40), torch.arange(24), "bias"),
+    ],
+    ids=["1d-weight", "bias-1", "bias-2d", "int-bias"],
+)
+def test_bad_weight_or_bias(weight, bias, needle):
+    with pytest.raises((ValueError, TypeError), match=needle):
+        tq.qat_linear(torch.randn(3, 40), weight, bias)

@@ -28,6 +28,15 @@ def test_opcheck_fake_quantize(device):
     x = torch.randn(13, 40, device=device, requires_grad=True)
     _opcheck(ops.fake_quantize, (x, -128, 127, 40, False, False, None, None))
     _opcheck(ops.fake_quantize, (x, -8, 7, 8, True, False, None, None))
+    xt = torch.randn(40, 13, device=device).t().requires_grad_()  # non-contiguous input
+    _opcheck(ops.fake_quantize, (xt, -128, 127, 40, False, False, None, None))
+
+
+def test_compile_fake_quantize_of_a_transposed_view(device):
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a: tq.fake_quantize(a.t(), tq.QuantConfig()) * 2, fullgraph=True)
+    a = torch.randn(16, 8, device=device)
+    assert torch.equal(fn(a), tq.fake_quantize(a.t(), tq.QuantConfig()) * 2)
 
 
 def test_opcheck_int8_linear(device):

@@ -169,17 +169,30 @@ def test_all_zero_row(device):
     assert torch.equal(got.y, x)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-def test_non_finite_token_stays_in_its_row(bad, device):
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"]
+)
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
+def test_non_finite_token_stays_in_its_row(bad, symmetric, device):
     x = _data((5, 24), torch.float32, device)
     x[3, 7] = bad
-    got = quantize_rows(x, -128, 127, 24, False, pack_mask=True, with_y=True)
-    clean = quantize_rows(
-        torch.cat([x[:3], x[4:]]), -128, 127, 24, False, pack_mask=True, with_y=True
-    )
+    args = (-128, 127, 24, symmetric)
+    got = quantize_rows(x, *args, pack_mask=True, with_y=True)
+    clean = quantize_rows(torch.cat([x[:3], x[4:]]), *args, pack_mask=True, with_y=True)
     keep = [0, 1, 2, 4]
     assert torch.equal(got.y[keep], clean.y) and torch.equal(got.codes[keep], clean.codes)
-    assert not torch.isfinite(got.y[3]).all()
+    # the row itself is what the reference says, NaN for NaN (a NaN must never be hidden)
+    want = quantize_rows_ref(x, *args, pack_mask=True, with_y=True)
+    assert torch.equal(got.y.isnan(), want.y.isnan()) and torch.isnan(got.y[3]).any()
+    assert torch.equal(got.y.nan_to_num(), want.y.nan_to_num())
+    assert torch.equal(got.mask, want.mask)
+
+
+def test_nan_weight_channel_is_not_hidden(device):
+    w = _data((4, 32), torch.bfloat16, device, scale=0.1)
+    w[1, 3] = float("nan")
+    y = tq.fake_quantize(w, tq.QuantConfig(granularity="per_channel", symmetric=True))
+    assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2, 3]]).all()
 
 
 def test_empty_batch(device):

@@ -11,6 +11,8 @@ called: :func:`observe` reproduces ``FakeQuantize.forward``'s state update inste
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -58,7 +60,63 @@ def make_fake_quants(qconfig, out_features: int, device=None) -> tuple[nn.Module
     if device is not None:
         act.to(device)
         wfq.to(device)
-    return act, wfq
+    return _track_flags(act), _track_flags(wfq)
+
+
+def _track_flags(fq: nn.Module) -> nn.Module:
+    """Give a torch.ao FakeQuantize a Python mirror of its ``fake_quant_enabled`` buffer, so the
+    forward can branch on it without reading a (GPU) tensor and torch.compile can guard on it."""
+    fq.__class__ = _tracked_class()
+    fq.fake_quant_on = bool(fq.fake_quant_enabled[0])
+    return fq
+
+
+@functools.cache
+def _tracked_class() -> type:
+    q = _ao()
+
+    class TrackedFakeQuantize(q.FakeQuantize):
+        """torch.ao FakeQuantize whose fake-quant switch is mirrored in ``fake_quant_on``; every
+        way torch.ao toggles it (``disable_fake_quant``, ``model.apply(...)``, loading a state
+        dict) goes through the two methods below."""
+
+        @torch.jit.export
+        def enable_fake_quant(self, enabled: bool = True) -> None:
+            super().enable_fake_quant(enabled)
+            self.fake_quant_on = bool(enabled)
+
+        def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            self.fake_quant_on = bool(self.fake_quant_enabled[0])
+
+    # picklable by reference as triton_qat.ao.TrackedFakeQuantize (see the module __getattr__)
+    TrackedFakeQuantize.__module__ = __name__
+    TrackedFakeQuantize.__qualname__ = "TrackedFakeQuantize"
+    return TrackedFakeQuantize
+
+
+def __getattr__(name: str):
+    if name == "TrackedFakeQuantize":  # created lazily: importing torch.ao prints a notice
+        return _tracked_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def fake_quant_on(fq: nn.Module) -> bool:
+    """The Python mirror of ``fq.fake_quant_enabled`` (see :func:`_track_flags`)."""
+    return fq.fake_quant_on
+
+
+def dynamic_qparams(x: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+    """Per-tensor affine qparams of x as a fresh memoryless torch.ao observer computes them
+    (fp32, eps = 2**-23): what torch.ao's dynamic quantized Linear uses at inference."""
+    x32 = x.detach().to(torch.float32)
+    mn, mx = torch.aminmax(x32)
+    eps = torch.tensor([torch.finfo(torch.float32).eps], device=x.device)
+    zero = torch.zeros_like(mn)
+    min_neg, max_pos = torch.min(mn, zero), torch.max(mx, zero)
+    scale = torch.max((max_pos - min_neg) / float(qmax - qmin), eps)
+    zp = torch.clamp(qmin - torch.round(min_neg / scale).to(torch.int), qmin, qmax)
+    return scale.reshape(1), zp.to(torch.int32).reshape(1)
 
 
 def _check_supported(fq, role: str, q, allowed_qschemes) -> None:
@@ -118,6 +176,8 @@ def observe(fq: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """FakeQuantize.forward's state update on ``x`` (gated by ``fq.observer_enabled``), returning
     the (scale, zero_point) it would fake-quantize with. Mutates fq's buffers like torch.ao."""
     obs = fq.activation_post_process
+    if x.numel() == 0:  # torch.ao's observers return early on empty input
+        return fq.scale, fq.zero_point
     x32 = x.detach().to(obs.min_val.dtype)
     if fq.qscheme == torch.per_channel_symmetric:
         cur_min, cur_max = torch.aminmax(x32.reshape(x32.shape[0], -1), dim=1)
@@ -132,8 +192,11 @@ def observe(fq: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     else:  # first observation after loading an empty per-channel state: torch.ao resizes
         obs.min_val = torch.where(on, new_min, torch.full_like(new_min, float("inf")))
         obs.max_val = torch.where(on, new_max, torch.full_like(new_max, float("-inf")))
-    scale = torch.where(on, scale.reshape(fq.scale.shape), fq.scale)
-    zp = torch.where(on, zp.reshape(fq.zero_point.shape), fq.zero_point)
+    scale = torch.where(on, scale, fq.scale)
+    zp = torch.where(on, zp, fq.zero_point)
+    if fq.scale.shape != scale.shape:  # e.g. an untrained per-channel state loaded: [1] -> [N]
+        fq.scale.resize_(scale.shape)
+        fq.zero_point.resize_(zp.shape)
     fq.scale.copy_(scale)
     fq.zero_point.copy_(zp)
     return scale, zp

@@ -77,9 +77,19 @@ def check_input(x: Tensor, in_features: int, device: torch.device) -> None:
 def check_linear_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     """TypeError / ValueError naming the argument for anything the kernels cannot take."""
     check_float_input(weight, "weight")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight: expected 2 dims [out_features, in_features], got {tuple(weight.shape)}"
+        )
     check_input(x, weight.shape[1], weight.device)
-    if bias is not None and bias.device != weight.device:
-        raise ValueError(f"bias: expected device {weight.device} (the weight's), got {bias.device}")
+    if bias is not None:
+        check_float_input(bias, "bias")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        if bias.device != weight.device:
+            raise ValueError(
+                f"bias: expected device {weight.device} (the weight's), got {bias.device}"
+            )
 
 
 def qat_linear(
@@ -93,8 +103,9 @@ def qat_linear(
     fused: int8 GEMM forward, int8 state saved for the STE backward.
 
     Args:
-        x: [..., K] fp32 / fp16 / bf16 (any strides). weight: [N, K]; bias: [N] or None.
-            weight and bias are cast to x's dtype (as autocast would).
+        x: [..., K] fp32 / fp16 / bf16 (any strides). weight: [N, K]; bias: [N] or None, in any
+            float dtype: the weight is fake-quantized in its own dtype (as torchao does before
+            autocast casts the result), the output and gradients are in x's dtype.
         activation: per_token or per_tensor config. weight_config: symmetric per_channel,
             per_group or per_tensor config.
     Returns:
@@ -109,8 +120,6 @@ def qat_linear(
         raise ValueError(f"group_size: expected a divisor of in_features={K}, got {w_group}")
     if not weight_config.symmetric:
         raise ValueError("weight_config: symmetric=False is not supported for weights")
-    weight = weight.to(x.dtype)
-    bias = bias.to(x.dtype) if bias is not None else None
     out = ops.qat_linear(
         x,
         weight,
@@ -160,3 +169,15 @@ def ao_qat_linear(
         w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1),
     )
     return out[0]
+
+
+def ao_fake_quantize(
+    x: Tensor, q_range: tuple[int, int], scale: Tensor, zero_point: Tensor | None
+) -> Tensor:
+    """torch.ao fake quantization with given qparams (STE): per-tensor (scale [1]) over all of x,
+    or per row of a 2-D x (scale [R, 1]); used when only one half of a torch.ao layer is on."""
+    x2d = x.reshape(-1, x.shape[-1])
+    scale = scale.to(torch.float32).reshape(-1, 1)
+    zp = zero_point.to(torch.int32).reshape(-1, 1) if zero_point is not None else None
+    y, _ = ops.fake_quantize(x2d, q_range[0], q_range[1], x2d.shape[1], False, False, scale, zp)
+    return y.reshape(x.shape)

@@ -7,7 +7,12 @@ from torch import Tensor, nn
 
 from triton_qat import ao
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
-from triton_qat.functional import ao_qat_linear, check_linear_inputs, qat_linear
+from triton_qat.functional import (
+    ao_fake_quantize,
+    ao_qat_linear,
+    check_linear_inputs,
+    qat_linear,
+)
 
 
 class Linear(nn.Linear):
@@ -42,7 +47,7 @@ class Linear(nn.Linear):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.fake_quant_enabled = True
+        self._fake_quant_on = True
         self.qconfig = qconfig
         if qconfig is not None:
             if activation is not None or weight is not None:
@@ -73,29 +78,24 @@ class Linear(nn.Linear):
     def forward(self, input: Tensor) -> Tensor:
         check_linear_inputs(input, self.weight, self.bias)
         weight, bias = self.weight, self.bias
-        if input.dtype != weight.dtype:  # e.g. under autocast: compute in the input's dtype
-            weight = weight.to(input.dtype)
-            bias = bias.to(input.dtype) if bias is not None else None
         if not self.uses_ao_numerics:
             if not self.fake_quant_enabled:
-                return F.linear(input, weight, bias)
+                return _plain_linear(input, weight, bias)
             return qat_linear(input, weight, bias, self.activation_config, self.weight_config)
-        # torch.ao family: observers run whenever their observer_enabled flag is set, as in torch.ao
-        a_scale, a_zp = ao.observe(self.activation_post_process, input)
-        w_scale, _ = ao.observe(self.weight_fake_quant, self.weight)
-        if not self.fake_quant_enabled:
-            return F.linear(input, weight, bias)
+        # torch.ao family: observers run whenever their observer_enabled flag is set, and each
+        # FakeQuantize's fake_quant_enabled flag switches its own half, as in torch.ao
         a_fq, w_fq = self.activation_post_process, self.weight_fake_quant
-        return ao_qat_linear(
-            input,
-            weight,
-            bias,
-            (a_fq.quant_min, a_fq.quant_max),
-            a_scale,
-            a_zp,
-            (w_fq.quant_min, w_fq.quant_max),
-            w_scale,
-        )
+        a_scale, a_zp = ao.observe(a_fq, input)
+        w_scale, _ = ao.observe(w_fq, weight)
+        a_on, w_on = ao.fake_quant_on(a_fq), ao.fake_quant_on(w_fq)
+        a_range, w_range = (a_fq.quant_min, a_fq.quant_max), (w_fq.quant_min, w_fq.quant_max)
+        if a_on and w_on:
+            return ao_qat_linear(input, weight, bias, a_range, a_scale, a_zp, w_range, w_scale)
+        if a_on:
+            input = ao_fake_quantize(input, a_range, a_scale, a_zp)
+        if w_on:
+            weight = ao_fake_quantize(weight, w_range, w_scale.reshape(-1, 1), None)
+        return _plain_linear(input, weight, bias)
 
     # -- toggles (torch.ao names) -------------------------------------------------------------
     def disable_fake_quant(self) -> Linear:
@@ -106,20 +106,27 @@ class Linear(nn.Linear):
         return self._set_fake_quant(True)
 
     def _set_fake_quant(self, on: bool) -> Linear:
-        self.fake_quant_enabled = on
+        self._fake_quant_on = on
         for fq in self._ao_fake_quants():
-            fq.fake_quant_enabled[0] = int(on)
+            fq.enable_fake_quant(on)
         return self
+
+    @property
+    def fake_quant_enabled(self) -> bool:
+        """Whether the forward fake-quantizes (torch.ao family: both halves switched on)."""
+        if self.uses_ao_numerics:
+            return all(ao.fake_quant_on(fq) for fq in self._ao_fake_quants())
+        return self._fake_quant_on
 
     def disable_observer(self) -> Linear:
         """Freeze torch.ao observers (qparams stay as stored). Family 1 has no observer state."""
         for fq in self._ao_fake_quants():
-            fq.observer_enabled[0] = 0
+            fq.disable_observer()
         return self
 
     def enable_observer(self) -> Linear:
         for fq in self._ao_fake_quants():
-            fq.observer_enabled[0] = 1
+            fq.enable_observer()
         return self
 
     def _ao_fake_quants(self) -> list[nn.Module]:
@@ -172,6 +179,12 @@ class Linear(nn.Linear):
             f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
             f"fake_quant={self.fake_quant_enabled}"
         )
+
+
+def _plain_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear in x's dtype (parameters cast like autocast would)."""
+    bias = bias.to(x.dtype) if bias is not None else None
+    return F.linear(x, weight.to(x.dtype), bias)
 
 
 def _checked(cfg: QuantConfig | None, default: QuantConfig, role: str) -> QuantConfig:

@@ -112,7 +112,7 @@ def fake_quantize(
 
 @fake_quantize.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point):
-    return torch.empty_like(x), x.new_empty(x.shape, dtype=torch.uint8)
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.uint8)  # contiguous, as real
 
 
 def _fake_quantize_setup(ctx, inputs, output):

@@ -3,7 +3,9 @@
 Weights are stored as int8 codes (bits <= 4: two codes packed per byte) with fp32 scales; the input
 is quantized per token (or per tensor) at run time and multiplied on the int8 GEMM of the training
 forward, so the eval output equals the prepared model's eval output (QAT trained on exactly this
-arithmetic).
+arithmetic). Layers trained with torch.ao numerics quantize activations per tensor with fp32
+qparams from the current input, as torch.ao's dynamic quantized Linear does; that equals the
+prepared model's eval output while its (memoryless) activation observer is enabled.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from triton_qat import ops
+from triton_qat import ao, ops
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import check_input
 
@@ -57,6 +59,9 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.activation_config, self.weight_config = activation, weight
         # torch.ao layers quantize activations per tensor with their own (e.g. quint8) range
+        # torch.ao layers (activation_range given) quantize activations per tensor with fp32
+        # qparams like torch.ao's dynamic quantized Linear; torchao layers in the input dtype
+        self.ao_activation = activation_range is not None
         self.activation_range = activation_range or (activation.qmin, activation.qmax)
         self.packed = weight.bits <= 4
         n_groups = 1 if weight.granularity != "per_group" else in_features // weight.group_size
@@ -77,8 +82,6 @@ class QuantizedLinear(nn.Module):
     @torch.no_grad()
     def from_qat(cls, lin: nn.Module) -> QuantizedLinear:
         """Freeze a trained :class:`triton_qat.Linear` into int8 codes with its exact numerics."""
-        from triton_qat import ao
-
         w = lin.weight.detach()
         K = lin.in_features
         if lin.uses_ao_numerics:
@@ -140,10 +143,13 @@ class QuantizedLinear(nn.Module):
         act = self.activation_config
         x2d = input.reshape(-1, K)
         qmin, qmax = self.activation_range
+        a_scale = a_zp = None
+        if self.ao_activation:
+            a_scale, a_zp = (t.reshape(1, 1) for t in ao.dynamic_qparams(x2d, qmin, qmax))
         x_codes, x_scale, x_zp, _, _ = ops.quantize(
-            x2d, qmin, qmax, K, act.symmetric, act.granularity == "per_tensor", True, None, None
+            x2d, qmin, qmax, K, act.symmetric, act.granularity == "per_tensor", True, a_scale, a_zp
         )
-        bias = self.bias.to(input.dtype) if self.bias is not None else None
+        bias = self.bias  # added in fp32 by the GEMM epilogue, as in training
         out = ops.int8_linear(
             x_codes,
             x_scale,
