@@ -213,6 +213,17 @@ def test_fp32_parameters_bf16_input(device):
     assert torch.equal(tq.convert(lin)(x.detach()), lin(x.detach()))
 
 
+def test_autocast_output_dtype_like_nn_linear(device):
+    lin = tq.Linear(64, 24, device=device)
+    ref = nn.Linear(64, 24, device=device)
+    x = torch.randn(5, 64, device=device, requires_grad=True)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        out, want = lin(x), ref(x)
+    assert out.dtype == want.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
+
+
 def test_strided_bias_and_weight(device):
     w_big = torch.randn(24, 80, device=device)
     b_big = torch.randn(24, 3, device=device)

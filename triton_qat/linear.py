@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -77,6 +78,9 @@ class Linear(nn.Linear):
 
     def forward(self, input: Tensor) -> Tensor:
         check_linear_inputs(input, self.weight, self.bias)
+        return _autocast_output(self._forward(input))
+
+    def _forward(self, input: Tensor) -> Tensor:
         weight, bias = self.weight, self.bias
         if not self.uses_ao_numerics:
             if not self.fake_quant_enabled:
@@ -179,6 +183,18 @@ class Linear(nn.Linear):
             f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
             f"fake_quant={self.fake_quant_enabled}"
         )
+
+
+def _autocast_output(out: Tensor) -> Tensor:
+    """Under autocast, return what nn.Linear would: the autocast dtype. (The fused op itself
+    computes in the input's dtype, from a weight fake-quantized in its own dtype, as torchao
+    does before autocast casts the fake-quantized values for F.linear.)"""
+    dev = out.device.type
+    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        if out.dtype != dtype:
+            return out.to(dtype)
+    return out
 
 
 def _plain_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
