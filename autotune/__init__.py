@@ -69,9 +69,13 @@ def _lookup(key: str, device: torch.device, default: dict) -> dict:
     return cfg
 
 
-def quantize_config(rows: int, group_size: int, device: torch.device, dtype=None) -> dict:
-    """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step."""
-    key = make_key("quantize", rows, group_size, group_size, _dtype_name(dtype))
+def quantize_config(
+    rows: int, group_size: int, device: torch.device, dtype=None, pack_mask: bool = True
+) -> dict:
+    """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step
+    (activations pack the mask in bits, weights store bytes: tuned separately)."""
+    extra = "pack" if pack_mask else "bytes"
+    key = make_key("quantize", rows, group_size, group_size, _dtype_name(dtype), extra)
     if INTERPRET:
         block_c = max(16, min(1 << max(0, (group_size - 1).bit_length()), 64))
         default = {"BLOCK_R": 64, "BLOCK_C": block_c, "num_warps": 1}

@@ -27,6 +27,12 @@ FORMAT_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent / "configs"
 
 
+def _version_of(path: Path) -> tuple[int, ...]:
+    """(3, 10, 0) from '<gpu>__triton-3.10.0.json' (so 3.10 sorts after 3.9)."""
+    text = path.stem.rpartition("__triton-")[2]
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.+-]", text))
+
+
 def cache_dir() -> Path:
     env = os.environ.get("TRITON_QAT_CACHE_DIR")
     if env:
@@ -54,6 +60,8 @@ def make_key(kernel: str, m: int, n: int, k: int, dtype: str, extra: str = "") -
 
 def _split_key(key: str) -> tuple[str, int, str]:
     kernel, m, rest = key.split("|", 2)
+    if not m.startswith("M"):
+        raise ValueError(f"bad key {key!r}")
     return kernel, int(m[1:]), rest
 
 
@@ -66,10 +74,41 @@ def read_entries(path: Path) -> dict[str, dict]:
         entries = data["entries"]
         if not isinstance(entries, dict) or data.get("version") != FORMAT_VERSION:
             raise ValueError("unexpected layout or version")
-        return {k: v for k, v in entries.items() if isinstance(v, dict) and "config" in v}
     except (OSError, ValueError, KeyError, TypeError) as e:
         warnings.warn(f"triton_qat: ignoring unreadable autotune cache {path}: {e}", stacklevel=3)
         return {}
+    good = {k: v for k, v in entries.items() if valid_entry(k, v)}
+    if len(good) != len(entries):
+        bad = sorted(set(entries) - set(good))
+        warnings.warn(f"triton_qat: ignoring {len(bad)} malformed entries of autotune cache "
+                      f"{path}, e.g. {bad[0]!r}", stacklevel=3)  # fmt: skip
+    return good
+
+
+_REQUIRED = {
+    "quantize": ("BLOCK_R", "BLOCK_C", "num_warps"),
+    "gemm": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"),
+}
+
+
+def valid_entry(key: object, entry: object) -> bool:
+    """A well-formed key and a config the kernels can launch (power-of-two tiles >= 16, BLOCK_C a
+    multiple of 8 for the bit-packed mask, int8 BLOCK_K >= 32)."""
+    try:
+        kernel, m, _ = _split_key(key)
+        cfg = entry["config"]
+        names = _REQUIRED["quantize" if kernel == "quantize" else "gemm"]
+        if m < 1 or kernel not in ("quantize", "fwd", "dgrad", "wgrad") or set(cfg) != set(names):
+            return False
+        if not all(isinstance(cfg[n], int) and not isinstance(cfg[n], bool) and cfg[n] >= 1
+                   for n in names):  # fmt: skip
+            return False
+        tiles = [cfg[n] for n in names if n.startswith("BLOCK") and n != "BLOCK_R"]
+        if any(t < 16 or t & (t - 1) for t in tiles) or cfg["num_warps"] & (cfg["num_warps"] - 1):
+            return False
+        return not (kernel == "fwd" and cfg["BLOCK_K"] < 32)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -124,20 +163,23 @@ class ConfigCache:
 
     def reload(self) -> None:
         shipped = read_entries(SHIPPED_DIR / file_name(self.device_name))
-        if not shipped:  # a shipped file for another Triton version is better than nothing
-            matches = sorted(SHIPPED_DIR.glob(f"{slug(self.device_name)}__triton-*.json"))
+        if not shipped:  # the newest shipped file for another Triton version beats nothing
+            matches = sorted(SHIPPED_DIR.glob(f"{slug(self.device_name)}__triton-*.json"),
+                             key=_version_of)  # fmt: skip
             shipped = read_entries(matches[-1]) if matches else {}
         with self._lock:
             self.entries = {**shipped, **read_entries(self.user_path)}
 
     def lookup(self, key: str) -> dict | None:
-        """Strict match, else the nearest tuned M bucket with the same kernel/N/K/dtype/extra."""
-        hit = self.entries.get(key)
+        """Strict match, else the nearest tuned M bucket with the same kernel/N/K/dtype/extra.
+        Reads one snapshot of the entries: :meth:`store` replaces the dict, never mutates it."""
+        entries = self.entries
+        hit = entries.get(key)
         if hit is not None:
             return hit["config"]
         kernel, m, rest = _split_key(key)
         best, best_dist = None, math.inf
-        for other, entry in self.entries.items():
+        for other, entry in entries.items():
             o_kernel, o_m, o_rest = _split_key(other)
             if o_kernel == kernel and o_rest == rest:
                 dist = abs(math.log2(o_m) - math.log2(m))
@@ -148,4 +190,4 @@ class ConfigCache:
     def store(self, new: dict[str, dict]) -> None:
         write_entries(self.user_path, self.device_name, new)
         with self._lock:
-            self.entries.update(new)
+            self.entries = {**self.entries, **new}

@@ -11,9 +11,9 @@ import itertools
 
 import triton
 
-# Shared memory per SM available to one block (bytes): Hopper 227 KiB, Ampere 163 KiB, else 99 KiB.
-_SMEM = {9: 227 * 1024, 8: 163 * 1024}
-_SMEM_DEFAULT = 99 * 1024
+# Shared memory one block may use when the device cannot be asked (bytes): the smallest of the
+# GPUs this targets (sm_86 / sm_89: 99 KiB). tune.py passes the device's own limit.
+SMEM_FALLBACK = 99 * 1024
 
 _GEMM_FWD = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s}
@@ -34,13 +34,15 @@ _QUANTIZE = [
 
 SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": _QUANTIZE}
 
-# Untuned defaults (not measured), used until a tuned config exists for a shape.
+# Untuned defaults (speed not measured), used until a tuned config exists for a shape. Sized so
+# every dtype fits the 99 KiB of shared memory the smallest supported GPUs (sm_86/89) give a block:
+# compiled for sm_90, fp32 dgrad takes 80 KiB, fp32 wgrad 81 KiB (tests/test_gpu_compile.py).
 DEFAULTS = {
     "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
             "num_stages": 3},
-    "dgrad": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+    "dgrad": {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 3},
-    "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+    "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 3},
 }  # fmt: skip
 
@@ -60,10 +62,17 @@ def smem_bytes(kernel: str, cfg: dict, elem_bytes: int) -> int:
 
 
 def candidates(
-    kernel: str, shape: tuple[int, ...], capability: int, elem_bytes: int = 2
+    kernel: str,
+    shape: tuple[int, ...],
+    capability: int,
+    elem_bytes: int = 2,
+    smem_limit: int = SMEM_FALLBACK,
 ) -> list[dict]:
     """The configs worth timing for ``kernel`` at ``shape`` on a GPU of compute ``capability``
-    (major version). GEMMs take shape (M, N, K) of the linear; quantize takes (rows, group_size)."""
+    (major version) with ``smem_limit`` bytes of shared memory per block. GEMMs take shape
+    (M, N, K) of the linear; quantize takes (rows, group_size). The shared-memory estimate counts
+    the pipelined operand tiles only; configs that still do not fit fail to launch and are skipped
+    by the tuner."""
     if kernel == "quantize":
         rows, group = shape
         max_c = _pow2_at_least(group, 16)
@@ -71,7 +80,7 @@ def candidates(
         return [c for c in _QUANTIZE if c["BLOCK_C"] <= max_c and c["BLOCK_R"] <= max_r
                 and c["BLOCK_R"] * c["BLOCK_C"] <= 16384] or [quantize_default(rows, group)]  # fmt: skip
     M, N, K = shape
-    limit = _SMEM.get(capability, _SMEM_DEFAULT)
+    limit = smem_limit
     # every GEMM kernel tiles the linear's M, N and K with BLOCK_M, BLOCK_N and BLOCK_K
     mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
     max_stages = 5 if capability >= 9 else 4  # Hopper's larger shared memory fits deeper pipelines

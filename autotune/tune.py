@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from triton_qat.kernels.quantize import quantize_rows
 
 from . import gemm_config, get_cache, quantize_config
 from .cache import make_key
-from .space import candidates
+from .space import SMEM_FALLBACK, candidates
 
 KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad")
 
@@ -46,7 +47,7 @@ class LinearShape:
 def time_ms(fn: Callable[[], object], device: torch.device) -> float:
     """Median milliseconds of ``fn``."""
     if device.type == "cuda":
-        return float(triton.testing.do_bench(fn, warmup=10, rep=40, quantiles=[0.5])[0])
+        return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
     fn()
     times = []
     for _ in range(3):
@@ -82,10 +83,11 @@ def _problems(s: LinearShape, device: torch.device) -> dict[str, tuple[tuple, Ca
 def _key_and_default(kernel: str, s: LinearShape, device: torch.device) -> tuple[str, dict]:
     dt = str(s.dtype).replace("torch.", "")
     if kernel == "quantize_x":
-        return make_key("quantize", s.M, s.K, s.K, dt), quantize_config(s.M, s.K, device, s.dtype)
+        return (make_key("quantize", s.M, s.K, s.K, dt, "pack"),
+                quantize_config(s.M, s.K, device, s.dtype, pack_mask=True))  # fmt: skip
     if kernel == "quantize_w":
-        return (make_key("quantize", s.N, s.group, s.group, dt),
-                quantize_config(s.N, s.group, device, s.dtype))  # fmt: skip
+        return (make_key("quantize", s.N, s.group, s.group, dt, "bytes"),
+                quantize_config(s.N, s.group, device, s.dtype, pack_mask=False))  # fmt: skip
     extra = f"g{s.group}" if kernel == "fwd" and s.group != s.K else ""
     return (make_key(kernel, s.M, s.N, s.K, dt, extra),
             gemm_config(kernel, s.M, s.N, s.K, device, s.dtype, s.group))  # fmt: skip
@@ -97,26 +99,25 @@ def tune(s: LinearShape, device: torch.device, kernels=KERNELS, progress=None) -
     if device.type != "cuda" and not INTERPRET:
         raise RuntimeError("tuning needs a CUDA device, or TRITON_INTERPRET=1 for a CPU dry run")
     problems = _problems(s, device)
-    capability = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else 0
-    elem = torch.tensor([], dtype=s.dtype).element_size()
     results, entries = {}, {}
     for kernel in kernels:
         search_shape, launch = problems[kernel]
         key, current = _key_and_default(kernel, s, device)
-        space = ([current] if INTERPRET
-                 else candidates(kernel.split("_")[0], search_shape, capability, elem))  # fmt: skip
-        best, best_ms, tried = None, float("inf"), 0
+        space = [current] if INTERPRET else _space(kernel, search_shape, s.dtype, device)
+        best, best_ms, tried, first_error = None, float("inf"), 0, None
         for cfg in space:
             try:
                 ms = time_ms(lambda cfg=cfg, launch=launch: launch(cfg), device)
                 tried += 1
-            except Exception:  # noqa: BLE001 - a config that does not compile/fit is skipped
-                ms = float("inf")
+            except Exception as e:  # noqa: BLE001 - a config that does not compile or fit
+                ms, first_error = float("inf"), first_error or e
             if progress is not None:
                 progress(1)
             if ms < best_ms:
                 best, best_ms = cfg, ms
         if best is None:
+            warnings.warn(f"triton_qat.autotune: no config of {kernel} ran at {key}; "
+                          f"first error: {first_error!r}", stacklevel=2)  # fmt: skip
             continue
         results[kernel] = {"key": key, "config": best, "ms": best_ms, "tried": tried}
         entries[key] = {"config": best, "ms": round(best_ms, 5), "tried": tried}
@@ -124,11 +125,16 @@ def tune(s: LinearShape, device: torch.device, kernels=KERNELS, progress=None) -
     return results
 
 
+def _space(kernel: str, search_shape: tuple, dtype: torch.dtype, device: torch.device) -> list:
+    """Candidates for ``kernel`` on this GPU: its compute capability and shared-memory limit."""
+    props = torch.cuda.get_device_properties(device)
+    limit = getattr(props, "shared_memory_per_block_optin", None) or SMEM_FALLBACK
+    elem = torch.tensor([], dtype=dtype).element_size()
+    return candidates(kernel.split("_")[0], search_shape, props.major, elem, limit)
+
+
 def n_candidates(s: LinearShape, device: torch.device, kernels=KERNELS) -> int:
     if INTERPRET or device.type != "cuda":
         return len(kernels)
-    cap = torch.cuda.get_device_capability(device)[0]
-    elem = torch.tensor([], dtype=s.dtype).element_size()
     shapes = {"quantize_x": (s.M, s.K), "quantize_w": (s.N, s.group)}
-    return sum(len(candidates(k.split("_")[0], shapes.get(k, (s.M, s.N, s.K)), cap, elem))
-               for k in kernels)  # fmt: skip
+    return sum(len(_space(k, shapes.get(k, (s.M, s.N, s.K)), s.dtype, device)) for k in kernels)

@@ -129,7 +129,8 @@ def _pick_mode(K: int, group_size: int, block_k: int) -> tuple[int, int]:
         return 0, block_k
     if group_size % 32 == 0:  # int8 tensor-core tiles need BLOCK_K >= 32
         return 1, min(block_k, group_size & -group_size)
-    return 2, block_k
+    # fp32 operand tiles: BLOCK_K 128 x 3 stages needs 256 KiB of shared memory; 32 x 2 needs 48
+    return 2, min(block_k, 32)
 
 
 def int8_linear(
@@ -191,7 +192,7 @@ def int8_linear(
         BLOCK_K=block_k,
         GROUP_M=cfg["GROUP_M"],
         num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        num_stages=min(cfg["num_stages"], 2) if mode == 2 else cfg["num_stages"],
     )
     return out
 

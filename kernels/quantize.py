@@ -244,7 +244,7 @@ def quantize_rows(
     y = new_empty((R, C), x.dtype, dev) if with_y else None
     if R == 0 or C == 0:
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
-    cfg = config or quantize_config(R, group_size, x.device, x.dtype)
+    cfg = config or quantize_config(R, group_size, x.device, x.dtype, pack_mask)
     grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
     _quantize_rows_kernel[grid](
         x,

@@ -9,8 +9,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from triton_qat.autotune.space import DEFAULTS
 from triton_qat.kernels.gemm_backward import _dgrad_kernel, _wgrad_kernel
-from triton_qat.kernels.gemm_int8 import _int8_linear_kernel
+from triton_qat.kernels.gemm_int8 import _int8_linear_kernel, _pick_mode
 from triton_qat.kernels.quantize import _quantize_rows_kernel
 
 PTR = {0: "*fp32", 1: "*fp16", 2: "*bf16"}
@@ -23,10 +24,9 @@ def build(fn, sig, consts, opts, tag, arch):
             ASTSource(fn, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts
         )
         ptx = k.asm["ptx"]
-        print(
-            f"OK {tag} sm{arch} fma={ptx.count('fma.rn.f32')} div_rn={ptx.count('div.rn.f32')}",
-            flush=True,
-        )
+        fma, div = ptx.count("fma.rn.f32"), ptx.count("div.rn.f32")
+        kib = round(k.metadata.shared / 1024)
+        print(f"OK {tag} sm{arch} fma={fma} div_rn={div} shared_kib={kib}", flush=True)
     except Exception as e:  # noqa: BLE001 - reported, the test fails on it
         print(
             f"FAIL {tag} sm{arch} {type(e).__name__}: {' | '.join(str(e).splitlines()[-4:])[:400]}",
@@ -51,23 +51,34 @@ def main(arch: int) -> None:
     g_sig = dict(xq_ptr="*i8", sx_ptr="*fp32", zpx_ptr="*i32", wq_ptr="*i8", sw_ptr="*fp32",
                  wsum_ptr="*i32", bias_ptr="*fp32", out_ptr="", M="i32", N="i32", K="i32",
                  GROUP="i32", stride_xm="i32", stride_wn="i32", stride_om="i32")  # fmt: skip
-    for dt, mode, bk in [(2, 0, 128), (1, 0, 128), (0, 0, 64), (2, 1, 32), (2, 1, 128), (2, 2, 64)]:
-        consts = dict(HAS_BIAS=True, ASYM=True, MODE=mode, DT=dt, BLOCK_M=128, BLOCK_N=128,
-                      BLOCK_K=bk, GROUP_M=8)  # fmt: skip
+    fwd = DEFAULTS["fwd"]
+    for dt, (K, group) in itertools.product(
+        (0, 1, 2), ((4096, 4096), (4096, 128), (4096, 32), (4096, 8))
+    ):
+        mode, bk = _pick_mode(K, group, fwd["BLOCK_K"])  # what the launcher runs with the default
+        stages = min(fwd["num_stages"], 2) if mode == 2 else fwd["num_stages"]
+        consts = dict(HAS_BIAS=True, ASYM=True, MODE=mode, DT=dt, BLOCK_M=fwd["BLOCK_M"],
+                      BLOCK_N=fwd["BLOCK_N"], BLOCK_K=bk, GROUP_M=8)  # fmt: skip
         build(_int8_linear_kernel, {**g_sig, "out_ptr": PTR[dt]}, consts,
-              dict(num_warps=8, num_stages=3), f"fwd dt={dt} mode={mode} bk={bk}", arch)  # fmt: skip
+              dict(num_warps=fwd["num_warps"], num_stages=stages),
+              f"default fwd dt={dt} mode={mode} group={group}", arch)  # fmt: skip
     for dt in (0, 1, 2):
         d_sig = dict(dy_ptr=PTR[dt], wq_ptr="*i8", sw_ptr="*fp32", mask_ptr="*u8", dx_ptr=PTR[dt],
                      M="i32", N="i32", K="i32", GROUP="i32", stride_dym="i32", stride_dyn="i32",
                      stride_wn="i32", stride_dxm="i32")  # fmt: skip
-        consts = dict(DT=dt, DOT_FP32=False, BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8)
-        build(_dgrad_kernel, d_sig, consts, dict(num_warps=8, num_stages=3), f"dgrad dt={dt}", arch)
+        d = DEFAULTS["dgrad"]
+        consts = dict(DT=dt, DOT_FP32=False, BLOCK_M=d["BLOCK_M"], BLOCK_N=d["BLOCK_N"],
+                      BLOCK_K=d["BLOCK_K"], GROUP_M=8)  # fmt: skip
+        build(_dgrad_kernel, d_sig, consts, dict(num_warps=d["num_warps"], num_stages=d["num_stages"]),
+              f"default dgrad dt={dt}", arch)  # fmt: skip
         w_sig = dict(dy_ptr=PTR[dt], xq_ptr="*i8", sx_ptr="*fp32", zpx_ptr="*i32", mask_ptr="*u8",
                      dw_ptr=PTR[dt], db_ptr=PTR[dt], M="i32", N="i32", K="i32", stride_dym="i32",
                      stride_dyn="i32", stride_xm="i32", stride_dwn="i32")  # fmt: skip
-        consts = dict(HAS_BIAS=True, DT=dt, DOT_FP32=False, BLOCK_M=64, BLOCK_N=128, BLOCK_K=128,
-                      GROUP_M=8)  # fmt: skip
-        build(_wgrad_kernel, w_sig, consts, dict(num_warps=8, num_stages=3), f"wgrad dt={dt}", arch)
+        w = DEFAULTS["wgrad"]
+        consts = dict(HAS_BIAS=True, DT=dt, DOT_FP32=False, BLOCK_M=w["BLOCK_M"],
+                      BLOCK_N=w["BLOCK_N"], BLOCK_K=w["BLOCK_K"], GROUP_M=8)  # fmt: skip
+        build(_wgrad_kernel, w_sig, consts, dict(num_warps=w["num_warps"], num_stages=w["num_stages"]),
+              f"default wgrad dt={dt}", arch)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,15 +68,47 @@ def test_corrupt_cache_file_is_ignored_with_a_warning(cache_dir):
     assert out.shape == (3, 24) and torch.isfinite(out).all()
 
 
-def _writer(path: str, worker: int, n: int) -> None:
-    from pathlib import Path
+def test_malformed_entries_are_skipped_with_a_warning(cache_dir):
+    good = {
+        "BLOCK_M": 16,
+        "BLOCK_N": 32,
+        "BLOCK_K": 32,
+        "GROUP_M": 1,
+        "num_warps": 1,
+        "num_stages": 1,
+    }
+    entries = {
+        make_key("fwd", 64, 24, 40, "float32"): {"config": good},
+        "garbage": {"config": good},
+        "fwd|M0|N24|K40|float32|": {"config": good},
+        make_key("fwd", 128, 24, 40, "float32"): {"config": {**good, "BLOCK_K": 16}},  # int8 K < 32
+        make_key("dgrad", 64, 24, 40, "float32"): {"config": [1, 2]},
+        make_key("quantize", 64, 40, 40, "float32", "pack"): {
+            "config": {"BLOCK_R": 4, "BLOCK_C": 12, "num_warps": 1}  # not a power of two
+        },
+    }
+    path = cache_dir / file_name("interpreter")
+    path.write_text(json.dumps({"version": 1, "entries": entries}))
+    with pytest.warns(UserWarning, match="5 malformed entries"):
+        cache = ConfigCache("interpreter")
+    assert list(cache.entries) == [make_key("fwd", 64, 24, 40, "float32")]
+    assert cache.lookup(make_key("fwd", 100, 24, 40, "float32")) == good  # nearest bucket
+    assert cache.lookup(make_key("dgrad", 64, 24, 40, "float32")) is None
 
+
+def test_newest_shipped_version_wins():
+    from triton_qat.autotune.cache import _version_of
+
+    names = [Path(f"h100__triton-{v}.json") for v in ("3.9.0", "3.10.0", "3.6.0")]
+    assert max(names, key=_version_of).name == "h100__triton-3.10.0.json"
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    cfg = {"BLOCK_M": 16 * worker, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1,
+           "num_stages": 1}  # fmt: skip
     for i in range(n):
-        write_entries(
-            Path(path),
-            "interpreter",
-            {f"fwd|M16|N{worker}|K{i}|float32|": {"config": {"w": worker}}},
-        )
+        key = f"fwd|M16|N{worker}|K{i}|float32|"
+        write_entries(Path(path), "interpreter", {key: {"config": cfg}})
 
 
 def test_two_concurrent_writers_never_break_the_file(tmp_path):
