@@ -31,7 +31,7 @@ def _free_port() -> str:
 
 def test_demo_under_torchrun_two_processes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", _free_port(), "-m", "triton_qat.demo", "--steps", "2", "--no-compile",
+           "--master_addr", "127.0.0.1", "--master_port", _free_port(), "-m", "triton_qat.demo", "--steps", "2",
            "--out", str(tmp_path)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

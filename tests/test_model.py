@@ -114,17 +114,19 @@ def test_convert_torch_ao_family(dtype, device):
     torch.testing.assert_close(converted(x), model(x), rtol=tol, atol=tol)
 
 
-def test_quantized_state_dict_round_trip(device):
-    model = tq.prepare(_model(device)).eval()
-    converted = tq.convert(model)
-    blank = tq.convert(tq.prepare(nn.Sequential(*[copy.deepcopy(m) for m in _model(device)])))
-    # a model converted from different weights takes the saved state and then computes the same
-    fresh = copy.deepcopy(blank)
-    for m in fresh.modules():
-        if isinstance(m, tq.QuantizedLinear):
-            m.weight_codes.zero_()
-    fresh.load_state_dict(converted.state_dict())
+@pytest.mark.parametrize("weight", [None, I4G32], ids=["i8", "i4g32"])
+def test_quantized_state_dict_round_trip(weight, device):
+    converted = tq.convert(tq.prepare(_model(device), weight=weight)).eval()
+    other = _model(device)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-3.0).add_(0.5)  # different weights and biases: every buffer differs
+    fresh = tq.convert(tq.prepare(other, weight=weight)).eval()
     x = torch.randn(4, 64, device=device)
+    assert not torch.equal(fresh(x), converted(x))
+    fresh.load_state_dict(converted.state_dict())
+    for k, v in converted.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
     assert torch.equal(fresh(x), converted(x))
 
 
