@@ -30,8 +30,13 @@ _RECORDERS: list[list] = []
 
 def device_name(device: torch.device) -> str:
     """The name a cache file is keyed by: the GPU's name, or "interpreter" on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    return _device_name(device.type, device.index)
+
+
+@functools.cache
+def _device_name(kind: str, index: int | None) -> str:
+    if kind == "cuda":
+        return torch.cuda.get_device_name(index)
     return "interpreter"
 
 

@@ -169,11 +169,20 @@ class ConfigCache:
             shipped = read_entries(matches[-1]) if matches else {}
         with self._lock:
             self.entries = {**shipped, **read_entries(self.user_path)}
+            self._memo: dict[str, dict | None] = {}
 
     def lookup(self, key: str) -> dict | None:
         """Strict match, else the nearest tuned M bucket with the same kernel/N/K/dtype/extra.
         Reads one snapshot of the entries: :meth:`store` replaces the dict, never mutates it."""
-        entries = self.entries
+        memo = self._memo  # launches ask per call: remember answers, misses included
+        if key in memo:
+            return memo[key]
+        found = self._search(self.entries, key)
+        memo[key] = found
+        return found
+
+    @staticmethod
+    def _search(entries: dict[str, dict], key: str) -> dict | None:
         hit = entries.get(key)
         if hit is not None:
             return hit["config"]
@@ -191,3 +200,4 @@ class ConfigCache:
         write_entries(self.user_path, self.device_name, new)
         with self._lock:
             self.entries = {**self.entries, **new}
+            self._memo = {}
