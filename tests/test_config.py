@@ -59,6 +59,12 @@ def test_fake_quantize_bad_arguments():
         tq.fake_quantize(torch.randn(2, 8), cfg)
 
 
+def test_in_features_bounded_by_int32_accumulation():
+    with pytest.raises(ValueError, match="in_features: at most 65536"):
+        tq.Linear(65537, 8, device="meta")
+    assert tq.Linear(65536, 8, device="meta").in_features == 65536
+
+
 @pytest.mark.parametrize("field", ["in_features", "out_features"])
 def test_bad_linear_sizes(field):
     kwargs = {"in_features": 8, "out_features": 4, field: 0}

@@ -82,3 +82,20 @@ def test_strided_grad_output(device):
     assert_close_rel(
         dx, (dy.double() @ qw.y.double()) * unpack_bits(qa.mask, 40), torch.float32, "grad_x"
     )
+
+
+def test_int32_accumulation_exact_at_the_largest_in_features(device):
+    """Worst case at K = 65536: (q_x - zp) * q_w = (-128 - 127) * -128 summed over K is 2.139e9,
+    inside int32 although acc and zp * colsum overflow on their own (two's complement wraps)."""
+    K = 65536
+    x_codes = torch.full((1, K), -128, dtype=torch.int8, device=device)
+    w_codes = torch.full((16, K), -128, dtype=torch.int8, device=device)
+    w_codes[1::2] = 127
+    zp = torch.tensor([[127]], dtype=torch.int32, device=device)
+    one = torch.ones(1, 1, device=device)
+    w_scale = torch.ones(16, 1, device=device)
+    w_sum = w_codes.to(torch.int64).sum(1, keepdim=True).to(torch.int32)
+    out = int8_linear(x_codes, one, zp, w_codes, w_scale, w_sum, None, torch.float32)
+    exact = ((x_codes.to(torch.int64) - 127) * w_codes.to(torch.int64)).sum(1)  # [16]
+    assert exact.abs().max() > 2**31 - 2**24  # really the edge of int32
+    assert torch.equal(out[0].to(torch.float64), exact.to(torch.float32).to(torch.float64))

@@ -74,6 +74,17 @@ def check_input(x: Tensor, in_features: int, device: torch.device) -> None:
         raise ValueError(f"input: expected device {device} (the weight's), got {x.device}")
 
 
+# The int8 GEMM accumulates sum_k (q_x - zp) * q_w in int32: |.| <= 255 * 128 * K must fit.
+MAX_IN_FEATURES = 65536
+
+
+def check_in_features(k: int) -> None:
+    if k > MAX_IN_FEATURES:
+        raise ValueError(
+            f"in_features: at most {MAX_IN_FEATURES} (the int8 GEMM's int32 accumulator), got {k}"
+        )
+
+
 def check_linear_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     """TypeError / ValueError naming the argument for anything the kernels cannot take."""
     check_float_input(weight, "weight")
@@ -82,6 +93,7 @@ def check_linear_inputs(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
             f"weight: expected 2 dims [out_features, in_features], got {tuple(weight.shape)}"
         )
     check_input(x, weight.shape[1], weight.device)
+    check_in_features(weight.shape[1])
     if bias is not None:
         check_float_input(bias, "bias")
         if tuple(bias.shape) != (weight.shape[0],):

@@ -11,6 +11,7 @@ from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import (
     ao_fake_quantize,
     ao_qat_linear,
+    check_in_features,
     check_linear_inputs,
     qat_linear,
 )
@@ -47,6 +48,7 @@ class Linear(nn.Linear):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_in_features(in_features)
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._fake_quant_on = True
         self.qconfig = qconfig
