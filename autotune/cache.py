@@ -26,6 +26,21 @@ import triton
 FORMAT_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent / "configs"
 
+_GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+# The launch parameters each kernel takes. A cache entry's config must hold exactly these keys
+# (unknown or missing ones: the entry is dropped), and the keys of this dict are the kernel names a
+# cache key may start with. A new parameter goes here; its value check goes in _config_ok.
+CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "quantize": ("BLOCK_R", "BLOCK_C", "num_warps"),
+    "fwd": _GEMM_KEYS,
+    "dgrad": _GEMM_KEYS,
+    "wgrad": _GEMM_KEYS,
+}
+DTYPES = ("float32", "float16", "bfloat16", "any")  # the dtype field of a key ("any": unknown)
+# Elements of one block tensor Triton accepts (tl.TRITON_MAX_TENSOR_NUMEL; 2**20 in 3.6-3.9).
+_MAX_NUMEL = getattr(triton.language, "TRITON_MAX_TENSOR_NUMEL", 1 << 20)
+_KEY_RE = re.compile(r"([a-z]+)\|M([0-9]+)\|N([0-9]+)\|K([0-9]+)\|([a-z0-9]+)\|([^|]*)")
+
 
 def _version_of(path: Path) -> tuple[int, ...]:
     """(3, 10, 0) from '<gpu>__triton-3.10.0.json' (so 3.10 sorts after 3.9)."""
@@ -66,15 +81,18 @@ def _split_key(key: str) -> tuple[str, int, str]:
 
 
 def read_entries(path: Path) -> dict[str, dict]:
-    """Entries of one cache file; {} with a warning naming the file if it is unreadable."""
+    """The valid entries of one cache file (see :func:`valid_entry`). An unreadable file gives {},
+    a file with some bad entries its good ones: either way with one warning naming the file."""
     if not path.exists():
         return {}
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"top level is a {type(data).__name__}, not an object")
         entries = data["entries"]
         if not isinstance(entries, dict) or data.get("version") != FORMAT_VERSION:
             raise ValueError("unexpected layout or version")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         warnings.warn(f"triton_qat: ignoring unreadable autotune cache {path}: {e}", stacklevel=3)
         return {}
     good = {k: v for k, v in entries.items() if valid_entry(k, v)}
@@ -85,30 +103,58 @@ def read_entries(path: Path) -> dict[str, dict]:
     return good
 
 
-_REQUIRED = {
-    "quantize": ("BLOCK_R", "BLOCK_C", "num_warps"),
-    "gemm": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"),
-}
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_pow2(v: int) -> bool:
+    return v >= 1 and not v & (v - 1)
+
+
+def _key_ok(key: object) -> bool:
+    """``kernel|M<int>|N<int>|K<int>|dtype|extra`` with a known kernel and dtype, and M >= 1 (the
+    nearest-bucket search takes its log)."""
+    match = _KEY_RE.fullmatch(key) if isinstance(key, str) else None
+    if match is None:
+        return False
+    kernel, m, _, _, dtype, _ = match.groups()
+    return kernel in CONFIG_KEYS and dtype in DTYPES and int(m) >= 1
+
+
+def _config_ok(kernel: str, cfg: object) -> bool:
+    """Exactly the kernel's launch parameters, each a value it can be launched with."""
+    if not isinstance(cfg, dict) or set(cfg) != set(CONFIG_KEYS[kernel]):
+        return False
+    if not all(_is_int(v) for v in cfg.values()):
+        return False
+    if not all(_is_pow2(v) for name, v in cfg.items() if name.startswith("BLOCK_")):
+        return False  # tl.arange needs a power-of-two range
+    if not (_is_pow2(cfg["num_warps"]) and cfg["num_warps"] <= 32):
+        return False
+    if kernel == "quantize":  # whole mask bytes per row: BLOCK_C a multiple of 8
+        return cfg["BLOCK_C"] >= 8 and cfg["BLOCK_R"] * cfg["BLOCK_C"] <= _MAX_NUMEL
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    if min(bm, bn, bk) < 16 or max(bm * bn, bm * bk, bn * bk) > _MAX_NUMEL:  # tl.dot: >= 16
+        return False
+    if kernel == "fwd" and bk < 32:  # int8 dot operands
+        return False
+    return cfg["GROUP_M"] >= 1 and 1 <= cfg["num_stages"] <= 8
 
 
 def valid_entry(key: object, entry: object) -> bool:
-    """A well-formed key and a config the kernels can launch (power-of-two tiles >= 16, BLOCK_C a
-    multiple of 8 for the bit-packed mask, int8 BLOCK_K >= 32)."""
-    try:
-        kernel, m, _ = _split_key(key)
-        cfg = entry["config"]
-        names = _REQUIRED["quantize" if kernel == "quantize" else "gemm"]
-        if m < 1 or kernel not in ("quantize", "fwd", "dgrad", "wgrad") or set(cfg) != set(names):
-            return False
-        if not all(isinstance(cfg[n], int) and not isinstance(cfg[n], bool) and cfg[n] >= 1
-                   for n in names):  # fmt: skip
-            return False
-        tiles = [cfg[n] for n in names if n.startswith("BLOCK") and n != "BLOCK_R"]
-        if any(t < 16 or t & (t - 1) for t in tiles) or cfg["num_warps"] & (cfg["num_warps"] - 1):
-            return False
-        return not (kernel == "fwd" and cfg["BLOCK_K"] < 32)
-    except (AttributeError, KeyError, TypeError, ValueError):
+    """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
+    config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
+    (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32, no block over Triton's tensor
+    size limit), num_warps a power of two <= 32, 1 <= num_stages <= 8, GROUP_M >= 1; optional
+    "ms" a finite number >= 0 and "tried" an int >= 0."""
+    if not _key_ok(key) or not isinstance(entry, dict) or "config" not in entry:
         return False
+    ms = entry.get("ms", 0)  # an int needs no isfinite (which overflows on a huge one)
+    if not (_is_int(ms) or isinstance(ms, float) and math.isfinite(ms)) or ms < 0:
+        return False
+    if "tried" in entry and not (_is_int(entry["tried"]) and entry["tried"] >= 0):
+        return False
+    return _config_ok(key.split("|", 1)[0], entry["config"])
 
 
 @contextlib.contextmanager

@@ -1,0 +1,160 @@
+"""Autotune cache validation: an entry the kernels cannot launch is dropped when the file is read,
+with one warning naming the file, so the launcher falls back to its default instead of raising on
+every forward."""
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+import triton_qat as tq
+from triton_qat import autotune
+from triton_qat.autotune.cache import ConfigCache, file_name, make_key, valid_entry, write_entries
+
+QKEY = "quantize|M32|N64|K64|float32|pack"
+FKEY = "fwd|M32|N64|K64|float32|"
+QUANT = {"BLOCK_R": 4, "BLOCK_C": 64, "num_warps": 1}
+GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1, "num_stages": 1}
+# a valid entry of another shape that must survive next to the bad one
+GOOD_KEY = make_key("fwd", 64, 24, 40, "float32")
+GOOD = {"config": GEMM, "ms": 0.5, "tried": 3}
+
+BAD = {
+    "BLOCK_R=3": (QKEY, {"config": {**QUANT, "BLOCK_R": 3}}),
+    "BLOCK_R=0": (QKEY, {"config": {**QUANT, "BLOCK_R": 0}}),
+    "BLOCK_C=12": (QKEY, {"config": {**QUANT, "BLOCK_C": 12}}),
+    "BLOCK_C=4": (QKEY, {"config": {**QUANT, "BLOCK_C": 4}}),  # < 8: no whole mask byte
+    "BLOCK_C=64.0": (QKEY, {"config": {**QUANT, "BLOCK_C": 64.0}}),
+    "num_warps=3": (QKEY, {"config": {**QUANT, "num_warps": 3}}),
+    "num_warps=64": (FKEY, {"config": {**GEMM, "num_warps": 64}}),
+    "num_stages=0": (FKEY, {"config": {**GEMM, "num_stages": 0}}),
+    "num_stages=9": (FKEY, {"config": {**GEMM, "num_stages": 9}}),
+    "GROUP_M=0": (FKEY, {"config": {**GEMM, "GROUP_M": 0}}),
+    "BLOCK_N=8": (FKEY, {"config": {**GEMM, "BLOCK_N": 8}}),  # tl.dot needs >= 16
+    "BLOCK_M=48": (FKEY, {"config": {**GEMM, "BLOCK_M": 48}}),
+    "fwd BLOCK_K=16": (FKEY, {"config": {**GEMM, "BLOCK_K": 16}}),
+    "tile too big": (FKEY, {"config": {**GEMM, "BLOCK_M": 1 << 20, "BLOCK_K": 64}}),
+    "unknown key": (QKEY, {"config": {**QUANT, "BLOCK_X": 16}}),
+    "missing key": (FKEY, {"config": {k: v for k, v in GEMM.items() if k != "num_stages"}}),
+    "quantize keys on gemm": (FKEY, {"config": QUANT}),
+    "bool value": (QKEY, {"config": {**QUANT, "num_warps": True}}),
+    "config not a dict": (FKEY, {"config": [16, 32]}),
+    "entry not a dict": (FKEY, [GEMM]),
+    "no config": (FKEY, {"ms": 1.0}),
+    "negative M in key": ("fwd|M-32|N64|K64|float32|", {"config": GEMM}),
+    "M not an int": ("fwd|Mx|N64|K64|float32|", {"config": GEMM}),
+    "N missing its prefix": ("fwd|M32|64|K64|float32|", {"config": GEMM}),
+    "M zero": ("fwd|M0|N64|K64|float32|", {"config": GEMM}),
+    "K negative": ("fwd|M32|N64|K-64|float32|", {"config": GEMM}),
+    "unknown dtype": ("fwd|M32|N64|K64|float64|", {"config": GEMM}),
+    "too few fields": ("fwd|M32|N64|K64|float32", {"config": GEMM}),
+    "unknown kernel": ("conv|M32|N64|K64|float32|", {"config": GEMM}),
+    "ms NaN": (FKEY, {"config": GEMM, "ms": math.nan}),
+    "ms inf": (FKEY, {"config": GEMM, "ms": math.inf}),
+    "ms negative": (FKEY, {"config": GEMM, "ms": -1.0}),
+    "ms string": (FKEY, {"config": GEMM, "ms": "1.0"}),
+    "tried negative": (FKEY, {"config": GEMM, "tried": -1}),
+    "tried float": (FKEY, {"config": GEMM, "tried": 2.5}),
+    "tried bool": (FKEY, {"config": GEMM, "tried": True}),
+}
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_QAT_CACHE_DIR", str(tmp_path))  # restored by monkeypatch
+    autotune._cache_for.cache_clear()
+    yield tmp_path
+    autotune._cache_for.cache_clear()
+
+
+def _write(path, entries) -> None:
+    path.write_text(json.dumps({"version": 1, "entries": entries}))
+
+
+def _load(path) -> tuple[ConfigCache, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = ConfigCache("interpreter")
+    return cache, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("key,entry", list(BAD.values()), ids=list(BAD))
+def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
+    path = cache_dir / file_name("interpreter")
+    _write(path, {key: entry, GOOD_KEY: GOOD})
+    cache, msgs = _load(path)
+    assert len(msgs) == 1 and str(path) in msgs[0], msgs  # once, naming the file
+    assert key not in cache.entries
+    if key.split("|")[1][1:].lstrip("-").isdigit():  # a key lookup can parse
+        assert cache.lookup(key) is None  # the launcher falls back to its default
+    assert list(cache.entries) == [GOOD_KEY] and cache.lookup(GOOD_KEY) == GEMM
+
+
+@pytest.mark.parametrize(
+    "key,cfg",
+    [
+        (QKEY, {"BLOCK_R": 1, "BLOCK_C": 8, "num_warps": 32}),
+        ("quantize|M16|N32|K32|any|bytes", {"BLOCK_R": 16, "BLOCK_C": 2048, "num_warps": 8}),
+        (FKEY, {**GEMM, "num_stages": 8, "GROUP_M": 8}),
+        ("dgrad|M16|N16|K16|bfloat16|", {**GEMM, "BLOCK_K": 16}),  # BLOCK_K >= 32: fwd only
+        ("wgrad|M4096|N64|K64|float16|", {**GEMM, "BLOCK_M": 256}),
+        ("fwd|M32|N64|K64|float32|g32", GEMM),
+    ],
+)
+def test_launchable_entries_are_kept(cache_dir, key, cfg):
+    assert valid_entry(key, {"config": cfg, "ms": 0, "tried": 0})
+    path = cache_dir / file_name("interpreter")
+    _write(path, {key: {"config": cfg, "ms": 0.25, "tried": 0}})
+    cache, msgs = _load(path)
+    assert msgs == [] and cache.lookup(key) == cfg
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[]", '"entries"', "null", '{"version": 1, "entries": []}', '{"version": 2, "entries": {}}',
+     '{"entries": {}}'],
+)  # fmt: skip
+def test_file_of_the_wrong_shape_is_ignored_with_one_warning(cache_dir, text):
+    path = cache_dir / file_name("interpreter")
+    path.write_text(text)
+    cache, msgs = _load(path)
+    assert len(msgs) == 1 and str(path) in msgs[0], msgs
+    assert cache.entries == {} and cache.lookup(FKEY) is None
+
+
+def test_mixed_file_keeps_the_good_entries_and_warns_once(cache_dir):
+    path = cache_dir / file_name("interpreter")
+    bad = {key.replace("N64", f"N{i}") if key in (QKEY, FKEY) else key: entry
+           for i, (key, entry) in enumerate(BAD.values(), 1)}  # fmt: skip
+    assert len(bad) == len(BAD)
+    good = {make_key("fwd", 16 << i, 24, 40, "float32"): GOOD for i in range(3)}
+    _write(path, {**bad, **good})
+    cache, msgs = _load(path)
+    assert len(msgs) == 1 and str(path) in msgs[0], msgs
+    assert sorted(cache.entries) == sorted(good)
+    # a writer merging into the file keeps only the good entries too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_entries(path, "interpreter", {QKEY: {"config": QUANT}})
+    assert set(json.loads(path.read_text())["entries"]) == {*good, QKEY}
+
+
+def test_forward_survives_a_bad_cache_file(cache_dir):
+    """The reported crash: a BLOCK_R=3 entry made every forward raise "arange's range must be a
+    power of 2". Now it warns, and the launcher runs its default config."""
+    path = cache_dir / file_name("interpreter")
+    bad = {
+        QKEY: {"config": {"BLOCK_R": 3, "BLOCK_C": 64, "num_warps": 1}},
+        FKEY.replace("N64", "N32"): {"config": {**GEMM, "BLOCK_M": 24}},
+        "quantize|M32|N64|K64|float32|bytes": {"config": {**QUANT, "BLOCK_C": 12}},
+    }
+    _write(path, bad)
+    lin = tq.Linear(64, 32)
+    x = torch.randn(32, 64)
+    with pytest.warns(UserWarning, match=str(path.name)):
+        out = lin(x)
+    assert out.shape == (32, 32) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(lin.weight.grad).all()
