@@ -7,6 +7,7 @@ import torch
 import torch.ao.quantization as q
 from torch import nn
 from torch._dynamo.utils import counters
+from torch.ao.quantization.quantize import _observer_forward_hook
 
 import triton_qat as tq
 from triton_qat.quantized import pack_int4, unpack_int4
@@ -172,3 +173,166 @@ def test_quantized_linear_bad_input(device):
         layer(torch.randn(3, 65, device=device))
     with pytest.raises(TypeError, match="input"):
         layer(torch.ones(3, 64, dtype=torch.int32, device=device))
+
+
+def _hooked(mod, calls):
+    """Register every kind of forward hook torch.ao's swap_module carries over; they log to calls."""
+    mod.register_forward_pre_hook(lambda m, args: calls.append("pre"))
+
+    def pre_kw(m, args, kwargs):  # with_kwargs: doubles the input
+        calls.append("pre_kw")
+        return (args[0] * 2,), kwargs
+
+    mod.register_forward_pre_hook(pre_kw, with_kwargs=True)
+    mod.register_forward_hook(lambda m, args, out: calls.append("post"))
+    mod.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append("post_kw"), with_kwargs=True, always_call=True
+    )
+
+
+def test_prepare_and_convert_keep_forward_hooks_and_training_flag(device):
+    model = _model(device)
+    calls = []
+    _hooked(model[0], calls)
+    model[2][0].eval()  # one layer frozen in eval mode while the model trains
+    x = torch.randn(3, 64, device=device)
+    x2 = (x * 2).requires_grad_(False)
+    tq.prepare(model)
+    assert type(model[0]) is tq.Linear
+    assert model.training and model[0].training and not model[2][0].training
+    want = model[1:](tq.Linear.forward(model[0], x2))  # the pre-hook doubles the input
+    assert torch.equal(model(x), want)
+    assert calls == ["pre", "pre_kw", "post", "post_kw"]
+    # torch.ao's own observer hook is dropped by convert (QuantizedLinear has no observer)
+    model[3].activation_post_process = nn.Identity()
+    model[3].register_forward_hook(_observer_forward_hook)
+    model.eval()
+    model[0].train()
+    tq.convert(model)
+    assert type(model[0]) is tq.QuantizedLinear and type(model[3]) is tq.QuantizedLinear
+    assert model[0].training and not model[2][0].training and not model[3].training
+    assert not model[3]._forward_hooks
+    calls.clear()
+    want = model[1:](tq.QuantizedLinear.forward(model[0], x2))
+    assert torch.equal(model(x), want)
+    assert calls == ["pre", "pre_kw", "post", "post_kw"]
+    calls.clear()
+    with pytest.raises(ValueError, match="in_features"):
+        model(torch.randn(3, 65, device=device))
+    assert calls == ["pre", "pre_kw", "post_kw"]  # always_call survived too
+    # a bare module (the root itself swapped) keeps its hooks as well
+    lin = nn.Linear(64, 8).to(device)
+    calls.clear()
+    _hooked(lin, calls)
+    new = tq.convert(tq.prepare(lin))
+    new(x)
+    assert calls == ["pre", "pre_kw", "post", "post_kw"]
+
+
+def test_tied_weights_stay_tied_through_prepare_and_convert(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 64), nn.Linear(64, 32))
+    model[3].weight = model[0].weight  # tied weight, separate biases
+    model.to(device)
+    tq.prepare(model)
+    assert type(model[3]) is tq.Linear and model[3].weight is model[0].weight
+    model.eval()
+    x = torch.randn(5, 64, device=device)
+    want = model(x)
+    tq.convert(model)
+    names = ("weight_codes", "weight_scale", "weight_code_sum")
+    for name in names:
+        assert getattr(model[3], name).data_ptr() == getattr(model[0], name).data_ptr(), name
+    assert model[3].bias.data_ptr() != model[0].bias.data_ptr()
+    assert torch.equal(model(x), want)
+    # moving / materializing the model keeps the buffers shared, as with tied parameters
+    model.to_empty(device=device)
+    for name in names:
+        assert getattr(model[3], name).data_ptr() == getattr(model[0], name).data_ptr(), name
+
+
+def test_tied_weights_quantized_differently_warn(device):
+    a, b = nn.Linear(64, 32).to(device), nn.Linear(64, 32).to(device)
+    b.weight = a.weight
+    model = nn.Sequential(tq.Linear.from_float(a), tq.Linear.from_float(b, weight=I4G32))
+    with pytest.warns(UserWarning, match=r"tied.*: 1 \(tied to 0\)"):
+        tq.convert(model)
+    assert model[0].weight_codes.dtype != model[1].weight_codes.dtype
+
+
+def test_shared_module_is_swapped_once(device):
+    lin = nn.Linear(64, 64).to(device)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    tq.prepare(model)
+    assert type(model[0]) is tq.Linear and model[2] is model[0]
+    tq.convert(model)
+    assert type(model[0]) is tq.QuantizedLinear and model[2] is model[0]
+
+
+def test_prepare_qconfig_keyword(device):
+    qconfig = q.default_dynamic_qat_qconfig
+    a = _model(device)
+    a.qconfig = qconfig
+    a[2].qconfig = q.QConfig(  # a child's own qconfig still wins, as with prepare_qat
+        activation=qconfig.activation, weight=q.default_per_channel_weight_fake_quant
+    )
+    tq.prepare(a)
+    b = _model(device)
+    b[2].qconfig = a[2].qconfig
+    assert tq.prepare(b, qconfig=qconfig) is b
+    assert b.qconfig is qconfig
+    for ma, mb in zip(a.modules(), b.modules(), strict=True):
+        assert type(ma) is type(mb)
+        if isinstance(ma, tq.Linear):
+            assert mb.uses_ao_numerics and mb.qconfig is ma.qconfig
+            assert type(mb.weight_fake_quant) is type(ma.weight_fake_quant)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for _ in range(2):
+        x = torch.randn(6, 64, device=device)
+        assert torch.equal(a(x), b(x))
+    with pytest.raises(ValueError, match="qconfig.*activation.*weight"):
+        tq.prepare(_model(device), qconfig=qconfig, weight=I4G32)
+    with pytest.raises(TypeError, match="qconfig"):
+        tq.prepare(_model(device), qconfig=I4G32)
+
+
+_CASTS = {
+    "to-bf16": lambda m: m.to(torch.bfloat16),
+    "to-dtype-fp16": lambda m: m.to(dtype=torch.float16),
+    "to-device-bf16": lambda m: m.to(m.weight_codes.device, torch.bfloat16),
+    "bfloat16": lambda m: m.bfloat16(),
+    "half": lambda m: m.half(),
+    "type-bf16": lambda m: m.type(torch.bfloat16),
+    "double": lambda m: m.double(),
+}
+
+
+@pytest.mark.parametrize("weight", [None, I4G32], ids=["i8", "i4g32"])
+@pytest.mark.parametrize("cast", list(_CASTS), ids=list(_CASTS))
+def test_quantized_linear_dtype_casts_keep_quantization_buffers(cast, weight, device):
+    torch.manual_seed(0)
+    m = tq.convert(tq.prepare(nn.Linear(64, 512).to(device), weight=weight)).eval()
+    m.weight_scale.mul_(1 + 2**-12)  # scales that bf16 / fp16 cannot hold exactly
+    ref = copy.deepcopy(m)
+    dtypes = {k: v.dtype for k, v in m.named_buffers()}
+    out = _CASTS[cast](m)
+    assert out is m
+    dtype = m.bias.dtype
+    for k, v in m.named_buffers():
+        assert v.dtype == (dtype if k == "bias" else dtypes[k]), k
+        assert torch.equal(v.to(ref.get_buffer(k).dtype), ref.get_buffer(k)) or k == "bias", k
+    if dtype == torch.float64:  # no fp64 inputs: back to fp32, which must be lossless
+        dtype = m.float().bias.dtype
+    ref.bias = ref.bias.to(dtype)  # only the bias, cast by hand
+    x = torch.randn(7, 64, device=device, dtype=dtype)
+    assert torch.equal(m(x), ref(x))
+
+
+def test_quantized_linear_device_moves_keep_dtypes():
+    m = tq.convert(tq.prepare(nn.Linear(64, 16), weight=I4G32))
+    dtypes = {k: v.dtype for k, v in m.named_buffers()}
+    m.to("meta", torch.bfloat16)
+    for k, v in m.named_buffers():
+        assert v.is_meta and v.dtype == (torch.bfloat16 if k == "bias" else dtypes[k]), k
+    m.to_empty(device="cpu")
+    assert all(v.device.type == "cpu" for v in m.buffers())

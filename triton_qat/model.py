@@ -5,8 +5,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import torch
 from torch import nn
+from torch.ao.quantization.quantize import _observer_forward_hook
 
+from triton_qat import ao
 from triton_qat.config import QuantConfig
 from triton_qat.linear import Linear
 from triton_qat.quantized import QuantizedLinear
@@ -20,6 +23,39 @@ def _swap(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+    return model
+
+
+def _carry_module_state(old: nn.Module, new: nn.Module) -> nn.Module:
+    """Give ``new`` what torch.ao's ``swap_module`` carries over from the module it replaces: the
+    forward pre-hooks and forward hooks, in order, with their ``with_kwargs`` / ``always_call``
+    flags (torch.ao's own observer hook excepted), and the training flag."""
+    for hid, hook in old._forward_pre_hooks.items():
+        new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
+    for hid, hook in old._forward_hooks.items():
+        if hook is _observer_forward_hook:
+            continue
+        new.register_forward_hook(
+            hook,
+            with_kwargs=hid in old._forward_hooks_with_kwargs,
+            always_call=hid in old._forward_hooks_always_called,
+        )
+    new.train(old.training)
+    return new
+
+
+def _swap_all(model: nn.Module, select: Callable[[nn.Module, str], bool], make) -> nn.Module:
+    """Replace every module ``select`` accepts by ``make(module, fqn)`` (None: left alone). A module
+    reachable under several names is replaced once, by the same new module everywhere."""
+    done: dict[int, nn.Module | None] = {}  # the listing keeps the old modules (and ids) alive
+    for fqn, mod in list(model.named_modules(remove_duplicate=False)):
+        if id(mod) not in done:
+            if not select(mod, fqn):
+                continue
+            new = make(mod, fqn)
+            done[id(mod)] = None if new is None else _carry_module_state(mod, new)
+        if done[id(mod)] is not None:
+            model = _swap(model, fqn, done[id(mod)])
     return model
 
 
@@ -43,6 +79,8 @@ def prepare(
     activation: QuantConfig | None = None,
     weight: QuantConfig | None = None,
     filter_fn: FilterFn | None = None,
+    *,
+    qconfig=None,
 ) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` for a :class:`triton_qat.Linear`, in place.
 
@@ -54,30 +92,42 @@ def prepare(
             or a parent's, as in ``prepare_qat``) uses torch.ao numerics instead, unless configs
             are passed explicitly.
         filter_fn: ``filter_fn(module, fqn) -> bool``; modules it rejects are left alone.
+        qconfig: a torch.ao ``QConfig``: the same as setting ``model.qconfig = qconfig`` first
+            (torch.ao numerics, propagated to the children as ``prepare_qat`` does). Not with
+            ``activation`` / ``weight``.
 
     Parameters are shared, not copied: an optimizer made before ``prepare`` trains the same
-    tensors. Linears whose shape the configs cannot quantize (a group size not dividing
-    ``in_features``) stay ``nn.Linear`` and are named in a warning.
+    tensors (tied weights stay tied). Forward (pre-)hooks and the training flag carry over to the
+    new modules, as in torch.ao's ``prepare_qat``. Linears whose shape the configs cannot quantize
+    (a group size not dividing ``in_features``) stay ``nn.Linear`` and are named in a warning.
     """
-    qconfigs = _effective_qconfigs(model)
     explicit = activation is not None or weight is not None
+    if qconfig is not None:
+        if explicit:
+            raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
+        if not ao.is_ao_qconfig(qconfig):
+            raise TypeError(f"qconfig: expected a torch.ao QConfig, got {type(qconfig).__name__}")
+        model.qconfig = qconfig
+    qconfigs = _effective_qconfigs(model)
     skipped = []
-    for fqn, mod in list(model.named_modules()):
-        if type(mod) is not nn.Linear or (filter_fn is not None and not filter_fn(mod, fqn)):
-            continue
+
+    def select(mod: nn.Module, fqn: str) -> bool:
+        return type(mod) is nn.Linear and (filter_fn is None or filter_fn(mod, fqn))
+
+    def make(mod: nn.Linear, fqn: str) -> Linear | None:
         qconfig = None if explicit else qconfigs.get(fqn)
         if qconfig is not None:
             mod.qconfig = qconfig
-            new = Linear.from_float(mod)
-        else:
-            if weight is not None and weight.granularity == "per_group":
-                if mod.in_features % weight.group_size != 0:
-                    skipped.append(f"{fqn or '<root>'} (in_features={mod.in_features})")
-                    continue
-            if getattr(mod, "qconfig", None) is not None:
-                mod.qconfig = None
-            new = Linear.from_float(mod, activation=activation, weight=weight)
-        model = _swap(model, fqn, new)
+            return Linear.from_float(mod)
+        if weight is not None and weight.granularity == "per_group":
+            if mod.in_features % weight.group_size != 0:
+                skipped.append(f"{fqn or '<root>'} (in_features={mod.in_features})")
+                return None
+        if getattr(mod, "qconfig", None) is not None:
+            mod.qconfig = None
+        return Linear.from_float(mod, activation=activation, weight=weight)
+
+    model = _swap_all(model, select, make)
     if skipped:
         warnings.warn(
             f"triton_qat.prepare: left as nn.Linear, group_size={weight.group_size} does not divide "
@@ -87,12 +137,51 @@ def prepare(
     return model
 
 
+_CODE_BUFFERS = ("weight_codes", "weight_scale", "weight_code_sum")
+
+
+def _same_codes(a: QuantizedLinear, b: QuantizedLinear) -> bool:
+    for name in _CODE_BUFFERS:
+        x, y = getattr(a, name), getattr(b, name)
+        if (x.shape, x.dtype, x.device) != (y.shape, y.dtype, y.device):
+            return False
+        if not x.is_meta and not torch.equal(x, y):
+            return False
+    return True
+
+
 def convert(model: nn.Module) -> nn.Module:
     """Swap every :class:`triton_qat.Linear` for a :class:`QuantizedLinear` (int8 inference), in
-    place; returns the model (or the new module when ``model`` itself is a tq.Linear)."""
-    for fqn, mod in list(model.named_modules()):
-        if isinstance(mod, Linear):
-            model = _swap(model, fqn, QuantizedLinear.from_qat(mod))
+    place; returns the model (or the new module when ``model`` itself is a tq.Linear).
+
+    Forward (pre-)hooks and the training flag carry over, as in torch.ao's ``convert``. Layers
+    that share a weight Parameter (tied weights) share their codes, scales and code sums (and a
+    shared bias) after conversion too; if they quantize it differently (different configs), they
+    cannot, and a warning names them."""
+    tied: dict[int, tuple[str, Linear, QuantizedLinear]] = {}
+    untied = []
+
+    def make(mod: Linear, fqn: str) -> QuantizedLinear:
+        new = QuantizedLinear.from_qat(mod)
+        first = tied.setdefault(id(mod.weight), (fqn, mod, new))
+        if first[2] is not new:
+            first_fqn, first_mod, first_new = first
+            if _same_codes(first_new, new):
+                for name in _CODE_BUFFERS:
+                    setattr(new, name, getattr(first_new, name))
+                if mod.bias is not None and mod.bias is first_mod.bias:
+                    new.bias = first_new.bias
+            else:
+                untied.append(f"{fqn or '<root>'} (tied to {first_fqn or '<root>'})")
+        return new
+
+    model = _swap_all(model, lambda mod, fqn: isinstance(mod, Linear), make)
+    if untied:
+        warnings.warn(
+            "triton_qat.convert: tied weights quantized differently (different configs), so their "
+            f"QuantizedLinear buffers are not shared: {', '.join(untied)}",
+            stacklevel=2,
+        )
     return model
 
 

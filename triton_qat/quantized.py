@@ -10,6 +10,8 @@ prepared model's eval output while its (memoryless) activation observer is enabl
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +35,25 @@ def unpack_int4(packed: Tensor, K: int) -> Tensor:
     hi = (packed >> 4).to(torch.int8)
     codes = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)[:, :K]
     return torch.where(codes > 7, codes - 16, codes)
+
+
+# buffers holding the quantized weight: dtype casts of the module leave them as they are
+_QUANT_BUFFERS = frozenset(("weight_codes", "weight_scale", "weight_code_sum"))
+# per ``_apply`` function (one per ``.to`` / ``.cuda`` / ``to_empty`` ... call): id(buffer) ->
+# weak refs to (buffer, result), so a buffer shared by several modules stays shared
+_APPLY_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _apply_to_buffer(fn, buf: Tensor, keep_dtype: bool, memo: dict) -> Tensor:
+    key = (id(buf), keep_dtype)
+    hit = memo.get(key)
+    if hit is not None and hit[0]() is buf and hit[1]() is not None:
+        return hit[1]()
+    out = fn(buf)
+    if keep_dtype and out.dtype != buf.dtype:
+        out = buf.to(device=out.device)  # only the move, if any
+    memo[key] = (weakref.ref(buf), weakref.ref(out))
+    return out
 
 
 class QuantizedLinear(nn.Module):
@@ -129,6 +150,27 @@ class QuantizedLinear(nn.Module):
         if lin.bias is not None:
             new.bias.copy_(lin.bias.detach())
         return new
+
+    def _apply(self, fn, recurse=True):
+        """What ``.to`` / ``.cuda`` / ``.half`` / ``.type`` / ``to_empty`` ... run: as in
+        ``nn.Module``, except that (1) dtype casts leave the codes, scales and code sums in their
+        own dtypes (``.to(torch.bfloat16)`` casts only the bias; device moves move everything),
+        and (2) a buffer shared with another module (tied weights after ``convert``) stays
+        shared, as a shared Parameter does."""
+        names = [k for k, b in self._buffers.items() if b is not None]
+        held = {k: self._buffers[k] for k in names}
+        self._buffers.update(dict.fromkeys(names))  # parameters and submodules: nn.Module's way
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._buffers.update(held)
+        try:
+            memo = _APPLY_MEMO.setdefault(fn, {})
+        except TypeError:  # fn not weakly referenceable: no sharing across modules
+            memo = {}
+        for k in names:
+            self._buffers[k] = _apply_to_buffer(fn, held[k], k in _QUANT_BUFFERS, memo)
+        return self
 
     def weight_nbytes(self) -> int:
         """Bytes of weight storage (codes + scales + code sums + bias)."""
