@@ -1,6 +1,8 @@
 """Launch configurations for triton_qat's kernels (installed as ``triton_qat.autotune``).
 
-Every launcher asks here for its tile sizes with the actual shape at run time (the ops are opaque
+The op layer (``triton_qat.backend``) asks here for each launch's config with the actual shape at
+run time and hands it to the launcher in ``triton_qat.kernels`` (the kernels never ask: they are
+leaves). This package imports ``kernels`` (to time them) and nothing else of triton_qat. The ops are opaque
 ``torch.library`` custom ops, so this also holds under ``torch.compile``: a compiled model picks
 per-shape configs). Under Triton's interpreter one small config per kernel is used so the CPU test
 suite stays fast. On a GPU the answer comes from the tuned-config cache (:mod:`.cache`), else an
@@ -17,14 +19,18 @@ import torch
 from triton_qat.kernels._common import INTERPRET
 
 from .cache import ConfigCache, make_key
-from .space import DEFAULTS, quantize_default
+from .space import default_config, fit_config
 
-__all__ = ["quantize_config", "gemm_config", "device_name", "get_cache", "record_lookups"]
+__all__ = [
+    "quantize_config",
+    "gemm_config",
+    "quantize_key",
+    "gemm_key",
+    "device_name",
+    "get_cache",
+    "record_lookups",
+]
 
-# Interpreter configs: 64-wide tiles keep the CPU suite ~3x faster than 32 while odd test shapes
-# still span several tiles per dimension.
-_INTERPRET_GEMM = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 1,
-                   "num_stages": 1}  # fmt: skip
 _RECORDERS: list[list] = []
 
 
@@ -66,27 +72,33 @@ def record_lookups():
 
 def _lookup(key: str, device: torch.device, default: dict) -> dict:
     cfg = get_cache(device).lookup(key) if (device.type == "cuda" or INTERPRET) else None
-    if INTERPRET and cfg is None:
-        cfg = default
     cfg = dict(cfg if cfg is not None else default)
     for log in _RECORDERS:
         log.append((key, cfg))
     return cfg
 
 
+def quantize_key(rows: int, group_size: int, dtype: torch.dtype | None, pack_mask: bool) -> str:
+    """Cache key of a quantize launch (activations pack the mask in bits, weights store bytes)."""
+    extra = "pack" if pack_mask else "bytes"
+    return make_key("quantize", rows, group_size, group_size, _dtype_name(dtype), extra)
+
+
+def gemm_key(
+    kernel: str, M: int, N: int, K: int, dtype: torch.dtype | None, group_size: int
+) -> str:
+    """Cache key of a GEMM launch of a linear with M tokens, K inputs, N outputs; the forward is
+    keyed by the weight's group size too (``group_size == K``: per channel)."""
+    extra = f"g{group_size}" if kernel == "fwd" and group_size not in (0, K) else ""
+    return make_key(kernel, M, N, K, _dtype_name(dtype), extra)
+
+
 def quantize_config(
     rows: int, group_size: int, device: torch.device, dtype=None, pack_mask: bool = True
 ) -> dict:
-    """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step
-    (activations pack the mask in bits, weights store bytes: tuned separately)."""
-    extra = "pack" if pack_mask else "bytes"
-    key = make_key("quantize", rows, group_size, group_size, _dtype_name(dtype), extra)
-    if INTERPRET:
-        block_c = max(16, min(1 << max(0, (group_size - 1).bit_length()), 64))
-        default = {"BLOCK_R": 64, "BLOCK_C": block_c, "num_warps": 1}
-    else:
-        default = quantize_default(rows, group_size)
-    return _lookup(key, device, default)
+    """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step."""
+    key = quantize_key(rows, group_size, dtype, pack_mask)
+    return _lookup(key, device, default_config("quantize", (rows, group_size), INTERPRET))
 
 
 def gemm_config(
@@ -94,7 +106,9 @@ def gemm_config(
 ) -> dict:
     """Tile for a GEMM kernel of a linear with M tokens, K inputs, N outputs. ``kernel`` is
     "fwd" (out [M, N]), "dgrad" (out [M, K]) or "wgrad" (out [N, K]); BLOCK_M / BLOCK_N / BLOCK_K
-    always tile M / N / K."""
-    extra = f"g{group_size}" if kernel == "fwd" and group_size not in (0, K) else ""
-    key = make_key(kernel, M, N, K, _dtype_name(dtype), extra)
-    return _lookup(key, device, _INTERPRET_GEMM if INTERPRET else DEFAULTS[kernel])
+    always tile M / N / K. The forward's config is fitted to its mode (the weight's group size),
+    here and in every tuning candidate, so a stored config is exactly what runs."""
+    group = group_size or K
+    key = gemm_key(kernel, M, N, K, dtype, group)
+    cfg = _lookup(key, device, default_config(kernel, (M, N, K), INTERPRET))
+    return fit_config(kernel, cfg, K, group)

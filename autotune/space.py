@@ -11,6 +11,8 @@ import itertools
 
 import triton
 
+from triton_qat.kernels.gemm_int8 import fwd_mode
+
 # Shared memory one block may use when the device cannot be asked (bytes): the smallest of the
 # GPUs this targets (sm_86 / sm_89: 99 KiB). tune.py passes the device's own limit.
 SMEM_FALLBACK = 99 * 1024
@@ -47,6 +49,47 @@ DEFAULTS = {
 }  # fmt: skip
 
 
+# Interpreter configs (the CPU suite): 64-wide tiles keep it ~3x faster than 32 while odd test
+# shapes still span several tiles per dimension.
+_INTERPRET_GEMM = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 1,
+                   "num_stages": 1}  # fmt: skip
+
+
+def default_config(kernel: str, shape: tuple[int, ...], interpret: bool) -> dict:
+    """The untuned config of ``kernel`` ("quantize", "fwd", "dgrad", "wgrad") at ``shape``
+    ((rows, group_size) for quantize, (M, N, K) for GEMMs); one small config under the interpreter."""
+    if kernel == "quantize":
+        rows, group = shape
+        if interpret:
+            block_c = max(16, min(1 << max(0, (group - 1).bit_length()), 64))
+            return {"BLOCK_R": 64, "BLOCK_C": block_c, "num_warps": 1}
+        return quantize_default(rows, group)
+    return dict(_INTERPRET_GEMM if interpret else DEFAULTS[kernel])
+
+
+def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
+    """``cfg`` made runnable for the forward's mode at this K / weight group size (the kernel's
+    ``check_fwd_config`` states the rules); other kernels' configs are returned unchanged."""
+    if kernel != "fwd":
+        return cfg
+    mode = fwd_mode(K, group_size)
+    if mode == 1:  # BLOCK_K must divide the group: its largest power-of-two factor at most
+        return {**cfg, "BLOCK_K": min(cfg["BLOCK_K"], group_size & -group_size)}
+    if mode == 2:  # fp32 operand tiles: BLOCK_K 128 x 3 stages needs 256 KiB of shared memory
+        return {**cfg, "BLOCK_K": min(cfg["BLOCK_K"], 32), "num_stages": min(cfg["num_stages"], 2)}
+    return cfg
+
+
+def _dedupe(configs: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for c in configs:
+        key = tuple(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
 def _pow2_at_least(n: int, lo: int) -> int:
     return max(lo, triton.next_power_of_2(max(1, n)))
 
@@ -67,12 +110,14 @@ def candidates(
     capability: int,
     elem_bytes: int = 2,
     smem_limit: int = SMEM_FALLBACK,
+    group_size: int = 0,
 ) -> list[dict]:
     """The configs worth timing for ``kernel`` at ``shape`` on a GPU of compute ``capability``
     (major version) with ``smem_limit`` bytes of shared memory per block. GEMMs take shape
-    (M, N, K) of the linear; quantize takes (rows, group_size). The shared-memory estimate counts
-    the pipelined operand tiles only; configs that still do not fit fail to launch and are skipped
-    by the tuner."""
+    (M, N, K) of the linear; quantize takes (rows, group_size). Forward candidates are fitted to
+    the weight's ``group_size`` (0: per channel) and deduplicated, so each one is a distinct
+    launch. The shared-memory estimate counts the pipelined operand tiles only; configs that still
+    do not fit fail to launch and are skipped by the tuner."""
     if kernel == "quantize":
         rows, group = shape
         max_c = _pow2_at_least(group, 16)
@@ -89,7 +134,8 @@ def candidates(
         if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)
         and smem_bytes(kernel, c, elem_bytes) <= limit and c["num_stages"] <= max_stages
     ]  # fmt: skip
-    return kept or [dict(DEFAULTS[kernel])]
+    kept = _dedupe([fit_config(kernel, c, K, group_size or K) for c in kept])
+    return kept or [fit_config(kernel, dict(DEFAULTS[kernel]), K, group_size or K)]
 
 
 def quantize_default(rows: int, group_size: int) -> dict:

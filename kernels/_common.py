@@ -1,7 +1,8 @@
 """Helpers shared by every kernel family: interpreter detection, dtype codes, exact rounding.
 
-The ``@triton.jit`` helpers here implement the tricks NUMERICS.md "Known traps" asks for, so that
-the kernels are bit-exact both on the GPU and under ``TRITON_INTERPRET=1``.
+The ``@triton.jit`` helpers here implement the tricks docs/numerics.md "Known traps" asks for, so
+that the kernels are bit-exact both on the GPU and under ``TRITON_INTERPRET=1``. Like everything in
+``kernels/``, this file imports nothing from ``triton_qat`` or ``triton_qat.autotune``.
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     if POISON:
         t.fill_(float("nan") if dtype.is_floating_point else 0x5A)
     return t
-
-
-def use_kernels(t: torch.Tensor) -> bool:
-    """CUDA tensors always run the Triton kernels; CPU tensors only under the interpreter."""
-    return t.is_cuda or INTERPRET
 
 
 def dot_in_fp32(dtype: torch.dtype) -> bool:

@@ -1,4 +1,4 @@
-"""STE backward GEMMs that dequantize the saved int8 codes on the fly (NUMERICS.md "Backward").
+"""STE backward GEMMs that dequantize the saved int8 codes on the fly (docs/numerics.md "Backward").
 
     grad_x    = (grad_y @ w_fq) * mask_x            # dgrad: w_fq = dt(q_w * s_w)
     grad_w    = (grad_y^T @ x_fq) * mask_w          # wgrad: x_fq = dt((q_x - zp_x) * s_x)
@@ -18,11 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_qat.autotune import gemm_config
-
-from ._common import cast_to_dt, dot_in_fp32, dtype_code, new_empty, round_to_dt, use_kernels
-from .gemm_int8 import _swizzle, dequantize_ref
-from .quantize import unpack_bits
+from ._common import cast_to_dt, dot_in_fp32, dtype_code, new_empty, round_to_dt
+from .gemm_int8 import _swizzle
 
 
 @triton.jit
@@ -147,19 +144,21 @@ def dgrad(
     w_codes: torch.Tensor,
     w_scale: torch.Tensor,
     x_mask: torch.Tensor,
-    config: dict | None = None,
+    *,
+    config: dict,
 ) -> torch.Tensor:
-    """grad_x [M, K] in grad_y's dtype = (grad_y [M, N] @ w_fq [N, K]) * unpack(x_mask)."""
+    """grad_x [M, K] in grad_y's dtype = (grad_y [M, N] @ w_fq [N, K]) * unpack(x_mask).
+
+    w_codes int8 [N, K], w_scale fp32 [N, G], x_mask uint8 bits [M, ceil(K/8)]. ``config``:
+    BLOCK_M/N/K, GROUP_M, num_warps, num_stages (BLOCK_N tiles the reduction over N)."""
     M, N = grad_y.shape
     K = w_codes.shape[1]
-    if not use_kernels(grad_y):
-        return dgrad_ref(grad_y, w_codes, w_scale, x_mask)
     dx = new_empty((M, K), grad_y.dtype, grad_y.device)
     if M == 0 or K == 0:
         return dx
     if N == 0:
         return dx.zero_()
-    cfg = config or gemm_config("dgrad", M, N, K, grad_y.device, grad_y.dtype)
+    cfg = config
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
     _dgrad_kernel[grid](
         grad_y,
@@ -194,13 +193,15 @@ def wgrad(
     x_zero_point: torch.Tensor,
     w_mask: torch.Tensor,
     with_bias: bool,
-    config: dict | None = None,
+    *,
+    config: dict,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(grad_w [N, K], grad_bias [N] or None) in grad_y's dtype, from grad_y [M, N] and x's codes."""
+    """(grad_w [N, K], grad_bias [N] or None) in grad_y's dtype, from grad_y [M, N] and x's codes.
+
+    x_codes int8 [M, K], x_scale fp32 [M, 1], x_zero_point int32 [M, 1], w_mask uint8 [N, K]
+    (0/1). ``config`` as for :func:`dgrad` (BLOCK_M tiles the reduction over tokens)."""
     M, N = grad_y.shape
     K = x_codes.shape[1]
-    if not use_kernels(grad_y):
-        return wgrad_ref(grad_y, x_codes, x_scale, x_zero_point, w_mask, with_bias)
     dw = new_empty((N, K), grad_y.dtype, grad_y.device)
     db = new_empty((N,), grad_y.dtype, grad_y.device) if with_bias else None
     if N == 0:
@@ -211,7 +212,7 @@ def wgrad(
             db.zero_()
         if M == 0 or db is None:
             return dw, db
-    cfg = config or gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
+    cfg = config
     grid = (triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(max(K, 1), cfg["BLOCK_K"]),)
     _wgrad_kernel[grid](
         grad_y,
@@ -239,20 +240,3 @@ def wgrad(
         num_stages=cfg["num_stages"],
     )
     return dw, db
-
-
-def dgrad_ref(grad_y, w_codes, w_scale, x_mask):
-    """Plain-torch twin of :func:`dgrad`."""
-    dt = grad_y.dtype
-    w_fq = dequantize_ref(w_codes, w_scale, None).to(dt)
-    dx = grad_y.to(torch.float32) @ w_fq.to(torch.float32)
-    return (dx * unpack_bits(x_mask, w_codes.shape[1])).to(dt)
-
-
-def wgrad_ref(grad_y, x_codes, x_scale, x_zero_point, w_mask, with_bias):
-    """Plain-torch twin of :func:`wgrad`."""
-    dt = grad_y.dtype
-    x_fq = dequantize_ref(x_codes, x_scale, x_zero_point).to(dt)
-    dw = (grad_y.to(torch.float32).T @ x_fq.to(torch.float32)) * w_mask.to(torch.bool)
-    db = grad_y.to(torch.float32).sum(0).to(dt) if with_bias else None
-    return dw.to(dt), db

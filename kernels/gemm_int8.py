@@ -3,8 +3,10 @@
     out[m, n] = s_x[m] * sum_g s_w[n, g] * (sum_{k in g} q_x[m, k] q_w[n, k] - zp_x[m] * colsum_w[n, g])
                 + bias[n]
 
-which equals ``x_fq @ w_fq.T + bias`` up to float rounding (the integer part is exact; NUMERICS.md
-"How a fused kernel gets exactly this"). Three modes, chosen by the launcher:
+which equals ``x_fq @ w_fq.T + bias`` up to float rounding (the integer part is exact;
+docs/numerics.md "How the kernels reproduce it"). Three modes, fixed by K and the weight's group
+size (:func:`fwd_mode`); the config must fit the mode (:func:`check_fwd_config`, which the tuner in
+``triton_qat.autotune`` honours when it builds candidates, so what it stores is what runs):
 
 * ``MODE 0`` per-channel / per-tensor weights: one int32 accumulator, all scaling in the epilogue.
 * ``MODE 1`` per-group weights with ``group_size % BLOCK_K == 0``: an int32 accumulator per group,
@@ -22,9 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_qat.autotune import gemm_config
-
-from ._common import cast_to_dt, dtype_code, new_empty, use_kernels
+from ._common import cast_to_dt, dtype_code, new_empty
 
 
 @triton.jit
@@ -39,6 +39,16 @@ def _swizzle(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: t
     pid_m = first_m + ((pid % n_in_group) % size_m)
     pid_n = (pid % n_in_group) // size_m
     return pid_m, pid_n
+
+
+@triton.jit
+def _scale(acc, s_row, s_col):
+    """acc * s_row[:, None] * s_col[None, :], multiplying by the smaller scale first: acc is an
+    integer, so this overflows only where the exact product does (left to right, 1e36 inputs
+    gave inf where the reference is 7e35), and never underflows (scales >= the smallest normal)."""
+    lo = tl.minimum(s_row[:, None], s_col[None, :])
+    hi = tl.maximum(s_row[:, None], s_col[None, :])
+    return (acc * lo) * hi
 
 
 @triton.jit
@@ -89,7 +99,7 @@ def _int8_linear_kernel(
             b_ws = tl.load(wsum_ptr + o_n, mask=m_n, other=0)
             acc -= b_zp[:, None] * b_ws[None, :]
         b_sw = tl.load(sw_ptr + o_n, mask=m_n, other=1.0)
-        b_out = acc.to(tl.float32) * b_sx[:, None] * b_sw[None, :]
+        b_out = _scale(acc.to(tl.float32), b_sx, b_sw)
     elif MODE == 1:
         acc_f = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for g in range(0, n_groups):
@@ -117,20 +127,32 @@ def _int8_linear_kernel(
             b_b = b_b * tl.load(p_sw, mask=m_b, other=0.0)  # [BK, BN]
             acc_f += tl.dot(b_a, b_b, input_precision="ieee")
         b_out = acc_f * b_sx[:, None]
+    # a token whose scale is inf/NaN has a non-finite x_fq row, so the reference row is all NaN
+    m_finite = (b_sx == b_sx) & (tl.abs(b_sx) < float("inf"))  # [BM]
+    b_out = tl.where(m_finite[:, None], b_out, float("nan"))
     if HAS_BIAS:
         b_out += tl.load(bias_ptr + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
     p_o = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
     tl.store(p_o, cast_to_dt(b_out, DT), mask=m_m[:, None] & m_n[None, :])
 
 
-def _pick_mode(K: int, group_size: int, block_k: int) -> tuple[int, int]:
-    """(MODE, BLOCK_K) for a weight quantized in groups of ``group_size`` along K."""
+def fwd_mode(K: int, group_size: int) -> int:
+    """MODE for a weight quantized in groups of ``group_size`` along K (see the module doc)."""
     if group_size == K:
-        return 0, block_k
-    if group_size % 32 == 0:  # int8 tensor-core tiles need BLOCK_K >= 32
-        return 1, min(block_k, group_size & -group_size)
-    # fp32 operand tiles: BLOCK_K 128 x 3 stages needs 256 KiB of shared memory; 32 x 2 needs 48
-    return 2, min(block_k, 32)
+        return 0
+    return 1 if group_size % 32 == 0 else 2  # int8 tensor-core tiles need BLOCK_K >= 32
+
+
+def check_fwd_config(config: dict, K: int, group_size: int) -> None:
+    """ValueError unless ``config`` can run the forward at this K / group size: MODE 1 needs
+    BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages."""
+    mode, bk = fwd_mode(K, group_size), config["BLOCK_K"]
+    if mode == 0 and bk < 32:
+        raise ValueError(f"config: BLOCK_K={bk} < 32 cannot feed int8 tensor cores")
+    if mode == 1 and (bk < 32 or group_size % bk):
+        raise ValueError(f"config: BLOCK_K={bk} must be >= 32 and divide group_size={group_size}")
+    if mode == 2 and (bk > 32 or config["num_stages"] > 2):
+        raise ValueError(f"config: MODE 2 runs with BLOCK_K <= 32 and <= 2 stages, got {config}")
 
 
 def int8_linear(
@@ -142,31 +164,29 @@ def int8_linear(
     w_code_sum: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
-    asymmetric: bool = True,
-    config: dict | None = None,
+    *,
+    asymmetric: bool,
+    config: dict,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes.
 
     x_codes int8 [M, K], x_scale fp32 [M] or [M, 1], x_zero_point int32 [M] or [M, 1] (stored
     shifted like the codes); w_codes int8 [N, K], w_scale fp32 [N, G], w_code_sum int32 [N, G]
-    (G groups of K // G along K); bias [N] or None. Returns [M, N] in ``out_dtype``.
+    (G groups of K // G along K); bias [N] or None. Returns [M, N] in ``out_dtype``. ``config``:
+    BLOCK_M/N/K, GROUP_M, num_warps, num_stages, fitting :func:`check_fwd_config`.
     """
     M, K = x_codes.shape
     N = w_codes.shape[0]
-    n_groups = w_scale.shape[1]
-    group_size = K // n_groups
-    if not use_kernels(x_codes):
-        return int8_linear_ref(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype)
+    group_size = K // w_scale.shape[1] if K else 0
     out = new_empty((M, N), out_dtype, x_codes.device)
     if M == 0 or N == 0:
         return out
     if K == 0:
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
+    check_fwd_config(config, K, group_size)
     x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
     w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
-    cfg = config or gemm_config("fwd", M, N, K, x_codes.device, out_dtype, group_size)
-    mode, block_k = _pick_mode(K, group_size, cfg["BLOCK_K"])
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
     _int8_linear_kernel[grid](
         x_codes,
         x_scale.contiguous(),
@@ -185,34 +205,13 @@ def int8_linear(
         out.stride(0),
         HAS_BIAS=bias is not None,
         ASYM=asymmetric,
-        MODE=mode,
+        MODE=fwd_mode(K, group_size),
         DT=dtype_code(out_dtype),
-        BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=block_k,
-        GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"],
-        num_stages=min(cfg["num_stages"], 2) if mode == 2 else cfg["num_stages"],
+        BLOCK_M=config["BLOCK_M"],
+        BLOCK_N=config["BLOCK_N"],
+        BLOCK_K=config["BLOCK_K"],
+        GROUP_M=config["GROUP_M"],
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
     )
     return out
-
-
-def dequantize_ref(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None):
-    """fp32 values ``(codes - zero_point) * scale`` with per-(row, group) scale [R, G] (or [R])."""
-    R, C = codes.shape
-    scale = scale.reshape(R, -1)
-    n_groups = scale.shape[1]
-    q = codes.to(torch.float32).reshape(R, n_groups, C // n_groups)
-    if zero_point is not None:
-        q = q - zero_point.reshape(R, -1, 1).to(torch.float32)
-    return (q * scale[..., None]).reshape(R, C)
-
-
-def int8_linear_ref(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype):
-    """Plain-torch twin of :func:`int8_linear` (fp32 math on the dequantized codes)."""
-    x = dequantize_ref(x_codes, x_scale, x_zero_point)
-    w = dequantize_ref(w_codes, w_scale, None)
-    out = x @ w.T
-    if bias is not None:
-        out = out + bias.to(torch.float32)
-    return out.to(out_dtype)

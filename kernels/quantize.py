@@ -2,7 +2,7 @@
 
 One kernel serves activations and weights: a program owns ``BLOCK_R`` rows of a 2-D tensor and walks
 its groups (a group is ``group_size`` consecutive elements of a row; per-token and per-channel are
-one group of the whole row). Per group it computes the qparams in the input dtype (NUMERICS.md
+one group of the whole row). Per group it computes the qparams in the input dtype (docs/numerics.md
 family 1) or loads given ones (per-tensor, torch.ao family 2), then writes in one more sweep:
 
 * the int8 codes (ranges above 127, torch.ao's quint8, are stored shifted by -128 together with the
@@ -24,18 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_qat.autotune import quantize_config
+from ._common import cast_to_dt, div_scalar, dtype_code, new_empty, rint, round_to_dt
 
-from ._common import (
-    FLOAT_DTYPES,
-    cast_to_dt,
-    div_scalar,
-    dtype_code,
-    new_empty,
-    rint,
-    round_to_dt,
-    use_kernels,
-)
+# What torch's float -> int32 cast makes of NaN (the zero point of a row whose min is -inf):
+# x86 CPUs give INT32_MIN, CUDA's cvt.rzi gives 0 (docs/numerics.md, "device-dependent").
+NAN_ZERO_POINT = {"cpu": -(2**31), "cuda": 0}
 
 
 @triton.jit
@@ -60,6 +53,7 @@ def _quantize_rows_kernel(
     HAS_QPARAMS: tl.constexpr,
     DT: tl.constexpr,
     DIV_BY_RECIP: tl.constexpr,
+    NAN_ZP: tl.constexpr,
     PACK_MASK: tl.constexpr,
     WRITE_CODES: tl.constexpr,
     WRITE_Y: tl.constexpr,
@@ -106,8 +100,8 @@ def _quantize_rows_kernel(
             else:
                 b_ratio = round_to_dt(tl.div_rn(b_mn, b_s), DT)
                 b_zp = tl.minimum(tl.maximum(QMIN - rint(b_ratio), QMIN), QMAX)
-                # non-finite rows (mn / s is NaN): torch's NaN -> int is undefined; both say 0
-                b_zp = tl.where(b_ratio != b_ratio, 0.0, b_zp)
+                # mn / s is NaN (min -inf): torch casts the NaN zero point per device
+                b_zp = tl.where(b_ratio != b_ratio, NAN_ZP, b_zp)
             tl.store(scale_ptr + o_q, b_s, mask=m_r)
             tl.store(zp_ptr + o_q, b_zp.to(tl.int32) + CODE_OFFSET, mask=m_r)
         if HAS_QPARAMS:
@@ -164,13 +158,6 @@ def code_offset(qmin: int, qmax: int) -> int:
     return -128 if qmax > 127 else 0
 
 
-def check_quant_range(qmin: int, qmax: int) -> None:
-    if not (qmin < qmax and qmax - qmin <= 255 and -128 <= qmin and qmax <= 255):
-        raise ValueError(
-            f"quant range: expected qmin < qmax within [-128, 255], got [{qmin}, {qmax}]"
-        )
-
-
 def eps_for(dtype: torch.dtype) -> float:
     """Family-1 eps: the smallest normal of the input dtype."""
     return torch.finfo(dtype).smallest_normal
@@ -188,36 +175,21 @@ def quantize_rows(
     symmetric: bool,
     *,
     pack_mask: bool,
+    config: dict,
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
     with_y: bool = False,
-    config: dict | None = None,
 ) -> Quantized:
-    """Quantize the rows of ``x`` [R, C] in groups of ``group_size`` columns.
+    """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``.
 
-    Without ``scale`` the qparams are computed per (row, group) with NUMERICS.md family-1 numerics
-    (in x's dtype, eps = smallest normal). With ``scale`` (fp32) and ``zero_point`` (int32), both
+    Without ``scale`` the qparams are computed per (row, group) with family-1 numerics (in x's
+    dtype, eps = smallest normal). With ``scale`` (fp32) and ``zero_point`` (int32), both
     broadcastable to [R, G], they are used as given (the per-tensor and torch.ao paths); the given
-    zero point is the true one (not shifted). ``pack_mask`` needs ``group_size == C``.
+    zero point is the true one (not shifted). ``pack_mask`` needs ``group_size == C``. ``config``:
+    ``{"BLOCK_R", "BLOCK_C", "num_warps"}`` (powers of two, BLOCK_C >= 8). The caller has checked
+    the arguments (``triton_qat.ops``).
     """
     R, C = x.shape
-    check_quant_range(qmin, qmax)
-    if C % group_size != 0:
-        raise ValueError(f"group_size: expected a divisor of {C}, got {group_size}")
-    if pack_mask and group_size != C:
-        raise ValueError("pack_mask: bit-packed masks need one group per row")
-    if not use_kernels(x):
-        return quantize_rows_ref(
-            x,
-            qmin,
-            qmax,
-            group_size,
-            symmetric,
-            pack_mask=pack_mask,
-            scale=scale,
-            zero_point=zero_point,
-            with_y=with_y,
-        )
     n_groups = C // group_size
     offset = code_offset(qmin, qmax)
     dev = x.device
@@ -244,8 +216,7 @@ def quantize_rows(
     y = new_empty((R, C), x.dtype, dev) if with_y else None
     if R == 0 or C == 0:
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
-    cfg = config or quantize_config(R, group_size, x.device, x.dtype, pack_mask)
-    grid = (triton.cdiv(R, cfg["BLOCK_R"]),)
+    grid = (triton.cdiv(R, config["BLOCK_R"]),)
     _quantize_rows_kernel[grid](
         x,
         x.stride(0),
@@ -267,119 +238,13 @@ def quantize_rows(
         HAS_QPARAMS=has_qparams,
         DT=dtype_code(x.dtype),
         DIV_BY_RECIP=x.is_cuda,
+        NAN_ZP=NAN_ZERO_POINT["cuda" if x.is_cuda else "cpu"],
         PACK_MASK=pack_mask,
         WRITE_CODES=True,
         WRITE_Y=with_y,
-        BLOCK_R=cfg["BLOCK_R"],
-        BLOCK_C=cfg["BLOCK_C"],
-        num_warps=cfg["num_warps"],
+        BLOCK_R=config["BLOCK_R"],
+        BLOCK_C=config["BLOCK_C"],
+        num_warps=config["num_warps"],
         enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
     )
     return Quantized(codes, out_scale, out_zp, mask, code_sum, y)
-
-
-# ----------------------------------------------------------------------------------------------
-# plain-torch reference (NUMERICS.md, literally, as torch ops in the input dtype)
-
-
-def qparams_ref(
-    mn: torch.Tensor, mx: torch.Tensor, qmin: int, qmax: int, symmetric: bool, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Family-1 qparams from a group's min and max, in their dtype. Returns (fp32 scale, int32 zp)."""
-    zero = torch.zeros((), dtype=mn.dtype, device=mn.device)
-    mn = torch.minimum(mn, zero)
-    mx = torch.maximum(mx, zero)
-    if symmetric:
-        s = torch.maximum(-mn, mx) / ((qmax - qmin) / 2)
-        s = torch.clamp(s, min=eps)
-        zp = torch.zeros(s.shape, dtype=torch.int32, device=s.device)
-    else:
-        s = (mx - mn) / float(qmax - qmin)
-        s = torch.clamp(s, min=eps)
-        zp = torch.clamp(qmin - torch.round(mn / s), qmin, qmax)
-        zp = torch.where(torch.isnan(zp), 0, zp).to(torch.int32)  # non-finite row: NaN -> 0
-    return s.to(torch.float32), zp
-
-
-def fake_quant_ref(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes (fp32 holding integers), mask and fake-quantized values of x with given qparams
-    (broadcastable, scale fp32, zero_point int32): NUMERICS.md, same for both families."""
-    inv = 1.0 / scale
-    qu = torch.round(x.to(torch.float32) * inv) + zero_point
-    q = torch.clamp(qu, qmin, qmax)
-    mask = (qu >= qmin) & (qu <= qmax)
-    y = ((q.to(x.dtype) - zero_point.to(x.dtype)) * scale).to(x.dtype)
-    return q, mask, y
-
-
-def group_qparams_ref(
-    x: torch.Tensor, qmin: int, qmax: int, group_size: int, symmetric: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Family-1 qparams of x [R, C] per (row, group): fp32 scale and int32 zp, both [R, G]."""
-    R, C = x.shape
-    xg = x.reshape(R, C // group_size, group_size)
-    mn = xg.amin(-1)  # torch.amin propagates NaN, as the contract needs
-    return qparams_ref(mn, xg.amax(-1), qmin, qmax, symmetric, eps_for(x.dtype))
-
-
-def quantize_rows_ref(
-    x: torch.Tensor,
-    qmin: int,
-    qmax: int,
-    group_size: int,
-    symmetric: bool,
-    *,
-    pack_mask: bool,
-    scale: torch.Tensor | None = None,
-    zero_point: torch.Tensor | None = None,
-    with_y: bool = False,
-) -> Quantized:
-    """Plain-torch twin of :func:`quantize_rows`: same outputs, same layouts, same bits."""
-    R, C = x.shape
-    n_groups = C // group_size
-    offset = code_offset(qmin, qmax)
-    if scale is None:
-        if R * C == 0:
-            s = torch.ones((R, n_groups), dtype=torch.float32, device=x.device)
-            zp = torch.zeros((R, n_groups), dtype=torch.int32, device=x.device)
-        else:
-            s, zp = group_qparams_ref(x, qmin, qmax, group_size, symmetric)
-    else:
-        s = scale.to(torch.float32).expand(R, n_groups).clone()
-        zp0 = zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32)
-        zp = zp0.to(device=x.device, dtype=torch.int32).expand(R, n_groups).clone()
-    xg = x.reshape(R, n_groups, group_size)
-    q, keep, y = fake_quant_ref(xg, s[..., None], zp[..., None], qmin, qmax)
-    q = torch.nan_to_num(q, nan=0.0)  # codes of NaN inputs are unspecified; keep them defined
-    codes = (q.to(torch.int32) + offset).reshape(R, C)
-    code_sum = codes.reshape(R, n_groups, group_size).sum(-1, dtype=torch.int32)
-    keep = keep.reshape(R, C)
-    mask = pack_bits(keep) if pack_mask else keep.to(torch.uint8)
-    y_out = y.reshape(R, C) if with_y else None
-    return Quantized(codes.to(torch.int8), s, zp + offset, mask, code_sum, y_out)
-
-
-def pack_bits(keep: torch.Tensor) -> torch.Tensor:
-    """bool [R, C] -> uint8 [R, ceil(C/8)], element c in bit c % 8 of byte c // 8."""
-    R, C = keep.shape
-    pad = (-C) % 8
-    bits = torch.nn.functional.pad(keep.to(torch.uint8), (0, pad)).reshape(R, -1, 8).to(torch.int32)
-    weights = 1 << torch.arange(8, device=keep.device, dtype=torch.int32)
-    return (bits * weights).sum(-1).to(torch.uint8)
-
-
-def unpack_bits(mask: torch.Tensor, C: int) -> torch.Tensor:
-    """uint8 [R, ceil(C/8)] -> bool [R, C]; inverse of :func:`pack_bits`."""
-    shifts = torch.arange(8, device=mask.device, dtype=torch.int32)
-    bits = (mask.to(torch.int32)[..., None] >> shifts) & 1
-    return bits.reshape(mask.shape[0], -1)[:, :C].to(torch.bool)
-
-
-def check_float_input(x: torch.Tensor, name: str) -> None:
-    """TypeError naming the argument unless x is an fp32/fp16/bf16 tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {x.dtype}")

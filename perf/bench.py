@@ -5,14 +5,21 @@
 
 Providers (kernel "qat_linear"): ``F.linear`` (cuBLAS bf16, no quantization), ``torch ref eager``
 and ``torch ref compiled`` (the plain-torch fake-quant reference, the ops torchao's QAT runs),
-``triton_qat eager`` and ``triton_qat compiled``. Modes: fwd (training forward), bwd, fwd+bwd. Kernel
-micro-benchmarks: the int8 GEMM against ``torch._int_mm`` on the same operands ("int8_gemm") and the
-activation quantize kernel against a device-to-device copy ("quantize").
+``triton_qat eager`` and ``triton_qat compiled``. Modes: fwd (training forward), bwd, fwd+bwd.
+Every row names the ``backend`` that ran (``triton``, ``triton-interpreter``, or ``torch`` for the
+plain-torch CPU path, whose provider names then say so: it is never labelled as the kernels).
+
+Kernel micro-benchmarks, each kernel alone against its own ceiling on the same operands, from the
+registry of kernel problems the tuner uses (``triton_qat.autotune.problems``): activation and weight
+quantize vs a device-to-device copy, the int8 forward GEMM vs ``torch._int_mm``, dgrad and wgrad vs
+``torch.mm`` of the same shape (rows ``kernel`` = quantize_x, quantize_w, fwd, dgrad, wgrad, with a
+``fraction_of_ceiling`` metric).
 
 Timing: medians with p20/p80 over repetitions after warm-up, CUDA events on the GPU (perf_counter on
 CPU), only the measured region inside the events (forward runs untimed before a timed backward), and
 inputs rotated over several buffers so caches do not flatter. Results: ``perf/results/<gpu>/bench.csv``
-with GPU name, torch/triton versions and the git commit in every row.
+with GPU name, torch/triton versions and the git commit in every row (``--quick`` writes to
+``perf/results/quick/``, which git ignores).
 """
 
 from __future__ import annotations
@@ -35,12 +42,12 @@ from torch import nn
 
 import triton_qat as tq
 from triton_qat.autotune.cache import slug
-from triton_qat.kernels.gemm_int8 import int8_linear
-from triton_qat.kernels.quantize import quantize_rows
+from triton_qat.autotune.problems import LinearShape, problems
 from triton_qat.reference import ReferenceLinear
 
-FIELDS = ["kernel", "provider", "mode", "metric", "M", "K", "N", "dtype", "value", "p20", "p80",
-          "gpu", "torch", "triton", "commit", "utc"]  # fmt: skip
+FIELDS = ["kernel", "provider", "backend", "mode", "metric", "M", "K", "N", "dtype", "value",
+          "p20", "p80", "gpu", "torch", "triton", "commit", "utc"]  # fmt: skip
+KERNEL_ROWS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad")
 PROVIDERS = [
     "F.linear",
     "torch ref eager",
@@ -153,7 +160,17 @@ def saved_act_bytes_per_elem(layer: nn.Module, x: torch.Tensor, extra_tokens: in
     return (saved_bytes(layer, more) - saved_bytes(layer, x)) / (extra_tokens * K)
 
 
+def provider_backend(provider: str, device: torch.device) -> tuple[str, str]:
+    """(label, backend) of a provider: triton_qat's backend on this device, and a label that
+    says so when that is the plain-torch path rather than the kernels."""
+    if not provider.startswith("triton_qat"):
+        return provider, "torch"
+    backend = tq.backend(device)
+    return (f"{provider} [torch backend]" if backend == "torch" else provider), backend
+
+
 def bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list[dict]:
+    label, backend = provider_backend(provider, device)
     layer = make_layer(provider, K, N, device, dtype)
     xs = [torch.randn(M, K, device=device, dtype=dtype, requires_grad=True) for _ in range(n_rot)]
     dys = [torch.randn(M, N, device=device, dtype=dtype) for _ in range(n_rot)]
@@ -176,6 +193,9 @@ def bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list[
         "bwd": (fwd_then, lambda s: s[0].backward(s[1])),
         "fwd+bwd": (fresh, lambda s: layer(s[0]).backward(s[1])),
     }
+    for mode in modes:  # compile (and recompile) every graph before any timing starts
+        setup, fn = timed[mode]
+        fn(setup(0))
     for mode in modes:
         setup, fn = timed[mode]
         if device.type == "cuda":
@@ -194,61 +214,47 @@ def bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list[
     per_elem = saved_act_bytes_per_elem(layer, xs[0])
     rows.append(dict(metric="saved_act_bytes_per_elem", value=per_elem, mode="fwd"))
     for r in rows:
-        r.update(kernel="qat_linear", provider=provider, M=M, K=K, N=N)
+        r.update(kernel="qat_linear", provider=label, backend=backend, M=M, K=K, N=N)
     return rows
 
 
-def bench_int8_gemm(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
-    """Our int8 GEMM (with its epilogue) vs torch._int_mm (int32 out) on the same int8 operands."""
-    xs = [quantize_rows(torch.randn(M, K, device=device, dtype=dtype), -128, 127, K, False,
-                        pack_mask=True) for _ in range(n_rot)]  # fmt: skip
-    qw = quantize_rows(torch.randn(N, K, device=device, dtype=dtype), -128, 127, K, True,
-                       pack_mask=False)  # fmt: skip
-    w_t = qw.codes.t()  # [K, N] column-major view, the layout _int_mm wants
-    providers = {
-        "triton_qat": lambda q: int8_linear(
-            q.codes, q.scale, q.zero_point, qw.codes, qw.scale, qw.code_sum, None, dtype
-        ),  # fmt: skip
-        "torch._int_mm": lambda q: torch._int_mm(q.codes, w_t),
-    }
+def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
+    """Each kernel of the linear alone (at its looked-up config) against its ceiling: the torch op
+    doing the same work unquantized (copy, ``torch._int_mm``, ``torch.mm``)."""
+    del n_rot  # the registry's operands are fixed; each kernel is timed on the same ones
+    backend = tq.backend(device)
+    if backend == "torch":
+        print("  kernel rows skipped: no kernels run here (plain-torch backend)")
+        return []
+    registry = problems(LinearShape(M, K, N, dtype), device)
     rows = []
-    for name, fn in providers.items():
-        try:
-            ms = timer(lambda i: xs[i % n_rot], fn)
-        except RuntimeError as e:  # e.g. shapes _int_mm does not take on this device
-            print(f"  int8_gemm {name}: skipped ({str(e).splitlines()[0][:80]})")
-            continue
-        med, p20, p80 = quantiles(ms)
-        ops = 2 * M * N * K
-        rows.append(dict(metric="ms", value=med, p20=p20, p80=p80))
-        rows.append(
-            dict(metric="tops", value=ops / med / 1e9, p20=ops / p80 / 1e9, p80=ops / p20 / 1e9)
-        )
-        for r in rows[-2:]:
-            r.update(kernel="int8_gemm", provider=name, mode="fwd", M=M, K=K, N=N)
-    return rows
-
-
-def bench_quantize(M, K, device, dtype, timer, n_rot) -> list[dict]:
-    """Activation quantize kernel bandwidth vs a device-to-device copy of the same tensor."""
-    xs = [torch.randn(M, K, device=device, dtype=dtype) for _ in range(n_rot)]
-    esize = xs[0].element_size()
-    moved = {  # bytes read + written
-        "triton_qat": M * K * esize + M * K + M * ((K + 7) // 8) + M * 12,
-        "copy": 2 * M * K * esize,
-    }
-    fns = {
-        "triton_qat": lambda x: quantize_rows(x, -128, 127, K, False, pack_mask=True),
-        "copy": lambda x: x.clone(),
-    }
-    rows = []
-    for name, fn in fns.items():
-        med, p20, p80 = quantiles(timer(lambda i: xs[i % n_rot], fn))
-        gbs = moved[name] / 1e6
-        rows.append(dict(metric="ms", value=med, p20=p20, p80=p80))
-        rows.append(dict(metric="gb_per_s", value=gbs / med, p20=gbs / p80, p80=gbs / p20))
-        for r in rows[-2:]:
-            r.update(kernel="quantize", provider=name, mode="fwd", M=M, K=K, N=0)
+    for name in KERNEL_ROWS:
+        prob = registry[name]
+        unit = "gb_per_s" if prob.kernel == "quantize" else "tflops"
+        medians = {}
+        for provider, fn in (("triton_qat", lambda p=prob: p.launch(p.config)),
+                             (prob.ceiling_name, prob.ceiling)):  # fmt: skip
+            try:
+                ms = timer(lambda i: None, lambda _s, fn=fn: fn())
+            except RuntimeError as e:  # e.g. shapes torch._int_mm does not take on this device
+                print(f"  {name} {provider}: skipped ({str(e).splitlines()[0][:80]})")
+                continue
+            med, p20, p80 = quantiles(ms)
+            medians[provider] = med
+            work = prob.work if provider == "triton_qat" else prob.ceiling_work
+            be = backend if provider == "triton_qat" else "torch"
+            rows.append(dict(metric="ms", value=med, p20=p20, p80=p80, provider=provider,
+                             backend=be))  # fmt: skip
+            rows.append(dict(metric=unit, value=work / med / 1e9, p20=work / p80 / 1e9,
+                             p80=work / p20 / 1e9, provider=provider, backend=be))  # fmt: skip
+        if len(medians) == 2:
+            ratio = medians[prob.ceiling_name] / medians["triton_qat"]
+            rows.append(dict(metric="fraction_of_ceiling", value=ratio, provider="triton_qat",
+                             backend=backend))  # fmt: skip
+        for r in rows:
+            r.setdefault("kernel", name)
+            r.update(mode="fwd" if name in ("quantize_x", "quantize_w", "fwd") else "bwd",
+                     M=M, K=K, N=N)  # fmt: skip
     return rows
 
 
@@ -301,9 +307,8 @@ def main(argv: list[str] | None = None) -> Path:
         if not given or any(g not in allowed for g in given):
             p.error(f"{name}: expected a subset of {allowed}, got {given}")
     gpu = device_label(device)
-    out = (
-        Path(args.out) if args.out else Path(__file__).parent / "results" / slug(gpu) / "bench.csv"
-    )
+    folder = "quick" if args.quick else slug(gpu)  # quick runs are rehearsals: git ignores them
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / folder / "bench.csv"
     timer = Timer(device, warmup, reps)
     n_rot = 3  # rotated input buffers
     rows = []
@@ -314,8 +319,7 @@ def main(argv: list[str] | None = None) -> Path:
                 if " i4g" in provider and K % int(provider.split(" i4g")[1].split()[0]):
                     continue  # the group size does not divide K
                 rows += bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot)
-            rows += bench_int8_gemm(M, K, N, device, dtype, timer, n_rot)
-        rows += bench_quantize(max(tokens), K, device, dtype, timer, n_rot)
+            rows += bench_kernels(M, K, N, device, dtype, timer, n_rot)
     rows = add_speedups(rows)
     meta = dict(dtype=str(dtype).replace("torch.", ""), gpu=gpu, torch=torch.__version__,
                 triton=triton.__version__, commit=git_commit(),
@@ -332,12 +336,19 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def print_summary(rows: list[dict]) -> None:
-    ms = [r for r in rows if r["kernel"] == "qat_linear" and r["metric"] == "speedup_vs_F.linear"]
-    print(f"\n{'M':>6} {'K':>6} {'N':>6} {'mode':<8} {'provider':<20} {'speedup vs F.linear':>20}")
-    for r in ms:
-        print(
-            f"{r['M']:>6} {r['K']:>6} {r['N']:>6} {r['mode']:<8} {r['provider']:<20} {r['value']:>20.3f}"
-        )
+    """Speedups vs F.linear, then each kernel's fraction of its ceiling (last: what a reader of
+    a long log sees)."""
+    width = max([len(r["provider"]) for r in rows] + [8])
+    speedups = [r for r in rows if r["metric"] == "speedup_vs_F.linear"]
+    print(f"\n{'M':>6} {'K':>6} {'N':>6} {'mode':<8} {'provider':<{width}} {'vs F.linear':>12}")
+    for r in speedups:
+        print(f"{r['M']:>6} {r['K']:>6} {r['N']:>6} {r['mode']:<8} {r['provider']:<{width}} "
+              f"{r['value']:>11.3f}x")  # fmt: skip
+    fractions = [r for r in rows if r["metric"] == "fraction_of_ceiling"]
+    if fractions:
+        print(f"\n{'M':>6} {'K':>6} {'N':>6} {'kernel':<11} {'of its ceiling':>15}")
+        for r in fractions:
+            print(f"{r['M']:>6} {r['K']:>6} {r['N']:>6} {r['kernel']:<11} {r['value']:>14.1%}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from triton_qat.autotune.space import DEFAULTS
+from triton_qat.autotune.space import DEFAULTS, fit_config
 from triton_qat.kernels.gemm_backward import _dgrad_kernel, _wgrad_kernel
-from triton_qat.kernels.gemm_int8 import _int8_linear_kernel, _pick_mode
+from triton_qat.kernels.gemm_int8 import _int8_linear_kernel, fwd_mode
 from triton_qat.kernels.quantize import _quantize_rows_kernel
 
 PTR = {0: "*fp32", 1: "*fp16", 2: "*bf16"}
@@ -43,7 +43,7 @@ def main(arch: int) -> None:
     ):
         rng = (0, 255, -128) if given and not sym else (-128, 127, 0)
         consts = dict(QMIN=rng[0], QMAX=rng[1], CODE_OFFSET=rng[2], SYMMETRIC=sym, HAS_QPARAMS=given,
-                      DT=dt, DIV_BY_RECIP=True, PACK_MASK=pack, WRITE_CODES=True, WRITE_Y=True,
+                      DT=dt, DIV_BY_RECIP=True, NAN_ZP=0, PACK_MASK=pack, WRITE_CODES=True, WRITE_Y=True,
                       BLOCK_R=4, BLOCK_C=512)  # fmt: skip
         build(_quantize_rows_kernel, {**q_sig, "x_ptr": PTR[dt], "y_ptr": PTR[dt]}, consts,
               dict(num_warps=4, enable_fp_fusion=False),
@@ -55,8 +55,9 @@ def main(arch: int) -> None:
     for dt, (K, group) in itertools.product(
         (0, 1, 2), ((4096, 4096), (4096, 128), (4096, 32), (4096, 8))
     ):
-        mode, bk = _pick_mode(K, group, fwd["BLOCK_K"])  # what the launcher runs with the default
-        stages = min(fwd["num_stages"], 2) if mode == 2 else fwd["num_stages"]
+        mode = fwd_mode(K, group)
+        fitted = fit_config("fwd", fwd, K, group)  # what runs with the default
+        bk, stages = fitted["BLOCK_K"], fitted["num_stages"]
         consts = dict(HAS_BIAS=True, ASYM=True, MODE=mode, DT=dt, BLOCK_M=fwd["BLOCK_M"],
                       BLOCK_N=fwd["BLOCK_N"], BLOCK_K=bk, GROUP_M=8)  # fmt: skip
         build(_int8_linear_kernel, {**g_sig, "out_ptr": PTR[dt]}, consts,

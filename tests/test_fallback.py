@@ -12,8 +12,7 @@ import triton_qat as tq
 
 SCRIPT = r"""
 import sys, torch, triton_qat as tq
-from triton_qat.kernels._common import INTERPRET
-assert not INTERPRET
+assert tq.backend("cpu") == "torch"
 torch.manual_seed(0)
 x = torch.randn(13, 96).to(torch.bfloat16).requires_grad_()
 lin = tq.Linear(96, 40, weight=tq.QuantConfig(bits=4, granularity="per_group", group_size=32,

@@ -4,9 +4,10 @@ import pytest
 import torch
 from conftest import DTYPES, assert_close_rel, dt_id
 
-from triton_qat.kernels.gemm_backward import dgrad, wgrad
-from triton_qat.kernels.gemm_int8 import _pick_mode, int8_linear
-from triton_qat.kernels.quantize import quantize_rows, unpack_bits
+from triton_qat import autotune
+from triton_qat.backend import dgrad, int8_linear, quantize_rows, wgrad
+from triton_qat.kernels.gemm_int8 import fwd_mode
+from triton_qat.kernels.quantize_torch import unpack_bits
 
 CASES = [
     # M, K, N, weight group, weight bits, activation symmetric
@@ -53,10 +54,13 @@ def test_forward_gemm(M, K, N, group, bits, sym, dtype, with_bias, device):
 
 
 def test_modes_are_all_exercised():
-    assert _pick_mode(96, 96, 32)[0] == 0
-    assert _pick_mode(96, 32, 32) == (1, 32)
-    assert _pick_mode(256, 64, 128) == (1, 64)
-    assert _pick_mode(90, 9, 32)[0] == 2
+    """Every mode is in CASES, and the tuner fits BLOCK_K / stages to the mode it picks."""
+    assert {fwd_mode(k, g) for _, k, _, g, _, _ in CASES} == {0, 1, 2}
+    dev = torch.device("cpu")
+    fit = lambda K, g: autotune.gemm_config("fwd", 64, 64, K, dev, torch.float32, g)  # noqa: E731
+    assert fit(96, 32)["BLOCK_K"] == 32
+    assert fit(256, 64)["BLOCK_K"] <= 64 and 64 % fit(256, 64)["BLOCK_K"] == 0
+    assert fit(90, 9)["BLOCK_K"] <= 32 and fit(90, 9)["num_stages"] <= 2
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)

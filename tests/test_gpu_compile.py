@@ -1,6 +1,6 @@
 """Every kernel variant compiles for Hopper (sm_90) and Ampere (sm_80) on a machine without a GPU,
 the untuned default configs fit the 99 KiB of shared memory of the smallest targeted GPUs
-(sm_86/89), and the quantize kernels contain no fused multiply-add (NUMERICS.md: x * (1/s) must round to fp32
+(sm_86/89), and the quantize kernels contain no fused multiply-add (docs/numerics.md: x * (1/s) must round to fp32
 before the rounding trick, which FMA contraction would skip)."""
 
 import os

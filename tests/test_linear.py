@@ -8,7 +8,7 @@ from conftest import DTYPES, assert_close_rel, dt_id
 from torch import nn
 
 import triton_qat as tq
-from triton_qat.reference import fake_quantize_with_mask
+from triton_qat.reference import fake_quantize_with_mask, qat_linear_ref
 
 CONFIGS = {
     "default": (tq.QuantConfig(), tq.QuantConfig(granularity="per_channel", symmetric=True)),
@@ -246,3 +246,38 @@ def test_strided_bias_and_weight(device):
 def test_bad_weight_or_bias(weight, bias, needle):
     with pytest.raises((ValueError, TypeError), match=needle):
         tq.qat_linear(torch.randn(3, 40), weight, bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+def test_large_and_infinite_rows_match_the_reference(dtype, device):
+    """A constant 1e36 token must not overflow the GEMM epilogue (the reference is finite, 7e35
+    in the hostile trial); a token holding inf gives a non-finite row exactly where the reference
+    does (NaN), and no other row changes."""
+    lin = tq.Linear(64, 24, device=device, dtype=dtype)
+    x = (torch.randn(4, 64, device=device) * 0.5).to(dtype)
+    x[1] = 1e36
+    x[2, 5] = float("inf")
+    x[3, 0] = -float("inf")
+    out = lin(x)
+    ref = qat_linear_ref(x.double(), lin.weight.double(), lin.bias.double(),
+                         lin.activation_config, lin.weight_config)  # fmt: skip
+    ref_dt = qat_linear_ref(x, lin.weight, lin.bias, lin.activation_config, lin.weight_config)
+    assert torch.equal(torch.isfinite(out), torch.isfinite(ref_dt))
+    assert torch.isfinite(out[:2]).all() and not torch.isfinite(out[2:]).any()
+    assert_close_rel(out[1], ref_dt[1].double(), dtype, "1e36 row")
+    assert out[1].abs().max() > 1e35 and ref[1].abs().max() > 1e35
+
+
+def test_double_backward_raises_instead_of_a_detached_gradient(device):
+    lin = tq.Linear(32, 8, device=device)
+    x = torch.randn(5, 32, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(lin(x).square().sum(), x, create_graph=True)
+    # first-order gradients are unaffected, and a fake_quantize STE is twice differentiable
+    (g,) = torch.autograd.grad(lin(x).square().sum(), x)
+    assert g.shape == x.shape and not g.requires_grad
+    y = tq.fake_quantize(x, tq.QuantConfig())
+    (g1,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), x)
+    mask = fake_quantize_with_mask(x.detach(), tq.QuantConfig())[1]
+    assert torch.equal(g2, 2.0 * mask.to(g2.dtype))

@@ -118,3 +118,80 @@ def test_compile_ao_numerics_fullgraph(device):
     ):
         assert torch.equal(a, b), name
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def _qat_args(x, w, **kw):
+    args = dict(bias=None, a_qmin=-128, a_qmax=127, a_symmetric=False, a_per_tensor=False,
+                a_scale=None, a_zero_point=None, w_qmin=-128, w_qmax=127,
+                w_group_size=w.shape[-1], w_per_tensor=False, w_scale=None)  # fmt: skip
+    return {**args, **kw}
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        # the hostile trial: weight K=12 against x K=16 read out of bounds on the kernel path
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 12, device=d)), {}), "x"),
+        (lambda d: ((torch.randn(5, 12, device=d), torch.randn(4, 16, device=d)), {}), "x"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
+                    {"w_group_size": 5}), "w_group_size"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
+                    {"a_qmin": 0, "a_qmax": 300}), "a_qmin"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
+                    {"bias": torch.randn(3, device=d)}), "bias"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
+                    {"a_scale": torch.ones(2, 2, device=d)}), "a_scale"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
+                    {"w_scale": torch.ones(3, 1, device=d)}), "w_scale"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
+                    {"a_zero_point": torch.zeros(1, 1, dtype=torch.int32, device=d)}),
+         "a_zero_point"),
+        (lambda d: ((torch.randn(5, 16, device=d).int(), torch.randn(4, 16, device=d)), {}), "x"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(16, device=d)), {}), "weight"),
+    ],
+    ids=["w-narrower", "w-wider", "group", "range", "bias", "a_scale", "w_scale", "zp-no-scale",
+         "int-x", "1d-weight"],
+)  # fmt: skip
+def test_qat_linear_op_checks_its_arguments(make, needle, device):
+    (x, w), kw = make(device)
+    with pytest.raises((ValueError, TypeError), match=needle):
+        ops.qat_linear(x, w, **_qat_args(x, w, **kw))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:  # the fake impl checks too
+        fx, fw = mode.from_tensor(x), mode.from_tensor(w)
+        kw = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+        with pytest.raises((ValueError, TypeError), match=needle):
+            ops.qat_linear(fx, fw, **_qat_args(fx, fw, **kw))
+
+
+def test_quantize_and_int8_linear_ops_check_their_arguments(device):
+    x = torch.randn(6, 16, device=device)
+    with pytest.raises(ValueError, match="group_size"):
+        ops.quantize(x, -128, 127, 5, False, False, False, None, None)
+    with pytest.raises(ValueError, match="pack_mask"):
+        ops.quantize(x, -128, 127, 8, False, False, True, None, None)
+    with pytest.raises(ValueError, match="x"):
+        ops.fake_quantize(x[0], -128, 127, 16, False, False, None, None)
+    with pytest.raises(TypeError, match="scale"):
+        ops.quantize(x, -128, 127, 16, False, False, True, torch.ones(1, 1).double(), None)
+    qa = ops.quantize(x, -128, 127, 16, False, False, True, None, None)
+    qw = ops.quantize(torch.randn(4, 16, device=device), -8, 7, 8, True, False, False, None, None)
+    good = [qa[0], qa[1], qa[2], qw[0], qw[1], qw[4], None, torch.float32]
+    for i, bad, needle in [
+        (3, qw[0][:, :12], "w_codes"),  # K mismatch
+        (1, qa[1][:3], "x_scale"),
+        (4, qw[1][:, :1].expand(4, 3).contiguous(), "w_scale"),  # 3 groups do not divide K=16
+        (5, qw[4][:2], "w_code_sum"),
+        (6, torch.randn(5, device=device), "bias"),
+        (0, qa[0].float(), "x_codes"),
+    ]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises((ValueError, TypeError), match=needle):
+            ops.int8_linear(*args)
+    out = ops.qat_linear(x, torch.randn(4, 16, device=device), **_qat_args(x, qw[0]))
+    dy = torch.randn(6, 4, device=device)
+    with pytest.raises(ValueError, match="grad_out"):
+        ops.qat_linear_backward(dy[:, :3], *out[1:], True, True, False)
+    with pytest.raises(ValueError, match="x_mask"):
+        ops.qat_linear_backward(dy, *out[1:4], out[4][:, :1].contiguous()[:2], *out[5:], True,
+                                True, False)  # fmt: skip

@@ -1,5 +1,5 @@
 """Quantize kernels: codes, scales, zero points, masks and fake-quantized values bit-exact against
-the plain-torch NUMERICS.md reference and against torch's own fake_quantize ops."""
+the plain-torch docs/numerics.md reference and against torch's own fake_quantize ops."""
 
 import pytest
 import torch
@@ -8,12 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import triton_qat as tq
-from triton_qat.kernels.quantize import (
-    code_offset,
-    quantize_rows,
-    quantize_rows_ref,
-    unpack_bits,
-)
+from triton_qat.backend import quantize_rows
+from triton_qat.kernels.quantize import code_offset
+from triton_qat.kernels.quantize_torch import quantize_rows_torch as quantize_rows_ref
+from triton_qat.kernels.quantize_torch import unpack_bits
 from triton_qat.reference import fake_quantize_ref, fake_quantize_with_mask
 
 SHAPES = [(1, 40), (3, 96), (13, 130), (67, 33)]
@@ -211,3 +209,20 @@ def test_bf16_rounded_scale_can_clip_the_row_max():
     want = quantize_rows_ref(x, -128, 127, 64, False, pack_mask=False)
     assert torch.equal(got.mask, want.mask)
     assert (got.mask == 0).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+def test_minus_inf_row_matches_torch_on_the_device(dtype, device):
+    """A row whose min is -inf has a NaN zero point; the references cast it with torch's cast on
+    the tensor's device (x86 CPU: INT32_MIN, so torchao gives [nan, inf, inf, inf])."""
+    x = torch.tensor([[-float("inf"), 1.0, -3.0, 0.5]], device=device).to(dtype)
+    nan_zp = torch.tensor([float("nan")], device=device).to(torch.int32).item()
+    got = quantize_rows(x, -128, 127, 4, False, pack_mask=True, with_y=True)
+    assert got.zero_point.item() == nan_zp
+    want, _ = fake_quantize_with_mask(x, tq.QuantConfig())
+    assert torch.equal(got.y.isnan(), want.isnan()) and torch.equal(
+        got.y.nan_to_num(posinf=1, neginf=-1), want.nan_to_num(posinf=1, neginf=-1)
+    )
+    if device == "cpu":  # the literal row the hostile trial compared against torchao on x86
+        assert torch.isnan(got.y[0, 0]) and torch.isposinf(got.y[0, 1:].float()).all()
+    assert torch.equal(tq.fake_quantize(x, tq.QuantConfig()).isnan(), want.isnan())

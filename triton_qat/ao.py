@@ -1,4 +1,4 @@
-"""torch.ao numerics (NUMERICS.md family 2): validate a ``QConfig`` and run its observers as
+"""torch.ao numerics (docs/numerics.md, family 2): validate a ``QConfig`` and run its observers as
 branch-free tensor ops, so a ``Linear`` given a torch.ao qconfig trains exactly like
 ``prepare_qat(model, mapping={nn.Linear: torch.ao.nn.qat.dynamic.Linear})`` and still compiles with
 ``fullgraph=True`` (torch.ao's own FakeQuantize branches on tensor values in Python).

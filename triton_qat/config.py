@@ -1,4 +1,4 @@
-"""QuantConfig: what to quantize, how many bits, at which granularity (NUMERICS.md family 1)."""
+"""QuantConfig: what to quantize, how many bits, at which granularity (docs/numerics.md, family 1)."""
 
 from __future__ import annotations
 

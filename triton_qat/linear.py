@@ -7,20 +7,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from triton_qat import ao
+from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_linear_inputs
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
-from triton_qat.functional import (
-    ao_fake_quantize,
-    ao_qat_linear,
-    check_in_features,
-    check_linear_inputs,
-    qat_linear,
-)
+from triton_qat.functional import ao_fake_quantize, check_configs, linear
+from triton_qat.spec import ao_spec, spec_for
 
 
 class Linear(nn.Linear):
     """Linear layer with dynamic fake quantization of its input and weight (QAT).
 
-    Two numerics families (NUMERICS.md):
+    Two numerics families (docs/numerics.md):
 
     * ``qconfig`` = a torch.ao ``QConfig`` (e.g. ``default_dynamic_qat_qconfig``): trains exactly like
       ``torch.ao.nn.qat.dynamic.Linear`` after ``prepare_qat``, observer state included (kept in
@@ -49,6 +45,8 @@ class Linear(nn.Linear):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         check_in_features(in_features)
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected float32, float16 or bfloat16, got {dtype}")
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._fake_quant_on = True
         self.qconfig = qconfig
@@ -66,13 +64,9 @@ class Linear(nn.Linear):
             self.weight_fake_quant = w_fq
             self.activation_config = self.weight_config = None
         else:
-            self.activation_config = _checked(activation, DEFAULT_ACTIVATION, "activation")
-            self.weight_config = _checked(weight, DEFAULT_WEIGHT, "weight")
-            g = self.weight_config.group_size_for(in_features)
-            if in_features % g != 0:
-                raise ValueError(
-                    f"weight.group_size: expected a divisor of in_features={in_features}, got {g}"
-                )
+            self.activation_config = activation if activation is not None else DEFAULT_ACTIVATION
+            self.weight_config = weight if weight is not None else DEFAULT_WEIGHT
+            check_configs(self.activation_config, self.weight_config, in_features)
 
     @property
     def uses_ao_numerics(self) -> bool:
@@ -87,7 +81,8 @@ class Linear(nn.Linear):
         if not self.uses_ao_numerics:
             if not self.fake_quant_enabled:
                 return _plain_linear(input, weight, bias)
-            return qat_linear(input, weight, bias, self.activation_config, self.weight_config)
+            a_spec, w_spec = spec_for(self.activation_config), spec_for(self.weight_config)
+            return linear(input, weight, bias, a_spec, w_spec)
         # torch.ao family: observers run whenever their observer_enabled flag is set, and each
         # FakeQuantize's fake_quant_enabled flag switches its own half, as in torch.ao
         a_fq, w_fq = self.activation_post_process, self.weight_fake_quant
@@ -96,7 +91,8 @@ class Linear(nn.Linear):
         a_on, w_on = ao.fake_quant_on(a_fq), ao.fake_quant_on(w_fq)
         a_range, w_range = (a_fq.quant_min, a_fq.quant_max), (w_fq.quant_min, w_fq.quant_max)
         if a_on and w_on:
-            return ao_qat_linear(input, weight, bias, a_range, a_scale, a_zp, w_range, w_scale)
+            a_spec, w_spec = ao_spec(*a_range), ao_spec(*w_range, symmetric=True)
+            return linear(input, weight, bias, a_spec, w_spec, (a_scale, a_zp), w_scale)
         if a_on:
             input = ao_fake_quantize(input, a_range, a_scale, a_zp)
         if w_on:
@@ -146,14 +142,20 @@ class Linear(nn.Linear):
         cls,
         mod: nn.Linear,
         *,
+        qconfig=None,
         activation: QuantConfig | None = None,
         weight: QuantConfig | None = None,
     ) -> Linear:
         """Wrap an ``nn.Linear`` sharing its parameters (an optimizer built before keeps working).
-        Uses ``mod.qconfig`` (torch.ao numerics) when it is set and no configs are given."""
+
+        torch.ao numerics with ``qconfig`` (a torch.ao ``QConfig``), else with ``mod.qconfig`` when
+        it is set and no configs are given; torchao numerics with ``activation`` / ``weight``."""
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"mod: expected an nn.Linear, got {type(mod).__name__}")
-        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is not None and (activation is not None or weight is not None):
+            raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
+        if qconfig is None:
+            qconfig = getattr(mod, "qconfig", None)
         if activation is not None or weight is not None:
             qconfig = None
         new = cls(
@@ -203,14 +205,3 @@ def _plain_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """F.linear in x's dtype (parameters cast like autocast would)."""
     bias = bias.to(x.dtype) if bias is not None else None
     return F.linear(x, weight.to(x.dtype), bias)
-
-
-def _checked(cfg: QuantConfig | None, default: QuantConfig, role: str) -> QuantConfig:
-    if cfg is None:
-        return default
-    if not isinstance(cfg, QuantConfig):
-        raise TypeError(f"{role}: expected a triton_qat.QuantConfig, got {type(cfg).__name__}")
-    cfg.check_role(role)
-    if role == "weight" and not cfg.symmetric:
-        raise ValueError("weight: symmetric=False is not supported for weights")
-    return cfg

@@ -13,6 +13,7 @@ from triton_qat import ao
 from triton_qat.config import QuantConfig
 from triton_qat.linear import Linear
 from triton_qat.quantized import QuantizedLinear
+from triton_qat.spec import spec_for
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -119,8 +120,9 @@ def prepare(
         if qconfig is not None:
             mod.qconfig = qconfig
             return Linear.from_float(mod)
-        if weight is not None and weight.granularity == "per_group":
-            if mod.in_features % weight.group_size != 0:
+        w_group = spec_for(weight).group_size if weight is not None else None
+        if w_group is not None:
+            if mod.in_features % w_group != 0:
                 skipped.append(f"{fqn or '<root>'} (in_features={mod.in_features})")
                 return None
         if getattr(mod, "qconfig", None) is not None:

@@ -9,7 +9,11 @@ Ops (all opaque to torch.compile, each with a ``register_fake`` so it traces wit
                                   kept for backward; autograd registered with ``register_autograd``.
 * ``triton_qat::qat_linear_backward``  grad_x / grad_w / grad_bias from that state.
 
-Data flows one way: module -> these ops -> launchers in ``triton_qat.kernels`` -> kernels.
+Every op checks its arguments (shapes, dtypes, devices, qparam shapes) before launching, in the
+real and the fake implementation alike, with an error naming the argument. Call them with keyword
+arguments built by :class:`triton_qat.spec.QuantSpec` (``spec.quantize_args(...)``,
+``spec.linear_args(...)``). Data flows one way: module -> these ops -> :mod:`triton_qat.backend`
+-> launchers in ``triton_qat.kernels`` -> kernels. Numerics: docs/numerics.md.
 """
 
 import math
@@ -17,28 +21,44 @@ import math
 import torch
 from torch import Tensor
 
-from triton_qat.kernels.gemm_backward import dgrad, wgrad
-from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
-from triton_qat.kernels.quantize import eps_for, qparams_ref, quantize_rows
+from triton_qat import backend
+from triton_qat.checks import (
+    FLOAT_DTYPES,
+    check_device,
+    check_dims,
+    check_float_input,
+    check_group,
+    check_in_features,
+    check_linear_inputs,
+    check_qparams,
+    check_range,
+    check_shape,
+    check_tensor,
+)
 
 _EMPTY = (0,)
-
-
-def _per_tensor_qparams(x: Tensor, qmin: int, qmax: int, symmetric: bool):
-    """Family-1 per-tensor qparams (in x's dtype), [1, 1] fp32 scale and int32 zero point."""
-    if x.numel() == 0:
-        one = torch.ones((1, 1), dtype=torch.float32, device=x.device)
-        return one, torch.zeros((1, 1), dtype=torch.int32, device=x.device)
-    s, zp = qparams_ref(x.amin(), x.amax(), qmin, qmax, symmetric, eps_for(x.dtype))
-    return s.reshape(1, 1), zp.reshape(1, 1)
+_I8, _I32, _F32, _U8 = (torch.int8,), (torch.int32,), (torch.float32,), (torch.uint8,)
 
 
 def _quantize(x2d, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, **kw):
     if scale is None and per_tensor:
-        scale, zero_point = _per_tensor_qparams(x2d, qmin, qmax, symmetric)
-    return quantize_rows(
+        return backend.quantize_per_tensor(x2d, qmin, qmax, symmetric, **kw)
+    return backend.quantize_rows(
         x2d, qmin, qmax, group_size, symmetric, scale=scale, zero_point=zero_point, **kw
     )
+
+
+def _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point, pack_mask=False):
+    check_float_input(x, "x")
+    check_dims(x, "x", 2, "[rows, cols]")
+    R, C = x.shape
+    check_range(qmin, qmax, "qmin/qmax")
+    check_group(group_size, C)
+    if pack_mask and group_size != max(C, 1):
+        raise ValueError(f"pack_mask: bit-packed masks need one group per row (group_size={C})")
+    if per_tensor and scale is not None:
+        raise ValueError("per_tensor: computes its own qparams; pass scale=None")
+    check_qparams(scale, zero_point, R, max(C, 1) // group_size, x.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,6 +79,7 @@ def quantize(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Quantize x [R, C]: (codes int8 [R, C], scale fp32 [R, G], zero_point int32 [R, G],
     mask uint8 [R, ceil(C/8)] bits if pack_mask else [R, C], code_sum int32 [R, G])."""
+    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point, pack_mask)
     q = _quantize(
         x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, pack_mask=pack_mask
     )
@@ -67,8 +88,9 @@ def quantize(
 
 @quantize.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point):
+    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point, pack_mask)
     R, C = x.shape
-    G = C // group_size
+    G = 1 if per_tensor else max(C, 1) // group_size
     mask_cols = (C + 7) // 8 if pack_mask else C
     return (
         x.new_empty((R, C), dtype=torch.int8),
@@ -95,6 +117,7 @@ def fake_quantize(
     zero_point: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Fake-quantize x [R, C]: (y [R, C] in x.dtype, keep-mask uint8 [R, C])."""
+    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point)
     q = _quantize(
         x,
         qmin,
@@ -112,6 +135,7 @@ def fake_quantize(
 
 @fake_quantize.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point):
+    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point)
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.uint8)  # contiguous, as real
 
 
@@ -120,6 +144,7 @@ def _fake_quantize_setup(ctx, inputs, output):
 
 
 def _fake_quantize_backward(ctx, grad_y, _grad_mask):
+    # plain torch ops: a second-order graph through the STE is correct (the mask is a constant)
     (mask,) = ctx.saved_tensors
     grad_x = torch.where(
         mask.to(torch.bool), grad_y, torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)
@@ -132,6 +157,38 @@ fake_quantize.register_autograd(_fake_quantize_backward, setup_context=_fake_qua
 
 # ---------------------------------------------------------------------------------------------
 # int8_linear (inference GEMM)
+
+
+def _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias):
+    check_tensor(x_codes, "x_codes", _I8, "int8")
+    check_dims(x_codes, "x_codes", 2, "[M, K]")
+    check_tensor(w_codes, "w_codes", _I8, "int8")
+    check_dims(w_codes, "w_codes", 2, "[N, K]")
+    (M, K), N = x_codes.shape, w_codes.shape[0]
+    check_shape(w_codes, "w_codes", (N, K))
+    check_in_features(K)
+    dev = x_codes.device
+    check_tensor(x_scale, "x_scale", _F32, "float32")
+    check_shape(x_scale, "x_scale", (M,), (M, 1))
+    check_tensor(x_zero_point, "x_zero_point", _I32, "int32")
+    check_shape(x_zero_point, "x_zero_point", (M,), (M, 1))
+    check_tensor(w_scale, "w_scale", _F32, "float32")
+    check_dims(w_scale, "w_scale", 2, "[N, G]")
+    G = w_scale.shape[1]
+    if w_scale.shape[0] != N or G < 1 or K % G:
+        raise ValueError(
+            f"w_scale: expected [{N}, G] with G dividing K={K}, got {tuple(w_scale.shape)}"
+        )
+    check_tensor(w_code_sum, "w_code_sum", _I32, "int32")
+    check_shape(w_code_sum, "w_code_sum", (N, G))
+    named = [("x_scale", x_scale), ("x_zero_point", x_zero_point), ("w_codes", w_codes),
+             ("w_scale", w_scale), ("w_code_sum", w_code_sum)]  # fmt: skip
+    if bias is not None:
+        check_float_input(bias, "bias")
+        check_shape(bias, "bias", (N,))
+        named.append(("bias", bias))
+    for name, t in named:
+        check_device(t, name, dev, "x_codes'")
 
 
 @torch.library.custom_op("triton_qat::int8_linear", mutates_args=())
@@ -147,18 +204,40 @@ def int8_linear(
 ) -> Tensor:
     """x_fq @ w_fq.T + bias from codes: x [M, K] int8 with [M, 1] qparams, w [N, K] int8 with
     [N, G] scales and code sums. Returns [M, N] in out_dtype."""
-    return _int8_linear(
+    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias)
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"out_dtype: expected float32, float16 or bfloat16, got {out_dtype}")
+    return backend.int8_linear(
         x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype
     )
 
 
 @int8_linear.register_fake
 def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype):
+    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias)
     return x_codes.new_empty((x_codes.shape[0], w_codes.shape[0]), dtype=out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
 # qat_linear (fused forward) + qat_linear_backward
+
+
+def _check_qat_linear(
+    x, weight, bias, a_qmin, a_qmax, a_per_tensor, a_scale, a_zero_point, w_qmin, w_qmax,
+    w_group_size, w_per_tensor, w_scale,
+):  # fmt: skip
+    check_linear_inputs(x, weight, bias, x_name="x")
+    N, K = weight.shape
+    M = math.prod(x.shape[:-1])
+    check_range(a_qmin, a_qmax, "a_qmin/a_qmax")
+    check_range(w_qmin, w_qmax, "w_qmin/w_qmax")
+    check_group(w_group_size, K, "w_group_size")
+    if a_per_tensor and a_scale is not None:
+        raise ValueError("a_per_tensor: computes its own qparams; pass a_scale=None")
+    if w_per_tensor and w_scale is not None:
+        raise ValueError("w_per_tensor: computes its own qparams; pass w_scale=None")
+    check_qparams(a_scale, a_zero_point, M, 1, x.device, "a_")
+    check_qparams(w_scale, None, N, max(K, 1) // w_group_size, x.device, "w_")
 
 
 @torch.library.custom_op("triton_qat::qat_linear", mutates_args=())
@@ -180,14 +259,15 @@ def qat_linear(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Fused fake-quantized linear forward.
 
-    x [..., K] and weight [N, K] (same float dtype), bias [N] or None. Activations are quantized
-    per token (or per tensor, or with the given ``a_scale``/``a_zero_point``), the weight per
-    channel / per group of ``w_group_size`` / per tensor (or with the given ``w_scale``), all
-    symmetric for the weight. Returns ``(out [..., N], x_codes [M, K] int8, x_scale [M, 1],
-    x_zero_point [M, 1], x_mask [M, ceil(K/8)] bits, w_codes [N, K] int8, w_scale [N, G],
-    w_mask [N, K] uint8)``; everything after ``out`` is the state the backward needs (x itself
-    is not kept).
+    x [..., K] and weight [N, K] (float), bias [N] or None. Activations are quantized per token
+    (or per tensor, or with the given ``a_scale``/``a_zero_point``), the weight per channel / per
+    group of ``w_group_size`` / per tensor (or with the given ``w_scale``), all symmetric for the
+    weight. Returns ``(out [..., N], x_codes [M, K] int8, x_scale [M, 1], x_zero_point [M, 1],
+    x_mask [M, ceil(K/8)] bits, w_codes [N, K] int8, w_scale [N, G], w_mask [N, K] uint8)``;
+    everything after ``out`` is the state the backward needs (x itself is not kept).
     """
+    _check_qat_linear(x, weight, bias, a_qmin, a_qmax, a_per_tensor, a_scale, a_zero_point,
+                      w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)  # fmt: skip
     K = x.shape[-1]
     N = weight.shape[0]
     x2d = x.reshape(-1, K)
@@ -197,8 +277,7 @@ def qat_linear(
     qw = _quantize(
         weight, w_qmin, w_qmax, w_group_size, True, w_per_tensor, w_scale, None, pack_mask=False
     )
-    asym = not a_symmetric or a_zero_point is not None
-    out = _int8_linear(
+    out = backend.int8_linear(
         qa.codes,
         qa.scale,
         qa.zero_point,
@@ -207,7 +286,7 @@ def qat_linear(
         qw.code_sum,
         bias,
         x.dtype,
-        asymmetric=asym,
+        asymmetric=not a_symmetric or a_zero_point is not None,
     )
     return (
         out.reshape(*x.shape[:-1], N),
@@ -223,25 +302,15 @@ def qat_linear(
 
 @qat_linear.register_fake
 def _(
-    x,
-    weight,
-    bias,
-    a_qmin,
-    a_qmax,
-    a_symmetric,
-    a_per_tensor,
-    a_scale,
-    a_zero_point,
-    w_qmin,
-    w_qmax,
-    w_group_size,
-    w_per_tensor,
-    w_scale,
-):
+    x, weight, bias, a_qmin, a_qmax, a_symmetric, a_per_tensor, a_scale, a_zero_point, w_qmin,
+    w_qmax, w_group_size, w_per_tensor, w_scale,
+):  # fmt: skip
+    _check_qat_linear(x, weight, bias, a_qmin, a_qmax, a_per_tensor, a_scale, a_zero_point,
+                      w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)  # fmt: skip
     K = x.shape[-1]
     N = weight.shape[0]
     M = math.prod(x.shape[:-1])
-    G = K // w_group_size
+    G = 1 if w_per_tensor else max(K, 1) // w_group_size
     return (
         x.new_empty((*x.shape[:-1], N)),
         x.new_empty((M, K), dtype=torch.int8),
@@ -252,6 +321,39 @@ def _(
         x.new_empty((N, G), dtype=torch.float32),
         x.new_empty((N, K), dtype=torch.uint8),
     )
+
+
+def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask):
+    check_float_input(grad_out, "grad_out")
+    check_tensor(x_codes, "x_codes", _I8, "int8")
+    check_dims(x_codes, "x_codes", 2, "[M, K]")
+    check_tensor(w_codes, "w_codes", _I8, "int8")
+    check_dims(w_codes, "w_codes", 2, "[N, K]")
+    (M, K), N = x_codes.shape, w_codes.shape[0]
+    check_shape(w_codes, "w_codes", (N, K))
+    if grad_out.dim() < 1 or grad_out.shape[-1] != N or grad_out.numel() != M * N:
+        raise ValueError(
+            f"grad_out: expected [..., {N}] with {M} rows, got {tuple(grad_out.shape)}"
+        )
+    check_tensor(x_scale, "x_scale", _F32, "float32")
+    check_shape(x_scale, "x_scale", (M,), (M, 1))
+    check_tensor(x_zero_point, "x_zero_point", _I32, "int32")
+    check_shape(x_zero_point, "x_zero_point", (M,), (M, 1))
+    check_tensor(x_mask, "x_mask", _U8, "uint8")
+    check_shape(x_mask, "x_mask", (M, (K + 7) // 8))
+    check_tensor(w_scale, "w_scale", _F32, "float32")
+    check_dims(w_scale, "w_scale", 2, "[N, G]")
+    G = w_scale.shape[1]
+    if w_scale.shape[0] != N or G < 1 or K % G:
+        raise ValueError(
+            f"w_scale: expected [{N}, G] with G dividing K={K}, got {tuple(w_scale.shape)}"
+        )
+    check_tensor(w_mask, "w_mask", _U8, "uint8")
+    check_shape(w_mask, "w_mask", (N, K))
+    for name, t in (("x_codes", x_codes), ("x_scale", x_scale), ("x_zero_point", x_zero_point),
+                    ("x_mask", x_mask), ("w_codes", w_codes), ("w_scale", w_scale),
+                    ("w_mask", w_mask)):  # fmt: skip
+        check_device(t, name, grad_out.device, "grad_out's")
 
 
 @torch.library.custom_op("triton_qat::qat_linear_backward", mutates_args=())
@@ -270,12 +372,13 @@ def qat_linear_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """STE gradients from the state :func:`qat_linear` returned: (grad_x [M, K], grad_w [N, K],
     grad_bias [N]) in grad_out's dtype; a gradient that is not needed comes back empty ([0])."""
+    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask)
     N = w_codes.shape[0]
     dy = grad_out.reshape(-1, N)
-    grad_x = dgrad(dy, w_codes, w_scale, x_mask) if need_x else dy.new_empty(_EMPTY)
+    grad_x = backend.dgrad(dy, w_codes, w_scale, x_mask) if need_x else dy.new_empty(_EMPTY)
     grad_w, grad_b = dy.new_empty(_EMPTY), dy.new_empty(_EMPTY)  # distinct: outputs may not alias
     if need_w:
-        grad_w, db = wgrad(dy, x_codes, x_scale, x_zero_point, w_mask, need_bias)
+        grad_w, db = backend.wgrad(dy, x_codes, x_scale, x_zero_point, w_mask, need_bias)
         grad_b = db if db is not None else grad_b
     elif need_bias:
         grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
@@ -284,18 +387,10 @@ def qat_linear_backward(
 
 @qat_linear_backward.register_fake
 def _(
-    grad_out,
-    x_codes,
-    x_scale,
-    x_zero_point,
-    x_mask,
-    w_codes,
-    w_scale,
-    w_mask,
-    need_x,
-    need_w,
+    grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask, need_x, need_w,
     need_bias,
-):
+):  # fmt: skip
+    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask)
     new = grad_out.new_empty
     return (
         new(tuple(x_codes.shape)) if need_x else new(_EMPTY),
@@ -311,23 +406,31 @@ def _qat_linear_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+_DOUBLE_BACKWARD_MSG = (
+    "triton_qat: the fused QAT linear's STE backward is not differentiable again "
+    "(create_graph=True / double backward is not supported). For a gradient penalty, run that "
+    "layer with fake_quant disabled, or use triton_qat.reference.qat_linear_ref."
+)
+
+
 def _qat_linear_backward(ctx, grad_out, *_unused):
+    if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
+        raise RuntimeError(_DOUBLE_BACKWARD_MSG)
     x_codes, x_scale, x_zp, x_mask, w_codes, w_scale, w_mask = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    with torch.no_grad():  # the STE gradients are not differentiated again (no double backward)
-        grad_x, grad_w, grad_b = qat_linear_backward(
-            grad_out,
-            x_codes,
-            x_scale,
-            x_zp,
-            x_mask,
-            w_codes,
-            w_scale,
-            w_mask,
-            need_x,
-            need_w,
-            need_b and ctx.has_bias,
-        )
+    grad_x, grad_w, grad_b = qat_linear_backward(
+        grad_out,
+        x_codes,
+        x_scale,
+        x_zp,
+        x_mask,
+        w_codes,
+        w_scale,
+        w_mask,
+        need_x,
+        need_w,
+        need_b and ctx.has_bias,
+    )
     grad_x = grad_x.reshape(ctx.x_shape) if need_x else None
     return (
         grad_x,

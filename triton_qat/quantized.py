@@ -15,9 +15,12 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from triton_qat import ao, ops
+from triton_qat import ao
+from triton_qat.checks import check_input
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
-from triton_qat.functional import check_input
+from triton_qat.spec import ao_spec, spec_for
+
+_ops = torch.ops.triton_qat
 
 
 def pack_int4(codes: Tensor) -> Tensor:
@@ -85,7 +88,7 @@ class QuantizedLinear(nn.Module):
         self.ao_activation = activation_range is not None
         self.activation_range = activation_range or (activation.qmin, activation.qmax)
         self.packed = weight.bits <= 4
-        n_groups = 1 if weight.granularity != "per_group" else in_features // weight.group_size
+        n_groups = in_features // spec_for(weight).group_for(in_features)
         code_cols = (in_features + 1) // 2 if self.packed else in_features
         code_dtype = torch.uint8 if self.packed else torch.int8
         self.register_buffer(
@@ -115,24 +118,17 @@ class QuantizedLinear(nn.Module):
             act = QuantConfig(granularity="per_tensor")
             a_range = (a_fq.quant_min, a_fq.quant_max)
             scale = w_scale.to(torch.float32).reshape(-1, 1).expand(w.shape[0], 1)
-            codes, scale, _, _, code_sum = ops.quantize(
-                w, qmin, qmax, K, True, False, False, scale, None
-            )
+            codes, scale, _, _, code_sum = _ops.quantize(
+                w, **ao_spec(qmin, qmax, symmetric=True).quantize_args(K), pack_mask=False, scale=scale,
+                zero_point=None,
+            )  # fmt: skip
         else:
             wcfg, act, a_range = lin.weight_config, lin.activation_config, None
-            group = wcfg.group_size_for(K)
-            codes, scale, _, _, code_sum = ops.quantize(
-                w,
-                wcfg.qmin,
-                wcfg.qmax,
-                group,
-                True,
-                wcfg.granularity == "per_tensor",
-                False,
-                None,
-                None,
+            w_spec = spec_for(wcfg)
+            codes, scale, _, _, code_sum = _ops.quantize(
+                w, **w_spec.quantize_args(K), pack_mask=False, scale=None, zero_point=None
             )
-            if wcfg.granularity == "per_tensor":
+            if w_spec.per_tensor:
                 wcfg = QuantConfig(bits=wcfg.bits, granularity="per_channel", symmetric=True)
         new = cls(
             K,
@@ -182,17 +178,19 @@ class QuantizedLinear(nn.Module):
         if self.packed:
             codes = unpack_int4(codes, self.in_features)
         K, N = self.in_features, self.out_features
-        act = self.activation_config
         x2d = input.reshape(-1, K)
         qmin, qmax = self.activation_range
         a_scale = a_zp = None
         if self.ao_activation:
             a_scale, a_zp = (t.reshape(1, 1) for t in ao.dynamic_qparams(x2d, qmin, qmax))
-        x_codes, x_scale, x_zp, _, _ = ops.quantize(
-            x2d, qmin, qmax, K, act.symmetric, act.granularity == "per_tensor", True, a_scale, a_zp
+            a_spec = ao_spec(qmin, qmax)
+        else:
+            a_spec = spec_for(self.activation_config)
+        x_codes, x_scale, x_zp, _, _ = _ops.quantize(
+            x2d, **a_spec.quantize_args(K), pack_mask=True, scale=a_scale, zero_point=a_zp
         )
         bias = self.bias  # added in fp32 by the GEMM epilogue, as in training
-        out = ops.int8_linear(
+        out = _ops.int8_linear(
             x_codes,
             x_scale,
             x_zp,

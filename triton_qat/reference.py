@@ -1,5 +1,8 @@
-"""Plain-torch reference of the whole QAT linear (NUMERICS.md family 1), the ops torchao's QAT
-composes. Tests compare the kernels against it; perf/ and the demo use it as the baseline."""
+"""Plain-torch reference of the whole QAT linear (docs/numerics.md family 1): the contract stated
+literally as torch ops in the input dtype, the ops torchao's QAT composes. It shares no code with
+the kernels or their plain-torch twins (``kernels/*_torch.py``), so the tests that compare the two
+compare independent implementations. perf/ and the demo use it as the baseline.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +11,58 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
-from triton_qat.kernels.quantize import eps_for, fake_quant_ref, group_qparams_ref, qparams_ref
+from triton_qat.spec import rows_2d, spec_for
 
 
-def qparams_for(x2d: Tensor, config: QuantConfig, group_size: int) -> tuple[Tensor, Tensor]:
-    """Family-1 (scale fp32, zero point int32) of x2d [R, C] per (row, group), shape [R, G]
-    (per_tensor: [1, 1])."""
-    if config.granularity == "per_tensor":
-        s, zp = qparams_ref(
-            x2d.amin(), x2d.amax(), config.qmin, config.qmax, config.symmetric, eps_for(x2d.dtype)
-        )
+def qparams_ref(
+    mn: Tensor, mx: Tensor, qmin: int, qmax: int, symmetric: bool, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Family-1 (fp32 scale, int32 zero point) from a group's min and max, in their dtype; a NaN
+    zero point is cast by torch on the tensor's device."""
+    zero = torch.zeros((), dtype=mn.dtype, device=mn.device)
+    mn, mx = torch.minimum(mn, zero), torch.maximum(mx, zero)
+    if symmetric:
+        s = torch.clamp(torch.maximum(-mn, mx) / ((qmax - qmin) / 2), min=eps)
+        zp = torch.zeros(s.shape, dtype=torch.int32, device=s.device)
+    else:
+        s = torch.clamp((mx - mn) / float(qmax - qmin), min=eps)
+        zp = torch.clamp(qmin - torch.round(mn / s), qmin, qmax).to(torch.int32)
+    return s.to(torch.float32), zp
+
+
+def fake_quant_ref(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Codes (fp32 holding integers), mask and fake-quantized values of x with given qparams
+    (broadcastable, scale fp32, zero_point int32): the same for both families."""
+    qu = torch.round(x.to(torch.float32) * (1.0 / scale)) + zero_point
+    q = torch.clamp(qu, qmin, qmax)
+    mask = (qu >= qmin) & (qu <= qmax)
+    y = ((q.to(x.dtype) - zero_point.to(x.dtype)) * scale).to(x.dtype)
+    return q, mask, y
+
+
+def qparams_for(x2d: Tensor, config: QuantConfig) -> tuple[Tensor, Tensor]:
+    """Family-1 (scale, zero point) of x2d [R, C] per (row, group), [R, G] (per_tensor: [1, 1])."""
+    spec = spec_for(config)
+    eps = torch.finfo(x2d.dtype).smallest_normal
+    qmin, qmax, sym = spec.qmin, spec.qmax, spec.symmetric
+    if spec.per_tensor:
+        s, zp = qparams_ref(x2d.amin(), x2d.amax(), qmin, qmax, sym, eps)
         return s.reshape(1, 1), zp.reshape(1, 1)
-    return group_qparams_ref(x2d, config.qmin, config.qmax, group_size, config.symmetric)
+    R, C = x2d.shape
+    group = spec.group_for(C)
+    xg = x2d.reshape(R, C // group, group)
+    return qparams_ref(xg.amin(-1), xg.amax(-1), qmin, qmax, sym, eps)  # amin/amax keep NaN
 
 
 def fake_quantize_with_mask(x: Tensor, config: QuantConfig) -> tuple[Tensor, Tensor]:
     """(y, keep-mask) of x under ``config``; rows as in :func:`triton_qat.fake_quantize`."""
-    if config.granularity == "per_channel":
-        x2d = x.reshape(x.shape[0], -1)
-        group = x2d.shape[1]
-    else:
-        x2d = x.reshape(-1, x.shape[-1])
-        group = config.group_size if config.granularity == "per_group" else x2d.shape[1]
+    x2d = rows_2d(x, spec_for(config))
     R, C = x2d.shape
-    s, zp = qparams_for(x2d, config, group)
-    G = C // group
-    xg = x2d.reshape(R, G, group)
+    s, zp = qparams_for(x2d, config)
+    G = s.shape[1]
+    xg = x2d.reshape(R, G, C // G)
     _, mask, y = fake_quant_ref(
         xg, s.expand(R, G)[..., None], zp.expand(R, G)[..., None], config.qmin, config.qmax
     )

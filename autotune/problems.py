@@ -1,0 +1,115 @@
+"""One registry of kernel problems: the operands of each kernel of a QAT linear at a shape.
+
+The tuner (:mod:`.tune`) times ``Problem.launch(config)`` over candidate configs; ``perf/bench.py``
+times the same launch at the looked-up config against ``Problem.ceiling`` (the torch op that does
+the same work with no quantization: a copy, ``torch._int_mm``, ``torch.mm``). Building operands
+in one place keeps the two measuring the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from triton_qat.kernels.gemm_backward import dgrad, wgrad
+from triton_qat.kernels.gemm_int8 import int8_linear
+from triton_qat.kernels.quantize import quantize_rows
+
+from . import gemm_config, gemm_key, quantize_config, quantize_key
+
+KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad")
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """A QAT linear: M tokens, K -> N features, ``w_bits`` weights in groups of ``group_size``
+    along K (0: per channel), int8 per-token asymmetric activations, in ``dtype``."""
+
+    M: int
+    K: int
+    N: int
+    dtype: torch.dtype = torch.bfloat16
+    w_bits: int = 8
+    group_size: int = 0
+
+    @property
+    def group(self) -> int:
+        return self.group_size or self.K
+
+    @property
+    def label(self) -> str:
+        w = f"i{self.w_bits}" + (f"g{self.group_size}" if self.group_size else "")
+        return f"{self.M}x{self.K}x{self.N} {w}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One kernel launch of a linear: what the tuner searches and the benchmark times."""
+
+    name: str  # one of KERNELS
+    kernel: str  # the config space: "quantize", "fwd", "dgrad" or "wgrad"
+    key: str  # its cache key
+    search_shape: tuple[int, ...]  # what autotune.space.candidates prunes by
+    group_size: int  # the weight's group size along K (fwd fitting); K when per channel
+    launch: Callable[[dict], object]  # runs the kernel with a config
+    config: dict  # the config a real launch uses now (cache, else default)
+    ceiling: Callable[[], object]  # the same work by an unquantized torch op
+    ceiling_name: str
+    work: float  # FLOPs (GEMMs) or bytes moved (quantize), for TFLOP/s or GB/s
+    ceiling_work: float  # the same for the ceiling op
+
+
+def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
+    """The five kernel problems of ``s`` with seeded operands on ``device``."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(s.M, s.K, device=device, generator=gen).to(s.dtype)
+    w = (torch.randn(s.N, s.K, device=device, generator=gen) * 0.02).to(s.dtype)
+    dy = torch.randn(s.M, s.N, device=device, generator=gen).to(s.dtype)
+    wq = -(1 << (s.w_bits - 1)), (1 << (s.w_bits - 1)) - 1
+    cfg_x = quantize_config(s.M, s.K, device, s.dtype, pack_mask=True)
+    cfg_w = quantize_config(s.N, s.group, device, s.dtype, pack_mask=False)
+    qa = quantize_rows(x, -128, 127, s.K, False, pack_mask=True, config=cfg_x)
+    qw = quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=cfg_w)
+    w_t = qw.codes.t()  # [K, N] column-major: the layout torch._int_mm wants
+    gemm = 2.0 * s.M * s.N * s.K
+    esize = x.element_size()
+    mnk = (s.M, s.N, s.K)
+
+    def fwd(c):
+        return int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum,
+                           None, s.dtype, asymmetric=True, config=c)  # fmt: skip
+
+    return {
+        "quantize_x": Problem(
+            "quantize_x", "quantize", quantize_key(s.M, s.K, s.dtype, True), (s.M, s.K), s.group,
+            lambda c: quantize_rows(x, -128, 127, s.K, False, pack_mask=True, config=c),
+            cfg_x, lambda: x.clone(), "copy",
+            s.M * s.K * (esize + 1 + 1 / 8) + s.M * 12, 2 * s.M * s.K * esize,
+        ),
+        "quantize_w": Problem(
+            "quantize_w", "quantize", quantize_key(s.N, s.group, s.dtype, False),
+            (s.N, s.group), s.group,
+            lambda c: quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=c),
+            cfg_w, lambda: w.clone(), "copy",
+            s.N * s.K * (esize + 2) + s.N * (s.K // s.group) * 12, 2 * s.N * s.K * esize,
+        ),
+        "fwd": Problem(
+            "fwd", "fwd", gemm_key("fwd", *mnk, s.dtype, s.group), mnk, s.group, fwd,
+            gemm_config("fwd", *mnk, device, s.dtype, s.group),
+            lambda: torch._int_mm(qa.codes, w_t), "torch._int_mm", gemm, gemm,
+        ),
+        "dgrad": Problem(
+            "dgrad", "dgrad", gemm_key("dgrad", *mnk, s.dtype, s.group), mnk, s.group,
+            lambda c: dgrad(dy, qw.codes, qw.scale, qa.mask, config=c),
+            gemm_config("dgrad", *mnk, device, s.dtype),
+            lambda: torch.mm(dy, w), "torch.mm", gemm, gemm,
+        ),
+        "wgrad": Problem(
+            "wgrad", "wgrad", gemm_key("wgrad", *mnk, s.dtype, s.group), mnk, s.group,
+            lambda c: wgrad(dy, qa.codes, qa.scale, qa.zero_point, qw.mask, True, config=c),
+            gemm_config("wgrad", *mnk, device, s.dtype),
+            lambda: torch.mm(dy.t(), x), "torch.mm", gemm, gemm,
+        ),
+    }  # fmt: skip

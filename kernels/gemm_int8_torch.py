@@ -1,0 +1,41 @@
+"""Plain-torch twin of :mod:`.gemm_int8` (the CPU backend without the interpreter; the tests hold
+it to the same fp64 bounds as the kernel)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def dequantize_torch(
+    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None
+) -> torch.Tensor:
+    """fp32 ``(codes - zero_point) * scale`` of codes [R, C] with scale [R, G] (or [R]) per
+    (row, group) and zero_point [R] / [R, 1] or None."""
+    R, C = codes.shape
+    scale = scale.reshape(R, -1)
+    n_groups = scale.shape[1]
+    q = codes.to(torch.float32).reshape(R, n_groups, C // n_groups)
+    if zero_point is not None:
+        q = q - zero_point.reshape(R, -1, 1).to(torch.float32)
+    return (q * scale[..., None]).reshape(R, C)
+
+
+def int8_linear_torch(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero_point: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Twin of :func:`.gemm_int8.int8_linear`: fp32 math on the dequantized codes; a token whose
+    scale is non-finite gives a NaN row, as in the kernel."""
+    x = dequantize_torch(x_codes, x_scale, x_zero_point)
+    w = dequantize_torch(w_codes, w_scale, None)
+    out = x @ w.T
+    finite_row = torch.isfinite(x_scale.reshape(-1, 1).to(torch.float32))
+    out = torch.where(finite_row, out, float("nan"))
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.to(out_dtype)

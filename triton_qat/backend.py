@@ -1,0 +1,143 @@
+"""Which implementation runs, and the one place that calls the launchers.
+
+Three backends, by the tensor's device:
+
+* ``"triton"``: CUDA tensors run the Triton kernels.
+* ``"triton-interpreter"``: CPU tensors run the same kernels in Triton's interpreter when
+  ``TRITON_INTERPRET=1`` is set before import (slow; what the test suite exercises).
+* ``"torch"``: any other tensor (CPU without the interpreter) runs the plain-torch twins in
+  ``kernels/*_torch.py``, which the tests hold bit-identical to the kernels.
+
+The functions below take the ops' arguments, ask :mod:`triton_qat.autotune` for the launch config
+of the actual shape, and call the launcher (kernels never look configs up themselves).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triton_qat import autotune
+from triton_qat.kernels._common import INTERPRET
+from triton_qat.kernels.gemm_backward import dgrad as _dgrad
+from triton_qat.kernels.gemm_backward import wgrad as _wgrad
+from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
+from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
+from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
+from triton_qat.kernels.quantize import Quantized
+from triton_qat.kernels.quantize import quantize_rows as _quantize_rows
+from triton_qat.kernels.quantize_torch import per_tensor_qparams, quantize_rows_torch
+
+BACKENDS = ("triton", "triton-interpreter", "torch")
+
+
+def backend(device: torch.device | str | None = None) -> str:
+    """The implementation that runs on ``device`` (default: CUDA if available, else CPU):
+    ``"triton"``, ``"triton-interpreter"`` or ``"torch"`` (see the module docstring)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "triton-interpreter" if INTERPRET else "triton"
+    return "triton-interpreter" if INTERPRET and kind == "cpu" else "torch"
+
+
+def use_kernels(t: torch.Tensor) -> bool:
+    return backend(t.device) != "torch"
+
+
+def quantize_rows(
+    x: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    group_size: int,
+    symmetric: bool,
+    *,
+    pack_mask: bool,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+    with_y: bool = False,
+) -> Quantized:
+    """Quantize x [R, C] per (row, group) on this device's backend (see
+    :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts)."""
+    kw = dict(pack_mask=pack_mask, scale=scale, zero_point=zero_point, with_y=with_y)
+    if not use_kernels(x):
+        return quantize_rows_torch(x, qmin, qmax, group_size, symmetric, **kw)
+    config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask)
+    return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config, **kw)
+
+
+def quantize_per_tensor(
+    x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, *, pack_mask: bool, with_y: bool = False
+) -> Quantized:
+    """Per-tensor quantization: family-1 qparams of the whole tensor (in x's dtype), then rows."""
+    scale, zero_point = per_tensor_qparams(x, qmin, qmax, symmetric)
+    return quantize_rows(
+        x,
+        qmin,
+        qmax,
+        max(x.shape[1], 1),
+        symmetric,
+        pack_mask=pack_mask,
+        scale=scale,
+        zero_point=zero_point,
+        with_y=with_y,
+    )
+
+
+def int8_linear(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero_point: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    asymmetric: bool = True,
+) -> torch.Tensor:
+    """``x_fq @ w_fq.T + bias`` from int8 codes (see :func:`triton_qat.kernels.gemm_int8.int8_linear`)."""
+    if not use_kernels(x_codes):
+        return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype)
+    M, K = x_codes.shape
+    N = w_codes.shape[0]
+    group = K // w_scale.shape[1] if K else 1
+    config = autotune.gemm_config("fwd", M, N, K, x_codes.device, out_dtype, group)
+    return _int8_linear(
+        x_codes,
+        x_scale,
+        x_zero_point,
+        w_codes,
+        w_scale,
+        w_code_sum,
+        bias,
+        out_dtype,
+        asymmetric=asymmetric,
+        config=config,
+    )
+
+
+def dgrad(
+    grad_y: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, x_mask: torch.Tensor
+) -> torch.Tensor:
+    """grad_x = (grad_y @ w_fq) * mask_x (see :func:`triton_qat.kernels.gemm_backward.dgrad`)."""
+    if not use_kernels(grad_y):
+        return dgrad_torch(grad_y, w_codes, w_scale, x_mask)
+    (M, N), K = grad_y.shape, w_codes.shape[1]
+    config = autotune.gemm_config("dgrad", M, N, K, grad_y.device, grad_y.dtype)
+    return _dgrad(grad_y, w_codes, w_scale, x_mask, config=config)
+
+
+def wgrad(
+    grad_y: torch.Tensor,
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero_point: torch.Tensor,
+    w_mask: torch.Tensor,
+    with_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(grad_w, grad_bias) (see :func:`triton_qat.kernels.gemm_backward.wgrad`)."""
+    if not use_kernels(grad_y):
+        return wgrad_torch(grad_y, x_codes, x_scale, x_zero_point, w_mask, with_bias)
+    (M, N), K = grad_y.shape, x_codes.shape[1]
+    config = autotune.gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
+    return _wgrad(grad_y, x_codes, x_scale, x_zero_point, w_mask, with_bias, config=config)

@@ -1,0 +1,118 @@
+"""Argument checks of the public API (ops, functional API, modules): each raises a TypeError or
+ValueError naming the argument, before anything is launched. Kernels and launchers trust their
+callers; these are the callers' checks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The int8 GEMM accumulates sum_k (q_x - zp) * q_w in int32: |.| <= 255 * 128 * K must fit.
+MAX_IN_FEATURES = 65536
+
+
+def check_tensor(t: object, name: str, dtypes: tuple, what: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected {what}, got {t.dtype}")
+
+
+def check_float_input(x: object, name: str) -> None:
+    """TypeError naming the argument unless x is an fp32/fp16/bf16 tensor."""
+    check_tensor(x, name, FLOAT_DTYPES, "float32, float16 or bfloat16")
+
+
+def check_dims(t: Tensor, name: str, dims: int, layout: str) -> None:
+    if t.dim() != dims:
+        raise ValueError(f"{name}: expected {dims} dims {layout}, got shape {tuple(t.shape)}")
+
+
+def check_shape(t: Tensor, name: str, *shapes: tuple) -> None:
+    """ValueError unless ``t`` has one of ``shapes``."""
+    if tuple(t.shape) not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+
+
+def check_device(t: Tensor, name: str, device: torch.device, whose: str) -> None:
+    if t.device != device:
+        raise ValueError(f"{name}: expected device {device} ({whose}), got {t.device}")
+
+
+def check_range(qmin: int, qmax: int, name: str = "quant range") -> None:
+    """The code range must fit the int8 storage (ranges up to 255 are stored shifted)."""
+    if not (qmin < qmax and qmax - qmin <= 255 and -128 <= qmin and qmax <= 255):
+        raise ValueError(f"{name}: expected qmin < qmax within [-128, 255], got [{qmin}, {qmax}]")
+
+
+def check_group(group_size: int, row_len: int, name: str = "group_size") -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"{name}: expected a positive int, got {group_size!r}")
+    if row_len % group_size:
+        raise ValueError(f"{name}: expected a divisor of {row_len}, got {group_size}")
+
+
+def check_in_features(k: int) -> None:
+    if k > MAX_IN_FEATURES:
+        raise ValueError(
+            f"in_features: at most {MAX_IN_FEATURES} (the int8 GEMM's int32 accumulator), got {k}"
+        )
+
+
+def check_input(x: object, in_features: int, device: torch.device, name: str = "input") -> None:
+    """A float tensor [..., in_features] on ``device``."""
+    check_float_input(x, name)
+    if x.dim() < 1:
+        raise ValueError(f"{name}: expected at least 1 dimension, got a 0-dim tensor")
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"{name}: expected last dim == in_features = {in_features}, got shape {tuple(x.shape)}"
+        )
+    check_device(x, name, device, "the weight's")
+
+
+def check_linear_inputs(
+    x: object, weight: object, bias: object, x_name: str = "input", w_name: str = "weight"
+) -> None:
+    """Everything the fused linear needs of input [..., K], weight [N, K] and bias [N] / None."""
+    check_float_input(weight, w_name)
+    check_dims(weight, w_name, 2, "[out_features, in_features]")
+    check_input(x, weight.shape[1], weight.device, x_name)
+    check_in_features(weight.shape[1])
+    if bias is not None:
+        check_float_input(bias, "bias")
+        check_shape(bias, "bias", (weight.shape[0],))
+        check_device(bias, "bias", weight.device, "the weight's")
+
+
+def check_qparams(
+    scale: Tensor | None,
+    zero_point: Tensor | None,
+    rows: int,
+    groups: int,
+    device: torch.device,
+    prefix: str = "",
+) -> None:
+    """Given qparams: fp32 ``scale`` and int32 ``zero_point`` broadcastable to [rows, groups]."""
+    if scale is None:
+        if zero_point is not None:
+            raise ValueError(f"{prefix}zero_point: given without {prefix}scale")
+        return
+    for t, name, dtype in (
+        (scale, "scale", torch.float32),
+        (zero_point, "zero_point", torch.int32),
+    ):
+        if t is None:
+            continue
+        check_tensor(t, prefix + name, (dtype,), str(dtype).replace("torch.", ""))
+        check_device(t, prefix + name, device, "the input's")
+        shape = tuple(t.shape)
+        ok = len(shape) <= 2 and all(
+            s in (1, full) for s, full in zip(shape[::-1], (groups, rows), strict=False)
+        )
+        if not ok:
+            raise ValueError(
+                f"{prefix}{name}: expected a shape broadcastable to [{rows}, {groups}], got {shape}"
+            )
