@@ -1,6 +1,8 @@
 """tq.Linear (torchao numerics): forward and all gradients against an fp64 product of the same
 fake-quantized values, shapes, toggles, conversion, saved-activation memory, bad input."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -281,3 +283,31 @@ def test_double_backward_raises_instead_of_a_detached_gradient(device):
     (g2,) = torch.autograd.grad(g1.sum(), x)
     mask = fake_quantize_with_mask(x.detach(), tq.QuantConfig())[1]
     assert torch.equal(g2, 2.0 * mask.to(g2.dtype))
+
+
+def test_torch_func_vmap_works_and_grad_gives_a_clear_error(device):
+    lin = tq.Linear(16, 8, device=device)
+    xb = torch.randn(2, 3, 16, device=device)
+    per_tensor = tq.QuantConfig(granularity="per_tensor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "batching rule not implemented" fallback warning
+        y = torch.func.vmap(lin)(xb)
+        fq = torch.func.vmap(lambda v: tq.fake_quantize(v, per_tensor))(xb)
+    assert torch.equal(y, torch.stack([lin(v) for v in xb]))
+    assert torch.equal(fq, torch.stack([tq.fake_quantize(v, per_tensor) for v in xb]))
+    with pytest.raises(RuntimeError, match="torch.func.grad"):
+        torch.func.grad(lambda v: lin(v).sum())(xb[0])
+    with pytest.raises(RuntimeError, match="torch.func.grad"):
+        torch.func.grad(lambda v: tq.fake_quantize(v, per_tensor).sum())(xb[0])
+
+
+def test_unsupported_dtype_fails_at_construction_and_from_float_takes_qconfig():
+    with pytest.raises(TypeError, match="dtype"):
+        tq.Linear(16, 8, dtype=torch.float64)
+    import torch.ao.quantization as q
+
+    lin = tq.Linear.from_float(nn.Linear(16, 8), qconfig=q.default_dynamic_qat_qconfig)
+    assert lin.uses_ao_numerics and lin(torch.randn(3, 16)).shape == (3, 8)
+    with pytest.raises(ValueError, match="qconfig"):
+        tq.Linear.from_float(nn.Linear(16, 8), qconfig=q.default_dynamic_qat_qconfig,
+                             weight=tq.QuantConfig(granularity="per_channel", symmetric=True))  # fmt: skip

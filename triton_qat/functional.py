@@ -10,6 +10,24 @@ from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
 
 _ops = torch.ops.triton_qat
+_FUNC_GRAD_MSG = (
+    "{what}: torch.func.grad / jvp / jacrev / jacfwd transforms are not supported (the ops' "
+    "autograd is registered with torch.library.register_autograd, which functorch cannot "
+    "transform); use torch.autograd.grad, or triton_qat.reference for a plain-torch version. "
+    "torch.func.vmap is supported."
+)
+
+
+def check_no_grad_transform(what: str) -> None:
+    """RuntimeError naming ``what`` inside a torch.func gradient transform (instead of a
+    torch-internal "setup_context" error)."""
+    try:
+        from torch._C._functorch import TransformType, peek_interpreter_stack
+    except ImportError:  # pragma: no cover - other torch builds: torch's own error remains
+        return
+    top = peek_interpreter_stack()
+    if top is not None and top.key() in (TransformType.Grad, TransformType.Jvp):
+        raise RuntimeError(_FUNC_GRAD_MSG.format(what=what))
 
 
 def fake_quantize(x: Tensor, config: QuantConfig) -> Tensor:
@@ -34,6 +52,7 @@ def fake_quantize(x: Tensor, config: QuantConfig) -> Tensor:
         check_group(spec.group_size, x2d.shape[1], "group_size")
     if x2d.numel() == 0:
         return x * 1  # nothing to quantize; keeps autograd connected
+    check_no_grad_transform("triton_qat.fake_quantize")
     y, _ = _ops.fake_quantize(x2d, **spec.quantize_args(x2d.shape[1]), scale=None, zero_point=None)
     return y.reshape(x.shape)
 
@@ -88,6 +107,7 @@ def linear(
 
     ``a_qparams`` (per-tensor scale, zero point) and ``w_scale`` ([N] or [1]) are given for
     torch.ao numerics, whose observers compute them."""
+    check_no_grad_transform("triton_qat.Linear / qat_linear")
     K, N = weight.shape[1], weight.shape[0]
     a_scale = a_zp = None
     if a_qparams is not None:

@@ -441,3 +441,27 @@ def _qat_linear_backward(ctx, grad_out, *_unused):
 
 
 qat_linear.register_autograd(_qat_linear_backward, setup_context=_qat_linear_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.func.vmap: one op call per batch element (exact for every config: a per-tensor scale is
+# per sample under vmap, as a Python loop over samples would compute it)
+
+
+def _vmap_loop(op, n_out: int):
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        per_sample = []
+        for b in range(size):
+            sample = [
+                a.select(d, b) if d is not None else a for a, d in zip(args, in_dims, strict=True)
+            ]
+            per_sample.append(op(*sample))
+        outs = tuple(torch.stack([s[i] for s in per_sample]) for i in range(n_out))
+        return outs, (0,) * n_out
+
+    return rule
+
+
+fake_quantize.register_vmap(_vmap_loop(fake_quantize, 2))
+qat_linear.register_vmap(_vmap_loop(qat_linear, 8))
