@@ -21,6 +21,8 @@ _FUNC_GRAD_MSG = (
 def check_no_grad_transform(what: str) -> None:
     """RuntimeError naming ``what`` inside a torch.func gradient transform (instead of a
     torch-internal "setup_context" error)."""
+    if torch.compiler.is_compiling():  # Dynamo handles functorch itself; nothing to peek at
+        return
     try:
         from torch._C._functorch import TransformType, peek_interpreter_stack
     except ImportError:  # pragma: no cover - other torch builds: torch's own error remains
