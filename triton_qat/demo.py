@@ -226,10 +226,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.rank, args.world, args.local_rank = setup_distributed(args.device)
-    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    backend = tq.backend(args.device)
+    if backend == "torch":
         print(
-            "note: TRITON_INTERPRET is not 1, so CPU runs use the plain-torch fallback, not the "
-            "Triton kernels (make demo sets it)"
+            "note: TRITON_INTERPRET is not 1, so this CPU run uses triton_qat's plain-torch "
+            "backend (bit-identical fake quantization), not the Triton kernels (make demo sets it)"
         )
     cfg = CONFIGS[args.config or ("small" if args.device == "cuda" else "tiny")]
     steps = args.steps if args.steps is not None else cfg.steps
@@ -249,7 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"triton_qat demo: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters, "
         f"config={args.config or ('small' if device.type == 'cuda' else 'tiny')} {cfg}, "
         f"{steps} steps, {device.type} {dtype} x{args.world} process(es), torch {torch.__version__}"
+        f", triton_qat backend: {backend}"
     )
+    if backend != "triton":
+        say("ms/step below times the CPU, not GPU kernels: it says nothing about GPU speed")
 
     runs = {
         "float": copy.deepcopy(base),
@@ -302,7 +306,7 @@ def plot(results: dict, out: Path, device: torch.device, cfg: ModelConfig) -> No
         ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{name} (eval {r['eval']:.4f})")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss (cross-entropy, nats)")
-    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, Triton interpreter"
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({tq.backend(device)})"
     ax.set_title(f"triton_qat demo: d={cfg.d_model}, layers={cfg.n_layers} on {where}")
     ax.set_ylim(top=min(ax.get_ylim()[1], math.log(100)))
     ax.legend()
