@@ -1,6 +1,6 @@
 """Launch configurations for triton_qat's kernels (installed as ``triton_qat.autotune``).
 
-The op layer (``triton_qat.backend``) asks here for each launch's config with the actual shape at
+The op layer (``triton_qat.dispatch``) asks here for each launch's config with the actual shape at
 run time and hands it to the launcher in ``triton_qat.kernels`` (the kernels never ask: they are
 leaves). This package imports ``kernels`` (to time them) and nothing else of triton_qat. The ops are opaque
 ``torch.library`` custom ops, so this also holds under ``torch.compile``: a compiled model picks
@@ -112,3 +112,13 @@ def gemm_config(
     key = gemm_key(kernel, M, N, K, dtype, group)
     cfg = _lookup(key, device, default_config(kernel, (M, N, K), INTERPRET))
     return fit_config(kernel, cfg, K, group)
+
+
+def dequantize_config(rows: int, cols: int, device: torch.device, dtype=None) -> dict:
+    """Tile of the backward's row dequantize (x_fq from codes): a bandwidth-bound elementwise
+    pass, 16-byte int8 loads per thread at BLOCK_C=2048 / 4 warps; not tuned (no cache entry)."""
+    del rows, device, dtype
+    if INTERPRET:
+        return {"BLOCK_R": 64, "BLOCK_C": max(16, min(64, 1 << max(0, (cols - 1).bit_length()))),
+                "num_warps": 1}  # fmt: skip
+    return {"BLOCK_R": 1, "BLOCK_C": 2048, "num_warps": 4}

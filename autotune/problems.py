@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from triton_qat.kernels.gemm_backward import dgrad, wgrad
+from triton_qat.kernels.gemm_backward import dequantize_rows, dgrad, wgrad
 from triton_qat.kernels.gemm_int8 import int8_linear
 from triton_qat.kernels.quantize import quantize_rows
 
-from . import gemm_config, gemm_key, quantize_config, quantize_key
+from . import dequantize_config, gemm_config, gemm_key, quantize_config, quantize_key
 
-KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad")
+KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad")  # the tuned ones
+UNTUNED = ("dequantize_x",)  # benchmarked against their ceiling, one fixed config
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
     cfg_x = quantize_config(s.M, s.K, device, s.dtype, pack_mask=True)
     cfg_w = quantize_config(s.N, s.group, device, s.dtype, pack_mask=False)
     qa = quantize_rows(x, -128, 127, s.K, False, pack_mask=True, config=cfg_x)
-    qw = quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=cfg_w)
+    qw = quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=cfg_w, with_y=True)
+    cfg_dq = dequantize_config(s.M, s.K, device, s.dtype)
+    x_fq = dequantize_rows(qa.codes, qa.scale, qa.zero_point, s.dtype, config=cfg_dq)
     w_t = qw.codes.t()  # [K, N] column-major: the layout torch._int_mm wants
     gemm = 2.0 * s.M * s.N * s.K
     esize = x.element_size()
@@ -82,6 +85,12 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
                            None, s.dtype, asymmetric=True, config=c)  # fmt: skip
 
     return {
+        "dequantize_x": Problem(
+            "dequantize_x", "dequantize", "", (s.M, s.K), s.group,
+            lambda c: dequantize_rows(qa.codes, qa.scale, qa.zero_point, s.dtype, config=c),
+            cfg_dq, lambda: x.clone(), "copy",
+            s.M * s.K * (1 + esize) + s.M * 8, 2 * s.M * s.K * esize,
+        ),
         "quantize_x": Problem(
             "quantize_x", "quantize", quantize_key(s.M, s.K, s.dtype, True), (s.M, s.K), s.group,
             lambda c: quantize_rows(x, -128, 127, s.K, False, pack_mask=True, config=c),
@@ -102,13 +111,13 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
         ),
         "dgrad": Problem(
             "dgrad", "dgrad", gemm_key("dgrad", *mnk, s.dtype, s.group), mnk, s.group,
-            lambda c: dgrad(dy, qw.codes, qw.scale, qa.mask, config=c),
+            lambda c: dgrad(dy, qw.y, qa.mask, config=c),
             gemm_config("dgrad", *mnk, device, s.dtype),
             lambda: torch.mm(dy, w), "torch.mm", gemm, gemm,
         ),
         "wgrad": Problem(
             "wgrad", "wgrad", gemm_key("wgrad", *mnk, s.dtype, s.group), mnk, s.group,
-            lambda c: wgrad(dy, qa.codes, qa.scale, qa.zero_point, qw.mask, True, config=c),
+            lambda c: wgrad(dy, x_fq, qw.mask, config=c),
             gemm_config("wgrad", *mnk, device, s.dtype),
             lambda: torch.mm(dy.t(), x), "torch.mm", gemm, gemm,
         ),

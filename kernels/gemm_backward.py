@@ -1,15 +1,15 @@
-"""STE backward GEMMs that dequantize the saved int8 codes on the fly (docs/numerics.md "Backward").
+"""STE backward GEMMs: a plain GEMM of dequantized operands with the clamp mask in the epilogue.
 
-    grad_x    = (grad_y @ w_fq) * mask_x            # dgrad: w_fq = dt(q_w * s_w)
-    grad_w    = (grad_y^T @ x_fq) * mask_w          # wgrad: x_fq = dt((q_x - zp_x) * s_x)
-    grad_bias = grad_y summed over tokens           # fused into the wgrad kernel
+    grad_x = (grad_y @ w_fq) * mask_x        # dgrad: A = grad_y [M, N], B = w_fq [N, K]
+    grad_w = (grad_y^T @ x_fq) * mask_w      # wgrad: A = grad_y^T [N, M], B = x_fq [M, K]
 
-grad_y stays unquantized (that is what STE means). Dequantizing to the input dtype before the dot
-reproduces w_fq / x_fq exactly, so the only difference from an fp64 reference is the dot's own
-float rounding (fp32 accumulation; fp32 inputs use IEEE-precision dots, not TF32).
-
-Layouts: grad_y [M, N] (strides given); q_w int8 [N, K], s_w fp32 [N, G]; mask_x uint8 bits
-[M, ceil(K/8)]; q_x int8 [M, K], s_x fp32 [M], zp_x int32 [M]; mask_w uint8 [N, K] (0/1).
+(docs/numerics.md "Backward"). The backward re-derives w_fq and mask_w from the weight parameter
+and dequantizes x_fq from the saved int8 codes, each once per backward into a transient buffer in
+the input dtype (:func:`dequantize_rows`; the weight through the quantize kernel), so the hot loop
+here is the loop of a plain Triton matmul: two tile loads and one ``tl.dot`` per step, nothing
+weight-sized kept between forward and backward. grad_y stays unquantized (that is what STE means);
+the only difference from an fp64 reference is the dot's own rounding (fp32 accumulation; fp32
+inputs use IEEE-precision dots, not TF32).
 """
 
 from __future__ import annotations
@@ -18,36 +18,38 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, dot_in_fp32, dtype_code, new_empty, round_to_dt
+from ._common import cast_to_dt, dot_in_fp32, dtype_code, new_empty
 from .gemm_int8 import _swizzle
 
 
 @triton.jit
 def _dot(a, b, acc, DT: tl.constexpr, DOT_FP32: tl.constexpr):
-    """acc += a @ b for operands holding values exact in the input dtype (fp32 tiles)."""
-    if DOT_FP32 or DT == 0:
+    """acc += a @ b on tiles loaded in the input dtype (exact fp32 products under the
+    interpreter, whose bf16 dot is wrong)."""
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif DT == 0:
         return tl.dot(a, b, acc, input_precision="ieee")
-    elif DT == 1:
-        return tl.dot(a.to(tl.float16), b.to(tl.float16), acc)
     else:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+        return tl.dot(a, b, acc)
 
 
 @triton.jit
-def _dgrad_kernel(
-    dy_ptr,
-    wq_ptr,
-    sw_ptr,
+def _masked_mm_kernel(
+    a_ptr,
+    b_ptr,
     mask_ptr,
-    dx_ptr,
+    c_ptr,
     M,
     N,
     K,
-    GROUP,
-    stride_dym,
-    stride_dyn,
-    stride_wn,
-    stride_dxm,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_cm,
+    stride_mask,
+    MASK_BITS: tl.constexpr,
     DT: tl.constexpr,
     DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -55,188 +57,161 @@ def _dgrad_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    # output tile [BLOCK_M, BLOCK_K] of grad_x; the reduction runs over N in BLOCK_N steps
-    pid_m, pid_k = _swizzle(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP_M)
-    o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    o_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    o_n = tl.arange(0, BLOCK_N).to(tl.int64)  # row offsets n * K can pass 2**31
-    m_m = o_m < M
-    m_k = o_k < K
-    n_groups = K // GROUP
-    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        m_n = (n0 + o_n) < N
-        p_dy = dy_ptr + o_m[:, None] * stride_dym + (n0 + o_n)[None, :] * stride_dyn
-        b_dy = tl.load(p_dy, mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32)
-        m_w = m_n[:, None] & m_k[None, :]
-        p_w = wq_ptr + (n0 + o_n)[:, None] * stride_wn + o_k[None, :]
-        b_q = tl.load(p_w, mask=m_w, other=0).to(tl.float32)  # [BN, BK]
-        p_s = sw_ptr + (n0 + o_n)[:, None] * n_groups + (o_k // GROUP)[None, :]
-        b_w = round_to_dt(b_q * tl.load(p_s, mask=m_w, other=0.0), DT)  # exactly w_fq
-        acc = _dot(b_dy, b_w, acc, DT, DOT_FP32)
-    n_bytes = (K + 7) // 8
-    p_m = mask_ptr + o_m[:, None] * n_bytes + (o_k // 8)[None, :]
-    m_out = m_m[:, None] & m_k[None, :]
-    b_bits = (tl.load(p_m, mask=m_out, other=0).to(tl.int32) >> (o_k % 8)[None, :]) & 1
-    acc = tl.where(b_bits != 0, acc, 0.0)
-    tl.store(dx_ptr + o_m[:, None] * stride_dxm + o_k[None, :], cast_to_dt(acc, DT), mask=m_out)
-
-
-@triton.jit
-def _wgrad_kernel(
-    dy_ptr,
-    xq_ptr,
-    sx_ptr,
-    zpx_ptr,
-    mask_ptr,
-    dw_ptr,
-    db_ptr,
-    M,
-    N,
-    K,
-    stride_dym,
-    stride_dyn,
-    stride_xm,
-    stride_dwn,
-    HAS_BIAS: tl.constexpr,
-    DT: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-):
-    # output tile [BLOCK_N, BLOCK_K] of grad_w; the reduction runs over tokens M in BLOCK_M steps
-    pid_n, pid_k = _swizzle(tl.program_id(0), N, K, BLOCK_N, BLOCK_K, GROUP_M)
-    o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    o_k = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    o_m = tl.arange(0, BLOCK_M).to(tl.int64)  # token offsets m * N can pass 2**31
-    m_n = o_n < N
-    m_k = o_k < K
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    b_db = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
-        m_m = (m0 + o_m) < M
-        p_dy = dy_ptr + (m0 + o_m)[None, :] * stride_dym + o_n[:, None] * stride_dyn
-        b_dyt = tl.load(p_dy, mask=m_n[:, None] & m_m[None, :], other=0.0).to(tl.float32)
-        m_x = m_m[:, None] & m_k[None, :]
-        p_x = xq_ptr + (m0 + o_m)[:, None] * stride_xm + o_k[None, :]
-        b_q = tl.load(p_x, mask=m_x, other=0).to(tl.int32)  # [BM, BK]
-        b_zp = tl.load(zpx_ptr + m0 + o_m, mask=m_m, other=0)
-        b_sx = tl.load(sx_ptr + m0 + o_m, mask=m_m, other=0.0)
-        b_x = round_to_dt((b_q - b_zp[:, None]).to(tl.float32) * b_sx[:, None], DT)  # x_fq
-        b_x = tl.where(m_x, b_x, 0.0)
-        acc = _dot(b_dyt, b_x, acc, DT, DOT_FP32)
-        if HAS_BIAS:
-            b_db += tl.sum(b_dyt, axis=1)
-    m_out = m_n[:, None] & m_k[None, :]
-    b_keep = tl.load(mask_ptr + o_n[:, None] * K + o_k[None, :], mask=m_out, other=0)
+    """C [M, N] = (A [M, K] @ B [K, N]) * mask, mask 0/1 bytes [M, N] or bits [M, ceil(N/8)]."""
+    pid_m, pid_n = _swizzle(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    o_k = tl.arange(0, BLOCK_K)  # [BK]
+    # rows / columns past the edge read row 0 (in bounds) and are never stored: the loop only
+    # masks along K, as a plain matmul does
+    p_a = a_ptr + (o_m % M)[:, None] * stride_am + o_k[None, :] * stride_ak  # [BM, BK]
+    p_b = b_ptr + o_k[:, None] * stride_bk + (o_n % N)[None, :] * stride_bn  # [BK, BN]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        b_a = tl.load(p_a, mask=(k0 + o_k)[None, :] < K, other=0.0)
+        b_b = tl.load(p_b, mask=(k0 + o_k)[:, None] < K, other=0.0)
+        acc = _dot(b_a, b_b, acc, DT, DOT_FP32)
+        p_a += BLOCK_K * stride_ak
+        p_b += BLOCK_K * stride_bk
+    m_out = (o_m < M)[:, None] & (o_n < N)[None, :]
+    if MASK_BITS:
+        p_m = mask_ptr + o_m[:, None] * stride_mask + (o_n // 8)[None, :]
+        b_keep = (tl.load(p_m, mask=m_out, other=0).to(tl.int32) >> (o_n % 8)[None, :]) & 1
+    else:
+        b_keep = tl.load(mask_ptr + o_m[:, None] * stride_mask + o_n[None, :], mask=m_out, other=0)
     acc = tl.where(b_keep != 0, acc, 0.0)
-    tl.store(dw_ptr + o_n[:, None] * stride_dwn + o_k[None, :], cast_to_dt(acc, DT), mask=m_out)
-    if HAS_BIAS:
-        # every K-tile sums the same grad_y rows; the first one writes
-        m_db = m_n & ((tl.zeros([BLOCK_N], dtype=tl.int32) + pid_k) == 0)
-        tl.store(db_ptr + o_n, cast_to_dt(b_db, DT), mask=m_db)
+    tl.store(c_ptr + o_m[:, None] * stride_cm + o_n[None, :], cast_to_dt(acc, DT), mask=m_out)
+
+
+@triton.jit
+def _dequantize_rows_kernel(
+    codes_ptr,
+    scale_ptr,
+    zp_ptr,
+    y_ptr,
+    R,
+    C,
+    DT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """y [R, C] = dt((codes - zero_point[r]) * scale[r]): exactly the forward's fake-quantized x."""
+    o_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
+    o_c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
+    m_r = o_r < R
+    m_rc = m_r[:, None] & (o_c < C)[None, :]
+    b_s = tl.load(scale_ptr + o_r, mask=m_r, other=0.0)
+    b_zp = tl.load(zp_ptr + o_r, mask=m_r, other=0)
+    b_q = tl.load(codes_ptr + o_r[:, None] * C + o_c[None, :], mask=m_rc, other=0).to(tl.int32)
+    b_y = (b_q - b_zp[:, None]).to(tl.float32) * b_s[:, None]
+    tl.store(y_ptr + o_r[:, None] * C + o_c[None, :], cast_to_dt(b_y, DT), mask=m_rc)
+
+
+def _masked_mm(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, bits: bool, tiles: tuple):
+    """C = (a @ b) * mask with ``tiles`` = (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages)
+    in C's terms (rows, columns, reduction)."""
+    M, K = a.shape
+    N = b.shape[1]
+    block_m, block_n, block_k, group_m, num_warps, num_stages = tiles
+    out = new_empty((M, N), a.dtype, a.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.zero_()
+    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
+    _masked_mm_kernel[grid](
+        a,
+        b,
+        mask,
+        out,
+        M,
+        N,
+        K,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        out.stride(0),
+        mask.stride(0),
+        MASK_BITS=bits,
+        DT=dtype_code(a.dtype),
+        DOT_FP32=dot_in_fp32(a.dtype),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        GROUP_M=group_m,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
 
 
 def dgrad(
-    grad_y: torch.Tensor,
-    w_codes: torch.Tensor,
-    w_scale: torch.Tensor,
-    x_mask: torch.Tensor,
-    *,
-    config: dict,
+    grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor, *, config: dict
 ) -> torch.Tensor:
-    """grad_x [M, K] in grad_y's dtype = (grad_y [M, N] @ w_fq [N, K]) * unpack(x_mask).
+    """grad_x [M, K] = (grad_y [M, N] @ w_fq [N, K]) * unpack(x_mask), in grad_y's dtype.
 
-    w_codes int8 [N, K], w_scale fp32 [N, G], x_mask uint8 bits [M, ceil(K/8)]. ``config``:
-    BLOCK_M/N/K, GROUP_M, num_warps, num_stages (BLOCK_N tiles the reduction over N)."""
-    M, N = grad_y.shape
-    K = w_codes.shape[1]
-    dx = new_empty((M, K), grad_y.dtype, grad_y.device)
-    if M == 0 or K == 0:
-        return dx
-    if N == 0:
-        return dx.zero_()
-    cfg = config
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(K, cfg["BLOCK_K"]),)
-    _dgrad_kernel[grid](
-        grad_y,
-        w_codes.contiguous(),
-        w_scale.contiguous(),
-        x_mask.contiguous(),
-        dx,
-        M,
-        N,
-        K,
-        K // w_scale.shape[1],
-        grad_y.stride(0),
-        grad_y.stride(1),
-        K,
-        dx.stride(0),
-        DT=dtype_code(grad_y.dtype),
-        DOT_FP32=dot_in_fp32(grad_y.dtype),
-        BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+    w_fq in grad_y's dtype (any strides), x_mask uint8 bits [M, ceil(K/8)] (contiguous rows).
+    ``config`` tiles the linear's M, N, K (BLOCK_M, BLOCK_N, BLOCK_K) like every GEMM config of
+    the project: here the output tile is [BLOCK_M, BLOCK_K] and BLOCK_N steps the reduction."""
+    c = config
+    tiles = (
+        c["BLOCK_M"],
+        c["BLOCK_K"],
+        c["BLOCK_N"],
+        c["GROUP_M"],
+        c["num_warps"],
+        c["num_stages"],
     )
-    return dx
+    return _masked_mm(grad_y, w_fq, x_mask, True, tiles)
 
 
 def wgrad(
-    grad_y: torch.Tensor,
-    x_codes: torch.Tensor,
-    x_scale: torch.Tensor,
-    x_zero_point: torch.Tensor,
-    w_mask: torch.Tensor,
-    with_bias: bool,
+    grad_y: torch.Tensor, x_fq: torch.Tensor, w_mask: torch.Tensor, *, config: dict
+) -> torch.Tensor:
+    """grad_w [N, K] = (grad_y^T [N, M] @ x_fq [M, K]) * w_mask, in grad_y's dtype.
+
+    x_fq [M, K] in grad_y's dtype, w_mask uint8 [N, K] (0/1, contiguous rows). ``config`` tiles
+    the linear's M, N, K: the output tile is [BLOCK_N, BLOCK_K] and BLOCK_M steps the reduction
+    over tokens."""
+    c = config
+    tiles = (
+        c["BLOCK_N"],
+        c["BLOCK_K"],
+        c["BLOCK_M"],
+        c["GROUP_M"],
+        c["num_warps"],
+        c["num_stages"],
+    )
+    return _masked_mm(grad_y.t(), x_fq, w_mask, False, tiles)
+
+
+def dequantize_rows(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: torch.dtype,
     *,
     config: dict,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(grad_w [N, K], grad_bias [N] or None) in grad_y's dtype, from grad_y [M, N] and x's codes.
-
-    x_codes int8 [M, K], x_scale fp32 [M, 1], x_zero_point int32 [M, 1], w_mask uint8 [N, K]
-    (0/1). ``config`` as for :func:`dgrad` (BLOCK_M tiles the reduction over tokens)."""
-    M, N = grad_y.shape
-    K = x_codes.shape[1]
-    dw = new_empty((N, K), grad_y.dtype, grad_y.device)
-    db = new_empty((N,), grad_y.dtype, grad_y.device) if with_bias else None
-    if N == 0:
-        return dw, db
-    if M == 0 or K == 0:
-        dw.zero_()
-        if db is not None:
-            db.zero_()
-        if M == 0 or db is None:
-            return dw, db
-    cfg = config
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(max(K, 1), cfg["BLOCK_K"]),)
-    _wgrad_kernel[grid](
-        grad_y,
-        x_codes.contiguous(),
-        x_scale.contiguous(),
-        x_zero_point.contiguous(),
-        w_mask.contiguous(),
-        dw,
-        db if db is not None else dw,
-        M,
-        N,
-        K,
-        grad_y.stride(0),
-        grad_y.stride(1),
-        K,
-        dw.stride(0),
-        HAS_BIAS=with_bias,
-        DT=dtype_code(grad_y.dtype),
-        DOT_FP32=dot_in_fp32(grad_y.dtype),
-        BLOCK_M=cfg["BLOCK_M"],
-        BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"],
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+) -> torch.Tensor:
+    """[R, C] ``dtype((codes - zero_point) * scale)`` of int8 codes [R, C] (contiguous) with one
+    fp32 scale and int32 zero point per row ([R] or [R, 1]). ``config``: BLOCK_R, BLOCK_C,
+    num_warps."""
+    R, C = codes.shape
+    y = new_empty((R, C), dtype, codes.device)
+    if R == 0 or C == 0:
+        return y
+    grid = (triton.cdiv(R, config["BLOCK_R"]), triton.cdiv(C, config["BLOCK_C"]))
+    _dequantize_rows_kernel[grid](
+        codes,
+        scale.contiguous(),
+        zero_point.contiguous(),
+        y,
+        R,
+        C,
+        DT=dtype_code(dtype),
+        BLOCK_R=config["BLOCK_R"],
+        BLOCK_C=config["BLOCK_C"],
+        num_warps=config["num_warps"],
     )
-    return dw, db
+    return y

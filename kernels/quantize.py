@@ -179,6 +179,7 @@ def quantize_rows(
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
     with_y: bool = False,
+    write_codes: bool = True,
 ) -> Quantized:
     """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``.
 
@@ -187,13 +188,14 @@ def quantize_rows(
     broadcastable to [R, G], they are used as given (the per-tensor and torch.ao paths); the given
     zero point is the true one (not shifted). ``pack_mask`` needs ``group_size == C``. ``config``:
     ``{"BLOCK_R", "BLOCK_C", "num_warps"}`` (powers of two, BLOCK_C >= 8). The caller has checked
-    the arguments (``triton_qat.ops``).
+    the arguments (``triton_qat.ops``). ``write_codes=False`` skips storing the codes (the
+    backward re-derives only the fake-quantized weight and its mask); ``codes`` is then unset.
     """
     R, C = x.shape
     n_groups = C // group_size
     offset = code_offset(qmin, qmax)
     dev = x.device
-    codes = new_empty((R, C), torch.int8, dev)
+    codes = new_empty((R, C) if write_codes else (0,), torch.int8, dev)
     has_qparams = scale is not None
     if has_qparams:
         out_scale = (
@@ -221,12 +223,12 @@ def quantize_rows(
         x,
         x.stride(0),
         x.stride(1),
-        codes,
+        codes if write_codes else mask,
         out_scale,
         out_zp,
         mask,
         code_sum,
-        y if with_y else codes,
+        y if with_y else mask,
         R,
         C,
         group_size,
@@ -240,7 +242,7 @@ def quantize_rows(
         DIV_BY_RECIP=x.is_cuda,
         NAN_ZP=NAN_ZERO_POINT["cuda" if x.is_cuda else "cpu"],
         PACK_MASK=pack_mask,
-        WRITE_CODES=True,
+        WRITE_CODES=write_codes,
         WRITE_Y=with_y,
         BLOCK_R=config["BLOCK_R"],
         BLOCK_C=config["BLOCK_C"],

@@ -1,6 +1,6 @@
 """Plain-torch twin of :mod:`.quantize`: the same outputs, layouts and bits as the kernel.
 
-It is the CPU backend when Triton's interpreter is off (``triton_qat.backend``), and the tests hold
+It is the CPU backend when Triton's interpreter is off (``triton_qat.dispatch``), and the tests hold
 it bit-identical to the kernel. It is written independently of the test reference
 (``triton_qat.reference``), which states docs/numerics.md literally.
 """

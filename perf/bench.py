@@ -47,7 +47,7 @@ from triton_qat.reference import ReferenceLinear
 
 FIELDS = ["kernel", "provider", "backend", "mode", "metric", "M", "K", "N", "dtype", "value",
           "p20", "p80", "gpu", "torch", "triton", "commit", "utc"]  # fmt: skip
-KERNEL_ROWS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad")
+KERNEL_ROWS = ("quantize_x", "quantize_w", "fwd", "dequantize_x", "dgrad", "wgrad")
 PROVIDERS = [
     "F.linear",
     "torch ref eager",
@@ -230,7 +230,7 @@ def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
     rows = []
     for name in KERNEL_ROWS:
         prob = registry[name]
-        unit = "gb_per_s" if prob.kernel == "quantize" else "tflops"
+        unit = "gb_per_s" if prob.kernel in ("quantize", "dequantize") else "tflops"
         medians = {}
         for provider, fn in (("triton_qat", lambda p=prob: p.launch(p.config)),
                              (prob.ceiling_name, prob.ceiling)):  # fmt: skip

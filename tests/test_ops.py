@@ -49,17 +49,41 @@ def test_opcheck_int8_linear(device):
     _opcheck(ops.int8_linear, (qa[0], qa[1], qa[2], qw[0], qw[1], qw[4], None, torch.bfloat16))
 
 
+def _x_state(x):
+    """The activation state qat_linear takes: quantize(x.reshape(-1, K)) with bit mask."""
+    x2d = x.detach().reshape(-1, x.shape[-1])
+    return list(ops.quantize(x2d, -128, 127, x2d.shape[1], False, False, True, None, None)[:4])
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_opcheck_qat_linear_and_backward(bias, device):
+@pytest.mark.parametrize("w_group", [8, 40], ids=["g8", "perchannel"])
+def test_opcheck_qat_linear_and_backward(bias, w_group, device):
     x = torch.randn(2, 7, 40, device=device, requires_grad=True)
     w = torch.randn(24, 40, device=device, requires_grad=True)
     b = torch.randn(24, device=device, requires_grad=True) if bias else None
-    args = (x, w, b, -128, 127, False, False, None, None, -8, 7, 8, False, None)
-    _opcheck(ops.qat_linear, args)
-    state = [t.detach() for t in ops.qat_linear(*args)[1:]]
+    state = _x_state(x)
+    _opcheck(ops.qat_linear, (x, *state, w, b, True, -8, 7, w_group, False, None))
     dy = torch.randn(2, 7, 24, device=device)
-    _opcheck(ops.qat_linear_backward, (dy, *state, True, True, bias))
-    _opcheck(ops.qat_linear_backward, (dy, *state, False, True, False))
+    w_args = (w.detach(), -8, 7, w_group, False, None)
+    _opcheck(ops.qat_linear_backward, (dy, *state, *w_args, True, True, bias))
+    _opcheck(ops.qat_linear_backward, (dy, *state, *w_args, False, True, False))
+    w_scale = torch.rand(24, 1, device=device) + 0.01  # a given (torch.ao) per-channel scale
+    _opcheck(ops.qat_linear, (x, *state, w, b, True, -128, 127, 40, False, w_scale))
+
+
+def test_backward_keeps_nothing_weight_sized(device):
+    """Autograd keeps the activation state and the weight parameter itself (no copy): no
+    weight-sized int8 codes or masks between forward and backward."""
+    lin = tq.Linear(64, 48, device=device, weight=tq.QuantConfig(bits=4, granularity="per_group",
+                                                                group_size=16, symmetric=True))  # fmt: skip
+    x = torch.randn(5, 64, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lin(x).sum().backward()
+    params = {p.data_ptr() for p in lin.parameters()}
+    kept = [t for t in saved if t is not None and t.data_ptr() not in params]
+    assert any(t.data_ptr() == lin.weight.data_ptr() for t in saved if t is not None)
+    assert all(t.shape[0] == 5 for t in kept), [tuple(t.shape) for t in kept]  # per token only
 
 
 def _mlp(device, dtype=torch.float32, **cfg):
@@ -121,10 +145,17 @@ def test_compile_ao_numerics_fullgraph(device):
 
 
 def _qat_args(x, w, **kw):
-    args = dict(bias=None, a_qmin=-128, a_qmax=127, a_symmetric=False, a_per_tensor=False,
-                a_scale=None, a_zero_point=None, w_qmin=-128, w_qmax=127,
+    K = x.shape[-1]
+    M = x.numel() // K if K else 0
+    state = dict(
+        x_codes=torch.zeros(M, K, dtype=torch.int8, device=x.device),
+        x_scale=torch.ones(M, 1, device=x.device),
+        x_zero_point=torch.zeros(M, 1, dtype=torch.int32, device=x.device),
+        x_mask=torch.zeros(M, (K + 7) // 8, dtype=torch.uint8, device=x.device),
+    )
+    args = dict(weight=w, bias=None, a_asymmetric=True, w_qmin=-128, w_qmax=127,
                 w_group_size=w.shape[-1], w_per_tensor=False, w_scale=None)  # fmt: skip
-    return {**args, **kw}
+    return {**state, **args, **kw}
 
 
 @pytest.mark.parametrize(
@@ -136,31 +167,32 @@ def _qat_args(x, w, **kw):
         (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
                     {"w_group_size": 5}), "w_group_size"),
         (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
-                    {"a_qmin": 0, "a_qmax": 300}), "a_qmin"),
+                    {"w_qmin": 0, "w_qmax": 300}), "w_qmin"),
         (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
                     {"bias": torch.randn(3, device=d)}), "bias"),
         (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
-                    {"a_scale": torch.ones(2, 2, device=d)}), "a_scale"),
+                    {"x_scale": torch.ones(2, 2, device=d)}), "x_scale"),
         (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
                     {"w_scale": torch.ones(3, 1, device=d)}), "w_scale"),
         (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
-                    {"a_zero_point": torch.zeros(1, 1, dtype=torch.int32, device=d)}),
-         "a_zero_point"),
+                    {"x_zero_point": torch.zeros(5, 1, device=d)}), "x_zero_point"),
+        (lambda d: ((torch.randn(5, 16, device=d), torch.randn(4, 16, device=d)),
+                    {"x_mask": torch.zeros(5, 16, dtype=torch.uint8, device=d)}), "x_mask"),
         (lambda d: ((torch.randn(5, 16, device=d).int(), torch.randn(4, 16, device=d)), {}), "x"),
         (lambda d: ((torch.randn(5, 16, device=d), torch.randn(16, device=d)), {}), "weight"),
     ],
-    ids=["w-narrower", "w-wider", "group", "range", "bias", "a_scale", "w_scale", "zp-no-scale",
-         "int-x", "1d-weight"],
+    ids=["w-narrower", "w-wider", "group", "range", "bias", "x_scale", "w_scale", "x_zp-dtype",
+         "x_mask-bytes", "int-x", "1d-weight"],
 )  # fmt: skip
 def test_qat_linear_op_checks_its_arguments(make, needle, device):
     (x, w), kw = make(device)
     with pytest.raises((ValueError, TypeError), match=needle):
-        ops.qat_linear(x, w, **_qat_args(x, w, **kw))
+        ops.qat_linear(x, **_qat_args(x, w, **kw))
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:  # the fake impl checks too
-        fx, fw = mode.from_tensor(x), mode.from_tensor(w)
-        kw = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+        args = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
+                for k, v in _qat_args(x, w, **kw).items()}  # fmt: skip
         with pytest.raises((ValueError, TypeError), match=needle):
-            ops.qat_linear(fx, fw, **_qat_args(fx, fw, **kw))
+            ops.qat_linear(mode.from_tensor(x), **args)
 
 
 def test_quantize_and_int8_linear_ops_check_their_arguments(device):
@@ -188,10 +220,13 @@ def test_quantize_and_int8_linear_ops_check_their_arguments(device):
         args[i] = bad
         with pytest.raises((ValueError, TypeError), match=needle):
             ops.int8_linear(*args)
-    out = ops.qat_linear(x, torch.randn(4, 16, device=device), **_qat_args(x, qw[0]))
+    w = torch.randn(4, 16, device=device)
+    state = _x_state(x)
     dy = torch.randn(6, 4, device=device)
+    w_args = (w, -8, 7, 8, False, None)
     with pytest.raises(ValueError, match="grad_out"):
-        ops.qat_linear_backward(dy[:, :3], *out[1:], True, True, False)
+        ops.qat_linear_backward(dy[:, :3], *state, *w_args, True, True, False)
     with pytest.raises(ValueError, match="x_mask"):
-        ops.qat_linear_backward(dy, *out[1:4], out[4][:, :1].contiguous()[:2], *out[5:], True,
-                                True, False)  # fmt: skip
+        ops.qat_linear_backward(dy, *state[:3], state[3][:2], *w_args, True, True, False)
+    with pytest.raises(ValueError, match="weight"):
+        ops.qat_linear_backward(dy, *state, w[:, :8], -8, 7, 8, False, None, True, True, False)

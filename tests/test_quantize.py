@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import triton_qat as tq
-from triton_qat.backend import quantize_rows
+from triton_qat.dispatch import quantize_rows
 from triton_qat.kernels.quantize import code_offset
 from triton_qat.kernels.quantize_torch import quantize_rows_torch as quantize_rows_ref
 from triton_qat.kernels.quantize_torch import unpack_bits

@@ -12,8 +12,8 @@ model = tq.convert(model)       # tq.Linear -> tq.QuantizedLinear (int8 weights,
 """
 
 from triton_qat import ops  # noqa: F401  (registers the torch.library ops)
-from triton_qat.backend import backend
 from triton_qat.config import QuantConfig
+from triton_qat.dispatch import backend
 from triton_qat.functional import fake_quantize, qat_linear
 from triton_qat.linear import Linear
 from triton_qat.model import convert, prepare, weight_nbytes

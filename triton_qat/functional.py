@@ -7,6 +7,7 @@ from torch import Tensor
 
 from triton_qat.checks import check_float_input, check_group, check_linear_inputs
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.shared import quantize_activation
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
 
 _ops = torch.ops.triton_qat
@@ -107,27 +108,25 @@ def linear(
 ) -> Tensor:
     """The fused QAT linear on checked inputs (the module layer's entry; no checks repeated).
 
-    ``a_qparams`` (per-tensor scale, zero point) and ``w_scale`` ([N] or [1]) are given for
+    The activation is quantized by its own op (shared by every linear that reads the same ``x``
+    with the same spec: :mod:`triton_qat.shared`), then ``triton_qat::qat_linear`` runs the int8
+    GEMM. ``a_qparams`` (per-tensor scale, zero point) and ``w_scale`` ([N] or [1]) are given for
     torch.ao numerics, whose observers compute them."""
     check_no_grad_transform("triton_qat.Linear / qat_linear")
     K, N = weight.shape[1], weight.shape[0]
-    a_scale = a_zp = None
-    if a_qparams is not None:
+    if a_qparams is None:
+        state = quantize_activation(x, activation)
+    else:
         a_scale = a_qparams[0].to(torch.float32).reshape(1, 1)
         a_zp = a_qparams[1].to(torch.int32).reshape(1, 1)
+        x2d = x.detach().reshape(-1, K)
+        args = activation.quantize_args(K)
+        state = _ops.quantize(x2d, **args, pack_mask=True, scale=a_scale, zero_point=a_zp)[:4]
     if w_scale is not None:
         w_scale = w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1)
-    out = _ops.qat_linear(
-        x,
-        weight,
-        bias,
-        **activation.linear_args("a", K),
-        a_scale=a_scale,
-        a_zero_point=a_zp,
-        **weight_spec.linear_args("w", K),
-        w_scale=w_scale,
-    )
-    return out[0]
+    w_args = weight_spec.linear_args("w", K)
+    asym = not activation.symmetric or a_qparams is not None
+    return _ops.qat_linear(x, *state, weight, bias, asym, **w_args, w_scale=w_scale)
 
 
 def ao_fake_quantize(

@@ -12,7 +12,7 @@ Ops (all opaque to torch.compile, each with a ``register_fake`` so it traces wit
 Every op checks its arguments (shapes, dtypes, devices, qparam shapes) before launching, in the
 real and the fake implementation alike, with an error naming the argument. Call them with keyword
 arguments built by :class:`triton_qat.spec.QuantSpec` (``spec.quantize_args(...)``,
-``spec.linear_args(...)``). Data flows one way: module -> these ops -> :mod:`triton_qat.backend`
+``spec.linear_args(...)``). Data flows one way: module -> these ops -> :mod:`triton_qat.dispatch`
 -> launchers in ``triton_qat.kernels`` -> kernels. Numerics: docs/numerics.md.
 """
 
@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from triton_qat import backend
+from triton_qat import dispatch
 from triton_qat.checks import (
     FLOAT_DTYPES,
     check_device,
@@ -42,8 +42,8 @@ _I8, _I32, _F32, _U8 = (torch.int8,), (torch.int32,), (torch.float32,), (torch.u
 
 def _quantize(x2d, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, **kw):
     if scale is None and per_tensor:
-        return backend.quantize_per_tensor(x2d, qmin, qmax, symmetric, **kw)
-    return backend.quantize_rows(
+        return dispatch.quantize_per_tensor(x2d, qmin, qmax, symmetric, **kw)
+    return dispatch.quantize_rows(
         x2d, qmin, qmax, group_size, symmetric, scale=scale, zero_point=zero_point, **kw
     )
 
@@ -207,7 +207,7 @@ def int8_linear(
     _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias)
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype: expected float32, float16 or bfloat16, got {out_dtype}")
-    return backend.int8_linear(
+    return dispatch.int8_linear(
         x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype
     )
 
@@ -219,141 +219,109 @@ def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dt
 
 
 # ---------------------------------------------------------------------------------------------
-# qat_linear (fused forward) + qat_linear_backward
+# qat_linear (forward from the activation's quantized state) + qat_linear_backward
 
 
-def _check_qat_linear(
-    x, weight, bias, a_qmin, a_qmax, a_per_tensor, a_scale, a_zero_point, w_qmin, w_qmax,
-    w_group_size, w_per_tensor, w_scale,
-):  # fmt: skip
-    check_linear_inputs(x, weight, bias, x_name="x")
-    N, K = weight.shape
-    M = math.prod(x.shape[:-1])
-    check_range(a_qmin, a_qmax, "a_qmin/a_qmax")
-    check_range(w_qmin, w_qmax, "w_qmin/w_qmax")
-    check_group(w_group_size, K, "w_group_size")
-    if a_per_tensor and a_scale is not None:
-        raise ValueError("a_per_tensor: computes its own qparams; pass a_scale=None")
-    if w_per_tensor and w_scale is not None:
-        raise ValueError("w_per_tensor: computes its own qparams; pass w_scale=None")
-    check_qparams(a_scale, a_zero_point, M, 1, x.device, "a_")
-    check_qparams(w_scale, None, N, max(K, 1) // w_group_size, x.device, "w_")
-
-
-@torch.library.custom_op("triton_qat::qat_linear", mutates_args=())
-def qat_linear(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    a_qmin: int,
-    a_qmax: int,
-    a_symmetric: bool,
-    a_per_tensor: bool,
-    a_scale: Tensor | None,
-    a_zero_point: Tensor | None,
-    w_qmin: int,
-    w_qmax: int,
-    w_group_size: int,
-    w_per_tensor: bool,
-    w_scale: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused fake-quantized linear forward.
-
-    x [..., K] and weight [N, K] (float), bias [N] or None. Activations are quantized per token
-    (or per tensor, or with the given ``a_scale``/``a_zero_point``), the weight per channel / per
-    group of ``w_group_size`` / per tensor (or with the given ``w_scale``), all symmetric for the
-    weight. Returns ``(out [..., N], x_codes [M, K] int8, x_scale [M, 1], x_zero_point [M, 1],
-    x_mask [M, ceil(K/8)] bits, w_codes [N, K] int8, w_scale [N, G], w_mask [N, K] uint8)``;
-    everything after ``out`` is the state the backward needs (x itself is not kept).
-    """
-    _check_qat_linear(x, weight, bias, a_qmin, a_qmax, a_per_tensor, a_scale, a_zero_point,
-                      w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)  # fmt: skip
-    K = x.shape[-1]
-    N = weight.shape[0]
-    x2d = x.reshape(-1, K)
-    qa = _quantize(
-        x2d, a_qmin, a_qmax, K, a_symmetric, a_per_tensor, a_scale, a_zero_point, pack_mask=True
-    )
-    qw = _quantize(
-        weight, w_qmin, w_qmax, w_group_size, True, w_per_tensor, w_scale, None, pack_mask=False
-    )
-    out = backend.int8_linear(
-        qa.codes,
-        qa.scale,
-        qa.zero_point,
-        qw.codes,
-        qw.scale,
-        qw.code_sum,
-        bias,
-        x.dtype,
-        asymmetric=not a_symmetric or a_zero_point is not None,
-    )
-    return (
-        out.reshape(*x.shape[:-1], N),
-        qa.codes,
-        qa.scale,
-        qa.zero_point,
-        qa.mask,
-        qw.codes,
-        qw.scale,
-        qw.mask,
-    )
-
-
-@qat_linear.register_fake
-def _(
-    x, weight, bias, a_qmin, a_qmax, a_symmetric, a_per_tensor, a_scale, a_zero_point, w_qmin,
-    w_qmax, w_group_size, w_per_tensor, w_scale,
-):  # fmt: skip
-    _check_qat_linear(x, weight, bias, a_qmin, a_qmax, a_per_tensor, a_scale, a_zero_point,
-                      w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)  # fmt: skip
-    K = x.shape[-1]
-    N = weight.shape[0]
-    M = math.prod(x.shape[:-1])
-    G = 1 if w_per_tensor else max(K, 1) // w_group_size
-    return (
-        x.new_empty((*x.shape[:-1], N)),
-        x.new_empty((M, K), dtype=torch.int8),
-        x.new_empty((M, 1), dtype=torch.float32),
-        x.new_empty((M, 1), dtype=torch.int32),
-        x.new_empty((M, (K + 7) // 8), dtype=torch.uint8),
-        x.new_empty((N, K), dtype=torch.int8),
-        x.new_empty((N, G), dtype=torch.float32),
-        x.new_empty((N, K), dtype=torch.uint8),
-    )
-
-
-def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask):
-    check_float_input(grad_out, "grad_out")
+def _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, device):
     check_tensor(x_codes, "x_codes", _I8, "int8")
-    check_dims(x_codes, "x_codes", 2, "[M, K]")
-    check_tensor(w_codes, "w_codes", _I8, "int8")
-    check_dims(w_codes, "w_codes", 2, "[N, K]")
-    (M, K), N = x_codes.shape, w_codes.shape[0]
-    check_shape(w_codes, "w_codes", (N, K))
-    if grad_out.dim() < 1 or grad_out.shape[-1] != N or grad_out.numel() != M * N:
-        raise ValueError(
-            f"grad_out: expected [..., {N}] with {M} rows, got {tuple(grad_out.shape)}"
-        )
+    check_shape(x_codes, "x_codes", (M, K))
     check_tensor(x_scale, "x_scale", _F32, "float32")
     check_shape(x_scale, "x_scale", (M,), (M, 1))
     check_tensor(x_zero_point, "x_zero_point", _I32, "int32")
     check_shape(x_zero_point, "x_zero_point", (M,), (M, 1))
     check_tensor(x_mask, "x_mask", _U8, "uint8")
     check_shape(x_mask, "x_mask", (M, (K + 7) // 8))
-    check_tensor(w_scale, "w_scale", _F32, "float32")
-    check_dims(w_scale, "w_scale", 2, "[N, G]")
-    G = w_scale.shape[1]
-    if w_scale.shape[0] != N or G < 1 or K % G:
-        raise ValueError(
-            f"w_scale: expected [{N}, G] with G dividing K={K}, got {tuple(w_scale.shape)}"
-        )
-    check_tensor(w_mask, "w_mask", _U8, "uint8")
-    check_shape(w_mask, "w_mask", (N, K))
     for name, t in (("x_codes", x_codes), ("x_scale", x_scale), ("x_zero_point", x_zero_point),
-                    ("x_mask", x_mask), ("w_codes", w_codes), ("w_scale", w_scale),
-                    ("w_mask", w_mask)):  # fmt: skip
-        check_device(t, name, grad_out.device, "grad_out's")
+                    ("x_mask", x_mask)):  # fmt: skip
+        check_device(t, name, device, "the weight's")
+
+
+def _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale):
+    N, K = weight.shape
+    check_range(w_qmin, w_qmax, "w_qmin/w_qmax")
+    check_group(w_group_size, K, "w_group_size")
+    if w_per_tensor and w_scale is not None:
+        raise ValueError("w_per_tensor: computes its own qparams; pass w_scale=None")
+    check_qparams(w_scale, None, N, max(K, 1) // w_group_size, weight.device, "w_")
+
+
+def _check_qat_linear(
+    x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax, w_group_size,
+    w_per_tensor, w_scale,
+):  # fmt: skip
+    check_linear_inputs(x, weight, bias, x_name="x")
+    K = weight.shape[1]
+    _check_x_state(x_codes, x_scale, x_zero_point, x_mask, math.prod(x.shape[:-1]), K, x.device)
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)
+
+
+def _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, **kw):
+    """The weight's quantization (symmetric; per channel / group / tensor, or a given scale)."""
+    return _quantize(weight, w_qmin, w_qmax, w_group_size, True, w_per_tensor, w_scale, None, **kw)
+
+
+@torch.library.custom_op("triton_qat::qat_linear", mutates_args=())
+def qat_linear(
+    x: Tensor,
+    x_codes: Tensor,
+    x_scale: Tensor,
+    x_zero_point: Tensor,
+    x_mask: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    a_asymmetric: bool,
+    w_qmin: int,
+    w_qmax: int,
+    w_group_size: int,
+    w_per_tensor: bool,
+    w_scale: Tensor | None,
+) -> Tensor:
+    """Fake-quantized linear forward from the activation's quantized state.
+
+    x [..., K] (float; read for its shape and dtype only: it is the input autograd differentiates),
+    ``x_codes, x_scale, x_zero_point, x_mask`` = the first four outputs of ``triton_qat::quantize``
+    of ``x.reshape(-1, K)`` with a bit-packed mask (one op that several linears reading the same
+    input share), weight [N, K] (float, any float dtype: quantized in its own dtype, symmetric, per
+    channel / per group of ``w_group_size`` / per tensor, or with the given ``w_scale``), bias [N]
+    or None. Returns [..., N] in x's dtype. The backward keeps the activation state and the weight
+    parameter itself: nothing weight-sized is stored (the weight's codes and mask are re-derived).
+    """
+    _check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
+                      w_group_size, w_per_tensor, w_scale)  # fmt: skip
+    N = weight.shape[0]
+    qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
+                          pack_mask=False)  # fmt: skip
+    out = dispatch.int8_linear(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum,
+                              bias, x.dtype, asymmetric=a_asymmetric)  # fmt: skip
+    return out.reshape(*x.shape[:-1], N)
+
+
+@qat_linear.register_fake
+def _(
+    x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric, w_qmin, w_qmax,
+    w_group_size, w_per_tensor, w_scale,
+):  # fmt: skip
+    _check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
+                      w_group_size, w_per_tensor, w_scale)  # fmt: skip
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
+                    w_group_size, w_per_tensor, w_scale):  # fmt: skip
+    check_float_input(grad_out, "grad_out")
+    check_float_input(weight, "weight")
+    check_dims(weight, "weight", 2, "[N, K]")
+    check_tensor(x_codes, "x_codes", _I8, "int8")
+    check_dims(x_codes, "x_codes", 2, "[M, K]")
+    (M, K), N = x_codes.shape, weight.shape[0]
+    check_shape(weight, "weight", (N, K))
+    if grad_out.dim() < 1 or grad_out.shape[-1] != N or grad_out.numel() != M * N:
+        raise ValueError(
+            f"grad_out: expected [..., {N}] with {M} rows, got {tuple(grad_out.shape)}"
+        )
+    check_device(grad_out, "grad_out", weight.device, "the weight's")
+    _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, weight.device)
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)
 
 
 @torch.library.custom_op("triton_qat::qat_linear_backward", mutates_args=())
@@ -363,45 +331,61 @@ def qat_linear_backward(
     x_scale: Tensor,
     x_zero_point: Tensor,
     x_mask: Tensor,
-    w_codes: Tensor,
-    w_scale: Tensor,
-    w_mask: Tensor,
+    weight: Tensor,
+    w_qmin: int,
+    w_qmax: int,
+    w_group_size: int,
+    w_per_tensor: bool,
+    w_scale: Tensor | None,
     need_x: bool,
     need_w: bool,
     need_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """STE gradients from the state :func:`qat_linear` returned: (grad_x [M, K], grad_w [N, K],
-    grad_bias [N]) in grad_out's dtype; a gradient that is not needed comes back empty ([0])."""
-    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask)
-    N = w_codes.shape[0]
+    """STE gradients of :func:`qat_linear`: (grad_x [M, K], grad_w [N, K], grad_bias [N]) in
+    grad_out's dtype; a gradient that is not needed comes back empty ([0]). The weight's
+    fake-quantized values and clamp mask are re-derived from ``weight`` (bit-identical to the
+    forward's: same kernel, same input), and x_fq is dequantized from the codes, each into a
+    transient buffer that lives only for this call."""
+    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
+                    w_group_size, w_per_tensor, w_scale)  # fmt: skip
+    N = weight.shape[0]
     dy = grad_out.reshape(-1, N)
-    grad_x = backend.dgrad(dy, w_codes, w_scale, x_mask) if need_x else dy.new_empty(_EMPTY)
-    grad_w, grad_b = dy.new_empty(_EMPTY), dy.new_empty(_EMPTY)  # distinct: outputs may not alias
-    if need_w:
-        grad_w, db = backend.wgrad(dy, x_codes, x_scale, x_zero_point, w_mask, need_bias)
-        grad_b = db if db is not None else grad_b
-    elif need_bias:
+    grad_x, grad_w, grad_b = (dy.new_empty(_EMPTY) for _ in range(3))  # outputs may not alias
+    if need_x or need_w:
+        qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
+                              pack_mask=False, with_y=need_x, write_codes=False)  # fmt: skip
+        if need_x:
+            grad_x = dispatch.dgrad(dy, qw.y.to(dy.dtype), x_mask)
+        if need_w:
+            x_fq = dispatch.dequantize_rows(x_codes, x_scale, x_zero_point, dy.dtype)
+            grad_w = dispatch.wgrad(dy, x_fq, qw.mask)
+    if need_bias:
         grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
     return grad_x, grad_w, grad_b
 
 
 @qat_linear_backward.register_fake
 def _(
-    grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask, need_x, need_w,
-    need_bias,
+    grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax, w_group_size,
+    w_per_tensor, w_scale, need_x, need_w, need_bias,
 ):  # fmt: skip
-    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, w_codes, w_scale, w_mask)
+    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
+                    w_group_size, w_per_tensor, w_scale)  # fmt: skip
     new = grad_out.new_empty
     return (
         new(tuple(x_codes.shape)) if need_x else new(_EMPTY),
-        new(tuple(w_codes.shape)) if need_w else new(_EMPTY),
-        new((w_codes.shape[0],)) if need_bias else new(_EMPTY),
+        new(tuple(weight.shape)) if need_w else new(_EMPTY),
+        new((weight.shape[0],)) if need_bias else new(_EMPTY),
     )
 
 
+_SAVED_ARGS = ("w_qmin", "w_qmax", "w_group_size", "w_per_tensor")
+
+
 def _qat_linear_setup(ctx, inputs, output):
-    x, weight, bias = inputs[:3]
-    ctx.save_for_backward(*output[1:])
+    x, x_codes, x_scale, x_zp, x_mask, weight, bias, _asym, *w_args, w_scale = inputs
+    ctx.save_for_backward(x_codes, x_scale, x_zp, x_mask, weight, w_scale)
+    ctx.w_args = dict(zip(_SAVED_ARGS, w_args, strict=True))
     ctx.x_shape = x.shape
     ctx.has_bias = bias is not None
 
@@ -413,30 +397,24 @@ _DOUBLE_BACKWARD_MSG = (
 )
 
 
-def _qat_linear_backward(ctx, grad_out, *_unused):
+def _qat_linear_backward(ctx, grad_out):
     if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
         raise RuntimeError(_DOUBLE_BACKWARD_MSG)
-    x_codes, x_scale, x_zp, x_mask, w_codes, w_scale, w_mask = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    x_codes, x_scale, x_zp, x_mask, weight, w_scale = ctx.saved_tensors
+    need_x, need_w, need_b = (ctx.needs_input_grad[i] for i in (0, 5, 6))
     grad_x, grad_w, grad_b = qat_linear_backward(
-        grad_out,
-        x_codes,
-        x_scale,
-        x_zp,
-        x_mask,
-        w_codes,
-        w_scale,
-        w_mask,
-        need_x,
-        need_w,
-        need_b and ctx.has_bias,
-    )
-    grad_x = grad_x.reshape(ctx.x_shape) if need_x else None
+        grad_out, x_codes, x_scale, x_zp, x_mask, weight, **ctx.w_args, w_scale=w_scale,
+        need_x=need_x, need_w=need_w, need_bias=need_b and ctx.has_bias,
+    )  # fmt: skip
     return (
-        grad_x,
-        grad_w if need_w else None,
+        grad_x.reshape(ctx.x_shape) if need_x else None,
+        None,
+        None,
+        None,
+        None,
+        grad_w if need_w else None,  # autograd casts it to the weight's dtype
         grad_b if need_b and ctx.has_bias else None,
-        *([None] * 11),
+        *([None] * 6),
     )
 
 
@@ -457,11 +435,14 @@ def _vmap_loop(op, n_out: int):
                 a.select(d, b) if d is not None else a for a, d in zip(args, in_dims, strict=True)
             ]
             per_sample.append(op(*sample))
+        if n_out == 1:
+            return torch.stack(per_sample), 0
         outs = tuple(torch.stack([s[i] for s in per_sample]) for i in range(n_out))
         return outs, (0,) * n_out
 
     return rule
 
 
+quantize.register_vmap(_vmap_loop(quantize, 5))
 fake_quantize.register_vmap(_vmap_loop(fake_quantize, 2))
-qat_linear.register_vmap(_vmap_loop(qat_linear, 8))
+qat_linear.register_vmap(_vmap_loop(qat_linear, 1))

@@ -1,4 +1,4 @@
-"""Which implementation runs, and the one place that calls the launchers.
+"""Which implementation runs (`backend`), and the one place that calls the launchers.
 
 Three backends, by the tensor's device:
 
@@ -18,9 +18,10 @@ import torch
 
 from triton_qat import autotune
 from triton_qat.kernels._common import INTERPRET
+from triton_qat.kernels.gemm_backward import dequantize_rows as _dequantize_rows
 from triton_qat.kernels.gemm_backward import dgrad as _dgrad
 from triton_qat.kernels.gemm_backward import wgrad as _wgrad
-from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
+from triton_qat.kernels.gemm_backward_torch import dequantize_rows_torch, dgrad_torch, wgrad_torch
 from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
 from triton_qat.kernels.quantize import Quantized
@@ -56,6 +57,7 @@ def quantize_rows(
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
     with_y: bool = False,
+    write_codes: bool = True,
 ) -> Quantized:
     """Quantize x [R, C] per (row, group) on this device's backend (see
     :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts)."""
@@ -63,11 +65,13 @@ def quantize_rows(
     if not use_kernels(x):
         return quantize_rows_torch(x, qmin, qmax, group_size, symmetric, **kw)
     config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask)
-    return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config, **kw)
+    return _quantize_rows(
+        x, qmin, qmax, group_size, symmetric, config=config, write_codes=write_codes, **kw
+    )
 
 
 def quantize_per_tensor(
-    x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, *, pack_mask: bool, with_y: bool = False
+    x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, *, pack_mask: bool, **kw
 ) -> Quantized:
     """Per-tensor quantization: family-1 qparams of the whole tensor (in x's dtype), then rows."""
     scale, zero_point = per_tensor_qparams(x, qmin, qmax, symmetric)
@@ -80,7 +84,7 @@ def quantize_per_tensor(
         pack_mask=pack_mask,
         scale=scale,
         zero_point=zero_point,
-        with_y=with_y,
+        **kw,
     )
 
 
@@ -116,28 +120,30 @@ def int8_linear(
     )
 
 
-def dgrad(
-    grad_y: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, x_mask: torch.Tensor
-) -> torch.Tensor:
+def dgrad(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
     """grad_x = (grad_y @ w_fq) * mask_x (see :func:`triton_qat.kernels.gemm_backward.dgrad`)."""
     if not use_kernels(grad_y):
-        return dgrad_torch(grad_y, w_codes, w_scale, x_mask)
-    (M, N), K = grad_y.shape, w_codes.shape[1]
+        return dgrad_torch(grad_y, w_fq, x_mask)
+    (M, N), K = grad_y.shape, w_fq.shape[1]
     config = autotune.gemm_config("dgrad", M, N, K, grad_y.device, grad_y.dtype)
-    return _dgrad(grad_y, w_codes, w_scale, x_mask, config=config)
+    return _dgrad(grad_y, w_fq, x_mask, config=config)
 
 
-def wgrad(
-    grad_y: torch.Tensor,
-    x_codes: torch.Tensor,
-    x_scale: torch.Tensor,
-    x_zero_point: torch.Tensor,
-    w_mask: torch.Tensor,
-    with_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(grad_w, grad_bias) (see :func:`triton_qat.kernels.gemm_backward.wgrad`)."""
+def wgrad(grad_y: torch.Tensor, x_fq: torch.Tensor, w_mask: torch.Tensor) -> torch.Tensor:
+    """grad_w = (grad_y^T @ x_fq) * mask_w (see :func:`triton_qat.kernels.gemm_backward.wgrad`)."""
     if not use_kernels(grad_y):
-        return wgrad_torch(grad_y, x_codes, x_scale, x_zero_point, w_mask, with_bias)
-    (M, N), K = grad_y.shape, x_codes.shape[1]
+        return wgrad_torch(grad_y, x_fq, w_mask)
+    (M, N), K = grad_y.shape, x_fq.shape[1]
     config = autotune.gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
-    return _wgrad(grad_y, x_codes, x_scale, x_zero_point, w_mask, with_bias, config=config)
+    return _wgrad(grad_y, x_fq, w_mask, config=config)
+
+
+def dequantize_rows(
+    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """x_fq [R, C] in ``dtype`` from int8 codes and per-row qparams (the forward's values)."""
+    if not use_kernels(codes):
+        return dequantize_rows_torch(codes, scale, zero_point, dtype)
+    R, C = codes.shape
+    config = autotune.dequantize_config(R, C, codes.device, dtype)
+    return _dequantize_rows(codes, scale, zero_point, dtype, config=config)

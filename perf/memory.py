@@ -1,0 +1,149 @@
+"""Memory kept for backward at model scale: one Llama-style block (and a small stack of them).
+
+    python perf/memory.py                      # CPU: saved-for-backward bytes, 1024 / 4096 tokens
+    python perf/memory.py --tokens 1024 --quick
+
+For each set of linears (bf16 ``nn.Linear``; the plain-torch QAT reference, the ops torchao's QAT
+composes; triton_qat 8da8w and 8da4w g32) it counts every tensor autograd keeps over one forward
+(``torch.autograd.graph.saved_tensors_hooks``), each storage once, parameters excluded, and reports
+the ratio to bf16 ``nn.Linear``. On a GPU it also records ``torch.cuda.max_memory_allocated`` of a
+training step. Rows go to a long CSV (``perf/results/<device>/memory.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import triton_qat as tq
+from triton_qat.reference import prepare_reference
+
+W4G32 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
+VARIANTS = ("nn.Linear bf16", "torch ref 8da8w", "triton_qat 8da8w", "triton_qat 8da4w g32")
+
+
+class LlamaBlock(nn.Module):
+    """RMSNorm -> q/k/v (one shared input) -> causal attention -> o; RMSNorm -> SwiGLU gate/up
+    (one shared input) -> down. Seven linears, as in Llama."""
+
+    def __init__(self, d: int = 256, ffn: int = 672, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.RMSNorm(d), nn.RMSNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(d, ffn, bias=False), nn.Linear(d, ffn, bias=False)
+        self.down = nn.Linear(ffn, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (
+            p(h).view(B, T, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v)
+        )
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(B, T, d))
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+def make_model(variant: str, layers: int, device, dtype=torch.bfloat16) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(*(LlamaBlock() for _ in range(layers))).to(device=device, dtype=dtype)
+    if variant == "torch ref 8da8w":
+        return prepare_reference(model)
+    if variant == "triton_qat 8da8w":
+        return tq.prepare(model)
+    if variant == "triton_qat 8da4w g32":
+        return tq.prepare(model, weight=W4G32)
+    return model
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of every tensor autograd keeps over one forward, each storage once, parameters out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+def step_peak_bytes(model: nn.Module, x: torch.Tensor) -> float | None:
+    """Peak CUDA memory of one forward + backward above what was allocated before (GPU only)."""
+    if x.device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(x.device)
+    base = torch.cuda.memory_allocated(x.device)
+    model(x).float().square().mean().backward()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(x.device) - base
+
+
+def measure(tokens: list[int], layers: list[int], device: torch.device) -> list[dict]:
+    rows = []
+    for n_layers in layers:
+        for T in tokens:
+            base = None
+            for variant in VARIANTS:
+                model = make_model(variant, n_layers, device)
+                x = torch.randn(1, T, 256, device=device, dtype=torch.bfloat16, requires_grad=True)
+                kept = saved_bytes(model, x)
+                base = kept if base is None else base
+                row = dict(variant=variant, layers=n_layers, tokens=T, saved_mib=kept / 2**20,
+                           vs_nn_linear=kept / base, backend=tq.backend(device), device=str(device))  # fmt: skip
+                peak = step_peak_bytes(model, x)
+                row["step_peak_mib"] = "" if peak is None else peak / 2**20
+                rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--tokens", default="1024,4096", help="comma-separated token counts")
+    p.add_argument("--layers", default="1,4", help="comma-separated block counts")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--out", default=None, help="CSV path (default perf/results/<device>/memory.csv)"
+    )
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    rows = measure([int(t) for t in args.tokens.split(",")],
+                   [int(n) for n in args.layers.split(",")], device)  # fmt: skip
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).parent / "results" / name.replace(" ", "-") / "memory.csv"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(
+        f"{'layers':>6} {'tokens':>6} {'variant':<22} {'saved MiB':>10} {'vs nn.Linear':>12} {'step peak MiB':>14}"
+    )
+    for r in rows:
+        peak = f"{r['step_peak_mib']:.1f}" if r["step_peak_mib"] != "" else "not measured"
+        print(f"{r['layers']:>6} {r['tokens']:>6} {r['variant']:<22} {r['saved_mib']:>10.2f} "
+              f"{r['vs_nn_linear']:>11.3f}x {peak:>14}")  # fmt: skip
+    print(f"wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,56 @@
+"""Quantize a shared input once: several triton_qat linears that read the same tensor with the
+same activation spec (q/k/v of an attention block, gate/up of a SwiGLU MLP) get one quantized
+state, computed and kept for backward once.
+
+* Under ``torch.compile`` the activation quantize is its own functional op
+  (``triton_qat::quantize``) whose outputs feed each linear's op, so the compiler sees identical
+  calls and deduplicates them (common-subexpression elimination); nothing here is traced.
+* In eager mode a small cache remembers the last state per input tensor. It is keyed by the
+  tensor's identity AND its version counter (``x._version``, bumped by every in-place change), so a
+  tensor modified in place is quantized again; entries die with the tensor (weak references), so
+  the cache never keeps an input or its state alive.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor
+
+from triton_qat.spec import QuantSpec
+
+_ops = torch.ops.triton_qat
+# id(x) -> (weakref to x, version, spec, state)
+_CACHE: dict[int, tuple[weakref.ref, int, QuantSpec, tuple[Tensor, ...]]] = {}
+_ENABLED = [True]
+
+
+def set_enabled(on: bool) -> bool:
+    """Turn eager deduplication on or off (tests compare both); returns the previous setting."""
+    prev, _ENABLED[0] = _ENABLED[0], bool(on)
+    _CACHE.clear()
+    return prev
+
+
+def quantize_activation(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(codes int8 [M, K], scale fp32 [M, 1], zero point int32 [M, 1], mask bits [M, ceil(K/8)])
+    of x [..., K] under a family-1 activation ``spec`` (qparams computed, not given)."""
+    x2d = x.detach().reshape(-1, x.shape[-1])  # qparams are constants of the STE: no graph
+    if torch.compiler.is_compiling() or not _ENABLED[0]:
+        return _quantize(x2d, spec)
+    key = id(x)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is x and hit[1] == x._version and hit[2] == spec:
+        return hit[3]
+    state = _quantize(x2d, spec)
+    _CACHE[key] = (weakref.ref(x, lambda _ref, key=key: _CACHE.pop(key, None)), x._version, spec,
+                   state)  # fmt: skip
+    return state
+
+
+def _quantize(x2d: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    codes, scale, zp, mask, _ = _ops.quantize(
+        x2d, **spec.quantize_args(x2d.shape[1]), pack_mask=True, scale=None, zero_point=None
+    )
+    return codes, scale, zp, mask
