@@ -1,21 +1,23 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create/update .venv first.
+# On a GPU machine (torch and triton already installed): `make gpu-report`, no venv (see below).
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PIP := PIP_ROOT_USER_ACTION=ignore $(VPY) -m pip install -q --disable-pip-version-check
 # CPU machines run the Triton kernels through Triton's interpreter; a CUDA machine runs them natively.
 INTERPRET = $$($(VPY) -c 'import torch; print(0 if torch.cuda.is_available() else 1)')
 
-.PHONY: all venv test demo lint clean
+.PHONY: all venv test demo lint clean gpu-report gpu-report-dry
 all: test
 
+# torch==2.13.0 resolves to the CPU build on these machines (plain `torch` pulls CUDA wheels).
 $(STAMP): pyproject.toml Makefile
-	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	# torch==2.13.0 resolves to the CPU build on these machines (plain `torch` pulls CUDA wheels).
-	$(VPY) -m pip install -q "torch==2.13.0"
-	$(VPY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) "torch==2.13.0"
+	$(PIP) -e ".[test]"
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -28,6 +30,19 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check . && $(VPY) -m ruff format --check .
+
+# GPU truth in one command, for a short GPU window: correctness, tuning, benchmark and a report
+# (at most 8 files) in one folder, the summary printed last. Uses the machine's own python (PY)
+# with triton_qat installed by `pip install --no-deps --no-build-isolation -e .`; creates no venv
+# and installs nothing. Knobs (environment or make variables): BUDGET_S (total seconds, default
+# 480), REPORT_DIR (default perf/results/<gpu>/), e.g. `make gpu-report REPORT_DIR=/out`.
+gpu-report:
+	$(PY) perf/gpu_report.py
+
+# The same command path on a CPU: Triton interpreter, tiny shapes, a few seconds per phase
+# (tests/test_gpu_report.py runs it in `make test`); writes perf/results/quick/gpu-report/.
+gpu-report-dry: $(STAMP)
+	TRITON_INTERPRET=1 $(VPY) perf/gpu_report.py --dry-run
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,21 +1,35 @@
 """``python -m triton_qat.autotune --shapes 8192x4096x4096,8192x4096x14336 [--dtype bf16] ...``
+``python -m triton_qat.autotune --model mypkg.models:make_model --tokens 8192``
+``python -m triton_qat.autotune --model meta-llama/Llama-3.1-8B --tokens 8192   # needs transformers``
 
-Tunes the kernels of a QAT linear for each shape (MxKxN: tokens x in_features x out_features),
-prints the chosen configs and times, and writes them to the cache file for this GPU and Triton
-version (``$TRITON_QAT_CACHE_DIR``, default ``~/.cache/triton_qat``). On a CPU with
-TRITON_INTERPRET=1 it runs a dry run with one config per kernel.
+Tunes the kernels of a QAT linear for each shape (MxKxN: tokens x in_features x out_features), or
+for every distinct linear (K, N) of a model at ``--tokens`` tokens. ``--model`` takes a factory
+``module:attr`` (a callable returning an ``nn.Module``, or a module instance; built on the meta
+device, so no weights are allocated) or a Hugging Face model name or config folder (built from its
+config with random weights; needs ``transformers``). Candidates are the curated tutorial lists
+(``--full``: the whole config space), compiled in parallel on the CPU cores, then timed one by one;
+the table prints each tuned config's time next to the untuned default's. Results go to the cache
+file for this GPU and Triton version (``$TRITON_QAT_CACHE_DIR``, default ``~/.cache/triton_qat``),
+written after each shape. Needs a CUDA device; on a CPU with TRITON_INTERPRET=1 it runs a dry run
+with one config per kernel.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+import tempfile
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from triton_qat.kernels._common import INTERPRET
+
 from . import device_name, get_cache
-from .tune import KERNELS, LinearShape, n_candidates, tune
+from .cache import cache_dir
+from .tune import KERNELS, LinearShape, entries_of, n_candidates, tune
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -34,42 +48,199 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise argparse.ArgumentTypeError(
+            f"expected cuda, cuda:N, or cpu (a dry run with TRITON_INTERPRET=1), got {text!r}"
+        )
+    return device
+
+
+def linear_features(model: nn.Module) -> list[tuple[int, int]]:
+    """Every distinct (in_features, out_features) of the ``nn.Linear`` layers of ``model``, in
+    order of first appearance."""
+    seen: dict[tuple[int, int], None] = {}
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            seen.setdefault((mod.in_features, mod.out_features), None)
+    return list(seen)
+
+
+def load_model(name: str) -> nn.Module:
+    """The model ``--model`` names, built on the meta device: a factory ``module:attr`` (callable
+    or ``nn.Module``), else a Hugging Face name or config folder (needs ``transformers``).
+    Raises ``ValueError`` with a message for the user."""
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            obj = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise ValueError(f"--model {name}: cannot import {mod_name!r} ({e})") from None
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise ValueError(f"--model {name}: {mod_name!r} has no attribute {attr!r}")
+            obj = getattr(obj, part)
+        if not isinstance(obj, nn.Module):
+            if not callable(obj):
+                raise ValueError(f"--model {name}: {attr!r} is neither an nn.Module nor callable")
+            with torch.device("meta"):
+                obj = obj()
+        if not isinstance(obj, nn.Module):
+            raise ValueError(f"--model {name}: the factory returned a {type(obj).__name__}, "
+                             "not an nn.Module")  # fmt: skip
+        return obj
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError(
+            f"--model {name}: a Hugging Face model needs the 'transformers' package, which is not "
+            "installed (pip install transformers); or pass a factory as module:attr, e.g. "
+            "--model mypkg.models:make_model"
+        ) from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - not found, no network, bad folder: all the user's to fix
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--model {name}: cannot load its Hugging Face config: {first}") from None
+    with torch.device("meta"):
+        try:
+            return transformers.AutoModelForCausalLM.from_config(config)
+        except ValueError:  # not a causal LM: the base model has the same linears
+            return transformers.AutoModel.from_config(config)
+
+
+def model_shapes(name: str, tokens: int) -> list[tuple[int, int, int]]:
+    """(tokens, K, N) for every distinct linear of the model ``name`` (see :func:`load_model`)."""
+    features = linear_features(load_model(name))
+    if not features:
+        raise ValueError(f"--model {name}: the model has no nn.Linear layers")
+    return [(tokens, k, n) for k, n in features]
+
+
+def cache_write_error() -> str | None:
+    """Why the cache folder cannot be written (None: it can), checked before any tuning."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"{folder}: {e.strerror or e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m triton_qat.autotune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--shapes", type=parse_shapes, required=True, help="MxKxN[,MxKxN...]")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--shapes", type=parse_shapes, help="MxKxN[,MxKxN...]")
+    what.add_argument("--model", help="module:attr factory, or a Hugging Face name/config folder")
+    p.add_argument("--tokens", type=_int_at_least(1), default=8192,
+                   help="tokens M of each linear of --model (default 8192)")  # fmt: skip
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--granularity", choices=["per_channel", "per_group"], default="per_channel",
                    help="weight granularity")  # fmt: skip
-    p.add_argument("--group-size", type=int, default=128, help="for --granularity per_group")
+    p.add_argument("--group-size", type=_int_at_least(1), default=128,
+                   help="for --granularity per_group (a positive divisor of every K)")  # fmt: skip
     p.add_argument("--bits", type=int, choices=[4, 8], default=8, help="weight bits")
     p.add_argument("--kernels", default=",".join(KERNELS), help=f"subset of {','.join(KERNELS)}")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--full", action="store_true",
+                   help="time the whole config space instead of the curated lists")  # fmt: skip
+    p.add_argument("--workers", type=_int_at_least(1), default=None,
+                   help="compile threads (default: one per CPU core, at most 16)")  # fmt: skip
+    p.add_argument("--device", type=parse_device,
+                   default=torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
     args = p.parse_args(argv)
+    device = args.device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here; tuning needs a CUDA device "
+                "(or TRITON_INTERPRET=1 with --device cpu for a dry run)")  # fmt: skip
+    if device.type == "cpu" and not INTERPRET:
+        p.error("tuning needs a CUDA device, and none is available; on a CPU set "
+                "TRITON_INTERPRET=1 for a dry run (one config per kernel, nothing measured)")  # fmt: skip
     kernels = [k for k in args.kernels.split(",") if k]
     bad = [k for k in kernels if k not in KERNELS]
-    if bad:
+    if bad or not kernels:
         p.error(f"--kernels: unknown {bad}; expected a subset of {list(KERNELS)}")
-    device = torch.device(args.device)
+    if args.model is not None:
+        try:
+            shapes = model_shapes(args.model, args.tokens)
+        except ValueError as e:
+            p.error(str(e))
+        print(f"{args.model}: {len(shapes)} distinct linear(s) (K -> N): "
+              + ", ".join(f"{k}->{n}" for _, k, n in shapes))  # fmt: skip
+    else:
+        shapes = args.shapes
+    group = args.group_size if args.granularity == "per_group" else 0
     specs = []
-    for M, K, N in args.shapes:
-        group = args.group_size if args.granularity == "per_group" else 0
+    for M, K, N in shapes:
         if group and K % group:
             p.error(f"--group-size: {group} does not divide K={K} of shape {M}x{K}x{N}")
         specs.append(LinearShape(M, K, N, DTYPES[args.dtype], args.bits, group))
-    total = sum(n_candidates(s, device, kernels) for s in specs)
-    print(f"tuning {len(specs)} shape(s) on {device_name(device)}, {total} configs to time")
+
+    cache = get_cache(device)
+    save_error = cache_write_error()
+    if save_error:
+        print(f"warning: cannot write the tuning cache ({save_error}); results will be printed "
+              "but NOT saved. Set TRITON_QAT_CACHE_DIR to a writable folder to keep them.",
+              file=sys.stderr, flush=True)  # fmt: skip
+    curated = not args.full
+    total = sum(n_candidates(s, device, kernels, curated) for s in specs)
+    where = device_name(device)
+    if INTERPRET:
+        where += " (Triton interpreter: a dry run, one config per kernel, nothing measured)"
+    space = "full space" if args.full else "curated lists"
+    print(f"tuning {len(specs)} shape(s) on {where}, {total} configs to time ({space})", flush=True)
     rows = []
     with tqdm(total=total, unit="cfg", dynamic_ncols=True) as bar:
         for s in specs:
-            bar.set_description(f"{s.M}x{s.K}x{s.N}")
-            for kernel, r in tune(s, device, kernels, progress=bar.update).items():
-                rows.append((f"{s.M}x{s.K}x{s.N}", kernel, r["ms"], r["tried"], r["config"]))
-    print(f"\n{'shape':<20} {'kernel':<11} {'ms':>9} {'tried':>6}  config")
-    for shape, kernel, ms, tried, cfg in rows:
-        print(f"{shape:<20} {kernel:<11} {ms:>9.4f} {tried:>6}  {cfg}")
-    print(f"\nwrote {get_cache(device).user_path}")
+            bar.set_description(s.label)
+            results = tune(s, device, kernels, progress=bar.update, curated=curated, store=False,
+                           workers=args.workers)  # fmt: skip
+            for kernel, r in results.items():
+                rows.append((s.label, kernel, r))
+            if results and save_error is None:
+                try:
+                    cache.store(entries_of(results))
+                except OSError as e:  # e.g. the disk filled up: keep tuning, print, report
+                    save_error = f"{cache.user_path}: {e.strerror or e}"
+    print_results(rows)
+    if save_error:
+        print(f"\nresults NOT saved: cannot write the tuning cache ({save_error})",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"\nwrote {cache.user_path}")
     return 0
+
+
+def print_results(rows: list[tuple[str, str, dict]]) -> None:
+    """One line per (shape, kernel): the untuned default's time, the tuned one's, the gain."""
+    print(f"\n{'shape':<24} {'kernel':<11} {'default ms':>11} {'tuned ms':>9} {'gain':>6} "
+          f"{'tried':>5}  config")  # fmt: skip
+    for label, kernel, r in rows:
+        d = r["default_ms"]
+        default = f"{d:>11.4f}" if d is not None else f"{'failed':>11}"
+        gain = f"{d / r['ms']:>5.2f}x" if d is not None and r["ms"] > 0 else f"{'-':>6}"
+        partial = "" if r["complete"] else " (stopped early)"
+        print(f"{label:<24} {kernel:<11} {default} {r['ms']:>9.4f} {gain} {r['tried']:>5}  "
+              f"{r['config']}{partial}")  # fmt: skip
 
 
 if __name__ == "__main__":

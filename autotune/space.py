@@ -1,8 +1,10 @@
 """Config spaces per kernel and GPU generation, pruned by problem shape.
 
-A config is a plain dict of launch parameters (tile sizes, ``num_warps``, ``num_stages``). The spaces
-are built by comprehension at import; :func:`candidates` drops tiles larger than the problem and
-tiles whose pipelined operand buffers would not fit in shared memory.
+A config is a plain dict of launch parameters (tile sizes, ``num_warps``, ``num_stages``). The full
+spaces (:data:`SPACES`) are built by comprehension at import; :data:`CURATED` holds 12-16 configs per
+kernel taken from Triton's own matmul tutorials (the tiles its Hopper/Ampere autotuner lists), the
+short lists a GPU window can afford. :func:`candidates` drops tiles larger than the problem and
+tiles whose pipelined operand buffers would not fit in shared memory, from either list.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _QUANTIZE = [
 
 SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": _QUANTIZE}
 
+
 # Untuned defaults (speed not measured), used until a tuned config exists for a shape. Sized so
 # every dtype fits the 99 KiB of shared memory the smallest supported GPUs (sm_86/89) give a block:
 # compiled for sm_90, fp32 dgrad takes 80 KiB, fp32 wgrad 81 KiB (tests/test_gpu_compile.py).
@@ -47,6 +50,63 @@ DEFAULTS = {
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 3},
 }  # fmt: skip
+
+
+# Output tiles (rows x cols), reduction tile, warps, stages: the configs of Triton's matmul tutorials
+# (python/tutorials/03-matrix-multiplication.py: its CUDA autotune list, fp16 and fp8 entries, and
+# 09-persistent-matmul.py: 128x256x64 w8 s3 on Hopper), with reduction tiles >= 32 (int8 operands).
+_TUTORIAL_TILES = [
+    (128, 256, 64, 8, 3),
+    (128, 256, 128, 8, 3),
+    (256, 128, 128, 8, 3),
+    (256, 128, 64, 8, 3),
+    (64, 256, 32, 4, 4),
+    (64, 256, 128, 4, 4),
+    (256, 64, 128, 4, 4),
+    (128, 128, 32, 4, 4),
+    (128, 128, 64, 4, 4),
+    (128, 128, 64, 8, 3),
+    (128, 128, 128, 4, 4),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (128, 32, 64, 4, 4),
+    (64, 64, 64, 4, 3),
+]
+
+
+def _gemm_tiles(kernel: str, rows: int, cols: int, red: int, warps: int, stages: int) -> dict:
+    """A tutorial tile as ``kernel``'s parameters: fwd's output is [M, N] reduced over K; dgrad's
+    is [M, K] reduced over N (BLOCK_N); wgrad's is [N, K] reduced over M (BLOCK_M)."""
+    bm, bn, bk = {"fwd": (rows, cols, red), "dgrad": (rows, red, cols),
+                  "wgrad": (red, rows, cols)}[kernel]  # fmt: skip
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
+            "num_stages": stages}  # fmt: skip
+
+
+# Quantize: (BLOCK_R, BLOCK_C, num_warps). Wide rows (per token, per channel) stream 256-4096
+# columns per step; per-group weights want BLOCK_C == the group (128, 32) and more rows per program.
+# candidates(curated=True) keeps BLOCK_C >= min(group, 256), so each group size sees its own list.
+_QUANTIZE_CURATED = [
+    (1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (1, 4096, 8), (2, 1024, 4), (2, 2048, 8),
+    (4, 512, 4), (4, 1024, 4), (4, 1024, 8), (8, 512, 4), (8, 512, 8), (16, 256, 4),
+    (8, 128, 2), (16, 128, 4), (32, 128, 4), (32, 128, 8), (64, 128, 8), (128, 128, 8),
+    (32, 32, 2), (64, 32, 4), (128, 32, 4),
+]  # fmt: skip
+
+
+def _curated_gemm(kernel: str) -> list[dict]:
+    configs = [dict(DEFAULTS[kernel])] + [_gemm_tiles(kernel, *t) for t in _TUTORIAL_TILES]
+    return list({tuple(sorted(c.items())): c for c in configs}.values())  # deduplicated, in order
+
+
+# The short candidate lists of a GPU window (``candidates(..., curated=True)``; the tuner's default).
+# Each GEMM list starts with the untuned default, so "what tuning bought" is measured against it.
+CURATED = {
+    "fwd": _curated_gemm("fwd"),
+    "dgrad": _curated_gemm("dgrad"),
+    "wgrad": _curated_gemm("wgrad"),
+    "quantize": [{"BLOCK_R": r, "BLOCK_C": c, "num_warps": w} for r, c, w in _QUANTIZE_CURATED],
+}
 
 
 # Interpreter configs (the CPU suite): 64-wide tiles keep it ~3x faster than 32 while odd test
@@ -81,6 +141,7 @@ def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
 
 
 def _dedupe(configs: list[dict]) -> list[dict]:
+    """``configs`` without repeats, first occurrence kept (order matters: the tuner times in it)."""
     seen, out = set(), []
     for c in configs:
         key = tuple(sorted(c.items()))
@@ -111,17 +172,23 @@ def candidates(
     elem_bytes: int = 2,
     smem_limit: int = SMEM_FALLBACK,
     group_size: int = 0,
+    curated: bool = False,
 ) -> list[dict]:
     """The configs worth timing for ``kernel`` at ``shape`` on a GPU of compute ``capability``
     (major version) with ``smem_limit`` bytes of shared memory per block. GEMMs take shape
     (M, N, K) of the linear; quantize takes (rows, group_size). Forward candidates are fitted to
     the weight's ``group_size`` (0: per channel) and deduplicated, so each one is a distinct
     launch. The shared-memory estimate counts the pipelined operand tiles only; configs that still
-    do not fit fail to launch and are skipped by the tuner."""
+    do not fit fail to launch and are skipped by the tuner. ``curated``: prune :data:`CURATED`
+    (the short tutorial lists) instead of the full :data:`SPACES`."""
     if kernel == "quantize":
         rows, group = shape
         max_c = _pow2_at_least(group, 16)
         max_r = _pow2_at_least(rows, 1)
+        if curated:  # the untuned default first, then the list's entries sized for this group
+            kept = [c for c in CURATED["quantize"] if min(max_c, 256) <= c["BLOCK_C"] <= max_c
+                    and c["BLOCK_R"] <= max_r]  # fmt: skip
+            return _dedupe([quantize_default(rows, group), *kept])
         return [c for c in _QUANTIZE if c["BLOCK_C"] <= max_c and c["BLOCK_R"] <= max_r
                 and c["BLOCK_R"] * c["BLOCK_C"] <= 16384] or [quantize_default(rows, group)]  # fmt: skip
     M, N, K = shape
@@ -130,7 +197,7 @@ def candidates(
     mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
     max_stages = 5 if capability >= 9 else 4  # Hopper's larger shared memory fits deeper pipelines
     kept = [
-        c for c in SPACES[kernel]
+        c for c in (CURATED if curated else SPACES)[kernel]
         if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)
         and smem_bytes(kernel, c, elem_bytes) <= limit and c["num_stages"] <= max_stages
     ]  # fmt: skip

@@ -5,6 +5,10 @@
 Per (K, N) and mode: TFLOP/s vs tokens per provider with p20-p80 error bars and the bf16 roofline
 of the GPU (min(peak, arithmetic intensity x memory bandwidth), for the GPUs in ``PEAKS``), and the
 speedup of each provider over F.linear. The title names the GPU and versions.
+
+:func:`plot_report` (``perf/gpu_report.py``) draws few files instead: ``tflops.png`` and
+``speedup.png`` (one panel per (K, N) x mode in one figure each) and ``kernels.png`` (each
+kernel's throughput as a fraction of its ceiling op, and what tuning bought).
 """
 
 from __future__ import annotations
@@ -98,6 +102,122 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
         fig.tight_layout()
         path = out / f"qat_linear_{mode.replace('+', '_')}_K{K}_N{N}.png"
         fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _qat_panels(rows: list[dict], metric: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(K, N) pairs (numeric order) and modes that have ``metric`` rows of the linear."""
+    mine = [r for r in rows if r["kernel"] == "qat_linear" and r["metric"] == metric]
+    shapes = sorted({(r["K"], r["N"]) for r in mine}, key=lambda kn: (int(kn[0]), int(kn[1])))
+    modes = [m for m in ("fwd", "bwd", "fwd+bwd") if any(r["mode"] == m for r in mine)]
+    return shapes, modes
+
+
+def _grid_figure(rows, metric, ylabel, title, path, roofline_gpu=None, hline=None) -> Path | None:
+    """One figure, one panel per (K, N) x mode: ``metric`` vs tokens per provider, p20-p80 bars."""
+    shapes, modes = _qat_panels(rows, metric)
+    if not shapes or not modes:
+        return None
+    fig, axes = plt.subplots(len(shapes), len(modes), figsize=(6.0 * len(modes), 3.6 * len(shapes)),
+                             squeeze=False)  # fmt: skip
+    for i, (K, N) in enumerate(shapes):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            _errorbars(ax, _series(rows, "qat_linear", metric, mode, K, N))
+            if roofline_gpu is not None:
+                ms = sorted({int(r["M"]) for r in rows if (r["K"], r["N"]) == (K, N)})
+                roof = [(m, roofline_tflops(m, int(K), int(N), mode, roofline_gpu)) for m in ms]
+                if roof and all(v is not None for _, v in roof):
+                    ax.plot(*zip(*roof, strict=True), "k--", label="bf16 roofline")
+            if hline is not None:
+                ax.axhline(hline, color="gray", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{mode}, K={K} -> N={N}", fontsize=9)
+            ax.set_xlabel("tokens M")
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _kernel_fractions(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """{shape label: {kernel: throughput of triton_qat / throughput of its ceiling op}} (GB/s
+    for quantize, TFLOP/s for GEMMs: the same work, so the time ratio for GEMMs)."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    units = {}
+    for r in rows:
+        if r["metric"] in ("gb_per_s", "tflops") and r["kernel"] != "qat_linear":
+            units[(r["kernel"], r["M"], r["K"], r["N"], r["provider"] == "triton_qat")] = float(
+                r["value"]
+            )
+    for (kernel, M, K, N, mine), v in units.items():
+        other = units.get((kernel, M, K, N, False))
+        if mine and other:
+            out[f"{M}x{K}->{N}"][kernel] = v / other
+    return out
+
+
+def plot_report(
+    rows: list[dict],
+    out: Path,
+    tuning: list[dict] | None = None,
+    gpu: str | None = None,
+    dry_run: bool = False,
+) -> list[Path]:
+    """The report's three PNGs from benchmark rows (perf/bench.py's columns, as read by
+    :func:`load`) and the tuning records of perf/gpu_report.py; files without data are skipped."""
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    gpu = gpu or (rows[0]["gpu"] if rows else "unknown device")
+    versions = f"torch {rows[0]['torch']}, triton {rows[0]['triton']}" if rows else ""
+    tag = " [DRY RUN: CPU interpreter, not GPU speed]" if dry_run else ""
+    for metric, ylabel, name, extra in (
+        ("tflops", "TFLOP/s (median, p20-p80)", "tflops.png", dict(roofline_gpu=gpu)),
+        ("speedup_vs_F.linear", "speedup vs F.linear (x, median, p20-p80)", "speedup.png",
+         dict(hline=1.0)),
+    ):  # fmt: skip
+        title = f"QAT linear {metric} on {gpu} ({versions}){tag}"
+        path = _grid_figure(rows, metric, ylabel, title, out / name, **extra)
+        if path is not None:
+            written.append(path)
+    fractions = _kernel_fractions(rows)
+    gains = [t for t in (tuning or []) if t.get("gain")]
+    if fractions or gains:
+        fig, (ax_f, ax_t) = plt.subplots(1, 2, figsize=(13, 4.8))
+        order = ["quantize_x", "quantize_w", "fwd", "dequantize_x", "dgrad", "wgrad"]
+        seen = {k for by_kernel in fractions.values() for k in by_kernel}
+        kernels = [k for k in order if k in seen] + sorted(seen - set(order)) or order
+        width = 0.8 / max(1, len(fractions))
+        for i, (shape, by_kernel) in enumerate(sorted(fractions.items())):
+            xs = [k + i * width for k in range(len(kernels))]
+            ax_f.bar(xs, [by_kernel.get(k, 0.0) for k in kernels], width, label=shape)
+        ax_f.set_xticks([k + 0.4 - width / 2 for k in range(len(kernels))], kernels)
+        for y, what in ((0.8, "int8 GEMM target"), (0.75, "quantize target")):
+            ax_f.axhline(y, color="gray", lw=0.8, ls="--")
+            ax_f.text(len(kernels) - 0.5, y, what, fontsize=7, va="bottom", ha="right")
+        ax_f.set_ylabel("throughput / ceiling op's (copy, _int_mm, mm)")
+        ax_f.set_title("each kernel against its ceiling", fontsize=9)
+        if fractions:
+            ax_f.legend(fontsize=7)
+        labels = [f"{t['shape']}\n{t['kernel']}" for t in gains]
+        ax_t.bar(range(len(gains)), [t["gain"] for t in gains], color="tab:green")
+        ax_t.axhline(1.0, color="gray", lw=0.8)
+        ax_t.set_xticks(range(len(gains)), labels, rotation=90, fontsize=6)
+        ax_t.set_ylabel("untuned default ms / tuned ms")
+        ax_t.set_title("what tuning bought", fontsize=9)
+        for ax in (ax_f, ax_t):
+            ax.grid(alpha=0.3, axis="y")
+        fig.suptitle(f"kernels on {gpu} ({versions}){tag}", fontsize=10)
+        fig.tight_layout()
+        path = out / "kernels.png"
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
     return written

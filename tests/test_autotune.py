@@ -175,3 +175,191 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
         assert out.shape == (m, 24)
         seen[m] = [cfg for key, cfg in log if key.startswith("fwd|")]
     assert seen[10] == [small] and seen[100] == [large]
+
+
+# ------------------------------------------------------------------------------------------------
+# curated candidate lists, parallel compilation, default-vs-tuned results
+
+
+def test_curated_candidates_are_short_start_with_the_default_and_fit():
+    from triton_qat.autotune.space import CURATED, DEFAULTS, quantize_default, smem_bytes
+
+    hopper = 227 * 1024
+    for kernel in ("fwd", "dgrad", "wgrad"):
+        assert CURATED[kernel][0] == DEFAULTS[kernel]
+        for K, N in ((4096, 4096), (4096, 14336), (14336, 4096)):
+            got = candidates(kernel, (8192, N, K), 9, 2, hopper, curated=True)
+            assert 10 <= len(got) <= 16 and got[0] == DEFAULTS[kernel]
+            assert all(smem_bytes(kernel, c, 2) <= hopper for c in got)
+            assert len({tuple(sorted(c.items())) for c in got}) == len(got)
+    g128 = candidates("fwd", (8192, 4096, 4096), 9, 2, hopper, 128, curated=True)
+    assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in g128)
+    per_token = candidates("quantize", (8192, 4096), 9, curated=True)
+    assert per_token[0] == quantize_default(8192, 4096) and 8 <= len(per_token) <= 16
+    per_group = candidates("quantize", (4096, 128), 9, curated=True)
+    assert per_group[0] == quantize_default(4096, 128)
+    assert {c["BLOCK_C"] for c in per_group} == {128}
+    # the full space is still there and larger
+    assert len(candidates("fwd", (8192, 4096, 4096), 9, 2, hopper)) > len(g128)
+
+
+def test_precompile_runs_launches_in_parallel_and_keeps_errors():
+    import time
+
+    from triton_qat.autotune.tune import precompile
+
+    def ok():
+        time.sleep(0.2)
+
+    def bad():
+        raise RuntimeError("out of resources")
+
+    errors, stats = precompile([ok] * 6 + [bad], torch.device("cpu"), workers=6)
+    assert errors[:6] == [None] * 6 and isinstance(errors[6], RuntimeError)
+    assert stats["launches"] == 7 and stats["workers"] == 6
+    assert stats["sum_s"] > 1.1 and stats["wall_s"] < 0.7  # six 0.2 s launches overlap
+
+
+def test_tune_reports_the_untuned_default(cache_dir):
+    from triton_qat.autotune.tune import LinearShape, tune
+
+    res = tune(LinearShape(32, 64, 48, torch.float32), torch.device("cpu"), ("fwd", "quantize_x"),
+               store=False)  # fmt: skip
+    assert set(res) == {"fwd", "quantize_x"}
+    for r in res.values():
+        assert r["default_config"] == r["config"] and r["default_ms"] == r["ms"] > 0
+        assert r["complete"] and r["tried"] == r["candidates"] == 1
+    assert not (cache_dir / file_name("interpreter")).exists()  # store=False wrote nothing
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: shapes from a model, clear errors instead of tracebacks
+
+
+def _cli(args, env=None, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "triton_qat.autotune", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_cli_unwritable_cache_dir_warns_up_front_and_still_prints_results():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_QAT_CACHE_DIR": "/sys/x"}
+    res = _cli(["--shapes", "32x64x64,16x64x32"], env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "cannot write the tuning cache" in res.stderr and "/sys/x" in res.stderr
+    # said before tuning started (the progress bar follows), and the results are printed anyway
+    assert res.stderr.index("cannot write the tuning cache") < res.stderr.index("cfg")
+    assert "results NOT saved" in res.stderr
+    for shape in ("32x64x64", "16x64x32"):
+        assert all(
+            f"{shape} i8" in line for line in res.stdout.splitlines() if line.startswith(shape)
+        )
+    assert "default ms" in res.stdout and res.stdout.count(" wgrad ") == 2
+
+
+def test_cli_save_failure_after_tuning_prints_results(cache_dir, monkeypatch, capsys):
+    from triton_qat.autotune import __main__ as cli
+
+    def full_disk(self, new):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ConfigCache, "store", full_disk)
+    assert cli.main(["--shapes", "32x64x48", "--kernels", "fwd,quantize_x", "--dtype", "fp32"]) == 1
+    out, err = capsys.readouterr()
+    assert "32x64x48 i8" in out and " fwd " in out and "quantize_x" in out
+    assert "results NOT saved" in err and "No space left on device" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_without_gpu_or_interpreter_says_what_it_needs():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = _cli(["--shapes", "32x64x64"], env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "CUDA device" in res.stderr and "TRITON_INTERPRET=1" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--shapes", "32x64x64", "--granularity", "per_group", "--group-size", "0"], "--group-size"),
+        (["--shapes", "32x64x64", "--group-size", "-32"], "--group-size"),
+        (["--shapes", "32x64x64", "--granularity", "per_group", "--group-size", "48"], "--group-size"),
+        (["--shapes", "32x64x64", "--device", "meta"], "--device"),
+        (["--shapes", "32x64x64", "--device", "gpu0"], "--device"),
+        (["--shapes", "32x64x64", "--kernels", "fwd,nope"], "--kernels"),
+        (["--model", "no_such_module_xyz:make"], "--model"),
+        (["--shapes", "32x64x64", "--model", "a:b"], "--model"),
+        ([], "--shapes"),
+    ],
+    ids=["group-0", "group-negative", "group-not-dividing", "device-meta", "device-bad",
+         "kernels", "model-missing", "shapes-and-model", "nothing"],
+)  # fmt: skip
+def test_cli_bad_arguments_end_in_argparse_errors(args, needle, capsys):
+    from triton_qat.autotune import __main__ as cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "usage:" in err and "Traceback" not in err
+
+
+TINY_MODEL = """
+from torch import nn
+
+
+def make_model():
+    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 64), nn.Linear(64, 48))
+
+
+model = make_model()
+not_a_model = 3
+"""
+
+
+def test_cli_model_factory_tunes_every_distinct_linear(tmp_path, cache_dir):
+    (tmp_path / "tiny_models.py").write_text(TINY_MODEL)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_QAT_CACHE_DIR": str(cache_dir)}
+    res = _cli(["--model", "tiny_models:make_model", "--tokens", "32", "--dtype", "fp32",
+                "--kernels", "fwd"], env=env, cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "2 distinct linear(s) (K -> N): 64->48, 48->64" in res.stdout
+    assert "32x64x48 i8" in res.stdout and "32x48x64 i8" in res.stdout
+    entries = json.loads((cache_dir / file_name("interpreter")).read_text())["entries"]
+    assert set(entries) == {"fwd|M32|N48|K64|float32|", "fwd|M32|N64|K48|float32|"}
+
+
+def test_model_shapes_from_factories_and_hugging_face(tmp_path, monkeypatch):
+    import types
+
+    from triton_qat.autotune.__main__ import model_shapes
+
+    (tmp_path / "tiny_models.py").write_text(TINY_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    want = [(8, 64, 48), (8, 48, 64)]
+    assert model_shapes("tiny_models:make_model", 8) == want
+    assert model_shapes("tiny_models:model", 8) == want  # an instance works too
+    for bad, needle in [("tiny_models:nope", "no attribute"), ("tiny_models:not_a_model", "neither"),
+                        ("no_such_module_xyz:f", "cannot import")]:  # fmt: skip
+        with pytest.raises(ValueError, match=needle):
+            model_shapes(bad, 8)
+    # a Hugging Face name: a clear error without transformers, the config's linears with it
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ValueError, match="'transformers' package, which is not installed"):
+        model_shapes("org/some-model", 8)
+    built = {}
+
+    class AutoConfig:
+        @staticmethod
+        def from_pretrained(name):
+            return {"name": name}
+
+    class AutoModelForCausalLM:
+        @staticmethod
+        def from_config(config):
+            built["device"] = torch.empty(()).device  # the meta device: no weights allocated
+            return nn.Sequential(nn.Linear(32, 96), nn.Linear(32, 96), nn.Linear(96, 32))
+
+    fake = types.SimpleNamespace(AutoConfig=AutoConfig, AutoModelForCausalLM=AutoModelForCausalLM)
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    assert model_shapes("org/some-model", 16) == [(16, 32, 96), (16, 96, 32)]
+    assert built["device"].type == "meta"
