@@ -15,7 +15,9 @@ size (:func:`fwd_mode`); the config must fit the mode (:func:`check_fwd_config`,
   fp32 dot (IEEE precision). Correct for any divisor of K, slower.
 
 Layouts: q_x int8 [M, K] (row stride given), s_x fp32 [M], zp_x int32 [M]; q_w int8 [N, K]
-(row stride given), s_w fp32 [N, G], colsum_w int32 [N, G]; bias [N]; out [M, N] contiguous.
+(row stride given), s_w fp32 [N, G] and colsum_w int32 [N, G] with the same (any) strides: stored
+group-major ([G, N] memory, as the forward's weight quantize writes them) a group's scales for a
+tile are one vector load; bias [N]; out [M, N] contiguous.
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ def _int8_linear_kernel(
     M,
     N,
     K,
-    GROUP,
     stride_xm,
     stride_wn,
+    stride_sn,
+    stride_sg,
     stride_om,
+    GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ASYM: tl.constexpr,
     MODE: tl.constexpr,
@@ -83,55 +87,63 @@ def _int8_linear_kernel(
     o_k = tl.arange(0, BLOCK_K)  # [BK]
     m_m = o_m < M
     m_n = o_n < N
-    n_groups = K // GROUP
-    b_sx = tl.load(sx_ptr + o_m, mask=m_m, other=1.0)  # [BM]
-    b_zp = tl.load(zpx_ptr + o_m, mask=m_m, other=0)  # [BM]
-    p_x = xq_ptr + o_m[:, None] * stride_xm  # [BM, 1]
-    p_w = wq_ptr + o_n[None, :] * stride_wn  # [1, BN]
+    # rows / columns past the edge read row 0 (in bounds) and are never stored, so the K loop
+    # masks only along K, as a plain matmul does
+    o_mw, o_nw = o_m % M, o_n % N
+    b_sx = tl.load(sx_ptr + o_mw)  # [BM]
+    b_zp = tl.load(zpx_ptr + o_mw)  # [BM]
+    p_a = xq_ptr + o_mw[:, None] * stride_xm + o_k[None, :]  # [BM, BK]
+    p_b = wq_ptr + o_nw[None, :] * stride_wn + o_k[:, None]  # [BK, BN]
     if MODE == 0:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
-            m_k = (k0 + o_k) < K
-            b_a = tl.load(p_x + (k0 + o_k)[None, :], mask=m_m[:, None] & m_k[None, :], other=0)
-            b_b = tl.load(p_w + (k0 + o_k)[:, None], mask=m_k[:, None] & m_n[None, :], other=0)
+            b_a = tl.load(p_a, mask=(k0 + o_k)[None, :] < K, other=0)
+            b_b = tl.load(p_b, mask=(k0 + o_k)[:, None] < K, other=0)
             acc += tl.dot(b_a, b_b, out_dtype=tl.int32)  # [BM, BN]
+            p_a += BLOCK_K
+            p_b += BLOCK_K
         if ASYM:
-            b_ws = tl.load(wsum_ptr + o_n, mask=m_n, other=0)
-            acc -= b_zp[:, None] * b_ws[None, :]
-        b_sw = tl.load(sw_ptr + o_n, mask=m_n, other=1.0)
-        b_out = _scale(acc.to(tl.float32), b_sx, b_sw)
+            acc -= b_zp[:, None] * tl.load(wsum_ptr + o_nw * stride_sn)[None, :]
+        b_out = _scale(acc.to(tl.float32), b_sx, tl.load(sw_ptr + o_nw * stride_sn))
     elif MODE == 1:
+        # one flat loop over groups (GROUP is a multiple of BLOCK_K, K of GROUP: no masks); per
+        # group an int32 tile, flushed into fp32 with the group's scales ([BN] vector loads); the
+        # zero-point term sum_g s_w * zp * colsum_g is a rank-1 [BN] vector applied once at the end
         acc_f = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for g in range(0, n_groups):
+        b_corr = tl.zeros([BLOCK_N], dtype=tl.float32)
+        p_s = sw_ptr + o_nw * stride_sn  # [BN]
+        p_ws = wsum_ptr + o_nw * stride_sn  # [BN]
+        for g in range(0, K // GROUP):
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-            for k0 in range(g * GROUP, (g + 1) * GROUP, BLOCK_K):
-                b_a = tl.load(p_x + (k0 + o_k)[None, :], mask=m_m[:, None], other=0)
-                b_b = tl.load(p_w + (k0 + o_k)[:, None], mask=m_n[None, :], other=0)
-                acc += tl.dot(b_a, b_b, out_dtype=tl.int32)
-            if ASYM:
-                b_ws = tl.load(wsum_ptr + o_n * n_groups + g, mask=m_n, other=0)
-                acc -= b_zp[:, None] * b_ws[None, :]
-            b_sw = tl.load(sw_ptr + o_n * n_groups + g, mask=m_n, other=1.0)
+            for _ in tl.static_range(GROUP // BLOCK_K):
+                acc += tl.dot(tl.load(p_a), tl.load(p_b), out_dtype=tl.int32)
+                p_a += BLOCK_K
+                p_b += BLOCK_K
+            b_sw = tl.load(p_s + g * stride_sg)
             acc_f += acc.to(tl.float32) * b_sw[None, :]
+            if ASYM:
+                b_corr += tl.load(p_ws + g * stride_sg).to(tl.float32) * b_sw
+        if ASYM:
+            acc_f -= b_zp.to(tl.float32)[:, None] * b_corr[None, :]
         b_out = acc_f * b_sx[:, None]
     else:
         acc_f = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             m_k = (k0 + o_k) < K
-            m_a = m_m[:, None] & m_k[None, :]
-            m_b = m_k[:, None] & m_n[None, :]
-            b_a = tl.load(p_x + (k0 + o_k)[None, :], mask=m_a, other=0).to(tl.int32)
-            b_a = tl.where(m_a, b_a - b_zp[:, None], 0).to(tl.float32)  # [BM, BK]
-            b_b = tl.load(p_w + (k0 + o_k)[:, None], mask=m_b, other=0).to(tl.float32)
-            p_sw = sw_ptr + o_n[None, :] * n_groups + ((k0 + o_k) // GROUP)[:, None]
-            b_b = b_b * tl.load(p_sw, mask=m_b, other=0.0)  # [BK, BN]
+            b_a = tl.load(p_a, mask=m_k[None, :], other=0).to(tl.int32)
+            b_a = tl.where(m_k[None, :], b_a - b_zp[:, None], 0).to(tl.float32)  # [BM, BK]
+            b_b = tl.load(p_b, mask=m_k[:, None], other=0).to(tl.float32)
+            p_sw = sw_ptr + o_nw[None, :] * stride_sn + ((k0 + o_k) // GROUP)[:, None] * stride_sg
+            b_b = b_b * tl.load(p_sw, mask=m_k[:, None], other=0.0)  # [BK, BN]
             acc_f += tl.dot(b_a, b_b, input_precision="ieee")
+            p_a += BLOCK_K
+            p_b += BLOCK_K
         b_out = acc_f * b_sx[:, None]
     # a token whose scale is inf/NaN has a non-finite x_fq row, so the reference row is all NaN
     m_finite = (b_sx == b_sx) & (tl.abs(b_sx) < float("inf"))  # [BM]
     b_out = tl.where(m_finite[:, None], b_out, float("nan"))
     if HAS_BIAS:
-        b_out += tl.load(bias_ptr + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        b_out += tl.load(bias_ptr + o_nw).to(tl.float32)[None, :]
     p_o = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
     tl.store(p_o, cast_to_dt(b_out, DT), mask=m_m[:, None] & m_n[None, :])
 
@@ -186,23 +198,27 @@ def int8_linear(
     check_fwd_config(config, K, group_size)
     x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
     w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
+    if w_code_sum.stride() != w_scale.stride():  # one pair of strides serves both
+        w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
     _int8_linear_kernel[grid](
         x_codes,
         x_scale.contiguous(),
         x_zero_point.contiguous(),
         w_codes,
-        w_scale.contiguous(),
-        w_code_sum.contiguous(),
+        w_scale,
+        w_code_sum,
         bias.contiguous() if bias is not None else out,
         out,
         M,
         N,
         K,
-        group_size,
         x_codes.stride(0),
         w_codes.stride(0),
+        w_scale.stride(0),
+        w_scale.stride(1),
         out.stride(0),
+        GROUP=group_size,
         HAS_BIAS=bias is not None,
         ASYM=asymmetric,
         MODE=fwd_mode(K, group_size),

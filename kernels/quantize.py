@@ -45,6 +45,8 @@ def _quantize_rows_kernel(
     R,
     C,
     GROUP,
+    stride_qr,
+    stride_qg,
     eps,
     QMIN: tl.constexpr,
     QMAX: tl.constexpr,
@@ -68,7 +70,7 @@ def _quantize_rows_kernel(
     o_c = tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]; col * stride can pass 2**31 (x.T)
     for g in range(0, n_groups):
         col0 = g * GROUP
-        o_q = o_r * n_groups + g  # [BR] index into the [R, G] qparam tensors
+        o_q = o_r * stride_qr + g * stride_qg  # [BR] index into the [R, G] qparam tensors
         if HAS_QPARAMS:
             b_s = tl.load(scale_ptr + o_q, mask=m_r, other=1.0)
             b_zp = tl.load(zp_ptr + o_q, mask=m_r, other=0).to(tl.float32)
@@ -158,6 +160,13 @@ def code_offset(qmin: int, qmax: int) -> int:
     return -128 if qmax > 127 else 0
 
 
+def _qparam_buffer(R: int, G: int, dtype: torch.dtype, device, group_major: bool) -> torch.Tensor:
+    """An [R, G] qparam output: row-major, or group-major memory seen as [R, G]."""
+    if group_major:
+        return new_empty((G, R), dtype, device).t()
+    return new_empty((R, G), dtype, device)
+
+
 def eps_for(dtype: torch.dtype) -> float:
     """Family-1 eps: the smallest normal of the input dtype."""
     return torch.finfo(dtype).smallest_normal
@@ -180,6 +189,7 @@ def quantize_rows(
     zero_point: torch.Tensor | None = None,
     with_y: bool = False,
     write_codes: bool = True,
+    group_major: bool = False,
 ) -> Quantized:
     """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``.
 
@@ -210,11 +220,11 @@ def quantize_rows(
             .clone(memory_format=torch.contiguous_format)
         )
     else:
-        out_scale = new_empty((R, n_groups), torch.float32, dev)
-        out_zp = new_empty((R, n_groups), torch.int32, dev)
+        out_scale = _qparam_buffer(R, n_groups, torch.float32, dev, group_major)
+        out_zp = _qparam_buffer(R, n_groups, torch.int32, dev, group_major)
     mask_cols = (C + 7) // 8 if pack_mask else C
     mask = new_empty((R, mask_cols), torch.uint8, dev)
-    code_sum = new_empty((R, n_groups), torch.int32, dev)
+    code_sum = _qparam_buffer(R, n_groups, torch.int32, dev, group_major and not has_qparams)
     y = new_empty((R, C), x.dtype, dev) if with_y else None
     if R == 0 or C == 0:
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
@@ -232,6 +242,8 @@ def quantize_rows(
         R,
         C,
         group_size,
+        out_scale.stride(0),
+        out_scale.stride(1),
         eps_for(x.dtype),
         QMIN=qmin,
         QMAX=qmax,

@@ -121,3 +121,20 @@ def test_int32_accumulation_exact_at_the_largest_in_features(device):
     exact = ((x_codes.to(torch.int64) - 127) * w_codes.to(torch.int64)).sum(1)  # [16]
     assert exact.abs().max() > 2**31 - 2**24  # really the edge of int32
     assert torch.equal(out[0].to(torch.float64), exact.to(torch.float32).to(torch.float64))
+
+
+@pytest.mark.parametrize("group", [32, 9], ids=["mode1", "mode2"])
+def test_group_major_qparams_give_the_same_output(group, device):
+    """The forward's weight quantize stores scales / code sums group-major ([G, N] memory) so a
+    tile's group scales are one vector load; the GEMM must read both layouts alike."""
+    x = torch.randn(13, 288, device=device)
+    w = torch.randn(40, 288, device=device) * 0.1
+    qa = quantize_rows(x, -128, 127, 288, False, pack_mask=True)
+    qw = quantize_rows(w, -8, 7, group, True, pack_mask=False)
+    qg = quantize_rows(w, -8, 7, group, True, pack_mask=False, group_major=True)
+    assert qg.scale.stride() == (1, 40) and torch.equal(qg.scale, qw.scale)
+    assert torch.equal(qg.code_sum, qw.code_sum) and torch.equal(qg.codes, qw.codes)
+    args = (qa.codes, qa.scale, qa.zero_point)
+    a = int8_linear(*args, qw.codes, qw.scale, qw.code_sum, None, torch.float32)
+    b = int8_linear(*args, qg.codes, qg.scale, qg.code_sum, None, torch.float32)
+    assert torch.equal(a, b)

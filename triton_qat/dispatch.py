@@ -58,16 +58,17 @@ def quantize_rows(
     zero_point: torch.Tensor | None = None,
     with_y: bool = False,
     write_codes: bool = True,
+    group_major: bool = False,
 ) -> Quantized:
     """Quantize x [R, C] per (row, group) on this device's backend (see
-    :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts)."""
+    :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts; ``write_codes``
+    and ``group_major`` are layout hints the plain-torch twin may ignore)."""
     kw = dict(pack_mask=pack_mask, scale=scale, zero_point=zero_point, with_y=with_y)
     if not use_kernels(x):
         return quantize_rows_torch(x, qmin, qmax, group_size, symmetric, **kw)
     config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask)
-    return _quantize_rows(
-        x, qmin, qmax, group_size, symmetric, config=config, write_codes=write_codes, **kw
-    )
+    return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config,
+                          write_codes=write_codes, group_major=group_major, **kw)  # fmt: skip
 
 
 def quantize_per_tensor(

@@ -290,7 +290,7 @@ def qat_linear(
                       w_group_size, w_per_tensor, w_scale)  # fmt: skip
     N = weight.shape[0]
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                          pack_mask=False)  # fmt: skip
+                          pack_mask=False, group_major=True)  # fmt: skip
     out = dispatch.int8_linear(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum,
                               bias, x.dtype, asymmetric=a_asymmetric)  # fmt: skip
     return out.reshape(*x.shape[:-1], N)
