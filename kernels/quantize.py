@@ -1,7 +1,8 @@
 """Quantize kernels: per-token / per-channel / per-group / per-tensor int-b quantization.
 
 One kernel serves activations and weights: a program owns ``BLOCK_R`` rows of a 2-D tensor and walks
-its groups (a group is ``group_size`` consecutive elements of a row; per-token and per-channel are
+its groups (a group that fits one ``BLOCK_C`` tile is read from memory once and kept in registers;
+longer groups are swept twice) (a group is ``group_size`` consecutive elements of a row; per-token and per-channel are
 one group of the whole row). Per group it computes the qparams in the input dtype (docs/numerics.md
 family 1) or loads given ones (per-tensor, torch.ao family 2), then writes in one more sweep:
 
@@ -59,6 +60,7 @@ def _quantize_rows_kernel(
     PACK_MASK: tl.constexpr,
     WRITE_CODES: tl.constexpr,
     WRITE_Y: tl.constexpr,
+    ONE_SWEEP: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -71,6 +73,10 @@ def _quantize_rows_kernel(
     for g in range(0, n_groups):
         col0 = g * GROUP
         o_q = o_r * stride_qr + g * stride_qg  # [BR] index into the [R, G] qparam tensors
+        if ONE_SWEEP:  # the group fits one tile: x is read from memory once, kept in registers
+            m_c1 = o_c < GROUP
+            p_x1 = x_ptr + o_r[:, None] * stride_xr + (col0 + o_c)[None, :] * stride_xc
+            b_x1 = tl.load(p_x1, mask=m_r[:, None] & m_c1[None, :], other=0.0).to(tl.float32)
         if HAS_QPARAMS:
             b_s = tl.load(scale_ptr + o_q, mask=m_r, other=1.0)
             b_zp = tl.load(zp_ptr + o_q, mask=m_r, other=0).to(tl.float32)
@@ -80,9 +86,12 @@ def _quantize_rows_kernel(
             b_mx = tl.zeros([BLOCK_R], dtype=tl.float32)
             b_nan = tl.zeros([BLOCK_R], dtype=tl.int32)
             for c0 in range(0, GROUP, BLOCK_C):
-                m_c = (c0 + o_c) < GROUP
-                p_x = x_ptr + o_r[:, None] * stride_xr + (col0 + c0 + o_c)[None, :] * stride_xc
-                b_x = tl.load(p_x, mask=m_r[:, None] & m_c[None, :], other=0.0).to(tl.float32)
+                if ONE_SWEEP:
+                    b_x = b_x1
+                else:
+                    m_c = (c0 + o_c) < GROUP
+                    p_x = x_ptr + o_r[:, None] * stride_xr + (col0 + c0 + o_c)[None, :] * stride_xc
+                    b_x = tl.load(p_x, mask=m_r[:, None] & m_c[None, :], other=0.0).to(tl.float32)
                 b_mn = tl.minimum(b_mn, tl.min(b_x, axis=1))
                 b_mx = tl.maximum(b_mx, tl.max(b_x, axis=1))
                 b_nan += tl.sum((b_x != b_x).to(tl.int32), axis=1)
@@ -115,8 +124,11 @@ def _quantize_rows_kernel(
             o_col = col0 + c0 + o_c
             m_c = (c0 + o_c) < GROUP
             m_rc = m_r[:, None] & m_c[None, :]
-            p_x = x_ptr + o_r[:, None] * stride_xr + o_col[None, :] * stride_xc
-            b_x = tl.load(p_x, mask=m_rc, other=0.0).to(tl.float32)
+            if ONE_SWEEP:
+                b_x = b_x1
+            else:
+                p_x = x_ptr + o_r[:, None] * stride_xr + o_col[None, :] * stride_xc
+                b_x = tl.load(p_x, mask=m_rc, other=0.0).to(tl.float32)
             b_v = b_x * b_inv[:, None]  # fp32 product, rounded (fp-fusion is off for this kernel)
             b_ok = b_v == b_v
             b_qu = rint(b_v) + b_zp[:, None]  # zero point added after rounding
@@ -256,6 +268,7 @@ def quantize_rows(
         PACK_MASK=pack_mask,
         WRITE_CODES=write_codes,
         WRITE_Y=with_y,
+        ONE_SWEEP=group_size <= config["BLOCK_C"],
         BLOCK_R=config["BLOCK_R"],
         BLOCK_C=config["BLOCK_C"],
         num_warps=config["num_warps"],
