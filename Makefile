@@ -4,7 +4,9 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PIP := PIP_ROOT_USER_ACTION=ignore $(VPY) -m pip install -q --disable-pip-version-check
+# pip quiet; setuptools' note on editable installs of a package-dir layout silenced
+PIP := PIP_ROOT_USER_ACTION=ignore PYTHONWARNINGS="ignore:Editable installation" \
+	$(VPY) -m pip install -q --disable-pip-version-check
 # CPU machines run the Triton kernels through Triton's interpreter; a CUDA machine runs them natively.
 INTERPRET = $$($(VPY) -c 'import torch; print(0 if torch.cuda.is_available() else 1)')
 

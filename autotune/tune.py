@@ -62,6 +62,14 @@ def default_workers() -> int:
     return max(1, min(16, cores))
 
 
+def cuda_index(device: torch.device) -> int | None:
+    """The CUDA device index ``device`` means (the current device for a bare "cuda"), or None
+    for other devices."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def precompile(
     launches: list[Callable[[], object]], device: torch.device, workers: int | None = None
 ) -> tuple[list[BaseException | None], dict]:
@@ -74,10 +82,12 @@ def precompile(
     if workers is None:
         workers = default_workers() if device.type == "cuda" else 1
     local = threading.local()
+    # a new thread starts on device 0; set_device needs an index ("cuda" alone has none)
+    index = cuda_index(device)
 
     def one(fn: Callable[[], object]) -> tuple[BaseException | None, float]:
-        if device.type == "cuda" and not getattr(local, "ready", False):
-            torch.cuda.set_device(device)  # a new thread starts on device 0
+        if index is not None and not getattr(local, "ready", False):
+            torch.cuda.set_device(index)
             local.ready = True
         t0 = time.perf_counter()
         try:
