@@ -626,6 +626,10 @@ def check_compile(dtype, device, sizes: Sizes) -> str:
     return "fullgraph forward equal, grads close, 1 graph"
 
 
+def _group_fits(wcfg, K: int) -> bool:
+    return wcfg.granularity != "per_group" or K % wcfg.group_size == 0
+
+
 def correctness_checks(device, sizes: Sizes) -> tuple[list, list]:
     """(parallel, serial) lists of (name, fn). Kernel checks may run in threads on a GPU (their
     first launches compile in parallel); opcheck and torch.compile run one at a time after them.
@@ -643,7 +647,8 @@ def correctness_checks(device, sizes: Sizes) -> tuple[list, list]:
          for b in ("nan", "inf", "-inf") for s in (False, True)],
         [(f"linear_vs_fp64[{case},{d(dt)},{M}x{K}->{N}]",
           lambda c=case, t=dt, sh=(M, K, N): check_linear_fp64(c, t, sh, device, sizes))
-         for (M, K, N) in sizes.linear_shapes for case in LINEAR_CASES for dt in sizes.dtypes],
+         for (M, K, N) in sizes.linear_shapes for case in LINEAR_CASES for dt in sizes.dtypes
+         if _group_fits(LINEAR_CASES[case][1], K)],
         [(f"torch_ao_parity[{n}]", lambda n=n: check_ao_parity(n, device, sizes))
          for n in ("dynamic_default", "per_channel_weight")],
     ]  # fmt: skip
@@ -689,25 +694,29 @@ def run_check(run: Run, name: str, fn: Callable[[], str], deadline: float) -> No
     run.say(f"{status.upper():<7} {name} ({secs:.1f} s): {detail}")
 
 
-def phase_correctness(run: Run, deadline: float, sizes: Sizes) -> bool:
+def phase_correctness(run: Run, deadline: float, sizes: Sizes, workers: int | None = None) -> bool:
+    """Every check, recorded as it finishes. On a GPU the kernel checks run ``workers`` at a time
+    (default: one per core) so their first launches compile in parallel; the interpreter is not
+    thread-safe, so elsewhere the default is one at a time."""
     parallel, serial = correctness_checks(run.device, sizes)
+    if workers is None:
+        workers = default_workers() if run.device.type == "cuda" else 1
     with poisoned(True):
-        if run.device.type == "cuda":
-            workers = default_workers()
+        if workers > 1:
             index = cuda_index(run.device)  # set_device needs an index; threads start on 0
             # the first checks (poison, NaN cast: one quantize launch) run on this thread, so
             # Triton's driver and launcher helpers are set up before the pool starts
             for name, fn in parallel[:2]:
                 run_check(run, name, fn, deadline)
-            parallel = parallel[2:]
 
             def task(item):
-                torch.cuda.set_device(index)
+                if index is not None:
+                    torch.cuda.set_device(index)
                 run_check(run, item[0], item[1], deadline)
 
             with ThreadPoolExecutor(workers, thread_name_prefix="gpu_report-check") as pool:
-                list(pool.map(task, parallel))
-        else:  # the interpreter is not thread-safe
+                list(pool.map(task, parallel[2:]))
+        else:
             for name, fn in parallel:
                 run_check(run, name, fn, deadline)
         for name, fn in serial:
@@ -785,8 +794,17 @@ def phase_tuning(run: Run, deadline: float, sizes: Sizes) -> bool:
                 continue
             stats: dict = {}
             t0 = time.monotonic()
-            results = tune(s, run.device, kernels, store=False, curated=True, deadline=deadline,
-                           skip_keys=done_keys, stats=stats)  # fmt: skip
+            try:
+                results = tune(s, run.device, kernels, store=False, curated=True,
+                               deadline=deadline, skip_keys=done_keys, stats=stats)  # fmt: skip
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory: the next shape runs
+                msg = f"{type(e).__name__}: {str(e).strip()[:300]}"
+                run.row(phase="tuning", item=s.label, status="fail", detail=msg, M=s.M, K=s.K,
+                        N=s.N)  # fmt: skip
+                run.say(f"tuning {s.label}: FAILED {msg}")
+                if run.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             secs = time.monotonic() - t0
             if stats.get("launches"):
                 stats["shape"] = s.label
@@ -1088,21 +1106,20 @@ def summary_text(run: Run, sizes: Sizes, files: list[Path] | None = None) -> str
     lines.append(f"budget BUDGET_S={run.budget_s:.0f} s, used {run.elapsed():.0f} s")
     lines.append("")
     lines.append("## Phases")
+    skipped = []
     for name in PHASE_LIMITS_S:
         ph = run.phases.get(name)
+        ran = ph is not None and not ph["status"].startswith(("skipped", "not reached"))
         state = (
-            "not reached"
-            if not ph
+            f"{ph['status']} ({ph['seconds']:.0f} s)"
+            if ran
             else ph["status"]
-            if ph["status"].startswith("skipped")
-            else f"{ph['status']} ({ph['seconds']:.0f} s)"
+            if ph
+            else "not reached"
         )
         lines.append(f"- {name}: {state}")
-    skipped = [
-        n
-        for n in PHASE_LIMITS_S
-        if n not in run.phases or run.phases[n]["status"].startswith("skipped")
-    ]
+        if not ran:
+            skipped.append(name)
     lines.append(f"- skipped phases: {', '.join(skipped) if skipped else 'none'}")
     lines.append("")
     by = correctness_counts(run)

@@ -180,3 +180,30 @@ def test_cuda_only_checks_skip_on_cpu_and_opcheck_sees_every_op():
             check(cpu, sizes)
     calls = gpu_report._record_op_calls(cpu)
     assert set(calls) == set(gpu_report.OPS)  # the public API exercises all five ops
+
+
+WATCHDOG = """
+import sys, time, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import gpu_report as g
+run = g.Run(Path(sys.argv[1]), 0.5, True, torch.device("cpu"))
+run.row(phase="correctness", item="first_check", status="pass", detail="ok")
+g.start_watchdog(run, g.Sizes.dry(), grace_s=0.5)
+time.sleep(60)  # an item that overruns the budget
+print("SLEEP-ENDED")
+"""
+
+
+def test_watchdog_writes_the_summary_when_an_item_overruns_the_budget(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, "-c", WATCHDOG, str(tmp_path), str(ROOT / "perf")],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "SLEEP-ENDED" not in res.stdout and "budget exceeded" in res.stdout
+    summary = (tmp_path / "summary.md").read_text()
+    assert res.stdout.rstrip().endswith(summary.rstrip())
+    assert "1 pass, 0 fail" in summary and "not reached (budget watchdog)" in summary
+    assert "skipped phases: correctness, tuning, benchmark" in summary
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [r["item"] for r in rows] == ["first_check"]  # what was written before stays
