@@ -819,7 +819,11 @@ def phase_tuning(run: Run, deadline: float, sizes: Sizes) -> bool:
             for kernel, r in results.items():
                 done_keys.add(r["key"])
                 agree = None
-                if r["config"] != r["default_config"]:
+                if r["config"] != r["default_config"] and r["default_ms"] is None:
+                    run.row(phase="tuning", item=f"tuned_agrees_with_default[{s.label},{kernel}]",
+                            status="skipped", detail="skipped: the default config did not run",
+                            kernel=kernel, M=s.M, K=s.K, N=s.N, config=r["config"])  # fmt: skip
+                elif r["config"] != r["default_config"]:
                     prob = registry[kernel]
                     try:
                         agree = outputs_agree(prob.launch(r["config"]),
@@ -833,7 +837,7 @@ def phase_tuning(run: Run, deadline: float, sizes: Sizes) -> bool:
                     if agree is not None:  # never ship a config that computes something else
                         run.say(f"FAIL tuned {kernel} at {s.label} disagrees with the default: "
                                 f"{agree}; keeping the default")  # fmt: skip
-                        r = {**r, "config": r["default_config"], "ms": r["default_ms"] or r["ms"]}
+                        r = {**r, "config": r["default_config"], "ms": r["default_ms"]}
                 gain = r["default_ms"] / r["ms"] if r["default_ms"] and r["ms"] > 0 else None
                 rec = dict(shape=s.label, kernel=kernel, default_ms=r["default_ms"], ms=r["ms"],
                            gain=gain, tried=r["tried"], candidates=r["candidates"],
@@ -859,7 +863,12 @@ def phase_tuning(run: Run, deadline: float, sizes: Sizes) -> bool:
                         f"({gain:.2f}x)  {r['config']}" if gain else
                         f"tuned {s.label:<22} {kernel:<10} {r['ms']:.4f} ms  {r['config']}")  # fmt: skip
             if entries:
-                write_tuned(run, entries)
+                try:
+                    write_tuned(run, entries)
+                except (OSError, ValueError) as e:
+                    run.row(phase="tuning", item=f"{s.label} write", status="fail",
+                            detail=f"{type(e).__name__}: {e}")  # fmt: skip
+                    run.say(f"tuning {s.label}: could not write the tuned configs: {e}")
             run.say(f"tuning {s.label}: {len(results)} kernel(s) in {secs:.1f} s")
             if any(not r["complete"] for r in results.values()):
                 stopped = True
@@ -1194,14 +1203,16 @@ def summary_text(run: Run, sizes: Sizes, files: list[Path] | None = None) -> str
         )
     lines.append("")
     lines.append(f"report folder: {run.folder.resolve()}")
-    text = "\n".join(lines)
-    if len(text) > SUMMARY_MAX_CHARS:  # keep the tail readable: trim the middle (tuning table)
-        text = (
-            text[: SUMMARY_MAX_CHARS // 3]
-            + "\n...(trimmed, see summary.md)...\n"
-            + text[-SUMMARY_MAX_CHARS // 2 :]
-        )
-    return text
+    return "\n".join(lines)
+
+
+def for_stdout(summary: str) -> str:
+    """The summary as printed: whole when it fits the tail a GPU window shows, else its start and
+    its end (targets, files, folder) with the middle cut; summary.md keeps all of it."""
+    if len(summary) <= SUMMARY_MAX_CHARS:
+        return summary
+    cut = "\n...(cut here to fit the output tail; summary.md has all of it)...\n"
+    return summary[: SUMMARY_MAX_CHARS // 3] + cut + summary[-SUMMARY_MAX_CHARS // 2 :]
 
 
 def report_files(run: Run) -> list[Path]:
@@ -1248,7 +1259,7 @@ def finish(run: Run, sizes: Sizes, summary: str) -> None:
         run.finished = True
         run._log_fh.write(summary + "\n")
         run.close()
-        print("\n" + summary, flush=True)
+        print("\n" + for_stdout(summary), flush=True)
 
 
 def start_watchdog(run: Run, sizes: Sizes, grace_s: float) -> threading.Timer:
