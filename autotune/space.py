@@ -52,30 +52,66 @@ DEFAULTS = {
 }  # fmt: skip
 
 
-# Output tiles (rows x cols), reduction tile, warps, stages: the configs of Triton's matmul tutorials
-# (python/tutorials/03-matrix-multiplication.py: its CUDA autotune list, fp16 and fp8 entries, and
-# 09-persistent-matmul.py: 128x256x64 w8 s3 on Hopper), with reduction tiles >= 32 (int8 operands).
-_TUTORIAL_TILES = [
-    (128, 256, 64, 8, 3),
-    (128, 256, 128, 8, 3),
-    (256, 128, 128, 8, 3),
-    (256, 128, 64, 8, 3),
-    (64, 256, 32, 4, 4),
-    (64, 256, 128, 4, 4),
-    (256, 64, 128, 4, 4),
-    (128, 128, 32, 4, 4),
-    (128, 128, 64, 4, 4),
-    (128, 128, 64, 8, 3),
-    (128, 128, 128, 4, 4),
-    (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4),
-    (128, 32, 64, 4, 4),
-    (64, 64, 64, 4, 3),
-]
+# Curated GEMM lists: output tile rows x cols, reduction tile, warps, stages. Drawn from Triton's
+# matmul tutorials (python/tutorials/03-matrix-multiplication.py: its CUDA autotune list, fp16 and
+# fp8 entries; 09-persistent-matmul.py: 128x256x64 w8 s3 on Hopper), kept per kernel where they
+# compile for sm_90a without register spills and within 227 KiB of shared memory (checked with
+# perf/kernel_static.py's compile path at 8192x4096x4096 bf16, Triton 3.9): the int8 forward's
+# dequantizing epilogue spills at 128x256 / 256x128 / 64x256 tiles (only the tutorial's Hopper
+# tile is kept, as a reference), and with int4 groups (MODE 1) at 4 warps on 128x128 tiles, so
+# the forward list leans on 8 warps; the bf16 backward GEMMs stream two 16-bit operands, so
+# 128-wide reductions at 4 stages do not fit.
+_TILES = {
+    "fwd": [
+        (128, 256, 64, 8, 3),  # the persistent tutorial's Hopper tile (spills here: a reference)
+        (128, 128, 128, 8, 4),
+        (128, 128, 64, 8, 3),
+        (128, 128, 64, 8, 4),
+        (128, 128, 128, 4, 4),
+        (128, 128, 64, 4, 4),
+        (256, 64, 128, 8, 3),
+        (64, 256, 64, 8, 3),
+        (256, 64, 128, 4, 4),
+        (128, 64, 128, 4, 4),
+        (64, 128, 128, 4, 4),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (128, 32, 64, 4, 4),
+        (64, 64, 64, 4, 3),
+    ],
+    "dgrad": [
+        (128, 256, 64, 8, 3),
+        (256, 128, 64, 8, 3),
+        (128, 256, 32, 8, 4),
+        (256, 128, 32, 8, 4),
+        (64, 256, 32, 4, 4),
+        (128, 128, 32, 4, 4),
+        (128, 128, 64, 4, 4),
+        (128, 128, 64, 8, 3),
+        (128, 128, 64, 8, 4),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (128, 32, 64, 4, 4),
+        (64, 64, 64, 4, 3),
+    ],
+    "wgrad": [
+        (256, 128, 64, 8, 3),
+        (256, 64, 64, 8, 3),
+        (64, 256, 32, 4, 4),
+        (128, 128, 32, 4, 4),
+        (128, 128, 64, 4, 4),
+        (128, 128, 64, 8, 3),
+        (128, 128, 64, 8, 4),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (128, 32, 64, 4, 4),
+        (64, 64, 64, 4, 3),
+    ],
+}
 
 
 def _gemm_tiles(kernel: str, rows: int, cols: int, red: int, warps: int, stages: int) -> dict:
-    """A tutorial tile as ``kernel``'s parameters: fwd's output is [M, N] reduced over K; dgrad's
+    """A tile as ``kernel``'s parameters: fwd's output is [M, N] reduced over K; dgrad's
     is [M, K] reduced over N (BLOCK_N); wgrad's is [N, K] reduced over M (BLOCK_M)."""
     bm, bn, bk = {"fwd": (rows, cols, red), "dgrad": (rows, red, cols),
                   "wgrad": (red, rows, cols)}[kernel]  # fmt: skip
@@ -95,7 +131,7 @@ _QUANTIZE_CURATED = [
 
 
 def _curated_gemm(kernel: str) -> list[dict]:
-    configs = [dict(DEFAULTS[kernel])] + [_gemm_tiles(kernel, *t) for t in _TUTORIAL_TILES]
+    configs = [dict(DEFAULTS[kernel])] + [_gemm_tiles(kernel, *t) for t in _TILES[kernel]]
     return list({tuple(sorted(c.items())): c for c in configs}.values())  # deduplicated, in order
 
 
@@ -156,13 +192,14 @@ def _pow2_at_least(n: int, lo: int) -> int:
 
 
 def smem_bytes(kernel: str, cfg: dict, elem_bytes: int) -> int:
-    """Pipelined operand buffers of one block, in bytes."""
+    """Pipelined operand buffers of one block, in bytes: the forward streams int8 codes, the
+    backward GEMMs two operands in the input dtype (grad_y with the dequantized w_fq or x_fq)."""
     bm, bn, bk, s = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["num_stages"]
     if kernel == "fwd":  # int8 A [BM, BK] and B [BK, BN]
         return s * (bm * bk + bk * bn)
-    if kernel == "dgrad":  # dy [BM, BN] in dt, w codes [BN, BK] int8
-        return s * (bm * bn * elem_bytes + bn * bk)
-    return s * (bn * bm * elem_bytes + bm * bk)  # wgrad: dy^T [BN, BM], x codes [BM, BK]
+    if kernel == "dgrad":  # dy [BM, BN] and w_fq [BN, BK]
+        return s * (bm * bn + bn * bk) * elem_bytes
+    return s * (bn * bm + bm * bk) * elem_bytes  # wgrad: dy^T [BN, BM], x_fq [BM, BK]
 
 
 def candidates(
