@@ -75,9 +75,17 @@ if __name__ == "__main__":
 
 sys.path.insert(0, str(HERE))  # perf/bench.py and perf/plot.py, also when imported by the tests
 
+try:  # the GPU machine brings its own torch and triton; triton_qat is installed from this checkout
+    import torch
+    import triton
+
+    import triton_qat  # noqa: F401
+except ImportError as _e:
+    sys.exit(f"perf/gpu_report.py: {_e}. It runs with the python that has torch and triton (PY=... "
+             "make gpu-report) and triton_qat installed from this checkout: "
+             "pip install --no-deps --no-build-isolation -e .")  # fmt: skip
+
 import bench  # noqa: E402
-import torch  # noqa: E402
-import triton  # noqa: E402
 
 import triton_qat as tq  # noqa: E402
 from triton_qat import autotune  # noqa: E402
