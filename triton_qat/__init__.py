@@ -9,15 +9,20 @@ y = tq.fake_quantize(x, tq.QuantConfig())
 model = tq.prepare(model)       # every nn.Linear -> tq.Linear, parameters shared
 ...train...
 model = tq.convert(model)       # tq.Linear -> tq.QuantizedLinear (int8 weights, int8 GEMM)
+
+model = tq.prepare(model, QATConfig(...))  # a torchao QAT config, one line (torchao optional)
+model = tq.from_torchao(model)  # a torchao-prepared model -> triton_qat; tq.to_torchao back
 """
 
 from triton_qat import ops  # noqa: F401  (registers the torch.library ops)
 from triton_qat.config import QuantConfig
 from triton_qat.dispatch import backend
+from triton_qat.embedding import Embedding, QuantizedEmbedding
 from triton_qat.functional import fake_quantize, qat_linear
 from triton_qat.linear import Linear
 from triton_qat.model import convert, prepare, weight_nbytes
 from triton_qat.quantized import QuantizedLinear
+from triton_qat.torchao_compat import from_torchao, to_torchao
 
 __all__ = [
     "backend",
@@ -26,8 +31,12 @@ __all__ = [
     "qat_linear",
     "Linear",
     "QuantizedLinear",
+    "Embedding",
+    "QuantizedEmbedding",
     "prepare",
     "convert",
     "weight_nbytes",
+    "from_torchao",
+    "to_torchao",
 ]
 __version__ = "0.1.0"

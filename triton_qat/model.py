@@ -1,4 +1,5 @@
-"""Model-level API: ``prepare`` (nn.Linear -> tq.Linear) and ``convert`` (tq.Linear -> QuantizedLinear)."""
+"""Model-level API: ``prepare`` (nn.Linear -> tq.Linear, nn.Embedding -> tq.Embedding) and
+``convert`` (tq.Linear -> QuantizedLinear, tq.Embedding -> QuantizedEmbedding)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import torch
 from torch import nn
 from torch.ao.quantization.quantize import _observer_forward_hook
 
-from triton_qat import ao
+from triton_qat import ao, torchao_compat
 from triton_qat.config import QuantConfig
+from triton_qat.embedding import (
+    Embedding,
+    QuantizedEmbedding,
+    check_prepare_embedding_config,
+    prepare_embeddings,
+)
 from triton_qat.linear import Linear
 from triton_qat.quantized import QuantizedLinear
 from triton_qat.spec import spec_for
@@ -32,6 +39,8 @@ def _carry_module_state(old: nn.Module, new: nn.Module) -> nn.Module:
     forward pre-hooks and forward hooks, in order, with their ``with_kwargs`` / ``always_call``
     flags (torch.ao's own observer hook excepted), and the training flag."""
     for hid, hook in old._forward_pre_hooks.items():
+        if torchao_compat.is_prepare_only_hook(hook):  # re-added by whoever needs it
+            continue
         new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
     for hid, hook in old._forward_hooks.items():
         if hook is _observer_forward_hook:
@@ -82,6 +91,8 @@ def prepare(
     filter_fn: FilterFn | None = None,
     *,
     qconfig=None,
+    embedding: QuantConfig | None = None,
+    config=None,
 ) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` for a :class:`triton_qat.Linear`, in place.
 
@@ -96,13 +107,41 @@ def prepare(
         qconfig: a torch.ao ``QConfig``: the same as setting ``model.qconfig = qconfig`` first
             (torch.ao numerics, propagated to the children as ``prepare_qat`` does). Not with
             ``activation`` / ``weight``.
+        embedding: a symmetric per_channel / per_group :class:`QuantConfig`: also swap every
+            ``nn.Embedding`` (that ``filter_fn`` accepts) for a :class:`triton_qat.Embedding`.
+            None (default): embeddings are left alone.
+        config: a torchao ``QATConfig`` (also accepted as the second positional argument, with
+            ``filter_fn`` third, as in torchao's ``quantize_(model, config, filter_fn)``): the
+            modules torchao's ``quantize_`` would prepare (``nn.Linear`` by default, embeddings
+            when ``filter_fn`` selects them) become triton_qat modules computing what torchao's
+            would (:func:`triton_qat.torchao_compat.prepare_qat_config`).
 
     Parameters are shared, not copied: an optimizer made before ``prepare`` trains the same
     tensors (tied weights stay tied). Forward (pre-)hooks and the training flag carry over to the
     new modules, as in torch.ao's ``prepare_qat``. Linears whose shape the configs cannot quantize
     (a group size not dividing ``in_features``) stay ``nn.Linear`` and are named in a warning.
     """
+    if config is not None or torchao_compat.is_torchao_config(activation):
+        if config is not None and activation is not None:
+            raise ValueError(
+                "config: pass a torchao QATConfig as config= or positionally, not both"
+            )
+        if qconfig is not None or embedding is not None:
+            raise ValueError(
+                "config: a torchao QATConfig is not combined with qconfig= / embedding="
+            )
+        if config is None:  # prepare(model, qat_config, filter_fn)
+            config, activation = activation, None
+            if filter_fn is None and callable(weight):
+                filter_fn, weight = weight, None
+        if activation is not None or weight is not None:
+            raise ValueError(
+                "config: a torchao QATConfig is not combined with activation= / weight="
+            )
+        return torchao_compat.prepare_qat_config(model, config, filter_fn)
     explicit = activation is not None or weight is not None
+    if embedding is not None:
+        check_prepare_embedding_config(embedding)
     if qconfig is not None:
         if explicit:
             raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
@@ -130,6 +169,8 @@ def prepare(
         return Linear.from_float(mod, activation=activation, weight=weight)
 
     model = _swap_all(model, select, make)
+    if embedding is not None:
+        model = prepare_embeddings(model, embedding, filter_fn, _swap_all)
     if skipped:
         warnings.warn(
             f"triton_qat.prepare: left as nn.Linear, group_size={weight.group_size} does not divide "
@@ -142,9 +183,10 @@ def prepare(
 _CODE_BUFFERS = ("weight_codes", "weight_scale", "weight_code_sum")
 
 
-def _same_codes(a: QuantizedLinear, b: QuantizedLinear) -> bool:
-    for name in _CODE_BUFFERS:
-        x, y = getattr(a, name), getattr(b, name)
+def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether the buffers both hold (by name) agree in layout and value."""
+    for name in a.keys() & b.keys():
+        x, y = a[name], b[name]
         if (x.shape, x.dtype, x.device) != (y.shape, y.dtype, y.device):
             return False
         if not x.is_meta and not torch.equal(x, y):
@@ -153,35 +195,41 @@ def _same_codes(a: QuantizedLinear, b: QuantizedLinear) -> bool:
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Swap every :class:`triton_qat.Linear` for a :class:`QuantizedLinear` (int8 inference), in
-    place; returns the model (or the new module when ``model`` itself is a tq.Linear).
+    """Swap every :class:`triton_qat.Linear` for a :class:`QuantizedLinear` (int8 inference) and
+    every :class:`triton_qat.Embedding` for a :class:`QuantizedEmbedding`, in place; returns the
+    model (or the new module when ``model`` itself is one of them).
 
-    Forward (pre-)hooks and the training flag carry over, as in torch.ao's ``convert``. Layers
-    that share a weight Parameter (tied weights) share their codes, scales and code sums (and a
-    shared bias) after conversion too; if they quantize it differently (different configs), they
-    cannot, and a warning names them."""
-    tied: dict[int, tuple[str, Linear, QuantizedLinear]] = {}
+    Forward (pre-)hooks and the training flag carry over, as in torch.ao's ``convert``. Modules
+    that share a weight Parameter (tied weights, an embedding tied to ``lm_head`` too) share their
+    codes and scales (linears: code sums and a shared bias too) after conversion; if they quantize
+    it differently (different configs or layouts), they cannot, and a warning names them."""
+    # id(weight Parameter) -> (first module's fqn, {buffer name: the shared buffer})
+    tied: dict[int, tuple[str, dict[str, torch.Tensor]]] = {}
+    biases: dict[int, torch.Tensor] = {}  # id(bias Parameter) -> the first converted bias
     untied = []
 
-    def make(mod: Linear, fqn: str) -> QuantizedLinear:
-        new = QuantizedLinear.from_qat(mod)
-        first = tied.setdefault(id(mod.weight), (fqn, mod, new))
-        if first[2] is not new:
-            first_fqn, first_mod, first_new = first
-            if _same_codes(first_new, new):
-                for name in _CODE_BUFFERS:
-                    setattr(new, name, getattr(first_new, name))
-                if mod.bias is not None and mod.bias is first_mod.bias:
-                    new.bias = first_new.bias
+    def make(mod: nn.Module, fqn: str) -> nn.Module:
+        if isinstance(mod, Embedding):
+            new = QuantizedEmbedding.from_qat(mod)
+        else:
+            new = QuantizedLinear.from_qat(mod)
+            if mod.bias is not None:
+                new.bias = biases.setdefault(id(mod.bias), new.bias)
+        own = {name: getattr(new, name) for name in _CODE_BUFFERS if name in new._buffers}
+        first_fqn, shared = tied.setdefault(id(mod.weight), (fqn, own))
+        if shared is not own:
+            if _same_codes(shared, own):
+                for name in own:
+                    setattr(new, name, shared.setdefault(name, own[name]))
             else:
                 untied.append(f"{fqn or '<root>'} (tied to {first_fqn or '<root>'})")
         return new
 
-    model = _swap_all(model, lambda mod, fqn: isinstance(mod, Linear), make)
+    model = _swap_all(model, lambda mod, fqn: isinstance(mod, (Linear, Embedding)), make)
     if untied:
         warnings.warn(
-            "triton_qat.convert: tied weights quantized differently (different configs), so their "
-            f"QuantizedLinear buffers are not shared: {', '.join(untied)}",
+            "triton_qat.convert: tied weights quantized differently (different configs or "
+            f"layouts), so their quantized buffers are not shared: {', '.join(untied)}",
             stacklevel=2,
         )
     return model

@@ -1,0 +1,464 @@
+"""torchao interop: take a torchao QAT config or a torchao-prepared model, train on triton_qat.
+
+Three entry points (torchao is optional: it is imported only when one of them is called):
+
+* ``tq.prepare(model, QATConfig(...), filter_fn=...)``: one line in place of torchao's
+  ``quantize_(model, QATConfig(..., step="prepare"), filter_fn)``. The same modules are prepared
+  (``nn.Linear`` by default, ``nn.Embedding`` when ``filter_fn`` selects them), with the
+  fake-quantization numerics torchao's ``FakeQuantizedLinear`` / ``FakeQuantizedEmbedding`` would
+  use (:func:`prepare_qat_config`).
+* ``tq.from_torchao(model)``: swap the ``FakeQuantizedLinear`` / ``FakeQuantizedEmbedding`` of a
+  model torchao prepared for triton_qat's, sharing their parameters.
+* ``tq.to_torchao(model)``: swap them back, so that torchao's own ``quantize_(model,
+  QATConfig(base_config, step="convert"))`` runs on the trained model.
+
+:func:`to_quant_config` is the one translation of a torchao fake-quantize config into a
+:class:`~triton_qat.QuantConfig`; a config it cannot express exactly raises
+``NotImplementedError`` naming the field.
+
+What "the same numerics" means: fake-quantized activations, weights and embedding rows are
+bit-identical to torchao's (docs/numerics.md, family 1 is torchao's ``IntxFakeQuantizer``);
+embedding lookups are therefore bit-identical; linear outputs differ from torchao's
+``F.linear`` of the same fake-quantized operands only by the float rounding of the matmul
+(triton_qat's int8 GEMM sums exactly), and gradients by float rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor, nn
+
+from triton_qat.config import QuantConfig
+from triton_qat.embedding import Embedding
+from triton_qat.linear import Linear
+
+FilterFn = Callable[[nn.Module, str], bool]
+_INSTALL = "pip install 'triton_qat[torchao]' (torchao 0.18)"
+
+
+def is_torchao_config(obj: object) -> bool:
+    """Whether ``obj`` is a torchao object (checked by its module name: torchao is not imported)."""
+    return type(obj).__module__.partition(".")[0] == "torchao"
+
+
+@functools.cache
+def _torchao() -> SimpleNamespace:
+    """The torchao names this module uses, imported on first use."""
+    try:
+        import torchao.quantization.granularity as granularity
+        import torchao.quantization.qat as qat
+        import torchao.quantization.qat.api as qat_api
+        import torchao.quantization.qat.fake_quantize_config as fq_config
+        import torchao.quantization.quant_api as quant_api
+        import torchao.quantization.quant_primitives as primitives
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"triton_qat's torchao interop needs torchao: {_INSTALL}") from e
+    return SimpleNamespace(
+        PerAxis=granularity.PerAxis,
+        PerGroup=granularity.PerGroup,
+        PerToken=granularity.PerToken,
+        FakeQuantizedEmbedding=qat.FakeQuantizedEmbedding,
+        FakeQuantizedLinear=qat.FakeQuantizedLinear,
+        IntxFakeQuantizeConfig=qat.IntxFakeQuantizeConfig,
+        QATConfig=qat.QATConfig,
+        IntXQuantizationAwareTrainingConfig=qat_api.IntXQuantizationAwareTrainingConfig,
+        infer_fake_quantize_configs=fq_config._infer_fake_quantize_configs,
+        is_linear=quant_api._is_linear,
+        DTYPE_TO_BIT_WIDTH=primitives._DTYPE_TO_BIT_WIDTH,
+        DTYPE_TO_QVALUE_BOUNDS=primitives._DTYPE_TO_QVALUE_BOUNDS,
+        ZeroPointDomain=primitives.ZeroPointDomain,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the mapping
+
+
+def to_quant_config(config: object, role: str, name: str | None = None) -> QuantConfig:
+    """The :class:`QuantConfig` whose numerics equal torchao's ``IntxFakeQuantizer(config)``.
+
+    Args:
+        config: a torchao fake-quantize config (``IntxFakeQuantizeConfig``).
+        role: ``"activation"`` (a linear's input) or ``"weight"`` (a linear's weight or an
+            embedding table).
+        name: how errors name the config (default ``"<role>_config"``).
+
+    Raises ``NotImplementedError`` naming the field for what triton_qat does not emulate:
+    other config classes (float8, MX, NVFP4, ``Int4WeightFakeQuantizeConfig``), unsigned or 1-bit
+    dtypes, static qparams, range learning, a custom ``eps``, scales other than fp32 (``None``,
+    torchao's "the input's dtype", is accepted and checked to be fp32 when the module runs),
+    non-int32 or float-domain zero points, symmetric activations (torchao 0.18 has none), and
+    activations other than per token or asymmetric weights.
+    """
+    ao = _torchao()
+    name = name or f"{role}_config"
+    if not isinstance(config, ao.IntxFakeQuantizeConfig):
+        raise NotImplementedError(
+            f"{name}: {type(config).__name__} is not supported; triton_qat reproduces torchao's "
+            "integer fake quantization, IntxFakeQuantizeConfig"
+        )
+    bits = ao.DTYPE_TO_BIT_WIDTH.get(config.dtype)
+    bounds = ao.DTYPE_TO_QVALUE_BOUNDS.get(config.dtype)
+    if bits is None or not 2 <= bits <= 8 or bounds != (-(1 << (bits - 1)), (1 << (bits - 1)) - 1):
+        raise NotImplementedError(
+            f"{name}.dtype={config.dtype}: triton_qat supports signed codes of 2 to 8 bits "
+            "(torch.int2 ... torch.int8)"
+        )
+    if not config.is_dynamic:
+        raise NotImplementedError(
+            f"{name}.is_dynamic=False: triton_qat computes qparams from every tensor (dynamic)"
+        )
+    if config.range_learning:
+        raise NotImplementedError(f"{name}.range_learning=True: learned qparams are not supported")
+    if config.eps is not None:
+        raise NotImplementedError(
+            f"{name}.eps={config.eps}: triton_qat uses torchao's default eps (None: the smallest "
+            "normal number of the tensor's dtype)"
+        )
+    if config.scale_precision not in (torch.float32, None):
+        raise NotImplementedError(
+            f"{name}.scale_precision={config.scale_precision}: triton_qat keeps fp32 scales "
+            "(torch.float32; None, the tensor's dtype, is the same for fp32 tensors)"
+        )
+    if config.zero_point_precision != torch.int32:
+        raise NotImplementedError(
+            f"{name}.zero_point_precision={config.zero_point_precision}: triton_qat keeps int32 "
+            "zero points (torch.int32)"
+        )
+    if config.zero_point_domain != ao.ZeroPointDomain.INT:
+        raise NotImplementedError(
+            f"{name}.zero_point_domain={config.zero_point_domain}: triton_qat adds the zero point "
+            "to the integer code (ZeroPointDomain.INT)"
+        )
+    g = config.granularity
+    if role == "activation":
+        if not isinstance(g, ao.PerToken):
+            raise NotImplementedError(
+                f"{name}.granularity={g}: activations are fake-quantized per token (PerToken())"
+            )
+        if config.is_symmetric:
+            raise NotImplementedError(
+                f"{name}.mapping_type={config.mapping_type}: torchao 0.18 fake-quantizes "
+                "activations asymmetrically only (its symmetric per-token path raises), so there "
+                "are no torchao numerics to reproduce; use MappingType.ASYMMETRIC, or "
+                "tq.QuantConfig(symmetric=True) directly"
+            )
+        return QuantConfig(bits=bits, granularity="per_token", symmetric=False)
+    if role != "weight":
+        raise ValueError(f"role: expected 'activation' or 'weight', got {role!r}")
+    if not config.is_symmetric:
+        raise NotImplementedError(
+            f"{name}.mapping_type={config.mapping_type}: weights are fake-quantized symmetrically "
+            "(MappingType.SYMMETRIC)"
+        )
+    if isinstance(g, ao.PerAxis) and g.axis == 0:
+        return QuantConfig(bits=bits, granularity="per_channel", symmetric=True)
+    if isinstance(g, ao.PerGroup):
+        return QuantConfig(
+            bits=bits, granularity="per_group", symmetric=True, group_size=g.group_size
+        )
+    raise NotImplementedError(
+        f"{name}.granularity={g}: weights are fake-quantized per channel (PerAxis(0)) or per "
+        "group (PerGroup(group_size))"
+    )
+
+
+def to_torchao_config(config: QuantConfig, role: str) -> object:
+    """The torchao ``IntxFakeQuantizeConfig`` with ``config``'s numerics (the inverse of
+    :func:`to_quant_config`); NotImplementedError for what torchao's fake quantizer lacks
+    (per-tensor, symmetric activations)."""
+    ao = _torchao()
+    dtype = getattr(torch, f"int{config.bits}")
+    if role == "activation":
+        if config.granularity != "per_token" or config.symmetric:
+            raise NotImplementedError(
+                f"activation={config}: torchao's IntxFakeQuantizer has asymmetric per-token "
+                "activations only"
+            )
+        return ao.IntxFakeQuantizeConfig(dtype, "per_token", is_symmetric=False)
+    if config.granularity == "per_channel":
+        return ao.IntxFakeQuantizeConfig(dtype, "per_channel", is_symmetric=True)
+    if config.granularity == "per_group":
+        return ao.IntxFakeQuantizeConfig(dtype, group_size=config.group_size, is_symmetric=True)
+    raise NotImplementedError(
+        f"weight={config}: torchao's IntxFakeQuantizer has per-channel and per-group weights only"
+    )
+
+
+def fake_quantize_configs(config: object) -> tuple[object | None, object | None]:
+    """(activation_config, weight_config) of a torchao ``QATConfig`` (prepare step): its own, or
+    the ones torchao infers from its ``base_config``."""
+    ao = _torchao()
+    if isinstance(config, ao.IntXQuantizationAwareTrainingConfig):  # torchao's deprecated name
+        return config.activation_config, config.weight_config
+    if not isinstance(config, ao.QATConfig):
+        raise TypeError(
+            f"config: expected a torchao QATConfig, got {type(config).__name__}; wrap a base "
+            "config as QATConfig(base_config), fake-quantize configs as "
+            "QATConfig(activation_config=..., weight_config=...)"
+        )
+    if config.step != "prepare":
+        raise ValueError(
+            f"config.step={config.step!r}: tq.prepare takes the prepare step; to convert, use "
+            "tq.convert(model) (triton_qat's int8 modules), or tq.to_torchao(model) and then "
+            "torchao's quantize_(model, QATConfig(base_config, step='convert'))"
+        )
+    base = config.base_config
+    if base is None:
+        return config.activation_config, config.weight_config
+    kind = type(base).__name__
+    if kind == "Int8DynamicActivationInt4WeightConfig":
+        raise NotImplementedError(
+            "config.base_config=Int8DynamicActivationInt4WeightConfig: torchao 0.18 has no QAT "
+            "numerics for it (its QATConfig prepare step rejects it; it quantizes weights "
+            "asymmetrically); for int8 dynamic activations and symmetric int4 weights use "
+            "QATConfig(Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, "
+            "weight_granularity=PerGroup(32)))"
+        )
+    try:
+        return ao.infer_fake_quantize_configs(base)
+    except (ValueError, AssertionError) as e:
+        raise NotImplementedError(
+            f"config.base_config={kind}: torchao infers no fake-quantize configs for it ({e})"
+        ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# building modules
+
+
+class _Fp32Only:
+    """Forward pre-hook of a module whose torchao config has ``scale_precision=None`` (torchao
+    then keeps scales in the tensor's dtype, which equals triton_qat's fp32 scales for fp32
+    tensors only): NotImplementedError for another dtype instead of other numerics. Not carried
+    over by ``tq.convert`` / ``tq.to_torchao``."""
+
+    triton_qat_prepare_only = True
+
+    def __init__(self, where: str, check_input: bool, check_weight: bool) -> None:
+        self.where, self.check_input, self.check_weight = where, check_input, check_weight
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        bad = None
+        if self.check_input and isinstance(x, Tensor) and x.dtype != torch.float32:
+            bad = f"its input is {x.dtype}"
+        elif self.check_weight and module.weight.dtype != torch.float32:
+            bad = f"its weight is {module.weight.dtype}"
+        if bad is not None:
+            raise NotImplementedError(_fp32_message(self.where, bad))
+
+
+def _fp32_message(where: str, bad: str) -> str:
+    return (
+        f"{where}: scale_precision=None (torchao keeps the scale in the tensor's dtype, e.g. from "
+        f"a base config's weight_scale_dtype=None) equals triton_qat's fp32 scales only for fp32 "
+        f"tensors, and {bad}; use fp32, or QATConfig(activation_config=..., weight_config=...) "
+        "with IntxFakeQuantizeConfig(..., scale_precision=torch.float32)"
+    )
+
+
+def is_prepare_only_hook(hook: object) -> bool:
+    """Whether a forward pre-hook belongs to the prepared module only (not carried over)."""
+    return getattr(hook, "triton_qat_prepare_only", False) is True
+
+
+def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
+    """The triton_qat module computing what torchao's fake-quantized version of ``mod`` (an
+    ``nn.Linear`` / ``nn.Embedding``, or torchao's own module) computes with these configs,
+    sharing ``mod``'s parameters; ``where`` names it in errors."""
+    if isinstance(mod, nn.Linear):
+        if w_cfg is None or act_cfg is None:
+            missing = "weight_config" if w_cfg is None else "activation_config"
+            raise NotImplementedError(
+                f"{where}: {missing}=None: a linear needs both activation and weight fake "
+                "quantization (weight-only and activation-only QAT are not supported)"
+            )
+        a = to_quant_config(act_cfg, "activation")
+        w = to_quant_config(w_cfg, "weight")
+        new = Linear.from_float(mod, activation=a, weight=w)
+    elif isinstance(mod, nn.Embedding):
+        if act_cfg is not None:  # torchao's own error
+            raise ValueError("Activation fake quantization is not supported for embedding")
+        if w_cfg is None:
+            raise NotImplementedError(f"{where}: weight_config=None: nothing to fake-quantize")
+        new = Embedding.from_float(mod, weight=to_quant_config(w_cfg, "weight"))
+    else:  # torchao's own error
+        raise ValueError(f"Module of type '{type(mod)}' does not have QAT support")
+    check_input = act_cfg is not None and act_cfg.scale_precision is None
+    check_weight = w_cfg.scale_precision is None
+    if check_weight and mod.weight.dtype != torch.float32:
+        raise NotImplementedError(_fp32_message(where, f"its weight is {mod.weight.dtype}"))
+    if check_input or check_weight:
+        new.register_forward_pre_hook(_Fp32Only(where, check_input, check_weight))
+    new.torchao_configs = (act_cfg, w_cfg)  # what to_torchao rebuilds torchao's module with
+    return new
+
+
+def _replace(
+    model: nn.Module, matches: list[tuple[str, nn.Module]], make: Callable[[nn.Module, str], object]
+) -> nn.Module:
+    """Build every replacement first (so a config error leaves the model as it was), then swap
+    them in; a module listed under several names gets one replacement. ``make`` returning None
+    leaves a module alone. Hooks and the training flag carry over (tq.prepare's rules)."""
+    from triton_qat.model import _carry_module_state, _swap
+
+    new_for: dict[int, nn.Module | None] = {}
+    for fqn, mod in matches:
+        if id(mod) not in new_for:
+            new = make(mod, fqn)
+            new_for[id(mod)] = None if new is None else _carry_module_state(mod, new)
+    for fqn, mod in matches:
+        if new_for[id(mod)] is not None:
+            model = _swap(model, fqn, new_for[id(mod)])
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+
+def prepare_qat_config(model: nn.Module, config: object, filter_fn: FilterFn | None) -> nn.Module:
+    """``tq.prepare(model, QATConfig(...), filter_fn)``: what torchao's ``quantize_(model,
+    config, filter_fn)`` prepares, as triton_qat modules sharing the parameters, in place
+    (returns the model, or the new module when ``model`` itself is prepared).
+
+    Modules: those ``filter_fn(module, fqn)`` accepts, walking from the root as ``quantize_``
+    does (an accepted module's children are not visited); default: torchao's own filter (every
+    ``nn.Linear`` but ``NonDynamicallyQuantizableLinear``), skipping modules already
+    triton_qat's. Linears get :class:`triton_qat.Linear`, embeddings :class:`triton_qat.Embedding`
+    (torchao's configs mapped by :func:`to_quant_config`); other modules, or an activation config
+    on an embedding, raise torchao's ValueError. Nothing is swapped when anything raises.
+    Unlike ``quantize_``, forward hooks and the training flag carry over (as in ``tq.prepare``).
+    """
+    ao = _torchao()
+    act_cfg, w_cfg = fake_quantize_configs(config)
+    if filter_fn is None:
+
+        def filter_fn(mod: nn.Module, fqn: str) -> bool:
+            return ao.is_linear(mod) and not isinstance(mod, Linear)
+
+    matches: list[tuple[str, nn.Module]] = []
+
+    def visit(mod: nn.Module, fqn: str) -> None:
+        if filter_fn(mod, fqn):
+            matches.append((fqn, mod))
+            return
+        for name, child in mod.named_children():
+            visit(child, f"{fqn}.{name}" if fqn else name)
+
+    visit(model, "")
+    return _replace(
+        model, matches, lambda mod, fqn: _torchao_module(mod, act_cfg, w_cfg, fqn or "<root>")
+    )
+
+
+def _quantizer_state(fq: nn.Module | None) -> tuple[object | None, bool]:
+    """(config, enabled) of a torchao fake quantizer (None: (None, True))."""
+    if fq is None:
+        return None, True
+    return fq.config, bool(fq.enabled)
+
+
+def from_torchao(model: nn.Module) -> nn.Module:
+    """Swap, in place, the ``FakeQuantizedLinear`` / ``FakeQuantizedEmbedding`` modules of a
+    model torchao prepared (``quantize_(model, QATConfig(..., step="prepare"))``) for
+    :class:`triton_qat.Linear` / :class:`triton_qat.Embedding` sharing their parameters (an
+    optimizer built before keeps training them; tied weights stay tied), with the numerics of
+    their fake quantizers' configs (:func:`to_quant_config`) and their ``enabled`` flags. Returns
+    the model (or the new module when ``model`` itself is one). Other torchao QAT modules
+    (legacy quantizer subclasses, MX / NVFP4) raise NotImplementedError; nothing is swapped when
+    anything raises. :func:`to_torchao` swaps back."""
+    ao = _torchao()
+    kinds = (ao.FakeQuantizedLinear, ao.FakeQuantizedEmbedding)
+    matches = []
+    for fqn, mod in model.named_modules(remove_duplicate=False):
+        if type(mod) in kinds:
+            matches.append((fqn, mod))
+        elif isinstance(mod, kinds) or "FakeQuantized" in type(mod).__name__:
+            raise NotImplementedError(
+                f"{fqn or '<root>'}: {type(mod).__name__} is not supported (from_torchao swaps "
+                "FakeQuantizedLinear and FakeQuantizedEmbedding, what QATConfig prepares)"
+            )
+
+    def make(mod: nn.Module, fqn: str) -> nn.Module | None:
+        where = fqn or "<root>"
+        w_cfg, w_on = _quantizer_state(mod.weight_fake_quantizer)
+        if isinstance(mod, ao.FakeQuantizedEmbedding):
+            if w_cfg is None:
+                return None  # fake-quantizes nothing: left as it is
+            act_cfg, on = None, w_on
+        else:
+            act_cfg, a_on = _quantizer_state(mod.activation_fake_quantizer)
+            if act_cfg is not None and w_cfg is not None and a_on != w_on:
+                raise NotImplementedError(
+                    f"{where}: activation_fake_quantizer.enabled={a_on} but "
+                    f"weight_fake_quantizer.enabled={w_on}: triton_qat switches both halves "
+                    "together"
+                )
+            on = a_on and w_on
+        new = _torchao_module(mod, act_cfg, w_cfg, where)
+        if not on:
+            new.disable_fake_quant()
+        return new
+
+    return _replace(model, matches, make)
+
+
+def _configs_for(mod: Linear | Embedding, is_linear: bool) -> tuple[object | None, object]:
+    """The torchao configs a triton_qat module was made from (when they still describe it),
+    else torchao configs with its numerics."""
+    stored = getattr(mod, "torchao_configs", None)
+    act_now = mod.activation_config if is_linear else None
+    if stored is not None:
+        act_cfg, w_cfg = stored
+        same_act = (act_cfg is None) == (act_now is None) and (
+            act_cfg is None or to_quant_config(act_cfg, "activation") == act_now
+        )
+        if same_act and to_quant_config(w_cfg, "weight") == mod.weight_config:
+            return act_cfg, w_cfg
+    act_cfg = to_torchao_config(act_now, "activation") if is_linear else None
+    return act_cfg, to_torchao_config(mod.weight_config, "weight")
+
+
+def to_torchao(model: nn.Module) -> nn.Module:
+    """Swap, in place, every :class:`triton_qat.Linear` / :class:`triton_qat.Embedding` (torchao
+    numerics) for torchao's ``FakeQuantizedLinear`` / ``FakeQuantizedEmbedding``, sharing the
+    parameters, with the configs it was prepared from (``tq.prepare(model, QATConfig(...))`` or
+    :func:`from_torchao`) or else the torchao configs of its :class:`QuantConfig`\\ s; fake
+    quantization stays off where it was disabled. torchao's own ``quantize_(model,
+    QATConfig(base_config, step="convert"))`` then converts the model. Returns the model (or the
+    new module when ``model`` itself is one). A torch.ao-numerics ``tq.Linear`` (``qconfig``) or
+    a config torchao has no counterpart for (per-tensor, symmetric activations) raises
+    NotImplementedError; nothing is swapped when anything raises."""
+    ao = _torchao()
+    matches = [
+        (fqn, mod)
+        for fqn, mod in model.named_modules(remove_duplicate=False)
+        if isinstance(mod, (Linear, Embedding))
+    ]
+
+    def make(mod: nn.Module, fqn: str) -> nn.Module:
+        where = fqn or "<root>"
+        if isinstance(mod, Embedding):
+            _, w_cfg = _configs_for(mod, False)
+            new = ao.FakeQuantizedEmbedding.from_embedding(mod.to_float(), w_cfg)
+            quantizers = [new.weight_fake_quantizer]
+        else:
+            if mod.uses_ao_numerics:
+                raise NotImplementedError(
+                    f"{where}: a tq.Linear with torch.ao numerics (qconfig) has no torchao "
+                    "counterpart"
+                )
+            act_cfg, w_cfg = _configs_for(mod, True)
+            new = ao.FakeQuantizedLinear.from_linear(mod.to_float(), act_cfg, w_cfg)
+            quantizers = [new.activation_fake_quantizer, new.weight_fake_quantizer]
+        for fq in quantizers:
+            fq.enabled = mod.fake_quant_enabled
+        return new
+
+    return _replace(model, matches, make)
