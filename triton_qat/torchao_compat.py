@@ -108,12 +108,12 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
             f"{name}.dtype={config.dtype}: triton_qat supports signed codes of 2 to 8 bits "
             "(torch.int2 ... torch.int8)"
         )
+    if config.range_learning:
+        raise NotImplementedError(f"{name}.range_learning=True: learned qparams are not supported")
     if not config.is_dynamic:
         raise NotImplementedError(
             f"{name}.is_dynamic=False: triton_qat computes qparams from every tensor (dynamic)"
         )
-    if config.range_learning:
-        raise NotImplementedError(f"{name}.range_learning=True: learned qparams are not supported")
     if config.eps is not None:
         raise NotImplementedError(
             f"{name}.eps={config.eps}: triton_qat uses torchao's default eps (None: the smallest "
@@ -272,14 +272,14 @@ def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
     ``nn.Linear`` / ``nn.Embedding``, or torchao's own module) computes with these configs,
     sharing ``mod``'s parameters; ``where`` names it in errors."""
     if isinstance(mod, nn.Linear):
-        if w_cfg is None or act_cfg is None:
-            missing = "weight_config" if w_cfg is None else "activation_config"
+        a = None if act_cfg is None else to_quant_config(act_cfg, "activation")
+        w = None if w_cfg is None else to_quant_config(w_cfg, "weight")
+        if a is None or w is None:
+            missing = "weight_config" if w is None else "activation_config"
             raise NotImplementedError(
                 f"{where}: {missing}=None: a linear needs both activation and weight fake "
                 "quantization (weight-only and activation-only QAT are not supported)"
             )
-        a = to_quant_config(act_cfg, "activation")
-        w = to_quant_config(w_cfg, "weight")
         new = Linear.from_float(mod, activation=a, weight=w)
     elif isinstance(mod, nn.Embedding):
         if act_cfg is not None:  # torchao's own error

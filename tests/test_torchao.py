@@ -1,0 +1,424 @@
+"""torchao interop: tq.prepare(model, QATConfig(...)), tq.from_torchao / tq.to_torchao.
+
+Against torchao 0.18's own objects: fake-quantized values and embedding lookups bit-exact, linear
+outputs within the GEMM's float-rounding bound (triton_qat's int8 GEMM sums exactly, torchao's
+F.linear rounds), gradients within rounding; round trips; unsupported configs raising."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_close_rel, dt_id
+from torch import nn
+from torch._dynamo.utils import counters
+
+import triton_qat as tq
+from triton_qat.torchao_compat import to_quant_config, to_torchao_config
+
+torchao = pytest.importorskip("torchao")  # CI installs it (Makefile); a guard for local runs
+
+from torchao.quantization import (  # noqa: E402
+    Float8DynamicActivationFloat8WeightConfig,
+    Int4WeightOnlyConfig,
+    Int8DynamicActivationIntxWeightConfig,
+    IntxWeightOnlyConfig,
+    quantize_,
+)
+from torchao.quantization.granularity import PerAxis, PerGroup  # noqa: E402
+from torchao.quantization.qat import (  # noqa: E402
+    FakeQuantizedEmbedding,
+    FakeQuantizedLinear,
+    IntxFakeQuantizeConfig,
+    QATConfig,
+)
+from torchao.quantization.qat.fake_quantize_config import (  # noqa: E402
+    Float8FakeQuantizeConfig,
+    Int4WeightFakeQuantizeConfig,
+)
+from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer  # noqa: E402
+from torchao.quantization.qat.linear import disable_linear_fake_quant  # noqa: E402
+from torchao.quantization.quant_primitives import MappingType, ZeroPointDomain  # noqa: E402
+
+ACT = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
+W4 = IntxFakeQuantizeConfig(torch.int4, group_size=32)
+# what torchao users write: fake-quantize configs (fp32 scales), or a base PTQ config, whose
+# inferred configs keep scales in the tensor's dtype (scale_precision=None): fp32 models only
+EXPLICIT = QATConfig(activation_config=ACT, weight_config=W4)
+BASE = QATConfig(
+    Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
+)
+EMB = QATConfig(weight_config=IntxFakeQuantizeConfig(torch.int4, group_size=32))
+EMB_BASE = QATConfig(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+DTYPES2 = [torch.float32, torch.bfloat16]
+
+
+def is_embedding(mod, fqn):
+    return isinstance(mod, nn.Embedding)
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab: int = 80, dim: int = 64, dtype=torch.float32):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim, dtype=dtype)
+        self.fc = nn.Linear(dim, dim, dtype=dtype)
+        self.lm_head = nn.Linear(dim, vocab, bias=False, dtype=dtype)
+        self.lm_head.weight = self.tok.weight  # tied
+
+    def forward(self, idx):
+        return self.lm_head(F.gelu(self.fc(self.tok(idx))))
+
+
+def _pair(dtype, linear_cfg, emb_cfg):
+    """(torchao-prepared, triton_qat-prepared) copies of one TinyGPT."""
+    torch.manual_seed(0)
+    model = TinyGPT(dtype=dtype)
+    ref = copy.deepcopy(model)
+    quantize_(ref, linear_cfg)
+    quantize_(ref, emb_cfg, filter_fn=is_embedding)
+    ours = tq.prepare(copy.deepcopy(model), linear_cfg)  # the one line
+    tq.prepare(ours, emb_cfg, is_embedding)
+    return ref, ours
+
+
+def _grads(model, idx):
+    model.zero_grad()
+    F.cross_entropy(model(idx).flatten(0, 1).float(), idx.flatten()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_import_triton_qat_does_not_import_torchao():
+    code = (
+        "import sys, torch, triton_qat as tq\n"
+        "m = tq.convert(tq.prepare(torch.nn.Sequential(torch.nn.Linear(8, 8), "
+        "torch.nn.Embedding(4, 8)), embedding=tq.QuantConfig(granularity='per_channel', "
+        "symmetric=True)))\n"
+        "assert 'torchao' not in sys.modules, 'torchao imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "config, role, expected",
+    [
+        (ACT, "activation", tq.QuantConfig()),
+        (
+            IntxFakeQuantizeConfig(torch.int4, "per_token", is_symmetric=False),
+            "activation",
+            tq.QuantConfig(bits=4),
+        ),
+        (
+            W4,
+            "weight",
+            tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True),
+        ),
+        (
+            IntxFakeQuantizeConfig(torch.int8, PerAxis(0), scale_precision=None),
+            "weight",
+            tq.QuantConfig(granularity="per_channel", symmetric=True),
+        ),
+        (
+            IntxFakeQuantizeConfig(torch.int2, group_size=16),
+            "weight",
+            tq.QuantConfig(bits=2, granularity="per_group", group_size=16, symmetric=True),
+        ),
+    ],
+    ids=["act-i8", "act-i4", "w-i4g32", "w-i8pc", "w-i2g16"],
+)
+def test_mapping_and_its_inverse(config, role, expected):
+    assert to_quant_config(config, role) == expected
+    assert to_quant_config(to_torchao_config(expected, role), role) == expected
+
+
+@pytest.mark.parametrize(
+    "config, role, match",
+    [
+        (IntxFakeQuantizeConfig(torch.uint4, group_size=32), "weight", r"\.dtype=torch\.uint4"),
+        (IntxFakeQuantizeConfig(torch.int1, group_size=32), "weight", r"\.dtype=torch\.int1"),
+        (IntxFakeQuantizeConfig(torch.int4, group_size=32, is_symmetric=False), "weight", "mapping_type"),
+        (IntxFakeQuantizeConfig(torch.int8, "per_token"), "activation", "mapping_type"),
+        (IntxFakeQuantizeConfig(torch.int4, group_size=32, eps=1e-6), "weight", r"\.eps="),
+        (IntxFakeQuantizeConfig(torch.int4, group_size=32, is_dynamic=False), "weight", "is_dynamic"),
+        (
+            IntxFakeQuantizeConfig(torch.int4, group_size=32, is_dynamic=False, range_learning=True),
+            "weight",
+            "range_learning",
+        ),
+        (
+            IntxFakeQuantizeConfig(torch.int4, group_size=32, scale_precision=torch.bfloat16),
+            "weight",
+            "scale_precision",
+        ),
+        (
+            IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False, zero_point_precision=torch.float32),
+            "activation",
+            "zero_point_precision",
+        ),
+        (
+            IntxFakeQuantizeConfig(torch.int4, group_size=32, zero_point_domain=ZeroPointDomain.FLOAT),
+            "weight",
+            "zero_point_domain",
+        ),
+        (IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False), "weight", "mapping_type"),
+        (IntxFakeQuantizeConfig(torch.int8, "per_channel"), "activation", "granularity"),
+        (Float8FakeQuantizeConfig(), "weight", "Float8FakeQuantizeConfig"),
+        (Int4WeightFakeQuantizeConfig(), "weight", "Int4WeightFakeQuantizeConfig"),
+    ],
+)  # fmt: skip
+def test_unsupported_fake_quantize_configs_name_the_field(config, role, match):
+    with pytest.raises(NotImplementedError, match=match):
+        to_quant_config(config, role)
+
+
+def _int8_act_int4_weight_config():
+    from torchao.prototype.quantization.int4 import Int8DynamicActivationInt4WeightConfig
+
+    return QATConfig(Int8DynamicActivationInt4WeightConfig(group_size=32))
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: EMB, NotImplementedError, "activation_config=None"),  # weight-only linears
+        (lambda: EMB_BASE, NotImplementedError, "activation_config=None"),
+        (lambda: QATConfig(activation_config=ACT), NotImplementedError, "weight_config=None"),
+        (lambda: QATConfig(Int4WeightOnlyConfig(group_size=32)), NotImplementedError, "Int4WeightFakeQuantizeConfig"),
+        (lambda: QATConfig(Float8DynamicActivationFloat8WeightConfig()), NotImplementedError, "Float8FakeQuantizeConfig"),
+        (_int8_act_int4_weight_config, NotImplementedError, "Int8DynamicActivationInt4WeightConfig"),
+        (
+            lambda: QATConfig(Int8DynamicActivationIntxWeightConfig(weight_mapping_type=MappingType.ASYMMETRIC)),
+            NotImplementedError,
+            "base_config=Int8DynamicActivationIntxWeightConfig",
+        ),
+        (lambda: QATConfig(BASE.base_config, step="convert"), ValueError, "step='convert'"),
+        (lambda: BASE.base_config, TypeError, "QATConfig"),  # a bare PTQ config
+        (lambda: W4, TypeError, "QATConfig"),
+    ],
+    ids=["weight-only", "weight-only-base", "act-only", "int4-weight-only", "float8", "da8w4",
+         "bad-base", "convert-step", "bare-base", "bare-fq-config"],
+)  # fmt: skip
+def test_unsupported_qat_configs_raise_and_leave_the_model(make, error, match):
+    model = TinyGPT()
+    with pytest.raises(error, match=match):
+        tq.prepare(model, make())
+    assert type(model.fc) is nn.Linear and type(model.lm_head) is nn.Linear
+
+
+def test_torchao_errors_are_torchao_errors():
+    """Modules torchao cannot prepare raise torchao's own ValueError, with nothing swapped."""
+    for config, filter_fn in ((EXPLICIT, is_embedding), (EXPLICIT, lambda m, f: f in ("fc", ""))):
+        with pytest.raises(ValueError) as theirs:
+            quantize_(TinyGPT(), config, filter_fn=filter_fn)
+        model = TinyGPT()
+        with pytest.raises(ValueError) as ours:
+            tq.prepare(model, config, filter_fn=filter_fn)
+        assert str(ours.value) == str(theirs.value)
+        assert type(model.fc) is nn.Linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dt_id)
+def test_fake_quantized_values_bit_exact_vs_torchao_quantizers(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(6, 64, dtype=dtype) * 3
+    x[2] = 0  # all-zero token
+    w = torch.randn(48, 64, dtype=dtype)
+    configs = [
+        (ACT, x, "activation"),
+        (IntxFakeQuantizeConfig(torch.int4, "per_token", is_symmetric=False), x, "activation"),
+        (W4, w, "weight"),
+        (IntxFakeQuantizeConfig(torch.int8, "per_channel"), w, "weight"),
+        (IntxFakeQuantizeConfig(torch.int2, group_size=16), w, "weight"),
+    ]
+    if dtype == torch.float32:  # scale_precision=None: the tensor's dtype
+        configs += [
+            (c, t, r)
+            for c, t, r in zip(_base_configs(), (x, w), ("activation", "weight"), strict=True)
+        ]
+    for config, t, role in configs:
+        expected = IntxFakeQuantizer(config)(t)
+        assert torch.equal(tq.fake_quantize(t, to_quant_config(config, role)), expected), config
+
+
+def _base_configs():
+    from torchao.quantization.qat.fake_quantize_config import _infer_fake_quantize_configs
+
+    return _infer_fake_quantize_configs(BASE.base_config)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dt_id)
+@pytest.mark.parametrize("config", [W4, IntxFakeQuantizeConfig(torch.int8, "per_channel")])
+def test_embedding_matches_fake_quantized_embedding(config, dtype):
+    """Lookups bit-exact; table gradients within one rounding (torchao's STE multiplies by the
+    scale and by its reciprocal, triton_qat's passes the gradient through unchanged)."""
+    torch.manual_seed(0)
+    base = nn.Embedding(50, 64, padding_idx=0, dtype=dtype)
+    ref = FakeQuantizedEmbedding.from_embedding(base, config)
+    ours = tq.Embedding.from_float(base, weight=to_quant_config(config, "weight"))
+    idx = torch.randint(0, 50, (4, 9))
+    out = ours(idx)
+    assert torch.equal(out, ref(idx))
+    g = torch.randn_like(out)
+    (g_ours,) = torch.autograd.grad(out, base.weight, g)
+    (g_ref,) = torch.autograd.grad(ref(idx), base.weight, g)
+    ulp = {torch.float32: 2**-23, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
+    torch.testing.assert_close(g_ours, g_ref, rtol=2 * ulp, atol=0)
+
+
+@pytest.mark.parametrize(
+    "which, dtype",
+    # a base config's scale_precision=None is fp32 only (test_scale_precision_none_is_fp32_only)
+    [("explicit", torch.float32), ("explicit", torch.bfloat16), ("base", torch.float32)],
+    ids=["explicit-fp32", "explicit-bf16", "base-fp32"],
+)
+def test_prepare_computes_what_torchao_prepares(which, dtype):
+    ref, ours = _pair(dtype, EXPLICIT if which == "explicit" else BASE, EMB)
+    kinds = {"tok": (FakeQuantizedEmbedding, tq.Embedding), "fc": (FakeQuantizedLinear, tq.Linear),
+             "lm_head": (FakeQuantizedLinear, tq.Linear)}  # fmt: skip
+    for name, (theirs, mine) in kinds.items():
+        assert type(getattr(ref, name)) is theirs and type(getattr(ours, name)) is mine
+    assert ours.lm_head.weight is ours.tok.weight  # tied, as torchao keeps it
+    idx = torch.randint(0, 80, (3, 7))
+    h = ref.tok(idx)
+    assert torch.equal(ours.tok(idx), h)  # embedding rows: bit-exact
+    # a linear: the same fake-quantized operands, the product rounded once instead of per dot
+    fc = ref.fc
+    exact = F.linear(
+        fc.activation_fake_quantizer(h).double(),
+        fc.weight_fake_quantizer(fc.weight).double(),
+        fc.bias.double(),
+    )
+    assert_close_rel(ours.fc(h), exact, dtype, "fc vs fp64 of torchao's operands")
+    assert_close_rel(ref.fc(h), exact, dtype, "torchao's fc vs the same")
+    assert_close_rel(ours(idx), ref(idx), dtype, "logits")
+    g_ref, g_ours = _grads(ref, idx), _grads(ours, idx)
+    assert g_ref.keys() == g_ours.keys()
+    for name in g_ref:
+        assert_close_rel(g_ours[name], g_ref[name], dtype, f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES2, ids=dt_id)
+def test_from_torchao_trains_like_torchao_and_round_trips(dtype):
+    config = BASE if dtype == torch.float32 else EXPLICIT
+    ref, _ = _pair(dtype, config, EMB)
+    disable_linear_fake_quant(ref.fc)  # a flag that must survive both ways
+    untouched = copy.deepcopy(ref)
+    ours = copy.deepcopy(ref)
+    params = dict(ours.named_parameters())
+    tq.from_torchao(ours)
+    assert type(ours.tok) is tq.Embedding and type(ours.lm_head) is tq.Linear
+    assert type(ours.fc) is tq.Linear and not ours.fc.fake_quant_enabled
+    assert all(p is params[n] for n, p in ours.named_parameters())  # shared, tied
+    idx = torch.randint(0, 80, (2, 9))
+    h = ours.tok(idx)
+    assert torch.equal(h, ref.tok(idx)) and torch.equal(ours.fc(h), ref.fc(h))
+    assert_close_rel(ours(idx), ref(idx), dtype, "logits")
+    # a few SGD steps on each: the parameters stay equal within rounding
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
+    for _ in range(3):
+        for model, opt in ((ref, opt_ref), (ours, opt_ours)):
+            opt.zero_grad()
+            F.cross_entropy(model(idx).flatten(0, 1).float(), idx.flatten()).backward()
+            opt.step()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-2)
+    for (name, p_ref), p_ours in zip(ref.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(p_ours, p_ref, **tol, msg=name)
+    # round trip: torchao modules again, with torchao's own configs, the same outputs
+    back = tq.to_torchao(tq.from_torchao(copy.deepcopy(untouched)))
+    for name in ("tok", "fc", "lm_head"):
+        mine, theirs = getattr(back, name), getattr(untouched, name)
+        assert type(mine) is type(theirs)
+        assert mine.weight_fake_quantizer.config == theirs.weight_fake_quantizer.config
+        assert mine.weight_fake_quantizer.enabled == theirs.weight_fake_quantizer.enabled
+    assert not back.fc.activation_fake_quantizer.enabled
+    assert back.lm_head.weight is back.tok.weight
+    assert torch.equal(back(idx), untouched(idx))
+    if dtype == torch.float32:  # torchao's convert step runs on it, as on torchao's own model
+        convert = QATConfig(BASE.base_config, step="convert")
+        quantize_(back, convert)
+        quantize_(untouched, convert)
+        assert torch.equal(back(idx), untouched(idx))
+
+
+def test_to_torchao_of_a_triton_qat_model():
+    i4 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
+    model = tq.prepare(TinyGPT(), weight=i4, embedding=i4)
+    idx = torch.randint(0, 80, (2, 5))
+    emb_out = model.tok(idx)
+    tq.to_torchao(model)
+    assert type(model.tok) is FakeQuantizedEmbedding and type(model.fc) is FakeQuantizedLinear
+    assert model.fc.weight_fake_quantizer.config == W4
+    assert model.fc.activation_fake_quantizer.config == ACT
+    assert torch.equal(model.tok(idx), emb_out)
+    quantize_(model, QATConfig(step="convert"))  # back to nn modules
+    assert type(model.fc) is nn.Linear and model.lm_head.weight is model.tok.weight
+    for bad, match in (
+        (tq.Linear(8, 8, activation=tq.QuantConfig(granularity="per_tensor")), "per-token"),
+        (tq.Linear(8, 8, qconfig=torch.ao.quantization.default_dynamic_qat_qconfig), "torch.ao"),
+    ):
+        seq = nn.Sequential(tq.Embedding(4, 8), bad)
+        with pytest.raises(NotImplementedError, match=match):
+            tq.to_torchao(seq)
+        assert type(seq[0]) is tq.Embedding  # nothing swapped
+
+
+def test_scale_precision_none_is_fp32_only():
+    model = TinyGPT(dtype=torch.bfloat16)
+    with pytest.raises(
+        NotImplementedError, match=r"fc: scale_precision=None.*weight is torch\.bfloat16"
+    ):
+        tq.prepare(model, BASE)
+    assert type(model.fc) is nn.Linear
+    ref = TinyGPT(dtype=torch.bfloat16)
+    quantize_(ref, BASE)
+    with pytest.raises(NotImplementedError, match="scale_precision=None"):
+        tq.from_torchao(ref)
+    model = tq.prepare(TinyGPT(), BASE)
+    h = torch.randn(3, 64)
+    model.fc(h)
+    with pytest.raises(
+        NotImplementedError, match=r"fc: scale_precision=None.*input is torch\.bfloat16"
+    ):
+        model.fc(h.bfloat16())  # e.g. under autocast: torchao would use bf16 scales
+    converted = tq.convert(copy.deepcopy(model))  # the guard is the prepared module's only
+    assert not converted.fc._forward_pre_hooks
+    assert not tq.to_torchao(model).fc._forward_pre_hooks
+    with pytest.raises(NotImplementedError, match="weight is torch.bfloat16"):
+        tq.prepare(TinyGPT(), BASE).to(torch.bfloat16).fc(h.float())
+
+
+def test_module_selection_filter_and_hooks():
+    model = nn.ModuleDict(
+        {"attn": nn.MultiheadAttention(64, 4), "a": nn.Linear(64, 64), "b": nn.Linear(64, 32)}
+    )
+    seen = []
+    model["a"].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    ref = copy.deepcopy(model)
+    quantize_(ref, EXPLICIT)
+    tq.prepare(model, config=EXPLICIT)
+    for name in ("a", "b"):
+        assert type(ref[name]) is FakeQuantizedLinear and type(model[name]) is tq.Linear
+    # torchao's default filter skips NonDynamicallyQuantizableLinear (attention out_proj)
+    assert type(model["attn"].out_proj) is type(ref["attn"].out_proj)
+    model["a"](torch.randn(2, 64))
+    assert seen == [(2, 64)]  # hooks carried over
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    tq.prepare(model, EXPLICIT, lambda mod, fqn: fqn == "1")  # quantize_'s argument order
+    assert type(model[0]) is nn.Linear and type(model[1]) is tq.Linear
+    assert type(tq.prepare(nn.Linear(64, 64), EXPLICIT)) is tq.Linear  # the root itself
+    with pytest.raises(ValueError, match="not both"):
+        tq.prepare(nn.Linear(64, 64), EXPLICIT, config=EXPLICIT)
+    with pytest.raises(ValueError, match="not combined"):
+        tq.prepare(nn.Linear(64, 64), EXPLICIT, embedding=tq.QuantConfig())
+
+
+def test_compile_fullgraph_model_prepared_from_qat_config():
+    torch._dynamo.reset()
+    counters.clear()
+    _, model = _pair(torch.float32, BASE, EMB)  # with the fp32 guards' pre-hooks
+    compiled = torch.compile(model, fullgraph=True)
+    idx = torch.randint(0, 80, (2, 5))
+    torch.testing.assert_close(compiled(idx), model(idx), rtol=1e-6, atol=1e-6)
+    assert not counters["graph_break"], dict(counters["graph_break"])
