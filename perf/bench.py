@@ -252,9 +252,9 @@ def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
             rows.append(dict(metric="fraction_of_ceiling", value=ratio, provider="triton_qat",
                              backend=backend))  # fmt: skip
         for r in rows:
-            r.setdefault("kernel", name)
-            r.update(mode="fwd" if name in ("quantize_x", "quantize_w", "fwd") else "bwd",
-                     M=M, K=K, N=N)  # fmt: skip
+            if "kernel" not in r:  # this kernel's rows (earlier kernels' rows are labelled)
+                r.update(kernel=name, mode="fwd" if name in ("quantize_x", "quantize_w", "fwd")
+                         else "bwd", M=M, K=K, N=N)  # fmt: skip
     return rows
 
 

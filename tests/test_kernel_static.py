@@ -68,12 +68,7 @@ KNOWN_GAPS = {
     ("fwd MODE 2 int4 group 8 fp16", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8 fp32", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8", "near_anchor"): "2411 SASS/iter vs 53: 45x",
-    # fake_quantize (with y): ptxas holds these at 168 registers and spills a few bytes
-    ("quantize bf16 sym=False given=False pack=False with y", "no_spill"): "168 regs, 8 B spilled",
-    ("quantize bf16 sym=True given=False pack=False with y", "no_spill"): "168 regs, 4 B spilled",
-    ("quantize fp32 sym=True given=True pack=True with y", "no_spill"): "168 regs, 8 B spilled",
-    # small groups: the default tile (16 rows x BLOCK_C = group) gives a thread < 8 elements
-    ("quantize weight int4 group 32", "x_128bit"): "64-bit x loads (R16xC32: 4 elements/thread)",
+    # small groups: BLOCK_C must be >= 16 and 16-aligned, wider than a group of 8
     (
         "quantize weight int4 group 8",
         "x_128bit",
