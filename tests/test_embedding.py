@@ -86,6 +86,10 @@ def test_embedding_config_errors():
         tq.Embedding(4, 8, weight=tq.QuantConfig(granularity="per_tensor", symmetric=True))
     with pytest.raises(ValueError, match="group_size: expected a divisor of embedding_dim = 48"):
         tq.Embedding(4, 48, weight=I4G32)
+    asym = tq.QuantConfig(granularity="per_channel", symmetric=True)
+    object.__setattr__(asym, "symmetric", False)  # asymmetric weights: not for tables
+    with pytest.raises(ValueError, match="weight.symmetric"):
+        tq.Embedding(4, 8, weight=asym)
     with pytest.raises(ValueError, match="sparse"):
         tq.Embedding(4, 8, sparse=True)
     with pytest.raises(TypeError, match="dtype"):

@@ -39,6 +39,11 @@ def check_embedding_config(config: object, embedding_dim: int, name: str = "weig
             f"{name}: embedding tables are quantized per row or per group along the row, "
             f"granularity must be one of {EMBEDDING_GRANULARITIES}, got {config.granularity!r}"
         )
+    if not config.symmetric:
+        raise ValueError(
+            f"{name}.symmetric: embedding tables are quantized symmetrically (zero point 0), "
+            "pass symmetric=True"
+        )
     if config.granularity == "per_group" and embedding_dim % config.group_size:
         raise ValueError(
             f"{name}.group_size: expected a divisor of embedding_dim = {embedding_dim}, "
@@ -223,10 +228,11 @@ class QuantizedEmbedding(nn.Module):
             raise TypeError(f"emb: expected a triton_qat.Embedding, got {type(emb).__name__}")
         w = emb.weight.detach()
         cfg = emb.weight_config
-        codes, scale, _, _, _ = _ops.quantize(
+        out = _ops.quantize(
             w, **spec_for(cfg).quantize_args(w.shape[1]), pack_mask=False, scale=None,
             zero_point=None,
         )  # fmt: skip
+        codes, scale = out[0], out[1]
         new = cls(
             emb.num_embeddings,
             emb.embedding_dim,

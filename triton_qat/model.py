@@ -94,7 +94,8 @@ def prepare(
     embedding: QuantConfig | None = None,
     config=None,
 ) -> nn.Module:
-    """Swap every ``nn.Linear`` of ``model`` for a :class:`triton_qat.Linear`, in place.
+    """Swap every ``nn.Linear`` of ``model`` for a :class:`triton_qat.Linear` (with ``embedding=``,
+    every ``nn.Embedding`` for a :class:`triton_qat.Embedding`), in place.
 
     Args:
         model: any module (a bare ``nn.Linear`` too; then the new module is returned). Works on
@@ -180,9 +181,6 @@ def prepare(
     return model
 
 
-_CODE_BUFFERS = ("weight_codes", "weight_scale", "weight_code_sum")
-
-
 def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Whether the buffers both hold (by name) agree in layout and value."""
     for name in a.keys() & b.keys():
@@ -215,7 +213,8 @@ def convert(model: nn.Module) -> nn.Module:
             new = QuantizedLinear.from_qat(mod)
             if mod.bias is not None:
                 new.bias = biases.setdefault(id(mod.bias), new.bias)
-        own = {name: getattr(new, name) for name in _CODE_BUFFERS if name in new._buffers}
+        # the quantized weight: codes, scales (linears: code sums, zero points), by name
+        own = {k: b for k, b in new._buffers.items() if k.startswith("weight_") and b is not None}
         first_fqn, shared = tied.setdefault(id(mod.weight), (fqn, own))
         if shared is not own:
             if _same_codes(shared, own):

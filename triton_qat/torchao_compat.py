@@ -82,13 +82,17 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
     """The :class:`QuantConfig` whose numerics equal torchao's ``IntxFakeQuantizer(config)``.
 
     Args:
-        config: a torchao fake-quantize config (``IntxFakeQuantizeConfig``).
+        config: a torchao fake-quantize config (``IntxFakeQuantizeConfig``), or None (no fake
+            quantization of that tensor).
         role: ``"activation"`` (a linear's input) or ``"weight"`` (a linear's weight or an
             embedding table).
         name: how errors name the config (default ``"<role>_config"``).
 
-    Raises ``NotImplementedError`` naming the field for what triton_qat does not emulate:
-    other config classes (float8, MX, NVFP4, ``Int4WeightFakeQuantizeConfig``), unsigned or 1-bit
+    This is the one place torchao's fake-quantize schemes become triton_qat's: a scheme
+    triton_qat gains (weight-only linears, asymmetric weights) is mapped here. Raises
+    ``NotImplementedError`` naming the field for what triton_qat does not emulate: no
+    activation config for a linear (weight-only) or no weight config, other config classes
+    (float8, MX, NVFP4, ``Int4WeightFakeQuantizeConfig``), unsigned or 1-bit
     dtypes, static qparams, range learning, a custom ``eps``, scales other than fp32 (``None``,
     torchao's "the input's dtype", is accepted and checked to be fp32 when the module runs),
     non-int32 or float-domain zero points, symmetric activations (torchao 0.18 has none), and
@@ -96,6 +100,17 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
     """
     ao = _torchao()
     name = name or f"{role}_config"
+    if role not in ("activation", "weight"):
+        raise ValueError(f"role: expected 'activation' or 'weight', got {role!r}")
+    if config is None:
+        if role == "activation":
+            raise NotImplementedError(
+                f"{name}=None: weight-only QAT of a linear is not supported; triton_qat "
+                "fake-quantizes a linear's input and weight together"
+            )
+        raise NotImplementedError(
+            f"{name}=None: triton_qat fake-quantizes the weight of every module it prepares"
+        )
     if not isinstance(config, ao.IntxFakeQuantizeConfig):
         raise NotImplementedError(
             f"{name}: {type(config).__name__} is not supported; triton_qat reproduces torchao's "
@@ -148,8 +163,6 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
                 "tq.QuantConfig(symmetric=True) directly"
             )
         return QuantConfig(bits=bits, granularity="per_token", symmetric=False)
-    if role != "weight":
-        raise ValueError(f"role: expected 'activation' or 'weight', got {role!r}")
     if not config.is_symmetric:
         raise NotImplementedError(
             f"{name}.mapping_type={config.mapping_type}: weights are fake-quantized symmetrically "
@@ -172,6 +185,8 @@ def to_torchao_config(config: QuantConfig, role: str) -> object:
     :func:`to_quant_config`); NotImplementedError for what torchao's fake quantizer lacks
     (per-tensor, symmetric activations)."""
     ao = _torchao()
+    if not isinstance(config, QuantConfig):
+        raise NotImplementedError(f"{role}={config!r}: no torchao IntxFakeQuantizeConfig for it")
     dtype = getattr(torch, f"int{config.bits}")
     if role == "activation":
         if config.granularity != "per_token" or config.symmetric:
@@ -180,10 +195,11 @@ def to_torchao_config(config: QuantConfig, role: str) -> object:
                 "activations only"
             )
         return ao.IntxFakeQuantizeConfig(dtype, "per_token", is_symmetric=False)
+    sym = config.symmetric
     if config.granularity == "per_channel":
-        return ao.IntxFakeQuantizeConfig(dtype, "per_channel", is_symmetric=True)
+        return ao.IntxFakeQuantizeConfig(dtype, "per_channel", is_symmetric=sym)
     if config.granularity == "per_group":
-        return ao.IntxFakeQuantizeConfig(dtype, group_size=config.group_size, is_symmetric=True)
+        return ao.IntxFakeQuantizeConfig(dtype, group_size=config.group_size, is_symmetric=sym)
     raise NotImplementedError(
         f"weight={config}: torchao's IntxFakeQuantizer has per-channel and per-group weights only"
     )
@@ -272,20 +288,12 @@ def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
     ``nn.Linear`` / ``nn.Embedding``, or torchao's own module) computes with these configs,
     sharing ``mod``'s parameters; ``where`` names it in errors."""
     if isinstance(mod, nn.Linear):
-        a = None if act_cfg is None else to_quant_config(act_cfg, "activation")
-        w = None if w_cfg is None else to_quant_config(w_cfg, "weight")
-        if a is None or w is None:
-            missing = "weight_config" if w is None else "activation_config"
-            raise NotImplementedError(
-                f"{where}: {missing}=None: a linear needs both activation and weight fake "
-                "quantization (weight-only and activation-only QAT are not supported)"
-            )
+        w = to_quant_config(w_cfg, "weight")  # first: names an unsupported weight scheme
+        a = to_quant_config(act_cfg, "activation")
         new = Linear.from_float(mod, activation=a, weight=w)
     elif isinstance(mod, nn.Embedding):
         if act_cfg is not None:  # torchao's own error
             raise ValueError("Activation fake quantization is not supported for embedding")
-        if w_cfg is None:
-            raise NotImplementedError(f"{where}: weight_config=None: nothing to fake-quantize")
         new = Embedding.from_float(mod, weight=to_quant_config(w_cfg, "weight"))
     else:  # torchao's own error
         raise ValueError(f"Module of type '{type(mod)}' does not have QAT support")
@@ -394,6 +402,8 @@ def from_torchao(model: nn.Module) -> nn.Module:
             act_cfg, on = None, w_on
         else:
             act_cfg, a_on = _quantizer_state(mod.activation_fake_quantizer)
+            if act_cfg is None and w_cfg is None:
+                return None  # fake-quantizes nothing: left as it is
             if act_cfg is not None and w_cfg is not None and a_on != w_on:
                 raise NotImplementedError(
                     f"{where}: activation_fake_quantizer.enabled={a_on} but "
@@ -409,19 +419,24 @@ def from_torchao(model: nn.Module) -> nn.Module:
     return _replace(model, matches, make)
 
 
+def _maps_to(config: object, role: str, current: object) -> bool:
+    """Whether torchao's ``config`` maps to the triton_qat config ``current``."""
+    try:
+        return to_quant_config(config, role) == current
+    except NotImplementedError:
+        return False
+
+
 def _configs_for(mod: Linear | Embedding, is_linear: bool) -> tuple[object | None, object]:
     """The torchao configs a triton_qat module was made from (when they still describe it),
     else torchao configs with its numerics."""
     stored = getattr(mod, "torchao_configs", None)
-    act_now = mod.activation_config if is_linear else None
     if stored is not None:
         act_cfg, w_cfg = stored
-        same_act = (act_cfg is None) == (act_now is None) and (
-            act_cfg is None or to_quant_config(act_cfg, "activation") == act_now
-        )
-        if same_act and to_quant_config(w_cfg, "weight") == mod.weight_config:
+        same_act = not is_linear or _maps_to(act_cfg, "activation", mod.activation_config)
+        if same_act and _maps_to(w_cfg, "weight", mod.weight_config):
             return act_cfg, w_cfg
-    act_cfg = to_torchao_config(act_now, "activation") if is_linear else None
+    act_cfg = to_torchao_config(mod.activation_config, "activation") if is_linear else None
     return act_cfg, to_torchao_config(mod.weight_config, "weight")
 
 
