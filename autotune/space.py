@@ -123,6 +123,7 @@ def _gemm_tiles(kernel: str, rows: int, cols: int, red: int, warps: int, stages:
 # columns per step; per-group weights want BLOCK_C == the group (128, 32) and more rows per program.
 # candidates(curated=True) keeps BLOCK_C >= min(group, 256), so each group size sees its own list.
 _QUANTIZE_CURATED = [
+    (1, 4096, 4), (1, 8192, 8), (1, 16384, 16),  # a whole row in one tile: x read once
     (1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (1, 4096, 8), (2, 1024, 4), (2, 2048, 8),
     (4, 512, 4), (4, 1024, 4), (4, 1024, 8), (8, 512, 4), (8, 512, 8), (16, 256, 4),
     (8, 128, 2), (16, 128, 4), (32, 128, 4), (32, 128, 8), (64, 128, 8), (128, 128, 8),
