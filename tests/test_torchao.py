@@ -310,6 +310,7 @@ def test_from_torchao_trains_like_torchao_and_round_trips(dtype):
     assert type(ours.tok) is tq.Embedding and type(ours.lm_head) is tq.Linear
     assert type(ours.fc) is tq.Linear and not ours.fc.fake_quant_enabled
     assert all(p is params[n] for n, p in ours.named_parameters())  # shared, tied
+    assert ours.state_dict().keys() == ref.state_dict().keys()  # checkpoints load both ways
     idx = torch.randint(0, 80, (2, 9))
     h = ours.tok(idx)
     assert torch.equal(h, ref.tok(idx)) and torch.equal(ours.fc(h), ref.fc(h))
