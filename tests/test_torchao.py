@@ -383,6 +383,8 @@ def test_scale_precision_none_is_fp32_only():
         NotImplementedError, match=r"fc: scale_precision=None.*input is torch\.bfloat16"
     ):
         model.fc(h.bfloat16())  # e.g. under autocast: torchao would use bf16 scales
+    model.fc.disable_fake_quant()(h.bfloat16())  # no fake quantization: no scales to differ
+    model.fc.enable_fake_quant()
     converted = tq.convert(copy.deepcopy(model))  # the guard is the prepared module's only
     assert not converted.fc._forward_pre_hooks
     assert not tq.to_torchao(model).fc._forward_pre_hooks

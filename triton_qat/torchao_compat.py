@@ -259,6 +259,8 @@ class _Fp32Only:
         self.where, self.check_input, self.check_weight = where, check_input, check_weight
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
+        if not module.fake_quant_enabled:  # a plain F.linear / F.embedding: no scales
+            return
         x = args[0] if args else None
         bad = None
         if self.check_input and isinstance(x, Tensor) and x.dtype != torch.float32:
