@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) --upgrade pip
 	$(PIP) "torch==2.13.0"
 	$(PIP) -e ".[test]"
+	# torchao (optional for users; the interop tests need it): the shipped wheel, else PyPI
+	$(PIP) --no-deps ../shared/wheels/torchao-0.18.0-*.whl 2>/dev/null || $(PIP) --no-deps "torchao==0.18.0"
 	@touch $(STAMP)
 
 venv: $(STAMP)
