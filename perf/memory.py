@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import triton_qat as tq
+from triton_qat.autotune.cache import slug
 from triton_qat.reference import prepare_reference
 
 W4G32 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
@@ -123,12 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     rows = measure([int(t) for t in args.tokens.split(",")],
                    [int(n) for n in args.layers.split(",")], device)  # fmt: skip
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(__file__).parent / "results" / name.replace(" ", "-") / "memory.csv"
-    )
+    name = slug(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / name / "memory.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
