@@ -1,17 +1,28 @@
-"""The main job: QAT of a small decoder-only transformer LM, three ways, under torch.compile.
+"""What QAT buys: a small character-level LM, quantized after training (PTQ) and with training (QAT).
 
-    python -m triton_qat.demo [--config tiny|small|medium] [--steps N] [--device cpu|cuda]
+    python -m triton_qat.demo [--config tiny|cpu|small|medium] [--steps N] [--qat-steps N]
+                              [--weight-bits 3] [--group-size 32] [--act-bits 8] [--compile auto|on|off]
 
-Trains the same model from the same initialization on the same batches (character-level, on the
-text shipped in ``triton_qat/data/corpus.txt``) as (1) a float model, (2) QAT through triton_qat,
-(3) QAT through the plain-torch reference of the same numerics. Prints a table (final train / eval
-loss, eval loss after ``tq.convert`` to int8, time per step, activation memory kept for backward)
-and writes a PNG of the loss curves. On a CPU the kernels run in Triton's interpreter
-(TRITON_INTERPRET=1, set by ``make demo``), so the default there is a tiny model.
+1. Train a float decoder-only transformer on ``triton_qat/data/keeper_logs.txt`` until its eval loss
+   is far below the unigram (character frequency) loss.
+2. PTQ: ``tq.convert(tq.prepare(copy))`` with no training, at a low-bit config (default: int3
+   weights per group of 32, int8 per-token activations): the eval loss jumps.
+3. QAT: ``tq.prepare`` the float model with the same config, fine-tune it, ``tq.convert`` it, save
+   the converted state dict and reload it. A copy of the float model is fine-tuned for the same
+   steps on the same batches, so the gap QAT recovers is not an effect of extra training.
+4. Plot (``demo_out/qat_demo.png``) and a table (printed last): eval losses, the fraction of the PTQ
+   gap recovered, ``(ptq - qat) / (ptq - float)``, and the time per step.
 
-Several GPUs: ``torchrun --nproc_per_node 8 -m triton_qat.demo --config medium`` runs the same script
-with DistributedDataParallel (NCCL on GPUs, gloo on CPU); each rank trains on its slice of every
-batch and rank 0 prints.
+Which code runs (``tq.backend``): on a GPU the Triton kernels, in bf16, with tokens/s and peak memory.
+On a CPU the fine-tuning runs on triton_qat's plain-torch backend (fake quantization bit-identical
+to the kernels), and a few QAT steps are repeated through the Triton kernels in Triton's interpreter
+(a subprocess with TRITON_INTERPRET=1) to show the two give the same losses. The interpreter is far
+too slow to train with, so ``TRITON_INTERPRET=1 python -m triton_qat.demo`` restarts itself without
+it (``--interpret`` keeps it). CPU times are CPU times: they say nothing about the kernels' speed.
+
+Several processes: ``torchrun --nproc_per_node 8 -m triton_qat.demo --config medium`` runs the same
+script with DistributedDataParallel (NCCL on GPUs, gloo on CPU); each rank trains on its slice of
+every batch and rank 0 prints, checks, saves and plots.
 """
 
 from __future__ import annotations
@@ -21,8 +32,12 @@ import copy
 import math
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -32,9 +47,13 @@ from torch import nn
 from tqdm import tqdm
 
 import triton_qat as tq
-from triton_qat.reference import prepare_reference
 
-CORPUS = Path(__file__).parent / "data" / "corpus.txt"
+CORPUS = Path(__file__).parent / "data" / "keeper_logs.txt"
+# measured with the cpu config on a 2-core machine: a QAT step 42 -> 34 ms, a float step unchanged,
+# for 5-10 s of compiling each model
+COMPILE_NOTE = (
+    "on a CPU, at this size, compiling costs more time than it saves; --compile on to use it"
+)
 
 
 @dataclass(frozen=True)
@@ -44,19 +63,28 @@ class ModelConfig:
     n_heads: int
     seq_len: int
     batch: int
-    steps: int
+    steps: int  # float training
+    qat_steps: int  # fine-tuning, QAT and float alike
     lr: float
+    qat_lr: float
+    eval_windows: int  # held-out windows of seq_len characters
 
 
+# fmt: off
 CONFIGS = {
-    "tiny": ModelConfig(d_model=32, n_layers=1, n_heads=2, seq_len=32, batch=8, steps=40, lr=3e-3),
-    "small": ModelConfig(
-        d_model=256, n_layers=4, n_heads=4, seq_len=128, batch=32, steps=300, lr=1e-3
-    ),
-    "medium": ModelConfig(
-        d_model=512, n_layers=8, n_heads=8, seq_len=256, batch=32, steps=1000, lr=6e-4
-    ),
+    # the test suite's budget: seconds, even through the Triton interpreter
+    "tiny": ModelConfig(d_model=32, n_layers=1, n_heads=2, seq_len=32, batch=8, steps=40,
+                        qat_steps=4, lr=3e-3, qat_lr=1e-3, eval_windows=16),
+    # `make demo` on a 2-core CPU: about a minute of training on the plain-torch backend
+    "cpu": ModelConfig(d_model=64, n_layers=2, n_heads=4, seq_len=64, batch=32, steps=1500,
+                       qat_steps=300, lr=3e-3, qat_lr=1e-3, eval_windows=128),
+    # one GPU (the default there), and a larger one
+    "small": ModelConfig(d_model=256, n_layers=4, n_heads=4, seq_len=128, batch=32, steps=1500,
+                         qat_steps=300, lr=1e-3, qat_lr=3e-4, eval_windows=256),
+    "medium": ModelConfig(d_model=512, n_layers=8, n_heads=8, seq_len=256, batch=32, steps=2000,
+                          qat_steps=500, lr=6e-4, qat_lr=2e-4, eval_windows=256),
 }
+# fmt: on
 
 
 class Block(nn.Module):
@@ -94,22 +122,64 @@ class TinyGPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
-def load_corpus(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    text = CORPUS.read_text(encoding="utf-8")
+def keep_head_float(mod: nn.Module, fqn: str) -> bool:
+    """prepare's filter: every linear but the LM head (usual QAT practice; embeddings stay too)."""
+    return fqn != "head"
+
+
+def quant_configs(weight_bits: int, group_size: int, act_bits: int):
+    """(activation, weight) QuantConfigs: per-token asymmetric activations, symmetric weights per
+    group of ``group_size`` (0: per output channel)."""
+    act = tq.QuantConfig(bits=act_bits, granularity="per_token")
+    if group_size:
+        w = tq.QuantConfig(
+            bits=weight_bits, granularity="per_group", group_size=group_size, symmetric=True
+        )
+    else:
+        w = tq.QuantConfig(bits=weight_bits, granularity="per_channel", symmetric=True)
+    return act, w
+
+
+def describe(act: tq.QuantConfig, w: tq.QuantConfig) -> str:
+    wg = f"per group of {w.group_size}" if w.granularity == "per_group" else w.granularity
+    return f"int{w.bits} weights ({wg}) + int{act.bits} per-token activations"
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_corpus(path: Path, device: torch.device):
+    """Characters as ids; the first 90% trains, the last 10% is held out."""
+    text = path.read_text(encoding="utf-8")
     vocab = sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}
-    data = torch.tensor([index[c] for c in text], dtype=torch.long, device=device)
+    data = torch.tensor([index[c] for c in text], dtype=torch.long)
     split = int(0.9 * len(data))
-    return data[:split], data[split:], len(vocab)
+    return data[:split].to(device), data[split:].to(device), vocab
 
 
 def batches(data: torch.Tensor, cfg: ModelConfig, steps: int, seed: int):
-    """The same sequence of (input, target) batches for every run."""
+    """The same sequence of (input, target) batches for every run that uses the same seed."""
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         starts = torch.randint(0, len(data) - cfg.seq_len - 1, (cfg.batch,), generator=g)
         idx = torch.stack([data[s : s + cfg.seq_len + 1] for s in starts.tolist()])
         yield idx[:, :-1], idx[:, 1:]
+
+
+def eval_windows(data: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cfg.eval_windows`` evenly spaced held-out windows: the same eval set for every model."""
+    T = cfg.seq_len
+    n = max(1, min(cfg.eval_windows, len(data) - T - 1))
+    starts = torch.linspace(0, len(data) - T - 1, n).long().tolist()
+    x = torch.stack([data[s : s + T] for s in starts])
+    y = torch.stack([data[s + 1 : s + T + 1] for s in starts])
+    return x, y
+
+
+def unigram_loss(train: torch.Tensor, held_out: torch.Tensor, vocab: int) -> float:
+    """Cross-entropy of the held-out text under the training text's character frequencies."""
+    counts = Counter(train.tolist())
+    p = torch.tensor([counts.get(i, 0) + 1 for i in range(vocab)], dtype=torch.float64)
+    return -(p / p.sum()).log()[held_out.cpu()].mean().item()
 
 
 def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -118,38 +188,26 @@ def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eval_loss(model: nn.Module, data: torch.Tensor, cfg: ModelConfig) -> float:
+def eval_loss(model: nn.Module, ev: tuple[torch.Tensor, torch.Tensor], chunk: int = 128) -> float:
+    """Mean cross-entropy (nats per character) on the held-out windows, in eval mode."""
     was_training = model.training
     model.eval()
-    # the held-out text is short (10% of a ~5 KB corpus): slide windows with a stride of T/8 so
-    # large --config sequence lengths still evaluate on many windows
-    T = cfg.seq_len
-    stride = max(1, T // 8)
-    starts = range(0, max(1, len(data) - T - 1), stride)
-    x = torch.stack([data[s : s + T] for s in starts])
-    y = torch.stack([data[s + 1 : s + T + 1] for s in starts])
-    loss = lm_loss(model, x, y).item()
+    x, y = ev
+    total = sum(
+        lm_loss(model, x[i : i + chunk], y[i : i + chunk]).item() * len(x[i : i + chunk])
+        for i in range(0, len(x), chunk)
+    )
     model.train(was_training)
-    return loss
+    return total / len(x)
 
 
-def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Bytes autograd keeps for backward over one eager forward (all layers, not only linears)."""
-    total = 0
-
-    def pack(t: torch.Tensor):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        lm_loss(model, x, y)
-    return total
-
-
-def not_head(mod: nn.Module, fqn: str) -> bool:
-    """Keep the LM head in full precision (common QAT practice)."""
-    return fqn != "head"
+# -------------------------------------------------------------------------------------- training
+def lr_at(step: int, steps: int, lr: float, warmup: int, floor: float) -> float:
+    """Linear warmup, then cosine decay to ``floor * lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def setup_distributed(device_type: str) -> tuple[int, int, int]:
@@ -164,51 +222,159 @@ def setup_distributed(device_type: str) -> tuple[int, int, int]:
     return dist.get_rank(), world, local_rank
 
 
-def train(name, model, train_data, eval_data, cfg, args, steps, dtype):
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    step_fn = torch.compile(model, fullgraph=True) if not args.no_compile else model
+def train(name, model, data, ev, cfg, args, *, steps, lr, warmup, floor, seed, evals=15) -> dict:
+    """The usual loop: AdamW, torch.compile, forward, backward, step. Eval loss ``evals`` times."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    # tq.Linear is a set of torch.library ops with fake implementations: fullgraph compiles
+    step_model = torch.compile(model, fullgraph=True) if args.compile else model
     if args.world > 1:  # compile first, then DDP: its all-reduce hooks run outside the graph
         ids = [args.local_rank] if args.device == "cuda" else None
-        step_fn = nn.parallel.DistributedDataParallel(step_fn, device_ids=ids)
+        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    every = max(1, steps // evals)
+    curve = [(0, eval_loss(model, ev))]
     losses, times = [], []
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     bar = tqdm(
-        batches(train_data, cfg, steps, args.seed),
+        batches(data, cfg, steps, seed),
         total=steps,
-        desc=f"{name:>16}",
+        desc=f"{name:>14}",
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,
-        disable=args.rank != 0,
+        disable=args.rank != 0 or args.quiet,
     )
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar):
         if args.world > 1:  # every rank draws the same batch and trains on its slice
             x, y = x.chunk(args.world)[args.rank], y.chunk(args.world)[args.rank]
-        sync()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup, floor)
         t0 = time.perf_counter()
-        loss = lm_loss(step_fn, x, y)
+        loss = lm_loss(step_model, x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        sync()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    warm = times[min(3, len(times) - 1) :]  # the first steps include compilation
-    x, y = next(batches(train_data, cfg, 1, args.seed + 1))
-    if args.world > 1:  # what one rank keeps
-        x, y = x.chunk(args.world)[args.rank], y.chunk(args.world)[args.rank]
+        if (step + 1) % every == 0 or step + 1 == steps:
+            curve.append((step + 1, eval_loss(model, ev)))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", eval=f"{curve[-1][1]:.3f}")
+    warm = times[min(5, len(times) - 1) :]  # the first steps include compilation
+    sec = statistics.median(warm)
     return {
         "losses": losses,
-        "train": statistics.fmean(losses[-max(1, steps // 10) :]),
-        "eval": eval_loss(model, eval_data, cfg),
-        "ms_per_step": 1e3 * statistics.median(warm),
-        "saved_mb": saved_activation_bytes(model, x, y) / 2**20,
-        "dtype": dtype,
+        "curve": curve,
+        "eval": curve[-1][1],
+        "ms_per_step": 1e3 * sec,
+        "tokens_per_s": cfg.batch * cfg.seq_len / sec,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+# ---------------------------------------------------------------------------------- kernel check
+def check_payload(
+    model: nn.Module,
+    cfg: ModelConfig,
+    quant: tuple[int, int, int],
+    data,
+    n_batches: int,
+    seed: int,
+    rows: int = 4,
+) -> dict:
+    """What :func:`qat_check` needs: the float weights, the model and quantization configs, and
+    ``n_batches`` batches of ``rows`` windows."""
+    first = list(batches(data, cfg, n_batches, seed))
+    return {
+        "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "vocab": model.head.out_features,
+        "cfg": asdict(cfg),
+        "quant": tuple(quant),
+        "x": torch.stack([x[:rows].cpu() for x, _ in first]),
+        "y": torch.stack([y[:rows].cpu() for _, y in first]),
+    }
+
+
+def qat_check(payload: dict) -> dict:
+    """The QAT training step without the optimizer: ``tq.prepare`` the float weights, then the
+    loss and gradients on each batch, and the converted model's loss on all of them. Run on each
+    CPU backend by :func:`kernel_check`."""
+    cfg = ModelConfig(**payload["cfg"])
+    act, w = quant_configs(*payload["quant"])
+    model = TinyGPT(payload["vocab"], cfg)
+    model.load_state_dict(payload["state"])
+    model = tq.prepare(model, activation=act, weight=w, filter_fn=keep_head_float)
+    out = {"backend": tq.backend("cpu"), "loss": [], "grad": []}
+    for x, y in zip(payload["x"], payload["y"], strict=True):
+        loss = lm_loss(model, x, y)
+        loss.backward()
+        out["loss"].append(loss.item())
+        out["grad"].append({n: p.grad for n, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+    converted = tq.convert(model.eval())
+    out["converted"] = eval_loss(
+        converted, (payload["x"].flatten(0, 1), payload["y"].flatten(0, 1))
+    )
+    return out
+
+
+def kernel_check(payload: dict, out: Path) -> dict:
+    """:func:`qat_check` here and on the other CPU backend, in a subprocess: the Triton kernels in
+    Triton's interpreter when this process runs plain torch, and the reverse."""
+    other = "0" if tq.backend("cpu") == "triton-interpreter" else "1"
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        torch.save(payload, Path(tmp) / "payload.pt")
+        env = {**os.environ, "TRITON_INTERPRET": other, "WORLD_SIZE": "1"}
+        for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(var, None)
+        res = subprocess.run(
+            [sys.executable, "-m", "triton_qat.demo", "--check-worker", tmp],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"kernel check subprocess failed:\n{res.stderr[-3000:]}")
+        theirs = torch.load(Path(tmp) / "result.pt")
+    mine = qat_check(payload)
+    by = {r["backend"]: r for r in (mine, theirs)}
+    torch_, kern = by["torch"], by["triton-interpreter"]
+    # relative loss difference; gradient error: relative L2 norm over all parameters
+    loss_diff = max(
+        abs(a - b) / abs(b)
+        for a, b in zip(
+            kern["loss"] + [kern["converted"]], torch_["loss"] + [torch_["converted"]], strict=True
+        )
+    )
+    flat = lambda grads: torch.cat([g.flatten() for g in grads.values()])  # noqa: E731
+    grad_err = max(
+        ((flat(gk) - flat(gt)).norm() / flat(gt).norm()).item()
+        for gk, gt in zip(kern["grad"], torch_["grad"], strict=True)
+    )
+    return {
+        "interpreter": kern["loss"] + [kern["converted"]],
+        "torch": torch_["loss"] + [torch_["converted"]],
+        "max_rel_loss_diff": loss_diff,
+        "max_rel_grad_err": grad_err,
+        # GEMMs that round differently (int32 vs fp32 sums) put the odd activation on the other
+        # side of a rounding boundary; a wrong quantization moves the loss by 1e-2 or more
+        "ok": loss_diff <= 1e-3 and grad_err <= 5e-2,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def check_worker(folder: str) -> None:
+    payload = torch.load(Path(folder) / "payload.pt")
+    torch.save(qat_check(payload), Path(folder) / "result.pt")
+
+
+# ------------------------------------------------------------------------------------------- main
+def parse(argv):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -216,105 +382,339 @@ def main(argv: list[str] | None = None) -> dict:
         "--config",
         choices=list(CONFIGS),
         default=None,
-        help="model size (default: tiny on CPU, small on CUDA)",
+        help="model and budget (default: cpu on a CPU, small on CUDA)",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per run")
+    p.add_argument("--steps", type=int, default=None, help="float training steps")
+    p.add_argument(
+        "--qat-steps",
+        type=int,
+        default=None,
+        help="fine-tuning steps (QAT, and the float baseline)",
+    )
+    p.add_argument("--weight-bits", type=int, default=3)
+    p.add_argument("--group-size", type=int, default=32, help="weights per scale; 0: per channel")
+    p.add_argument("--act-bits", type=int, default=8)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the model (auto: on CUDA only)",
+    )
+    p.add_argument(
+        "--check-batches",
+        type=int,
+        default=3,
+        help="CPU: batches the QAT model runs through both CPU backends (0: skip)",
+    )
+    p.add_argument("--corpus", type=Path, default=CORPUS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="demo_out", help="folder for the loss-curve PNG")
-    p.add_argument("--no-compile", action="store_true", help="run eagerly (debugging)")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="plot and saved model")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--interpret",
+        action="store_true",
+        help="keep TRITON_INTERPRET=1 (train through Triton's interpreter: slow)",
+    )
+    p.add_argument("--check-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for name in ("steps", "qat_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected a positive int")
+    return p, args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p, args = parse(argv)
+    if args.check_worker:
+        check_worker(args.check_worker)
+        return {}
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.rank, args.world, args.local_rank = setup_distributed(args.device)
-    backend = tq.backend(args.device)
-    if backend == "torch":
-        print(
-            "note: TRITON_INTERPRET is not 1, so this CPU run uses triton_qat's plain-torch "
-            "backend (bit-identical fake quantization), not the Triton kernels (make demo sets it)"
-        )
-    cfg = CONFIGS[args.config or ("small" if args.device == "cuda" else "tiny")]
-    steps = args.steps if args.steps is not None else cfg.steps
-    if steps < 1:
-        p.error("--steps: expected a positive int")
+    cuda = args.device == "cuda"
+    args.compile = args.compile == "on" or (args.compile == "auto" and cuda)
+    name = args.config or ("small" if cuda else "cpu")
+    cfg = CONFIGS[name]
+    steps = args.steps or cfg.steps
+    qat_steps = args.qat_steps or cfg.qat_steps
     if cfg.batch % args.world:
         p.error(f"batch {cfg.batch} of --config does not split over {args.world} processes")
-    device = (
-        torch.device(args.device, args.local_rank) if args.device == "cuda" else torch.device("cpu")
+    device = torch.device(args.device, args.local_rank) if cuda else torch.device("cpu")
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype != "auto"
+        else (torch.bfloat16 if cuda else torch.float32)
     )
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    train_data, eval_data, vocab = load_corpus(device)
-    torch.manual_seed(args.seed)
-    base = TinyGPT(vocab, cfg).to(device=device, dtype=dtype)
+    backend = tq.backend(device)
+    act, weight = quant_configs(args.weight_bits, args.group_size, args.act_bits)
+    quant = describe(act, weight)
     say = print if args.rank == 0 else (lambda *a, **k: None)
+    train_data, held_out, vocab = load_corpus(args.corpus, device)
+    ev = eval_windows(held_out, cfg)
+    unigram = unigram_loss(train_data, ev[1], len(vocab))
+    where = {
+        "triton": f"the Triton kernels on {torch.cuda.get_device_name(device) if cuda else ''}",
+        "torch": "triton_qat's plain-torch backend on the CPU (fake quantization bit-identical "
+        "to the kernels; the Triton interpreter checks it below)",
+        "triton-interpreter": "the Triton kernels in Triton's interpreter (CPU, exact, slow)",
+    }[backend]
+    torch.manual_seed(args.seed)
+    model = TinyGPT(len(vocab), cfg).to(device=device, dtype=dtype)
     say(
-        f"triton_qat demo: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters, "
-        f"config={args.config or ('small' if device.type == 'cuda' else 'tiny')} {cfg}, "
-        f"{steps} steps, {device.type} {dtype} x{args.world} process(es), torch {torch.__version__}"
-        f", triton_qat backend: {backend}"
+        f"triton_qat demo: what QAT buys at {quant}\n"
+        f"  model: {name} config, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"parameters, character-level on {args.corpus.name} ({len(vocab)} characters), "
+        f"{dtype}, {args.world} process(es), torch {torch.__version__}\n"
+        f"  backend: {backend} = {where}\n"
+        f"  torch.compile: {'on' if args.compile else 'off (' + COMPILE_NOTE + ')'}"
     )
-    if backend != "triton":
-        say("ms/step below times the CPU, not GPU kernels: it says nothing about GPU speed")
+    if not cuda:
+        say("  CPU times below are CPU times of this backend: they say nothing about kernel speed")
 
-    runs = {
-        "float": copy.deepcopy(base),
-        "QAT triton_qat": tq.prepare(copy.deepcopy(base), filter_fn=not_head),
-        "QAT torch ref": prepare_reference(copy.deepcopy(base), filter_fn=not_head),
+    # 1. A float model, trained as usual.
+    pre = train(
+        "float",
+        model,
+        train_data,
+        ev,
+        cfg,
+        args,
+        steps=steps,
+        lr=cfg.lr,
+        warmup=max(1, min(50, steps // 10)),
+        floor=0.1,
+        seed=args.seed,
+    )
+    float_eval = pre["eval"]
+
+    # 2. PTQ: quantize the trained float model as it is (prepare + convert, no training).
+    ptq_model = tq.convert(
+        tq.prepare(
+            copy.deepcopy(model), activation=act, weight=weight, filter_fn=keep_head_float
+        ).eval()
+    )
+    ptq_eval = eval_loss(ptq_model, ev)
+    say(
+        f"float eval loss {float_eval:.4f} (unigram {unigram:.4f}); "
+        f"PTQ at {quant}: {ptq_eval:.4f} (+{ptq_eval - float_eval:.4f})"
+    )
+
+    # 3. QAT: prepare swaps every nn.Linear but the head for tq.Linear (fake-quantized forward at
+    #    exactly the int8 arithmetic convert will run, straight-through backward), parameters shared
+    #    with the float model they came from; then train as usual (train() compiles the model).
+    ft = dict(
+        steps=qat_steps,
+        lr=cfg.qat_lr,
+        warmup=max(1, min(20, qat_steps // 10)),
+        floor=0.0,
+        seed=args.seed + 1,
+    )
+    qat_model = tq.prepare(
+        copy.deepcopy(model), activation=act, weight=weight, filter_fn=keep_head_float
+    )
+    qat = train("QAT fine-tune", qat_model, train_data, ev, cfg, args, **ft)
+    #    convert: tq.Linear -> tq.QuantizedLinear (int8 codes, two int4 / int3 codes per byte)
+    qat_model = tq.convert(qat_model.eval())
+    qat_eval = eval_loss(qat_model, ev)
+
+    # 4. The fair baseline: the float model trained for the same steps on the same batches.
+    float_ft = train("float fine-tune", copy.deepcopy(model), train_data, ev, cfg, args, **ft)
+
+    result = {
+        "config": quant,
+        "model": name,
+        "backend": backend,
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "unigram": unigram,
+        "float": float_eval,
+        "float_finetuned": float_ft["eval"],
+        "ptq": ptq_eval,
+        "qat_converted": qat_eval,
+        "recovered": recovered(ptq_eval, qat_eval, float_eval),
+        "recovered_vs_float_finetuned": recovered(ptq_eval, qat_eval, float_ft["eval"]),
+        "steps": steps,
+        "qat_steps": qat_steps,
+        "ms_per_step": {"float": float_ft["ms_per_step"], "qat": qat["ms_per_step"]},
+        "tokens_per_s": {"float": float_ft["tokens_per_s"], "qat": qat["tokens_per_s"]},
+        "peak_mib": {"float": float_ft["peak_mib"], "qat": qat["peak_mib"]},
+        "curves": {
+            "float": pre["curve"],
+            "float_finetuned": float_ft["curve"],
+            "qat": qat["curve"],
+        },
     }
-    results = {}
-    for name, model in runs.items():
-        results[name] = train(name, model, train_data, eval_data, cfg, args, steps, dtype)
-    # int8 inference: convert the QAT model; the float model gets post-training quantization
-    converted = tq.convert(runs["QAT triton_qat"])
-    results["QAT triton_qat"]["int8_eval"] = eval_loss(converted, eval_data, cfg)
-    ptq = tq.convert(tq.prepare(copy.deepcopy(runs["float"]), filter_fn=not_head))
-    results["float"]["int8_eval"] = eval_loss(ptq, eval_data, cfg)
     if args.rank == 0:
-        print_table(results)
-        size = tq.weight_nbytes(converted)
-        print(f"linear-layer weights after convert: {size['stored'] / 1024:.1f} KiB "
-              f"(as bf16 nn.Linear: {size['bf16'] / 1024:.1f} KiB; LM head kept in float)")  # fmt: skip
-        plot(results, Path(args.out), device, cfg)
+        # 5. Save the converted model and load it back the way a user would: the same prepare +
+        #    convert on a new model gives the QuantizedLinear modules, then load_state_dict.
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "qat_converted.pt"
+        torch.save(qat_model.state_dict(), path)
+        loaded = TinyGPT(len(vocab), cfg).to(device=device, dtype=dtype)
+        loaded = tq.convert(
+            tq.prepare(loaded, activation=act, weight=weight, filter_fn=keep_head_float).eval()
+        )
+        loaded.load_state_dict(torch.load(path))
+        result["reloaded"] = eval_loss(loaded, ev)
+        result["saved"] = str(path)
+        size = tq.weight_nbytes(qat_model)
+        say(
+            f"saved {path} ({path.stat().st_size / 1024:.0f} KiB); reloaded eval loss "
+            f"{result['reloaded']:.4f} ({'identical' if result['reloaded'] == qat_eval else 'DIFFERS'}); "
+            f"linear weights {size['stored'] / 1024:.1f} KiB (bf16 nn.Linear: "
+            f"{size['bf16'] / 1024:.1f} KiB; LM head in float)"
+        )
+
+        # 6. CPU: the QAT model through the Triton kernels (interpreter) and through plain torch.
+        if not cuda and args.check_batches > 0:
+            bits = (args.weight_bits, args.group_size, args.act_bits)
+            payload = check_payload(model, cfg, bits, train_data, args.check_batches, args.seed + 1)
+            check = kernel_check(payload, args.out)
+            result["kernel_check"] = check
+            say(
+                f"kernel check, QAT model from the float weights on {args.check_batches} batches "
+                f"of 4 x {cfg.seq_len} characters (training losses, then the converted model's): "
+                f"Triton kernels (interpreter) {fmt(check['interpreter'])}, plain-torch backend "
+                f"{fmt(check['torch'])}: losses within {check['max_rel_loss_diff']:.1e}, gradients "
+                f"within {check['max_rel_grad_err']:.1e} (relative L2); "
+                + (
+                    "the same numerics: fake quantization is bit-identical, the GEMMs round "
+                    "differently (int32 vs fp32 sums), so an activation on a rounding boundary can "
+                    "take the neighbouring code"
+                    if check["ok"]
+                    else "MISMATCH"
+                )
+                + f" [{check['seconds']:.0f} s]"
+            )
+        result["plot"] = str(plot(result, args.out, device, name))
+        print_table(result)
     if args.world > 1:
         dist.destroy_process_group()
-    return results
+    return result
 
 
-def print_table(results: dict) -> None:
-    head = f"{'run':<16} {'train loss':>10} {'eval loss':>10} {'int8 eval':>10} {'ms/step':>9} {'saved MB':>9}"
-    print("\n" + head + "\n" + "-" * len(head))
-    for name, r in results.items():
-        int8 = f"{r['int8_eval']:.4f}" if "int8_eval" in r else "-"
-        print(
-            f"{name:<16} {r['train']:>10.4f} {r['eval']:>10.4f} {int8:>10} "
-            f"{r['ms_per_step']:>9.1f} {r['saved_mb']:>9.2f}"
+def recovered(ptq: float, qat: float, ref: float) -> float:
+    """Fraction of the PTQ gap that QAT closes: (ptq - qat) / (ptq - ref)."""
+    return (ptq - qat) / (ptq - ref) if ptq != ref else float("nan")
+
+
+def fmt(xs: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.6f}" for x in xs) + "]"
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("unigram baseline (character frequencies)", r["unigram"], ""),
+        (f"float model ({r['steps']} steps)", r["float"], ""),
+        (f"float, fine-tuned {r['qat_steps']} more steps", r["float_finetuned"], ""),
+        ("PTQ: convert(prepare(float)), no training", r["ptq"], f"{r['ptq'] - r['float']:+.4f}"),
+        (
+            f"QAT: {r['qat_steps']} steps, convert",
+            r["qat_converted"],
+            f"{r['qat_converted'] - r['float']:+.4f}",
+        ),
+    ]
+    ms, tps = r["ms_per_step"], r["tokens_per_s"]
+    if r["device"] == "cuda":
+        what = f"GPU, Triton kernels, {r['dtype']}"
+        speed = (
+            f"float {ms['float']:.1f} ms, QAT {ms['qat']:.1f} ms ({ms['qat'] / ms['float']:.2f}x); "
+            f"tokens/s float {tps['float']:,.0f}, QAT {tps['qat']:,.0f}"
         )
-    print(
-        "int8 eval: eval loss after tq.convert (float row: post-training quantization of the "
-        "float model). saved MB: what autograd keeps for backward in one step."
-    )
+    else:
+        what = f"CPU time, {r['backend']} backend: not kernel speed"
+        speed = f"float {ms['float']:.1f} ms, QAT {ms['qat']:.1f} ms"
+    lines = [f"{'':44} {'eval loss':>9}  vs float"]
+    lines += [f"{a:<44} {b:>9.4f}  {c}" for a, b, c in rows]
+    lines += [
+        f"{'PTQ gap recovered by QAT':<44} {100 * r['recovered']:>8.1f}%  "
+        f"(ptq - qat) / (ptq - float); vs the fine-tuned float: "
+        f"{100 * r['recovered_vs_float_finetuned']:.1f}%",
+        f"{'steps':<44} {r['steps']} float + {r['qat_steps']} fine-tuning (QAT and float each)",
+        f"{'config':<44} {r['config']}, LM head in float",
+        f"{'backend':<44} {r['backend']} ({r['device']}, {r['dtype']})",
+    ]
+    if r["peak_mib"]["qat"] is not None:
+        pk = r["peak_mib"]
+        lines.append(
+            f"{'peak memory (torch.cuda.max_memory_allocated)':<44} "
+            f"float {pk['float']:.0f} MiB, QAT {pk['qat']:.0f} MiB"
+        )
+    lines.append(f"{'time per step (' + what + ')':<44} {speed}")
+    print("\n" + "\n".join(lines), flush=True)
 
 
-def plot(results: dict, out: Path, device: torch.device, cfg: ModelConfig) -> None:
+def plot(r: dict, out: Path, device: torch.device, name: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in results.items():
-        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{name} (eval {r['eval']:.4f})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss (cross-entropy, nats)")
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({tq.backend(device)})"
-    ax.set_title(f"triton_qat demo: d={cfg.d_model}, layers={cfg.n_layers} on {where}")
-    ax.set_ylim(top=min(ax.get_ylim()[1], math.log(100)))
-    ax.legend()
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1, 1.4]})
+    s, e = zip(*r["curves"]["float"], strict=True)
+    a0.plot(s, e, "o-", color="tab:blue", ms=3, label="float training, eval loss")
+    a0.axhline(r["unigram"], color="gray", ls=":", label=f"unigram {r['unigram']:.3f}")
+    a0.set_yscale("log")
+    a0.set_xlabel("step")
+    a0.set_ylabel("eval loss (nats / character)")
+    a0.set_title(f"1. float training ({name} config)")
+    a0.legend()
+    for key, color, label in (
+        ("float_finetuned", "tab:blue", "float fine-tune"),
+        ("qat", "tab:orange", "QAT fine-tune (prepared model, eval mode)"),
+    ):
+        s, e = zip(*r["curves"][key], strict=True)
+        a1.plot(s, e, "o-", color=color, ms=3, label=label)
+    a1.axhline(r["float"], color="tab:blue", ls="--", lw=1, label=f"float {r['float']:.4f}")
+    a1.axhline(r["ptq"], color="tab:red", ls="--", lw=1, label=f"PTQ {r['ptq']:.4f}")
+    a1.axhline(
+        r["qat_converted"],
+        color="tab:green",
+        ls="-.",
+        lw=1.5,
+        label=f"QAT converted {r['qat_converted']:.4f}",
+    )
+    lo, hi = min(r["float"], r["float_finetuned"]), r["ptq"]
+    pad = 0.15 * max(hi - lo, 1e-3)
+    a1.set_ylim(lo - pad, hi + pad)
+    a1.set_xlabel("fine-tuning step")
+    a1.set_title(f"2. PTQ vs QAT: {100 * r['recovered']:.0f}% of the PTQ gap recovered")
+    a1.legend(fontsize=8)
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "CPU (times are not kernel speed)"
+    )
+    fig.suptitle(f"triton_qat demo: {r['config']}; backend {r['backend']} on {where}")
     fig.tight_layout()
-    path = out / "loss_curves.png"
-    fig.savefig(path, dpi=120)
-    print(f"loss curves: {path}")
+    path = out / "qat_demo.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot: {path}")
+    return path
+
+
+def _cli() -> None:
+    # TRITON_INTERPRET is read when triton_qat is imported; training through the interpreter is far
+    # too slow, so restart without it (the kernel check still runs the interpreter)
+    interp = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
+    if interp and not {"--interpret", "--check-worker"} & set(sys.argv):
+        print(
+            "TRITON_INTERPRET=1: restarting with the plain-torch backend for training (the kernel "
+            "check runs the interpreter; --interpret to train through it)",
+            flush=True,
+        )
+        env = {**os.environ, "TRITON_INTERPRET": "0"}
+        os.execve(sys.executable, [sys.executable, "-m", "triton_qat.demo", *sys.argv[1:]], env)
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    _cli()
