@@ -655,6 +655,7 @@ def plot(r: dict, out: Path, device: torch.device, name: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out.mkdir(parents=True, exist_ok=True)
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1, 1.4]})
@@ -662,6 +663,9 @@ def plot(r: dict, out: Path, device: torch.device, name: str) -> Path:
     a0.plot(s, e, "o-", color="tab:blue", ms=3, label="float training, eval loss")
     a0.axhline(r["unigram"], color="gray", ls=":", label=f"unigram {r['unigram']:.3f}")
     a0.set_yscale("log")
+    a0.set_yticks([t for t in (0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5) if min(e) / 1.2 < t < max(e) * 1.2])
+    a0.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    a0.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     a0.set_xlabel("step")
     a0.set_ylabel("eval loss (nats / character)")
     a0.set_title(f"1. float training ({name} config)")
@@ -681,7 +685,8 @@ def plot(r: dict, out: Path, device: torch.device, name: str) -> Path:
         lw=1.5,
         label=f"QAT converted {r['qat_converted']:.4f}",
     )
-    lo, hi = min(r["float"], r["float_finetuned"]), r["ptq"]
+    seen = [e for key in ("float_finetuned", "qat") for _, e in r["curves"][key]] + [r["ptq"]]
+    lo, hi = min(r["float"], *seen), max(seen)
     pad = 0.15 * max(hi - lo, 1e-3)
     a1.set_ylim(lo - pad, hi + pad)
     a1.set_xlabel("fine-tuning step")
