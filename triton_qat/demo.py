@@ -15,10 +15,11 @@
 
 Which code runs (``tq.backend``): on a GPU the Triton kernels, in bf16, with tokens/s and peak memory.
 On a CPU the fine-tuning runs on triton_qat's plain-torch backend (fake quantization bit-identical
-to the kernels), and a few QAT steps are repeated through the Triton kernels in Triton's interpreter
-(a subprocess with TRITON_INTERPRET=1) to show the two give the same losses. The interpreter is far
-too slow to train with, so ``TRITON_INTERPRET=1 python -m triton_qat.demo`` restarts itself without
-it (``--interpret`` keeps it). CPU times are CPU times: they say nothing about the kernels' speed.
+to the kernels), and the QAT model made from the float weights runs a few batches (loss, gradients,
+then the converted model's loss) through both that backend and the Triton kernels in Triton's
+interpreter (a subprocess with TRITON_INTERPRET=1): they agree up to float rounding. The interpreter
+is far too slow to train with, so ``TRITON_INTERPRET=1 python -m triton_qat.demo`` restarts itself
+without it (``--interpret`` keeps it). CPU times are CPU times: they say nothing of kernel speed.
 
 Several processes: ``torchrun --nproc_per_node 8 -m triton_qat.demo --config medium`` runs the same
 script with DistributedDataParallel (NCCL on GPUs, gloo on CPU); each rank trains on its slice of
