@@ -1,18 +1,23 @@
 """Forward GEMM: int8 x int8 -> int32 on tensor cores with a dequantizing epilogue.
 
-    out[m, n] = s_x[m] * sum_g s_w[n, g] * (sum_{k in g} q_x[m, k] q_w[n, k] - zp_x[m] * colsum_w[n, g])
+    out[m, n] = s_x[m] * sum_g s_w[n, g] * (sum_{k in g} q_x[m, k] q_w[n, k]
+                                            - zp_x[m] * colsum_w[n, g]
+                                            - zp_w[n, g] * sum_{k in g} (q_x[m, k] - zp_x[m]))
                 + bias[n]
 
 which equals ``x_fq @ w_fq.T + bias`` up to float rounding (the integer part is exact;
-docs/numerics.md "How the kernels reproduce it"). Three modes, fixed by K and the weight's group
-size (:func:`fwd_mode`); the config must fit the mode (:func:`check_fwd_config`, which the tuner in
-``triton_qat.autotune`` honours when it builds candidates, so what it stores is what runs):
+docs/numerics.md "How the kernels reproduce it"). The weight zero-point term (asymmetric weights
+only, ``W_ASYM``) is added in fp32 from x's code sums per weight group: zp_w is not bounded by the
+code range, so it stays out of the int32 accumulator. Three modes, fixed by K and the weight's
+group size (:func:`fwd_mode`); the config must fit the mode (:func:`check_fwd_config`, which the
+tuner in ``triton_qat.autotune`` honours when it builds candidates, so what it stores is what
+runs):
 
 * ``MODE 0`` per-channel / per-tensor weights: one int32 accumulator, all scaling in the epilogue.
 * ``MODE 1`` per-group weights with ``group_size % BLOCK_K == 0``: an int32 accumulator per group,
   flushed into fp32 with that group's scales (the scale varies along K, so not in the epilogue).
 * ``MODE 2`` per-group weights with other group sizes: codes are dequantized per element into an
-  fp32 dot (IEEE precision). Correct for any divisor of K, slower.
+  fp32 dot (IEEE precision), ``(q_w - zp_w) * s_w``. Correct for any divisor of K, slower.
 
 Layouts: q_x int8 [M, K] (row stride given), s_x fp32 [M], zp_x int32 [M]; q_w int8 [N, K]
 (row stride given), s_w fp32 [N, G] and colsum_w int32 [N, G] with the same (any) strides: stored
@@ -61,12 +66,15 @@ def _int8_linear_kernel(
     wq_ptr,
     sw_ptr,
     wsum_ptr,
+    wzp_ptr,
+    xsum_ptr,
     bias_ptr,
     out_ptr,
     M,
     N,
     K,
     stride_xm,
+    stride_xsm,
     stride_wn,
     stride_sn,
     stride_sg,
@@ -74,6 +82,7 @@ def _int8_linear_kernel(
     GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ASYM: tl.constexpr,
+    W_ASYM: tl.constexpr,
     MODE: tl.constexpr,
     DT: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -104,7 +113,12 @@ def _int8_linear_kernel(
             p_b += BLOCK_K
         if ASYM:
             acc -= b_zp[:, None] * tl.load(wsum_ptr + o_nw * stride_sn)[None, :]
-        b_out = _scale(acc.to(tl.float32), b_sx, tl.load(sw_ptr + o_nw * stride_sn))
+        acc_f = acc.to(tl.float32)
+        if W_ASYM:  # - zp_w[n] * sum_k (q_x - zp_x), in fp32: zp_w is not bounded by the range
+            b_rx = tl.load(xsum_ptr + o_mw * stride_xsm) - K * b_zp  # [BM], |.| <= 255 K
+            b_zw = tl.load(wzp_ptr + o_nw * stride_sn).to(tl.float32)  # [BN]
+            acc_f -= b_rx.to(tl.float32)[:, None] * b_zw[None, :]
+        b_out = _scale(acc_f, b_sx, tl.load(sw_ptr + o_nw * stride_sn))
     elif MODE == 1:
         # one flat loop over groups (GROUP is a multiple of BLOCK_K, K of GROUP: no masks); per
         # group an int32 tile, flushed into fp32 with the group's scales ([BN] vector loads); the
@@ -125,6 +139,15 @@ def _int8_linear_kernel(
                 b_corr += tl.load(p_ws + g * stride_sg).to(tl.float32) * b_sw
         if ASYM:
             acc_f -= b_zp.to(tl.float32)[:, None] * b_corr[None, :]
+        if W_ASYM:
+            # - sum_g s_w[n, g] zp_w[n, g] * sum_{k in g} (q_x - zp_x), in fp32, after the K loop
+            # (no int32 tile live beside it: the loop above is the symmetric one, register for
+            # register)
+            for g in range(0, K // GROUP):
+                b_rx = tl.load(xsum_ptr + o_mw * stride_xsm + g) - GROUP * b_zp  # [BM]
+                o_wg = o_nw * stride_sn + g * stride_sg
+                b_zs = tl.load(wzp_ptr + o_wg).to(tl.float32) * tl.load(sw_ptr + o_wg)  # [BN]
+                acc_f -= b_rx.to(tl.float32)[:, None] * b_zs[None, :]
         b_out = acc_f * b_sx[:, None]
     else:
         acc_f = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -132,9 +155,11 @@ def _int8_linear_kernel(
             m_k = (k0 + o_k) < K
             b_a = tl.load(p_a, mask=m_k[None, :], other=0).to(tl.int32)
             b_a = tl.where(m_k[None, :], b_a - b_zp[:, None], 0).to(tl.float32)  # [BM, BK]
-            b_b = tl.load(p_b, mask=m_k[:, None], other=0).to(tl.float32)
-            p_sw = sw_ptr + o_nw[None, :] * stride_sn + ((k0 + o_k) // GROUP)[:, None] * stride_sg
-            b_b = b_b * tl.load(p_sw, mask=m_k[:, None], other=0.0)  # [BK, BN]
+            b_b = tl.load(p_b, mask=m_k[:, None], other=0)
+            o_sg = o_nw[None, :] * stride_sn + ((k0 + o_k) // GROUP)[:, None] * stride_sg
+            if W_ASYM:  # (q_w - zp_w), exact in int32
+                b_b = b_b.to(tl.int32) - tl.load(wzp_ptr + o_sg, mask=m_k[:, None], other=0)
+            b_b = b_b.to(tl.float32) * tl.load(sw_ptr + o_sg, mask=m_k[:, None], other=0.0)
             acc_f += tl.dot(b_a, b_b, input_precision="ieee")
             p_a += BLOCK_K
             p_b += BLOCK_K
@@ -179,6 +204,8 @@ def int8_linear(
     *,
     asymmetric: bool,
     config: dict,
+    w_zero_point: torch.Tensor | None = None,
+    x_code_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes.
 
@@ -186,6 +213,9 @@ def int8_linear(
     shifted like the codes); w_codes int8 [N, K], w_scale fp32 [N, G], w_code_sum int32 [N, G]
     (G groups of K // G along K); bias [N] or None. Returns [M, N] in ``out_dtype``. ``config``:
     BLOCK_M/N/K, GROUP_M, num_warps, num_stages, fitting :func:`check_fwd_config`.
+    Asymmetric weights: ``w_zero_point`` int32 [N, G], and ``x_code_sum`` int32 [M, G] the sums of
+    x's codes over each weight group (what the activation quantize writes with ``sum_group``;
+    computed here from the codes when not given, a pass over them).
     """
     M, K = x_codes.shape
     N = w_codes.shape[0]
@@ -198,8 +228,20 @@ def int8_linear(
     check_fwd_config(config, K, group_size)
     x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
     w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
-    if w_code_sum.stride() != w_scale.stride():  # one pair of strides serves both
-        w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()
+    mode = fwd_mode(K, group_size)
+    w_asym = w_zero_point is not None
+    if w_asym:
+        if mode != 2 and x_code_sum is None:
+            G = w_scale.shape[1]
+            x_code_sum = x_codes.reshape(M, G, K // G).sum(-1, dtype=torch.int32)
+        if mode == 2:
+            x_code_sum = None
+        if x_code_sum is not None and x_code_sum.stride(1) != 1:
+            x_code_sum = x_code_sum.contiguous()
+    same = w_code_sum.stride() == w_scale.stride()
+    if not same or (w_asym and w_zero_point.stride() != w_scale.stride()):
+        w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()  # one pair of strides
+        w_zero_point = w_zero_point.contiguous() if w_asym else None
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
     _int8_linear_kernel[grid](
         x_codes,
@@ -208,12 +250,15 @@ def int8_linear(
         w_codes,
         w_scale,
         w_code_sum,
+        w_zero_point if w_asym else w_code_sum,
+        x_code_sum if x_code_sum is not None else w_code_sum,
         bias.contiguous() if bias is not None else out,
         out,
         M,
         N,
         K,
         x_codes.stride(0),
+        x_code_sum.stride(0) if x_code_sum is not None else 0,
         w_codes.stride(0),
         w_scale.stride(0),
         w_scale.stride(1),
@@ -221,7 +266,8 @@ def int8_linear(
         GROUP=group_size,
         HAS_BIAS=bias is not None,
         ASYM=asymmetric,
-        MODE=fwd_mode(K, group_size),
+        W_ASYM=w_asym,
+        MODE=mode,
         DT=dtype_code(out_dtype),
         BLOCK_M=config["BLOCK_M"],
         BLOCK_N=config["BLOCK_N"],

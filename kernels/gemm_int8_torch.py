@@ -10,7 +10,7 @@ def dequantize_torch(
     codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None
 ) -> torch.Tensor:
     """fp32 ``(codes - zero_point) * scale`` of codes [R, C] with scale [R, G] (or [R]) per
-    (row, group) and zero_point [R] / [R, 1] or None."""
+    (row, group) and zero_point [R] / [R, 1] / [R, G] or None."""
     R, C = codes.shape
     scale = scale.reshape(R, -1)
     n_groups = scale.shape[1]
@@ -28,11 +28,12 @@ def int8_linear_torch(
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    w_zero_point: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Twin of :func:`.gemm_int8.int8_linear`: fp32 math on the dequantized codes; a token whose
     scale is non-finite gives a NaN row, as in the kernel."""
     x = dequantize_torch(x_codes, x_scale, x_zero_point)
-    w = dequantize_torch(w_codes, w_scale, None)
+    w = dequantize_torch(w_codes, w_scale, w_zero_point)
     out = x @ w.T
     finite_row = torch.isfinite(x_scale.reshape(-1, 1).to(torch.float32))
     out = torch.where(finite_row, out, float("nan"))

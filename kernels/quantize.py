@@ -1,20 +1,22 @@
 """Quantize kernels: per-token / per-channel / per-group / per-tensor int-b quantization.
 
 One kernel serves activations and weights: a program owns ``BLOCK_R`` rows of a 2-D tensor and walks
-its groups (a group that fits one ``BLOCK_C`` tile is read from memory once and kept in registers;
-longer groups are swept twice) (a group is ``group_size`` consecutive elements of a row; per-token and per-channel are
-one group of the whole row). Per group it computes the qparams in the input dtype (docs/numerics.md
-family 1) or loads given ones (per-tensor, torch.ao family 2), then writes in one more sweep:
+its groups (a group is ``group_size`` consecutive elements of a row; per-token and per-channel are one
+group of the whole row; a group that fits one ``BLOCK_C`` tile is read from memory once and kept in
+registers, longer groups are swept twice). Per group it computes the qparams in the input dtype
+(docs/numerics.md: family 1, or torchao's asymmetric weight formula with ``asym_weight``) or loads
+given ones (per-tensor, torch.ao family 2), then writes in one more sweep:
 
 * the int8 codes (ranges above 127, torch.ao's quint8, are stored shifted by -128 together with the
   zero point, so ``code - zero_point`` is unchanged and every code fits int8),
 * the clamp mask for the STE backward: 1 bit per element (``PACK_MASK``) or 1 byte per element,
-* per-group sums of the codes (for the asymmetric zero-point correction of the int8 GEMM),
+* sums of the codes per group, or per ``sum_group`` columns (the zero-point corrections of the int8
+  GEMM: an activation's sums over each weight group),
 * optionally the fake-quantized values in the input dtype.
 
 Layout: x [R, C] any strides, fp32/fp16/bf16. Outputs are contiguous: codes int8 [R, C],
-scale fp32 [R, G], zero_point int32 [R, G], mask uint8 [R, ceil(C/8)] or [R, C], code_sum int32 [R, G],
-y [R, C] in x's dtype, with G = C // group_size.
+scale fp32 [R, G], zero_point int32 [R, G], mask uint8 [R, ceil(C/8)] or [R, C], code_sum int32
+[R, G] (or [R, C // sum_group]), y [R, C] in x's dtype, with G = C // group_size.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def _quantize_rows_kernel(
     QMAX: tl.constexpr,
     CODE_OFFSET: tl.constexpr,
     SYMMETRIC: tl.constexpr,
+    ASYM_WEIGHT: tl.constexpr,
     HAS_QPARAMS: tl.constexpr,
     DT: tl.constexpr,
     DIV_BY_RECIP: tl.constexpr,
@@ -61,6 +64,8 @@ def _quantize_rows_kernel(
     WRITE_CODES: tl.constexpr,
     WRITE_Y: tl.constexpr,
     ONE_SWEEP: tl.constexpr,
+    SUM_MODE: tl.constexpr,
+    SUM_GROUP: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -81,20 +86,34 @@ def _quantize_rows_kernel(
             b_s = tl.load(scale_ptr + o_q, mask=m_r, other=1.0)
             b_zp = tl.load(zp_ptr + o_q, mask=m_r, other=0).to(tl.float32)
         else:
-            # sweep 1: row-group min and max (padding with 0 is harmless: min(., 0), max(., 0))
-            b_mn = tl.zeros([BLOCK_R], dtype=tl.float32)
-            b_mx = tl.zeros([BLOCK_R], dtype=tl.float32)
+            # sweep 1: row-group min and max. Family 1 includes 0 in the range, so padding with 0
+            # is harmless; torchao's asymmetric weight formula does not (padding is +-inf there)
+            if ASYM_WEIGHT:
+                b_mn = tl.full([BLOCK_R], float("inf"), tl.float32)
+                b_mx = tl.full([BLOCK_R], float("-inf"), tl.float32)
+            else:
+                b_mn = tl.zeros([BLOCK_R], dtype=tl.float32)
+                b_mx = tl.zeros([BLOCK_R], dtype=tl.float32)
             b_nan = tl.zeros([BLOCK_R], dtype=tl.int32)
             for c0 in range(0, GROUP, BLOCK_C):
+                m_c = (c0 + o_c) < GROUP
                 if ONE_SWEEP:
                     b_x = b_x1
                 else:
-                    m_c = (c0 + o_c) < GROUP
                     p_x = x_ptr + o_r[:, None] * stride_xr + (col0 + c0 + o_c)[None, :] * stride_xc
                     b_x = tl.load(p_x, mask=m_r[:, None] & m_c[None, :], other=0.0).to(tl.float32)
-                b_mn = tl.minimum(b_mn, tl.min(b_x, axis=1))
-                b_mx = tl.maximum(b_mx, tl.max(b_x, axis=1))
+                if ASYM_WEIGHT:
+                    m_in = m_r[:, None] & m_c[None, :]
+                    b_mn = tl.minimum(b_mn, tl.min(tl.where(m_in, b_x, float("inf")), axis=1))
+                    b_mx = tl.maximum(b_mx, tl.max(tl.where(m_in, b_x, float("-inf")), axis=1))
+                else:
+                    b_mn = tl.minimum(b_mn, tl.min(b_x, axis=1))
+                    b_mx = tl.maximum(b_mx, tl.max(b_x, axis=1))
                 b_nan += tl.sum((b_x != b_x).to(tl.int32), axis=1)
+            if ASYM_WEIGHT:  # rows past R: keep their (never stored) qparams finite
+                b_mn = tl.where(m_r, b_mn, 0.0)
+                b_mx = tl.where(m_r, b_mx, 0.0)
+                b_mx = tl.where(b_nan > 0, float("nan"), b_mx)
             # torch's min/max propagate NaN; Triton's do not promise to
             b_mn = tl.where(b_nan > 0, float("nan"), b_mn)
             # qparams "in dt": round to the input dtype after every op, as torch does
@@ -105,16 +124,25 @@ def _quantize_rows_kernel(
             else:
                 b_rng = round_to_dt(b_mx - b_mn, DT)
                 b_s = round_to_dt(div_scalar(b_rng, QMAX - QMIN, DIV_BY_RECIP), DT)
-            b_s = tl.where(b_s != b_s, b_s, tl.maximum(b_s, eps))
+            # clamp(s, min=eps) in dt: eps rounds to dt (torchao's weight eps 1e-6 is not exact)
+            b_s = tl.where(b_s != b_s, b_s, round_to_dt(tl.maximum(b_s, eps), DT))
             if SYMMETRIC:
                 b_zp = tl.zeros([BLOCK_R], dtype=tl.float32)
+                b_zpi = b_zp.to(tl.int32)
+            elif ASYM_WEIGHT:
+                # torchao's groupwise affine weights: a float-domain zero point mn + s * 2**(b-1)
+                # (in dt), cast to int32 by truncation (torch's cast: NaN per device)
+                b_zpf = round_to_dt(b_mn + round_to_dt(b_s * ((QMAX - QMIN + 1) // 2), DT), DT)
+                b_zpi = tl.where(b_zpf != b_zpf, NAN_ZP, b_zpf.to(tl.int32))
+                b_zp = b_zpi.to(tl.float32)
             else:
                 b_ratio = round_to_dt(tl.div_rn(b_mn, b_s), DT)
                 b_zp = tl.minimum(tl.maximum(QMIN - rint(b_ratio), QMIN), QMAX)
                 # mn / s is NaN (min -inf): torch casts the NaN zero point per device
                 b_zp = tl.where(b_ratio != b_ratio, NAN_ZP, b_zp)
+                b_zpi = b_zp.to(tl.int32)
             tl.store(scale_ptr + o_q, b_s, mask=m_r)
-            tl.store(zp_ptr + o_q, b_zp.to(tl.int32) + CODE_OFFSET, mask=m_r)
+            tl.store(zp_ptr + o_q, b_zpi + CODE_OFFSET, mask=m_r)
         if HAS_QPARAMS:
             b_zp = b_zp - CODE_OFFSET  # given zero points are stored shifted, like the codes
         b_inv = tl.div_rn(tl.full([BLOCK_R], 1.0, tl.float32), b_s)  # IEEE 1/s, as torch
@@ -135,12 +163,27 @@ def _quantize_rows_kernel(
             b_keep = b_ok & (b_qu >= QMIN) & (b_qu <= QMAX)
             b_q = tl.where(b_ok, tl.minimum(tl.maximum(b_qu, QMIN), QMAX), 0.0)
             b_code = b_q.to(tl.int32) + CODE_OFFSET
-            b_sum += tl.sum(tl.where(m_rc, b_code, 0), axis=1)
+            b_codes = tl.where(m_rc, b_code, 0)
+            if SUM_MODE == 2:  # several sum groups per tile: one store of [BR, BC // SUM_GROUP]
+                b_part = tl.sum(tl.reshape(b_codes, [BLOCK_R, BLOCK_C // SUM_GROUP, SUM_GROUP]), 2)
+                o_s = (col0 + c0) // SUM_GROUP + tl.arange(0, BLOCK_C // SUM_GROUP)
+                m_s = m_r[:, None] & (o_s < (col0 + GROUP) // SUM_GROUP)[None, :]
+                tl.store(sum_ptr + o_r[:, None] * (C // SUM_GROUP) + o_s[None, :], b_part, mask=m_s)
+            else:
+                b_sum += tl.sum(b_codes, axis=1)
+            if SUM_MODE == 1:  # a sum group spans whole tiles: store at its last tile
+                o_s1 = (col0 + c0) // SUM_GROUP
+                m_end = ((c0 + BLOCK_C) % SUM_GROUP) == 0
+                tl.store(sum_ptr + o_r * (C // SUM_GROUP) + o_s1, b_sum, mask=m_r & m_end)
+                b_sum = tl.where(m_end, 0, b_sum)
             o_rc = o_r[:, None] * C + o_col[None, :]
             if WRITE_CODES:
                 tl.store(codes_ptr + o_rc, b_code.to(tl.int8), mask=m_rc)
             if WRITE_Y:
-                b_y = (b_q - b_zp[:, None]) * b_s[:, None]
+                if ASYM_WEIGHT:  # dt(q) - dt(zp) in dt: the zero point is not bounded by the range
+                    b_y = round_to_dt(b_q - round_to_dt(b_zp, DT)[:, None], DT) * b_s[:, None]
+                else:
+                    b_y = (b_q - b_zp[:, None]) * b_s[:, None]
                 b_y = tl.where(b_ok, b_y, float("nan"))  # x * (1/s) was NaN: so is the reference
                 tl.store(y_ptr + o_rc, cast_to_dt(b_y, DT), mask=m_rc)
             if PACK_MASK:
@@ -153,7 +196,8 @@ def _quantize_rows_kernel(
                 tl.store(p_m, b_byte.to(tl.uint8), mask=m_m)
             else:
                 tl.store(mask_ptr + o_rc, b_keep.to(tl.uint8), mask=m_rc)
-        tl.store(sum_ptr + o_q, b_sum, mask=m_r)
+        if SUM_MODE == 0:
+            tl.store(sum_ptr + o_q, b_sum, mask=m_r)
 
 
 class Quantized(NamedTuple):
@@ -163,7 +207,7 @@ class Quantized(NamedTuple):
     scale: torch.Tensor  # fp32 [R, G]
     zero_point: torch.Tensor  # int32 [R, G], shifted by code_offset like the codes
     mask: torch.Tensor  # uint8 [R, ceil(C/8)] bits (pack_mask) or [R, C] 0/1
-    code_sum: torch.Tensor  # int32 [R, G]
+    code_sum: torch.Tensor  # int32 [R, G], or [R, C // sum_group]
     y: torch.Tensor | None  # fake-quantized values [R, C] in x.dtype (with_y)
 
 
@@ -179,9 +223,31 @@ def _qparam_buffer(R: int, G: int, dtype: torch.dtype, device, group_major: bool
     return new_empty((R, G), dtype, device)
 
 
-def eps_for(dtype: torch.dtype) -> float:
-    """Family-1 eps: the smallest normal of the input dtype."""
-    return torch.finfo(dtype).smallest_normal
+def eps_for(dtype: torch.dtype, asym_weight: bool = False) -> float:
+    """The scale's lower bound: family 1 takes the smallest normal of the input dtype, torchao's
+    asymmetric weight formula (``get_groupwise_affine_qparams``) 1e-6."""
+    return ASYM_WEIGHT_EPS if asym_weight else torch.finfo(dtype).smallest_normal
+
+
+# torchao's get_groupwise_affine_qparams: eps=None becomes 1e-6
+ASYM_WEIGHT_EPS = 1e-6
+
+
+def sum_layout(group_size: int, sum_group: int, block_c: int) -> tuple[int, int]:
+    """(SUM_MODE, BLOCK_C) for code sums over ``sum_group`` columns (a divisor of the qparam
+    ``group_size``): 0 one sum per qparam group; 2 several power-of-two sum groups per tile;
+    1 a sum group spans whole tiles (BLOCK_C lowered to a power of two dividing it if needed);
+    -1 no tile fits (the launcher sums the written codes instead)."""
+    if sum_group == group_size:
+        return 0, block_c
+    if block_c % sum_group == 0 and sum_group & (sum_group - 1) == 0:
+        return 2, block_c
+    if sum_group % block_c == 0:
+        return 1, block_c
+    low = sum_group & -sum_group  # the largest power of two dividing it
+    if low >= 8:
+        return 1, low
+    return -1, block_c
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,11 +268,16 @@ def quantize_rows(
     with_y: bool = False,
     write_codes: bool = True,
     group_major: bool = False,
+    asym_weight: bool = False,
+    sum_group: int | None = None,
 ) -> Quantized:
     """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``.
 
     Without ``scale`` the qparams are computed per (row, group) with family-1 numerics (in x's
-    dtype, eps = smallest normal). With ``scale`` (fp32) and ``zero_point`` (int32), both
+    dtype, eps = smallest normal), or with ``asym_weight`` (and ``symmetric=False``) by torchao's
+    asymmetric weight formula (docs/numerics.md). ``sum_group`` (a divisor of ``group_size``;
+    default ``group_size``): ``code_sum`` holds the sums of the codes over each ``sum_group``
+    columns, [R, C // sum_group] (the activation's sums per weight group). With ``scale`` (fp32) and ``zero_point`` (int32), both
     broadcastable to [R, G], they are used as given (the per-tensor and torch.ao paths); the given
     zero point is the true one (not shifted). ``pack_mask`` needs ``group_size == C``. ``config``:
     ``{"BLOCK_R", "BLOCK_C", "num_warps"}`` (powers of two, BLOCK_C >= 8). The caller has checked
@@ -236,9 +307,16 @@ def quantize_rows(
         out_zp = _qparam_buffer(R, n_groups, torch.int32, dev, group_major)
     mask_cols = (C + 7) // 8 if pack_mask else C
     mask = new_empty((R, mask_cols), torch.uint8, dev)
-    code_sum = _qparam_buffer(R, n_groups, torch.int32, dev, group_major and not has_qparams)
+    sum_group = group_size if sum_group is None else sum_group
+    sum_mode, block_c = sum_layout(group_size, sum_group, config["BLOCK_C"])
+    if sum_mode in (0, -1):
+        code_sum = _qparam_buffer(R, n_groups, torch.int32, dev, group_major and not has_qparams)
+    else:
+        code_sum = new_empty((R, C // sum_group), torch.int32, dev)
     y = new_empty((R, C), x.dtype, dev) if with_y else None
     if R == 0 or C == 0:
+        if sum_mode == -1:
+            code_sum = torch.zeros((R, C // sum_group), dtype=torch.int32, device=dev)
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
     grid = (triton.cdiv(R, config["BLOCK_R"]),)
     _quantize_rows_kernel[grid](
@@ -256,11 +334,12 @@ def quantize_rows(
         group_size,
         out_scale.stride(0),
         out_scale.stride(1),
-        eps_for(x.dtype),
+        eps_for(x.dtype, asym_weight and not symmetric),
         QMIN=qmin,
         QMAX=qmax,
         CODE_OFFSET=offset,
         SYMMETRIC=symmetric,
+        ASYM_WEIGHT=asym_weight and not symmetric,
         HAS_QPARAMS=has_qparams,
         DT=dtype_code(x.dtype),
         DIV_BY_RECIP=x.is_cuda,
@@ -268,10 +347,14 @@ def quantize_rows(
         PACK_MASK=pack_mask,
         WRITE_CODES=write_codes,
         WRITE_Y=with_y,
-        ONE_SWEEP=group_size <= config["BLOCK_C"],
+        ONE_SWEEP=group_size <= block_c,
+        SUM_MODE=max(sum_mode, 0),
+        SUM_GROUP=sum_group,
         BLOCK_R=config["BLOCK_R"],
-        BLOCK_C=config["BLOCK_C"],
+        BLOCK_C=block_c,
         num_warps=config["num_warps"],
         enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
     )
+    if sum_mode == -1:  # no tile fits the sum groups: sum the codes just written
+        code_sum = codes.reshape(R, C // sum_group, sum_group).sum(-1, dtype=torch.int32)
     return Quantized(codes, out_scale, out_zp, mask, code_sum, y)

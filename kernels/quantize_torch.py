@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .quantize import Quantized, code_offset, eps_for
+from .quantize import ASYM_WEIGHT_EPS, Quantized, code_offset, eps_for
 
 
 def qparams_torch(
@@ -29,6 +29,16 @@ def qparams_torch(
     else:
         s = torch.clamp((mx - mn) / float(qmax - qmin), min=eps)
         zp = torch.clamp(qmin - torch.round(mn / s), qmin, qmax).to(torch.int32)
+    return s.to(torch.float32), zp
+
+
+def asym_weight_qparams_torch(
+    mn: torch.Tensor, mx: torch.Tensor, qmin: int, qmax: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's asymmetric weight qparams from a group's own min and max (zero not included), in
+    their dtype: (fp32 scale, int32 zero point = the float-domain zero point truncated)."""
+    s = torch.clamp((mx - mn) / float(qmax - qmin), min=ASYM_WEIGHT_EPS)
+    zp = (mn + s * ((qmax - qmin + 1) // 2)).to(torch.float32).to(torch.int32)
     return s.to(torch.float32), zp
 
 
@@ -54,6 +64,8 @@ def quantize_rows_torch(
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
     with_y: bool = False,
+    asym_weight: bool = False,
+    sum_group: int | None = None,
 ) -> Quantized:
     """Plain-torch twin of :func:`.quantize.quantize_rows` (same arguments but ``config``)."""
     R, C = x.shape
@@ -64,6 +76,8 @@ def quantize_rows_torch(
         if R * C == 0:
             s = torch.ones((R, n_groups), dtype=torch.float32, device=x.device)
             zp = torch.zeros((R, n_groups), dtype=torch.int32, device=x.device)
+        elif asym_weight and not symmetric:
+            s, zp = asym_weight_qparams_torch(xg.amin(-1), xg.amax(-1), qmin, qmax)
         else:  # torch.amin / amax propagate NaN, as the contract needs
             s, zp = qparams_torch(xg.amin(-1), xg.amax(-1), qmin, qmax, symmetric, eps_for(x.dtype))
     else:
@@ -76,7 +90,8 @@ def quantize_rows_torch(
     keep = ((qu >= qmin) & (qu <= qmax)).reshape(R, C)
     q_int = torch.nan_to_num(q, nan=0.0)  # codes of NaN inputs are unspecified; keep them defined
     codes = (q_int.to(torch.int32) + offset).reshape(R, C)
-    code_sum = codes.reshape(R, n_groups, group_size).sum(-1, dtype=torch.int32)
+    sum_group = group_size if sum_group is None else sum_group
+    code_sum = codes.reshape(R, C // sum_group, sum_group).sum(-1, dtype=torch.int32)
     mask = pack_bits(keep) if pack_mask else keep.to(torch.uint8)
     y = None
     if with_y:

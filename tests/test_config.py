@@ -17,8 +17,6 @@ import triton_qat as tq
         (dict(granularity="per_group", symmetric=True), "group_size"),
         (dict(granularity="per_group", group_size=0, symmetric=True), "group_size"),
         (dict(group_size=32), "group_size"),
-        (dict(granularity="per_channel"), "symmetric"),
-        (dict(granularity="per_group", group_size=32), "symmetric"),
         (dict(symmetric="yes"), "symmetric"),
     ],
     ids=[
@@ -30,8 +28,6 @@ import triton_qat as tq
         "group-missing",
         "group0",
         "group-without-per-group",
-        "per-channel-asym",
-        "per-group-asym",
         "symmetric-str",
     ],
 )

@@ -18,8 +18,11 @@ class QuantConfig:
         granularity: "per_token" (one scale per row of the last dim; activations), "per_channel"
             (one per output row of a weight), "per_group" (``group_size`` consecutive elements of a
             row share a scale), or "per_tensor".
-        symmetric: zero point fixed at 0 and scale from max(|min|, |max|). Per-channel and
-            per-group are symmetric only (that is the torchao weight numerics).
+        symmetric: zero point fixed at 0 and scale from max(|min|, |max|). Asymmetric per-token /
+            per-tensor configs use torchao's activation formula (the range includes 0, the zero
+            point is an exact code); asymmetric per-channel / per-group configs torchao's weight
+            formula (``IntxFakeQuantizeConfig(..., is_symmetric=False)``: the group's own range,
+            a float-domain zero point truncated to int32). docs/numerics.md states both.
         group_size: elements per group along the last dim; required for "per_group" only.
 
     Defaults: ``QuantConfig()`` is the activation default (int8 per-token asymmetric);
@@ -48,11 +51,6 @@ class QuantConfig:
             raise ValueError(
                 f"group_size: only used with granularity='per_group', got {self.group_size!r} "
                 f"with granularity={self.granularity!r}"
-            )
-        if self.granularity in ("per_channel", "per_group") and not self.symmetric:
-            raise ValueError(
-                f"symmetric: {self.granularity} quantization is symmetric (torchao weight "
-                "numerics); pass symmetric=True"
             )
 
     @property

@@ -22,6 +22,7 @@ from triton_qat.kernels.gemm_backward import dequantize_rows as _dequantize_rows
 from triton_qat.kernels.gemm_backward import dgrad as _dgrad
 from triton_qat.kernels.gemm_backward import wgrad as _wgrad
 from triton_qat.kernels.gemm_backward_torch import dequantize_rows_torch, dgrad_torch, wgrad_torch
+from triton_qat.kernels.gemm_int8 import fwd_mode
 from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
 from triton_qat.kernels.quantize import Quantized
@@ -59,11 +60,14 @@ def quantize_rows(
     with_y: bool = False,
     write_codes: bool = True,
     group_major: bool = False,
+    asym_weight: bool = False,
+    sum_group: int | None = None,
 ) -> Quantized:
     """Quantize x [R, C] per (row, group) on this device's backend (see
     :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts; ``write_codes``
     and ``group_major`` are layout hints the plain-torch twin may ignore)."""
-    kw = dict(pack_mask=pack_mask, scale=scale, zero_point=zero_point, with_y=with_y)
+    kw = dict(pack_mask=pack_mask, scale=scale, zero_point=zero_point, with_y=with_y,
+              asym_weight=asym_weight, sum_group=sum_group)  # fmt: skip
     if not use_kernels(x):
         return quantize_rows_torch(x, qmin, qmax, group_size, symmetric, **kw)
     config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask)
@@ -99,10 +103,13 @@ def int8_linear(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     asymmetric: bool = True,
+    w_zero_point: torch.Tensor | None = None,
+    x_code_sum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes (see :func:`triton_qat.kernels.gemm_int8.int8_linear`)."""
     if not use_kernels(x_codes):
-        return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype)
+        return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
+                                 w_zero_point)  # fmt: skip
     M, K = x_codes.shape
     N = w_codes.shape[0]
     group = K // w_scale.shape[1] if K else 1
@@ -118,7 +125,17 @@ def int8_linear(
         out_dtype,
         asymmetric=asymmetric,
         config=config,
+        w_zero_point=w_zero_point,
+        x_code_sum=x_code_sum,
     )
+
+
+def activation_sum_group(K: int, w_group: int) -> int | None:
+    """The ``sum_group`` an activation quantize should write code sums for, so that the forward
+    GEMM can apply the zero points of asymmetric weights in groups of ``w_group`` (None: the
+    default per-row sums serve, or the GEMM needs none)."""
+    mode = fwd_mode(K, w_group) if K else 0
+    return w_group if mode == 1 else None
 
 
 def dgrad(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from triton_qat.checks import check_float_input, check_group, check_linear_inputs
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.dispatch import activation_sum_group
 from triton_qat.shared import quantize_activation
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
 
@@ -74,8 +75,8 @@ def qat_linear(
         x: [..., K] fp32 / fp16 / bf16 (any strides). weight: [N, K]; bias: [N] or None, in any
             float dtype: the weight is fake-quantized in its own dtype (as torchao does before
             autocast casts the result), the output and gradients are in x's dtype.
-        activation: per_token or per_tensor config. weight_config: symmetric per_channel,
-            per_group or per_tensor config.
+        activation: per_token or per_tensor config. weight_config: per_channel or per_group
+            (symmetric or not), or symmetric per_tensor config.
     Returns:
         [..., N] in x's dtype.
     """
@@ -90,8 +91,11 @@ def check_configs(activation: object, weight: object, in_features: int) -> None:
         if not isinstance(cfg, QuantConfig):
             raise TypeError(f"{role}: expected a triton_qat.QuantConfig, got {type(cfg).__name__}")
         cfg.check_role(role)
-    if not weight.symmetric:
-        raise ValueError("weight: symmetric=False is not supported for weights")
+    if not weight.symmetric and weight.granularity == "per_tensor":
+        raise ValueError(
+            "weight: symmetric=False needs granularity 'per_channel' or 'per_group' (torchao's "
+            "asymmetric weights); per_tensor weights are symmetric"
+        )
     w_group = spec_for(weight).group_size
     if w_group is not None:
         check_group(w_group, in_features, "weight.group_size")
@@ -114,8 +118,15 @@ def linear(
     torch.ao numerics, whose observers compute them."""
     check_no_grad_transform("triton_qat.Linear / qat_linear")
     K, N = weight.shape[1], weight.shape[0]
+    w_args = weight_spec.linear_args("w", K)
+    x_code_sum = None
     if a_qparams is None:
-        state = quantize_activation(x, activation)
+        sum_group = None
+        if not weight_spec.symmetric:  # x's code sums per weight group, for its zero points
+            sum_group = activation_sum_group(K, w_args["w_group_size"])
+        *state, code_sum = quantize_activation(x, activation, sum_group)
+        if not weight_spec.symmetric and code_sum.shape[1] == K // w_args["w_group_size"]:
+            x_code_sum = code_sum
     else:
         a_scale = a_qparams[0].to(torch.float32).reshape(1, 1)
         a_zp = a_qparams[1].to(torch.int32).reshape(1, 1)
@@ -124,9 +135,9 @@ def linear(
         state = _ops.quantize(x2d, **args, pack_mask=True, scale=a_scale, zero_point=a_zp)[:4]
     if w_scale is not None:
         w_scale = w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1)
-    w_args = weight_spec.linear_args("w", K)
     asym = not activation.symmetric or a_qparams is not None
-    return _ops.qat_linear(x, *state, weight, bias, asym, **w_args, w_scale=w_scale)
+    return _ops.qat_linear(x, *state, weight, bias, asym, **w_args, w_scale=w_scale,
+                           x_code_sum=x_code_sum)  # fmt: skip
 
 
 def ao_fake_quantize(

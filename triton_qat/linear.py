@@ -22,7 +22,9 @@ class Linear(nn.Linear):
       ``torch.ao.nn.qat.dynamic.Linear`` after ``prepare_qat``, observer state included (kept in
       torch.ao-named submodules ``activation_post_process`` and ``weight_fake_quant``).
     * otherwise torchao numerics with ``activation`` (default int8 per-token asymmetric) and
-      ``weight`` (default int8 per-channel symmetric) :class:`QuantConfig`\\ s.
+      ``weight`` (default int8 per-channel symmetric) :class:`QuantConfig`\\ s. Weights may be
+      asymmetric per channel / per group (``symmetric=False``, torchao's weight formula; the int8
+      GEMM applies their zero points).
 
     Shapes: input [..., in_features] in fp32 / fp16 / bf16 (any strides), output [..., out_features]
     in the input's dtype. The backward keeps int8 codes, per-token qparams and a 1-bit clamp mask of

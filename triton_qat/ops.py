@@ -48,7 +48,20 @@ def _quantize(x2d, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_po
     )
 
 
-def _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point, pack_mask=False):
+def _check_asym_weight(asym_weight, symmetric, per_tensor, scale, prefix=""):
+    """torchao's asymmetric weight formula computes its own per-row / per-group qparams."""
+    if not asym_weight:
+        return
+    name = f"{prefix}asym_weight"
+    if symmetric:
+        raise ValueError(f"{name}: is an asymmetric formula; pass symmetric=False")
+    if per_tensor or scale is not None:
+        raise ValueError(f"{name}: computes per-row / per-group qparams; pass "
+                         f"{prefix}per_tensor=False and {prefix}scale=None")  # fmt: skip
+
+
+def _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                    pack_mask=False, asym_weight=False, sum_group=0):  # fmt: skip
     check_float_input(x, "x")
     check_dims(x, "x", 2, "[rows, cols]")
     R, C = x.shape
@@ -58,6 +71,9 @@ def _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point, pa
         raise ValueError(f"pack_mask: bit-packed masks need one group per row (group_size={C})")
     if per_tensor and scale is not None:
         raise ValueError("per_tensor: computes its own qparams; pass scale=None")
+    _check_asym_weight(asym_weight, symmetric, per_tensor, scale)
+    if sum_group:
+        check_group(sum_group, group_size, "sum_group")
     check_qparams(scale, zero_point, R, max(C, 1) // group_size, x.device)
 
 
@@ -76,28 +92,38 @@ def quantize(
     pack_mask: bool,
     scale: Tensor | None,
     zero_point: Tensor | None,
+    asym_weight: bool = False,
+    sum_group: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Quantize x [R, C]: (codes int8 [R, C], scale fp32 [R, G], zero_point int32 [R, G],
-    mask uint8 [R, ceil(C/8)] bits if pack_mask else [R, C], code_sum int32 [R, G])."""
-    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point, pack_mask)
-    q = _quantize(
-        x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, pack_mask=pack_mask
-    )
+    mask uint8 [R, ceil(C/8)] bits if pack_mask else [R, C], code_sum int32 [R, G]).
+
+    ``asym_weight`` (with ``symmetric=False``): torchao's asymmetric weight qparams instead of the
+    family-1 asymmetric ones (docs/numerics.md). ``sum_group`` (a divisor of ``group_size``; 0:
+    ``group_size``): code_sum holds the sums over each ``sum_group`` columns, [R, C // sum_group]
+    (an activation's sums per weight group, for the zero points of asymmetric weights)."""
+    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                    pack_mask, asym_weight, sum_group)  # fmt: skip
+    q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                  pack_mask=pack_mask, asym_weight=asym_weight, sum_group=sum_group or None)  # fmt: skip
     return q.codes, q.scale, q.zero_point, q.mask, q.code_sum
 
 
 @quantize.register_fake
-def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point):
-    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point, pack_mask)
+def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point,
+      asym_weight=False, sum_group=0):  # fmt: skip
+    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                    pack_mask, asym_weight, sum_group)  # fmt: skip
     R, C = x.shape
     G = 1 if per_tensor else max(C, 1) // group_size
+    S = C // sum_group if sum_group else G
     mask_cols = (C + 7) // 8 if pack_mask else C
     return (
         x.new_empty((R, C), dtype=torch.int8),
         x.new_empty((R, G), dtype=torch.float32),
         x.new_empty((R, G), dtype=torch.int32),
         x.new_empty((R, mask_cols), dtype=torch.uint8),
-        x.new_empty((R, G), dtype=torch.int32),
+        x.new_empty((R, S), dtype=torch.int32),
     )
 
 
@@ -115,27 +141,21 @@ def fake_quantize(
     per_tensor: bool,
     scale: Tensor | None,
     zero_point: Tensor | None,
+    asym_weight: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Fake-quantize x [R, C]: (y [R, C] in x.dtype, keep-mask uint8 [R, C])."""
-    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point)
-    q = _quantize(
-        x,
-        qmin,
-        qmax,
-        group_size,
-        symmetric,
-        per_tensor,
-        scale,
-        zero_point,
-        pack_mask=False,
-        with_y=True,
-    )
+    """Fake-quantize x [R, C]: (y [R, C] in x.dtype, keep-mask uint8 [R, C]). ``asym_weight``: as
+    in ``triton_qat::quantize``."""
+    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                    asym_weight=asym_weight)  # fmt: skip
+    q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                  pack_mask=False, with_y=True, asym_weight=asym_weight)  # fmt: skip
     return q.y, q.mask
 
 
 @fake_quantize.register_fake
-def _(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point):
-    _check_quantize(x, qmin, qmax, group_size, per_tensor, scale, zero_point)
+def _(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, asym_weight=False):
+    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                    asym_weight=asym_weight)  # fmt: skip
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.uint8)  # contiguous, as real
 
 
@@ -149,7 +169,7 @@ def _fake_quantize_backward(ctx, grad_y, _grad_mask):
     grad_x = torch.where(
         mask.to(torch.bool), grad_y, torch.zeros((), dtype=grad_y.dtype, device=grad_y.device)
     )
-    return grad_x, None, None, None, None, None, None, None
+    return grad_x, None, None, None, None, None, None, None, None
 
 
 fake_quantize.register_autograd(_fake_quantize_backward, setup_context=_fake_quantize_setup)
@@ -159,7 +179,23 @@ fake_quantize.register_autograd(_fake_quantize_backward, setup_context=_fake_qua
 # int8_linear (inference GEMM)
 
 
-def _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias):
+def _check_w_zero_point(w_zero_point, x_code_sum, M, N, G, device, whose):
+    """Asymmetric weights: int32 zero points [N, G]; x's code sums per weight group [M, G]."""
+    if w_zero_point is None:
+        if x_code_sum is not None:
+            raise ValueError("x_code_sum: only used with w_zero_point (asymmetric weights)")
+        return
+    check_tensor(w_zero_point, "w_zero_point", _I32, "int32")
+    check_shape(w_zero_point, "w_zero_point", (N, G))
+    check_device(w_zero_point, "w_zero_point", device, whose)
+    if x_code_sum is not None:
+        check_tensor(x_code_sum, "x_code_sum", _I32, "int32")
+        check_shape(x_code_sum, "x_code_sum", (M, G))
+        check_device(x_code_sum, "x_code_sum", device, whose)
+
+
+def _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+                        w_zero_point=None, x_code_sum=None):  # fmt: skip
     check_tensor(x_codes, "x_codes", _I8, "int8")
     check_dims(x_codes, "x_codes", 2, "[M, K]")
     check_tensor(w_codes, "w_codes", _I8, "int8")
@@ -189,6 +225,7 @@ def _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code
         named.append(("bias", bias))
     for name, t in named:
         check_device(t, name, dev, "x_codes'")
+    _check_w_zero_point(w_zero_point, x_code_sum, M, N, G, dev, "x_codes'")
 
 
 @torch.library.custom_op("triton_qat::int8_linear", mutates_args=())
@@ -201,20 +238,27 @@ def int8_linear(
     w_code_sum: Tensor,
     bias: Tensor | None,
     out_dtype: torch.dtype,
+    w_zero_point: Tensor | None = None,
+    x_code_sum: Tensor | None = None,
 ) -> Tensor:
     """x_fq @ w_fq.T + bias from codes: x [M, K] int8 with [M, 1] qparams, w [N, K] int8 with
-    [N, G] scales and code sums. Returns [M, N] in out_dtype."""
-    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias)
+    [N, G] scales and code sums. Returns [M, N] in out_dtype. Asymmetric weights: their int32 zero
+    points [N, G], and optionally x's code sums per weight group [M, G] (``triton_qat::quantize``
+    with ``sum_group``; else they are summed here from the codes)."""
+    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+                        w_zero_point, x_code_sum)  # fmt: skip
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype: expected float32, float16 or bfloat16, got {out_dtype}")
-    return dispatch.int8_linear(
-        x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype
-    )
+    return dispatch.int8_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum,
+                                bias, out_dtype, w_zero_point=w_zero_point,
+                                x_code_sum=x_code_sum)  # fmt: skip
 
 
 @int8_linear.register_fake
-def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype):
-    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias)
+def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype,
+      w_zero_point=None, x_code_sum=None):  # fmt: skip
+    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+                        w_zero_point, x_code_sum)  # fmt: skip
     return x_codes.new_empty((x_codes.shape[0], w_codes.shape[0]), dtype=out_dtype)
 
 
@@ -236,28 +280,42 @@ def _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, device):
         check_device(t, name, device, "the weight's")
 
 
-def _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale):
+def _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
+                       w_symmetric=True):  # fmt: skip
     N, K = weight.shape
     check_range(w_qmin, w_qmax, "w_qmin/w_qmax")
     check_group(w_group_size, K, "w_group_size")
     if w_per_tensor and w_scale is not None:
         raise ValueError("w_per_tensor: computes its own qparams; pass w_scale=None")
+    if not w_symmetric and (w_per_tensor or w_scale is not None):
+        raise ValueError("w_symmetric: asymmetric weights are per channel / per group with "
+                         "computed qparams; pass w_per_tensor=False and w_scale=None")  # fmt: skip
     check_qparams(w_scale, None, N, max(K, 1) // w_group_size, weight.device, "w_")
 
 
 def _check_qat_linear(
     x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax, w_group_size,
-    w_per_tensor, w_scale,
+    w_per_tensor, w_scale, w_symmetric=True, x_code_sum=None,
 ):  # fmt: skip
     check_linear_inputs(x, weight, bias, x_name="x")
-    K = weight.shape[1]
-    _check_x_state(x_codes, x_scale, x_zero_point, x_mask, math.prod(x.shape[:-1]), K, x.device)
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)
+    N, K = weight.shape
+    M = math.prod(x.shape[:-1])
+    _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, x.device)
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
+    if x_code_sum is not None and w_symmetric:
+        raise ValueError("x_code_sum: only used with asymmetric weights (w_symmetric=False)")
+    if not w_symmetric:  # the zero points are computed here: check the code sums' shape
+        zp_shape = (N, max(K, 1) // w_group_size)
+        _check_w_zero_point(x.new_empty(zp_shape, dtype=torch.int32), x_code_sum, M, N,
+                            zp_shape[1], x.device, "the weight's")  # fmt: skip
 
 
-def _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, **kw):
-    """The weight's quantization (symmetric; per channel / group / tensor, or a given scale)."""
-    return _quantize(weight, w_qmin, w_qmax, w_group_size, True, w_per_tensor, w_scale, None, **kw)
+def _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
+                     w_symmetric=True, **kw):  # fmt: skip
+    """The weight's quantization: symmetric (per channel / group / tensor, or a given scale), or
+    asymmetric per channel / group (torchao's weight formula)."""
+    return _quantize(weight, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, w_scale,
+                     None, asym_weight=not w_symmetric, **kw)  # fmt: skip
 
 
 @torch.library.custom_op("triton_qat::qat_linear", mutates_args=())
@@ -275,6 +333,8 @@ def qat_linear(
     w_group_size: int,
     w_per_tensor: bool,
     w_scale: Tensor | None,
+    w_symmetric: bool = True,
+    x_code_sum: Tensor | None = None,
 ) -> Tensor:
     """Fake-quantized linear forward from the activation's quantized state.
 
@@ -283,31 +343,37 @@ def qat_linear(
     of ``x.reshape(-1, K)`` with a bit-packed mask (one op that several linears reading the same
     input share), weight [N, K] (float, any float dtype: quantized in its own dtype, symmetric, per
     channel / per group of ``w_group_size`` / per tensor, or with the given ``w_scale``), bias [N]
-    or None. Returns [..., N] in x's dtype. The backward keeps the activation state and the weight
-    parameter itself: nothing weight-sized is stored (the weight's codes and mask are re-derived).
+    or None. ``w_symmetric=False``: asymmetric weights per channel / per group (torchao's weight
+    formula), whose zero points the GEMM applies with x's code sums per weight group
+    (``x_code_sum`` [M, K // w_group_size]: ``triton_qat::quantize`` with ``sum_group``; summed
+    from the codes when None). Returns [..., N] in x's dtype. The backward keeps the activation
+    state and the weight parameter itself: nothing weight-sized is stored (the weight's values and
+    mask are re-derived).
     """
     _check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
-                      w_group_size, w_per_tensor, w_scale)  # fmt: skip
+                      w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     N = weight.shape[0]
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                          pack_mask=False, group_major=True)  # fmt: skip
+                          w_symmetric, pack_mask=False, group_major=True)  # fmt: skip
     out = dispatch.int8_linear(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum,
-                              bias, x.dtype, asymmetric=a_asymmetric)  # fmt: skip
+                               bias, x.dtype, asymmetric=a_asymmetric,
+                               w_zero_point=None if w_symmetric else qw.zero_point,
+                               x_code_sum=x_code_sum)  # fmt: skip
     return out.reshape(*x.shape[:-1], N)
 
 
 @qat_linear.register_fake
 def _(
     x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric, w_qmin, w_qmax,
-    w_group_size, w_per_tensor, w_scale,
+    w_group_size, w_per_tensor, w_scale, w_symmetric=True, x_code_sum=None,
 ):  # fmt: skip
     _check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
-                      w_group_size, w_per_tensor, w_scale)  # fmt: skip
+                      w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
-                    w_group_size, w_per_tensor, w_scale):  # fmt: skip
+                    w_group_size, w_per_tensor, w_scale, w_symmetric=True):  # fmt: skip
     check_float_input(grad_out, "grad_out")
     check_float_input(weight, "weight")
     check_dims(weight, "weight", 2, "[N, K]")
@@ -321,7 +387,7 @@ def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_
         )
     check_device(grad_out, "grad_out", weight.device, "the weight's")
     _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, weight.device)
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale)
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
 
 
 @torch.library.custom_op("triton_qat::qat_linear_backward", mutates_args=())
@@ -340,6 +406,7 @@ def qat_linear_backward(
     need_x: bool,
     need_w: bool,
     need_bias: bool,
+    w_symmetric: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """STE gradients of :func:`qat_linear`: (grad_x [M, K], grad_w [N, K], grad_bias [N]) in
     grad_out's dtype; a gradient that is not needed comes back empty ([0]). The weight's
@@ -347,13 +414,14 @@ def qat_linear_backward(
     forward's: same kernel, same input), and x_fq is dequantized from the codes, each into a
     transient buffer that lives only for this call."""
     _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
-                    w_group_size, w_per_tensor, w_scale)  # fmt: skip
+                    w_group_size, w_per_tensor, w_scale, w_symmetric)  # fmt: skip
     N = weight.shape[0]
     dy = grad_out.reshape(-1, N)
     grad_x, grad_w, grad_b = (dy.new_empty(_EMPTY) for _ in range(3))  # outputs may not alias
     if need_x or need_w:
         qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                              pack_mask=False, with_y=need_x, write_codes=False)  # fmt: skip
+                              w_symmetric, pack_mask=False, with_y=need_x,
+                              write_codes=False)  # fmt: skip
         if need_x:
             grad_x = dispatch.dgrad(dy, qw.y.to(dy.dtype), x_mask)
         if need_w:
@@ -367,10 +435,10 @@ def qat_linear_backward(
 @qat_linear_backward.register_fake
 def _(
     grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax, w_group_size,
-    w_per_tensor, w_scale, need_x, need_w, need_bias,
+    w_per_tensor, w_scale, need_x, need_w, need_bias, w_symmetric=True,
 ):  # fmt: skip
     _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
-                    w_group_size, w_per_tensor, w_scale)  # fmt: skip
+                    w_group_size, w_per_tensor, w_scale, w_symmetric)  # fmt: skip
     new = grad_out.new_empty
     return (
         new(tuple(x_codes.shape)) if need_x else new(_EMPTY),
@@ -383,9 +451,11 @@ _SAVED_ARGS = ("w_qmin", "w_qmax", "w_group_size", "w_per_tensor")
 
 
 def _qat_linear_setup(ctx, inputs, output):
-    x, x_codes, x_scale, x_zp, x_mask, weight, bias, _asym, *w_args, w_scale = inputs
+    x, x_codes, x_scale, x_zp, x_mask, weight, bias, _asym = inputs[:8]
+    w_args, w_scale = inputs[8:12], inputs[12]
     ctx.save_for_backward(x_codes, x_scale, x_zp, x_mask, weight, w_scale)
     ctx.w_args = dict(zip(_SAVED_ARGS, w_args, strict=True))
+    ctx.w_symmetric = inputs[13] if len(inputs) > 13 else True
     ctx.x_shape = x.shape
     ctx.has_bias = bias is not None
 
@@ -405,6 +475,7 @@ def _qat_linear_backward(ctx, grad_out):
     grad_x, grad_w, grad_b = qat_linear_backward(
         grad_out, x_codes, x_scale, x_zp, x_mask, weight, **ctx.w_args, w_scale=w_scale,
         need_x=need_x, need_w=need_w, need_bias=need_b and ctx.has_bias,
+        w_symmetric=ctx.w_symmetric,
     )  # fmt: skip
     return (
         grad_x.reshape(ctx.x_shape) if need_x else None,
@@ -414,7 +485,7 @@ def _qat_linear_backward(ctx, grad_out):
         None,
         grad_w if need_w else None,  # autograd casts it to the weight's dtype
         grad_b if need_b and ctx.has_bias else None,
-        *([None] * 6),
+        *([None] * 8),
     )
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from triton_qat import ao
 from triton_qat.checks import check_input
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.dispatch import activation_sum_group
 from triton_qat.spec import ao_spec, spec_for
 
 _ops = torch.ops.triton_qat
@@ -41,7 +42,7 @@ def unpack_int4(packed: Tensor, K: int) -> Tensor:
 
 
 # buffers holding the quantized weight: dtype casts of the module leave them as they are
-_QUANT_BUFFERS = frozenset(("weight_codes", "weight_scale", "weight_code_sum"))
+_QUANT_BUFFERS = frozenset(("weight_codes", "weight_scale", "weight_code_sum", "weight_zero_point"))
 # per ``_apply`` function (one per ``.to`` / ``.cuda`` / ``to_empty`` ... call): id(buffer) ->
 # weak refs to (buffer, result), so a buffer shared by several modules stays shared
 _APPLY_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -63,8 +64,9 @@ class QuantizedLinear(nn.Module):
     """Int8 inference linear layer (no gradients).
 
     Buffers: ``weight_codes`` int8 [N, K] (or uint8 [N, ceil(K/2)] when ``weight_bits <= 4``),
-    ``weight_scale`` fp32 [N, G], ``weight_code_sum`` int32 [N, G], ``bias`` [N] or None.
-    Input [..., K] fp32 / fp16 / bf16 -> output [..., N] in the input's dtype.
+    ``weight_scale`` fp32 [N, G], ``weight_code_sum`` int32 [N, G], ``weight_zero_point`` int32
+    [N, G] (asymmetric weights only), ``bias`` [N] or None. Input [..., K] fp32 / fp16 / bf16 ->
+    output [..., N] in the input's dtype.
     """
 
     def __init__(
@@ -98,6 +100,13 @@ class QuantizedLinear(nn.Module):
         self.register_buffer(
             "weight_code_sum", torch.zeros(out_features, n_groups, dtype=torch.int32, device=device)
         )
+        if not weight.symmetric:
+            self.register_buffer(
+                "weight_zero_point",
+                torch.zeros(out_features, n_groups, dtype=torch.int32, device=device),
+            )
+        else:
+            self.weight_zero_point = None
         self.register_buffer(
             "bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None
         )
@@ -125,7 +134,7 @@ class QuantizedLinear(nn.Module):
         else:
             wcfg, act, a_range = lin.weight_config, lin.activation_config, None
             w_spec = spec_for(wcfg)
-            codes, scale, _, _, code_sum = _ops.quantize(
+            codes, scale, zero_point, _, code_sum = _ops.quantize(
                 w, **w_spec.quantize_args(K), pack_mask=False, scale=None, zero_point=None
             )
             if w_spec.per_tensor:
@@ -143,6 +152,8 @@ class QuantizedLinear(nn.Module):
         new.weight_codes.copy_(pack_int4(codes) if new.packed else codes)
         new.weight_scale.copy_(scale)
         new.weight_code_sum.copy_(code_sum)
+        if new.weight_zero_point is not None:
+            new.weight_zero_point.copy_(zero_point)
         if lin.bias is not None:
             new.bias.copy_(lin.bias.detach())
         return new
@@ -178,6 +189,7 @@ class QuantizedLinear(nn.Module):
         if self.packed:
             codes = unpack_int4(codes, self.in_features)
         K, N = self.in_features, self.out_features
+        w_zp = self.weight_zero_point
         x2d = input.reshape(-1, K)
         qmin, qmax = self.activation_range
         a_scale = a_zp = None
@@ -186,9 +198,12 @@ class QuantizedLinear(nn.Module):
             a_spec = ao_spec(qmin, qmax)
         else:
             a_spec = spec_for(self.activation_config)
-        x_codes, x_scale, x_zp, _, _ = _ops.quantize(
-            x2d, **a_spec.quantize_args(K), pack_mask=True, scale=a_scale, zero_point=a_zp
-        )
+        G = self.weight_scale.shape[1]
+        sum_group = activation_sum_group(K, K // G) if w_zp is not None else None
+        x_codes, x_scale, x_zp, _, x_sum = _ops.quantize(
+            x2d, **a_spec.quantize_args(K), pack_mask=True, scale=a_scale, zero_point=a_zp,
+            sum_group=sum_group or 0,
+        )  # fmt: skip
         bias = self.bias  # added in fp32 by the GEMM epilogue, as in training
         out = _ops.int8_linear(
             x_codes,
@@ -199,6 +214,8 @@ class QuantizedLinear(nn.Module):
             self.weight_code_sum,
             bias,
             input.dtype,
+            w_zero_point=w_zp,
+            x_code_sum=x_sum if w_zp is not None and x_sum.shape[1] == G else None,
         )
         return out.reshape(*input.shape[:-1], N)
 

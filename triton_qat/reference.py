@@ -30,6 +30,16 @@ def qparams_ref(
     return s.to(torch.float32), zp
 
 
+def asym_weight_qparams_ref(mn: Tensor, mx: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+    """torchao's asymmetric weight qparams (``get_groupwise_affine_qparams``, 0.18) from a group's
+    min and max, in their dtype: the range is the group's own (0 not included), eps 1e-6, a
+    float-domain zero point ``mn + s * 2**(bits-1)`` (the midpoint of the unsigned range) cast to
+    int32 by truncation, used as an integer-domain zero point with the signed code range."""
+    s = torch.clamp((mx - mn) / float(qmax - qmin), min=1e-6)
+    zp_float = mn + s * ((qmax - qmin + 1) / 2)
+    return s.to(torch.float32), zp_float.to(torch.float32).to(torch.int32)
+
+
 def fake_quant_ref(
     x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -53,6 +63,8 @@ def qparams_for(x2d: Tensor, config: QuantConfig) -> tuple[Tensor, Tensor]:
     R, C = x2d.shape
     group = spec.group_for(C)
     xg = x2d.reshape(R, C // group, group)
+    if spec.asym_weight:
+        return asym_weight_qparams_ref(xg.amin(-1), xg.amax(-1), qmin, qmax)
     return qparams_ref(xg.amin(-1), xg.amax(-1), qmin, qmax, sym, eps)  # amin/amax keep NaN
 
 

@@ -21,8 +21,8 @@ from torch import Tensor
 from triton_qat.spec import QuantSpec
 
 _ops = torch.ops.triton_qat
-# id(x) -> (weakref to x, version, spec, state)
-_CACHE: dict[int, tuple[weakref.ref, int, QuantSpec, tuple[Tensor, ...]]] = {}
+# id(x) -> (weakref to x, version, (spec, sum_group), state)
+_CACHE: dict[int, tuple[weakref.ref, int, tuple, tuple[Tensor, ...]]] = {}
 _ENABLED = [True]
 
 
@@ -33,24 +33,26 @@ def set_enabled(on: bool) -> bool:
     return prev
 
 
-def quantize_activation(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(codes int8 [M, K], scale fp32 [M, 1], zero point int32 [M, 1], mask bits [M, ceil(K/8)])
-    of x [..., K] under a family-1 activation ``spec`` (qparams computed, not given)."""
+def quantize_activation(
+    x: Tensor, spec: QuantSpec, sum_group: int | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(codes int8 [M, K], scale fp32 [M, 1], zero point int32 [M, 1], mask bits [M, ceil(K/8)],
+    code sums int32 [M, K // sum_group] (default: [M, 1])) of x [..., K] under a family-1
+    activation ``spec`` (qparams computed, not given). Linears whose weights need other code sums
+    (asymmetric weights in groups) share nothing with the others."""
     x2d = x.detach().reshape(-1, x.shape[-1])  # qparams are constants of the STE: no graph
     if torch.compiler.is_compiling() or not _ENABLED[0]:
-        return _quantize(x2d, spec)
-    key = id(x)
+        return _quantize(x2d, spec, sum_group)
+    key, what = id(x), (spec, sum_group)
     hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is x and hit[1] == x._version and hit[2] == spec:
+    if hit is not None and hit[0]() is x and hit[1] == x._version and hit[2] == what:
         return hit[3]
-    state = _quantize(x2d, spec)
-    _CACHE[key] = (weakref.ref(x, lambda _ref, key=key: _CACHE.pop(key, None)), x._version, spec,
+    state = _quantize(x2d, spec, sum_group)
+    _CACHE[key] = (weakref.ref(x, lambda _ref, key=key: _CACHE.pop(key, None)), x._version, what,
                    state)  # fmt: skip
     return state
 
 
-def _quantize(x2d: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    codes, scale, zp, mask, _ = _ops.quantize(
-        x2d, **spec.quantize_args(x2d.shape[1]), pack_mask=True, scale=None, zero_point=None
-    )
-    return codes, scale, zp, mask
+def _quantize(x2d: Tensor, spec: QuantSpec, sum_group: int | None) -> tuple[Tensor, ...]:
+    return tuple(_ops.quantize(x2d, **spec.quantize_args(x2d.shape[1]), pack_mask=True,
+                               scale=None, zero_point=None, sum_group=sum_group or 0))  # fmt: skip

@@ -29,6 +29,8 @@ class QuantSpec:
         channel_rows: rows run along dim 0 (per channel: dim 0 is the channel, the rest
             flattened) instead of the last dim (per token / per group / per tensor).
         given_qparams: the qparams are given by the caller (torch.ao observers), not computed.
+        asym_weight: asymmetric qparams by torchao's weight formula (per channel / per group
+            configs with ``symmetric=False``) instead of the activation formula.
     """
 
     qmin: int
@@ -38,6 +40,7 @@ class QuantSpec:
     group_size: int | None = None
     channel_rows: bool = False
     given_qparams: bool = False
+    asym_weight: bool = False
 
     def group_for(self, row_len: int) -> int:
         """Elements per scale along a row of ``row_len`` elements (>= 1)."""
@@ -52,11 +55,13 @@ class QuantSpec:
             group_size=self.group_for(row_len),
             symmetric=self.symmetric,
             per_tensor=self.per_tensor,
+            asym_weight=self.asym_weight,
         )
 
     def linear_args(self, role: str, in_features: int) -> dict:
         """Keyword arguments of ``triton_qat::qat_linear`` for the activation (``role="a"``) or
-        the weight (``role="w"``) of a linear with ``in_features`` inputs."""
+        the weight (``role="w"``; also all the weight arguments of
+        ``triton_qat::weight_only_linear``) of a linear with ``in_features`` inputs."""
         if role == "a":
             return dict(
                 a_qmin=self.qmin,
@@ -69,6 +74,7 @@ class QuantSpec:
             w_qmax=self.qmax,
             w_group_size=self.group_for(in_features),
             w_per_tensor=self.per_tensor,
+            w_symmetric=self.symmetric,
         )
 
 
@@ -83,6 +89,7 @@ def spec_for(config: QuantConfig) -> QuantSpec:
         per_tensor=g == "per_tensor",
         group_size=config.group_size if g == "per_group" else None,
         channel_rows=g == "per_channel",
+        asym_weight=not config.symmetric and g in ("per_channel", "per_group"),
     )
 
 

@@ -1,0 +1,387 @@
+"""QAT modes beyond int8 activations x symmetric weights, through the same layers (config -> spec ->
+op -> dispatch -> launcher -> kernel): asymmetric weights (torchao's
+``IntxFakeQuantizeConfig(..., is_symmetric=False)``). Fake-quantized values are bit-exact
+against torchao's own objects (when torchao is installed) and the plain-torch references; GEMM
+outputs and gradients within the fp64 bounds of tests/conftest.py; convert equals prepared eval."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DTYPES, assert_close_rel, dt_id
+from torch import nn
+from torch._dynamo.utils import counters
+
+import triton_qat as tq
+from triton_qat import ops
+from triton_qat.dispatch import activation_sum_group, int8_linear, quantize_rows
+from triton_qat.kernels.gemm_int8 import fwd_mode
+from triton_qat.kernels.quantize_torch import quantize_rows_torch
+from triton_qat.reference import fake_quantize_with_mask
+
+ASYM = {  # name -> (bits, group or None for per channel)
+    "i8-per-channel": (8, None),
+    "i4-g32": (4, 32),
+    "i4-g16": (4, 16),
+    "i2-g8": (2, 8),
+}
+
+
+def _asym_cfg(bits, group):
+    if group is None:
+        return tq.QuantConfig(bits=bits, granularity="per_channel", symmetric=False)
+    return tq.QuantConfig(bits=bits, granularity="per_group", group_size=group, symmetric=False)
+
+
+def _ao_cfg(bits, group, symmetric):
+    qat = pytest.importorskip("torchao.quantization.qat")
+    dtype = {8: torch.int8, 4: torch.int4, 2: torch.int2}[bits]
+    if group is None:
+        return qat.IntxFakeQuantizeConfig(dtype, "per_channel", is_symmetric=symmetric)
+    return qat.IntxFakeQuantizeConfig(dtype, group_size=group, is_symmetric=symmetric)
+
+
+def _ao_quantizer(bits, group, symmetric):
+    from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer
+
+    return IntxFakeQuantizer(_ao_cfg(bits, group, symmetric))
+
+
+def _weight(N, K, dtype, device, scale=0.05):
+    """Weights with groups torchao's asymmetric formula treats differently: offset rows (a
+    non-zero zero point), all-zero and constant groups, one very wide row."""
+    w = torch.randn(N, K, device=device) * scale
+    w[1] += 3.0  # mid-range 3: zero point 3, most codes clip at qmax
+    w[2] -= 1.5
+    w[3, : K // 2] = 0.0
+    w[4] = 0.25
+    w[5, :3] *= 400
+    return w.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# asymmetric weights: fake quantization
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("name", list(ASYM), ids=list(ASYM))
+def test_asym_weight_fake_quant_matches_torchao(name, dtype, device):
+    """Scales, zero points and fake-quantized values bit-exact against torchao's
+    IntxFakeQuantizer; the STE gradient within the dtype's bound of torchao's autograd (which
+    multiplies by s and 1/s), zero exactly where torchao's is."""
+    bits, group = ASYM[name]
+    w = _weight(24, 96, dtype, device)
+    fq = _ao_quantizer(bits, group, symmetric=False)
+    wg_ao = w.clone().requires_grad_()
+    want = fq(wg_ao)
+    dy = torch.randn_like(w)
+    want.backward(dy)
+    cfg = _asym_cfg(bits, group)
+    wg = w.clone().requires_grad_()
+    got = tq.fake_quantize(wg, cfg)
+    got.backward(dy)
+    assert torch.equal(got, want)
+    G = 96 // (group or 96)
+    q = quantize_rows(w, cfg.qmin, cfg.qmax, group or 96, False, pack_mask=False, with_y=True,
+                      asym_weight=True)  # fmt: skip
+    assert torch.equal(q.scale, fq.scale.reshape(24, G))
+    assert torch.equal(q.zero_point, fq.zero_point.reshape(24, G))
+    assert (q.zero_point != 0).any() and (~q.mask.bool()).any()
+    # clamped elements get no gradient from either (torchao's can also underflow: its chain
+    # rounds dy * s in dt before multiplying by 1 / s); compare where that product is normal
+    assert (wg_ao.grad[wg.grad == 0] == 0).all()
+    s_elem = q.scale.repeat_interleave(group or 96, dim=1)
+    normal = s_elem >= torch.finfo(dtype).smallest_normal
+    assert normal.float().mean() > 0.5
+    assert_close_rel(wg.grad[normal], wg_ao.grad[normal].double(), dtype, "grad vs torchao")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("name", list(ASYM), ids=list(ASYM))
+def test_asym_weight_kernel_twin_reference_agree(name, dtype, device):
+    """The kernel, its plain-torch twin and triton_qat.reference: every output bit-exact."""
+    bits, group = ASYM[name]
+    cfg = _asym_cfg(bits, group)
+    w = _weight(37, 96, dtype, device)
+    args = (w, cfg.qmin, cfg.qmax, group or 96, False)
+    got = quantize_rows(*args, pack_mask=False, with_y=True, asym_weight=True)
+    twin = quantize_rows_torch(*args, pack_mask=False, with_y=True, asym_weight=True)
+    for field in ("codes", "scale", "zero_point", "mask", "code_sum", "y"):
+        assert torch.equal(getattr(got, field), getattr(twin, field)), field
+    y_ref, mask_ref = fake_quantize_with_mask(w, cfg)
+    assert torch.equal(got.y, y_ref) and torch.equal(got.mask.bool(), mask_ref)
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"]
+)
+def test_asym_weight_non_finite_group_matches_torchao(bad):
+    """A group holding NaN / inf: torchao's scale, zero point (torch's float -> int32 cast on this
+    device) and values, NaN positions included; the other groups untouched."""
+    w = _weight(6, 64, torch.float32, "cpu")
+    w[2, 5] = bad
+    fq = _ao_quantizer(4, 32, symmetric=False)
+    want = fq(w)
+    got = quantize_rows(w, -8, 7, 32, False, pack_mask=False, with_y=True, asym_weight=True)
+    assert torch.equal(got.zero_point, fq.zero_point)
+    assert torch.equal(got.scale.isnan(), fq.scale.isnan())
+    assert torch.equal(got.y.isnan(), want.isnan())
+    assert torch.equal(got.y.nan_to_num(), want.nan_to_num())
+
+
+# ---------------------------------------------------------------------------------------------
+# asymmetric weights: the int8 GEMM with weight zero points
+
+
+@pytest.mark.parametrize("K,group", [(96, 32), (96, 96), (90, 9), (256, 64)],
+                         ids=["mode1-g32", "mode0-per-channel", "mode2-g9", "mode1-g64"])  # fmt: skip
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("a_sym", [False, True], ids=["x-asym", "x-sym"])
+def test_asym_weight_forward_gemm(K, group, dtype, a_sym, device):
+    """sum_k (q_x - zp_x)(q_w - zp_w) with x's code sums per weight group (written by the
+    activation quantize, or summed from the codes when not given): fp64 bound, same bits."""
+    M, N = 13, 40
+    x = (torch.randn(M, K, device=device) * 2).to(dtype)
+    w = _weight(N, K, dtype, device, scale=0.1)
+    sg = activation_sum_group(K, group)
+    assert (sg is not None) == (fwd_mode(K, group) == 1)
+    qa = quantize_rows(x, -128, 127, K, a_sym, pack_mask=True, with_y=True, sum_group=sg)
+    qw = quantize_rows(w, -8, 7, group, False, pack_mask=False, with_y=True, asym_weight=True,
+                       group_major=True)  # fmt: skip
+    assert (qw.zero_point != 0).any()
+    bias = torch.randn(N, device=device).to(dtype)
+    args = (qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, bias, dtype)
+    x_sum = qa.code_sum if qa.code_sum.shape[1] == K // group else None
+    out = int8_linear(*args, asymmetric=not a_sym, w_zero_point=qw.zero_point, x_code_sum=x_sum)
+    ref = qa.y.double() @ qw.y.double().T + bias.double()
+    assert_close_rel(out, ref, dtype, "out")
+    summed = int8_linear(*args, asymmetric=not a_sym, w_zero_point=qw.zero_point)
+    assert torch.equal(out, summed)
+
+
+@pytest.mark.parametrize("sum_group", [32, 64, 96, 12, 3, 384], ids=lambda g: f"sg{g}")
+def test_activation_code_sums_per_weight_group(sum_group, device):
+    """sum_group: tiles holding several sum groups, sum groups spanning whole tiles (96: the tile
+    is narrowed to 32), none fitting (3: summed from the codes); the twin agrees."""
+    x = torch.randn(37, 384, device=device)
+    got = quantize_rows(x, -128, 127, 384, False, pack_mask=True, sum_group=sum_group)
+    want = got.codes.to(torch.int32).reshape(37, -1, sum_group).sum(-1)
+    assert torch.equal(got.code_sum, want)
+    twin = quantize_rows_torch(x, -128, 127, 384, False, pack_mask=True, sum_group=sum_group)
+    assert torch.equal(twin.code_sum, want) and torch.equal(twin.codes, got.codes)
+    plain = quantize_rows(x, -128, 127, 384, False, pack_mask=True)
+    assert torch.equal(plain.codes, got.codes) and torch.equal(plain.mask, got.mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# asymmetric weights: the layer
+
+
+def _fp64_reference(x, lin, act, wcfg):
+    """Output and gradients of F.linear over the fake-quantized values, in fp64, with STE masks."""
+    x_fq, mx = fake_quantize_with_mask(x.detach(), act)
+    w_fq, mw = fake_quantize_with_mask(lin.weight.detach(), wcfg)
+    xd = x_fq.double().requires_grad_()
+    wd = w_fq.double().requires_grad_()
+    bd = lin.bias.detach().double().requires_grad_()
+    return F.linear(xd, wd, bd), xd, wd, bd, mx, mw
+
+
+LAYER_W = {
+    "i8-per-channel": (8, None),
+    "i4-g32": (4, 32),
+    "i4-g12": (4, 12),  # MODE 2: the zero point applied per element
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("wname", list(LAYER_W), ids=list(LAYER_W))
+@pytest.mark.parametrize("act", [tq.QuantConfig(), tq.QuantConfig(symmetric=True)],
+                         ids=["x-asym", "x-sym"])  # fmt: skip
+def test_asym_weight_linear_forward_backward(act, wname, dtype, device):
+    wcfg = _asym_cfg(*LAYER_W[wname])
+    lin = tq.Linear(96, 40, activation=act, weight=wcfg, device=device, dtype=dtype)
+    with torch.no_grad():
+        lin.weight[1] += 2.0  # a non-zero zero point
+    x = (torch.randn(3, 7, 96, device=device) * 2).to(dtype).requires_grad_()
+    out = lin(x)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    ref, xd, wd, bd, mx, mw = _fp64_reference(x, lin, act, wcfg)
+    ref.backward(dy.double())
+    assert out.shape == (3, 7, 40) and out.dtype == dtype
+    assert_close_rel(out, ref, dtype, "out")
+    assert_close_rel(x.grad, xd.grad * mx, dtype, "grad_x")
+    assert_close_rel(lin.weight.grad, wd.grad * mw, dtype, "grad_w")
+    assert_close_rel(lin.bias.grad, bd.grad, dtype, "grad_bias")
+    assert (~mw).any()  # the offset row clips: its gradient is masked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+@pytest.mark.parametrize("wname", ["i8-per-channel", "i4-g32"])
+def test_asym_weight_linear_matches_torchao_fake_quantized_linear(wname, dtype, device):
+    """torchao's FakeQuantizedLinear with the same configs: output and every gradient within the
+    fp64 bounds of each other (torchao's GEMM rounds in dt, ours in int32 + fp32)."""
+    qat = pytest.importorskip("torchao.quantization.qat")
+    bits, group = LAYER_W[wname]
+    act_cfg = qat.IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
+    ref = qat.FakeQuantizedLinear(96, 40, True, act_cfg, _ao_cfg(bits, group, False),
+                                  device=device, dtype=dtype)  # fmt: skip
+    with torch.no_grad():
+        ref.weight[1] += 2.0
+    lin = tq.Linear(96, 40, activation=tq.QuantConfig(), weight=_asym_cfg(bits, group),
+                    device=device, dtype=dtype)  # fmt: skip
+    lin.load_state_dict(ref.state_dict())
+    x = (torch.randn(5, 9, 96, device=device) * 2).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want, got = ref(xa), lin(xb)
+    dy = torch.randn_like(want)
+    want.backward(dy)
+    got.backward(dy)
+    # torchao's fake-quantized operands, bit-exact
+    assert torch.equal(tq.fake_quantize(lin.weight.detach(), lin.weight_config),
+                       ref.weight_fake_quantizer(ref.weight.detach()))  # fmt: skip
+    assert_close_rel(got, want.double(), dtype, "out vs torchao")
+    assert_close_rel(xb.grad, xa.grad.double(), dtype, "grad_x vs torchao")
+    assert_close_rel(lin.weight.grad, ref.weight.grad.double(), dtype, "grad_w vs torchao")
+    assert_close_rel(lin.bias.grad, ref.bias.grad.double(), dtype, "grad_bias vs torchao")
+
+
+@pytest.mark.parametrize("wname", list(LAYER_W), ids=list(LAYER_W))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+def test_asym_weight_convert_equals_prepared_eval_and_state_dict(wname, dtype, device):
+    """convert stores the zero points (state_dict ``weight_zero_point``) and computes bit for bit
+    what the prepared layer computes in eval mode; a fresh layer loading the state_dict too."""
+    wcfg = _asym_cfg(*LAYER_W[wname])
+    model = nn.Sequential(nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 24)).to(device, dtype)
+    with torch.no_grad():
+        model[0].weight[1] += 2.0
+    model = tq.prepare(model, weight=wcfg).eval()
+    x = torch.randn(6, 96, device=device).to(dtype)
+    with torch.no_grad():
+        want = model(x)
+        conv = tq.convert(model)
+        got = conv(x)
+    assert torch.equal(got, want)
+    layer = conv[0]
+    sd = layer.state_dict()
+    assert sd["weight_zero_point"].dtype == torch.int32 and (sd["weight_zero_point"] != 0).any()
+    fresh = tq.QuantizedLinear(96, 64, activation=tq.QuantConfig(), weight=wcfg, device=device,
+                               dtype=dtype)  # fmt: skip
+    fresh.load_state_dict(sd)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# registration: opcheck, torch.compile, errors
+
+
+def test_opcheck_new_arguments(device):
+    x = torch.randn(13, 64, device=device)
+    w = _weight(24, 64, torch.float32, device)
+    _opcheck = torch.library.opcheck
+    _opcheck(ops.quantize, (x, -128, 127, 64, False, False, True, None, None, False, 32))
+    _opcheck(ops.quantize, (w, -8, 7, 32, False, False, False, None, None, True, 0))
+    _opcheck(ops.fake_quantize, (w.clone().requires_grad_(), -8, 7, 32, False, False, None, None,
+                                 True))  # fmt: skip
+    qa = ops.quantize(x, -128, 127, 64, False, False, True, None, None, False, 32)
+    qw = ops.quantize(w, -8, 7, 32, False, False, False, None, None, True, 0)
+    _opcheck(ops.int8_linear, (qa[0], qa[1], qa[2], qw[0], qw[1], qw[4], None, torch.float32,
+                               qw[2], qa[4]))  # fmt: skip
+    _opcheck(ops.int8_linear, (qa[0], qa[1], qa[2], qw[0], qw[1], qw[4], None, torch.float32,
+                               qw[2], None))  # fmt: skip
+    xg = x.clone().requires_grad_()
+    wg = w.clone().requires_grad_()
+    b = torch.randn(24, device=device, requires_grad=True)
+    state = list(qa[:4])
+    w_args = (-8, 7, 32, False, None)
+    _opcheck(ops.qat_linear, (xg, *state, wg, b, True, *w_args, False, qa[4]))
+    _opcheck(ops.qat_linear, (xg, *state, wg, b, True, *w_args, False, None))
+    dy = torch.randn(13, 24, device=device)
+    _opcheck(ops.qat_linear_backward, (dy, *state, w, *w_args, True, True, True, False))
+
+
+def _mlp(device, dtype, activation, weight):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        tq.Linear(32, 64, device=device, dtype=dtype, activation=activation, weight=weight),
+        nn.ReLU(),
+        tq.Linear(64, 16, device=device, dtype=dtype, activation=activation, weight=weight),
+    )
+
+
+def _step(model, x):
+    out = model(x)
+    out.square().mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize(
+    "activation,weight",
+    [
+        (tq.QuantConfig(), tq.QuantConfig(bits=4, granularity="per_group", group_size=32)),
+        (tq.QuantConfig(), tq.QuantConfig(granularity="per_channel")),
+    ],
+    ids=["asym-g32", "asym-per-channel"],
+)
+def test_compile_fullgraph_matches_eager(activation, weight, device):
+    torch._dynamo.reset()
+    counters.clear()
+    model = _mlp(device, torch.float32, activation, weight)
+    compiled = torch.compile(model, fullgraph=True)
+    for _ in range(2):
+        x = torch.randn(5, 9, 32, device=device, requires_grad=True)
+        e_out, e_grads = _step(model, x)
+        c_out, c_grads = _step(compiled, x)
+        torch.testing.assert_close(c_out, e_out, rtol=0, atol=0)
+        for g, e in zip(c_grads, e_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,needle",
+    [
+        (dict(weight=tq.QuantConfig(granularity="per_tensor")), ValueError, "weight: symmetric"),
+        (dict(activation="none"), TypeError, "activation: expected"),
+    ],
+    ids=["per-tensor-asym-weight", "activation-str"],
+)
+def test_bad_mode_configs_name_the_argument(kwargs, exc, needle):
+    with pytest.raises(exc, match=needle):
+        tq.Linear(64, 16, **kwargs)
+
+
+def test_ops_check_the_new_arguments(device):
+    x = torch.randn(6, 64, device=device)
+    w = torch.randn(8, 64, device=device)
+    with pytest.raises(ValueError, match="asym_weight"):
+        ops.quantize(w, -8, 7, 32, True, False, False, None, None, True, 0)
+    with pytest.raises(ValueError, match="asym_weight"):
+        ops.quantize(w, -8, 7, 64, False, True, False, None, None, True, 0)
+    with pytest.raises(ValueError, match="sum_group"):
+        ops.quantize(x, -128, 127, 64, False, False, True, None, None, False, 48)
+    qa = ops.quantize(x, -128, 127, 64, False, False, True, None, None, False, 32)
+    qw = ops.quantize(w, -8, 7, 32, False, False, False, None, None, True, 0)
+    good = [qa[0], qa[1], qa[2], qw[0], qw[1], qw[4], None, torch.float32, qw[2], qa[4]]
+    for i, bad, needle in [
+        (8, qw[2].float(), "w_zero_point"),
+        (8, qw[2][:, :1], "w_zero_point"),
+        (9, qa[4][:, :1], "x_code_sum"),
+    ]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises((ValueError, TypeError), match=needle):
+            ops.int8_linear(*args)
+    with pytest.raises(ValueError, match="x_code_sum"):
+        ops.int8_linear(*good[:8], None, qa[4])
+    state = list(qa[:4])
+    with pytest.raises(ValueError, match="w_symmetric"):
+        ops.qat_linear(x, *state, w, None, True, -8, 7, 64, True, None, False)
+    with pytest.raises(ValueError, match="x_code_sum"):
+        ops.qat_linear(x, *state, w, None, True, -8, 7, 32, False, None, False, qa[4][:, :1])
+    with pytest.raises(ValueError, match="x_code_sum"):
+        ops.qat_linear(x, *state, w, None, True, -8, 7, 32, False, None, True, qa[4])
