@@ -1,6 +1,7 @@
 """QAT modes beyond int8 activations x symmetric weights, through the same layers (config -> spec ->
 op -> dispatch -> launcher -> kernel): asymmetric weights (torchao's
-``IntxFakeQuantizeConfig(..., is_symmetric=False)``). Fake-quantized values are bit-exact
+``IntxFakeQuantizeConfig(..., is_symmetric=False)``) and weight-only QAT (torchao's
+``QATConfig(activation_config=None, weight_config=...)``). Fake-quantized values are bit-exact
 against torchao's own objects (when torchao is installed) and the plain-torch references; GEMM
 outputs and gradients within the fp64 bounds of tests/conftest.py; convert equals prepared eval."""
 
@@ -13,6 +14,7 @@ from torch._dynamo.utils import counters
 
 import triton_qat as tq
 from triton_qat import ops
+from triton_qat.config import NOT_QUANTIZED
 from triton_qat.dispatch import activation_sum_group, int8_linear, quantize_rows
 from triton_qat.kernels.gemm_int8 import fwd_mode
 from triton_qat.kernels.quantize_torch import quantize_rows_torch
@@ -177,8 +179,12 @@ def test_activation_code_sums_per_weight_group(sum_group, device):
 
 
 def _fp64_reference(x, lin, act, wcfg):
-    """Output and gradients of F.linear over the fake-quantized values, in fp64, with STE masks."""
-    x_fq, mx = fake_quantize_with_mask(x.detach(), act)
+    """Output and gradients of F.linear over the fake-quantized values, in fp64, with STE masks
+    (act=None: x itself, weight-only)."""
+    if act is None:
+        x_fq, mx = x.detach(), torch.ones(x.shape, dtype=torch.bool, device=x.device)
+    else:
+        x_fq, mx = fake_quantize_with_mask(x.detach(), act)
     w_fq, mw = fake_quantize_with_mask(lin.weight.detach(), wcfg)
     xd = x_fq.double().requires_grad_()
     wd = w_fq.double().requires_grad_()
@@ -273,6 +279,126 @@ def test_asym_weight_convert_equals_prepared_eval_and_state_dict(wname, dtype, d
 
 
 # ---------------------------------------------------------------------------------------------
+# weight-only QAT
+
+
+WO = {  # name -> weight config
+    "i4-g32-sym": tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True),
+    "i8-per-channel-sym": tq.QuantConfig(granularity="per_channel", symmetric=True),
+    "i4-g32-asym": tq.QuantConfig(bits=4, granularity="per_group", group_size=32),
+    "i8-per-tensor": tq.QuantConfig(granularity="per_tensor", symmetric=True),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("wname", list(WO), ids=list(WO))
+def test_weight_only_linear_forward_backward(wname, dtype, device):
+    wcfg = WO[wname]
+    lin = tq.Linear(96, 40, activation=NOT_QUANTIZED, weight=wcfg, device=device, dtype=dtype)
+    x = (torch.randn(3, 7, 96, device=device) * 2).to(dtype).requires_grad_()
+    out = lin(x)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    ref, xd, wd, bd, _, mw = _fp64_reference(x, lin, None, wcfg)
+    ref.backward(dy.double())
+    assert out.shape == (3, 7, 40) and out.dtype == dtype
+    assert_close_rel(out, ref, dtype, "out")
+    assert_close_rel(x.grad, xd.grad, dtype, "grad_x")
+    assert_close_rel(lin.weight.grad, wd.grad * mw, dtype, "grad_w")
+    assert_close_rel(lin.bias.grad, bd.grad, dtype, "grad_bias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("wname", ["i4-g32-sym", "i8-per-channel-sym", "i4-g32-asym"])
+def test_weight_only_matches_torchao(wname, dtype, device):
+    """torchao's QAT with activation_config=None: the fake-quantized weight and the output bit for
+    bit (the same F.linear on the same operands), gradients within float rounding of torchao's
+    autograd."""
+    qat = pytest.importorskip("torchao.quantization.qat")
+    wcfg = WO[wname]
+    group = wcfg.group_size
+    ref = qat.FakeQuantizedLinear(96, 40, True, None, _ao_cfg(wcfg.bits, group, wcfg.symmetric),
+                                  device=device, dtype=dtype)  # fmt: skip
+    lin = tq.Linear(96, 40, activation=NOT_QUANTIZED, weight=wcfg, device=device, dtype=dtype)
+    lin.load_state_dict(ref.state_dict())
+    x = (torch.randn(5, 9, 96, device=device) * 2).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want, got = ref(xa), lin(xb)
+    assert torch.equal(got, want)
+    dy = torch.randn_like(want)
+    want.backward(dy)
+    got.backward(dy)
+    assert_close_rel(xb.grad, xa.grad.double(), dtype, "grad_x vs torchao")
+    assert_close_rel(lin.weight.grad, ref.weight.grad.double(), dtype, "grad_w vs torchao")
+    assert (ref.weight.grad[lin.weight.grad == 0] == 0).all()  # torchao's may also underflow
+    assert torch.equal(lin.bias.grad, ref.bias.grad)
+
+
+def test_weight_only_saves_x_and_the_weight_only(device):
+    """Autograd keeps the input (as nn.Linear does) and the weight parameter itself: no
+    fake-quantized weight and no weight-sized mask between forward and backward."""
+    lin = tq.Linear(64, 48, activation=NOT_QUANTIZED, weight=WO["i4-g32-sym"], device=device)
+    x = torch.randn(5, 64, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lin(x).sum().backward()
+    ptrs = {t.data_ptr() for t in saved if t is not None}
+    assert ptrs == {x.data_ptr(), lin.weight.data_ptr()}, [tuple(t.shape) for t in saved]
+
+
+@pytest.mark.parametrize("wname", list(WO), ids=list(WO))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+def test_weight_only_convert_equals_prepared_eval(wname, dtype, device):
+    """prepare(activation=NOT_QUANTIZED) passes through tq.prepare; convert stores int8 / packed
+    int4 codes + scales (+ zero points) and runs the same float GEMM on the same dequantized
+    weight: bit-exact, through a state_dict round trip too."""
+    wcfg = WO[wname]
+    model = nn.Sequential(nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 32)).to(device, dtype)
+    model = tq.prepare(model, activation=NOT_QUANTIZED, weight=wcfg).eval()
+    assert model[0].activation_config is NOT_QUANTIZED
+    x = torch.randn(2, 5, 96, device=device).to(dtype)
+    with torch.no_grad():
+        want = model(x)
+        conv = tq.convert(model)
+        got = conv(x)
+    assert torch.equal(got, want)
+    layer = conv[0]
+    assert layer.weight_only and layer.weight_codes.dtype == (
+        torch.uint8 if wcfg.bits <= 4 else torch.int8
+    )
+    fresh = tq.QuantizedLinear(96, 64, activation=NOT_QUANTIZED, weight=wcfg, device=device,
+                               dtype=dtype)  # fmt: skip
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+
+
+def test_weight_only_fp32_weights_bf16_input(device):
+    """The weight is fake-quantized in its own dtype (fp32), the GEMM runs in the input's dtype."""
+    lin = tq.Linear(64, 24, activation=NOT_QUANTIZED, weight=WO["i4-g32-sym"], device=device)
+    x = torch.randn(5, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+    out = lin(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    assert lin.weight.grad.dtype == torch.float32
+    w_fq, _ = fake_quantize_with_mask(lin.weight.detach(), lin.weight_config)
+    assert torch.equal(out, F.linear(x.detach(), w_fq.to(torch.bfloat16),
+                                     lin.bias.detach().to(torch.bfloat16)))  # fmt: skip
+    lin.eval()
+    with torch.no_grad():
+        assert torch.equal(tq.convert(lin)(x.detach()), lin(x.detach()))
+
+
+def test_functional_qat_linear_weight_only(device):
+    x = torch.randn(4, 64, device=device)
+    w = torch.randn(16, 64, device=device) * 0.1
+    wcfg = WO["i4-g32-asym"]
+    got = tq.qat_linear(x, w, None, activation=None, weight_config=wcfg)
+    assert torch.equal(got, tq.qat_linear(x, w, None, NOT_QUANTIZED, wcfg))
+    assert torch.equal(got, F.linear(x, tq.fake_quantize(w, wcfg)))
+
+
+# ---------------------------------------------------------------------------------------------
 # registration: opcheck, torch.compile, errors
 
 
@@ -299,6 +425,13 @@ def test_opcheck_new_arguments(device):
     _opcheck(ops.qat_linear, (xg, *state, wg, b, True, *w_args, False, None))
     dy = torch.randn(13, 24, device=device)
     _opcheck(ops.qat_linear_backward, (dy, *state, w, *w_args, True, True, True, False))
+    xt = torch.randn(64, 13, device=device).t().requires_grad_()  # non-contiguous input
+    for sym, group in ((True, 32), (False, 64), (True, 64)):
+        _opcheck(ops.weight_only_linear, (xg, wg, b, -8, 7, group, sym, False))
+        _opcheck(ops.weight_only_linear, (xt, wg, None, -128, 127, group, sym, False))
+        _opcheck(ops.weight_only_linear_backward, (dy, x, w, -8, 7, group, sym, False, True,
+                                                   True, True))  # fmt: skip
+    _opcheck(ops.weight_only_linear, (xg, wg, b, -128, 127, 64, True, True))
 
 
 def _mlp(device, dtype, activation, weight):
@@ -323,8 +456,10 @@ def _step(model, x):
     [
         (tq.QuantConfig(), tq.QuantConfig(bits=4, granularity="per_group", group_size=32)),
         (tq.QuantConfig(), tq.QuantConfig(granularity="per_channel")),
+        (NOT_QUANTIZED, WO["i4-g32-sym"]),
+        (NOT_QUANTIZED, WO["i4-g32-asym"]),
     ],
-    ids=["asym-g32", "asym-per-channel"],
+    ids=["asym-g32", "asym-per-channel", "weight-only-sym", "weight-only-asym"],
 )
 def test_compile_fullgraph_matches_eager(activation, weight, device):
     torch._dynamo.reset()
@@ -346,9 +481,10 @@ def test_compile_fullgraph_matches_eager(activation, weight, device):
     "kwargs,exc,needle",
     [
         (dict(weight=tq.QuantConfig(granularity="per_tensor")), ValueError, "weight: symmetric"),
-        (dict(activation="none"), TypeError, "activation: expected"),
+        (dict(activation="none"), TypeError, "activation: expected .*NOT_QUANTIZED"),
+        (dict(activation=NOT_QUANTIZED, weight=NOT_QUANTIZED), TypeError, "weight"),
     ],
-    ids=["per-tensor-asym-weight", "activation-str"],
+    ids=["per-tensor-asym-weight", "activation-str", "weight-not-quantized"],
 )
 def test_bad_mode_configs_name_the_argument(kwargs, exc, needle):
     with pytest.raises(exc, match=needle):
@@ -385,3 +521,7 @@ def test_ops_check_the_new_arguments(device):
         ops.qat_linear(x, *state, w, None, True, -8, 7, 32, False, None, False, qa[4][:, :1])
     with pytest.raises(ValueError, match="x_code_sum"):
         ops.qat_linear(x, *state, w, None, True, -8, 7, 32, False, None, True, qa[4])
+    with pytest.raises(ValueError, match="w_group_size"):
+        ops.weight_only_linear(x, w, None, -8, 7, 48, True, False)
+    with pytest.raises(ValueError, match="grad_out"):
+        ops.weight_only_linear_backward(x, x, w, -8, 7, 32, True, False, True, True, False)

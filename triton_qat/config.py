@@ -27,6 +27,7 @@ class QuantConfig:
 
     Defaults: ``QuantConfig()`` is the activation default (int8 per-token asymmetric);
     ``QuantConfig(granularity="per_channel", symmetric=True)`` the weight default.
+    :data:`NOT_QUANTIZED` in place of an activation config trains weight-only QAT.
     """
 
     bits: int = 8
@@ -76,3 +77,26 @@ class QuantConfig:
 
 DEFAULT_ACTIVATION = QuantConfig(bits=8, granularity="per_token", symmetric=False)
 DEFAULT_WEIGHT = QuantConfig(bits=8, granularity="per_channel", symmetric=True)
+
+
+class _NotQuantized:
+    """The type of :data:`NOT_QUANTIZED` (one instance)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_QUANTIZED"
+
+    def __reduce__(self):  # pickles (and deep-copies) to the one instance
+        return "NOT_QUANTIZED"
+
+
+NOT_QUANTIZED = _NotQuantized()
+"""``activation=NOT_QUANTIZED``: the input is not quantized (weight-only QAT, torchao's
+``activation_config=None``). ``None`` keeps meaning "the default config" in ``tq.Linear``,
+``from_float`` and ``prepare``, so that optional arguments pass through unchanged."""

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from triton_qat.checks import check_float_input, check_group, check_linear_inputs
-from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
 from triton_qat.dispatch import activation_sum_group
 from triton_qat.shared import quantize_activation
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
@@ -65,7 +65,7 @@ def qat_linear(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
-    activation: QuantConfig = DEFAULT_ACTIVATION,
+    activation: QuantConfig | None = DEFAULT_ACTIVATION,
     weight_config: QuantConfig = DEFAULT_WEIGHT,
 ) -> Tensor:
     """``F.linear(fake_quantize(x, activation), fake_quantize(weight, weight_config), bias)``,
@@ -75,21 +75,32 @@ def qat_linear(
         x: [..., K] fp32 / fp16 / bf16 (any strides). weight: [N, K]; bias: [N] or None, in any
             float dtype: the weight is fake-quantized in its own dtype (as torchao does before
             autocast casts the result), the output and gradients are in x's dtype.
-        activation: per_token or per_tensor config. weight_config: per_channel or per_group
-            (symmetric or not), or symmetric per_tensor config.
+        activation: per_token or per_tensor config; ``None`` (or ``NOT_QUANTIZED``): weight-only
+            QAT, a float GEMM on the fake-quantized weight. weight_config: per_channel or
+            per_group (symmetric or not), or symmetric per_tensor config.
     Returns:
         [..., N] in x's dtype.
     """
     check_linear_inputs(x, weight, bias)
+    activation = NOT_QUANTIZED if activation is None else activation
     check_configs(activation, weight_config, weight.shape[1])
-    return linear(x, weight, bias, spec_for(activation), spec_for(weight_config))
+    a_spec = None if activation is NOT_QUANTIZED else spec_for(activation)
+    return linear(x, weight, bias, a_spec, spec_for(weight_config))
 
 
 def check_configs(activation: object, weight: object, in_features: int) -> None:
-    """TypeError / ValueError naming the argument unless both configs fit a linear."""
-    for role, cfg in (("activation", activation), ("weight", weight)):
+    """TypeError / ValueError naming the argument unless both configs fit a linear
+    (``activation`` may be ``NOT_QUANTIZED``: weight-only)."""
+    roles = [("weight", weight)]
+    if activation is not NOT_QUANTIZED:
+        roles.insert(0, ("activation", activation))
+    for role, cfg in roles:
         if not isinstance(cfg, QuantConfig):
-            raise TypeError(f"{role}: expected a triton_qat.QuantConfig, got {type(cfg).__name__}")
+            raise TypeError(
+                f"{role}: expected a triton_qat.QuantConfig"
+                + (" or NOT_QUANTIZED" if role == "activation" else "")
+                + f", got {type(cfg).__name__}"
+            )
         cfg.check_role(role)
     if not weight.symmetric and weight.granularity == "per_tensor":
         raise ValueError(
@@ -105,7 +116,7 @@ def linear(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None,
-    activation: QuantSpec,
+    activation: QuantSpec | None,
     weight_spec: QuantSpec,
     a_qparams: tuple[Tensor, Tensor] | None = None,
     w_scale: Tensor | None = None,
@@ -114,11 +125,14 @@ def linear(
 
     The activation is quantized by its own op (shared by every linear that reads the same ``x``
     with the same spec: :mod:`triton_qat.shared`), then ``triton_qat::qat_linear`` runs the int8
-    GEMM. ``a_qparams`` (per-tensor scale, zero point) and ``w_scale`` ([N] or [1]) are given for
-    torch.ao numerics, whose observers compute them."""
+    GEMM. ``activation=None``: weight-only, ``triton_qat::weight_only_linear``. ``a_qparams``
+    (per-tensor scale, zero point) and ``w_scale`` ([N] or [1]) are given for torch.ao numerics,
+    whose observers compute them."""
     check_no_grad_transform("triton_qat.Linear / qat_linear")
     K, N = weight.shape[1], weight.shape[0]
     w_args = weight_spec.linear_args("w", K)
+    if activation is None:
+        return _ops.weight_only_linear(x, weight, bias, **w_args)
     x_code_sum = None
     if a_qparams is None:
         sum_group = None

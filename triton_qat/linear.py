@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from triton_qat import ao
 from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_linear_inputs
-from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
 from triton_qat.functional import ao_fake_quantize, check_configs, linear
 from triton_qat.spec import ao_spec, spec_for
 
@@ -24,7 +24,8 @@ class Linear(nn.Linear):
     * otherwise torchao numerics with ``activation`` (default int8 per-token asymmetric) and
       ``weight`` (default int8 per-channel symmetric) :class:`QuantConfig`\\ s. Weights may be
       asymmetric per channel / per group (``symmetric=False``, torchao's weight formula; the int8
-      GEMM applies their zero points).
+      GEMM applies their zero points). ``activation=NOT_QUANTIZED`` trains weight-only QAT
+      (torchao's ``activation_config=None``): a float GEMM on the fake-quantized weight.
 
     Shapes: input [..., in_features] in fp32 / fp16 / bf16 (any strides), output [..., out_features]
     in the input's dtype. The backward keeps int8 codes, per-token qparams and a 1-bit clamp mask of
@@ -43,6 +44,8 @@ class Linear(nn.Linear):
         activation: QuantConfig | None = None,
         weight: QuantConfig | None = None,
     ) -> None:
+        """``activation`` / ``weight``: :class:`QuantConfig` (None: the default);
+        ``activation=NOT_QUANTIZED``: weight-only QAT."""
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
@@ -83,8 +86,9 @@ class Linear(nn.Linear):
         if not self.uses_ao_numerics:
             if not self.fake_quant_enabled:
                 return _plain_linear(input, weight, bias)
-            a_spec, w_spec = spec_for(self.activation_config), spec_for(self.weight_config)
-            return linear(input, weight, bias, a_spec, w_spec)
+            act = self.activation_config
+            a_spec = None if act is NOT_QUANTIZED else spec_for(act)
+            return linear(input, weight, bias, a_spec, spec_for(self.weight_config))
         # torch.ao family: observers run whenever their observer_enabled flag is set, and each
         # FakeQuantize's fake_quant_enabled flag switches its own half, as in torch.ao
         a_fq, w_fq = self.activation_post_process, self.weight_fake_quant

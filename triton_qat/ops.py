@@ -8,6 +8,9 @@ Ops (all opaque to torch.compile, each with a ``register_fake`` so it traces wit
 * ``triton_qat::qat_linear``      fused QAT linear forward; returns the output and the int8 state
                                   kept for backward; autograd registered with ``register_autograd``.
 * ``triton_qat::qat_linear_backward``  grad_x / grad_w / grad_bias from that state.
+* ``triton_qat::weight_only_linear``  weight-only QAT linear: ``x @ fake_quantize(weight).T + bias``
+                                  (a float GEMM; STE autograd keeps x and the weight parameter).
+* ``triton_qat::weight_only_linear_backward``  its gradients.
 
 Every op checks its arguments (shapes, dtypes, devices, qparam shapes) before launching, in the
 real and the fake implementation alike, with an error naming the argument. Call them with keyword
@@ -493,6 +496,139 @@ qat_linear.register_autograd(_qat_linear_backward, setup_context=_qat_linear_set
 
 
 # ---------------------------------------------------------------------------------------------
+# weight_only_linear (weight-only QAT: float GEMM on the fake-quantized weight) + its backward
+
+
+def float_linear(x: Tensor, w_fq: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, w_fq, bias)`` in x's dtype (w_fq and bias cast as autocast would): the GEMM of
+    the weight-only layer, and of its converted ``QuantizedLinear`` (the same call, so the same
+    bits)."""
+    b = bias.to(x.dtype) if bias is not None else None
+    return torch.nn.functional.linear(x, w_fq.to(x.dtype), b).contiguous()
+
+
+def _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor):
+    check_linear_inputs(x, weight, bias, x_name="x")
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None, w_symmetric)
+
+
+@torch.library.custom_op("triton_qat::weight_only_linear", mutates_args=())
+def weight_only_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    w_qmin: int,
+    w_qmax: int,
+    w_group_size: int,
+    w_symmetric: bool,
+    w_per_tensor: bool,
+) -> Tensor:
+    """Weight-only QAT linear: ``F.linear(x, fake_quantize(weight), bias)``, x [..., K] unquantized
+    (fp32 / fp16 / bf16), weight [N, K] fake-quantized in its own dtype (symmetric per channel /
+    group / tensor, or asymmetric per channel / group), the GEMM in x's dtype. Returns [..., N].
+    The backward keeps x and the weight parameter (nothing weight-sized: w_fq and the mask are
+    re-derived from the weight)."""
+    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor)
+    qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None, w_symmetric,
+                          pack_mask=False, with_y=True, write_codes=False)  # fmt: skip
+    return float_linear(x, qw.y, bias)
+
+
+@weight_only_linear.register_fake
+def _(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor):
+    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor)
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
+                                w_per_tensor):  # fmt: skip
+    check_float_input(grad_out, "grad_out")
+    check_linear_inputs(x, weight, None, x_name="x")
+    N = weight.shape[0]
+    if tuple(grad_out.shape) != (*x.shape[:-1], N):
+        raise ValueError(
+            f"grad_out: expected shape {(*x.shape[:-1], N)}, got {tuple(grad_out.shape)}"
+        )
+    check_device(grad_out, "grad_out", weight.device, "the weight's")
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None, w_symmetric)
+
+
+@torch.library.custom_op("triton_qat::weight_only_linear_backward", mutates_args=())
+def weight_only_linear_backward(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    w_qmin: int,
+    w_qmax: int,
+    w_group_size: int,
+    w_symmetric: bool,
+    w_per_tensor: bool,
+    need_x: bool,
+    need_w: bool,
+    need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """STE gradients of :func:`weight_only_linear`, in grad_out's dtype: grad_x = dy @ w_fq
+    (a float GEMM), grad_w = (dy^T @ x) * mask_w (the masked GEMM of the fused backward),
+    grad_bias = dy summed over tokens; a gradient not needed comes back empty ([0])."""
+    _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
+                                w_per_tensor)  # fmt: skip
+    N, K = weight.shape
+    dy = grad_out.reshape(-1, N)
+    grad_x, grad_w, grad_b = (dy.new_empty(_EMPTY) for _ in range(3))  # outputs may not alias
+    if need_x or need_w:
+        qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None,
+                              w_symmetric, pack_mask=False, with_y=need_x,
+                              write_codes=False)  # fmt: skip
+        if need_x:
+            grad_x = torch.mm(dy, qw.y.to(dy.dtype)).reshape(x.shape)
+        if need_w:
+            grad_w = dispatch.wgrad(dy, x.reshape(-1, K).to(dy.dtype), qw.mask)
+    if need_bias:
+        grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
+    return grad_x, grad_w, grad_b
+
+
+@weight_only_linear_backward.register_fake
+def _(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, need_x,
+      need_w, need_bias):  # fmt: skip
+    _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
+                                w_per_tensor)  # fmt: skip
+    new = grad_out.new_empty
+    return (
+        new(tuple(x.shape)) if need_x else new(_EMPTY),
+        new(tuple(weight.shape)) if need_w else new(_EMPTY),
+        new((weight.shape[0],)) if need_bias else new(_EMPTY),
+    )
+
+
+def _weight_only_setup(ctx, inputs, output):
+    x, weight, bias, *w_args = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.w_args = w_args
+    ctx.has_bias = bias is not None
+
+
+def _weight_only_backward(ctx, grad_out):
+    if torch.is_grad_enabled():
+        raise RuntimeError(_DOUBLE_BACKWARD_MSG)
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and ctx.has_bias
+    grad_x, grad_w, grad_b = weight_only_linear_backward(
+        grad_out, x, weight, *ctx.w_args, need_x, need_w, need_b
+    )
+    return (
+        grad_x if need_x else None,
+        grad_w if need_w else None,  # autograd casts it to the weight's dtype
+        grad_b if need_b else None,
+        *([None] * 5),
+    )
+
+
+weight_only_linear.register_autograd(_weight_only_backward, setup_context=_weight_only_setup)
+
+
+# ---------------------------------------------------------------------------------------------
 # torch.func.vmap: one op call per batch element (exact for every config: a per-tensor scale is
 # per sample under vmap, as a Python loop over samples would compute it)
 
@@ -517,3 +653,4 @@ def _vmap_loop(op, n_out: int):
 quantize.register_vmap(_vmap_loop(quantize, 5))
 fake_quantize.register_vmap(_vmap_loop(fake_quantize, 2))
 qat_linear.register_vmap(_vmap_loop(qat_linear, 1))
+weight_only_linear.register_vmap(_vmap_loop(weight_only_linear, 1))

@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from triton_qat import ao
 from triton_qat.checks import check_input
-from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
 from triton_qat.dispatch import activation_sum_group
+from triton_qat.ops import float_linear
 from triton_qat.spec import ao_spec, spec_for
 
 _ops = torch.ops.triton_qat
@@ -60,13 +61,27 @@ def _apply_to_buffer(fn, buf: Tensor, keep_dtype: bool, memo: dict) -> Tensor:
     return out
 
 
+def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, dtype) -> Tensor:
+    """The fake-quantized weight from its codes [N, K], scales [N, G] and zero points [N, G] (or
+    None), in ``dtype``: torchao's ``(dt(q) - dt(zp)) * s`` then ``dt``, the bits the quantize
+    kernel's fake-quantized values have."""
+    N, K = codes.shape
+    G = scale.shape[1]
+    q = codes.reshape(N, G, K // G).to(dtype)
+    if zero_point is not None:
+        q = q - zero_point.reshape(N, G, 1).to(dtype)
+    return (q * scale.reshape(N, G, 1)).to(dtype).reshape(N, K)
+
+
 class QuantizedLinear(nn.Module):
     """Int8 inference linear layer (no gradients).
 
     Buffers: ``weight_codes`` int8 [N, K] (or uint8 [N, ceil(K/2)] when ``weight_bits <= 4``),
     ``weight_scale`` fp32 [N, G], ``weight_code_sum`` int32 [N, G], ``weight_zero_point`` int32
     [N, G] (asymmetric weights only), ``bias`` [N] or None. Input [..., K] fp32 / fp16 / bf16 ->
-    output [..., N] in the input's dtype.
+    output [..., N] in the input's dtype. A weight-only layer (``activation=NOT_QUANTIZED``)
+    dequantizes the weight in ``dtype`` (the trained weight's) and runs a float GEMM in the
+    input's dtype, as the prepared layer does.
     """
 
     def __init__(
@@ -88,7 +103,12 @@ class QuantizedLinear(nn.Module):
         # torch.ao layers (activation_range given) quantize activations per tensor with fp32
         # qparams like torch.ao's dynamic quantized Linear; torchao layers in the input dtype
         self.ao_activation = activation_range is not None
-        self.activation_range = activation_range or (activation.qmin, activation.qmax)
+        self.weight_only = activation is NOT_QUANTIZED
+        if self.weight_only:
+            self.activation_range = None
+        else:
+            self.activation_range = activation_range or (activation.qmin, activation.qmax)
+        self.weight_dtype = dtype
         self.packed = weight.bits <= 4
         n_groups = in_features // spec_for(weight).group_for(in_features)
         code_cols = (in_features + 1) // 2 if self.packed else in_features
@@ -190,6 +210,9 @@ class QuantizedLinear(nn.Module):
             codes = unpack_int4(codes, self.in_features)
         K, N = self.in_features, self.out_features
         w_zp = self.weight_zero_point
+        if self.weight_only:  # the prepared layer's float GEMM on the same fake-quantized weight
+            w_fq = dequantize_weight(codes, self.weight_scale, w_zp, self.weight_dtype)
+            return float_linear(input, w_fq, self.bias)
         x2d = input.reshape(-1, K)
         qmin, qmax = self.activation_range
         a_scale = a_zp = None

@@ -107,10 +107,10 @@ def qat_linear_ref(
     activation: QuantConfig = DEFAULT_ACTIVATION,
     weight_config: QuantConfig = DEFAULT_WEIGHT,
 ) -> Tensor:
-    """``F.linear(fake_quantize(x), fake_quantize(weight), bias)`` in plain torch (STE autograd)."""
-    return F.linear(
-        fake_quantize_ref(x, activation), fake_quantize_ref(weight, weight_config), bias
-    )
+    """``F.linear(fake_quantize(x), fake_quantize(weight), bias)`` in plain torch (STE autograd);
+    ``activation=None``: weight-only, ``F.linear(x, fake_quantize(weight), bias)``."""
+    x_fq = x if activation is None else fake_quantize_ref(x, activation)
+    return F.linear(x_fq, fake_quantize_ref(weight, weight_config), bias)
 
 
 class ReferenceLinear(torch.nn.Linear):
