@@ -113,12 +113,12 @@ def _int8_linear_kernel(
             p_b += BLOCK_K
         if ASYM:
             acc -= b_zp[:, None] * tl.load(wsum_ptr + o_nw * stride_sn)[None, :]
-        acc_f = acc.to(tl.float32)
-        if W_ASYM:  # - zp_w[n] * sum_k (q_x - zp_x), in fp32: zp_w is not bounded by the range
+        b_sw = tl.load(sw_ptr + o_nw * stride_sn)
+        b_out = _scale(acc.to(tl.float32), b_sx, b_sw)
+        if W_ASYM:  # - s_x zp_w s_w * sum_k (q_x - zp_x): a rank-1 fp32 term (zp_w is unbounded)
             b_rx = tl.load(xsum_ptr + o_mw * stride_xsm) - K * b_zp  # [BM], |.| <= 255 K
-            b_zw = tl.load(wzp_ptr + o_nw * stride_sn).to(tl.float32)  # [BN]
-            acc_f -= b_rx.to(tl.float32)[:, None] * b_zw[None, :]
-        b_out = _scale(acc_f, b_sx, tl.load(sw_ptr + o_nw * stride_sn))
+            b_zs = tl.load(wzp_ptr + o_nw * stride_sn).to(tl.float32) * b_sw  # [BN]
+            b_out -= (b_rx.to(tl.float32) * b_sx)[:, None] * b_zs[None, :]
     elif MODE == 1:
         # one flat loop over groups (GROUP is a multiple of BLOCK_K, K of GROUP: no masks); per
         # group an int32 tile, flushed into fp32 with the group's scales ([BN] vector loads); the
