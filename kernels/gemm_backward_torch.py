@@ -13,10 +13,29 @@ def dgrad_torch(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) 
     return (dx * unpack_bits(x_mask, w_fq.shape[1])).to(grad_y.dtype)
 
 
-def wgrad_torch(grad_y: torch.Tensor, x_fq: torch.Tensor, w_mask: torch.Tensor) -> torch.Tensor:
-    """Twin of :func:`.gemm_backward.wgrad`."""
+def wgrad_torch(
+    grad_y: torch.Tensor,
+    x_fq: torch.Tensor,
+    w_mask: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    w_scale: torch.Tensor | None = None,
+    qmin: int = -128,
+    qmax: int = 127,
+):
+    """Twin of :func:`.gemm_backward.wgrad` (with ``weight`` and ``w_scale``: also the scale
+    gradient)."""
     dw = grad_y.to(torch.float32).T @ x_fq.to(torch.float32)
-    return (dw * w_mask.to(torch.bool)).to(grad_y.dtype)
+    keep = w_mask.to(torch.bool)
+    grad_w = (dw * keep).to(grad_y.dtype)
+    if weight is None:
+        return grad_w
+    N, K = weight.shape
+    G = w_scale.shape[1]
+    inv = (1.0 / w_scale.to(torch.float32)).repeat_interleave(K // G, 1)
+    v = weight.to(torch.float32) * inv
+    q = torch.clamp(torch.round(v), qmin, qmax)
+    t = torch.where(keep, q - v, q)
+    return grad_w, (dw * t).reshape(N, G, K // G).sum(-1)
 
 
 def dequantize_rows_torch(

@@ -525,3 +525,187 @@ def test_ops_check_the_new_arguments(device):
         ops.weight_only_linear(x, w, None, -8, 7, 48, True, False)
     with pytest.raises(ValueError, match="grad_out"):
         ops.weight_only_linear_backward(x, x, w, -8, 7, 32, True, False, True, True, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# learnable ranges (torchao's range_learning=True): the weight scales are trained parameters
+
+
+def _rl_cfg(bits, group):
+    gran = "per_group" if group else "per_channel"
+    return tq.QuantConfig(bits=bits, granularity=gran, group_size=group, symmetric=True,
+                          range_learning=True)  # fmt: skip
+
+
+def _ao_rl_quantizer(bits, group, w):
+    """torchao's range-learning weight fake quantizer, initialized on ``w`` as
+    initialize_fake_quantizers does."""
+    qat = pytest.importorskip("torchao.quantization.qat")
+    from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer
+
+    dtype = {8: torch.int8, 4: torch.int4, 2: torch.int2}[bits]
+    kw = dict(is_symmetric=True, is_dynamic=False, range_learning=True)
+    cfg = (qat.IntxFakeQuantizeConfig(dtype, group_size=group, **kw) if group
+           else qat.IntxFakeQuantizeConfig(dtype, "per_channel", **kw))  # fmt: skip
+    fq = IntxFakeQuantizer(cfg)
+    fq._initialized = True
+    fq(w.detach())
+    return fq
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+@pytest.mark.parametrize("group", [32, None], ids=["g32", "per-channel"])
+@pytest.mark.parametrize("weight_only", [False, True], ids=["int8-x", "weight-only"])
+def test_range_learning_matches_torchao(weight_only, group, dtype, device):
+    """Initialized scales equal torchao's; after the scales moved, the layer's output (weight-only:
+    bit-exact; int8 activations: fp64 bound) and the gradients of the scales, the weight and x
+    match torchao's range-learning autograd within the dtype's bound."""
+    act = NOT_QUANTIZED if weight_only else tq.QuantConfig()
+    lin = tq.Linear(96, 40, activation=act, weight=_rl_cfg(4, group), device=device, dtype=dtype)
+    fq = _ao_rl_quantizer(4, group, lin.weight)
+    assert torch.equal(lin.weight_scale.detach(), fq.scale.detach())
+    with torch.no_grad():  # training moved the ranges: some tighter (more clipping), some wider
+        lin.weight_scale.mul_(torch.rand_like(lin.weight_scale) * 0.8 + 0.5)
+        fq.scale.copy_(lin.weight_scale)
+    x = (torch.randn(5, 7, 96, device=device) * 2).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    wa = lin.weight.detach().clone().requires_grad_()
+    x_fq = xa if weight_only else fake_quantize_with_mask(xa.detach(), act)[0]
+    want = F.linear(x_fq, fq(wa), lin.bias.detach())
+    got = lin(xb)
+    dy = torch.randn_like(want)
+    want.backward(dy)
+    got.backward(dy)
+    if weight_only:  # the same F.linear on the same operands; x's gradient too
+        assert torch.equal(got, want)
+        assert_close_rel(xb.grad, xa.grad.double(), dtype, "grad_x vs torchao")
+    else:
+        assert_close_rel(got, want.double(), dtype, "out vs torchao")
+    assert_close_rel(lin.weight.grad, wa.grad.double(), dtype, "grad_w vs torchao")
+    assert_close_rel(lin.weight_scale.grad, fq.scale.grad.double(), dtype, "grad_scale vs torchao")
+    assert lin.weight_scale.grad.dtype == torch.float32
+
+
+def test_range_learning_matches_torch_learnable_per_channel(device):
+    """torch.ao's _LearnableFakeQuantize op (per channel, zero point 0, grad_factor 1): values
+    bit-exact, scale and weight gradients within fp32 rounding (the zero point is not learned)."""
+    lin = tq.Linear(64, 24, activation=NOT_QUANTIZED, weight=_rl_cfg(8, None), device=device)
+    with torch.no_grad():
+        lin.weight_scale.mul_(0.6)
+    s = lin.weight_scale.detach()[:, 0].clone().requires_grad_()
+    zp = torch.zeros(24, device=device)
+    wa = lin.weight.detach().clone().requires_grad_()
+    w_fq = torch._fake_quantize_learnable_per_channel_affine(wa, s, zp, 0, -128, 127, 1.0)
+    x = torch.randn(9, 64, device=device)
+    want = F.linear(x, w_fq, lin.bias.detach())
+    got = lin(x)
+    assert torch.equal(got, want)
+    dy = torch.randn_like(want)
+    want.backward(dy)
+    got.backward(dy)
+    assert_close_rel(lin.weight.grad, wa.grad.double(), torch.float32, "grad_w")
+    assert_close_rel(lin.weight_scale.grad[:, 0], s.grad.double(), torch.float32, "grad_scale")
+
+
+@pytest.mark.parametrize(
+    "N,K,G", [(24, 96, 1), (24, 130, 1), (24, 96, 3), (24, 128, 4), (8, 192, 2), (8, 96, 8),
+              (8, 90, 10)],
+    ids=["per-channel", "per-channel-K130", "g32", "g32-K128", "g96", "g12-fallback", "g9-fallback"],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+def test_scale_gradient_in_the_wgrad_epilogue(N, K, G, dtype, device):
+    """The wgrad GEMM's epilogue reduces sum_{k in g} g_fq * (q - w/s inside the range, q outside)
+    per (row, group) for every tile layout (tiles inside a group, groups inside a tile, a
+    narrowed tile, groups no tile fits); fp64 bound, grad_w unchanged, the twin agrees."""
+    from triton_qat.dispatch import wgrad
+    from triton_qat.kernels.gemm_backward_torch import wgrad_torch
+
+    M = 13
+    w = (torch.randn(N, K, device=device) * 0.1).to(dtype)
+    s = torch.rand(N, G, device=device) * 0.01 + 0.004
+    q = quantize_rows(w, -8, 7, K // G, True, pack_mask=False, scale=s, with_y=True)
+    assert (~q.mask.bool()).any() and q.mask.bool().any()
+    dy = torch.randn(M, N, device=device).to(dtype)
+    x = torch.randn(M, K, device=device).to(dtype)
+    grad_w, grad_s = wgrad(dy, x, q.mask, w, s, -8, 7)
+    g_fq = dy.double().T @ x.double()
+    v = w.float() * (1.0 / s).repeat_interleave(K // G, 1)
+    code = torch.clamp(torch.round(v), -8, 7)
+    t = torch.where(q.mask.bool(), code - v, code).double()
+    assert_close_rel(grad_s, (g_fq * t).reshape(N, G, -1).sum(-1), torch.float32, "grad_scale")
+    assert_close_rel(grad_w, g_fq * q.mask.bool(), dtype, "grad_w")
+    twin_w, twin_s = wgrad_torch(dy, x, q.mask, w, s, -8, 7)
+    assert_close_rel(twin_s, (g_fq * t).reshape(N, G, -1).sum(-1), torch.float32, "twin")
+
+
+def test_range_learning_trains_converts_and_saves(device):
+    """prepare with a range-learning weight config: the scales are parameters an optimizer
+    trains, saved in the state_dict; convert quantizes with the learned scales and equals the
+    prepared eval output bit for bit."""
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16)).to(device)
+    model = tq.prepare(model, weight=_rl_cfg(4, 32))
+    assert "0.weight_scale" in model.state_dict()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    before = model[0].weight_scale.detach().clone()
+    for _ in range(2):
+        model(torch.randn(8, 64, device=device)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert not torch.equal(before, model[0].weight_scale.detach())
+    model.eval()
+    x = torch.randn(5, 64, device=device)
+    with torch.no_grad():
+        want = model(x)
+        got = tq.convert(model)(x)
+    assert torch.equal(got, want)
+
+
+def test_range_learning_op_registration(device):
+    x = torch.randn(13, 64, device=device, requires_grad=True)
+    w = torch.randn(24, 64, device=device, requires_grad=True)
+    b = torch.randn(24, device=device, requires_grad=True)
+    s = (torch.rand(24, 2, device=device) * 0.02 + 0.01).requires_grad_()
+    qa = ops.quantize(x.detach(), -128, 127, 64, False, False, True, None, None)
+    torch.library.opcheck(ops.qat_linear, (x, *qa[:4], w, b, True, -8, 7, 32, False, s))
+    torch.library.opcheck(ops.weight_only_linear, (x, w, b, -8, 7, 32, True, False, s))
+    dy = torch.randn(13, 24, device=device)
+    torch.library.opcheck(ops.qat_linear_backward, (dy, *qa[:4], w.detach(), -8, 7, 32, False,
+                                                    s.detach(), True, True, True, True, True))  # fmt: skip
+    torch.library.opcheck(ops.weight_only_linear_backward, (dy, x.detach(), w.detach(), -8, 7, 32,
+                                                            True, False, True, True, True,
+                                                            s.detach(), True))  # fmt: skip
+    with pytest.raises(ValueError, match="need_w_scale"):
+        ops.qat_linear_backward(dy, *qa[:4], w.detach(), -8, 7, 32, False, None, True, True, True,
+                                True, True)  # fmt: skip
+
+
+@pytest.mark.parametrize("weight_only", [False, True], ids=["int8-x", "weight-only"])
+def test_range_learning_compile_fullgraph(weight_only, device):
+    torch._dynamo.reset()
+    counters.clear()
+    act = NOT_QUANTIZED if weight_only else tq.QuantConfig()
+    model = _mlp(device, torch.float32, act, _rl_cfg(4, 32))
+    compiled = torch.compile(model, fullgraph=True)
+    for _ in range(2):
+        x = torch.randn(5, 9, 32, device=device, requires_grad=True)
+        e_out, e_grads = _step(model, x)
+        c_out, c_grads = _step(compiled, x)
+        torch.testing.assert_close(c_out, e_out, rtol=0, atol=0)
+        assert len(c_grads) == 6  # weight, bias, weight_scale of each layer
+        for g, e in zip(c_grads, e_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(granularity="per_channel", range_learning=True),
+     dict(granularity="per_token", symmetric=True, range_learning=True),
+     dict(granularity="per_tensor", symmetric=True, range_learning=True),
+     dict(range_learning=1)],
+    ids=["asym", "per-token", "per-tensor", "not-bool"],
+)  # fmt: skip
+def test_range_learning_config_errors(kwargs):
+    with pytest.raises(ValueError, match="range_learning"):
+        tq.QuantConfig(**kwargs)

@@ -24,6 +24,9 @@ class QuantConfig:
             formula (``IntxFakeQuantizeConfig(..., is_symmetric=False)``: the group's own range,
             a float-domain zero point truncated to int32). docs/numerics.md states both.
         group_size: elements per group along the last dim; required for "per_group" only.
+        range_learning: weights only (symmetric, per channel / per group): the scales are
+            parameters (``weight_scale``) of the ``tq.Linear``, initialized from the weight, trained
+            (torchao's ``range_learning=True``; LSQ-style gradient, docs/numerics.md).
 
     Defaults: ``QuantConfig()`` is the activation default (int8 per-token asymmetric);
     ``QuantConfig(granularity="per_channel", symmetric=True)`` the weight default.
@@ -34,6 +37,7 @@ class QuantConfig:
     granularity: str = "per_token"
     symmetric: bool = False
     group_size: int | None = None
+    range_learning: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
@@ -52,6 +56,15 @@ class QuantConfig:
             raise ValueError(
                 f"group_size: only used with granularity='per_group', got {self.group_size!r} "
                 f"with granularity={self.granularity!r}"
+            )
+        if not isinstance(self.range_learning, bool):
+            raise ValueError(f"range_learning: expected a bool, got {self.range_learning!r}")
+        if self.range_learning and (
+            self.granularity not in ("per_channel", "per_group") or not self.symmetric
+        ):
+            raise ValueError(
+                "range_learning: learned scales are for symmetric per_channel / per_group weights, "
+                f"got granularity={self.granularity!r}, symmetric={self.symmetric}"
             )
 
     @property

@@ -147,13 +147,23 @@ def dgrad(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> tor
     return _dgrad(grad_y, w_fq, x_mask, config=config)
 
 
-def wgrad(grad_y: torch.Tensor, x_fq: torch.Tensor, w_mask: torch.Tensor) -> torch.Tensor:
-    """grad_w = (grad_y^T @ x_fq) * mask_w (see :func:`triton_qat.kernels.gemm_backward.wgrad`)."""
+def wgrad(
+    grad_y: torch.Tensor,
+    x_fq: torch.Tensor,
+    w_mask: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    w_scale: torch.Tensor | None = None,
+    qmin: int = -128,
+    qmax: int = 127,
+):
+    """grad_w = (grad_y^T @ x_fq) * mask_w (see :func:`triton_qat.kernels.gemm_backward.wgrad`);
+    with ``weight`` and its learned scales ``w_scale``, (grad_w, grad_scale)."""
+    kw = dict(weight=weight, w_scale=w_scale, qmin=qmin, qmax=qmax) if weight is not None else {}
     if not use_kernels(grad_y):
-        return wgrad_torch(grad_y, x_fq, w_mask)
+        return wgrad_torch(grad_y, x_fq, w_mask, **kw)
     (M, N), K = grad_y.shape, x_fq.shape[1]
     config = autotune.gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
-    return _wgrad(grad_y, x_fq, w_mask, config=config)
+    return _wgrad(grad_y, x_fq, w_mask, config=config, **kw)
 
 
 def dequantize_rows(

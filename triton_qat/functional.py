@@ -127,12 +127,16 @@ def linear(
     with the same spec: :mod:`triton_qat.shared`), then ``triton_qat::qat_linear`` runs the int8
     GEMM. ``activation=None``: weight-only, ``triton_qat::weight_only_linear``. ``a_qparams``
     (per-tensor scale, zero point) and ``w_scale`` ([N] or [1]) are given for torch.ao numerics,
-    whose observers compute them."""
+    whose observers compute them; ``w_scale`` [N, G] are learned scales (range learning)."""
     check_no_grad_transform("triton_qat.Linear / qat_linear")
     K, N = weight.shape[1], weight.shape[0]
     w_args = weight_spec.linear_args("w", K)
+    if w_scale is not None and w_scale.dim() == 2 and w_scale.shape[0] == N:
+        w_scale = w_scale.to(torch.float32)  # learned [N, G] scales (range learning)
+    elif w_scale is not None:  # torch.ao: [N] / [1] from its observer
+        w_scale = w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1)
     if activation is None:
-        return _ops.weight_only_linear(x, weight, bias, **w_args)
+        return _ops.weight_only_linear(x, weight, bias, **w_args, w_scale=w_scale)
     x_code_sum = None
     if a_qparams is None:
         sum_group = None
@@ -147,8 +151,6 @@ def linear(
         x2d = x.detach().reshape(-1, K)
         args = activation.quantize_args(K)
         state = _ops.quantize(x2d, **args, pack_mask=True, scale=a_scale, zero_point=a_zp)[:4]
-    if w_scale is not None:
-        w_scale = w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1)
     asym = not activation.symmetric or a_qparams is not None
     return _ops.qat_linear(x, *state, weight, bias, asym, **w_args, w_scale=w_scale,
                            x_code_sum=x_code_sum)  # fmt: skip

@@ -72,6 +72,8 @@ class Linear(nn.Linear):
             self.activation_config = activation if activation is not None else DEFAULT_ACTIVATION
             self.weight_config = weight if weight is not None else DEFAULT_WEIGHT
             check_configs(self.activation_config, self.weight_config, in_features)
+            if self.weight_config.range_learning:  # torchao's range learning: trained scales
+                self.weight_scale = nn.Parameter(self._initial_weight_scale())
 
     @property
     def uses_ao_numerics(self) -> bool:
@@ -88,7 +90,9 @@ class Linear(nn.Linear):
                 return _plain_linear(input, weight, bias)
             act = self.activation_config
             a_spec = None if act is NOT_QUANTIZED else spec_for(act)
-            return linear(input, weight, bias, a_spec, spec_for(self.weight_config))
+            w_scale = self.weight_scale if self.weight_config.range_learning else None
+            return linear(input, weight, bias, a_spec, spec_for(self.weight_config),
+                          w_scale=w_scale)  # fmt: skip
         # torch.ao family: observers run whenever their observer_enabled flag is set, and each
         # FakeQuantize's fake_quant_enabled flag switches its own half, as in torch.ao
         a_fq, w_fq = self.activation_post_process, self.weight_fake_quant
@@ -104,6 +108,28 @@ class Linear(nn.Linear):
         if w_on:
             weight = ao_fake_quantize(weight, w_range, w_scale.reshape(-1, 1), None)
         return _plain_linear(input, weight, bias)
+
+    # -- range learning -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _initial_weight_scale(self) -> Tensor:
+        """The weight's dynamic symmetric scales [N, G] (fp32), clamped at 1e-9 as torchao does
+        when it turns them into parameters."""
+        spec = spec_for(self.weight_config)
+        w = self.weight.detach()
+        scale = torch.ops.triton_qat.quantize(
+            w, **spec.quantize_args(w.shape[1]), pack_mask=False, scale=None, zero_point=None
+        )[1]
+        return scale.clamp(min=1e-9)
+
+    @torch.no_grad()
+    def initialize_ranges(self) -> Linear:
+        """Set the learned weight scales (``QuantConfig(range_learning=True)``) to the current
+        weight's dynamic scales, as torchao's ``initialize_fake_quantizers`` does; done at
+        construction and by ``from_float``, again after loading other weights if wanted."""
+        if self.weight_config is None or not self.weight_config.range_learning:
+            raise ValueError("range_learning: this layer's weight config does not learn ranges")
+        self.weight_scale.copy_(self._initial_weight_scale())
+        return self
 
     # -- toggles (torch.ao names) -------------------------------------------------------------
     def disable_fake_quant(self) -> Linear:
@@ -176,6 +202,8 @@ class Linear(nn.Linear):
         )
         new.weight = mod.weight
         new.bias = mod.bias
+        if new.weight_config is not None and new.weight_config.range_learning:
+            new.initialize_ranges()  # from the weight it now shares
         return new
 
     def to_float(self) -> nn.Linear:

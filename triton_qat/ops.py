@@ -7,7 +7,8 @@ Ops (all opaque to torch.compile, each with a ``register_fake`` so it traces wit
 * ``triton_qat::int8_linear``     the int8 GEMM with dequantizing epilogue (inference).
 * ``triton_qat::qat_linear``      fused QAT linear forward; returns the output and the int8 state
                                   kept for backward; autograd registered with ``register_autograd``.
-* ``triton_qat::qat_linear_backward``  grad_x / grad_w / grad_bias from that state.
+* ``triton_qat::qat_linear_backward``  grad_x / grad_w / grad_bias (/ grad of learned weight
+                                  scales) from that state.
 * ``triton_qat::weight_only_linear``  weight-only QAT linear: ``x @ fake_quantize(weight).T + bias``
                                   (a float GEMM; STE autograd keeps x and the weight parameter).
 * ``triton_qat::weight_only_linear_backward``  its gradients.
@@ -375,8 +376,16 @@ def _(
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+def _check_scale_grad(need_w_scale, w_scale, w_symmetric, w_per_tensor):
+    """The gradient of a learned weight scale: symmetric, given per row / group."""
+    if need_w_scale and (w_scale is None or not w_symmetric or w_per_tensor):
+        raise ValueError("need_w_scale: learned scales are given (w_scale), symmetric, per "
+                         "channel / per group")  # fmt: skip
+
+
 def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
-                    w_group_size, w_per_tensor, w_scale, w_symmetric=True):  # fmt: skip
+                    w_group_size, w_per_tensor, w_scale, w_symmetric=True,
+                    need_w_scale=False):  # fmt: skip
     check_float_input(grad_out, "grad_out")
     check_float_input(weight, "weight")
     check_dims(weight, "weight", 2, "[N, K]")
@@ -391,6 +400,7 @@ def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_
     check_device(grad_out, "grad_out", weight.device, "the weight's")
     _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, weight.device)
     _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
+    _check_scale_grad(need_w_scale, w_scale, w_symmetric, w_per_tensor)
 
 
 @torch.library.custom_op("triton_qat::qat_linear_backward", mutates_args=())
@@ -410,43 +420,57 @@ def qat_linear_backward(
     need_w: bool,
     need_bias: bool,
     w_symmetric: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
+    need_w_scale: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """STE gradients of :func:`qat_linear`: (grad_x [M, K], grad_w [N, K], grad_bias [N]) in
-    grad_out's dtype; a gradient that is not needed comes back empty ([0]). The weight's
-    fake-quantized values and clamp mask are re-derived from ``weight`` (bit-identical to the
-    forward's: same kernel, same input), and x_fq is dequantized from the codes, each into a
-    transient buffer that lives only for this call."""
+    grad_out's dtype, and with ``need_w_scale`` the gradient of the given (learned, symmetric)
+    ``w_scale`` in fp32, its shape (range learning, docs/numerics.md); a gradient that is not
+    needed comes back empty ([0]). The weight's fake-quantized values and clamp mask are
+    re-derived from ``weight`` (bit-identical to the forward's: same kernel, same input), and x_fq
+    is dequantized from the codes, each into a transient buffer that lives only for this call."""
     _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
-                    w_group_size, w_per_tensor, w_scale, w_symmetric)  # fmt: skip
+                    w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     N = weight.shape[0]
     dy = grad_out.reshape(-1, N)
-    grad_x, grad_w, grad_b = (dy.new_empty(_EMPTY) for _ in range(3))  # outputs may not alias
-    if need_x or need_w:
+    grad_x, grad_w, grad_b, grad_s = (dy.new_empty(_EMPTY) for _ in range(4))  # may not alias
+    if need_x or need_w or need_w_scale:
         qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
                               w_symmetric, pack_mask=False, with_y=need_x,
                               write_codes=False)  # fmt: skip
         if need_x:
             grad_x = dispatch.dgrad(dy, qw.y.to(dy.dtype), x_mask)
-        if need_w:
+        if need_w or need_w_scale:
             x_fq = dispatch.dequantize_rows(x_codes, x_scale, x_zero_point, dy.dtype)
-            grad_w = dispatch.wgrad(dy, x_fq, qw.mask)
+            grad_w, grad_s = _weight_grads(dy, x_fq, qw, weight, w_scale, w_qmin, w_qmax,
+                                           need_w_scale)  # fmt: skip
     if need_bias:
         grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w, grad_b, grad_s
+
+
+def _weight_grads(dy, x_in, qw, weight, w_scale, w_qmin, w_qmax, need_w_scale):
+    """(grad_w, grad of the learned w_scale or an empty tensor) from one masked wgrad GEMM of
+    ``x_in`` (x_fq, or x for weight-only), whose epilogue also reduces the scale gradient."""
+    if not need_w_scale:
+        return dispatch.wgrad(dy, x_in, qw.mask), dy.new_empty(_EMPTY)
+    # qw.scale: the given scale as the quantize kernel used it, [N, G] fp32
+    grad_w, grad_s = dispatch.wgrad(dy, x_in, qw.mask, weight, qw.scale, w_qmin, w_qmax)
+    return grad_w, grad_s.sum_to_size(w_scale.shape)
 
 
 @qat_linear_backward.register_fake
 def _(
     grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax, w_group_size,
-    w_per_tensor, w_scale, need_x, need_w, need_bias, w_symmetric=True,
+    w_per_tensor, w_scale, need_x, need_w, need_bias, w_symmetric=True, need_w_scale=False,
 ):  # fmt: skip
     _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
-                    w_group_size, w_per_tensor, w_scale, w_symmetric)  # fmt: skip
+                    w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     new = grad_out.new_empty
     return (
         new(tuple(x_codes.shape)) if need_x else new(_EMPTY),
         new(tuple(weight.shape)) if need_w else new(_EMPTY),
         new((weight.shape[0],)) if need_bias else new(_EMPTY),
+        w_scale.new_empty(tuple(w_scale.shape)) if need_w_scale else new(_EMPTY),
     )
 
 
@@ -474,11 +498,11 @@ def _qat_linear_backward(ctx, grad_out):
     if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
         raise RuntimeError(_DOUBLE_BACKWARD_MSG)
     x_codes, x_scale, x_zp, x_mask, weight, w_scale = ctx.saved_tensors
-    need_x, need_w, need_b = (ctx.needs_input_grad[i] for i in (0, 5, 6))
-    grad_x, grad_w, grad_b = qat_linear_backward(
+    need_x, need_w, need_b, need_s = (ctx.needs_input_grad[i] for i in (0, 5, 6, 12))
+    grad_x, grad_w, grad_b, grad_s = qat_linear_backward(
         grad_out, x_codes, x_scale, x_zp, x_mask, weight, **ctx.w_args, w_scale=w_scale,
         need_x=need_x, need_w=need_w, need_bias=need_b and ctx.has_bias,
-        w_symmetric=ctx.w_symmetric,
+        w_symmetric=ctx.w_symmetric, need_w_scale=need_s,
     )  # fmt: skip
     return (
         grad_x.reshape(ctx.x_shape) if need_x else None,
@@ -488,7 +512,10 @@ def _qat_linear_backward(ctx, grad_out):
         None,
         grad_w if need_w else None,  # autograd casts it to the weight's dtype
         grad_b if need_b and ctx.has_bias else None,
-        *([None] * 8),
+        *([None] * 5),
+        grad_s if need_s else None,
+        None,
+        None,
     )
 
 
@@ -507,9 +534,10 @@ def float_linear(x: Tensor, w_fq: Tensor, bias: Tensor | None) -> Tensor:
     return torch.nn.functional.linear(x, w_fq.to(x.dtype), b).contiguous()
 
 
-def _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor):
+def _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
+                       w_scale):  # fmt: skip
     check_linear_inputs(x, weight, bias, x_name="x")
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None, w_symmetric)
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
 
 
 @torch.library.custom_op("triton_qat::weight_only_linear", mutates_args=())
@@ -522,26 +550,29 @@ def weight_only_linear(
     w_group_size: int,
     w_symmetric: bool,
     w_per_tensor: bool,
+    w_scale: Tensor | None = None,
 ) -> Tensor:
     """Weight-only QAT linear: ``F.linear(x, fake_quantize(weight), bias)``, x [..., K] unquantized
     (fp32 / fp16 / bf16), weight [N, K] fake-quantized in its own dtype (symmetric per channel /
-    group / tensor, or asymmetric per channel / group), the GEMM in x's dtype. Returns [..., N].
-    The backward keeps x and the weight parameter (nothing weight-sized: w_fq and the mask are
-    re-derived from the weight)."""
-    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor)
-    qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None, w_symmetric,
-                          pack_mask=False, with_y=True, write_codes=False)  # fmt: skip
+    group / tensor, or asymmetric per channel / group; or with the given, e.g. learned, symmetric
+    ``w_scale`` [N, G]), the GEMM in x's dtype. Returns [..., N]. The backward keeps x and the
+    weight parameter (nothing weight-sized: w_fq and the mask are re-derived from the weight)."""
+    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
+                       w_scale)  # fmt: skip
+    qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
+                          w_symmetric, pack_mask=False, with_y=True, write_codes=False)  # fmt: skip
     return float_linear(x, qw.y, bias)
 
 
 @weight_only_linear.register_fake
-def _(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor):
-    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor)
+def _(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, w_scale=None):
+    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
+                       w_scale)  # fmt: skip
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
-                                w_per_tensor):  # fmt: skip
+                                w_per_tensor, w_scale=None, need_w_scale=False):  # fmt: skip
     check_float_input(grad_out, "grad_out")
     check_linear_inputs(x, weight, None, x_name="x")
     N = weight.shape[0]
@@ -550,7 +581,8 @@ def _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_siz
             f"grad_out: expected shape {(*x.shape[:-1], N)}, got {tuple(grad_out.shape)}"
         )
     check_device(grad_out, "grad_out", weight.device, "the weight's")
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None, w_symmetric)
+    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
+    _check_scale_grad(need_w_scale, w_scale, w_symmetric, w_per_tensor)
 
 
 @torch.library.custom_op("triton_qat::weight_only_linear_backward", mutates_args=())
@@ -566,44 +598,51 @@ def weight_only_linear_backward(
     need_x: bool,
     need_w: bool,
     need_bias: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    w_scale: Tensor | None = None,
+    need_w_scale: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """STE gradients of :func:`weight_only_linear`, in grad_out's dtype: grad_x = dy @ w_fq
     (a float GEMM), grad_w = (dy^T @ x) * mask_w (the masked GEMM of the fused backward),
-    grad_bias = dy summed over tokens; a gradient not needed comes back empty ([0])."""
+    grad_bias = dy summed over tokens, and with ``need_w_scale`` the gradient of the learned
+    ``w_scale`` (fp32, reduced in that GEMM's epilogue); a gradient not needed comes back empty
+    ([0])."""
     _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
-                                w_per_tensor)  # fmt: skip
+                                w_per_tensor, w_scale, need_w_scale)  # fmt: skip
     N, K = weight.shape
     dy = grad_out.reshape(-1, N)
-    grad_x, grad_w, grad_b = (dy.new_empty(_EMPTY) for _ in range(3))  # outputs may not alias
-    if need_x or need_w:
-        qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, None,
+    grad_x, grad_w, grad_b, grad_s = (dy.new_empty(_EMPTY) for _ in range(4))  # may not alias
+    if need_x or need_w or need_w_scale:
+        qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
                               w_symmetric, pack_mask=False, with_y=need_x,
                               write_codes=False)  # fmt: skip
         if need_x:
             grad_x = torch.mm(dy, qw.y.to(dy.dtype)).reshape(x.shape)
-        if need_w:
-            grad_w = dispatch.wgrad(dy, x.reshape(-1, K).to(dy.dtype), qw.mask)
+        if need_w or need_w_scale:
+            grad_w, grad_s = _weight_grads(dy, x.reshape(-1, K).to(dy.dtype), qw, weight,
+                                           w_scale, w_qmin, w_qmax, need_w_scale)  # fmt: skip
     if need_bias:
         grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w, grad_b, grad_s
 
 
 @weight_only_linear_backward.register_fake
 def _(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, need_x,
-      need_w, need_bias):  # fmt: skip
+      need_w, need_bias, w_scale=None, need_w_scale=False):  # fmt: skip
     _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
-                                w_per_tensor)  # fmt: skip
+                                w_per_tensor, w_scale, need_w_scale)  # fmt: skip
     new = grad_out.new_empty
     return (
         new(tuple(x.shape)) if need_x else new(_EMPTY),
         new(tuple(weight.shape)) if need_w else new(_EMPTY),
         new((weight.shape[0],)) if need_bias else new(_EMPTY),
+        w_scale.new_empty(tuple(w_scale.shape)) if need_w_scale else new(_EMPTY),
     )
 
 
 def _weight_only_setup(ctx, inputs, output):
-    x, weight, bias, *w_args = inputs
-    ctx.save_for_backward(x, weight)
+    x, weight, bias, *w_args = inputs[:8]
+    w_scale = inputs[8] if len(inputs) > 8 else None
+    ctx.save_for_backward(x, weight, w_scale)
     ctx.w_args = w_args
     ctx.has_bias = bias is not None
 
@@ -611,17 +650,19 @@ def _weight_only_setup(ctx, inputs, output):
 def _weight_only_backward(ctx, grad_out):
     if torch.is_grad_enabled():
         raise RuntimeError(_DOUBLE_BACKWARD_MSG)
-    x, weight = ctx.saved_tensors
+    x, weight, w_scale = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_s = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
     need_b = need_b and ctx.has_bias
-    grad_x, grad_w, grad_b = weight_only_linear_backward(
-        grad_out, x, weight, *ctx.w_args, need_x, need_w, need_b
+    grad_x, grad_w, grad_b, grad_s = weight_only_linear_backward(
+        grad_out, x, weight, *ctx.w_args, need_x, need_w, need_b, w_scale, need_s
     )
     return (
         grad_x if need_x else None,
         grad_w if need_w else None,  # autograd casts it to the weight's dtype
         grad_b if need_b else None,
         *([None] * 5),
+        grad_s if need_s else None,
     )
 
 

@@ -154,8 +154,9 @@ class QuantizedLinear(nn.Module):
         else:
             wcfg, act, a_range = lin.weight_config, lin.activation_config, None
             w_spec = spec_for(wcfg)
+            learned = lin.weight_scale.detach().float() if wcfg.range_learning else None
             codes, scale, zero_point, _, code_sum = _ops.quantize(
-                w, **w_spec.quantize_args(K), pack_mask=False, scale=None, zero_point=None
+                w, **w_spec.quantize_args(K), pack_mask=False, scale=learned, zero_point=None
             )
             if w_spec.per_tensor:
                 wcfg = QuantConfig(bits=wcfg.bits, granularity="per_channel", symmetric=True)
