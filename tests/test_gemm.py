@@ -138,3 +138,18 @@ def test_group_major_qparams_give_the_same_output(group, device):
     a = int8_linear(*args, qw.codes, qw.scale, qw.code_sum, None, torch.float32)
     b = int8_linear(*args, qg.codes, qg.scale, qg.code_sum, None, torch.float32)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("group", [8192, 32], ids=["perchannel", "g32"])
+def test_skewed_activations_keep_the_fp32_bound_at_large_k(group, device):
+    """Post-ReLU, mostly-zero activations (zero point -128) at K=8192: the zero-point term must
+    not cancel into the fp32 error bound (a rank-1 fp32 correction gave 4.5e-6 here, exact
+    per-group int32 subtraction 3.3e-7)."""
+    M, K, N = 4, 8192, 16
+    x = torch.relu(torch.randn(M, K, device=device)) * (torch.rand(M, K, device=device) < 0.1)
+    w = torch.randn(N, K, device=device) * 0.05
+    qa = quantize_rows(x, -128, 127, K, False, pack_mask=True, with_y=True)
+    qw = quantize_rows(w, -8, 7, group, True, pack_mask=False, with_y=True, group_major=True)
+    out = int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, None,
+                      torch.float32)  # fmt: skip
+    assert_close_rel(out, qa.y.double() @ qw.y.double().T, torch.float32, "out")

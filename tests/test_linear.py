@@ -311,3 +311,19 @@ def test_unsupported_dtype_fails_at_construction_and_from_float_takes_qconfig():
     with pytest.raises(ValueError, match="qconfig"):
         tq.Linear.from_float(nn.Linear(16, 8), qconfig=q.default_dynamic_qat_qconfig,
                              weight=tq.QuantConfig(granularity="per_channel", symmetric=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("group", [None, 32], ids=["perchannel", "g32"])
+def test_nan_weight_channel_gives_a_nan_output_column(group, device):
+    """A NaN in a weight row makes that channel's scale NaN: the reference's output column is
+    NaN, and the kernel's epilogue must not drop it (tl.minimum / maximum ignore NaN)."""
+    weight = tq.QuantConfig(bits=4, granularity="per_group", group_size=group, symmetric=True) \
+        if group else tq.QuantConfig(granularity="per_channel", symmetric=True)  # fmt: skip
+    lin = tq.Linear(64, 6, device=device, weight=weight)
+    with torch.no_grad():
+        lin.weight[2, 5] = float("nan")
+    x = torch.randn(3, 64, device=device)
+    out = lin(x)
+    ref = qat_linear_ref(x, lin.weight, lin.bias, lin.activation_config, lin.weight_config)
+    assert torch.equal(out.isnan(), ref.isnan()) and out[:, 2].isnan().all()
+    assert torch.isfinite(out[:, [0, 1, 3, 4, 5]]).all()

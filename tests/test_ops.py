@@ -230,3 +230,17 @@ def test_quantize_and_int8_linear_ops_check_their_arguments(device):
         ops.qat_linear_backward(dy, *state[:3], state[3][:2], *w_args, True, True, False)
     with pytest.raises(ValueError, match="weight"):
         ops.qat_linear_backward(dy, *state, w[:, :8], -8, 7, 8, False, None, True, True, False)
+
+
+def test_quantize_fake_matches_real_without_columns_and_ranges_fit_int8(device):
+    x = torch.randn(3, 0, device=device)
+    for per_tensor in (False, True):
+        real = ops.quantize(x, -128, 127, 1, False, per_tensor, False, None, None)
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = ops.quantize(mode.from_tensor(x), -128, 127, 1, False, per_tensor, False, None,
+                                None)  # fmt: skip
+        assert [tuple(t.shape) for t in real] == [tuple(t.shape) for t in fake]
+    with pytest.raises(ValueError, match="qmin"):  # -100 would be stored as -228: wraps in int8
+        ops.quantize(
+            torch.randn(3, 8, device=device), -100, 150, 8, False, False, False, None, None
+        )

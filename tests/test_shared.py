@@ -117,3 +117,15 @@ def test_llama_block_keeps_less_than_bf16_linears():
         torch.manual_seed(0)
         model = tq.prepare(LlamaBlock().to(torch.bfloat16), weight=weight)
         assert saved_bytes(model, x) <= 0.95 * base
+
+
+def test_inference_mode_is_not_cached_and_does_not_poison_training(device):
+    lin = tq.Linear(16, 8, device=device)
+    with torch.inference_mode():
+        y_inf = lin(torch.randn(4, 16, device=device))  # an inference tensor: no version counter
+    x = torch.randn(4, 16, device=device)
+    with torch.inference_mode():
+        lin(x)  # x is a normal tensor, its state computed in inference mode must not be reused
+    y = lin(x)
+    y.sum().backward()
+    assert y_inf.shape == (4, 8) and lin.weight.grad is not None

@@ -43,8 +43,11 @@ def check_device(t: Tensor, name: str, device: torch.device, whose: str) -> None
 
 def check_range(qmin: int, qmax: int, name: str = "quant range") -> None:
     """The code range must fit the int8 storage (ranges up to 255 are stored shifted)."""
-    if not (qmin < qmax and qmax - qmin <= 255 and -128 <= qmin and qmax <= 255):
-        raise ValueError(f"{name}: expected qmin < qmax within [-128, 255], got [{qmin}, {qmax}]")
+    ok = qmin < qmax and qmax - qmin <= 255 and -128 <= qmin and qmax <= 255
+    if not ok or (qmax > 127 and qmin < 0):  # ranges past 127 are stored shifted by -128
+        raise ValueError(
+            f"{name}: expected qmin < qmax within [-128, 127] or [0, 255], got [{qmin}, {qmax}]"
+        )
 
 
 def check_group(group_size: int, row_len: int, name: str = "group_size") -> None:

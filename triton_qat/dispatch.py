@@ -14,6 +14,8 @@ of the actual shape, and call the launcher (kernels never look configs up themse
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from triton_qat import autotune
@@ -43,10 +45,29 @@ def backend(device: torch.device | str | None = None) -> str:
     return "triton-interpreter" if INTERPRET and kind == "cpu" else "torch"
 
 
+def _on_tensor_device(fn):
+    """Launch on the first argument's GPU: Triton launches on the current CUDA device, which
+    need not be the tensor's (a module moved to cuda:1 in a process whose current device is 0)."""
+
+    @functools.wraps(fn)
+    def launch(t: torch.Tensor, *args, **kwargs):
+        if (
+            t.is_cuda
+            and t.device.index is not None
+            and t.device.index != torch.cuda.current_device()
+        ):
+            with torch.cuda.device(t.device):
+                return fn(t, *args, **kwargs)
+        return fn(t, *args, **kwargs)
+
+    return launch
+
+
 def use_kernels(t: torch.Tensor) -> bool:
     return backend(t.device) != "torch"
 
 
+@_on_tensor_device
 def quantize_rows(
     x: torch.Tensor,
     qmin: int,
@@ -93,6 +114,7 @@ def quantize_per_tensor(
     )
 
 
+@_on_tensor_device
 def int8_linear(
     x_codes: torch.Tensor,
     x_scale: torch.Tensor,
@@ -138,6 +160,7 @@ def activation_sum_group(K: int, w_group: int) -> int | None:
     return w_group if mode == 1 else None
 
 
+@_on_tensor_device
 def dgrad(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
     """grad_x = (grad_y @ w_fq) * mask_x (see :func:`triton_qat.kernels.gemm_backward.dgrad`)."""
     if not use_kernels(grad_y):
@@ -147,6 +170,7 @@ def dgrad(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> tor
     return _dgrad(grad_y, w_fq, x_mask, config=config)
 
 
+@_on_tensor_device
 def wgrad(
     grad_y: torch.Tensor,
     x_fq: torch.Tensor,
@@ -166,6 +190,7 @@ def wgrad(
     return _wgrad(grad_y, x_fq, w_mask, config=config, **kw)
 
 
+@_on_tensor_device
 def dequantize_rows(
     codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:

@@ -119,7 +119,7 @@ def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_p
     _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     pack_mask, asym_weight, sum_group)  # fmt: skip
     R, C = x.shape
-    G = 1 if per_tensor else max(C, 1) // group_size
+    G = C // group_size if C else 0  # as the real op: no columns, no groups
     S = C // sum_group if sum_group else G
     mask_cols = (C + 7) // 8 if pack_mask else C
     return (

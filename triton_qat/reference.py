@@ -138,7 +138,7 @@ def prepare_reference(
     filter_fn=None,
 ) -> torch.nn.Module:
     """Swap every ``nn.Linear`` for a :class:`ReferenceLinear` sharing its parameters, in place:
-    the plain-torch QAT baseline the demo and perf/ compare against."""
+    the plain-torch QAT baseline perf/ compares against."""
     for fqn, mod in list(model.named_modules()):
         if type(mod) is not torch.nn.Linear or (filter_fn is not None and not filter_fn(mod, fqn)):
             continue

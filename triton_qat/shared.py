@@ -8,7 +8,9 @@ state, computed and kept for backward once.
 * In eager mode a small cache remembers the last state per input tensor. It is keyed by the
   tensor's identity AND its version counter (``x._version``, bumped by every in-place change), so a
   tensor modified in place is quantized again; entries die with the tensor (weak references), so
-  the cache never keeps an input or its state alive.
+  the cache never keeps an input or its state alive. Writes that bypass the version counter
+  (through ``x.data``, or a NumPy / DLPack alias) are not seen: call ``set_enabled(False)`` if
+  inputs are changed that way between the linears that read them. Inference mode is not cached.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def quantize_activation(
     activation ``spec`` (qparams computed, not given). Linears whose weights need other code sums
     (asymmetric weights in groups) share nothing with the others."""
     x2d = x.detach().reshape(-1, x.shape[-1])  # qparams are constants of the STE: no graph
-    if torch.compiler.is_compiling() or not _ENABLED[0]:
+    if not _cacheable(x):
         return _quantize(x2d, spec, sum_group)
     key, what = id(x), (spec, sum_group)
     hit = _CACHE.get(key)
@@ -51,6 +53,14 @@ def quantize_activation(
     _CACHE[key] = (weakref.ref(x, lambda _ref, key=key: _CACHE.pop(key, None)), x._version, what,
                    state)  # fmt: skip
     return state
+
+
+def _cacheable(x: Tensor) -> bool:
+    """Eager, enabled, and x has a version counter (inference tensors have none, and state made
+    in inference mode must not reach a later training forward)."""
+    if torch.compiler.is_compiling() or not _ENABLED[0]:
+        return False
+    return not (torch.is_inference_mode_enabled() or x.is_inference())
 
 
 def _quantize(x2d: Tensor, spec: QuantSpec, sum_group: int | None) -> tuple[Tensor, ...]:
