@@ -44,7 +44,8 @@ def check_embedding_config(config: object, embedding_dim: int, name: str = "weig
             f"{name}.symmetric: embedding tables are quantized symmetrically (zero point 0), "
             "pass symmetric=True"
         )
-    if config.granularity == "per_group" and embedding_dim % config.group_size:
+    group = spec_for(config).group_size
+    if group is not None and embedding_dim % group:
         raise ValueError(
             f"{name}.group_size: expected a divisor of embedding_dim = {embedding_dim}, "
             f"got {config.group_size}"
@@ -336,7 +337,8 @@ def prepare_embeddings(
         return type(mod) is nn.Embedding and (filter_fn is None or filter_fn(mod, fqn))
 
     def make(mod: nn.Embedding, fqn: str) -> Embedding | None:
-        if config.granularity == "per_group" and mod.embedding_dim % config.group_size:
+        group = spec_for(config).group_size
+        if group is not None and mod.embedding_dim % group:
             skipped.append(f"{fqn or '<root>'} (embedding_dim={mod.embedding_dim})")
             return None
         if mod.sparse:
