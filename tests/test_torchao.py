@@ -2,7 +2,9 @@
 
 Against torchao 0.18's own objects: fake-quantized values and embedding lookups bit-exact, linear
 outputs within the GEMM's float-rounding bound (triton_qat's int8 GEMM sums exactly, torchao's
-F.linear rounds), gradients within rounding; round trips; unsupported configs raising."""
+F.linear rounds; weight-only linears bit-exact: both are F.linear on the same fake-quantized
+weight), gradients within rounding; round trips (learned scales included); unsupported configs
+raising."""
 
 import copy
 import subprocess
@@ -33,6 +35,7 @@ from torchao.quantization.qat import (  # noqa: E402
     FakeQuantizedLinear,
     IntxFakeQuantizeConfig,
     QATConfig,
+    initialize_fake_quantizers,
 )
 from torchao.quantization.qat.fake_quantize_config import (  # noqa: E402
     Float8FakeQuantizeConfig,
@@ -41,6 +44,8 @@ from torchao.quantization.qat.fake_quantize_config import (  # noqa: E402
 from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer  # noqa: E402
 from torchao.quantization.qat.linear import disable_linear_fake_quant  # noqa: E402
 from torchao.quantization.quant_primitives import MappingType, ZeroPointDomain  # noqa: E402
+
+from triton_qat.spec import spec_for  # noqa: E402
 
 ACT = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
 W4 = IntxFakeQuantizeConfig(torch.int4, group_size=32)
@@ -52,6 +57,21 @@ BASE = QATConfig(
 )
 EMB = QATConfig(weight_config=IntxFakeQuantizeConfig(torch.int4, group_size=32))
 EMB_BASE = QATConfig(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+W4_ASYM = IntxFakeQuantizeConfig(torch.int4, group_size=32, is_symmetric=False)
+W8_ASYM = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=False)
+RL = dict(is_dynamic=False, range_learning=True)  # torchao's learned ranges are static
+W4_RL = IntxFakeQuantizeConfig(torch.int4, group_size=32, **RL)
+W8_RL = IntxFakeQuantizeConfig(torch.int8, "per_channel", **RL)
+# linear configs tq.prepare maps (TinyGPT's embedding gets EMB): name -> (QATConfig, fp32 only)
+LINEAR_CONFIGS = {
+    "explicit": (EXPLICIT, False),
+    "base": (BASE, True),  # scale_precision=None: fp32 only
+    "asym-g32": (QATConfig(activation_config=ACT, weight_config=W4_ASYM), False),
+    "asym-pc": (QATConfig(activation_config=ACT, weight_config=W8_ASYM), False),
+    "weight-only": (EMB, False),  # activation_config=None
+    "weight-only-asym": (QATConfig(weight_config=W4_ASYM), False),
+    "weight-only-base": (EMB_BASE, True),  # IntxWeightOnlyConfig: torchao infers act None
+}
 DTYPES2 = [torch.float32, torch.bfloat16]
 
 
@@ -124,12 +144,27 @@ def test_import_triton_qat_does_not_import_torchao():
             "weight",
             tq.QuantConfig(bits=2, granularity="per_group", group_size=16, symmetric=True),
         ),
+        (W4_ASYM, "weight", tq.QuantConfig(bits=4, granularity="per_group", group_size=32)),
+        (W8_ASYM, "weight", tq.QuantConfig(granularity="per_channel")),
+        (None, "activation", tq.NOT_QUANTIZED),  # weight-only
+        (
+            W4_RL,
+            "weight",
+            tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True,
+                           range_learning=True),
+        ),
+        (W8_RL, "weight", tq.QuantConfig(granularity="per_channel", symmetric=True, range_learning=True)),
     ],
-    ids=["act-i8", "act-i4", "w-i4g32", "w-i8pc", "w-i2g16"],
-)
+    ids=["act-i8", "act-i4", "w-i4g32", "w-i8pc", "w-i2g16", "w-i4g32-asym", "w-i8pc-asym",
+         "act-none", "w-i4g32-rl", "w-i8pc-rl"],
+)  # fmt: skip
 def test_mapping_and_its_inverse(config, role, expected):
     assert to_quant_config(config, role) == expected
-    assert to_quant_config(to_torchao_config(expected, role), role) == expected
+    back = to_torchao_config(expected, role)
+    assert to_quant_config(back, role) == expected
+    if config is not None and config.scale_precision is not None:
+        assert back == config  # the very config torchao was given
+    assert (back is None) == (config is None)
 
 
 @pytest.mark.parametrize(
@@ -137,15 +172,20 @@ def test_mapping_and_its_inverse(config, role, expected):
     [
         (IntxFakeQuantizeConfig(torch.uint4, group_size=32), "weight", r"\.dtype=torch\.uint4"),
         (IntxFakeQuantizeConfig(torch.int1, group_size=32), "weight", r"\.dtype=torch\.int1"),
-        (IntxFakeQuantizeConfig(torch.int4, group_size=32, is_symmetric=False), "weight", "mapping_type"),
         (IntxFakeQuantizeConfig(torch.int8, "per_token"), "activation", "mapping_type"),
         (IntxFakeQuantizeConfig(torch.int4, group_size=32, eps=1e-6), "weight", r"\.eps="),
         (IntxFakeQuantizeConfig(torch.int4, group_size=32, is_dynamic=False), "weight", "is_dynamic"),
-        (
-            IntxFakeQuantizeConfig(torch.int4, group_size=32, is_dynamic=False, range_learning=True),
+        (  # torchao learns asymmetric zero points as floats
+            IntxFakeQuantizeConfig(torch.int4, group_size=32, is_symmetric=False, **RL),
             "weight",
-            "range_learning",
+            r"range_learning=True with mapping_type=MappingType\.ASYMMETRIC",
         ),
+        (
+            IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=False, **RL),
+            "weight",
+            r"range_learning=True with mapping_type",
+        ),
+        (IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False, **RL), "activation", "range_learning"),
         (
             IntxFakeQuantizeConfig(torch.int4, group_size=32, scale_precision=torch.bfloat16),
             "weight",
@@ -161,7 +201,8 @@ def test_mapping_and_its_inverse(config, role, expected):
             "weight",
             "zero_point_domain",
         ),
-        (IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False), "weight", "mapping_type"),
+        (IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False), "weight", "granularity"),
+        (None, "weight", "weight_config=None"),
         (IntxFakeQuantizeConfig(torch.int8, "per_channel"), "activation", "granularity"),
         (Float8FakeQuantizeConfig(), "weight", "Float8FakeQuantizeConfig"),
         (Int4WeightFakeQuantizeConfig(), "weight", "Int4WeightFakeQuantizeConfig"),
@@ -181,8 +222,6 @@ def _int8_act_int4_weight_config():
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: EMB, NotImplementedError, "activation_config=None"),  # weight-only linears
-        (lambda: EMB_BASE, NotImplementedError, "activation_config=None"),
         (lambda: QATConfig(activation_config=ACT), NotImplementedError, "weight_config=None"),
         (lambda: QATConfig(Int4WeightOnlyConfig(group_size=32)), NotImplementedError, "Int4WeightFakeQuantizeConfig"),
         (lambda: QATConfig(Float8DynamicActivationFloat8WeightConfig()), NotImplementedError, "Float8FakeQuantizeConfig"),
@@ -196,7 +235,7 @@ def _int8_act_int4_weight_config():
         (lambda: BASE.base_config, TypeError, "QATConfig"),  # a bare PTQ config
         (lambda: W4, TypeError, "QATConfig"),
     ],
-    ids=["weight-only", "weight-only-base", "act-only", "int4-weight-only", "float8", "da8w4",
+    ids=["act-only", "int4-weight-only", "float8", "da8w4",
          "bad-base", "convert-step", "bare-base", "bare-fq-config"],
 )  # fmt: skip
 def test_unsupported_qat_configs_raise_and_leave_the_model(make, error, match):
@@ -230,21 +269,25 @@ def test_fake_quantized_values_bit_exact_vs_torchao_quantizers(dtype):
         (W4, w, "weight"),
         (IntxFakeQuantizeConfig(torch.int8, "per_channel"), w, "weight"),
         (IntxFakeQuantizeConfig(torch.int2, group_size=16), w, "weight"),
+        (W4_ASYM, w + 1.5, "weight"),  # offset rows: zero points away from the middle
+        (W8_ASYM, w, "weight"),
+        (IntxFakeQuantizeConfig(torch.int2, group_size=16, is_symmetric=False), w, "weight"),
     ]
     if dtype == torch.float32:  # scale_precision=None: the tensor's dtype
         configs += [
             (c, t, r)
             for c, t, r in zip(_base_configs(), (x, w), ("activation", "weight"), strict=True)
         ]
+        configs.append((_base_configs(EMB_BASE)[1], w, "weight"))  # IntxWeightOnlyConfig
     for config, t, role in configs:
         expected = IntxFakeQuantizer(config)(t)
         assert torch.equal(tq.fake_quantize(t, to_quant_config(config, role)), expected), config
 
 
-def _base_configs():
+def _base_configs(config=BASE):
     from torchao.quantization.qat.fake_quantize_config import _infer_fake_quantize_configs
 
-    return _infer_fake_quantize_configs(BASE.base_config)
+    return _infer_fake_quantize_configs(config.base_config)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dt_id)
@@ -269,11 +312,13 @@ def test_embedding_matches_fake_quantized_embedding(config, dtype):
 @pytest.mark.parametrize(
     "which, dtype",
     # a base config's scale_precision=None is fp32 only (test_scale_precision_none_is_fp32_only)
-    [("explicit", torch.float32), ("explicit", torch.bfloat16), ("base", torch.float32)],
-    ids=["explicit-fp32", "explicit-bf16", "base-fp32"],
-)
+    [(name, dt) for name, (_, fp32_only) in LINEAR_CONFIGS.items()
+     for dt in DTYPES2 if dt == torch.float32 or not fp32_only],
+    ids=lambda v: dt_id(v) if isinstance(v, torch.dtype) else v,
+)  # fmt: skip
 def test_prepare_computes_what_torchao_prepares(which, dtype):
-    ref, ours = _pair(dtype, EXPLICIT if which == "explicit" else BASE, EMB)
+    config = LINEAR_CONFIGS[which][0]
+    ref, ours = _pair(dtype, config, EMB)
     kinds = {"tok": (FakeQuantizedEmbedding, tq.Embedding), "fc": (FakeQuantizedLinear, tq.Linear),
              "lm_head": (FakeQuantizedLinear, tq.Linear)}  # fmt: skip
     for name, (theirs, mine) in kinds.items():
@@ -282,16 +327,19 @@ def test_prepare_computes_what_torchao_prepares(which, dtype):
     idx = torch.randint(0, 80, (3, 7))
     h = ref.tok(idx)
     assert torch.equal(ours.tok(idx), h)  # embedding rows: bit-exact
-    # a linear: the same fake-quantized operands, the product rounded once instead of per dot
     fc = ref.fc
-    exact = F.linear(
-        fc.activation_fake_quantizer(h).double(),
-        fc.weight_fake_quantizer(fc.weight).double(),
-        fc.bias.double(),
-    )
-    assert_close_rel(ours.fc(h), exact, dtype, "fc vs fp64 of torchao's operands")
-    assert_close_rel(ref.fc(h), exact, dtype, "torchao's fc vs the same")
-    assert_close_rel(ours(idx), ref(idx), dtype, "logits")
+    w_fq = fc.weight_fake_quantizer(fc.weight.detach())
+    assert torch.equal(tq.fake_quantize(ours.fc.weight.detach(), ours.fc.weight_config), w_fq)
+    weight_only = fc.activation_fake_quantizer is None
+    assert (ours.fc.activation_config is tq.NOT_QUANTIZED) == weight_only
+    if weight_only:  # both F.linear on the same fake-quantized weight: bit-exact
+        assert torch.equal(ours.fc(h), ref.fc(h))
+        assert torch.equal(ours(idx), ref(idx))
+    else:  # the same fake-quantized operands, the product rounded once instead of per dot
+        exact = F.linear(fc.activation_fake_quantizer(h).double(), w_fq.double(), fc.bias.double())
+        assert_close_rel(ours.fc(h), exact, dtype, "fc vs fp64 of torchao's operands")
+        assert_close_rel(ref.fc(h), exact, dtype, "torchao's fc vs the same")
+        assert_close_rel(ours(idx), ref(idx), dtype, "logits")
     g_ref, g_ours = _grads(ref, idx), _grads(ours, idx)
     assert g_ref.keys() == g_ours.keys()
     for name in g_ref:
@@ -343,6 +391,37 @@ def test_from_torchao_trains_like_torchao_and_round_trips(dtype):
         assert torch.equal(back(idx), untouched(idx))
 
 
+@pytest.mark.parametrize("which", [n for n in LINEAR_CONFIGS if n not in ("explicit", "base")])
+def test_from_torchao_round_trips_asymmetric_and_weight_only(which):
+    """A torchao-prepared model with asymmetric or weight-only linears: from_torchao computes what
+    it computes (weight-only bit-exact), to_torchao gives back torchao's configs, flags, outputs."""
+    ref, _ = _pair(torch.float32, LINEAR_CONFIGS[which][0], EMB)
+    disable_linear_fake_quant(ref.fc)
+    ours = tq.from_torchao(copy.deepcopy(ref))
+    act = ours.lm_head.activation_config
+    assert type(ours.lm_head) is tq.Linear and not ours.fc.fake_quant_enabled
+    assert (act is tq.NOT_QUANTIZED) == which.startswith("weight-only")
+    assert ours.lm_head.weight_config.symmetric == ("asym" not in which)
+    idx = torch.randint(0, 80, (2, 9))
+    if act is tq.NOT_QUANTIZED:
+        assert torch.equal(ours(idx), ref(idx))
+    else:
+        assert_close_rel(ours(idx), ref(idx), torch.float32, "logits")
+    back = tq.to_torchao(ours)
+    for name in ("tok", "fc", "lm_head"):
+        mine, theirs = getattr(back, name), getattr(ref, name)
+        assert type(mine) is type(theirs)
+        assert mine.weight_fake_quantizer.config == theirs.weight_fake_quantizer.config
+        assert mine.weight_fake_quantizer.enabled == theirs.weight_fake_quantizer.enabled
+        if name != "tok":
+            a_mine, a_theirs = mine.activation_fake_quantizer, theirs.activation_fake_quantizer
+            assert (a_mine is None) == (a_theirs is None)
+            assert a_mine is None or a_mine.config == a_theirs.config
+    assert torch.equal(back(idx), ref(idx))
+    quantize_(back, QATConfig(step="convert"))  # torchao's convert step: plain modules again
+    assert type(back.fc) is nn.Linear
+
+
 def test_to_torchao_of_a_triton_qat_model():
     i4 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
     model = tq.prepare(TinyGPT(), weight=i4, embedding=i4)
@@ -363,6 +442,30 @@ def test_to_torchao_of_a_triton_qat_model():
         with pytest.raises(NotImplementedError, match=match):
             tq.to_torchao(seq)
         assert type(seq[0]) is tq.Embedding  # nothing swapped
+    # weight-only with asymmetric weights: activation_config=None, is_symmetric=False
+    i4a = tq.QuantConfig(bits=4, granularity="per_group", group_size=32)
+    model = tq.prepare(TinyGPT(), activation=tq.NOT_QUANTIZED, weight=i4a)
+    h = torch.randn(3, 64)
+    out = model.fc(h)
+    tq.to_torchao(model)
+    assert model.fc.activation_fake_quantizer is None
+    assert model.fc.weight_fake_quantizer.config == W4_ASYM
+    assert torch.equal(model.fc(h), out)
+
+
+@pytest.mark.parametrize("w_cfg, match", [(W4_ASYM, "mapping_type"), (W4_RL, "range_learning")])
+def test_embedding_configs_triton_qat_lacks_raise(w_cfg, match):
+    """torchao fake-quantizes embeddings asymmetrically / with learned ranges; tq.Embedding does
+    not: NotImplementedError naming the field, from tq.prepare and from_torchao, nothing swapped."""
+    model = TinyGPT()
+    with pytest.raises(NotImplementedError, match=rf"tok: weight_config\.{match}"):
+        tq.prepare(model, QATConfig(weight_config=w_cfg), is_embedding)
+    assert type(model.tok) is nn.Embedding
+    ref = TinyGPT()
+    quantize_(ref, QATConfig(weight_config=w_cfg), filter_fn=is_embedding)
+    with pytest.raises(NotImplementedError, match=match):
+        tq.from_torchao(ref)
+    assert type(ref.tok) is FakeQuantizedEmbedding
 
 
 def test_scale_precision_none_is_fp32_only():
@@ -425,3 +528,114 @@ def test_compile_fullgraph_model_prepared_from_qat_config():
     idx = torch.randint(0, 80, (2, 5))
     torch.testing.assert_close(compiled(idx), model(idx), rtol=1e-6, atol=1e-6)
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+# learned ranges: torchao's range_learning=True (after initialize_fake_quantizers) and
+# QuantConfig(range_learning=True), whose scales are tq.Linear's weight_scale parameter
+
+
+def _rl_models(w_cfg, act, dtype):
+    """(torchao-prepared and initialized, triton_qat-prepared, example input) of one model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64, dtype=dtype), nn.GELU(), nn.Linear(64, 48, dtype=dtype))
+    config = QATConfig(activation_config=act, weight_config=w_cfg)
+    x = (torch.randn(3, 5, 64) * 2).to(dtype)
+    ref = copy.deepcopy(model)
+    quantize_(ref, config)
+    initialize_fake_quantizers(ref, (x,))
+    return ref, tq.prepare(copy.deepcopy(model), config), x
+
+
+def _learned_fq(lin, w):
+    """``lin``'s fake quantization of ``w`` with its learned scales."""
+    args = spec_for(lin.weight_config).quantize_args(w.shape[1])
+    scale = lin.weight_scale.detach()
+    return torch.ops.triton_qat.fake_quantize(w, **args, scale=scale, zero_point=None)[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES2, ids=dt_id)
+@pytest.mark.parametrize("act", [ACT, None], ids=["int8-act", "weight-only"])
+@pytest.mark.parametrize("w_cfg", [W4_RL, W8_RL], ids=["i4-g32", "i8-pc"])
+def test_range_learning_prepare_matches_torchao(w_cfg, act, dtype):
+    """Initial scales equal torchao's; after they moved (equally), fake-quantized weights are
+    bit-exact, outputs bit-exact (weight-only) or within the fp64 bound, the gradients of weight,
+    bias and scale within rounding of torchao's."""
+    ref, ours, x = _rl_models(w_cfg, act, dtype)
+    for i in (0, 2):
+        fq, lin = ref[i].weight_fake_quantizer, ours[i]
+        assert lin.weight_config.range_learning and isinstance(lin.weight_scale, nn.Parameter)
+        assert torch.equal(lin.weight_scale.detach(), fq.scale.detach())
+        with torch.no_grad():  # training moved the ranges: some tighter, some wider
+            lin.weight_scale.mul_(torch.rand_like(lin.weight_scale) * 0.8 + 0.5)
+            fq.scale.copy_(lin.weight_scale)
+        w = lin.weight.detach()
+        assert torch.equal(_learned_fq(lin, w), fq(w))
+    got, want = ours(x), ref(x)
+    if act is None:  # both F.linear on the same fake-quantized weights
+        assert torch.equal(got, want)
+    else:
+        assert_close_rel(got, want, dtype, "output")
+    dy = torch.randn_like(got)
+    got.backward(dy)
+    want.backward(dy)
+    for i in (0, 2):
+        mine, theirs = ours[i], ref[i]
+        for a, b, what in (
+            (mine.weight.grad, theirs.weight.grad, "weight"),
+            (mine.bias.grad, theirs.bias.grad, "bias"),
+            (mine.weight_scale.grad, theirs.weight_fake_quantizer.scale.grad, "scale"),
+        ):
+            assert_close_rel(a, b.double(), dtype, f"{i}: grad {what}")
+
+
+@pytest.mark.parametrize("act", [ACT, None], ids=["int8-act", "weight-only"])
+@pytest.mark.parametrize("w_cfg", [W4_RL, W8_RL], ids=["i4-g32", "i8-pc"])
+def test_range_learning_round_trips_keep_the_learned_scales(w_cfg, act):
+    """from_torchao gives tq.Linear torchao's scale parameter itself (an optimizer built before
+    keeps training it); to_torchao gives it back, initialized: configs, scales, outputs kept."""
+    ref, _, x = _rl_models(w_cfg, act, torch.float32)
+    with torch.no_grad():
+        for i in (0, 2):
+            s = ref[i].weight_fake_quantizer.scale
+            s.mul_(torch.rand_like(s) * 0.8 + 0.5)  # learned: not the weight's own scales
+    untouched = copy.deepcopy(ref)
+    model = copy.deepcopy(ref)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scales = [model[i].weight_fake_quantizer.scale for i in (0, 2)]
+    tq.from_torchao(model)
+    for i, s in zip((0, 2), scales, strict=True):
+        assert type(model[i]) is tq.Linear and model[i].weight_scale is s
+    if act is None:
+        assert torch.equal(model(x), ref(x))
+    else:
+        assert_close_rel(model(x), ref(x), torch.float32, "output")
+    back = tq.to_torchao(copy.deepcopy(model))
+    assert back.state_dict().keys() == ref.state_dict().keys()
+    for i in (0, 2):
+        fq, theirs = back[i].weight_fake_quantizer, ref[i].weight_fake_quantizer
+        assert fq.config == theirs.config and fq._initialized
+        assert isinstance(fq.scale, nn.Parameter) and torch.equal(fq.scale, theirs.scale)
+        assert torch.equal(fq.zero_point, theirs.zero_point)
+    assert torch.equal(back(x), ref(x))
+    # the optimizer built on torchao's model trains the scales triton_qat now holds
+    model(x).square().mean().backward()
+    opt.step()
+    assert not torch.equal(model[0].weight_scale, untouched[0].weight_fake_quantizer.scale)
+    back = tq.to_torchao(model)
+    assert back[0].weight_fake_quantizer.scale is scales[0]  # the parameter itself, trained
+
+
+def test_range_learning_to_torchao_of_a_triton_qat_model():
+    rl = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True,
+                        range_learning=True)  # fmt: skip
+    model = tq.prepare(nn.Sequential(nn.Linear(64, 64)), activation=tq.NOT_QUANTIZED, weight=rl)
+    with torch.no_grad():
+        model[0].weight_scale.mul_(0.7)
+    x = torch.randn(4, 64)
+    out = model(x)
+    scale = model[0].weight_scale
+    tq.to_torchao(model)
+    fq = model[0].weight_fake_quantizer
+    assert type(model[0]) is FakeQuantizedLinear and model[0].activation_fake_quantizer is None
+    assert fq.config == W4_RL and fq.scale is scale
+    assert torch.equal(model(x), out)  # weight-only: bit-exact

@@ -32,7 +32,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from triton_qat.config import QuantConfig
+from triton_qat.config import NOT_QUANTIZED, QuantConfig
 from triton_qat.embedding import Embedding
 from triton_qat.linear import Linear
 
@@ -78,36 +78,37 @@ def _torchao() -> SimpleNamespace:
 # the mapping
 
 
-def to_quant_config(config: object, role: str, name: str | None = None) -> QuantConfig:
+def to_quant_config(config: object, role: str, name: str | None = None) -> QuantConfig | object:
     """The :class:`QuantConfig` whose numerics equal torchao's ``IntxFakeQuantizer(config)``.
 
     Args:
         config: a torchao fake-quantize config (``IntxFakeQuantizeConfig``), or None (no fake
-            quantization of that tensor).
+            quantization of that tensor: for a linear's activation, :data:`~triton_qat.NOT_QUANTIZED`,
+            weight-only QAT).
         role: ``"activation"`` (a linear's input) or ``"weight"`` (a linear's weight or an
             embedding table).
         name: how errors name the config (default ``"<role>_config"``).
 
-    This is the one place torchao's fake-quantize schemes become triton_qat's: a scheme
-    triton_qat gains (weight-only linears, asymmetric weights) is mapped here. Raises
-    ``NotImplementedError`` naming the field for what triton_qat does not emulate: no
-    activation config for a linear (weight-only) or no weight config, other config classes
-    (float8, MX, NVFP4, ``Int4WeightFakeQuantizeConfig``), unsigned or 1-bit
-    dtypes, static qparams, range learning, a custom ``eps``, scales other than fp32 (``None``,
-    torchao's "the input's dtype", is accepted and checked to be fp32 when the module runs),
-    non-int32 or float-domain zero points, symmetric activations (torchao 0.18 has none), and
-    activations other than per token or asymmetric weights.
+    This is the one place torchao's fake-quantize schemes become triton_qat's (and
+    :func:`to_torchao_config` the way back). Mapped: asymmetric per-token activations; symmetric
+    or asymmetric (``is_symmetric=False``) per-channel / per-group weights; weight-only linears
+    (``activation_config=None`` -> ``NOT_QUANTIZED``); learned symmetric weight scales
+    (``range_learning=True``, ``is_dynamic=False`` -> ``QuantConfig(range_learning=True)``).
+    Raises ``NotImplementedError`` naming the field for what triton_qat does not emulate: no
+    weight config, other config classes (float8, MX, NVFP4, ``Int4WeightFakeQuantizeConfig``),
+    unsigned or 1-bit dtypes, static qparams without range learning, range learning of
+    activations or of asymmetric weights (torchao learns float zero points), a custom ``eps``,
+    scales other than fp32 (``None``, torchao's "the input's dtype", is accepted and checked to be
+    fp32 when the module runs), non-int32 or float-domain zero points, symmetric activations
+    (torchao 0.18 has none), and activations other than per token.
     """
     ao = _torchao()
     name = name or f"{role}_config"
     if role not in ("activation", "weight"):
         raise ValueError(f"role: expected 'activation' or 'weight', got {role!r}")
     if config is None:
-        if role == "activation":
-            raise NotImplementedError(
-                f"{name}=None: weight-only QAT of a linear is not supported; triton_qat "
-                "fake-quantizes a linear's input and weight together"
-            )
+        if role == "activation":  # weight-only QAT (torchao's FakeQuantizedLinear, no act. fq)
+            return NOT_QUANTIZED
         raise NotImplementedError(
             f"{name}=None: triton_qat fake-quantizes the weight of every module it prepares"
         )
@@ -124,10 +125,26 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
             "(torch.int2 ... torch.int8)"
         )
     if config.range_learning:
-        raise NotImplementedError(f"{name}.range_learning=True: learned qparams are not supported")
-    if not config.is_dynamic:
+        if role == "activation":
+            raise NotImplementedError(
+                f"{name}.range_learning=True: triton_qat learns weight ranges only (activations' "
+                "qparams are computed from every input)"
+            )
+        if not config.is_symmetric:
+            raise NotImplementedError(
+                f"{name}.range_learning=True with mapping_type={config.mapping_type}: torchao "
+                "learns asymmetric zero points as float parameters; triton_qat learns the scales "
+                "of symmetric weights (zero point 0) only"
+            )
+        if config.is_dynamic:
+            raise NotImplementedError(
+                f"{name}.is_dynamic=True with range_learning=True: torchao's learned ranges are "
+                "static (is_dynamic=False)"
+            )
+    elif not config.is_dynamic:
         raise NotImplementedError(
-            f"{name}.is_dynamic=False: triton_qat computes qparams from every tensor (dynamic)"
+            f"{name}.is_dynamic=False: triton_qat computes qparams from every tensor (dynamic), "
+            "or learns the weight scales (range_learning=True)"
         )
     if config.eps is not None:
         raise NotImplementedError(
@@ -163,28 +180,28 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
                 "tq.QuantConfig(symmetric=True) directly"
             )
         return QuantConfig(bits=bits, granularity="per_token", symmetric=False)
-    if not config.is_symmetric:
-        raise NotImplementedError(
-            f"{name}.mapping_type={config.mapping_type}: weights are fake-quantized symmetrically "
-            "(MappingType.SYMMETRIC)"
-        )
+    sym, learn = bool(config.is_symmetric), bool(config.range_learning)
     if isinstance(g, ao.PerAxis) and g.axis == 0:
-        return QuantConfig(bits=bits, granularity="per_channel", symmetric=True)
-    if isinstance(g, ao.PerGroup):
         return QuantConfig(
-            bits=bits, granularity="per_group", symmetric=True, group_size=g.group_size
+            bits=bits, granularity="per_channel", symmetric=sym, range_learning=learn
         )
+    if isinstance(g, ao.PerGroup):
+        return QuantConfig(bits=bits, granularity="per_group", symmetric=sym,
+                           group_size=g.group_size, range_learning=learn)  # fmt: skip
     raise NotImplementedError(
         f"{name}.granularity={g}: weights are fake-quantized per channel (PerAxis(0)) or per "
         "group (PerGroup(group_size))"
     )
 
 
-def to_torchao_config(config: QuantConfig, role: str) -> object:
+def to_torchao_config(config: QuantConfig | object, role: str) -> object | None:
     """The torchao ``IntxFakeQuantizeConfig`` with ``config``'s numerics (the inverse of
-    :func:`to_quant_config`); NotImplementedError for what torchao's fake quantizer lacks
-    (per-tensor, symmetric activations)."""
+    :func:`to_quant_config`): ``NOT_QUANTIZED`` activations -> None (weight-only), learned ranges
+    -> ``range_learning=True, is_dynamic=False``; NotImplementedError for what torchao's fake
+    quantizer lacks (per-tensor, symmetric activations)."""
     ao = _torchao()
+    if config is NOT_QUANTIZED and role == "activation":
+        return None
     if not isinstance(config, QuantConfig):
         raise NotImplementedError(f"{role}={config!r}: no torchao IntxFakeQuantizeConfig for it")
     dtype = getattr(torch, f"int{config.bits}")
@@ -195,11 +212,13 @@ def to_torchao_config(config: QuantConfig, role: str) -> object:
                 "activations only"
             )
         return ao.IntxFakeQuantizeConfig(dtype, "per_token", is_symmetric=False)
-    sym = config.symmetric
+    kw = dict(is_symmetric=config.symmetric)
+    if config.range_learning:
+        kw.update(is_dynamic=False, range_learning=True)
     if config.granularity == "per_channel":
-        return ao.IntxFakeQuantizeConfig(dtype, "per_channel", is_symmetric=sym)
+        return ao.IntxFakeQuantizeConfig(dtype, "per_channel", **kw)
     if config.granularity == "per_group":
-        return ao.IntxFakeQuantizeConfig(dtype, group_size=config.group_size, is_symmetric=sym)
+        return ao.IntxFakeQuantizeConfig(dtype, group_size=config.group_size, **kw)
     raise NotImplementedError(
         f"weight={config}: torchao's IntxFakeQuantizer has per-channel and per-group weights only"
     )
@@ -292,11 +311,20 @@ def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
     if isinstance(mod, nn.Linear):
         w = to_quant_config(w_cfg, "weight")  # first: names an unsupported weight scheme
         a = to_quant_config(act_cfg, "activation")
-        new = Linear.from_float(mod, activation=a, weight=w)
+        new = Linear.from_float(mod, activation=a, weight=w)  # learned scales: from the weight
     elif isinstance(mod, nn.Embedding):
         if act_cfg is not None:  # torchao's own error
             raise ValueError("Activation fake quantization is not supported for embedding")
-        new = Embedding.from_float(mod, weight=to_quant_config(w_cfg, "weight"))
+        w = to_quant_config(w_cfg, "weight")
+        if not w.symmetric or w.range_learning:
+            field = (
+                "range_learning=True" if w.range_learning else f"mapping_type={w_cfg.mapping_type}"
+            )
+            raise NotImplementedError(
+                f"{where}: weight_config.{field}: triton_qat's embeddings are fake-quantized "
+                "symmetrically with dynamic scales (tq.Embedding)"
+            )
+        new = Embedding.from_float(mod, weight=w)
     else:  # torchao's own error
         raise ValueError(f"Module of type '{type(mod)}' does not have QAT support")
     check_input = act_cfg is not None and act_cfg.scale_precision is None
@@ -414,11 +442,47 @@ def from_torchao(model: nn.Module) -> nn.Module:
                 )
             on = a_on and w_on
         new = _torchao_module(mod, act_cfg, w_cfg, where)
+        if isinstance(new, Linear) and new.weight_config.range_learning:
+            _take_learned_scale(new, mod.weight_fake_quantizer, where)
         if not on:
             new.disable_fake_quant()
         return new
 
     return _replace(model, matches, make)
+
+
+def _take_learned_scale(new: Linear, fq: nn.Module, where: str) -> None:
+    """Give ``new`` (range learning) the scale torchao's range-learning fake quantizer ``fq``
+    learned: its ``scale`` parameter itself (an optimizer built before keeps training it), or
+    its values when it is a plain tensor. Before ``initialize_fake_quantizers`` (no scale yet)
+    ``new`` keeps the scales it was initialized with, from the weight, as that call would set."""
+    scale = fq.scale
+    if scale is None:
+        return
+    mine = new.weight_scale
+    if scale.shape != mine.shape or scale.dtype != mine.dtype or scale.device != mine.device:
+        raise NotImplementedError(
+            f"{where}: weight_fake_quantizer.scale is {tuple(scale.shape)} {scale.dtype} on "
+            f"{scale.device}; triton_qat's learned scales are {tuple(mine.shape)} {mine.dtype} on "
+            f"{mine.device}"
+        )
+    if isinstance(scale, nn.Parameter):
+        new.weight_scale = scale
+    else:
+        with torch.no_grad():
+            mine.copy_(scale)
+
+
+def _give_learned_scale(fq: nn.Module, mod: Linear) -> None:
+    """Make torchao's range-learning fake quantizer ``fq`` hold ``mod``'s learned scales (the
+    parameter itself) as ``initialize_fake_quantizers`` would have left it: symmetric, so the
+    zero points are int32 zeros, and initialized."""
+    scale = mod.weight_scale
+    fq.scale = scale
+    fq.zero_point = torch.zeros(
+        scale.shape, dtype=fq.config.zero_point_precision, device=scale.device
+    )
+    fq._initialized = True
 
 
 def _maps_to(config: object, role: str, current: object) -> bool:
@@ -462,6 +526,11 @@ def to_torchao(model: nn.Module) -> nn.Module:
     def make(mod: nn.Module, fqn: str) -> nn.Module:
         where = fqn or "<root>"
         if isinstance(mod, Embedding):
+            if mod.weight_config.range_learning:
+                raise NotImplementedError(
+                    f"{where}: weight.range_learning=True: tq.Embedding has no learned scales "
+                    "to give torchao's range-learning fake quantizer"
+                )
             _, w_cfg = _configs_for(mod, False)
             new = ao.FakeQuantizedEmbedding.from_embedding(mod.to_float(), w_cfg)
             quantizers = [new.weight_fake_quantizer]
@@ -474,8 +543,11 @@ def to_torchao(model: nn.Module) -> nn.Module:
             act_cfg, w_cfg = _configs_for(mod, True)
             new = ao.FakeQuantizedLinear.from_linear(mod.to_float(), act_cfg, w_cfg)
             quantizers = [new.activation_fake_quantizer, new.weight_fake_quantizer]
+            if mod.weight_config.range_learning:
+                _give_learned_scale(new.weight_fake_quantizer, mod)
         for fq in quantizers:
-            fq.enabled = mod.fake_quant_enabled
+            if fq is not None:  # weight-only: no activation fake quantizer
+                fq.enabled = mod.fake_quant_enabled
         return new
 
     return _replace(model, matches, make)
