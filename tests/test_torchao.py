@@ -639,3 +639,16 @@ def test_range_learning_to_torchao_of_a_triton_qat_model():
     assert type(model[0]) is FakeQuantizedLinear and model[0].activation_fake_quantizer is None
     assert fq.config == W4_RL and fq.scale is scale
     assert torch.equal(model(x), out)  # weight-only: bit-exact
+
+
+def test_range_learning_from_torchao_before_initialize_fake_quantizers():
+    """No scale yet (torchao's forward would raise): tq.Linear initializes it from the weight,
+    what initialize_fake_quantizers would set."""
+    model = nn.Sequential(nn.Linear(64, 32))
+    quantize_(model, QATConfig(weight_config=W4_RL))
+    ref = copy.deepcopy(model)
+    initialize_fake_quantizers(ref, (torch.randn(2, 64),))
+    tq.from_torchao(model)
+    assert torch.equal(model[0].weight_scale.detach(), ref[0].weight_fake_quantizer.scale.detach())
+    x = torch.randn(3, 64)
+    assert torch.equal(model(x), ref(x))

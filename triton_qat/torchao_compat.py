@@ -20,7 +20,12 @@ What "the same numerics" means: fake-quantized activations, weights and embeddin
 bit-identical to torchao's (docs/numerics.md, family 1 is torchao's ``IntxFakeQuantizer``);
 embedding lookups are therefore bit-identical; linear outputs differ from torchao's
 ``F.linear`` of the same fake-quantized operands only by the float rounding of the matmul
-(triton_qat's int8 GEMM sums exactly), and gradients by float rounding.
+(triton_qat's int8 GEMM sums exactly), weight-only linears' not at all (the same ``F.linear`` on
+the same fake-quantized weight), and gradients by float rounding. Learned weight ranges
+(torchao's ``range_learning=True``) live in ``tq.Linear.weight_scale`` (torchao:
+``weight_fake_quantizer.scale``); :func:`from_torchao` / :func:`to_torchao` hand the parameter
+itself across, so state-dict names differ there (``weight_scale`` vs
+``weight_fake_quantizer.scale``): load a checkpoint into the kind of module it was saved from.
 """
 
 from __future__ import annotations
@@ -410,7 +415,10 @@ def from_torchao(model: nn.Module) -> nn.Module:
     their fake quantizers' configs (:func:`to_quant_config`) and their ``enabled`` flags. Returns
     the model (or the new module when ``model`` itself is one). Other torchao QAT modules
     (legacy quantizer subclasses, MX / NVFP4) raise NotImplementedError; nothing is swapped when
-    anything raises. :func:`to_torchao` swaps back."""
+    anything raises. :func:`to_torchao` swaps back. A range-learning weight fake quantizer's
+    ``scale`` parameter becomes the ``tq.Linear``'s ``weight_scale`` (the same parameter; before
+    ``initialize_fake_quantizers`` the scales are initialized from the weight, as that call
+    would)."""
     ao = _torchao()
     kinds = (ao.FakeQuantizedLinear, ao.FakeQuantizedEmbedding)
     matches = []
