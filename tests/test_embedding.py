@@ -209,3 +209,9 @@ def test_compile_fullgraph_prepared_model_with_embedding(device):
     torch.testing.assert_close(
         torch.compile(conv, fullgraph=True)(idx), model(idx), rtol=1e-6, atol=1e-6
     )
+
+
+def test_range_learning_is_rejected_for_embeddings():
+    cfg = tq.QuantConfig(granularity="per_channel", symmetric=True, range_learning=True)
+    with pytest.raises(ValueError, match="range_learning"):
+        tq.Embedding(16, 8, weight=cfg)

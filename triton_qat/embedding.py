@@ -44,6 +44,11 @@ def check_embedding_config(config: object, embedding_dim: int, name: str = "weig
             f"{name}.symmetric: embedding tables are quantized symmetrically (zero point 0), "
             "pass symmetric=True"
         )
+    if getattr(config, "range_learning", False):
+        raise ValueError(
+            f"{name}.range_learning: embedding tables keep dynamic scales (no learned "
+            "weight_scale); pass range_learning=False"
+        )
     group = spec_for(config).group_size
     if group is not None and embedding_dim % group:
         raise ValueError(
