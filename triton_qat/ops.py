@@ -14,34 +14,28 @@ Ops (all opaque to torch.compile, each with a ``register_fake`` so it traces wit
 * ``triton_qat::weight_only_linear_backward``  its gradients.
 
 Every op checks its arguments (shapes, dtypes, devices, qparam shapes) before launching, in the
-real and the fake implementation alike, with an error naming the argument. Call them with keyword
+real and the fake implementation alike, with an error naming the argument
+(:mod:`triton_qat.op_checks`). Call them with keyword
 arguments built by :class:`triton_qat.spec.QuantSpec` (``spec.quantize_args(...)``,
 ``spec.linear_args(...)``). Data flows one way: module -> these ops -> :mod:`triton_qat.dispatch`
 -> launchers in ``triton_qat.kernels`` -> kernels. Numerics: docs/numerics.md.
 """
 
-import math
-
 import torch
 from torch import Tensor
 
 from triton_qat import dispatch
-from triton_qat.checks import (
-    FLOAT_DTYPES,
-    check_device,
-    check_dims,
-    check_float_input,
-    check_group,
-    check_in_features,
-    check_linear_inputs,
-    check_qparams,
-    check_range,
-    check_shape,
-    check_tensor,
+from triton_qat.checks import FLOAT_DTYPES
+from triton_qat.op_checks import (
+    check_backward,
+    check_codes_linear,
+    check_qat_linear,
+    check_quantize,
+    check_weight_only,
+    check_weight_only_backward,
 )
 
 _EMPTY = (0,)
-_I8, _I32, _F32, _U8 = (torch.int8,), (torch.int32,), (torch.float32,), (torch.uint8,)
 
 
 def _quantize(x2d, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, **kw):
@@ -50,35 +44,6 @@ def _quantize(x2d, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_po
     return dispatch.quantize_rows(
         x2d, qmin, qmax, group_size, symmetric, scale=scale, zero_point=zero_point, **kw
     )
-
-
-def _check_asym_weight(asym_weight, symmetric, per_tensor, scale, prefix=""):
-    """torchao's asymmetric weight formula computes its own per-row / per-group qparams."""
-    if not asym_weight:
-        return
-    name = f"{prefix}asym_weight"
-    if symmetric:
-        raise ValueError(f"{name}: is an asymmetric formula; pass symmetric=False")
-    if per_tensor or scale is not None:
-        raise ValueError(f"{name}: computes per-row / per-group qparams; pass "
-                         f"{prefix}per_tensor=False and {prefix}scale=None")  # fmt: skip
-
-
-def _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                    pack_mask=False, asym_weight=False, sum_group=0):  # fmt: skip
-    check_float_input(x, "x")
-    check_dims(x, "x", 2, "[rows, cols]")
-    R, C = x.shape
-    check_range(qmin, qmax, "qmin/qmax")
-    check_group(group_size, C)
-    if pack_mask and group_size != max(C, 1):
-        raise ValueError(f"pack_mask: bit-packed masks need one group per row (group_size={C})")
-    if per_tensor and scale is not None:
-        raise ValueError("per_tensor: computes its own qparams; pass scale=None")
-    _check_asym_weight(asym_weight, symmetric, per_tensor, scale)
-    if sum_group:
-        check_group(sum_group, group_size, "sum_group")
-    check_qparams(scale, zero_point, R, max(C, 1) // group_size, x.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +71,7 @@ def quantize(
     family-1 asymmetric ones (docs/numerics.md). ``sum_group`` (a divisor of ``group_size``; 0:
     ``group_size``): code_sum holds the sums over each ``sum_group`` columns, [R, C // sum_group]
     (an activation's sums per weight group, for the zero points of asymmetric weights)."""
-    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+    check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     pack_mask, asym_weight, sum_group)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                   pack_mask=pack_mask, asym_weight=asym_weight, sum_group=sum_group or None)  # fmt: skip
@@ -116,7 +81,7 @@ def quantize(
 @quantize.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point,
       asym_weight=False, sum_group=0):  # fmt: skip
-    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+    check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     pack_mask, asym_weight, sum_group)  # fmt: skip
     R, C = x.shape
     G = C // group_size if C else 0  # as the real op: no columns, no groups
@@ -149,7 +114,7 @@ def fake_quantize(
 ) -> tuple[Tensor, Tensor]:
     """Fake-quantize x [R, C]: (y [R, C] in x.dtype, keep-mask uint8 [R, C]). ``asym_weight``: as
     in ``triton_qat::quantize``."""
-    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+    check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     asym_weight=asym_weight)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                   pack_mask=False, with_y=True, asym_weight=asym_weight)  # fmt: skip
@@ -158,7 +123,7 @@ def fake_quantize(
 
 @fake_quantize.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, asym_weight=False):
-    _check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+    check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     asym_weight=asym_weight)  # fmt: skip
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.uint8)  # contiguous, as real
 
@@ -183,55 +148,6 @@ fake_quantize.register_autograd(_fake_quantize_backward, setup_context=_fake_qua
 # int8_linear (inference GEMM)
 
 
-def _check_w_zero_point(w_zero_point, x_code_sum, M, N, G, device, whose):
-    """Asymmetric weights: int32 zero points [N, G]; x's code sums per weight group [M, G]."""
-    if w_zero_point is None:
-        if x_code_sum is not None:
-            raise ValueError("x_code_sum: only used with w_zero_point (asymmetric weights)")
-        return
-    check_tensor(w_zero_point, "w_zero_point", _I32, "int32")
-    check_shape(w_zero_point, "w_zero_point", (N, G))
-    check_device(w_zero_point, "w_zero_point", device, whose)
-    if x_code_sum is not None:
-        check_tensor(x_code_sum, "x_code_sum", _I32, "int32")
-        check_shape(x_code_sum, "x_code_sum", (M, G))
-        check_device(x_code_sum, "x_code_sum", device, whose)
-
-
-def _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
-                        w_zero_point=None, x_code_sum=None):  # fmt: skip
-    check_tensor(x_codes, "x_codes", _I8, "int8")
-    check_dims(x_codes, "x_codes", 2, "[M, K]")
-    check_tensor(w_codes, "w_codes", _I8, "int8")
-    check_dims(w_codes, "w_codes", 2, "[N, K]")
-    (M, K), N = x_codes.shape, w_codes.shape[0]
-    check_shape(w_codes, "w_codes", (N, K))
-    check_in_features(K)
-    dev = x_codes.device
-    check_tensor(x_scale, "x_scale", _F32, "float32")
-    check_shape(x_scale, "x_scale", (M,), (M, 1))
-    check_tensor(x_zero_point, "x_zero_point", _I32, "int32")
-    check_shape(x_zero_point, "x_zero_point", (M,), (M, 1))
-    check_tensor(w_scale, "w_scale", _F32, "float32")
-    check_dims(w_scale, "w_scale", 2, "[N, G]")
-    G = w_scale.shape[1]
-    if w_scale.shape[0] != N or G < 1 or K % G:
-        raise ValueError(
-            f"w_scale: expected [{N}, G] with G dividing K={K}, got {tuple(w_scale.shape)}"
-        )
-    check_tensor(w_code_sum, "w_code_sum", _I32, "int32")
-    check_shape(w_code_sum, "w_code_sum", (N, G))
-    named = [("x_scale", x_scale), ("x_zero_point", x_zero_point), ("w_codes", w_codes),
-             ("w_scale", w_scale), ("w_code_sum", w_code_sum)]  # fmt: skip
-    if bias is not None:
-        check_float_input(bias, "bias")
-        check_shape(bias, "bias", (N,))
-        named.append(("bias", bias))
-    for name, t in named:
-        check_device(t, name, dev, "x_codes'")
-    _check_w_zero_point(w_zero_point, x_code_sum, M, N, G, dev, "x_codes'")
-
-
 @torch.library.custom_op("triton_qat::int8_linear", mutates_args=())
 def int8_linear(
     x_codes: Tensor,
@@ -249,7 +165,7 @@ def int8_linear(
     [N, G] scales and code sums. Returns [M, N] in out_dtype. Asymmetric weights: their int32 zero
     points [N, G], and optionally x's code sums per weight group [M, G] (``triton_qat::quantize``
     with ``sum_group``; else they are summed here from the codes)."""
-    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+    check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
                         w_zero_point, x_code_sum)  # fmt: skip
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype: expected float32, float16 or bfloat16, got {out_dtype}")
@@ -261,57 +177,13 @@ def int8_linear(
 @int8_linear.register_fake
 def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype,
       w_zero_point=None, x_code_sum=None):  # fmt: skip
-    _check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+    check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
                         w_zero_point, x_code_sum)  # fmt: skip
     return x_codes.new_empty((x_codes.shape[0], w_codes.shape[0]), dtype=out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
 # qat_linear (forward from the activation's quantized state) + qat_linear_backward
-
-
-def _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, device):
-    check_tensor(x_codes, "x_codes", _I8, "int8")
-    check_shape(x_codes, "x_codes", (M, K))
-    check_tensor(x_scale, "x_scale", _F32, "float32")
-    check_shape(x_scale, "x_scale", (M,), (M, 1))
-    check_tensor(x_zero_point, "x_zero_point", _I32, "int32")
-    check_shape(x_zero_point, "x_zero_point", (M,), (M, 1))
-    check_tensor(x_mask, "x_mask", _U8, "uint8")
-    check_shape(x_mask, "x_mask", (M, (K + 7) // 8))
-    for name, t in (("x_codes", x_codes), ("x_scale", x_scale), ("x_zero_point", x_zero_point),
-                    ("x_mask", x_mask)):  # fmt: skip
-        check_device(t, name, device, "the weight's")
-
-
-def _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                       w_symmetric=True):  # fmt: skip
-    N, K = weight.shape
-    check_range(w_qmin, w_qmax, "w_qmin/w_qmax")
-    check_group(w_group_size, K, "w_group_size")
-    if w_per_tensor and w_scale is not None:
-        raise ValueError("w_per_tensor: computes its own qparams; pass w_scale=None")
-    if not w_symmetric and (w_per_tensor or w_scale is not None):
-        raise ValueError("w_symmetric: asymmetric weights are per channel / per group with "
-                         "computed qparams; pass w_per_tensor=False and w_scale=None")  # fmt: skip
-    check_qparams(w_scale, None, N, max(K, 1) // w_group_size, weight.device, "w_")
-
-
-def _check_qat_linear(
-    x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax, w_group_size,
-    w_per_tensor, w_scale, w_symmetric=True, x_code_sum=None,
-):  # fmt: skip
-    check_linear_inputs(x, weight, bias, x_name="x")
-    N, K = weight.shape
-    M = math.prod(x.shape[:-1])
-    _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, x.device)
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
-    if x_code_sum is not None and w_symmetric:
-        raise ValueError("x_code_sum: only used with asymmetric weights (w_symmetric=False)")
-    if not w_symmetric:  # the zero points are computed here: check the code sums' shape
-        zp_shape = (N, max(K, 1) // w_group_size)
-        _check_w_zero_point(x.new_empty(zp_shape, dtype=torch.int32), x_code_sum, M, N,
-                            zp_shape[1], x.device, "the weight's")  # fmt: skip
 
 
 def _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
@@ -354,7 +226,7 @@ def qat_linear(
     state and the weight parameter itself: nothing weight-sized is stored (the weight's values and
     mask are re-derived).
     """
-    _check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
+    check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
                       w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     N = weight.shape[0]
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
@@ -371,36 +243,9 @@ def _(
     x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric, w_qmin, w_qmax,
     w_group_size, w_per_tensor, w_scale, w_symmetric=True, x_code_sum=None,
 ):  # fmt: skip
-    _check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
+    check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
                       w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-def _check_scale_grad(need_w_scale, w_scale, w_symmetric, w_per_tensor):
-    """The gradient of a learned weight scale: symmetric, given per row / group."""
-    if need_w_scale and (w_scale is None or not w_symmetric or w_per_tensor):
-        raise ValueError("need_w_scale: learned scales are given (w_scale), symmetric, per "
-                         "channel / per group")  # fmt: skip
-
-
-def _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
-                    w_group_size, w_per_tensor, w_scale, w_symmetric=True,
-                    need_w_scale=False):  # fmt: skip
-    check_float_input(grad_out, "grad_out")
-    check_float_input(weight, "weight")
-    check_dims(weight, "weight", 2, "[N, K]")
-    check_tensor(x_codes, "x_codes", _I8, "int8")
-    check_dims(x_codes, "x_codes", 2, "[M, K]")
-    (M, K), N = x_codes.shape, weight.shape[0]
-    check_shape(weight, "weight", (N, K))
-    if grad_out.dim() < 1 or grad_out.shape[-1] != N or grad_out.numel() != M * N:
-        raise ValueError(
-            f"grad_out: expected [..., {N}] with {M} rows, got {tuple(grad_out.shape)}"
-        )
-    check_device(grad_out, "grad_out", weight.device, "the weight's")
-    _check_x_state(x_codes, x_scale, x_zero_point, x_mask, M, K, weight.device)
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
-    _check_scale_grad(need_w_scale, w_scale, w_symmetric, w_per_tensor)
 
 
 @torch.library.custom_op("triton_qat::qat_linear_backward", mutates_args=())
@@ -428,7 +273,7 @@ def qat_linear_backward(
     needed comes back empty ([0]). The weight's fake-quantized values and clamp mask are
     re-derived from ``weight`` (bit-identical to the forward's: same kernel, same input), and x_fq
     is dequantized from the codes, each into a transient buffer that lives only for this call."""
-    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
+    check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
                     w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     N = weight.shape[0]
     dy = grad_out.reshape(-1, N)
@@ -463,7 +308,7 @@ def _(
     grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax, w_group_size,
     w_per_tensor, w_scale, need_x, need_w, need_bias, w_symmetric=True, need_w_scale=False,
 ):  # fmt: skip
-    _check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
+    check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
                     w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     new = grad_out.new_empty
     return (
@@ -534,12 +379,6 @@ def float_linear(x: Tensor, w_fq: Tensor, bias: Tensor | None) -> Tensor:
     return torch.nn.functional.linear(x, w_fq.to(x.dtype), b).contiguous()
 
 
-def _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
-                       w_scale):  # fmt: skip
-    check_linear_inputs(x, weight, bias, x_name="x")
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
-
-
 @torch.library.custom_op("triton_qat::weight_only_linear", mutates_args=())
 def weight_only_linear(
     x: Tensor,
@@ -557,7 +396,7 @@ def weight_only_linear(
     group / tensor, or asymmetric per channel / group; or with the given, e.g. learned, symmetric
     ``w_scale`` [N, G]), the GEMM in x's dtype. Returns [..., N]. The backward keeps x and the
     weight parameter (nothing weight-sized: w_fq and the mask are re-derived from the weight)."""
-    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
+    check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
                        w_scale)  # fmt: skip
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
                           w_symmetric, pack_mask=False, with_y=True, write_codes=False)  # fmt: skip
@@ -566,23 +405,9 @@ def weight_only_linear(
 
 @weight_only_linear.register_fake
 def _(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, w_scale=None):
-    _check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
+    check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
                        w_scale)  # fmt: skip
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-def _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
-                                w_per_tensor, w_scale=None, need_w_scale=False):  # fmt: skip
-    check_float_input(grad_out, "grad_out")
-    check_linear_inputs(x, weight, None, x_name="x")
-    N = weight.shape[0]
-    if tuple(grad_out.shape) != (*x.shape[:-1], N):
-        raise ValueError(
-            f"grad_out: expected shape {(*x.shape[:-1], N)}, got {tuple(grad_out.shape)}"
-        )
-    check_device(grad_out, "grad_out", weight.device, "the weight's")
-    _check_weight_args(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric)
-    _check_scale_grad(need_w_scale, w_scale, w_symmetric, w_per_tensor)
 
 
 @torch.library.custom_op("triton_qat::weight_only_linear_backward", mutates_args=())
@@ -606,7 +431,7 @@ def weight_only_linear_backward(
     grad_bias = dy summed over tokens, and with ``need_w_scale`` the gradient of the learned
     ``w_scale`` (fp32, reduced in that GEMM's epilogue); a gradient not needed comes back empty
     ([0])."""
-    _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
+    check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
                                 w_per_tensor, w_scale, need_w_scale)  # fmt: skip
     N, K = weight.shape
     dy = grad_out.reshape(-1, N)
@@ -628,7 +453,7 @@ def weight_only_linear_backward(
 @weight_only_linear_backward.register_fake
 def _(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, need_x,
       need_w, need_bias, w_scale=None, need_w_scale=False):  # fmt: skip
-    _check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
+    check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
                                 w_per_tensor, w_scale, need_w_scale)  # fmt: skip
     new = grad_out.new_empty
     return (
