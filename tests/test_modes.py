@@ -709,3 +709,25 @@ def test_range_learning_compile_fullgraph(weight_only, device):
 def test_range_learning_config_errors(kwargs):
     with pytest.raises(ValueError, match="range_learning"):
         tq.QuantConfig(**kwargs)
+
+
+def test_range_learning_scales_follow_reset_parameters_after_to_empty():
+    """Meta-device init (as FSDP2 users build models): to_empty + reset_parameters must give
+    the learned scales the new weight's scales, not the empty memory's contents."""
+    cfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True,
+                         range_learning=True)  # fmt: skip
+    lin = tq.Linear(32, 8, weight=cfg, device="meta")
+    lin.to_empty(device="cpu")
+    lin.reset_parameters()
+    assert torch.isfinite(lin.weight_scale).all() and (lin.weight_scale > 0).all()
+    assert torch.equal(lin.weight_scale, lin._initial_weight_scale())
+
+
+def test_weight_only_convert_keeps_its_dtype_through_the_state_dict():
+    cfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True)
+    lin = tq.Linear(32, 8, activation=tq.NOT_QUANTIZED, weight=cfg, dtype=torch.bfloat16)
+    q = tq.convert(lin)
+    x = torch.randn(3, 32).to(torch.bfloat16)
+    fresh = tq.QuantizedLinear(32, 8, activation=tq.NOT_QUANTIZED, weight=cfg)  # fp32 default
+    fresh.load_state_dict(q.state_dict())
+    assert fresh.weight_dtype == torch.bfloat16 and torch.equal(fresh(x), q(x))

@@ -110,6 +110,15 @@ class Linear(nn.Linear):
         return _plain_linear(input, weight, bias)
 
     # -- range learning -----------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialization, then the learned scales from the new weight: a model
+        built on the meta device and materialized with ``to_empty`` + ``reset_parameters`` gets
+        real scales, not what the empty memory held."""
+        super().reset_parameters()
+        cfg = getattr(self, "weight_config", None)  # unset while nn.Linear.__init__ runs this
+        if cfg is not None and cfg.range_learning and hasattr(self, "weight_scale"):
+            self.initialize_ranges()
+
     @torch.no_grad()
     def _initial_weight_scale(self) -> Tensor:
         """The weight's dynamic symmetric scales [N, G] (fp32), clamped at 1e-9 as torchao does

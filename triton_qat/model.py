@@ -118,7 +118,9 @@ def prepare(
             would (:func:`triton_qat.torchao_compat.prepare_qat_config`).
 
     Parameters are shared, not copied: an optimizer made before ``prepare`` trains the same
-    tensors (tied weights stay tied). Forward (pre-)hooks and the training flag carry over to the
+    tensors (tied weights stay tied), except the new ``weight_scale`` parameters of learned
+    ranges (``range_learning=True``): build the optimizer, DDP and ``fully_shard`` after
+    ``prepare`` then. Forward (pre-)hooks and the training flag carry over to the
     new modules, as in torch.ao's ``prepare_qat``. Linears whose shape the configs cannot quantize
     (a group size not dividing ``in_features``) stay ``nn.Linear`` and are named in a warning.
     """

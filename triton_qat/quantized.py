@@ -204,6 +204,16 @@ class QuantizedLinear(nn.Module):
         """Bytes of weight storage (codes + scales + code sums + bias)."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
+    def get_extra_state(self) -> dict:
+        """The dtype a weight-only layer dequantizes its weight into (the prepared layer's weight
+        dtype) travels with the state dict: rebuilt with another ``dtype`` and loaded, the layer
+        still computes the prepared layer's bits."""
+        return {"weight_dtype": str(self.weight_dtype).removeprefix("torch.")}
+
+    def set_extra_state(self, state: dict) -> None:
+        if isinstance(state, dict) and "weight_dtype" in state:
+            self.weight_dtype = getattr(torch, state["weight_dtype"])
+
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
         codes = self.weight_codes
