@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from triton_qat.checks import FLOAT_DTYPES
 from triton_qat.config import DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import fake_quantize
-from triton_qat.quantized import _APPLY_MEMO, _apply_to_buffer, pack_int4, unpack_int4
+from triton_qat.quantized import apply_sharing_buffers, pack_int4, unpack_int4
 from triton_qat.spec import spec_for
 
 _ops = torch.ops.triton_qat
@@ -288,19 +288,7 @@ class QuantizedEmbedding(nn.Module):
         """``.to`` / ``.cuda`` / ``to_empty`` ...: devices move, dtypes stay (codes and scales
         keep their dtypes, the output dtype is fixed), and a buffer shared with another module
         (a tied ``lm_head`` after ``convert``) stays shared, as in :class:`QuantizedLinear`."""
-        names = [k for k, b in self._buffers.items() if b is not None]
-        held = {k: self._buffers[k] for k in names}
-        self._buffers.update(dict.fromkeys(names))
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            self._buffers.update(held)
-        try:
-            memo = _APPLY_MEMO.setdefault(fn, {})
-        except TypeError:  # fn not weakly referenceable: no sharing across modules
-            memo = {}
-        for k in names:
-            self._buffers[k] = _apply_to_buffer(fn, held[k], True, memo)
+        apply_sharing_buffers(self, super()._apply, fn, recurse, lambda _name: True)
         return self
 
     def weight_nbytes(self) -> int:

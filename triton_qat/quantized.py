@@ -61,6 +61,26 @@ def _apply_to_buffer(fn, buf: Tensor, keep_dtype: bool, memo: dict) -> Tensor:
     return out
 
 
+def apply_sharing_buffers(module: nn.Module, base_apply, fn, recurse: bool, keep_dtype) -> None:
+    """``nn.Module._apply`` for modules holding quantized buffers: ``base_apply`` (the parent
+    class's ``_apply``) handles parameters and submodules; each buffer then gets ``fn`` with its
+    dtype kept where ``keep_dtype(name)`` says so (device moves still move it), and a buffer
+    shared with another module (tied weights after ``convert``) stays shared."""
+    names = [k for k, b in module._buffers.items() if b is not None]
+    held = {k: module._buffers[k] for k in names}
+    module._buffers.update(dict.fromkeys(names))
+    try:
+        base_apply(fn, recurse)
+    finally:
+        module._buffers.update(held)
+    try:
+        memo = _APPLY_MEMO.setdefault(fn, {})
+    except TypeError:  # fn not weakly referenceable: no sharing across modules
+        memo = {}
+    for k in names:
+        module._buffers[k] = _apply_to_buffer(fn, held[k], keep_dtype(k), memo)
+
+
 def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, dtype) -> Tensor:
     """The fake-quantized weight from its codes [N, K], scales [N, G] and zero points [N, G] (or
     None), in ``dtype``: torchao's ``(dt(q) - dt(zp)) * s`` then ``dt``, the bits the quantize
@@ -185,19 +205,7 @@ class QuantizedLinear(nn.Module):
         own dtypes (``.to(torch.bfloat16)`` casts only the bias; device moves move everything),
         and (2) a buffer shared with another module (tied weights after ``convert``) stays
         shared, as a shared Parameter does."""
-        names = [k for k, b in self._buffers.items() if b is not None]
-        held = {k: self._buffers[k] for k in names}
-        self._buffers.update(dict.fromkeys(names))  # parameters and submodules: nn.Module's way
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            self._buffers.update(held)
-        try:
-            memo = _APPLY_MEMO.setdefault(fn, {})
-        except TypeError:  # fn not weakly referenceable: no sharing across modules
-            memo = {}
-        for k in names:
-            self._buffers[k] = _apply_to_buffer(fn, held[k], k in _QUANT_BUFFERS, memo)
+        apply_sharing_buffers(self, super()._apply, fn, recurse, _QUANT_BUFFERS.__contains__)
         return self
 
     def weight_nbytes(self) -> int:
