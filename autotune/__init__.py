@@ -51,6 +51,16 @@ def _cache_for(name: str) -> ConfigCache:
     return ConfigCache(name)
 
 
+def _major(device: torch.device) -> int:
+    """The GPU's compute capability major (9 for Hopper); 9 elsewhere (the interpreter ignores it)."""
+    return _capability_major(device.type, device.index)
+
+
+@functools.cache
+def _capability_major(kind: str, index: int | None) -> int:
+    return torch.cuda.get_device_capability(index)[0] if kind == "cuda" else 9
+
+
 def get_cache(device: torch.device) -> ConfigCache:
     return _cache_for(device_name(device))
 
@@ -110,8 +120,9 @@ def gemm_config(
     here and in every tuning candidate, so a stored config is exactly what runs."""
     group = group_size or K
     key = gemm_key(kernel, M, N, K, dtype, group)
-    cfg = _lookup(key, device, default_config(kernel, (M, N, K), INTERPRET))
-    return fit_config(kernel, cfg, K, group)
+    elem_bytes = dtype.itemsize if dtype is not None else 2
+    default = default_config(kernel, (M, N, K), INTERPRET, group, elem_bytes, _major(device))
+    return fit_config(kernel, _lookup(key, device, default), K, group)
 
 
 def dequantize_config(rows: int, cols: int, device: torch.device, dtype=None) -> dict:

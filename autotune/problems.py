@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from triton_qat.kernels.gemm_backward import dequantize_rows, dgrad, wgrad
+from triton_qat.kernels.dequantize import dequantize_rows
+from triton_qat.kernels.gemm_backward import dgrad, wgrad
 from triton_qat.kernels.gemm_int8 import int8_linear
 from triton_qat.kernels.quantize import quantize_rows
 
@@ -82,7 +83,8 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
 
     def fwd(c):
         return int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum,
-                           None, s.dtype, asymmetric=True, config=c)  # fmt: skip
+                           None, s.dtype, asymmetric=True, config=c, w_dtype=w.dtype,
+                           dequant_config=cfg_dq)  # fmt: skip
 
     return {
         "dequantize_x": Problem(

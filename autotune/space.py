@@ -20,11 +20,13 @@ from triton_qat.kernels.gemm_int8 import fwd_mode
 SMEM_FALLBACK = 99 * 1024
 
 _GEMM_FWD = [
-    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s}
-    for bm, bn, bk, w, s in itertools.product(
-        (64, 128, 256), (64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5)
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s,
+     "DEQUANT": dq}
+    for bm, bn, bk, w, s, dq in itertools.product(
+        (64, 128, 256), (64, 128, 256), (32, 64, 128, 256), (4, 8), (3, 4, 5), (0, 1)
     )
-]
+    if bk >= 64 or dq  # the int8 path's BLOCK_K >= 64 (32 only where a group fits no larger)
+]  # fmt: skip
 _GEMM_BWD = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s}
     for bm, bn, bk, w, s in itertools.product(
@@ -44,12 +46,21 @@ SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": 
 # compiled for sm_90, fp32 dgrad takes 80 KiB, fp32 wgrad 81 KiB (tests/test_gpu_compile.py).
 DEFAULTS = {
     "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-            "num_stages": 3},
+            "num_stages": 3, "DEQUANT": 0},
     "dgrad": {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 3},
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 2},
 }  # fmt: skip
+# The per-group forward's default at 16-bit dtypes: the dequantized path (module doc of
+# kernels/gemm_int8.py), a plain 16-bit GEMM. Chosen from the compiled code, speed not measured:
+# the int8 path's per-group flush costs 64 / group_size non-MMA instructions per 1024 MACs
+# (docs/numerics.md "Forward GEMM"); the curated list holds both paths, so a GPU's tuner decides
+# per shape. Hopper: the persistent-matmul tutorial's tile (144 KiB of shared memory); others the
+# bf16 dgrad's (96 KiB, within the 99 KiB of sm_86 / sm_89).
+FWD_DEQUANT_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
+                       "num_stages": 3, "DEQUANT": 1}  # fmt: skip
+FWD_DEQUANT_DEFAULT_SM80 = {**FWD_DEQUANT_DEFAULT, "BLOCK_N": 128}
 
 
 # Curated GEMM lists: output tile rows x cols, reduction tile, warps, stages. Drawn from Triton's
@@ -131,8 +142,26 @@ _QUANTIZE_CURATED = [
 ]  # fmt: skip
 
 
+# The forward's dequantized path (per-group weights) is a plain 16-bit GEMM: the bf16 tiles of
+# the same tutorials (the dgrad list's, in the forward's M x N x K terms).
+_DEQUANT_TILES = [
+    (128, 128, 64, 8, 3),
+    (128, 256, 128, 8, 2),
+    (128, 128, 64, 8, 4),
+    (128, 256, 32, 8, 4),
+    (128, 128, 32, 4, 4),
+    (64, 64, 64, 4, 3),
+]
+
+
 def _curated_gemm(kernel: str) -> list[dict]:
     configs = [dict(DEFAULTS[kernel])] + [_gemm_tiles(kernel, *t) for t in _TILES[kernel]]
+    if kernel == "fwd":
+        configs = (
+            [{**c, "DEQUANT": 0} for c in configs]
+            + [dict(FWD_DEQUANT_DEFAULT)]
+            + [{**_gemm_tiles(kernel, *t), "DEQUANT": 1} for t in _DEQUANT_TILES]
+        )
     return list({tuple(sorted(c.items())): c for c in configs}.values())  # deduplicated, in order
 
 
@@ -152,15 +181,34 @@ _INTERPRET_GEMM = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "n
                    "num_stages": 1}  # fmt: skip
 
 
-def default_config(kernel: str, shape: tuple[int, ...], interpret: bool) -> dict:
+def default_config(
+    kernel: str,
+    shape: tuple[int, ...],
+    interpret: bool,
+    group_size: int = 0,
+    elem_bytes: int = 2,
+    capability: int = 9,
+) -> dict:
     """The untuned config of ``kernel`` ("quantize", "fwd", "dgrad", "wgrad") at ``shape``
-    ((rows, group_size) for quantize, (M, N, K) for GEMMs); one small config under the interpreter."""
+    ((rows, group_size) for quantize, (M, N, K) for GEMMs); one small config under the interpreter.
+    The forward's depends on the weight's ``group_size`` (0: per channel) and the output's
+    ``elem_bytes``: per-group weights at 16-bit dtypes take the dequantized path
+    (:data:`FWD_DEQUANT_DEFAULT` on GPUs of compute ``capability`` 9 and up, else
+    :data:`FWD_DEQUANT_DEFAULT_SM80`; under the interpreter the small tile with ``DEQUANT``)."""
     if kernel == "quantize":
         rows, group = shape
         if interpret:
             block_c = max(16, min(1 << max(0, (group - 1).bit_length()), 64))
             return {"BLOCK_R": 64, "BLOCK_C": block_c, "num_warps": 1}
         return quantize_default(rows, group)
+    if kernel == "fwd":
+        per_group = group_size not in (0, shape[2])
+        dequant = per_group and elem_bytes == 2
+        if interpret:
+            return {**_INTERPRET_GEMM, "DEQUANT": int(dequant)}
+        if not dequant:
+            return dict(DEFAULTS["fwd"])
+        return dict(FWD_DEQUANT_DEFAULT if capability >= 9 else FWD_DEQUANT_DEFAULT_SM80)
     return dict(_INTERPRET_GEMM if interpret else DEFAULTS[kernel])
 
 
@@ -170,6 +218,9 @@ def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
     if kernel != "fwd":
         return cfg
     mode = fwd_mode(K, group_size)
+    cfg = {**cfg, "DEQUANT": cfg.get("DEQUANT", 0) if mode else 0}  # per-channel: int8 only
+    if cfg["DEQUANT"]:  # a plain 16-bit GEMM: any tile fits
+        return cfg
     if mode == 1:  # BLOCK_K must divide the group: its largest power-of-two factor at most
         return {**cfg, "BLOCK_K": min(cfg["BLOCK_K"], group_size & -group_size)}
     if mode == 2:  # fp32 operand tiles: BLOCK_K 128 x 3 stages needs 256 KiB of shared memory
@@ -193,11 +244,12 @@ def _pow2_at_least(n: int, lo: int) -> int:
 
 
 def smem_bytes(kernel: str, cfg: dict, elem_bytes: int) -> int:
-    """Pipelined operand buffers of one block, in bytes: the forward streams int8 codes, the
-    backward GEMMs two operands in the input dtype (grad_y with the dequantized w_fq or x_fq)."""
+    """Pipelined operand buffers of one block, in bytes: the forward streams int8 codes (or, with
+    ``DEQUANT``, x_fq and w_fq in the input dtype), the backward GEMMs two operands in the input
+    dtype (grad_y with the dequantized w_fq or x_fq)."""
     bm, bn, bk, s = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["num_stages"]
-    if kernel == "fwd":  # int8 A [BM, BK] and B [BK, BN]
-        return s * (bm * bk + bk * bn)
+    if kernel == "fwd":  # A [BM, BK] and B [BK, BN]: int8, or the input dtype
+        return s * (bm * bk + bk * bn) * (elem_bytes if cfg.get("DEQUANT") else 1)
     if kernel == "dgrad":  # dy [BM, BN] and w_fq [BN, BK]
         return s * (bm * bn + bn * bk) * elem_bytes
     return s * (bn * bm + bm * bk) * elem_bytes  # wgrad: dy^T [BN, BM], x_fq [BM, BK]
@@ -239,8 +291,13 @@ def candidates(
         if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)
         and smem_bytes(kernel, c, elem_bytes) <= limit and c["num_stages"] <= max_stages
     ]  # fmt: skip
+    default = default_config(kernel, shape, False, group_size, elem_bytes, capability)
+    first = fit_config(kernel, default, K, group_size or K)
+    if kernel == "fwd" and fwd_mode(K, group_size or K) == 0:  # DEQUANT is for per-group weights
+        kept = [c for c in kept if not c.get("DEQUANT")]
     kept = _dedupe([fit_config(kernel, c, K, group_size or K) for c in kept])
-    return kept or [fit_config(kernel, dict(DEFAULTS[kernel]), K, group_size or K)]
+    # this problem's untuned default leads when it is a candidate (per-group 16-bit: DEQUANT)
+    return sorted(kept, key=lambda c: c != first) or [first]
 
 
 def quantize_default(rows: int, group_size: int) -> dict:

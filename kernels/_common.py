@@ -44,13 +44,22 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     return INTERPRET and dtype == torch.bfloat16
 
 
+# fp32 -> bf16: the GPU's cvt.rn.bf16.f32 rounds to nearest even (one instruction); the
+# interpreter's cast truncates (docs/numerics.md "Known traps"), so there a bit-level rounding
+# (six integer instructions on a GPU) stands in for it. Read at decoration time, like INTERPRET.
+NATIVE_BF16_CAST: tl.constexpr = tl.constexpr(not INTERPRET)
+
+
 @triton.jit
 def round_to_bf16(v):
-    """fp32 -> nearest-even bf16 value, kept in fp32. Bit-level, because under the interpreter
-    ``.to(tl.bfloat16)`` truncates; NaN passes through unchanged."""
-    bits = v.to(tl.uint32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return tl.where(v != v, v, rounded.to(tl.float32, bitcast=True))
+    """fp32 -> nearest-even bf16 value, kept in fp32 (NaN stays NaN). The hardware cast on a GPU;
+    bit-level under the interpreter, whose ``.to(tl.bfloat16)`` truncates."""
+    if NATIVE_BF16_CAST:
+        return v.to(tl.bfloat16).to(tl.float32)
+    else:
+        bits = v.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return tl.where(v != v, v, rounded.to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -70,8 +79,10 @@ def cast_to_dt(v, DT: tl.constexpr):
     if DT == 1:
         return v.to(tl.float16)
     elif DT == 2:
-        # the value is bf16-exact after rounding, so the (truncating) interpreter cast is exact too
-        return round_to_bf16(v).to(tl.bfloat16)
+        if NATIVE_BF16_CAST:
+            return v.to(tl.bfloat16)
+        else:  # bf16-exact after rounding, so the (truncating) interpreter cast is exact too
+            return round_to_bf16(v).to(tl.bfloat16)
     else:
         return v
 
@@ -93,3 +104,17 @@ def div_scalar(a, d: tl.constexpr, DIV_BY_RECIP: tl.constexpr):
         return a * tl.div_rn(1.0, tl.full(a.shape, d, tl.float32))
     else:
         return tl.div_rn(a, tl.full(a.shape, d, tl.float32))
+
+
+@triton.jit
+def swizzle(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped program ordering so neighbouring programs share operand tiles in L2."""
+    n_pid_m = tl.cdiv(M, BLOCK_M)
+    n_pid_n = tl.cdiv(N, BLOCK_N)
+    n_in_group = GROUP_M * n_pid_n
+    group_id = pid // n_in_group
+    first_m = group_id * GROUP_M
+    size_m = tl.minimum(n_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % n_in_group) % size_m)
+    pid_n = (pid % n_in_group) // size_m
+    return pid_m, pid_n

@@ -36,11 +36,3 @@ def wgrad_torch(
     q = torch.clamp(torch.round(v), qmin, qmax)
     t = torch.where(keep, q - v, q)
     return grad_w, (dw * t).reshape(N, G, K // G).sum(-1)
-
-
-def dequantize_rows_torch(
-    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """Twin of :func:`.gemm_backward.dequantize_rows`."""
-    q = codes.to(torch.int32) - zero_point.reshape(-1, 1).to(torch.int32)
-    return (q.to(torch.float32) * scale.reshape(-1, 1).to(torch.float32)).to(dtype)

@@ -19,6 +19,15 @@ runs):
 * ``MODE 2`` per-group weights with other group sizes: codes are dequantized per element into an
   fp32 dot (IEEE precision), ``(q_w - zp_w) * s_w``. Correct for any divisor of K, slower.
 
+A per-group config may instead set ``DEQUANT`` (the tuner times both): both operands are
+dequantized once into transient buffers in the output dtype (:mod:`.dequantize`: bit for bit the
+fake-quantized values) and a plain GEMM with a bias epilogue (:mod:`.gemm_float`) computes
+``x_fq @ w_fq.T + bias``, exactly the reference's GEMM. Its hot loop is a plain matmul's (wgmma
+on 16-bit operands), with no per-group flush, at the 16-bit tensor-core rate instead of int8's.
+Why it exists: the int8 path flushes an int32 tile into fp32 after every group (an I2F and an
+FFMA per accumulator element per group: 64 / group_size non-MMA instructions per 1024 MACs, which
+no tile size amortizes; docs/numerics.md "Forward GEMM").
+
 Layouts: q_x int8 [M, K] (row stride given), s_x fp32 [M], zp_x int32 [M]; q_w int8 [N, K]
 (row stride given), s_w fp32 [N, G] and colsum_w int32 [N, G] with the same (any) strides: stored
 group-major ([G, N] memory, as the forward's weight quantize writes them) a group's scales for a
@@ -31,21 +40,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, dtype_code, new_empty
-
-
-@triton.jit
-def _swizzle(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Grouped program ordering so neighbouring programs share operand tiles in L2."""
-    n_pid_m = tl.cdiv(M, BLOCK_M)
-    n_pid_n = tl.cdiv(N, BLOCK_N)
-    n_in_group = GROUP_M * n_pid_n
-    group_id = pid // n_in_group
-    first_m = group_id * GROUP_M
-    size_m = tl.minimum(n_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % n_in_group) % size_m)
-    pid_n = (pid % n_in_group) // size_m
-    return pid_m, pid_n
+from ._common import cast_to_dt, dtype_code, new_empty, swizzle
+from .dequantize import dequantize_rows
+from .gemm_float import float_mm
 
 
 @triton.jit
@@ -91,7 +88,7 @@ def _int8_linear_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = _swizzle(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = swizzle(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     o_k = tl.arange(0, BLOCK_K)  # [BK]
@@ -189,14 +186,38 @@ def fwd_mode(K: int, group_size: int) -> int:
 
 def check_fwd_config(config: dict, K: int, group_size: int) -> None:
     """ValueError unless ``config`` can run the forward at this K / group size: MODE 1 needs
-    BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages."""
-    mode, bk = fwd_mode(K, group_size), config["BLOCK_K"]
+    BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages;
+    ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM)."""
+    mode, bk, dq = fwd_mode(K, group_size), config["BLOCK_K"], config.get("DEQUANT", 0)
+    if dq not in (0, 1) or (dq and mode == 0):
+        raise ValueError(f"config: DEQUANT={dq} needs per-group weights (0 or 1), got {config}")
+    if dq:
+        if bk < 16:
+            raise ValueError(f"config: BLOCK_K={bk} < 16 cannot feed tensor cores")
+        return
     if mode == 0 and bk < 32:
         raise ValueError(f"config: BLOCK_K={bk} < 32 cannot feed int8 tensor cores")
     if mode == 1 and (bk < 32 or group_size % bk):
         raise ValueError(f"config: BLOCK_K={bk} must be >= 32 and divide group_size={group_size}")
     if mode == 2 and (bk > 32 or config["num_stages"] > 2):
         raise ValueError(f"config: MODE 2 runs with BLOCK_K <= 32 and <= 2 stages, got {config}")
+
+
+def _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero_point, bias,
+                        out_dtype, w_dtype, config, dequant_config):  # fmt: skip
+    """The ``DEQUANT`` path: x_fq and w_fq dequantized once, then ``x_fq @ w_fq.T + bias``.
+    w_fq is formed in the weight's own dtype (as its quantize wrote it) and then cast to the
+    output dtype, as autocast casts the reference's w_fq."""
+    x_fq = dequantize_rows(x_codes, x_scale, x_zero_point, out_dtype, config=dequant_config)
+    w_zp = (
+        w_zero_point if w_zero_point is not None else torch.zeros_like(w_scale, dtype=torch.int32)
+    )
+    w_fq = dequantize_rows(w_codes, w_scale, w_zp, w_dtype, config=dequant_config,
+                           asym_weight=w_zero_point is not None)  # fmt: skip
+    c = config
+    tiles = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], c["num_warps"],
+             c["num_stages"])  # fmt: skip
+    return float_mm(x_fq, w_fq.to(out_dtype).t(), tiles=tiles, bias=bias)
 
 
 def int8_linear(
@@ -213,6 +234,8 @@ def int8_linear(
     config: dict,
     w_zero_point: torch.Tensor | None = None,
     x_code_sum: torch.Tensor | None = None,
+    w_dtype: torch.dtype | None = None,
+    dequant_config: dict | None = None,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes.
 
@@ -223,6 +246,9 @@ def int8_linear(
     Asymmetric weights: ``w_zero_point`` int32 [N, G], and ``x_code_sum`` int32 [M, G] the sums of
     x's codes over each weight group (what the activation quantize writes with ``sum_group``;
     computed here from the codes when not given, a pass over them).
+    ``config["DEQUANT"]`` (per-group weights): the dequantized path (module doc), which needs
+    ``dequant_config`` (the dequantize kernel's BLOCK_R, BLOCK_C, num_warps) and forms w_fq in
+    ``w_dtype`` (the weight's dtype; default ``out_dtype``).
     """
     M, K = x_codes.shape
     N = w_codes.shape[0]
@@ -233,6 +259,12 @@ def int8_linear(
     if K == 0:
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
     check_fwd_config(config, K, group_size)
+    if config.get("DEQUANT", 0):
+        if dequant_config is None:
+            raise ValueError("int8_linear: a DEQUANT config needs dequant_config")
+        return _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero_point,
+                                   bias, out_dtype, w_dtype or out_dtype, config,
+                                   dequant_config)  # fmt: skip
     x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
     w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
     mode = fwd_mode(K, group_size)

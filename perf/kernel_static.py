@@ -257,6 +257,9 @@ def _cfg_label(c: dict, tile: tuple) -> str:
 
 
 _VARIANTS: list[Variant] = []
+# The architecture variants are built for (defaults can differ by GPU generation); set by run()
+# before its worker processes start, which inherit it.
+ARCH_ENV = "KERNEL_STATIC_ARCH"
 
 
 def variants() -> list[Variant]:
@@ -266,8 +269,8 @@ def variants() -> list[Variant]:
     if _VARIANTS:
         return _VARIANTS
     from triton_qat import autotune
-    from triton_qat.autotune.space import default_config, fit_config
-    from triton_qat.kernels import gemm_backward, gemm_int8, quantize
+    from triton_qat.autotune.space import DEFAULTS, default_config, fit_config
+    from triton_qat.kernels import dequantize, gemm_backward, gemm_int8, quantize
 
     out: list[Variant] = []
     anchors: dict[tuple, str] = {}
@@ -314,11 +317,9 @@ def variants() -> list[Variant]:
 
     def x_fq(dt):
         qa = act(dt)[1]()
-        if not hasattr(gemm_backward, "dequantize_rows"):
-            return None
         cfg = autotune.dequantize_config(M, K, torch.device("cuda"), dt)
         pool = dict(codes=qa.codes, scale=qa.scale, zero_point=qa.zero_point, dtype=dt, config=cfg)
-        return call_by_name(gemm_backward.dequantize_rows, pool)
+        return call_by_name(dequantize.dequantize_rows, pool)
 
     def qcfg(c):
         return f"R{c['BLOCK_R']}xC{c['BLOCK_C']} w{c['num_warps']}"
@@ -333,12 +334,22 @@ def variants() -> list[Variant]:
         pool, call = weight(BF16, group, backward=True)
         add(f"quantize weight {what}, backward (y, no codes)", "quantize", qcfg(pool["config"]),
             call, config=pool["config"])  # fmt: skip
-    if hasattr(gemm_backward, "dequantize_rows"):
-        for dt in (BF16, F16, F32):
-            cfg = autotune.dequantize_config(M, K, torch.device("cuda"), dt)
-            sfx = "" if dt == BF16 else f" {DT_NAME[dt]}"
-            add(f"dequantize x codes{sfx}", "dequantize", qcfg(cfg), lambda dt=dt: x_fq(dt),
-                dt == BF16, config=cfg)  # fmt: skip
+    for dt in (BF16, F16, F32):
+        cfg = autotune.dequantize_config(M, K, torch.device("cuda"), dt)
+        sfx = "" if dt == BF16 else f" {DT_NAME[dt]}"
+        add(f"dequantize x codes{sfx}", "dequantize", qcfg(cfg), lambda dt=dt: x_fq(dt),
+            dt == BF16, config=cfg)  # fmt: skip
+    # the forward's dequantized path also dequantizes the weight (group-major group scales)
+    for group in (128, 32):
+        cfg = autotune.dequantize_config(N, K, torch.device("cuda"), BF16)
+
+        def w_fq(group=group, cfg=cfg):
+            qw = weight(BF16, group)[1]()
+            pool = dict(codes=qw.codes, scale=qw.scale, zero_point=qw.zero_point, dtype=BF16,
+                        config=cfg)  # fmt: skip
+            return call_by_name(dequantize.dequantize_rows, pool)
+
+        add(f"dequantize w int4 group {group}", "dequantize", qcfg(cfg), w_fq, config=cfg)
     # fake_quantize (with y) at every dtype and flag (per-tensor / torch.ao: given qparams)
     for dt in (F32, F16, BF16):
         for sym, given, pack in ((s, g, p) for s in (False, True) for g in (False, True) for p in (False, True)):  # fmt: skip
@@ -351,24 +362,35 @@ def variants() -> list[Variant]:
             add(f"quantize {DT_NAME[dt]} sym={sym} given={given} pack={pack} with y", "quantize",
                 "", lambda pool=pool: call_by_name(quantize.quantize_rows, pool), False, config=cfg)  # fmt: skip
 
-    # forward GEMM per weight group size (MODE 0 per channel, 1 int4 groups % 32, 2 otherwise)
+    # forward GEMM per weight group size: the int8 path (MODE 0 per channel, 1 int4 groups % 32,
+    # 2 otherwise) at its default tile, and for per-group weights at 16-bit dtypes the dequantized
+    # path (DEQUANT: x_fq and w_fq dequantized, then a plain 16-bit GEMM), their default there
     for dt in (BF16, F16, F32):
         for group, what in ((K, "int8 per-channel"), (128, "int4 group 128"),
                             (32, "int4 group 32"), (8, "int4 group 8")):  # fmt: skip
-            cfg = fit_config("fwd", default_config("fwd", (M, N, K), interpret=False), K, group)
-            mode, tile = gemm_int8.fwd_mode(K, group), (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])  # fmt: skip
+            int8_cfg = fit_config("fwd", dict(DEFAULTS["fwd"]), K, group)
+            paths = [(f"MODE {gemm_int8.fwd_mode(K, group)}", int8_cfg, I8)]
+            if group != K and dt != F32:
+                major = int(os.environ.get(ARCH_ENV, "90")) // 10  # the GPU's own default
+                cfg = fit_config("fwd", default_config("fwd", (M, N, K), False, group, 2, major),
+                                 K, group)  # fmt: skip
+                paths.append(("DEQUANT", cfg, dt))
+            for path, cfg, operand in paths:
+                tile = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
 
-            def call(dt=dt, group=group, cfg=cfg):
-                qa, qw = act(dt)[1](), weight(dt, group)[1]()
-                pool = dict(x_codes=qa.codes, x_scale=qa.scale, x_zero_point=qa.zero_point,
-                            w_codes=qw.codes, w_scale=qw.scale, w_code_sum=qw.code_sum,
-                            bias=T(((N,), dt)), out_dtype=dt, asymmetric=True, config=cfg)  # fmt: skip
-                call_by_name(gemm_int8.int8_linear, pool)
+                def call(dt=dt, group=group, cfg=cfg):
+                    qa, qw = act(dt)[1](), weight(dt, group)[1]()
+                    dq = autotune.dequantize_config(M, K, torch.device("cuda"), dt)
+                    pool = dict(x_codes=qa.codes, x_scale=qa.scale, x_zero_point=qa.zero_point,
+                                w_codes=qw.codes, w_scale=qw.scale, w_code_sum=qw.code_sum,
+                                bias=T(((N,), dt)), out_dtype=dt, asymmetric=True, config=cfg,
+                                w_dtype=dt, dequant_config=dq)  # fmt: skip
+                    call_by_name(gemm_int8.int8_linear, pool)
 
-            head = dt == BF16
-            add(f"fwd MODE {mode} {what}" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
-                _cfg_label(cfg, tile), call, head, anchor(I8, tile, cfg, "fwd") if head else None,
-                tile=tile, config=cfg)  # fmt: skip
+                head = dt == BF16
+                add(f"fwd {path} {what}" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
+                    _cfg_label(cfg, tile), call, head,
+                    anchor(operand, tile, cfg, "fwd") if head else None, tile=tile, config=cfg)  # fmt: skip
 
     # STE backward: dgrad's output tile is [BM, BK] (reduction over N), wgrad's [BN, BK] (over M)
     for dt in (BF16, F16, F32):
@@ -586,6 +608,9 @@ def run(arch: int, labels: list[str], dump: str, jobs: int = 2, log=sys.stderr) 
     """Analyse the variants named in ``labels`` on sm_<arch> (``jobs`` processes), in that order,
     and fill each GEMM's ``ratio``: hot-loop instructions per MAC over its anchor's."""
     os.makedirs(dump, exist_ok=True)
+    if os.environ.get(ARCH_ENV) != str(arch):
+        os.environ[ARCH_ENV] = str(arch)
+        _VARIANTS.clear()
     if jobs <= 1:
         rows = {lb: _work(lb, arch, dump) for lb in labels}
     else:
@@ -684,6 +709,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--quiet", action="store_true", help="print no markdown")
     a = ap.parse_args(argv)
+    os.environ[ARCH_ENV] = str(a.arch)
+    _VARIANTS.clear()
     vs = [v for v in variants() if (a.all or v.headline) and a.only in v.label]
     if a.only:  # keep the anchors the selected GEMMs compare with
         keep = {v.label for v in vs} | {v.anchor for v in vs if v.anchor}

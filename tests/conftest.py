@@ -42,3 +42,28 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.
     scale = e.abs().max().clamp_min(1e-30)
     err = ((a - e).abs().max() / scale).item()
     assert err <= REL_TOL[dtype], f"{what}: relative error {err:.3e} > {REL_TOL[dtype]:.1e}"
+
+
+@pytest.fixture(params=["int8", "dequant"])
+def fwd_path(request, monkeypatch):
+    """Forces the forward GEMM's path for per-group weights (the config's ``DEQUANT``: the int8
+    tensor-core GEMM or the dequantized 16-bit one; per channel is always int8). Returns the path
+    and the list of forward configs used, so a test can check the path really ran."""
+    from types import SimpleNamespace
+
+    from triton_qat import autotune
+    from triton_qat.autotune.space import fit_config
+
+    looked_up = autotune.gemm_config
+    used = []
+
+    def forced(kernel, M, N, K, device, dtype=None, group_size=0):
+        cfg = looked_up(kernel, M, N, K, device, dtype, group_size)
+        if kernel == "fwd":
+            cfg = {**cfg, "DEQUANT": int(request.param == "dequant")}
+            cfg = fit_config("fwd", cfg, K, group_size or K)
+            used.append(cfg)
+        return cfg
+
+    monkeypatch.setattr(autotune, "gemm_config", forced)
+    return SimpleNamespace(path=request.param, used=used)

@@ -76,6 +76,7 @@ def test_malformed_entries_are_skipped_with_a_warning(cache_dir):
         "GROUP_M": 1,
         "num_warps": 1,
         "num_stages": 1,
+        "DEQUANT": 0,
     }
     entries = {
         make_key("fwd", 64, 24, 40, "float32"): {"config": good},
@@ -105,7 +106,7 @@ def test_newest_shipped_version_wins():
 
 def _writer(path: str, worker: int, n: int) -> None:
     cfg = {"BLOCK_M": 16 * worker, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1,
-           "num_stages": 1}  # fmt: skip
+           "num_stages": 1, "DEQUANT": 0}  # fmt: skip
     for i in range(n):
         key = f"fwd|M16|N{worker}|K{i}|float32|"
         write_entries(Path(path), "interpreter", {key: {"config": cfg}})
@@ -154,6 +155,7 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
         "GROUP_M": 1,
         "num_warps": 1,
         "num_stages": 1,
+        "DEQUANT": 0,
     }
     large = {
         "BLOCK_M": 32,
@@ -162,6 +164,7 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
         "GROUP_M": 2,
         "num_warps": 1,
         "num_stages": 1,
+        "DEQUANT": 0,
     }
     k_small, k_large = (make_key("fwd", m, 24, 64, "float32") for m in (16, 128))
     autotune.get_cache(torch.device("cpu")).store({k_small: {"config": small},
@@ -182,7 +185,14 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
 
 
 def test_curated_candidates_are_short_start_with_the_default_and_fit():
-    from triton_qat.autotune.space import CURATED, DEFAULTS, quantize_default, smem_bytes
+    from triton_qat.autotune.space import (
+        CURATED,
+        DEFAULTS,
+        FWD_DEQUANT_DEFAULT,
+        fit_config,
+        quantize_default,
+        smem_bytes,
+    )
 
     hopper = 227 * 1024
     for kernel in ("fwd", "dgrad", "wgrad"):
@@ -193,7 +203,13 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
             assert all(smem_bytes(kernel, c, 2) <= hopper for c in got)
             assert len({tuple(sorted(c.items())) for c in got}) == len(got)
     g128 = candidates("fwd", (8192, 4096, 4096), 9, 2, hopper, 128, curated=True)
-    assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in g128)
+    int8 = [c for c in g128 if not c["DEQUANT"]]
+    assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in int8)
+    # per-group weights: both forward paths are timed, the 16-bit default (DEQUANT) first
+    assert g128[0] == FWD_DEQUANT_DEFAULT and 6 <= len(g128) - len(int8) < len(int8) <= 16
+    assert len(g128) <= 22 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
+    g128_fp32 = candidates("fwd", (8192, 4096, 4096), 9, 4, hopper, 128, curated=True)
+    assert g128_fp32[0] == fit_config("fwd", DEFAULTS["fwd"], 4096, 128)  # int8 default at fp32
     per_token = candidates("quantize", (8192, 4096), 9, curated=True)
     assert per_token[0] == quantize_default(8192, 4096) and 8 <= len(per_token) <= 16
     per_group = candidates("quantize", (4096, 128), 9, curated=True)

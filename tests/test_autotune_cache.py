@@ -17,9 +17,10 @@ QKEY = "quantize|M32|N64|K64|float32|pack"
 FKEY = "fwd|M32|N64|K64|float32|"
 QUANT = {"BLOCK_R": 4, "BLOCK_C": 64, "num_warps": 1}
 GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1, "num_stages": 1}
+FWD = {**GEMM, "DEQUANT": 0}  # the forward's configs also choose its path
 # a valid entry of another shape that must survive next to the bad one
 GOOD_KEY = make_key("fwd", 64, 24, 40, "float32")
-GOOD = {"config": GEMM, "ms": 0.5, "tried": 3}
+GOOD = {"config": FWD, "ms": 0.5, "tried": 3}
 
 BAD = {
     "BLOCK_R=3": (QKEY, {"config": {**QUANT, "BLOCK_R": 3}}),
@@ -28,36 +29,39 @@ BAD = {
     "BLOCK_C=4": (QKEY, {"config": {**QUANT, "BLOCK_C": 4}}),  # < 8: no whole mask byte
     "BLOCK_C=64.0": (QKEY, {"config": {**QUANT, "BLOCK_C": 64.0}}),
     "num_warps=3": (QKEY, {"config": {**QUANT, "num_warps": 3}}),
-    "num_warps=64": (FKEY, {"config": {**GEMM, "num_warps": 64}}),
-    "num_stages=0": (FKEY, {"config": {**GEMM, "num_stages": 0}}),
-    "num_stages=9": (FKEY, {"config": {**GEMM, "num_stages": 9}}),
-    "GROUP_M=0": (FKEY, {"config": {**GEMM, "GROUP_M": 0}}),
-    "BLOCK_N=8": (FKEY, {"config": {**GEMM, "BLOCK_N": 8}}),  # tl.dot needs >= 16
-    "BLOCK_M=48": (FKEY, {"config": {**GEMM, "BLOCK_M": 48}}),
-    "fwd BLOCK_K=16": (FKEY, {"config": {**GEMM, "BLOCK_K": 16}}),
-    "tile too big": (FKEY, {"config": {**GEMM, "BLOCK_M": 1 << 20, "BLOCK_K": 64}}),
+    "num_warps=64": (FKEY, {"config": {**FWD, "num_warps": 64}}),
+    "num_stages=0": (FKEY, {"config": {**FWD, "num_stages": 0}}),
+    "num_stages=9": (FKEY, {"config": {**FWD, "num_stages": 9}}),
+    "GROUP_M=0": (FKEY, {"config": {**FWD, "GROUP_M": 0}}),
+    "BLOCK_N=8": (FKEY, {"config": {**FWD, "BLOCK_N": 8}}),  # tl.dot needs >= 16
+    "BLOCK_M=48": (FKEY, {"config": {**FWD, "BLOCK_M": 48}}),
+    "fwd BLOCK_K=16": (FKEY, {"config": {**FWD, "BLOCK_K": 16}}),
+    "tile too big": (FKEY, {"config": {**FWD, "BLOCK_M": 1 << 20, "BLOCK_K": 64}}),
     "unknown key": (QKEY, {"config": {**QUANT, "BLOCK_X": 16}}),
-    "missing key": (FKEY, {"config": {k: v for k, v in GEMM.items() if k != "num_stages"}}),
+    "missing key": (FKEY, {"config": {k: v for k, v in FWD.items() if k != "num_stages"}}),
     "quantize keys on gemm": (FKEY, {"config": QUANT}),
     "bool value": (QKEY, {"config": {**QUANT, "num_warps": True}}),
     "config not a dict": (FKEY, {"config": [16, 32]}),
-    "entry not a dict": (FKEY, [GEMM]),
+    "entry not a dict": (FKEY, [FWD]),
     "no config": (FKEY, {"ms": 1.0}),
-    "negative M in key": ("fwd|M-32|N64|K64|float32|", {"config": GEMM}),
-    "M not an int": ("fwd|Mx|N64|K64|float32|", {"config": GEMM}),
-    "N missing its prefix": ("fwd|M32|64|K64|float32|", {"config": GEMM}),
-    "M zero": ("fwd|M0|N64|K64|float32|", {"config": GEMM}),
-    "K negative": ("fwd|M32|N64|K-64|float32|", {"config": GEMM}),
-    "unknown dtype": ("fwd|M32|N64|K64|float64|", {"config": GEMM}),
-    "too few fields": ("fwd|M32|N64|K64|float32", {"config": GEMM}),
-    "unknown kernel": ("conv|M32|N64|K64|float32|", {"config": GEMM}),
-    "ms NaN": (FKEY, {"config": GEMM, "ms": math.nan}),
-    "ms inf": (FKEY, {"config": GEMM, "ms": math.inf}),
-    "ms negative": (FKEY, {"config": GEMM, "ms": -1.0}),
-    "ms string": (FKEY, {"config": GEMM, "ms": "1.0"}),
-    "tried negative": (FKEY, {"config": GEMM, "tried": -1}),
-    "tried float": (FKEY, {"config": GEMM, "tried": 2.5}),
-    "tried bool": (FKEY, {"config": GEMM, "tried": True}),
+    "negative M in key": ("fwd|M-32|N64|K64|float32|", {"config": FWD}),
+    "M not an int": ("fwd|Mx|N64|K64|float32|", {"config": FWD}),
+    "N missing its prefix": ("fwd|M32|64|K64|float32|", {"config": FWD}),
+    "M zero": ("fwd|M0|N64|K64|float32|", {"config": FWD}),
+    "K negative": ("fwd|M32|N64|K-64|float32|", {"config": FWD}),
+    "unknown dtype": ("fwd|M32|N64|K64|float64|", {"config": FWD}),
+    "too few fields": ("fwd|M32|N64|K64|float32", {"config": FWD}),
+    "unknown kernel": ("conv|M32|N64|K64|float32|", {"config": FWD}),
+    "ms NaN": (FKEY, {"config": FWD, "ms": math.nan}),
+    "ms inf": (FKEY, {"config": FWD, "ms": math.inf}),
+    "ms negative": (FKEY, {"config": FWD, "ms": -1.0}),
+    "ms string": (FKEY, {"config": FWD, "ms": "1.0"}),
+    "tried negative": (FKEY, {"config": FWD, "tried": -1}),
+    "tried float": (FKEY, {"config": FWD, "tried": 2.5}),
+    "tried bool": (FKEY, {"config": FWD, "tried": True}),
+    "fwd without DEQUANT": (FKEY, {"config": GEMM}),
+    "DEQUANT=2": (FKEY, {"config": {**FWD, "DEQUANT": 2}}),
+    "dgrad with DEQUANT": ("dgrad|M16|N16|K16|bfloat16|", {"config": FWD}),
 }
 
 
@@ -89,7 +93,7 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
     assert key not in cache.entries
     if key.split("|")[1][1:].lstrip("-").isdigit():  # a key lookup can parse
         assert cache.lookup(key) is None  # the launcher falls back to its default
-    assert list(cache.entries) == [GOOD_KEY] and cache.lookup(GOOD_KEY) == GEMM
+    assert list(cache.entries) == [GOOD_KEY] and cache.lookup(GOOD_KEY) == FWD
 
 
 @pytest.mark.parametrize(
@@ -97,10 +101,11 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
     [
         (QKEY, {"BLOCK_R": 1, "BLOCK_C": 8, "num_warps": 32}),
         ("quantize|M16|N32|K32|any|bytes", {"BLOCK_R": 16, "BLOCK_C": 2048, "num_warps": 8}),
-        (FKEY, {**GEMM, "num_stages": 8, "GROUP_M": 8}),
+        (FKEY, {**FWD, "num_stages": 8, "GROUP_M": 8}),
         ("dgrad|M16|N16|K16|bfloat16|", {**GEMM, "BLOCK_K": 16}),  # BLOCK_K >= 32: fwd only
         ("wgrad|M4096|N64|K64|float16|", {**GEMM, "BLOCK_M": 256}),
-        ("fwd|M32|N64|K64|float32|g32", GEMM),
+        ("fwd|M32|N64|K64|float32|g32", FWD),
+        ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "BLOCK_K": 16}),  # a 16-bit GEMM
     ],
 )
 def test_launchable_entries_are_kept(cache_dir, key, cfg):
@@ -147,7 +152,7 @@ def test_forward_survives_a_bad_cache_file(cache_dir):
     path = cache_dir / file_name("interpreter")
     bad = {
         QKEY: {"config": {"BLOCK_R": 3, "BLOCK_C": 64, "num_warps": 1}},
-        FKEY.replace("N64", "N32"): {"config": {**GEMM, "BLOCK_M": 24}},
+        FKEY.replace("N64", "N32"): {"config": {**FWD, "BLOCK_M": 24}},
         "quantize|M32|N64|K64|float32|bytes": {"config": {**QUANT, "BLOCK_C": 12}},
     }
     _write(path, bad)

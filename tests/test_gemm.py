@@ -38,7 +38,7 @@ def _quantized(M, K, N, group, bits, sym, dtype, device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
 @pytest.mark.parametrize("M,K,N,group,bits,sym", CASES, ids=IDS)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
-def test_forward_gemm(M, K, N, group, bits, sym, dtype, with_bias, device):
+def test_forward_gemm(M, K, N, group, bits, sym, dtype, with_bias, device, fwd_path):
     qa, qw = _quantized(M, K, N, group, bits, sym, dtype, device)
     bias = torch.randn(N, device=device).to(dtype) if with_bias else None
     out = int8_linear(
@@ -57,6 +57,49 @@ def test_forward_gemm(M, K, N, group, bits, sym, dtype, with_bias, device):
         ref += bias.double()
     assert out.dtype == dtype
     assert_close_rel(out, ref, dtype, "out")
+    # the forced path ran (per channel is always the int8 one)
+    want = int(fwd_path.path == "dequant" and group != K)
+    assert [c["DEQUANT"] for c in fwd_path.used] == [want]
+
+
+def test_dequantized_forward_equals_the_reference_gemm_of_the_fake_quantized_values(device):
+    """DEQUANT computes x_fq @ w_fq.T on exactly the fake-quantized values (the reference's own
+    GEMM), so at fp32 it matches an fp32 product of them to the last few bits, and a weight
+    quantized in fp32 feeds a bf16 forward as autocast would cast it."""
+    from triton_qat.kernels.gemm_int8 import int8_linear as launch
+
+    M, K, N, group = 33, 96, 40, 32
+    x = torch.randn(M, K, device=device)
+    w = torch.randn(N, K, device=device) * 0.1
+    qa = quantize_rows(x, -128, 127, K, False, pack_mask=True, with_y=True)
+    qw = quantize_rows(w, -8, 7, group, True, pack_mask=False, with_y=True, group_major=True)
+    cfg = {**autotune.gemm_config("fwd", M, N, K, torch.device(device), torch.float32, group),
+           "DEQUANT": 1}  # fmt: skip
+    dq = autotune.dequantize_config(M, K, torch.device(device))
+    args = (qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, None)
+    out = launch(*args, torch.float32, asymmetric=True, config=cfg, dequant_config=dq)
+    assert_close_rel(out, qa.y.double() @ qw.y.double().T, torch.float32, "out")
+    xb = x.to(torch.bfloat16)
+    qb = quantize_rows(xb, -128, 127, K, False, pack_mask=True, with_y=True)
+    out_b = launch(qb.codes, qb.scale, qb.zero_point, *args[3:], torch.bfloat16, asymmetric=True,
+                   config=cfg, dequant_config=dq, w_dtype=torch.float32)  # fmt: skip
+    ref_b = qb.y.double() @ qw.y.to(torch.bfloat16).double().T
+    assert_close_rel(out_b, ref_b, torch.bfloat16, "out")
+    with pytest.raises(ValueError, match="dequant_config"):
+        launch(*args, torch.float32, asymmetric=True, config=cfg)
+    per_channel = quantize_rows(w, -128, 127, K, True, pack_mask=False)
+    with pytest.raises(ValueError, match="DEQUANT"):
+        launch(*args[:3], per_channel.codes, per_channel.scale, per_channel.code_sum, None,
+               torch.float32, asymmetric=True, config=cfg, dequant_config=dq)  # fmt: skip
+
+
+def test_forward_default_path_by_group_and_dtype():
+    """Untuned defaults: per-group weights at 16-bit dtypes take the dequantized path, fp32 and
+    per-channel weights the int8 one (the tuner times both where both run)."""
+    dev = torch.device("cpu")
+    path = lambda dt, g: autotune.gemm_config("fwd", 64, 64, 256, dev, dt, g)["DEQUANT"]  # noqa: E731
+    assert path(torch.bfloat16, 32) == path(torch.float16, 128) == 1
+    assert path(torch.float32, 32) == path(torch.bfloat16, 256) == path(torch.bfloat16, 0) == 0
 
 
 def test_modes_are_all_exercised():

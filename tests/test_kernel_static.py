@@ -19,8 +19,9 @@ MEASURED_WITH = "3.9."
 
 
 def _wgmma(r):
-    """The GEMM's MMA is wgmma: IGMMA for the int8 forward, HGMMA for 16-bit backward operands."""
-    want = "IGMMA" if r["family"] == "fwd" else "HGMMA"
+    """The GEMM's MMA is wgmma: IGMMA for the int8 forward, HGMMA for 16-bit operands (the
+    backward, and the forward's dequantized path)."""
+    want = "IGMMA" if r["family"] == "fwd" and "DEQUANT" not in r["key"] else "HGMMA"
     return r["tc"] == "wgmma" and bool(r["mma"]) and all(m.startswith(want) for m in r["mma"])
 
 
@@ -138,3 +139,28 @@ def _skip_unless_measured_toolchain(rows):
 def _evidence(r):
     keys = ("tc", "mma", "regs", "spill_store", "spill_load", "loop_insns", "ratio", "ld_bits")
     return {k: r.get(k) for k in keys}
+
+
+# The per-group forward's untuned default (the dequantized path at 16-bit dtypes) against the
+# per-channel int8 forward, in non-MMA instructions per 1024 MACs of the hot loop (issue 11:
+# group 128 at most 1.5x, group 32 at most 3x). Group 8 is held to group 32's bound.
+LEAN_BOUND = {"int4 group 128": 1.5, "int4 group 32": 3.0, "int4 group 8": 3.0}
+LEAN_GAPS = {
+    # a bf16 wgmma carries k=16 per instruction where int8's carries 32, so the same loop
+    # overhead is spread over half the MACs: the tutorial's 128x256x64 tile measures 0.5 against
+    # the per-channel forward's 0.32; the curated 128x256x128 s2 tile measures 0.4 (1.25x)
+    "int4 group 128": "0.5 vs 0.32 per 1024 MACs: 1.6x",
+}
+
+
+@pytest.mark.parametrize(
+    "what",
+    [pytest.param(w, marks=[pytest.mark.xfail(strict=True, reason=LEAN_GAPS[w])] if w in LEAN_GAPS
+                  else []) for w in LEAN_BOUND],
+)  # fmt: skip
+def test_per_group_forward_default_is_as_lean_as_per_channel(rows, what):
+    _skip_unless_measured_toolchain(rows)
+    base = rows["fwd MODE 0 int8 per-channel"]["ni_kmac"]
+    got = rows[f"fwd DEQUANT {what}"]
+    assert _wgmma(got) and _no_spill(got)
+    assert got["ni_kmac"] <= LEAN_BOUND[what] * base, (got["ni_kmac"], base)

@@ -1,7 +1,6 @@
 """tq.Linear (torchao numerics): forward and all gradients against an fp64 product of the same
 fake-quantized values, shapes, toggles, conversion, saved-activation memory, bad input."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -138,7 +138,7 @@ def test_asym_weight_non_finite_group_matches_torchao(bad):
                          ids=["mode1-g32", "mode0-per-channel", "mode2-g9", "mode1-g64"])  # fmt: skip
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
 @pytest.mark.parametrize("a_sym", [False, True], ids=["x-asym", "x-sym"])
-def test_asym_weight_forward_gemm(K, group, dtype, a_sym, device):
+def test_asym_weight_forward_gemm(K, group, dtype, a_sym, device, fwd_path):
     """sum_k (q_x - zp_x)(q_w - zp_w) with x's code sums per weight group (written by the
     activation quantize, or summed from the codes when not given): fp64 bound, same bits."""
     M, N = 13, 40
@@ -158,6 +158,8 @@ def test_asym_weight_forward_gemm(K, group, dtype, a_sym, device):
     assert_close_rel(out, ref, dtype, "out")
     summed = int8_linear(*args, asymmetric=not a_sym, w_zero_point=qw.zero_point)
     assert torch.equal(out, summed)
+    want = int(fwd_path.path == "dequant" and group != K)
+    assert [c["DEQUANT"] for c in fwd_path.used] == [want, want]
 
 
 @pytest.mark.parametrize("sum_group", [32, 64, 96, 12, 3, 384], ids=lambda g: f"sg{g}")

@@ -20,10 +20,11 @@ import torch
 
 from triton_qat import autotune
 from triton_qat.kernels._common import INTERPRET
-from triton_qat.kernels.gemm_backward import dequantize_rows as _dequantize_rows
+from triton_qat.kernels.dequantize import dequantize_rows as _dequantize_rows
+from triton_qat.kernels.dequantize_torch import dequantize_rows_torch
 from triton_qat.kernels.gemm_backward import dgrad as _dgrad
 from triton_qat.kernels.gemm_backward import wgrad as _wgrad
-from triton_qat.kernels.gemm_backward_torch import dequantize_rows_torch, dgrad_torch, wgrad_torch
+from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
 from triton_qat.kernels.gemm_int8 import fwd_mode
 from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
@@ -127,8 +128,10 @@ def int8_linear(
     asymmetric: bool = True,
     w_zero_point: torch.Tensor | None = None,
     x_code_sum: torch.Tensor | None = None,
+    w_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """``x_fq @ w_fq.T + bias`` from int8 codes (see :func:`triton_qat.kernels.gemm_int8.int8_linear`)."""
+    """``x_fq @ w_fq.T + bias`` from int8 codes (see :func:`triton_qat.kernels.gemm_int8.int8_linear`;
+    ``w_dtype``: the weight's dtype, in which a dequantized per-group forward forms w_fq)."""
     if not use_kernels(x_codes):
         return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
                                  w_zero_point)  # fmt: skip
@@ -136,6 +139,7 @@ def int8_linear(
     N = w_codes.shape[0]
     group = K // w_scale.shape[1] if K else 1
     config = autotune.gemm_config("fwd", M, N, K, x_codes.device, out_dtype, group)
+    dq_config = autotune.dequantize_config(M, K, x_codes.device, out_dtype)
     return _int8_linear(
         x_codes,
         x_scale,
@@ -149,6 +153,8 @@ def int8_linear(
         config=config,
         w_zero_point=w_zero_point,
         x_code_sum=x_code_sum,
+        w_dtype=w_dtype,
+        dequant_config=dq_config,
     )
 
 

@@ -1,0 +1,125 @@
+"""Dequantize int8 codes back to the fake-quantized values, in the input dtype.
+
+    y[r, c] = dt((code[r, c] - zero_point[r, g]) * scale[r, g]),   g = c // group_size
+
+which is bit for bit the ``y`` the quantize kernel writes for the same row (docs/numerics.md:
+the difference of two integers is exact, one fp32 product, one rounding to dt). Where codes
+lose information the results differ, never a GEMM reading them: a row with a non-finite scale
+comes back all NaN (the quantize's y has NaN there too, and inf beside it for a -inf row on CPU),
+and a NaN element of a row whose qparams were given (per-tensor, torch.ao) has code 0 and comes
+back finite, as the int8 GEMM, which reads the same codes, sees it. With
+``asym_weight`` it is torchao's asymmetric weight formula, ``dt(dt(q) - dt(zp)) * scale`` (the
+zero point is not bounded by the code range, so its rounding to dt matters). A bandwidth-bound
+elementwise pass: the backward dequantizes the saved activation codes with it (x_fq for wgrad),
+the per-group forward (``DEQUANT`` configs of :mod:`.gemm_int8`) both of its operands.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import cast_to_dt, dtype_code, new_empty, round_to_dt
+
+
+@triton.jit
+def _dequantize_kernel(
+    codes_ptr,
+    scale_ptr,
+    zp_ptr,
+    y_ptr,
+    R,
+    C,
+    stride_cr,
+    stride_sr,
+    stride_sg,
+    stride_zr,
+    stride_zg,
+    GROUP,
+    ONE_GROUP: tl.constexpr,
+    ASYM_WEIGHT: tl.constexpr,
+    CODE_OFFSET: tl.constexpr,
+    DT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """y [R, C] (contiguous) from codes [R, C] (row stride given) and qparams [R, C // GROUP]."""
+    o_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
+    c0 = tl.program_id(1).to(tl.int64) * BLOCK_C
+    o_c = c0 + tl.arange(0, BLOCK_C)  # [BC]
+    m_r = o_r < R
+    m_rc = m_r[:, None] & (o_c < C)[None, :]
+    if ONE_GROUP:  # the tile lies in one group: one scale per row
+        g = c0 // GROUP
+        b_s = tl.load(scale_ptr + o_r * stride_sr + g * stride_sg, mask=m_r, other=0.0)[:, None]
+        b_zp = tl.load(zp_ptr + o_r * stride_zr + g * stride_zg, mask=m_r, other=0)[:, None]
+    else:  # several groups per tile: a [BR, BC] gather (cached: GROUP neighbours share it)
+        o_g = (o_c // GROUP)[None, :]
+        b_s = tl.load(scale_ptr + o_r[:, None] * stride_sr + o_g * stride_sg, mask=m_rc, other=0.0)
+        b_zp = tl.load(zp_ptr + o_r[:, None] * stride_zr + o_g * stride_zg, mask=m_rc, other=0)
+    b_code = tl.load(codes_ptr + o_r[:, None] * stride_cr + o_c[None, :], mask=m_rc, other=0)
+    b_code = b_code.to(tl.int32)
+    if ASYM_WEIGHT:
+        b_q = (b_code - CODE_OFFSET).to(tl.float32)
+        b_zpf = round_to_dt((b_zp - CODE_OFFSET).to(tl.float32), DT)
+        b_y = round_to_dt(b_q - b_zpf, DT) * b_s
+    else:
+        b_y = (b_code - b_zp).to(tl.float32) * b_s  # code - zp is exact: both carry the offset
+    # a non-finite scale makes the quantize kernel's whole row NaN (x * (1/inf) rounds to the
+    # zero point, and 0 * inf is NaN); codes alone would give +-inf where they differ from it
+    b_y = tl.where((b_s == b_s) & (tl.abs(b_s) < float("inf")), b_y, float("nan"))
+    tl.store(y_ptr + o_r[:, None] * C + o_c[None, :], cast_to_dt(b_y, DT), mask=m_rc)
+
+
+def _as_2d(t: torch.Tensor, R: int) -> torch.Tensor:
+    """A per-row ([R]) or per-(row, group) ([R, G]) qparam tensor as [R, G] (any strides)."""
+    return t.reshape(R, 1) if t.dim() == 1 else t
+
+
+def dequantize_rows(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    config: dict,
+    asym_weight: bool = False,
+    code_offset: int = 0,
+) -> torch.Tensor:
+    """[R, C] ``dtype((codes - zero_point) * scale)`` of int8 codes [R, C] (unit column stride,
+    else copied) with fp32 scales and int32 zero points (stored shifted like the codes) per row
+    ([R] or [R, 1]) or per group ([R, G], groups of C // G columns, any strides). ``asym_weight``:
+    torchao's asymmetric weight formula (codes and zero points shifted by ``code_offset``).
+    ``config``: BLOCK_R, BLOCK_C, num_warps (powers of two)."""
+    R, C = codes.shape
+    y = new_empty((R, C), dtype, codes.device)
+    if R == 0 or C == 0:
+        return y
+    codes = codes if codes.stride(1) == 1 else codes.contiguous()
+    scale, zero_point = _as_2d(scale, R), _as_2d(zero_point, R)
+    n_groups = scale.shape[1]
+    group = C // n_groups
+    grid = (triton.cdiv(R, config["BLOCK_R"]), triton.cdiv(C, config["BLOCK_C"]))
+    _dequantize_kernel[grid](
+        codes,
+        scale,
+        zero_point,
+        y,
+        R,
+        C,
+        codes.stride(0),
+        scale.stride(0),
+        scale.stride(1),
+        zero_point.stride(0),
+        zero_point.stride(1),
+        group,
+        ONE_GROUP=n_groups == 1 or group % config["BLOCK_C"] == 0,
+        ASYM_WEIGHT=asym_weight,
+        CODE_OFFSET=code_offset,
+        DT=dtype_code(dtype),
+        BLOCK_R=config["BLOCK_R"],
+        BLOCK_C=config["BLOCK_C"],
+        num_warps=config["num_warps"],
+    )
+    return y
