@@ -5,6 +5,9 @@ plain-torch reference the launchers must equal:
 
 * :mod:`.quantize`      - per-token / per-channel / per-group / per-tensor quantization (codes, qparams,
                           clamp mask, fake-quantized values).
-* :mod:`.gemm_int8`     - the forward int8 x int8 -> int32 GEMM with the dequantizing epilogue.
-* :mod:`.gemm_backward` - the STE backward GEMMs that dequantize saved int8 codes on the fly.
+* :mod:`.gemm_int8`     - the forward GEMM: int8 x int8 -> int32 with the dequantizing epilogue, or
+                          (per-group weights, ``DEQUANT`` configs) the dequantized 16-bit path.
+* :mod:`.gemm_float`    - a plain GEMM on dequantized operands with mask / bias epilogues.
+* :mod:`.dequantize`    - int8 codes back to the fake-quantized values, bit for bit.
+* :mod:`.gemm_backward` - the STE backward GEMMs (dgrad, wgrad) on dequantized operands.
 """

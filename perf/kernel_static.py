@@ -269,7 +269,7 @@ def variants() -> list[Variant]:
     if _VARIANTS:
         return _VARIANTS
     from triton_qat import autotune
-    from triton_qat.autotune.space import DEFAULTS, default_config, fit_config
+    from triton_qat.autotune.space import default_config, fit_config
     from triton_qat.kernels import dequantize, gemm_backward, gemm_int8, quantize
 
     out: list[Variant] = []
@@ -368,7 +368,8 @@ def variants() -> list[Variant]:
     for dt in (BF16, F16, F32):
         for group, what in ((K, "int8 per-channel"), (128, "int4 group 128"),
                             (32, "int4 group 32"), (8, "int4 group 8")):  # fmt: skip
-            int8_cfg = fit_config("fwd", dict(DEFAULTS["fwd"]), K, group)
+            int8_cfg = default_config("fwd", (M, N, K), False, group, 4)  # the int8 path's
+            int8_cfg = fit_config("fwd", int8_cfg, K, group)
             paths = [(f"MODE {gemm_int8.fwd_mode(K, group)}", int8_cfg, I8)]
             if group != K and dt != F32:
                 major = int(os.environ.get(ARCH_ENV, "90")) // 10  # the GPU's own default

@@ -189,6 +189,7 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
         CURATED,
         DEFAULTS,
         FWD_DEQUANT_DEFAULT,
+        FWD_GROUP_INT8_DEFAULT,
         fit_config,
         quantize_default,
         smem_bytes,
@@ -207,9 +208,10 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
     assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in int8)
     # per-group weights: both forward paths are timed, the 16-bit default (DEQUANT) first
     assert g128[0] == FWD_DEQUANT_DEFAULT and 6 <= len(g128) - len(int8) < len(int8) <= 16
-    assert len(g128) <= 22 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
+    assert len(g128) <= 23 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
+    assert g128[1:3] == [fit_config("fwd", DEFAULTS["fwd"], 4096, 128), FWD_GROUP_INT8_DEFAULT]
     g128_fp32 = candidates("fwd", (8192, 4096, 4096), 9, 4, hopper, 128, curated=True)
-    assert g128_fp32[0] == fit_config("fwd", DEFAULTS["fwd"], 4096, 128)  # int8 default at fp32
+    assert g128_fp32[0] == FWD_GROUP_INT8_DEFAULT  # the int8 path's per-group default at fp32
     per_token = candidates("quantize", (8192, 4096), 9, curated=True)
     assert per_token[0] == quantize_default(8192, 4096) and 8 <= len(per_token) <= 16
     per_group = candidates("quantize", (4096, 128), 9, curated=True)
