@@ -63,7 +63,10 @@ KNOWN_GAPS = {
     # the per-group forward's int8 path (MODE 1; the default at fp32, a tuner candidate at 16-bit
     # dtypes, where the dequantized path is the default): the int32 group tile is converted and
     # scaled into the fp32 accumulator after every group (I2F + FFMA over the whole tile)
-    ("fwd MODE 1 int4 group 128", "near_anchor"): "242 SASS/iter vs 124 (anchor 64x128x128 w4): 1.9x",
+    (
+        "fwd MODE 1 int4 group 128",
+        "near_anchor",
+    ): "242 SASS/iter vs 124 (anchor 64x128x128 w4): 1.9x",
     ("fwd MODE 1 int4 group 32", "near_anchor"): "202 SASS/iter vs 58 (anchor 64x128x32 w4): 3.5x",
     # MODE 2 (groups not a multiple of 32) dequantizes into an IEEE fp32 dot: FFMA, no tensor cores
     # (at 16-bit dtypes the dequantized path, with wgmma, is the default for these groups)
