@@ -142,8 +142,9 @@ def tune(
     """Tune ``kernels`` for one linear and return ``{kernel: result}``, each result holding
     ``key``, ``config`` and ``ms`` (the fastest), ``default_config`` and ``default_ms`` (the
     config a launch used before tuning; ``default_ms`` None if it failed), ``tried`` (configs
-    timed), ``failed`` (configs that did not compile or launch), ``candidates`` and ``complete``
-    (False when ``deadline``, a ``time.monotonic()`` value, stopped the search early).
+    timed), ``failed`` (configs that did not compile or launch), ``candidates``, ``complete``
+    (False when ``deadline``, a ``time.monotonic()`` value, stopped the search early) and
+    ``by_path`` (the forward: the fastest ms of each path timed, "int8" / "dequant"; else {}).
 
     ``curated``: the short tutorial lists, else the full spaces. ``store``: write the winners to
     the cache (:func:`entries_of` gives what would be written). Kernels whose cache key is in
@@ -173,6 +174,7 @@ def tune(
     for name in todo:
         prob = registry[name]
         best, best_ms, tried, default_ms, complete = None, float("inf"), 0, None, True
+        by_path: dict[str, float] = {}  # the forward's two paths, each at its fastest config
         for i, cfg in enumerate(spaces[name]):
             if i and deadline is not None and time.monotonic() > deadline:
                 complete = False
@@ -193,6 +195,9 @@ def tune(
                 progress(1)
             if ms < best_ms:
                 best, best_ms = cfg, ms
+            if "DEQUANT" in cfg and ms < float("inf"):
+                path = "dequant" if cfg["DEQUANT"] else "int8"
+                by_path[path] = min(by_path.get(path, ms), ms)
         if best is None:
             warnings.warn(f"triton_qat.autotune: no config of {name} ran at {prob.key}; "
                           f"first error: {first_error.get(name)!r}", stacklevel=2)  # fmt: skip
@@ -207,6 +212,7 @@ def tune(
             "default_config": spaces[name][0],
             "default_ms": default_ms,
             "complete": complete,
+            "by_path": by_path,
         }
     if store and results:
         get_cache(device).store(entries_of(results))

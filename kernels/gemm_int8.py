@@ -204,7 +204,7 @@ def check_fwd_config(config: dict, K: int, group_size: int) -> None:
 
 
 def _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero_point, bias,
-                        out_dtype, w_dtype, config, dequant_config):  # fmt: skip
+                        out_dtype, w_dtype, w_code_offset, config, dequant_config):  # fmt: skip
     """The ``DEQUANT`` path: x_fq and w_fq dequantized once, then ``x_fq @ w_fq.T + bias``.
     w_fq is formed in the weight's own dtype (as its quantize wrote it) and then cast to the
     output dtype, as autocast casts the reference's w_fq."""
@@ -213,7 +213,7 @@ def _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero
         w_zero_point if w_zero_point is not None else torch.zeros_like(w_scale, dtype=torch.int32)
     )
     w_fq = dequantize_rows(w_codes, w_scale, w_zp, w_dtype, config=dequant_config,
-                           asym_weight=w_zero_point is not None)  # fmt: skip
+                           asym_weight=w_zero_point is not None, code_offset=w_code_offset)  # fmt: skip
     c = config
     tiles = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], c["num_warps"],
              c["num_stages"])  # fmt: skip
@@ -236,6 +236,7 @@ def int8_linear(
     x_code_sum: torch.Tensor | None = None,
     w_dtype: torch.dtype | None = None,
     dequant_config: dict | None = None,
+    w_code_offset: int = 0,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes.
 
@@ -248,7 +249,8 @@ def int8_linear(
     computed here from the codes when not given, a pass over them).
     ``config["DEQUANT"]`` (per-group weights): the dequantized path (module doc), which needs
     ``dequant_config`` (the dequantize kernel's BLOCK_R, BLOCK_C, num_warps) and forms w_fq in
-    ``w_dtype`` (the weight's dtype; default ``out_dtype``).
+    ``w_dtype`` (the weight's dtype; default ``out_dtype``); asymmetric weights whose codes are
+    stored shifted (ranges past 127) give their shift as ``w_code_offset``.
     """
     M, K = x_codes.shape
     N = w_codes.shape[0]
@@ -263,8 +265,8 @@ def int8_linear(
         if dequant_config is None:
             raise ValueError("int8_linear: a DEQUANT config needs dequant_config")
         return _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero_point,
-                                   bias, out_dtype, w_dtype or out_dtype, config,
-                                   dequant_config)  # fmt: skip
+                                   bias, out_dtype, w_dtype or out_dtype, w_code_offset,
+                                   config, dequant_config)  # fmt: skip
     x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
     w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
     mode = fwd_mode(K, group_size)

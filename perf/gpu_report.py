@@ -738,14 +738,17 @@ def phase_correctness(run: Run, deadline: float, sizes: Sizes, workers: int | No
 
 
 def tuning_plan(sizes: Sizes) -> list[tuple[LinearShape, tuple[str, ...]]]:
-    """Headline shape first (all kernels, then its int4 g128 forward and weight quantize), then
-    the other (K, N) pairs; per-group shares dgrad / wgrad / quantize_x keys with per channel."""
+    """Headline shape first (all kernels, then its int4 g128 forward and weight quantize, and its
+    int4 g32 forward: both per-group forwards time the int8 and the dequantized path), then the
+    other (K, N) pairs; per-group shares dgrad / wgrad / quantize_x keys with per channel."""
     M, dt = sizes.head_tokens, sizes.tune_dtype
     plan = []
-    for K, N in sizes.pairs:
+    for i, (K, N) in enumerate(sizes.pairs):
         plan.append((LinearShape(M, K, N, dt), KERNELS))
         if K % 128 == 0:
             plan.append((LinearShape(M, K, N, dt, 4, 128), ("fwd", "quantize_w")))
+        if i == 0 and K % 32 == 0:
+            plan.append((LinearShape(M, K, N, dt, 4, 32), ("fwd",)))
     return plan
 
 
@@ -849,7 +852,8 @@ def phase_tuning(run: Run, deadline: float, sizes: Sizes) -> bool:
                 gain = r["default_ms"] / r["ms"] if r["default_ms"] and r["ms"] > 0 else None
                 rec = dict(shape=s.label, kernel=kernel, default_ms=r["default_ms"], ms=r["ms"],
                            gain=gain, tried=r["tried"], candidates=r["candidates"],
-                           failed=r["failed"], complete=r["complete"], config=r["config"])  # fmt: skip
+                           failed=r["failed"], complete=r["complete"], config=r["config"],
+                           by_path=r.get("by_path", {}))  # fmt: skip
                 run.tuning.append(rec)
                 common = dict(phase="tuning", item=f"{s.label} {kernel}", kernel=kernel, M=s.M,
                               K=s.K, N=s.N, dtype=s.dtype, backend=tq.backend(run.device))  # fmt: skip
@@ -864,6 +868,9 @@ def phase_tuning(run: Run, deadline: float, sizes: Sizes) -> bool:
                 if gain is not None:
                     run.row(**common, status=status, provider="tuned", metric="tuning_gain",
                             value=gain, detail="untuned default ms / tuned ms")  # fmt: skip
+                for path, ms in r.get("by_path", {}).items():  # the per-group forward's decision
+                    run.row(**common, status=status, provider=f"{path} path (fastest)", metric="ms",
+                            value=ms, detail="the forward path's fastest timed config")  # fmt: skip
                 entries[r["key"]] = {"config": r["config"], "ms": round(r["ms"], 5),
                                      "tried": r["tried"]}  # fmt: skip
                 d = f"{r['default_ms']:.4f}" if r["default_ms"] is not None else "failed"
@@ -1165,6 +1172,13 @@ def summary_text(run: Run, sizes: Sizes, files: list[Path] | None = None) -> str
             g = f"{t['gain']:.2f}x" if t["gain"] else "-"
             lines.append(f"| {t['shape']} | {t['kernel']} | {d} | {t['ms']:.4f} | {g} | "
                          f"{t['tried']}/{t['candidates']}{'' if t['complete'] else ' (cut)'} |")  # fmt: skip
+        for t in run.tuning:  # the per-group forward: int8 tensor cores vs dequantized 16-bit
+            bp = t.get("by_path") or {}
+            if len(bp) == 2:
+                lines.append(f"- forward paths at {t['shape']}: int8 {bp['int8']:.4f} ms, "
+                             f"dequantized {bp['dequant']:.4f} ms (each at its fastest config): "
+                             f"{'dequantized' if bp['dequant'] < bp['int8'] else 'int8'} wins "
+                             f"by {max(bp.values()) / min(bp.values()):.2f}x")  # fmt: skip
         for c in run.compile_stats:
             par = c["sum_s"] / c["wall_s"] if c["wall_s"] > 0 else float("nan")
             lines.append(f"- compile {c['shape']}: {c['launches']} first launches on {c['workers']} "

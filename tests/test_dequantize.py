@@ -62,6 +62,16 @@ def test_asymmetric_weight_formula_and_shifted_codes(dtype, device):
     got, twin = _both(qw.codes, qw.scale, qw.zero_point, dtype, device, asym_weight=True)
     _bits_equal(got, qw.y, "asym weight: kernel")
     _bits_equal(twin, qw.y, "asym weight: twin")
+    # unsigned asymmetric weights ([0, 255]: codes and zero points stored shifted by -128) near
+    # 40000, where bf16 steps by 256: the zero point is exact in dt, zero point - 128 is not, so
+    # the formula must undo the shift before rounding
+    w = (torch.rand(24, 64, device=device) * 2000 + 40000).to(dtype)
+    qu = quantize_rows(w, 0, 255, 32, False, pack_mask=False, with_y=True, asym_weight=True)
+    assert (qu.zero_point > 30000).all()
+    got, twin = _both(qu.codes, qu.scale, qu.zero_point, dtype, device, asym_weight=True,
+                      code_offset=-128)  # fmt: skip
+    _bits_equal(got, qu.y, "asym uint8 weight: kernel")
+    _bits_equal(twin, qu.y, "asym uint8 weight: twin")
     x = torch.relu(torch.randn(9, 48, device=device)).to(dtype)
     scale = torch.full((9, 1), 0.02, device=device)
     zp = torch.full((9, 1), 3, dtype=torch.int32, device=device)

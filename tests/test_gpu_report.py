@@ -71,7 +71,12 @@ def test_dry_run_writes_the_whole_report(tmp_path):
         r["detail"] == "skipped: no CUDA" for r in cuda_only.values()
     )
     tuned = [r for r in rows if r["phase"] == "tuning" and r["metric"] == "ms"]
-    assert {r["provider"] for r in tuned} == {"untuned default", "tuned"}
+    assert {r["provider"] for r in tuned} == {"untuned default", "tuned", "int8 path (fastest)",
+                                              "dequant path (fastest)"}  # fmt: skip
+    # the forward's path rows: per channel int8 only; int4 g128 at bf16 its default, dequantized
+    paths = {(r["item"], r["provider"]) for r in tuned if "path" in r["provider"]}
+    assert ("32x256x48 i8 fwd", "int8 path (fastest)") in paths
+    assert ("32x256x48 i4g128 fwd", "dequant path (fastest)") in paths
     assert any(r["phase"] == "benchmark" and r["status"] == "done" and r["metric"] == "ms"
                for r in rows)  # fmt: skip
     assert all(r["gpu"] and r["torch"] and r["triton"] for r in rows)
@@ -161,11 +166,12 @@ def test_outputs_agree_compares_integers_exactly_and_floats_within_tolerance():
 def test_plans_put_the_headline_first():
     sizes = gpu_report.Sizes.gpu()
     plan = gpu_report.tuning_plan(sizes)
-    assert [(s.M, s.K, s.N, s.group_size) for s, _ in plan[:2]] == [
+    assert [(s.M, s.K, s.N, s.group_size) for s, _ in plan[:3]] == [
         (8192, 4096, 4096, 0),
         (8192, 4096, 4096, 128),
+        (8192, 4096, 4096, 32),  # per-group forwards: the int8 and the dequantized path timed
     ]
-    assert plan[1][1] == ("fwd", "quantize_w") and len(plan) == 6
+    assert plan[1][1] == ("fwd", "quantize_w") and plan[2][1] == ("fwd",) and len(plan) == 7
     items = gpu_report.bench_plan(sizes)
     assert items[0] == ("kernels", None, 8192, 4096, 4096)
     headline = {p for kind, p, M, K, N in items[1:7]}

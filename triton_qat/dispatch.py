@@ -28,7 +28,7 @@ from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
 from triton_qat.kernels.gemm_int8 import fwd_mode
 from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
-from triton_qat.kernels.quantize import Quantized
+from triton_qat.kernels.quantize import Quantized, code_offset
 from triton_qat.kernels.quantize import quantize_rows as _quantize_rows
 from triton_qat.kernels.quantize_torch import per_tensor_qparams, quantize_rows_torch
 
@@ -129,9 +129,11 @@ def int8_linear(
     w_zero_point: torch.Tensor | None = None,
     x_code_sum: torch.Tensor | None = None,
     w_dtype: torch.dtype | None = None,
+    w_code_offset: int = 0,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes (see :func:`triton_qat.kernels.gemm_int8.int8_linear`;
-    ``w_dtype``: the weight's dtype, in which a dequantized per-group forward forms w_fq)."""
+    ``w_dtype``: the weight's dtype, in which a dequantized per-group forward forms w_fq;
+    ``w_code_offset``: the shift of the weight's stored codes)."""
     if not use_kernels(x_codes):
         return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
                                  w_zero_point)  # fmt: skip
@@ -155,6 +157,7 @@ def int8_linear(
         x_code_sum=x_code_sum,
         w_dtype=w_dtype,
         dequant_config=dq_config,
+        w_code_offset=w_code_offset,
     )
 
 

@@ -234,7 +234,8 @@ def qat_linear(
     out = dispatch.int8_linear(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum,
                                bias, x.dtype, asymmetric=a_asymmetric,
                                w_zero_point=None if w_symmetric else qw.zero_point,
-                               x_code_sum=x_code_sum, w_dtype=weight.dtype)  # fmt: skip
+                               x_code_sum=x_code_sum, w_dtype=weight.dtype,
+                               w_code_offset=dispatch.code_offset(w_qmin, w_qmax))  # fmt: skip
     return out.reshape(*x.shape[:-1], N)
 
 
