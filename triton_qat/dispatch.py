@@ -28,7 +28,8 @@ from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
 from triton_qat.kernels.gemm_int8 import fwd_mode
 from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
-from triton_qat.kernels.quantize import Quantized, code_offset
+from triton_qat.kernels.quantize import Quantized
+from triton_qat.kernels.quantize import code_offset as code_offset  # ops: a weight's code shift
 from triton_qat.kernels.quantize import quantize_rows as _quantize_rows
 from triton_qat.kernels.quantize_torch import per_tensor_qparams, quantize_rows_torch
 
