@@ -248,7 +248,9 @@ def test_tune_reports_the_untuned_default(cache_dir):
         assert r["default_config"] == r["config"] and r["default_ms"] == r["ms"] > 0
         assert r["complete"] and r["tried"] == r["candidates"] == 1
     assert not (cache_dir / file_name("interpreter")).exists()  # store=False wrote nothing
-    assert res["fwd"]["by_path"] == {"int8": res["fwd"]["ms"]} and res["quantize_x"]["by_path"] == {}
+    assert (
+        res["fwd"]["by_path"] == {"int8": res["fwd"]["ms"]} and res["quantize_x"]["by_path"] == {}
+    )
     g32 = tune(LinearShape(32, 64, 48, torch.bfloat16, 4, 32), torch.device("cpu"), ("fwd",),
                store=False)["fwd"]  # fmt: skip
     assert g32["config"]["DEQUANT"] == 1 and g32["by_path"] == {"dequant": g32["ms"]}
