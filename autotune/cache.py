@@ -32,9 +32,9 @@ _GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stag
 # cache key may start with. A new parameter goes here; its value check goes in _config_ok.
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "quantize": ("BLOCK_R", "BLOCK_C", "num_warps"),
-    "fwd": _GEMM_KEYS + ("DEQUANT",),
-    "dgrad": _GEMM_KEYS,
-    "wgrad": _GEMM_KEYS,
+    "fwd": _GEMM_KEYS + ("DEQUANT", "TMA"),
+    "dgrad": _GEMM_KEYS + ("TMA",),
+    "wgrad": _GEMM_KEYS + ("TMA",),
 }
 DTYPES = ("float32", "float16", "bfloat16", "any")  # the dtype field of a key ("any": unknown)
 # Elements of one block tensor Triton accepts (tl.TRITON_MAX_TENSOR_NUMEL; 2**20 in 3.6-3.9).
@@ -136,16 +136,20 @@ def _config_ok(kernel: str, cfg: object) -> bool:
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     if min(bm, bn, bk) < 16 or max(bm * bn, bm * bk, bn * bk) > _MAX_NUMEL:  # tl.dot: >= 16
         return False
-    if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or bk < 32 and not cfg["DEQUANT"]):
-        return False  # int8 dot operands need BLOCK_K >= 32; DEQUANT is a flag
+    if cfg["TMA"] not in (0, 1):
+        return False
+    if kernel == "fwd" and (
+        cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and (bk < 32 or cfg["TMA"])
+    ):
+        return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands), no TMA; flags are 0/1
     return cfg["GROUP_M"] >= 1 and 1 <= cfg["num_stages"] <= 8
 
 
 def valid_entry(key: object, entry: object) -> bool:
     """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
     config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
-    (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 unless DEQUANT (0 or 1), no block
-    over Triton's tensor size limit), num_warps a power of two <= 32, 1 <= num_stages <= 8, GROUP_M >= 1; optional
+    (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 and TMA 0 unless DEQUANT, flags
+    DEQUANT / TMA 0 or 1, no block over Triton's tensor size limit), num_warps a power of two <= 32, 1 <= num_stages <= 8, GROUP_M >= 1; optional
     "ms" a finite number >= 0 and "tried" an int >= 0."""
     if not _key_ok(key) or not isinstance(entry, dict) or "config" not in entry:
         return False

@@ -21,18 +21,20 @@ SMEM_FALLBACK = 99 * 1024
 
 _GEMM_FWD = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s,
-     "DEQUANT": dq}
-    for bm, bn, bk, w, s, dq in itertools.product(
-        (64, 128, 256), (64, 128, 256), (32, 64, 128, 256), (4, 8), (3, 4, 5), (0, 1)
+     "DEQUANT": dq, "TMA": tma}
+    for bm, bn, bk, w, s, dq, tma in itertools.product(
+        (64, 128, 256), (64, 128, 256), (32, 64, 128, 256), (4, 8), (3, 4, 5), (0, 1), (0, 1)
     )
-    if bk >= 64 or dq  # the int8 path's BLOCK_K >= 64 (32 only where a group fits no larger)
+    # the int8 path: BLOCK_K >= 64 (32 only where a group fits no larger), no TMA
+    if (bk >= 64 and not tma) or dq
 ]  # fmt: skip
 _GEMM_BWD = [
-    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s}
-    for bm, bn, bk, w, s in itertools.product(
-        (64, 128, 256), (32, 64, 128), (64, 128, 256), (4, 8), (3, 4)
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s,
+     "TMA": tma}
+    for bm, bn, bk, w, s, tma in itertools.product(
+        (64, 128, 256), (32, 64, 128), (64, 128, 256), (4, 8), (3, 4), (0, 1)
     )
-]
+]  # fmt: skip
 _QUANTIZE = [
     {"BLOCK_R": r, "BLOCK_C": c, "num_warps": w}
     for r, c, w in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8))
@@ -44,13 +46,15 @@ SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": 
 # Untuned defaults (speed not measured), used until a tuned config exists for a shape. Sized so
 # every dtype fits the 99 KiB of shared memory the smallest supported GPUs (sm_86/89) give a block:
 # compiled for sm_90, fp32 dgrad takes 80 KiB, fp32 wgrad 81 KiB (tests/test_gpu_compile.py).
+# "TMA": operand tiles through tensor descriptors (Hopper's TMA) in the plain 16-bit GEMMs
+# (dgrad, wgrad, the dequantized forward); default_config turns it on for compute capability 9+.
 DEFAULTS = {
     "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-            "num_stages": 3, "DEQUANT": 0},
+            "num_stages": 3, "DEQUANT": 0, "TMA": 0},
     "dgrad": {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-              "num_stages": 3},
+              "num_stages": 3, "TMA": 0},
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
-              "num_stages": 2},
+              "num_stages": 2, "TMA": 0},
 }  # fmt: skip
 # The per-group forward's default at 16-bit dtypes: the dequantized path (module doc of
 # kernels/gemm_int8.py), a plain 16-bit GEMM. Chosen from the compiled code, speed not measured:
@@ -59,14 +63,14 @@ DEFAULTS = {
 # per shape. Hopper: the persistent-matmul tutorial's tile (144 KiB of shared memory); others the
 # bf16 dgrad's (96 KiB, within the 99 KiB of sm_86 / sm_89).
 FWD_DEQUANT_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
-                       "num_stages": 3, "DEQUANT": 1}  # fmt: skip
-FWD_DEQUANT_DEFAULT_SM80 = {**FWD_DEQUANT_DEFAULT, "BLOCK_N": 128}
+                       "num_stages": 3, "DEQUANT": 1, "TMA": 1}  # fmt: skip
+FWD_DEQUANT_DEFAULT_SM80 = {**FWD_DEQUANT_DEFAULT, "BLOCK_N": 128, "TMA": 0}
 # The int8 path's default for per-group weights (fp32 outputs; a candidate at 16-bit): four warps
 # on 64x128 keep the per-group flush's fp32 tile beside the int32 one without spilling at fp32
 # (128x128 / 8 warps: 255 registers, 44 B spilled) and measure 0.9 non-MMA instructions per 1024
 # MACs against 1.1 (sm_90a, Triton 3.9, perf/kernel_static.py).
 FWD_GROUP_INT8_DEFAULT = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8,
-                          "num_warps": 4, "num_stages": 3, "DEQUANT": 0}  # fmt: skip
+                          "num_warps": 4, "num_stages": 3, "DEQUANT": 0, "TMA": 0}  # fmt: skip
 
 
 # Curated GEMM lists: output tile rows x cols, reduction tile, warps, stages. Drawn from Triton's
@@ -128,11 +132,12 @@ _TILES = {
 
 def _gemm_tiles(kernel: str, rows: int, cols: int, red: int, warps: int, stages: int) -> dict:
     """A tile as ``kernel``'s parameters: fwd's output is [M, N] reduced over K; dgrad's
-    is [M, K] reduced over N (BLOCK_N); wgrad's is [N, K] reduced over M (BLOCK_M)."""
+    is [M, K] reduced over N (BLOCK_N); wgrad's is [N, K] reduced over M (BLOCK_M). The 16-bit
+    GEMMs load through TMA (candidates() turns it off below compute capability 9)."""
     bm, bn, bk = {"fwd": (rows, cols, red), "dgrad": (rows, red, cols),
                   "wgrad": (red, rows, cols)}[kernel]  # fmt: skip
     return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
-            "num_stages": stages}  # fmt: skip
+            "num_stages": stages, "TMA": int(kernel != "fwd")}  # fmt: skip
 
 
 # Quantize: (BLOCK_R, BLOCK_C, num_warps). Wide rows (per token, per channel) stream 256-4096
@@ -161,12 +166,15 @@ _DEQUANT_TILES = [
 
 def _curated_gemm(kernel: str) -> list[dict]:
     configs = [dict(DEFAULTS[kernel])] + [_gemm_tiles(kernel, *t) for t in _TILES[kernel]]
-    if kernel == "fwd":
+    if kernel != "fwd":  # the Hopper default (TMA) first, then the same tile without TMA
+        configs = [{**configs[0], "TMA": 1}] + configs
+    else:
         # the defaults of both paths early (a tuning deadline cuts the list's tail), then the
         # dequantized path's tiles (per-group weights only), then the int8 tutorial tiles
         configs = (
             [{**configs[0], "DEQUANT": 0}, dict(FWD_GROUP_INT8_DEFAULT), dict(FWD_DEQUANT_DEFAULT)]
-            + [{**_gemm_tiles(kernel, *t), "DEQUANT": 1} for t in _DEQUANT_TILES]
+            + [{**FWD_DEQUANT_DEFAULT, "TMA": 0}]
+            + [{**_gemm_tiles(kernel, *t), "DEQUANT": 1, "TMA": 1} for t in _DEQUANT_TILES]
             + [{**c, "DEQUANT": 0} for c in configs[1:]]
         )
     return list({tuple(sorted(c.items())): c for c in configs}.values())  # deduplicated, in order
@@ -185,7 +193,7 @@ CURATED = {
 # Interpreter configs (the CPU suite): 64-wide tiles keep it ~3x faster than 32 while odd test
 # shapes still span several tiles per dimension.
 _INTERPRET_GEMM = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4, "num_warps": 1,
-                   "num_stages": 1}  # fmt: skip
+                   "num_stages": 1, "TMA": 1}  # fmt: skip
 
 
 def default_config(
@@ -213,20 +221,25 @@ def default_config(
         per_group = group_size not in (0, shape[2])
         dequant = per_group and elem_bytes == 2
         if interpret:
-            return {**_INTERPRET_GEMM, "DEQUANT": int(dequant)}
+            return {**_INTERPRET_GEMM, "DEQUANT": int(dequant), "TMA": int(dequant)}
         if not dequant:
             return dict(FWD_GROUP_INT8_DEFAULT if per_group else DEFAULTS["fwd"])
         return dict(FWD_DEQUANT_DEFAULT if capability >= 9 else FWD_DEQUANT_DEFAULT_SM80)
-    return dict(_INTERPRET_GEMM if interpret else DEFAULTS[kernel])
+    if interpret:
+        return dict(_INTERPRET_GEMM)
+    # TMA for 16-bit operands on Hopper (fp32 dots take no tensor cores, and its descriptor loop
+    # compiles to scalar loads that spill)
+    return {**DEFAULTS[kernel], "TMA": int(capability >= 9 and elem_bytes == 2)}
 
 
 def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
     """``cfg`` made runnable for the forward's mode at this K / weight group size (the kernel's
     ``check_fwd_config`` states the rules); other kernels' configs are returned unchanged."""
     if kernel != "fwd":
-        return cfg
+        return {**cfg, "TMA": cfg.get("TMA", 0)}
     mode = fwd_mode(K, group_size)
     cfg = {**cfg, "DEQUANT": cfg.get("DEQUANT", 0) if mode else 0}  # per-channel: int8 only
+    cfg["TMA"] = cfg.get("TMA", 0) if cfg["DEQUANT"] else 0  # the int8 kernel loads by pointer
     if cfg["DEQUANT"]:  # a plain 16-bit GEMM: any tile fits
         return cfg
     if mode == 1:  # BLOCK_K must divide the group: its largest power-of-two factor at most
@@ -303,6 +316,8 @@ def candidates(
     first = fit_config(kernel, default, K, group_size or K)
     if kernel == "fwd" and fwd_mode(K, group_size or K) == 0:  # DEQUANT is for per-group weights
         kept = [c for c in kept if not c.get("DEQUANT")]
+    if capability < 9 or elem_bytes != 2:  # TMA: Hopper's, for 16-bit operands (default_config)
+        kept = [{**c, "TMA": 0} for c in kept]
     kept = _dedupe([fit_config(kernel, c, K, group_size or K) for c in kept])
     # this problem's untuned default leads when it is a candidate (per-group 16-bit: DEQUANT)
     return sorted(kept, key=lambda c: c != first) or [first]

@@ -28,7 +28,8 @@ def dgrad(
 
     w_fq in grad_y's dtype (any strides), x_mask uint8 bits [M, ceil(K/8)] (contiguous rows).
     ``config`` tiles the linear's M, N, K (BLOCK_M, BLOCK_N, BLOCK_K) like every GEMM config of
-    the project: here the output tile is [BLOCK_M, BLOCK_K] and BLOCK_N steps the reduction."""
+    the project: here the output tile is [BLOCK_M, BLOCK_K] and BLOCK_N steps the reduction;
+    ``TMA`` loads the operands through tensor descriptors where they allow it."""
     c = config
     tiles = (
         c["BLOCK_M"],
@@ -38,7 +39,7 @@ def dgrad(
         c["num_warps"],
         c["num_stages"],
     )
-    return float_mm(grad_y, w_fq, tiles=tiles, mask=x_mask, mask_bits=True)
+    return float_mm(grad_y, w_fq, tiles=tiles, mask=x_mask, mask_bits=True, tma=bool(c.get("TMA")))
 
 
 def wgrad(
@@ -69,9 +70,9 @@ def wgrad(
         c["num_warps"],
         c["num_stages"],
     ]
-    a = grad_y.t()
+    a, tma = grad_y.t(), bool(c.get("TMA"))
     if weight is None:
-        return float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask)
+        return float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask, tma=tma)
     N, K = weight.shape
     G = w_scale.shape[1]
     sg_group, tiles[1] = scale_grad_layout(K, G, tiles[1])
@@ -86,7 +87,7 @@ def wgrad(
         return (g_fq * w_mask).to(grad_y.dtype), grad_s
     n_tiles = triton.cdiv(K, tiles[1])
     part = new_empty((N, G if sg_group else n_tiles), torch.float32, grad_y.device)
-    grad_w = float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask,
+    grad_w = float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask, tma=tma,
                       scale_grad=(weight, w_scale, qmin, qmax, sg_group, part))  # fmt: skip
     if sg_group:
         return grad_w, part

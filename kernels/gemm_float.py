@@ -41,6 +41,8 @@ def _dot(a, b, acc, DT: tl.constexpr, DOT_FP32: tl.constexpr):
 def _float_mm_kernel(
     a_ptr,
     b_ptr,
+    a_desc,
+    b_desc,
     mask_ptr,
     bias_ptr,
     c_ptr,
@@ -62,6 +64,9 @@ def _float_mm_kernel(
     stride_sg,
     stride_pr,
     w_group,
+    TMA: tl.constexpr,
+    A_T: tl.constexpr,
+    B_T: tl.constexpr,
     MASK: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     DT: tl.constexpr,
@@ -81,22 +86,34 @@ def _float_mm_kernel(
     ``SCALE_GRAD`` (wgrad of a weight W = C's shape, with learned symmetric scales s [M, N / G]):
     also the scale gradient's partial sums of ``(A @ B) * t`` over each tile's columns of one
     group (``SG_GROUP`` 0: the tile lies in one group, one [BM] sum per tile; else the group size,
-    several whole groups per tile), with t = q - w / s inside the code range, q outside."""
+    several whole groups per tile), with t = q - w / s inside the code range, q outside.
+
+    ``TMA``: the operand tiles come through tensor descriptors (Hopper's TMA: one thread issues a
+    tile copy, no per-thread addresses or masks; out-of-bounds elements read as zero). A
+    descriptor's last dimension is its unit-stride one: ``A_T`` / ``B_T`` say that it describes
+    the operand's transpose (A^T [K, M], B^T [N, K]), whose tiles are transposed on use."""
     pid_m, pid_n = swizzle(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
-    o_k = tl.arange(0, BLOCK_K)  # [BK]
-    # rows / columns past the edge read row 0 (in bounds) and are never stored: the loop only
-    # masks along K, as a plain matmul does
-    p_a = a_ptr + (o_m % M)[:, None] * stride_am + o_k[None, :] * stride_ak  # [BM, BK]
-    p_b = b_ptr + o_k[:, None] * stride_bk + (o_n % N)[None, :] * stride_bn  # [BK, BN]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        b_a = tl.load(p_a, mask=(k0 + o_k)[None, :] < K, other=0.0)
-        b_b = tl.load(p_b, mask=(k0 + o_k)[:, None] < K, other=0.0)
-        acc = _dot(b_a, b_b, acc, DT, DOT_FP32)
-        p_a += BLOCK_K * stride_ak
-        p_b += BLOCK_K * stride_bk
+    if TMA:
+        m0, n0 = pid_m * BLOCK_M, pid_n * BLOCK_N
+        for k0 in range(0, K, BLOCK_K):
+            b_a = a_desc.load([k0, m0]).T if A_T else a_desc.load([m0, k0])  # [BM, BK]
+            b_b = b_desc.load([n0, k0]).T if B_T else b_desc.load([k0, n0])  # [BK, BN]
+            acc = _dot(b_a, b_b, acc, DT, DOT_FP32)
+    else:
+        o_k = tl.arange(0, BLOCK_K)  # [BK]
+        # rows / columns past the edge read row 0 (in bounds) and are never stored: the loop
+        # only masks along K, as a plain matmul does
+        p_a = a_ptr + (o_m % M)[:, None] * stride_am + o_k[None, :] * stride_ak  # [BM, BK]
+        p_b = b_ptr + o_k[:, None] * stride_bk + (o_n % N)[None, :] * stride_bn  # [BK, BN]
+        for k0 in range(0, K, BLOCK_K):
+            b_a = tl.load(p_a, mask=(k0 + o_k)[None, :] < K, other=0.0)
+            b_b = tl.load(p_b, mask=(k0 + o_k)[:, None] < K, other=0.0)
+            acc = _dot(b_a, b_b, acc, DT, DOT_FP32)
+            p_a += BLOCK_K * stride_ak
+            p_b += BLOCK_K * stride_bk
     m_out = (o_m < M)[:, None] & (o_n < N)[None, :]
     if MASK == 2:
         p_m = mask_ptr + o_m[:, None] * stride_mask + (o_n // 8)[None, :]
@@ -128,6 +145,32 @@ def _float_mm_kernel(
     tl.store(c_ptr + o_m[:, None] * stride_cm + o_n[None, :], cast_to_dt(acc, DT), mask=m_out)
 
 
+def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+    """(view, transposed): ``t`` [R, C] as a tensor descriptor can take it, itself (unit column
+    stride) or its transpose (unit row stride), with a 16-byte aligned base and other stride;
+    None when neither fits."""
+    fake = type(t).__name__ in ("FakeTensor", "FunctionalTensor")  # compile-only capture
+    if not (fake or t.data_ptr() % 16 == 0):
+        return None
+    for view, transposed in ((t, False), (t.t(), True)):
+        if view.stride(1) == 1 and (view.stride(0) * t.element_size()) % 16 == 0:
+            return view, transposed
+    return None
+
+
+def _descriptors(a, b, block_m, block_n, block_k):
+    """(a_desc, b_desc, A_T, B_T) for the TMA path, or None when an operand does not fit it."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    va, vb = _tma_view(a), _tma_view(b)
+    if va is None or vb is None:
+        return None
+    (va, a_t), (vb, b_t) = va, vb
+    a_desc = TensorDescriptor.from_tensor(va, [block_k, block_m] if a_t else [block_m, block_k])
+    b_desc = TensorDescriptor.from_tensor(vb, [block_n, block_k] if b_t else [block_k, block_n])
+    return a_desc, b_desc, a_t, b_t
+
+
 def float_mm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -137,13 +180,16 @@ def float_mm(
     mask_bits: bool = False,
     bias: torch.Tensor | None = None,
     scale_grad: tuple | None = None,
+    tma: bool = False,
 ) -> torch.Tensor:
     """C [M, N] = (a [M, K] @ b [K, N]) * mask + bias, in a's dtype (a, b: same float dtype, any
     strides). ``tiles`` = (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages) in C's terms (rows,
     columns, reduction). ``mask``: uint8 0/1 [M, N], or bits [M, ceil(N/8)] with ``mask_bits``
     (contiguous rows); ``bias`` [N] (any float dtype, added in fp32). ``scale_grad`` = (w, s, qmin,
     qmax, sg_group, part): the kernel's SCALE_GRAD epilogue writes its partial sums into ``part``
-    (needs ``mask``)."""
+    (needs ``mask``). ``tma``: load the operand tiles through tensor descriptors (Hopper's TMA)
+    where both operands allow it (a unit stride, 16-byte aligned base and other stride); the
+    pointer loop otherwise, with the same result."""
     M, K = a.shape
     N = b.shape[1]
     block_m, block_n, block_k, group_m, num_warps, num_stages = tiles
@@ -162,10 +208,14 @@ def float_mm(
         qmin, qmax, sg_group = 0, 0, 0
         sg = (out, out, out, 0, 0, 0, 0, 0, 1)
     mask_mode = NO_MASK if mask is None else MASK_BITS if mask_bits else MASK_BYTES
+    descs = _descriptors(a, b, block_m, block_n, block_k) if tma else None
+    a_desc, b_desc, a_t, b_t = descs if descs is not None else (a, b, False, False)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     _float_mm_kernel[grid](
         a,
         b,
+        a_desc,
+        b_desc,
         mask if mask is not None else out,
         bias.contiguous() if bias is not None else out,
         out,
@@ -179,6 +229,9 @@ def float_mm(
         out.stride(0),
         mask.stride(0) if mask is not None else 0,
         *sg,
+        TMA=descs is not None,
+        A_T=a_t,
+        B_T=b_t,
         MASK=mask_mode,
         HAS_BIAS=bias is not None,
         DT=dtype_code(a.dtype),

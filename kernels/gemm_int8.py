@@ -187,10 +187,13 @@ def fwd_mode(K: int, group_size: int) -> int:
 def check_fwd_config(config: dict, K: int, group_size: int) -> None:
     """ValueError unless ``config`` can run the forward at this K / group size: MODE 1 needs
     BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages;
-    ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM)."""
+    ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM), and
+    ``TMA`` (tensor-descriptor loads) only with it."""
     mode, bk, dq = fwd_mode(K, group_size), config["BLOCK_K"], config.get("DEQUANT", 0)
     if dq not in (0, 1) or (dq and mode == 0):
         raise ValueError(f"config: DEQUANT={dq} needs per-group weights (0 or 1), got {config}")
+    if config.get("TMA", 0) not in (0, dq):
+        raise ValueError(f"config: TMA=1 is the dequantized path's (DEQUANT=1), got {config}")
     if dq:
         if bk < 16:
             raise ValueError(f"config: BLOCK_K={bk} < 16 cannot feed tensor cores")
@@ -217,7 +220,8 @@ def _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero
     c = config
     tiles = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], c["num_warps"],
              c["num_stages"])  # fmt: skip
-    return float_mm(x_fq, w_fq.to(out_dtype).t(), tiles=tiles, bias=bias)
+    return float_mm(x_fq, w_fq.to(out_dtype).t(), tiles=tiles, bias=bias,
+                    tma=bool(c.get("TMA", 0)))  # fmt: skip
 
 
 def int8_linear(

@@ -253,7 +253,8 @@ def call_by_name(launcher: Callable, pool: dict):
 
 
 def _cfg_label(c: dict, tile: tuple) -> str:
-    return f"{'x'.join(map(str, tile))} w{c['num_warps']} s{c['num_stages']}"
+    tma = " tma" if c.get("TMA") else ""
+    return f"{'x'.join(map(str, tile))} w{c['num_warps']} s{c['num_stages']}{tma}"
 
 
 _VARIANTS: list[Variant] = []
@@ -274,6 +275,7 @@ def variants() -> list[Variant]:
 
     out: list[Variant] = []
     anchors: dict[tuple, str] = {}
+    major = int(os.environ.get(ARCH_ENV, "90")) // 10  # defaults are the GPU generation's own
 
     def add(key, family, cfg_text, call, headline=True, anchor=None, **meta):
         out.append(Variant(f"{key} {cfg_text}".strip(), key, family, call, headline, anchor, meta))
@@ -372,7 +374,6 @@ def variants() -> list[Variant]:
             int8_cfg = fit_config("fwd", int8_cfg, K, group)
             paths = [(f"MODE {gemm_int8.fwd_mode(K, group)}", int8_cfg, I8)]
             if group != K and dt != F32:
-                major = int(os.environ.get(ARCH_ENV, "90")) // 10  # the GPU's own default
                 cfg = fit_config("fwd", default_config("fwd", (M, N, K), False, group, 2, major),
                                  K, group)  # fmt: skip
                 paths.append(("DEQUANT", cfg, dt))
@@ -398,19 +399,19 @@ def variants() -> list[Variant]:
         head, sfx = dt == BF16, "" if dt == BF16 else f" {DT_NAME[dt]}"
 
         def call_d(dt=dt):
-            cfg = default_config("dgrad", (M, N, K), interpret=False)
+            cfg = default_config("dgrad", (M, N, K), False, 0, dt.itemsize, major)
             qa, qw = act(dt)[1](), weight(dt, K, backward=True)[1]()
             pool = dict(grad_y=T(((M, N), dt)), w_fq=qw.y, x_mask=qa.mask, config=cfg)
             call_by_name(gemm_backward.dgrad, pool)
 
         def call_w(dt=dt):
-            cfg = default_config("wgrad", (M, N, K), interpret=False)
+            cfg = default_config("wgrad", (M, N, K), False, 0, dt.itemsize, major)
             xf, qw = x_fq(dt), weight(dt, K, backward=True)[1]()
             pool = dict(grad_y=T(((M, N), dt)), x_fq=xf, w_mask=qw.mask, config=cfg)
             call_by_name(gemm_backward.wgrad, pool)
 
         for kern, call, layout in (("dgrad", call_d, (0, 2, 1)), ("wgrad", call_w, (1, 2, 0))):
-            cfg = default_config(kern, (M, N, K), interpret=False)
+            cfg = default_config(kern, (M, N, K), False, 0, dt.itemsize, major)
             bmnk = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
             tile = tuple(bmnk[i] for i in layout)  # (out rows, out cols, reduction)
             add(f"{kern}{sfx}", kern, _cfg_label(cfg, tile), call, head,
@@ -482,7 +483,8 @@ def sass(cubin_path: str):
         elif m := INSN.search(line):
             labels.update({lb: int(m.group(1), 16) for lb in pending})
             pending = []
-            insns.append((int(m.group(1), 16), m.group(3), m.group(4), loc))
+            # operands keep a guard predicate in front ("@P0 "): an unguarded EXIT ends the kernel
+            insns.append((int(m.group(1), 16), m.group(3), (m.group(2) or "") + m.group(4), loc))
             inner[insns[-1][0]] = inn
     return insns, labels, inner
 
@@ -494,9 +496,14 @@ def hot_loop(insns, labels):
     whose group fits one tile), else the biggest loop; a kernel without loops is its own body."""
     loops = [(labels[t.group(1)], a) for a, op, rest, _ in insns if op.startswith("BRA")
              and (t := re.search(r"(\.L_x_\d+)", rest)) and labels.get(t.group(1), a) < a]  # fmt: skip
+    # a TMA pipeline's mbarrier retry stubs sit after the kernel's end and branch back into the
+    # loop: the "loop" they close spans the epilogue and its unguarded EXIT, so it is no loop (a
+    # real loop may hold a guarded "@P0 EXIT")
+    body = {lp: [i for i in insns if lp[0] <= i[0] <= lp[1]] for lp in loops}
+    loops = [lp for lp in loops
+             if not any(op.startswith("EXIT") and not r.startswith("@") for _, op, r, _ in body[lp])]  # fmt: skip
     if not loops:
         return list(insns), [], []
-    body = {lp: [i for i in insns if lp[0] <= i[0] <= lp[1]] for lp in loops}
     nmma = {lp: sum(classify(i[1]) == "mma" for i in b) for lp, b in body.items()}
     ngld = {lp: sum(classify(i[1]) == "gld" for i in b) for lp, b in body.items()}
     inner = {

@@ -77,6 +77,7 @@ def test_malformed_entries_are_skipped_with_a_warning(cache_dir):
         "num_warps": 1,
         "num_stages": 1,
         "DEQUANT": 0,
+        "TMA": 0,
     }
     entries = {
         make_key("fwd", 64, 24, 40, "float32"): {"config": good},
@@ -106,7 +107,7 @@ def test_newest_shipped_version_wins():
 
 def _writer(path: str, worker: int, n: int) -> None:
     cfg = {"BLOCK_M": 16 * worker, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1,
-           "num_stages": 1, "DEQUANT": 0}  # fmt: skip
+           "num_stages": 1, "DEQUANT": 0, "TMA": 0}  # fmt: skip
     for i in range(n):
         key = f"fwd|M16|N{worker}|K{i}|float32|"
         write_entries(Path(path), "interpreter", {key: {"config": cfg}})
@@ -156,6 +157,7 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
         "num_warps": 1,
         "num_stages": 1,
         "DEQUANT": 0,
+        "TMA": 0,
     }
     large = {
         "BLOCK_M": 32,
@@ -165,6 +167,7 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
         "num_warps": 1,
         "num_stages": 1,
         "DEQUANT": 0,
+        "TMA": 0,
     }
     k_small, k_large = (make_key("fwd", m, 24, 64, "float32") for m in (16, 128))
     autotune.get_cache(torch.device("cpu")).store({k_small: {"config": small},
@@ -197,10 +200,16 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
 
     hopper = 227 * 1024
     for kernel in ("fwd", "dgrad", "wgrad"):
-        assert CURATED[kernel][0] == DEFAULTS[kernel]
+        # Hopper's default loads the 16-bit GEMMs' tiles with TMA; the same tile without it next
+        first = {**DEFAULTS[kernel], "TMA": int(kernel != "fwd")}
+        assert CURATED[kernel][0] == first
         for K, N in ((4096, 4096), (4096, 14336), (14336, 4096)):
             got = candidates(kernel, (8192, N, K), 9, 2, hopper, curated=True)
-            assert 10 <= len(got) <= 16 and got[0] == DEFAULTS[kernel]
+            assert 10 <= len(got) <= 16 and got[0] == first
+            if kernel != "fwd":
+                assert got[1] == DEFAULTS[kernel] and all(c["TMA"] for c in got[2:])
+                ampere = candidates(kernel, (8192, N, K), 8, 2, 99 * 1024, curated=True)
+                assert ampere[0] == DEFAULTS[kernel] and not any(c["TMA"] for c in ampere)
             assert all(smem_bytes(kernel, c, 2) <= hopper for c in got)
             assert len({tuple(sorted(c.items())) for c in got}) == len(got)
     g128 = candidates("fwd", (8192, 4096, 4096), 9, 2, hopper, 128, curated=True)
@@ -208,7 +217,9 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
     assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in int8)
     # per-group weights: both forward paths are timed, the 16-bit default (DEQUANT) first
     assert g128[0] == FWD_DEQUANT_DEFAULT and 6 <= len(g128) - len(int8) < len(int8) <= 16
-    assert len(g128) <= 23 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
+    assert len(g128) <= 24 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
+    assert {**FWD_DEQUANT_DEFAULT, "TMA": 0} in g128  # TMA or not, timed at the default tile
+    assert not any(c["TMA"] for c in int8)  # the int8 kernel loads by pointer
     assert g128[1:3] == [fit_config("fwd", DEFAULTS["fwd"], 4096, 128), FWD_GROUP_INT8_DEFAULT]
     g128_fp32 = candidates("fwd", (8192, 4096, 4096), 9, 4, hopper, 128, curated=True)
     assert g128_fp32[0] == FWD_GROUP_INT8_DEFAULT  # the int8 path's per-group default at fp32

@@ -16,7 +16,8 @@ from triton_qat.autotune.cache import ConfigCache, file_name, make_key, valid_en
 QKEY = "quantize|M32|N64|K64|float32|pack"
 FKEY = "fwd|M32|N64|K64|float32|"
 QUANT = {"BLOCK_R": 4, "BLOCK_C": 64, "num_warps": 1}
-GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1, "num_stages": 1}
+GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1, "num_stages": 1,
+        "TMA": 0}  # fmt: skip
 FWD = {**GEMM, "DEQUANT": 0}  # the forward's configs also choose its path
 # a valid entry of another shape that must survive next to the bad one
 GOOD_KEY = make_key("fwd", 64, 24, 40, "float32")
@@ -62,6 +63,12 @@ BAD = {
     "fwd without DEQUANT": (FKEY, {"config": GEMM}),
     "DEQUANT=2": (FKEY, {"config": {**FWD, "DEQUANT": 2}}),
     "dgrad with DEQUANT": ("dgrad|M16|N16|K16|bfloat16|", {"config": FWD}),
+    "dgrad without TMA": (
+        "dgrad|M16|N16|K32|bfloat16|",
+        {"config": {k: v for k, v in GEMM.items() if k != "TMA"}},
+    ),
+    "TMA=2": ("wgrad|M16|N16|K16|bfloat16|", {"config": {**GEMM, "TMA": 2}}),
+    "TMA on the int8 forward": (FKEY, {"config": {**FWD, "TMA": 1}}),
 }
 
 
@@ -106,6 +113,8 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
         ("wgrad|M4096|N64|K64|float16|", {**GEMM, "BLOCK_M": 256}),
         ("fwd|M32|N64|K64|float32|g32", FWD),
         ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "BLOCK_K": 16}),  # a 16-bit GEMM
+        ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "TMA": 1}),
+        ("wgrad|M4096|N64|K64|bfloat16|", {**GEMM, "TMA": 1}),
     ],
 )
 def test_launchable_entries_are_kept(cache_dir, key, cfg):

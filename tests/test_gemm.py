@@ -6,6 +6,7 @@ from conftest import DTYPES, assert_close_rel, dt_id
 
 from triton_qat import autotune
 from triton_qat.dispatch import dequantize_rows, dgrad, int8_linear, quantize_rows, wgrad
+from triton_qat.kernels._common import INTERPRET
 from triton_qat.kernels.gemm_int8 import fwd_mode
 from triton_qat.kernels.quantize_torch import unpack_bits
 
@@ -91,6 +92,56 @@ def test_dequantized_forward_equals_the_reference_gemm_of_the_fake_quantized_val
     with pytest.raises(ValueError, match="DEQUANT"):
         launch(*args[:3], per_channel.codes, per_channel.scale, per_channel.code_sum, None,
                torch.float32, asymmetric=True, config=cfg, dequant_config=dq)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=dt_id)
+def test_tma_and_pointer_loops_agree(dtype, device):
+    """The plain GEMMs' two operand loops (tensor descriptors, ``TMA``; pointers) compute the
+    same tiles in the same order: the same bits where both run, and TMA falls back to pointers
+    for operands a descriptor cannot take (row stride not 16-byte aligned) with the same result.
+    Covers dgrad, wgrad (a transposed operand) and the dequantized forward (w_fq transposed)."""
+    from triton_qat.kernels import gemm_backward
+    from triton_qat.kernels.gemm_float import _tma_view
+    from triton_qat.kernels.gemm_int8 import int8_linear as launch
+
+    dev = torch.device(device)
+    M, K, N, group = 70, 96, 48, 32
+    qa, qw = _quantized(M, K, N, group, 4, False, dtype, device)
+    dy = torch.randn(M, N, device=device).to(dtype)
+    runs = {}
+    for tma in (0, 1):
+        cd = {**autotune.gemm_config("dgrad", M, N, K, dev, dtype), "TMA": tma}
+        cw = {**autotune.gemm_config("wgrad", M, N, K, dev, dtype), "TMA": tma}
+        cf = {**autotune.gemm_config("fwd", M, N, K, dev, dtype, group), "DEQUANT": 1, "TMA": tma}
+        runs[tma] = (
+            gemm_backward.dgrad(dy, qw.y, qa.mask, config=cd),
+            gemm_backward.wgrad(dy, qa.y, qw.mask, config=cw),
+            launch(
+                qa.codes,
+                qa.scale,
+                qa.zero_point,
+                qw.codes,
+                qw.scale,
+                qw.code_sum,
+                None,
+                dtype,
+                asymmetric=True,
+                config=cf,
+                dequant_config=autotune.dequantize_config(M, K, dev),
+            ),  # fmt: skip
+        )
+    for name, a, b in zip(("dgrad", "wgrad", "fwd"), *runs.values(), strict=True):
+        if INTERPRET:
+            assert torch.equal(a, b), name
+        else:
+            assert_close_rel(a, b.double(), dtype, name)
+    assert _tma_view(dy) is not None and _tma_view(dy.t()) is not None
+    odd = torch.randn(M, 45, device=device).to(dtype)[:, :44]  # row stride 45: not 16-byte aligned
+    assert _tma_view(odd) is None
+    cd = {**autotune.gemm_config("dgrad", M, 44, K, dev, dtype), "TMA": 1}
+    got = gemm_backward.dgrad(odd, qw.y[:44], qa.mask, config=cd)
+    ref = (odd.double() @ qw.y[:44].double()) * unpack_bits(qa.mask, K).double()
+    assert_close_rel(got, ref, dtype, "dgrad, unaligned grad_y")
 
 
 def test_forward_default_path_by_group_and_dtype():
