@@ -138,19 +138,18 @@ def _config_ok(kernel: str, cfg: object) -> bool:
         return False
     if cfg["TMA"] not in (0, 1):
         return False
-    if kernel == "fwd" and (
-        cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and (bk < 32 or cfg["TMA"])
-    ):
-        return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands), no TMA; flags are 0/1
+    if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and bk < 32):
+        return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands); flags are 0/1
     return cfg["GROUP_M"] >= 1 and 1 <= cfg["num_stages"] <= 8
 
 
 def valid_entry(key: object, entry: object) -> bool:
     """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
     config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
-    (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 and TMA 0 unless DEQUANT, flags
-    DEQUANT / TMA 0 or 1, no block over Triton's tensor size limit), num_warps a power of two <= 32, 1 <= num_stages <= 8, GROUP_M >= 1; optional
-    "ms" a finite number >= 0 and "tried" an int >= 0."""
+    (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 unless DEQUANT, flags DEQUANT /
+    TMA 0 or 1, no block over Triton's tensor size limit), num_warps a power of two <= 32,
+    1 <= num_stages <= 8, GROUP_M >= 1; optional "ms" a finite number >= 0 and "tried" an int
+    >= 0."""
     if not _key_ok(key) or not isinstance(entry, dict) or "config" not in entry:
         return False
     ms = entry.get("ms", 0)  # an int needs no isfinite (which overflows on a huge one)

@@ -158,8 +158,10 @@ def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
     return None
 
 
-def _descriptors(a, b, block_m, block_n, block_k):
-    """(a_desc, b_desc, A_T, B_T) for the TMA path, or None when an operand does not fit it."""
+def tma_descriptors(a, b, block_m, block_n, block_k):
+    """(a_desc, b_desc, A_T, B_T): tensor descriptors of a [M, K] and b [K, N] with tiles
+    [BLOCK_M, BLOCK_K] / [BLOCK_K, BLOCK_N] (of the transpose where that is the unit-stride view:
+    A_T, B_T), or None when an operand does not fit a descriptor."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     va, vb = _tma_view(a), _tma_view(b)
@@ -208,7 +210,7 @@ def float_mm(
         qmin, qmax, sg_group = 0, 0, 0
         sg = (out, out, out, 0, 0, 0, 0, 0, 1)
     mask_mode = NO_MASK if mask is None else MASK_BITS if mask_bits else MASK_BYTES
-    descs = _descriptors(a, b, block_m, block_n, block_k) if tma else None
+    descs = tma_descriptors(a, b, block_m, block_n, block_k) if tma else None
     a_desc, b_desc, a_t, b_t = descs if descs is not None else (a, b, False, False)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     _float_mm_kernel[grid](

@@ -28,6 +28,10 @@ Why it exists: the int8 path flushes an int32 tile into fp32 after every group (
 FFMA per accumulator element per group: 64 / group_size non-MMA instructions per 1024 MACs, which
 no tile size amortizes; docs/numerics.md "Forward GEMM").
 
+``TMA`` (MODE 0 / 1, and the dequantized path's GEMM): the operand tiles come through tensor
+descriptors (Hopper's TMA) where the operands allow it (K-contiguous, 16-byte aligned rows);
+otherwise, and in MODE 2, through per-thread pointers (cp.async).
+
 Layouts: q_x int8 [M, K] (row stride given), s_x fp32 [M], zp_x int32 [M]; q_w int8 [N, K]
 (row stride given), s_w fp32 [N, G] and colsum_w int32 [N, G] with the same (any) strides: stored
 group-major ([G, N] memory, as the forward's weight quantize writes them) a group's scales for a
@@ -42,7 +46,7 @@ import triton.language as tl
 
 from ._common import cast_to_dt, dtype_code, new_empty, swizzle
 from .dequantize import dequantize_rows
-from .gemm_float import float_mm
+from .gemm_float import float_mm, tma_descriptors
 
 
 @triton.jit
@@ -59,6 +63,8 @@ def _scale(acc, s_row, s_col):
 @triton.jit
 def _int8_linear_kernel(
     xq_ptr,
+    x_desc,
+    w_desc,
     sx_ptr,
     zpx_ptr,
     wq_ptr,
@@ -82,6 +88,7 @@ def _int8_linear_kernel(
     ASYM: tl.constexpr,
     W_ASYM: tl.constexpr,
     MODE: tl.constexpr,
+    TMA: tl.constexpr,
     DT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -101,14 +108,19 @@ def _int8_linear_kernel(
     b_zp = tl.load(zpx_ptr + o_mw)  # [BM]
     p_a = xq_ptr + o_mw[:, None] * stride_xm + o_k[None, :]  # [BM, BK]
     p_b = wq_ptr + o_nw[None, :] * stride_wn + o_k[:, None]  # [BK, BN]
+    # TMA: tiles through tensor descriptors of x [M, K] and w [N, K] (zero outside the tensors)
+    m0, n0 = pid_m * BLOCK_M, pid_n * BLOCK_N
     if MODE == 0:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
-            b_a = tl.load(p_a, mask=(k0 + o_k)[None, :] < K, other=0)
-            b_b = tl.load(p_b, mask=(k0 + o_k)[:, None] < K, other=0)
+            if TMA:
+                b_a, b_b = x_desc.load([m0, k0]), w_desc.load([n0, k0]).T
+            else:
+                b_a = tl.load(p_a, mask=(k0 + o_k)[None, :] < K, other=0)
+                b_b = tl.load(p_b, mask=(k0 + o_k)[:, None] < K, other=0)
+                p_a += BLOCK_K
+                p_b += BLOCK_K
             acc += tl.dot(b_a, b_b, out_dtype=tl.int32)  # [BM, BN]
-            p_a += BLOCK_K
-            p_b += BLOCK_K
         if ASYM:
             acc -= b_zp[:, None] * tl.load(wsum_ptr + o_nw * stride_sn)[None, :]
         b_sw = tl.load(sw_ptr + o_nw * stride_sn)
@@ -131,10 +143,16 @@ def _int8_linear_kernel(
         p_ws = wsum_ptr + o_nw * stride_sn  # [BN]
         for g in range(0, K // GROUP):
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-            for _ in tl.static_range(GROUP // BLOCK_K):
-                acc += tl.dot(tl.load(p_a), tl.load(p_b), out_dtype=tl.int32)
-                p_a += BLOCK_K
-                p_b += BLOCK_K
+            for j in tl.static_range(GROUP // BLOCK_K):
+                if TMA:
+                    k0 = g * GROUP + j * BLOCK_K
+                    acc += tl.dot(
+                        x_desc.load([m0, k0]), w_desc.load([n0, k0]).T, out_dtype=tl.int32
+                    )
+                else:
+                    acc += tl.dot(tl.load(p_a), tl.load(p_b), out_dtype=tl.int32)
+                    p_a += BLOCK_K
+                    p_b += BLOCK_K
             b_sw = tl.load(p_s + g * stride_sg)
             if EXACT_ZP:
                 acc -= b_zp[:, None] * tl.load(p_ws + g * stride_sg)[None, :]
@@ -187,13 +205,15 @@ def fwd_mode(K: int, group_size: int) -> int:
 def check_fwd_config(config: dict, K: int, group_size: int) -> None:
     """ValueError unless ``config`` can run the forward at this K / group size: MODE 1 needs
     BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages;
-    ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM), and
-    ``TMA`` (tensor-descriptor loads) only with it."""
+    ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM);
+    ``TMA`` (tensor-descriptor operand loads, where the operands allow) 0 or 1, 0 in MODE 2."""
     mode, bk, dq = fwd_mode(K, group_size), config["BLOCK_K"], config.get("DEQUANT", 0)
     if dq not in (0, 1) or (dq and mode == 0):
         raise ValueError(f"config: DEQUANT={dq} needs per-group weights (0 or 1), got {config}")
-    if config.get("TMA", 0) not in (0, dq):
-        raise ValueError(f"config: TMA=1 is the dequantized path's (DEQUANT=1), got {config}")
+    if config.get("TMA", 0) not in (0, 1) or (config.get("TMA", 0) and mode == 2 and not dq):
+        raise ValueError(
+            f"config: TMA is 0 or 1, and 0 for MODE 2 (fp32 operand tiles), got {config}"
+        )
     if dq:
         if bk < 16:
             raise ValueError(f"config: BLOCK_K={bk} < 16 cannot feed tensor cores")
@@ -287,9 +307,17 @@ def int8_linear(
     if not same or (w_asym and w_zero_point.stride() != w_scale.stride()):
         w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()  # one pair of strides
         w_zero_point = w_zero_point.contiguous() if w_asym else None
+    descs = None
+    if config.get("TMA", 0) and mode != 2:  # x [M, K] and w [N, K] as descriptors, K-major
+        descs = tma_descriptors(x_codes, w_codes.t(), config["BLOCK_M"], config["BLOCK_N"],
+                                config["BLOCK_K"])  # fmt: skip
+        descs = descs if descs is not None and descs[2:] == (False, True) else None
+    x_desc, w_desc = descs[:2] if descs is not None else (x_codes, w_codes)
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
     _int8_linear_kernel[grid](
         x_codes,
+        x_desc,
+        w_desc,
         x_scale.contiguous(),
         x_zero_point.contiguous(),
         w_codes,
@@ -313,6 +341,7 @@ def int8_linear(
         ASYM=asymmetric,
         W_ASYM=w_asym,
         MODE=mode,
+        TMA=descs is not None,
         DT=dtype_code(out_dtype),
         BLOCK_M=config["BLOCK_M"],
         BLOCK_N=config["BLOCK_N"],

@@ -200,16 +200,16 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
 
     hopper = 227 * 1024
     for kernel in ("fwd", "dgrad", "wgrad"):
-        # Hopper's default loads the 16-bit GEMMs' tiles with TMA; the same tile without it next
-        first = {**DEFAULTS[kernel], "TMA": int(kernel != "fwd")}
+        # Hopper's default for the 16-bit GEMMs loads the operand tiles with TMA, the int8
+        # forward's with cp.async; the same tile the other way next
+        tma = int(kernel != "fwd")
+        first, second = {**DEFAULTS[kernel], "TMA": tma}, {**DEFAULTS[kernel], "TMA": 1 - tma}
         assert CURATED[kernel][0] == first
         for K, N in ((4096, 4096), (4096, 14336), (14336, 4096)):
             got = candidates(kernel, (8192, N, K), 9, 2, hopper, curated=True)
-            assert 10 <= len(got) <= 16 and got[0] == first
-            if kernel != "fwd":
-                assert got[1] == DEFAULTS[kernel] and all(c["TMA"] for c in got[2:])
-                ampere = candidates(kernel, (8192, N, K), 8, 2, 99 * 1024, curated=True)
-                assert ampere[0] == DEFAULTS[kernel] and not any(c["TMA"] for c in ampere)
+            assert 10 <= len(got) <= 16 and got[:2] == [first, second]
+            ampere = candidates(kernel, (8192, N, K), 8, 2, 99 * 1024, curated=True)
+            assert ampere[0] == DEFAULTS[kernel] and not any(c["TMA"] for c in ampere)
             assert all(smem_bytes(kernel, c, 2) <= hopper for c in got)
             assert len({tuple(sorted(c.items())) for c in got}) == len(got)
     g128 = candidates("fwd", (8192, 4096, 4096), 9, 2, hopper, 128, curated=True)
@@ -219,10 +219,11 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
     assert g128[0] == FWD_DEQUANT_DEFAULT and 6 <= len(g128) - len(int8) < len(int8) <= 16
     assert len(g128) <= 24 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
     assert {**FWD_DEQUANT_DEFAULT, "TMA": 0} in g128  # TMA or not, timed at the default tile
-    assert not any(c["TMA"] for c in int8)  # the int8 kernel loads by pointer
-    assert g128[1:3] == [fit_config("fwd", DEFAULTS["fwd"], 4096, 128), FWD_GROUP_INT8_DEFAULT]
+    int8_default = fit_config("fwd", DEFAULTS["fwd"], 4096, 128)
+    assert g128[1:4] == [int8_default, {**int8_default, "TMA": 1}, FWD_GROUP_INT8_DEFAULT]
     g128_fp32 = candidates("fwd", (8192, 4096, 4096), 9, 4, hopper, 128, curated=True)
-    assert g128_fp32[0] == FWD_GROUP_INT8_DEFAULT  # the int8 path's per-group default at fp32
+    assert g128_fp32[0] == FWD_GROUP_INT8_DEFAULT  # the int8 path's default at fp32
+    assert not any(c["TMA"] for c in g128_fp32 if c["DEQUANT"])  # no TMA for fp32 operands
     per_token = candidates("quantize", (8192, 4096), 9, curated=True)
     assert per_token[0] == quantize_default(8192, 4096) and 8 <= len(per_token) <= 16
     per_group = candidates("quantize", (4096, 128), 9, curated=True)

@@ -68,7 +68,6 @@ BAD = {
         {"config": {k: v for k, v in GEMM.items() if k != "TMA"}},
     ),
     "TMA=2": ("wgrad|M16|N16|K16|bfloat16|", {"config": {**GEMM, "TMA": 2}}),
-    "TMA on the int8 forward": (FKEY, {"config": {**FWD, "TMA": 1}}),
 }
 
 
@@ -115,6 +114,7 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
         ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "BLOCK_K": 16}),  # a 16-bit GEMM
         ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "TMA": 1}),
         ("wgrad|M4096|N64|K64|bfloat16|", {**GEMM, "TMA": 1}),
+        ("fwd|M32|N64|K64|float32|", {**FWD, "TMA": 1}),  # the int8 path loads codes by TMA too
     ],
 )
 def test_launchable_entries_are_kept(cache_dir, key, cfg):

@@ -99,7 +99,8 @@ def test_tma_and_pointer_loops_agree(dtype, device):
     """The plain GEMMs' two operand loops (tensor descriptors, ``TMA``; pointers) compute the
     same tiles in the same order: the same bits where both run, and TMA falls back to pointers
     for operands a descriptor cannot take (row stride not 16-byte aligned) with the same result.
-    Covers dgrad, wgrad (a transposed operand) and the dequantized forward (w_fq transposed)."""
+    Covers dgrad, wgrad (a transposed operand), the dequantized forward (w_fq transposed) and
+    the int8 forward's MODE 0 and MODE 1 (int8 codes)."""
     from triton_qat.kernels import gemm_backward
     from triton_qat.kernels.gemm_float import _tma_view
     from triton_qat.kernels.gemm_int8 import int8_linear as launch
@@ -109,28 +110,31 @@ def test_tma_and_pointer_loops_agree(dtype, device):
     qa, qw = _quantized(M, K, N, group, 4, False, dtype, device)
     dy = torch.randn(M, N, device=device).to(dtype)
     runs = {}
+    dq = autotune.dequantize_config(M, K, dev)
+    args = (qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, None, dtype)
+    qc = quantize_rows(qw_source(N, K, dtype, device), -128, 127, K, True, pack_mask=False)
     for tma in (0, 1):
         cd = {**autotune.gemm_config("dgrad", M, N, K, dev, dtype), "TMA": tma}
         cw = {**autotune.gemm_config("wgrad", M, N, K, dev, dtype), "TMA": tma}
-        cf = {**autotune.gemm_config("fwd", M, N, K, dev, dtype, group), "DEQUANT": 1, "TMA": tma}
+        cf = {**autotune.gemm_config("fwd", M, N, K, dev, dtype, group), "TMA": tma}
         runs[tma] = (
             gemm_backward.dgrad(dy, qw.y, qa.mask, config=cd),
             gemm_backward.wgrad(dy, qa.y, qw.mask, config=cw),
+            launch(*args, asymmetric=True, config={**cf, "DEQUANT": 1}, dequant_config=dq),
+            launch(*args, asymmetric=True, config={**cf, "DEQUANT": 0, "BLOCK_K": 32}),
             launch(
-                qa.codes,
-                qa.scale,
-                qa.zero_point,
-                qw.codes,
-                qw.scale,
-                qw.code_sum,
+                *args[:3],
+                qc.codes,
+                qc.scale,
+                qc.code_sum,
                 None,
                 dtype,
                 asymmetric=True,
-                config=cf,
-                dequant_config=autotune.dequantize_config(M, K, dev),
+                config={**cf, "DEQUANT": 0},
             ),  # fmt: skip
         )
-    for name, a, b in zip(("dgrad", "wgrad", "fwd"), *runs.values(), strict=True):
+    names = ("dgrad", "wgrad", "fwd dequantized", "fwd int8 MODE 1", "fwd int8 MODE 0")
+    for name, a, b in zip(names, *runs.values(), strict=True):
         if INTERPRET:
             assert torch.equal(a, b), name
         else:
