@@ -52,13 +52,21 @@ def _cache_for(name: str) -> ConfigCache:
 
 
 def _major(device: torch.device) -> int:
-    """The GPU's compute capability major (9 for Hopper); 9 elsewhere (the interpreter ignores it)."""
-    return _capability_major(device.type, device.index)
+    """The generation whose defaults a GPU gets: 9 for Hopper-class NVIDIA GPUs (compute
+    capability 9+ with Hopper's 227 KiB of shared memory per block: TMA, the 144 KiB tiles), else
+    8 (sm_80-family tiles within 99 KiB, no TMA: also ROCm GPUs and small-shared-memory parts);
+    9 off-GPU (the interpreter ignores it)."""
+    return _generation(device.type, device.index)
 
 
 @functools.cache
-def _capability_major(kind: str, index: int | None) -> int:
-    return torch.cuda.get_device_capability(index)[0] if kind == "cuda" else 9
+def _generation(kind: str, index: int | None) -> int:
+    if kind != "cuda":
+        return 9
+    props = torch.cuda.get_device_properties(index)
+    smem = getattr(props, "shared_memory_per_block_optin", 0)
+    hopper = props.major >= 9 and torch.version.hip is None and smem >= 200 * 1024
+    return 9 if hopper else 8
 
 
 def get_cache(device: torch.device) -> ConfigCache:

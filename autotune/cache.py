@@ -23,7 +23,8 @@ from pathlib import Path
 
 import triton
 
-FORMAT_VERSION = 1
+# 2: GEMM configs carry DEQUANT (the forward) and TMA; a version-1 file is ignored with a warning
+FORMAT_VERSION = 2
 SHIPPED_DIR = Path(__file__).parent / "configs"
 
 _GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
@@ -157,7 +158,11 @@ def valid_entry(key: object, entry: object) -> bool:
         return False
     if "tried" in entry and not (_is_int(entry["tried"]) and entry["tried"] >= 0):
         return False
-    return _config_ok(key.split("|", 1)[0], entry["config"])
+    kernel, cfg = key.split("|", 1)[0], entry["config"]
+    if not _config_ok(kernel, cfg):
+        return False
+    # DEQUANT is the per-group forward's: a per-channel key ("fwd|...|", no g<size>) cannot run it
+    return not (kernel == "fwd" and cfg["DEQUANT"] and not key.rsplit("|", 1)[1].startswith("g"))
 
 
 @contextlib.contextmanager

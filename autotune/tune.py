@@ -25,7 +25,7 @@ import triton
 
 from triton_qat.kernels._common import INTERPRET
 
-from . import get_cache
+from . import _major, get_cache
 from .problems import KERNELS, LinearShape, Problem, problems
 from .space import SMEM_FALLBACK, candidates
 
@@ -116,7 +116,7 @@ def _space(prob: Problem, dtype: torch.dtype, device: torch.device, curated: boo
     props = torch.cuda.get_device_properties(device)
     limit = getattr(props, "shared_memory_per_block_optin", None) or SMEM_FALLBACK
     elem = torch.tensor([], dtype=dtype).element_size()
-    return candidates(prob.kernel, prob.search_shape, props.major, elem, limit, prob.group_size,
+    return candidates(prob.kernel, prob.search_shape, _major(device), elem, limit, prob.group_size,
                       curated=curated)  # fmt: skip
 
 

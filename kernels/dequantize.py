@@ -4,8 +4,9 @@
 
 which is bit for bit the ``y`` the quantize kernel writes for the same row (docs/numerics.md:
 the difference of two integers is exact, one fp32 product, one rounding to dt). Where codes
-lose information the results differ, never a GEMM reading them: a row with a non-finite scale
-comes back all NaN (the quantize's y has NaN there too, and inf beside it for a -inf row on CPU),
+lose information the results differ: a row with a non-finite scale comes back all NaN (the
+quantize's y is non-finite there too: NaN, or inf for a -inf row on CPU or an fp16 asymmetric
+weight group whose range overflows; a GEMM reading either is non-finite in that row or column),
 and a NaN element of a row whose qparams were given (per-tensor, torch.ao) has code 0 and comes
 back finite, as the int8 GEMM, which reads the same codes, sees it. With
 ``asym_weight`` it is torchao's asymmetric weight formula, ``dt(dt(q) - dt(zp)) * scale`` (the
@@ -41,6 +42,7 @@ def _dequantize_kernel(
     ASYM_WEIGHT: tl.constexpr,
     CODE_OFFSET: tl.constexpr,
     DT: tl.constexpr,
+    OUT_DT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -69,7 +71,9 @@ def _dequantize_kernel(
     # a non-finite scale makes the quantize kernel's whole row NaN (x * (1/inf) rounds to the
     # zero point, and 0 * inf is NaN); codes alone would give +-inf where they differ from it
     b_y = tl.where((b_s == b_s) & (tl.abs(b_s) < float("inf")), b_y, float("nan"))
-    tl.store(y_ptr + o_r[:, None] * C + o_c[None, :], cast_to_dt(b_y, DT), mask=m_rc)
+    if OUT_DT != DT:  # formed in dt (rounded there), then cast once more, as autocast casts it
+        b_y = round_to_dt(b_y, DT)
+    tl.store(y_ptr + o_r[:, None] * C + o_c[None, :], cast_to_dt(b_y, OUT_DT), mask=m_rc)
 
 
 def _as_2d(t: torch.Tensor, R: int) -> torch.Tensor:
@@ -86,14 +90,18 @@ def dequantize_rows(
     config: dict,
     asym_weight: bool = False,
     code_offset: int = 0,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """[R, C] ``dtype((codes - zero_point) * scale)`` of int8 codes [R, C] (unit column stride,
     else copied) with fp32 scales and int32 zero points (stored shifted like the codes) per row
     ([R] or [R, 1]) or per group ([R, G], groups of C // G columns, any strides). ``asym_weight``:
     torchao's asymmetric weight formula (codes and zero points shifted by ``code_offset``).
-    ``config``: BLOCK_R, BLOCK_C, num_warps (powers of two)."""
+    ``out_dtype`` (default ``dtype``): the values formed in ``dtype`` stored cast to it (one pass
+    for ``dequantize(...).to(out_dtype)``). ``config``: BLOCK_R, BLOCK_C, num_warps (powers of
+    two)."""
     R, C = codes.shape
-    y = new_empty((R, C), dtype, codes.device)
+    out_dtype = out_dtype or dtype
+    y = new_empty((R, C), out_dtype, codes.device)
     if R == 0 or C == 0:
         return y
     codes = codes if codes.stride(1) == 1 else codes.contiguous()
@@ -118,6 +126,7 @@ def dequantize_rows(
         ASYM_WEIGHT=asym_weight,
         CODE_OFFSET=code_offset,
         DT=dtype_code(dtype),
+        OUT_DT=dtype_code(out_dtype),
         BLOCK_R=config["BLOCK_R"],
         BLOCK_C=config["BLOCK_C"],
         num_warps=config["num_warps"],

@@ -18,11 +18,13 @@ def dequantize_rows_torch(
     dtype: torch.dtype,
     asym_weight: bool = False,
     code_offset: int = 0,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Twin of :func:`.dequantize.dequantize_rows`."""
     R, C = codes.shape
+    out_dtype = out_dtype or dtype
     if R == 0 or C == 0:
-        return torch.empty((R, C), dtype=dtype, device=codes.device)
+        return torch.empty((R, C), dtype=out_dtype, device=codes.device)
     s = _per_column(scale.to(torch.float32), R, C)
     zp = _per_column(zero_point.to(torch.int32), R, C)
     if asym_weight:  # torchao's dt(dt(q) - dt(zp)) * scale
@@ -30,4 +32,4 @@ def dequantize_rows_torch(
         y = (q - (zp - code_offset).to(dtype)).to(torch.float32) * s
     else:
         y = (codes.to(torch.int32) - zp).to(torch.float32) * s
-    return torch.where(torch.isfinite(s), y, torch.nan).to(dtype)  # as the quantize's y
+    return torch.where(torch.isfinite(s), y, torch.nan).to(dtype).to(out_dtype)

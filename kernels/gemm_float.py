@@ -153,7 +153,10 @@ def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
     if not (fake or t.data_ptr() % 16 == 0):
         return None
     for view, transposed in ((t, False), (t.t(), True)):
-        if view.stride(1) == 1 and (view.stride(0) * t.element_size()) % 16 == 0:
+        rows_apart = (
+            view.stride(0) >= view.shape[1]
+        )  # no zero-stride (expanded) or overlapping rows
+        if view.stride(1) == 1 and rows_apart and (view.stride(0) * t.element_size()) % 16 == 0:
             return view, transposed
     return None
 

@@ -236,11 +236,12 @@ def _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero
         w_zero_point if w_zero_point is not None else torch.zeros_like(w_scale, dtype=torch.int32)
     )
     w_fq = dequantize_rows(w_codes, w_scale, w_zp, w_dtype, config=dequant_config,
-                           asym_weight=w_zero_point is not None, code_offset=w_code_offset)  # fmt: skip
+                           asym_weight=w_zero_point is not None, code_offset=w_code_offset,
+                           out_dtype=out_dtype)  # fmt: skip
     c = config
     tiles = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], c["num_warps"],
              c["num_stages"])  # fmt: skip
-    return float_mm(x_fq, w_fq.to(out_dtype).t(), tiles=tiles, bias=bias,
+    return float_mm(x_fq, w_fq.t(), tiles=tiles, bias=bias,
                     tma=bool(c.get("TMA", 0)))  # fmt: skip
 
 

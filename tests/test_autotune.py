@@ -14,7 +14,14 @@ from torch import nn
 
 import triton_qat as tq
 from triton_qat import autotune
-from triton_qat.autotune.cache import ConfigCache, file_name, m_bucket, make_key, write_entries
+from triton_qat.autotune.cache import (
+    FORMAT_VERSION,
+    ConfigCache,
+    file_name,
+    m_bucket,
+    make_key,
+    write_entries,
+)
 from triton_qat.autotune.space import candidates
 
 
@@ -61,7 +68,7 @@ def test_lookup_strict_then_nearest_bucket(cache_dir):
 
 def test_corrupt_cache_file_is_ignored_with_a_warning(cache_dir):
     path = cache_dir / file_name("interpreter")
-    path.write_text('{"version": 1, "entries": {"fwd|M16')  # truncated write
+    path.write_text('{"version": 2, "entries": {"fwd|M16')  # truncated write
     with pytest.warns(UserWarning, match=str(path.name)):
         lin = tq.Linear(40, 24)
         out = lin(torch.randn(3, 40))
@@ -90,7 +97,7 @@ def test_malformed_entries_are_skipped_with_a_warning(cache_dir):
         },
     }
     path = cache_dir / file_name("interpreter")
-    path.write_text(json.dumps({"version": 1, "entries": entries}))
+    path.write_text(json.dumps({"version": FORMAT_VERSION, "entries": entries}))
     with pytest.warns(UserWarning, match="5 malformed entries"):
         cache = ConfigCache("interpreter")
     assert list(cache.entries) == [make_key("fwd", 64, 24, 40, "float32")]

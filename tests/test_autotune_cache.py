@@ -11,7 +11,14 @@ import torch
 
 import triton_qat as tq
 from triton_qat import autotune
-from triton_qat.autotune.cache import ConfigCache, file_name, make_key, valid_entry, write_entries
+from triton_qat.autotune.cache import (
+    FORMAT_VERSION,
+    ConfigCache,
+    file_name,
+    make_key,
+    valid_entry,
+    write_entries,
+)
 
 QKEY = "quantize|M32|N64|K64|float32|pack"
 FKEY = "fwd|M32|N64|K64|float32|"
@@ -67,6 +74,10 @@ BAD = {
         "dgrad|M16|N16|K32|bfloat16|",
         {"config": {k: v for k, v in GEMM.items() if k != "TMA"}},
     ),
+    "DEQUANT on a per-channel forward": (
+        FKEY.replace("float32", "bfloat16"),
+        {"config": {**FWD, "DEQUANT": 1}},
+    ),
     "TMA=2": ("wgrad|M16|N16|K16|bfloat16|", {"config": {**GEMM, "TMA": 2}}),
 }
 
@@ -80,7 +91,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def _write(path, entries) -> None:
-    path.write_text(json.dumps({"version": 1, "entries": entries}))
+    path.write_text(json.dumps({"version": FORMAT_VERSION, "entries": entries}))
 
 
 def _load(path) -> tuple[ConfigCache, list[str]]:
@@ -127,7 +138,7 @@ def test_launchable_entries_are_kept(cache_dir, key, cfg):
 
 @pytest.mark.parametrize(
     "text",
-    ["[]", '"entries"', "null", '{"version": 1, "entries": []}', '{"version": 2, "entries": {}}',
+    ["[]", '"entries"', "null", '{"version": 2, "entries": []}', '{"version": 1, "entries": {}}',
      '{"entries": {}}'],
 )  # fmt: skip
 def test_file_of_the_wrong_shape_is_ignored_with_one_warning(cache_dir, text):

@@ -110,3 +110,23 @@ def test_strided_codes_and_empty_inputs(device):
     empty = torch.zeros(0, 40, dtype=torch.int8, device=device)
     got, _ = _both(empty, q.scale[:0], q.zero_point[:0], torch.float32, device)
     assert got.shape == (0, 40)
+
+
+@pytest.mark.parametrize("w_dtype", [torch.float16, torch.float32], ids=dt_id)
+@pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
+def test_formed_in_the_weight_dtype_and_stored_in_another(w_dtype, asym, device):
+    """``out_dtype``: the values formed in the weight's dtype, then cast once (what autocast does to
+    the reference's w_fq), in one pass: bit for bit ``y.to(out_dtype)``. fp16 -> bf16 rounds
+    twice, so forming them directly in bf16 would differ."""
+    w = (torch.randn(24, 64, device=device) * 3 + (300 if asym else 0)).to(w_dtype)
+    q = quantize_rows(w, -8, 7, 32, not asym, pack_mask=False, with_y=True, asym_weight=asym)
+    got, twin = _both(q.codes, q.scale, q.zero_point, w_dtype, device, asym_weight=asym,
+                      out_dtype=torch.bfloat16)  # fmt: skip
+    want = q.y.to(torch.bfloat16)
+    _bits_equal(got, want, "kernel")
+    _bits_equal(twin, want, "twin")
+    if (
+        w_dtype == torch.float16 and not asym
+    ):  # the double rounding is real: one pass in bf16 differs
+        direct, _ = _both(q.codes, q.scale, q.zero_point, torch.bfloat16, device)
+        assert not torch.equal(direct, want)

@@ -80,12 +80,21 @@ def test_dequantized_forward_equals_the_reference_gemm_of_the_fake_quantized_val
     args = (qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, None)
     out = launch(*args, torch.float32, asymmetric=True, config=cfg, dequant_config=dq)
     assert_close_rel(out, qa.y.double() @ qw.y.double().T, torch.float32, "out")
+    # a weight quantized in fp16 feeding a bf16 forward: w_fq formed in fp16, then cast (as
+    # autocast casts the reference's); exactly the plain GEMM of those values
+    from triton_qat.kernels.gemm_float import float_mm
+
     xb = x.to(torch.bfloat16)
     qb = quantize_rows(xb, -128, 127, K, False, pack_mask=True, with_y=True)
-    out_b = launch(qb.codes, qb.scale, qb.zero_point, *args[3:], torch.bfloat16, asymmetric=True,
-                   config=cfg, dequant_config=dq, w_dtype=torch.float32)  # fmt: skip
-    ref_b = qb.y.double() @ qw.y.to(torch.bfloat16).double().T
-    assert_close_rel(out_b, ref_b, torch.bfloat16, "out")
+    q16 = quantize_rows(w.half(), -8, 7, group, True, pack_mask=False, with_y=True)
+    out_b = launch(qb.codes, qb.scale, qb.zero_point, q16.codes, q16.scale, q16.code_sum, None,
+                   torch.bfloat16, asymmetric=True, config=cfg, dequant_config=dq,
+                   w_dtype=torch.float16)  # fmt: skip
+    tiles = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["GROUP_M"], cfg["num_warps"],
+             cfg["num_stages"])  # fmt: skip
+    ref_b = float_mm(qb.y, q16.y.to(torch.bfloat16).t(), tiles=tiles, tma=bool(cfg["TMA"]))
+    assert torch.equal(out_b, ref_b)
+    assert_close_rel(out_b, qb.y.double() @ q16.y.double().T, torch.bfloat16, "out")
     with pytest.raises(ValueError, match="dequant_config"):
         launch(*args, torch.float32, asymmetric=True, config=cfg)
     per_channel = quantize_rows(w, -128, 127, K, True, pack_mask=False)
@@ -133,6 +142,11 @@ def test_tma_and_pointer_loops_agree(dtype, device):
                 config={**cf, "DEQUANT": 0},
             ),  # fmt: skip
         )
+    # the TMA runs really built descriptors (a silent fallback would also agree)
+    from triton_qat.kernels.gemm_float import tma_descriptors
+
+    for a, b in ((dy, qw.y), (dy.t(), qa.y), (qa.codes, qw.codes.t()), (qa.y, qw.y.t())):
+        assert tma_descriptors(a, b, 64, 64, 64) is not None
     names = ("dgrad", "wgrad", "fwd dequantized", "fwd int8 MODE 1", "fwd int8 MODE 0")
     for name, a, b in zip(names, *runs.values(), strict=True):
         if INTERPRET:
@@ -142,6 +156,7 @@ def test_tma_and_pointer_loops_agree(dtype, device):
     assert _tma_view(dy) is not None and _tma_view(dy.t()) is not None
     odd = torch.randn(M, 45, device=device).to(dtype)[:, :44]  # row stride 45: not 16-byte aligned
     assert _tma_view(odd) is None
+    assert _tma_view(torch.ones(48, device=device).to(dtype).expand(M, 48)) is None  # stride 0
     cd = {**autotune.gemm_config("dgrad", M, 44, K, dev, dtype), "TMA": 1}
     got = gemm_backward.dgrad(odd, qw.y[:44], qa.mask, config=cd)
     ref = (odd.double() @ qw.y[:44].double()) * unpack_bits(qa.mask, K).double()

@@ -162,6 +162,29 @@ def test_asym_weight_forward_gemm(K, group, dtype, a_sym, device, fwd_path):
     assert [c["DEQUANT"] for c in fwd_path.used] == [want, want]
 
 
+def test_unsigned_asym_weights_through_the_forward(fwd_path, device):
+    """Asymmetric weights in [0, 255] store codes and zero points shifted by -128; the forward
+    (either path) must undo the shift where it matters: bf16 weights near 40000, where the zero
+    point is exact in bf16 and the shifted one is not."""
+    M, K, N, group = 9, 64, 24, 32
+    x = torch.randn(M, K, device=device).to(torch.bfloat16)
+    w = (torch.rand(N, K, device=device) * 2000 + 40000).to(torch.bfloat16)
+    qa = quantize_rows(x, -128, 127, K, False, pack_mask=True, with_y=True)
+    qw = quantize_rows(w, 0, 255, group, False, pack_mask=False, with_y=True, asym_weight=True,
+                       group_major=True)  # fmt: skip
+    out = int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, None,
+                      torch.bfloat16, asymmetric=True, w_zero_point=qw.zero_point,
+                      w_code_offset=-128)  # fmt: skip
+    assert_close_rel(out, qa.y.double() @ qw.y.double().T, torch.bfloat16, "out")
+    if fwd_path.path == "dequant":  # exactly the plain GEMM of the quantize kernel's own values
+        from triton_qat.kernels.gemm_float import float_mm
+
+        c = fwd_path.used[0]
+        tiles = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], c["num_warps"],
+                 c["num_stages"])  # fmt: skip
+        assert torch.equal(out, float_mm(qa.y, qw.y.t(), tiles=tiles, tma=bool(c["TMA"])))
+
+
 @pytest.mark.parametrize("sum_group", [32, 64, 96, 12, 3, 384], ids=lambda g: f"sg{g}")
 def test_activation_code_sums_per_weight_group(sum_group, device):
     """sum_group: tiles holding several sum groups, sum groups spanning whole tiles (96: the tile

@@ -220,6 +220,10 @@ def test_quantize_and_int8_linear_ops_check_their_arguments(device):
         args[i] = bad
         with pytest.raises((ValueError, TypeError), match=needle):
             ops.int8_linear(*args)
+    with pytest.raises(TypeError, match="w_dtype"):
+        ops.int8_linear(*good, w_dtype=torch.int8)
+    with pytest.raises(ValueError, match="w_code_offset"):
+        ops.int8_linear(*good, w_code_offset=5)
     w = torch.randn(4, 16, device=device)
     state = _x_state(x)
     dy = torch.randn(6, 4, device=device)

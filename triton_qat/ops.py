@@ -160,23 +160,33 @@ def int8_linear(
     out_dtype: torch.dtype,
     w_zero_point: Tensor | None = None,
     x_code_sum: Tensor | None = None,
+    w_dtype: torch.dtype | None = None,
+    w_code_offset: int = 0,
 ) -> Tensor:
     """x_fq @ w_fq.T + bias from codes: x [M, K] int8 with [M, 1] qparams, w [N, K] int8 with
     [N, G] scales and code sums. Returns [M, N] in out_dtype. Asymmetric weights: their int32 zero
     points [N, G], and optionally x's code sums per weight group [M, G] (``triton_qat::quantize``
-    with ``sum_group``; else they are summed here from the codes)."""
+    with ``sum_group``; else they are summed here from the codes). ``w_dtype``: the dtype the
+    weight was quantized in (its fake-quantized values are formed there, default out_dtype);
+    ``w_code_offset``: the shift its codes and zero points are stored with (-128 for ranges past
+    127)."""
     check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
                         w_zero_point, x_code_sum)  # fmt: skip
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"out_dtype: expected float32, float16 or bfloat16, got {out_dtype}")
+    if w_dtype is not None and w_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"w_dtype: expected float32, float16 or bfloat16, got {w_dtype}")
+    if w_code_offset not in (0, -128):
+        raise ValueError(f"w_code_offset: expected 0 or -128, got {w_code_offset}")
     return dispatch.int8_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum,
                                 bias, out_dtype, w_zero_point=w_zero_point,
-                                x_code_sum=x_code_sum)  # fmt: skip
+                                x_code_sum=x_code_sum, w_dtype=w_dtype,
+                                w_code_offset=w_code_offset)  # fmt: skip
 
 
 @int8_linear.register_fake
 def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype,
-      w_zero_point=None, x_code_sum=None):  # fmt: skip
+      w_zero_point=None, x_code_sum=None, w_dtype=None, w_code_offset=0):  # fmt: skip
     check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
                         w_zero_point, x_code_sum)  # fmt: skip
     return x_codes.new_empty((x_codes.shape[0], w_codes.shape[0]), dtype=out_dtype)

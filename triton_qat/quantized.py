@@ -258,6 +258,7 @@ class QuantizedLinear(nn.Module):
             input.dtype,
             w_zero_point=w_zp,
             x_code_sum=x_sum if w_zp is not None and x_sum.shape[1] == G else None,
+            w_dtype=self.weight_dtype,  # w_fq formed in the trained weight's dtype, as in training
         )
         return out.reshape(*input.shape[:-1], N)
 
