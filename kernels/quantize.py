@@ -116,13 +116,17 @@ def _rounding_consts(b_s, b_zpi, QMIN: tl.constexpr, QMAX: tl.constexpr,
 
 
 @triton.jit
-def _round_codes(b_x, b_inv, lo, hi, kc):
+def _round_codes(b_x, b_inv, lo, hi, kc, NAN_PER_ROW: tl.constexpr, CODE_OFFSET: tl.constexpr):
     """(r, rc, code) of a tile: r = fp32(x * (1/s)) + MAGIC (the product rounds first:
     fp-fusion is off for this kernel), rc = r clamped to [lo, hi] (min first: NaN becomes hi),
-    code = bits(rc) - kc, the stored int32 code."""
+    code = bits(rc) - kc, the stored int32 code. Without NAN_PER_ROW a NaN product can sit in
+    any row: its code is tested here (0, the reference's nan_to_num, stored with the offset)."""
     b_r = b_x * b_inv[:, None] + MAGIC
     b_rc = tl.maximum(tl.minimum(b_r, hi[:, None]), lo[:, None])
-    return b_r, b_rc, b_rc.to(tl.int32, bitcast=True) - kc[:, None]
+    b_code = b_rc.to(tl.int32, bitcast=True) - kc[:, None]
+    if not NAN_PER_ROW:
+        b_code = tl.where(b_r == b_r, b_code, CODE_OFFSET)
+    return b_r, b_rc, b_code
 
 
 @triton.jit
@@ -215,6 +219,7 @@ def _quantize_rows_kernel(
     # Given qparams and torchao's asymmetric weights can meet a NaN product anywhere: they test
     # each element. So do ranges without QMIN < 0 <= QMAX (the per-row NaN handling needs it).
     NAN_PER_ROW: tl.constexpr = (not HAS_QPARAMS) and (not ASYM_WEIGHT) and QMIN < 0 and QMAX >= 0
+    X_BYTES: tl.constexpr = 4 if DT == 0 else 2
     pid = tl.program_id(0)
     o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
     m_r = o_r < R
@@ -294,10 +299,12 @@ def _quantize_rows_kernel(
         lo, hi, kc, ok, b_z = _rounding_consts(b_s, b_zpi, QMIN, QMAX, CODE_OFFSET)
         if WRITE_Y and NAN_PER_ROW:
             ym, sy, orm = _y_consts(b_s, b_z, ok, DT)
-        # the padding columns (x = 0) of a partial tile hold this code: taken back out of sums
-        _, _, code0 = _round_codes(tl.zeros([BLOCK_R, 1], tl.float32), b_inv, lo, hi, kc)
-        code0 = tl.sum(code0, axis=1)
-        b_sum = tl.zeros([BLOCK_R], dtype=tl.int32)
+        if SUM_MODE == 0 or SUM_MODE == 1:
+            # the padding columns (x = 0) of a partial tile hold this code: taken out of sums
+            b_zero = tl.zeros([BLOCK_R, 1], tl.float32)
+            _, _, code0 = _round_codes(b_zero, b_inv, lo, hi, kc, NAN_PER_ROW, CODE_OFFSET)
+            code0 = tl.sum(code0, axis=1)
+            b_sum = tl.zeros([BLOCK_R], dtype=tl.int32)
         # sweep 2: codes, mask, code sums, fake-quantized values
         for c0 in range(0, GROUP_END, BLOCK_C):
             o_col = col0 + c0 + o_c
@@ -308,17 +315,14 @@ def _quantize_rows_kernel(
             else:
                 p_x = x_ptr + o_r[:, None] * stride_xr + o_col[None, :] * stride_xc
                 b_x = _to_f32(tl.load(p_x, mask=m_rc, other=0.0), DT)
-            b_r, b_rc, b_code = _round_codes(b_x, b_inv, lo, hi, kc)
-            b_keep = (b_rc == b_r) & ok[:, None]  # NaN r: never equal
-            if not NAN_PER_ROW:  # a NaN product's code is 0 (the reference's nan_to_num)
-                b_code = tl.where(b_r == b_r, b_code, CODE_OFFSET)
+            b_r, b_rc, b_code = _round_codes(b_x, b_inv, lo, hi, kc, NAN_PER_ROW, CODE_OFFSET)
             if SUM_MODE == 2:  # several sum groups per tile: one store of [BR, BC // SUM_GROUP]
                 b_codes = tl.where(m_rc, b_code, 0)
                 b_part = tl.sum(tl.reshape(b_codes, [BLOCK_R, BLOCK_C // SUM_GROUP, SUM_GROUP]), 2)
                 o_s = (col0 + c0) // SUM_GROUP + tl.arange(0, BLOCK_C // SUM_GROUP)
                 m_s = m_r[:, None] & (o_s < (col0 + GROUP) // SUM_GROUP)[None, :]
                 tl.store(sum_ptr + o_r[:, None] * (C // SUM_GROUP) + o_s[None, :], b_part, mask=m_s)
-            else:
+            elif SUM_MODE >= 0:
                 n_pad = BLOCK_C - tl.minimum(GROUP - c0, BLOCK_C)
                 b_sum += tl.sum(b_code, axis=1) - n_pad * code0
             if SUM_MODE == 1:  # a sum group spans whole tiles: store at its last tile
@@ -360,8 +364,12 @@ def _quantize_rows_kernel(
                     p_m = mask_ptr + o_r[:, None] * n_bytes + o_byte[None, :]
                     m_m = m_r[:, None] & (o_byte < n_bytes)[None, :]
                     tl.store(p_m, b_byte.to(tl.uint8), mask=m_m)
-            else:
-                tl.store(mask_ptr + o_rc, b_keep.to(tl.uint8), mask=m_rc)
+            elif c0 < GROUP:  # always true: a block boundary for the compares, as above
+                b_keep = tl.where(b_rc == b_r, 1, 0) & tl.where(ok, 1, 0)[:, None]  # NaN r: 0
+                o_m = o_rc
+                if WRITE_Y:
+                    o_m = tl.max_contiguous(o_rc, [1, 16 // X_BYTES])
+                tl.store(mask_ptr + o_m, b_keep.to(tl.uint8), mask=m_rc)
         if SUM_MODE == 0:
             tl.store(sum_ptr + o_q, b_sum, mask=m_r)
 
@@ -447,8 +455,9 @@ def quantize_rows(
     broadcastable to [R, G], they are used as given (the per-tensor and torch.ao paths); the given
     zero point is the true one (not shifted). ``pack_mask`` needs ``group_size == C``. ``config``:
     ``{"BLOCK_R", "BLOCK_C", "num_warps"}`` (powers of two, BLOCK_C >= 8). The caller has checked
-    the arguments (``triton_qat.ops``). ``write_codes=False`` skips storing the codes (the
-    backward re-derives only the fake-quantized weight and its mask); ``codes`` is then unset.
+    the arguments (``triton_qat.ops``). ``write_codes=False`` skips storing the codes and their
+    sums (the backward re-derives only the fake-quantized weight and its mask); ``codes`` and
+    ``code_sum`` are then unset.
     """
     R, C = x.shape
     n_groups = C // group_size
@@ -515,13 +524,13 @@ def quantize_rows(
         WRITE_CODES=write_codes,
         WRITE_Y=with_y,
         ONE_SWEEP=group_size <= block_c,
-        SUM_MODE=max(sum_mode, 0),
+        SUM_MODE=max(sum_mode, 0) if write_codes else -1,  # the sums go with the codes
         SUM_GROUP=sum_group,
         BLOCK_R=config["BLOCK_R"],
         BLOCK_C=block_c,
         num_warps=config["num_warps"],
         enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
     )
-    if sum_mode == -1:  # no tile fits the sum groups: sum the codes just written
+    if sum_mode == -1 and write_codes:  # no tile fits the sum groups: sum the codes written
         code_sum = codes.reshape(R, C // sum_group, sum_group).sum(-1, dtype=torch.int32)
     return Quantized(codes, out_scale, out_zp, mask, code_sum, y)
