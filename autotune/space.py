@@ -246,13 +246,17 @@ def candidates(
 
 def quantize_default(rows: int, group_size: int) -> dict:
     """A group up to 16384 elements fits one tile (x read once, ONE_SWEEP), about 4096 elements
-    per program. 32 elements per thread (four 16-byte bf16 loads): the per-row work (two block
-    reductions, the qparams, two IEEE divisions) is spread over twice as many elements as at 16,
-    and every quantize variant still compiles without spills (at 64 the given-qparams variants
-    with y spill on sm_90a). Groups narrower than 32 columns stay at 8 per thread (their 16-bit
-    loads spill at 32). perf/kernel_static.py measures these."""
+    per program, 32 per thread (four 16-byte bf16 loads): the per-row work (reductions, qparams,
+    two IEEE divisions) is spread over twice as many elements as at 16, and no variant spills
+    (at 64 the given-qparams variants with y do). A power-of-two group narrower than the row runs
+    as rows of groups (kernels/quantize.py), up to 256 of them per tile; other groups narrower
+    than 32 columns keep 8 elements per thread (their 16-bit loads spill at 32).
+    perf/kernel_static.py measures these."""
     block_c = max(16, min(triton.next_power_of_2(group_size), 16384))
-    block_r = max(1, min(64, 4096 // block_c, triton.next_power_of_2(max(rows, 1))))
-    per_thread = 32 if block_c >= 32 else 8
+    pow2 = group_size & (group_size - 1) == 0
+    block_r = max(
+        1, min(256 if pow2 else 64, 4096 // block_c, triton.next_power_of_2(max(rows, 1)))
+    )
+    per_thread = 32 if block_c >= 32 or pow2 else 8
     warps = max(1, min(16, block_r * block_c // (32 * per_thread)))
     return {"BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": warps}

@@ -209,6 +209,7 @@ def _quantize_rows_kernel(
     WRITE_CODES: tl.constexpr,
     WRITE_Y: tl.constexpr,
     ONE_SWEEP: tl.constexpr,
+    GROUP_ROWS: tl.constexpr,
     SUM_MODE: tl.constexpr,
     SUM_GROUP: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -221,19 +222,39 @@ def _quantize_rows_kernel(
     NAN_PER_ROW: tl.constexpr = (not HAS_QPARAMS) and (not ASYM_WEIGHT) and QMIN < 0 and QMAX >= 0
     X_BYTES: tl.constexpr = 4 if DT == 0 else 2
     pid = tl.program_id(0)
-    o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
-    m_r = o_r < R
-    n_groups = C // GROUP
     n_bytes = (C + 7) // 8
     o_c = tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]; col * stride can pass 2**31 (x.T)
+    if GROUP_ROWS:
+        # small groups (GROUP == BLOCK_C): the program owns row pid, and each tile row is one of
+        # its groups (BLOCK_R of them per step), so a thread holds whole groups (no cross-thread
+        # reductions) and no column of the tile is padding
+        tl.static_assert(ONE_SWEEP and not PACK_MASK and SUM_MODE <= 0)
+        row = pid.to(tl.int64)
+        m_r = tl.full([BLOCK_R], True, tl.int1)  # every tile row exists (BLOCK_R divides G)
+        n_groups = C // (BLOCK_R * BLOCK_C)  # steps
+        group_n = BLOCK_C  # a compile-time group length: whole 16-byte vectors, no padding
+    else:
+        o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
+        m_r = o_r < R
+        n_groups = C // GROUP
+        group_n = GROUP
     # ONE_SWEEP: the group fits one tile, read from memory once and kept in registers
-    GROUP_END = BLOCK_C if ONE_SWEEP else GROUP
+    GROUP_END = BLOCK_C if ONE_SWEEP else group_n
     for g in range(0, n_groups):
-        col0 = g * GROUP
-        o_q = o_r * stride_qr + g * stride_qg  # [BR] index into the [R, G] qparam tensors
+        # [BR] offsets of each tile row's group: in x, in the [R, C] outputs, in the [R, G] qparams
+        if GROUP_ROWS:
+            o_g = g * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)  # [BR] this step's groups
+            x_base = row * stride_xr + o_g * (BLOCK_C * stride_xc)
+            out_base = row * C + o_g * BLOCK_C
+            o_q = row * stride_qr + o_g * stride_qg
+        else:
+            col0 = g * GROUP
+            x_base = o_r * stride_xr + col0 * stride_xc
+            out_base = o_r * C + col0
+            o_q = o_r * stride_qr + g * stride_qg
         if ONE_SWEEP:
-            m_c1 = o_c < GROUP
-            p_x1 = x_ptr + o_r[:, None] * stride_xr + (col0 + o_c)[None, :] * stride_xc
+            m_c1 = o_c < group_n
+            p_x1 = x_ptr + x_base[:, None] + o_c[None, :] * stride_xc
             b_x1 = _to_f32(tl.load(p_x1, mask=m_r[:, None] & m_c1[None, :], other=0.0), DT)
         if HAS_QPARAMS:
             b_s = tl.load(scale_ptr + o_q, mask=m_r, other=1.0)
@@ -249,11 +270,11 @@ def _quantize_rows_kernel(
                 b_ms = tl.zeros([BLOCK_R], dtype=tl.int32)
                 b_mu = tl.zeros([BLOCK_R], dtype=tl.uint32)
             for c0 in range(0, GROUP_END, BLOCK_C):
-                m_c = (c0 + o_c) < GROUP
+                m_c = (c0 + o_c) < group_n
                 if ONE_SWEEP:
                     b_x = b_x1
                 else:
-                    p_x = x_ptr + o_r[:, None] * stride_xr + (col0 + c0 + o_c)[None, :] * stride_xc
+                    p_x = x_ptr + x_base[:, None] + (c0 + o_c)[None, :] * stride_xc
                     b_x = _to_f32(tl.load(p_x, mask=m_r[:, None] & m_c[None, :], other=0.0), DT)
                 if ASYM_WEIGHT:
                     m_in = m_r[:, None] & m_c[None, :]
@@ -307,13 +328,12 @@ def _quantize_rows_kernel(
             b_sum = tl.zeros([BLOCK_R], dtype=tl.int32)
         # sweep 2: codes, mask, code sums, fake-quantized values
         for c0 in range(0, GROUP_END, BLOCK_C):
-            o_col = col0 + c0 + o_c
-            m_c = (c0 + o_c) < GROUP
+            m_c = (c0 + o_c) < group_n
             m_rc = m_r[:, None] & m_c[None, :]
             if ONE_SWEEP:
                 b_x = b_x1
             else:
-                p_x = x_ptr + o_r[:, None] * stride_xr + o_col[None, :] * stride_xc
+                p_x = x_ptr + x_base[:, None] + (c0 + o_c)[None, :] * stride_xc
                 b_x = _to_f32(tl.load(p_x, mask=m_rc, other=0.0), DT)
             b_r, b_rc, b_code = _round_codes(b_x, b_inv, lo, hi, kc, NAN_PER_ROW, CODE_OFFSET)
             if SUM_MODE == 2:  # several sum groups per tile: one store of [BR, BC // SUM_GROUP]
@@ -323,14 +343,14 @@ def _quantize_rows_kernel(
                 m_s = m_r[:, None] & (o_s < (col0 + GROUP) // SUM_GROUP)[None, :]
                 tl.store(sum_ptr + o_r[:, None] * (C // SUM_GROUP) + o_s[None, :], b_part, mask=m_s)
             elif SUM_MODE >= 0:
-                n_pad = BLOCK_C - tl.minimum(GROUP - c0, BLOCK_C)
+                n_pad = BLOCK_C - tl.minimum(group_n - c0, BLOCK_C)
                 b_sum += tl.sum(b_code, axis=1) - n_pad * code0
             if SUM_MODE == 1:  # a sum group spans whole tiles: store at its last tile
                 o_s1 = (col0 + c0) // SUM_GROUP
                 m_end = ((c0 + BLOCK_C) % SUM_GROUP) == 0
                 tl.store(sum_ptr + o_r * (C // SUM_GROUP) + o_s1, b_sum, mask=m_r & m_end)
                 b_sum = tl.where(m_end, 0, b_sum)
-            o_rc = o_r[:, None] * C + o_col[None, :]
+            o_rc = out_base[:, None] + (c0 + o_c)[None, :]
             if WRITE_CODES:
                 tl.store(codes_ptr + o_rc, b_code.to(tl.int8), mask=m_rc)
             if WRITE_Y:
@@ -364,7 +384,7 @@ def _quantize_rows_kernel(
                     p_m = mask_ptr + o_r[:, None] * n_bytes + o_byte[None, :]
                     m_m = m_r[:, None] & (o_byte < n_bytes)[None, :]
                     tl.store(p_m, b_byte.to(tl.uint8), mask=m_m)
-            elif c0 < GROUP:  # always true: a block boundary for the compares, as above
+            elif c0 < group_n:  # always true: a block boundary for the compares, as above
                 b_keep = tl.where(b_rc == b_r, 1, 0) & tl.where(ok, 1, 0)[:, None]  # NaN r: 0
                 o_m = o_rc
                 if WRITE_Y:
@@ -493,7 +513,25 @@ def quantize_rows(
         if sum_mode == -1:
             code_sum = torch.zeros((R, C // sum_group), dtype=torch.int32, device=dev)
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
-    grid = (triton.cdiv(R, config["BLOCK_R"]),)
+    block_r = config["BLOCK_R"]
+    # Per-group, a power-of-two group no wider than the tile (the default tiles of int4 groups
+    # 8..1024): a program walks one row and each tile row is one of its groups, as many per step
+    # as the config's tile holds (a power of two dividing G; not fewer than 16 unless the tile
+    # holds fewer). Threads hold whole 16-byte vectors of one group, the reads are contiguous
+    # and no column is padding (a group of 8 in a 16-wide tile was half padding, loaded 16 bits
+    # at a time).
+    per_tile = config["BLOCK_R"] * block_c // group_size  # groups
+    group_rows = (
+        4 <= group_size < C
+        and group_size & (group_size - 1) == 0
+        and group_size <= block_c
+        and sum_mode == 0
+        and not pack_mask
+        and min(per_tile, n_groups & -n_groups) >= min(per_tile, 16)
+    )
+    if group_rows:
+        block_r, block_c = min(per_tile, n_groups & -n_groups), group_size
+    grid = (R if group_rows else triton.cdiv(R, block_r),)
     _quantize_rows_kernel[grid](
         x,
         x.stride(0),
@@ -524,9 +562,10 @@ def quantize_rows(
         WRITE_CODES=write_codes,
         WRITE_Y=with_y,
         ONE_SWEEP=group_size <= block_c,
+        GROUP_ROWS=group_rows,
         SUM_MODE=max(sum_mode, 0) if write_codes else -1,  # the sums go with the codes
         SUM_GROUP=sum_group,
-        BLOCK_R=config["BLOCK_R"],
+        BLOCK_R=block_r,
         BLOCK_C=block_c,
         num_warps=config["num_warps"],
         enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it

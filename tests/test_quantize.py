@@ -318,3 +318,28 @@ def test_given_qparams_special_values_match_twin(qmin, qmax, zp, scale, dtype, d
     got = quantize_rows(x, qmin, qmax, 40, False, **kw)
     want = quantize_rows_ref(x, qmin, qmax, 40, False, **kw)
     _assert_same(got, want, "given qparams")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("group", [4, 8, 16, 64], ids=lambda g: f"g{g}")
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym-weight"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "x.T"])
+def test_small_groups_as_tile_rows_match_twin(group, symmetric, transposed, dtype, device):
+    """Power-of-two groups narrower than the row run as rows of groups (GROUP_ROWS: a program
+    walks one row, BLOCK_R of its groups per step). 2048 columns make several steps per row;
+    NaN / inf groups, a strided x and both weight formulas stay bit-exact against the twin, with
+    the group-major qparam layout the forward uses."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 2048) * 0.05
+    w[1, 5] = NAN
+    w[2, 1000] = INF
+    w[3, 2047] = -INF
+    w[4, 64:128] = 3.0e5  # an offset group
+    w = w.to(dtype).to(device)
+    if transposed:
+        w = w.T.contiguous().T  # same values, column-major strides
+    qmin, qmax = -8, 7
+    kw = dict(pack_mask=False, with_y=True, asym_weight=not symmetric)
+    got = quantize_rows(w, qmin, qmax, group, symmetric, group_major=True, **kw)
+    want = quantize_rows_ref(w, qmin, qmax, group, symmetric, **kw)
+    _assert_same(got, want, "groups as rows")
