@@ -3,9 +3,11 @@
 One kernel serves activations and weights: a program owns ``BLOCK_R`` rows of a 2-D tensor and walks
 its groups (a group is ``group_size`` consecutive elements of a row; per-token and per-channel are one
 group of the whole row; a group that fits one ``BLOCK_C`` tile is read from memory once and kept in
-registers, longer groups are swept twice). Per group it computes the qparams in the input dtype
-(docs/numerics.md: family 1, or torchao's asymmetric weight formula with ``asym_weight``) or loads
-given ones (per-tensor, torch.ao family 2), then writes in one more sweep:
+registers, longer groups are swept twice; a power-of-two group narrower than the row runs as rows
+of groups, ``GROUP_ROWS``: a program walks one row and each tile row is one of its groups). Per
+group it computes the qparams in the input dtype (docs/numerics.md: family 1, or torchao's
+asymmetric weight formula with ``asym_weight``) or loads given ones (per-tensor, torch.ao family 2),
+then writes in one more sweep:
 
 * the int8 codes (ranges above 127, torch.ao's quint8, are stored shifted by -128 together with the
   zero point, so ``code - zero_point`` is unchanged and every code fits int8),
@@ -13,6 +15,11 @@ given ones (per-tensor, torch.ao family 2), then writes in one more sweep:
 * sums of the codes per group, or per ``sum_group`` columns (the zero-point corrections of the int8
   GEMM: an activation's sums over each weight group),
 * optionally the fake-quantized values in the input dtype.
+
+Codes come from the bits of ``x * (1/s) + 1.5 * 2**23`` clamped in float (``_rounding_consts``):
+an add, two min/max and an integer subtraction per element, the STE mask is ``r == clamp(r)``, and
+NaN / inf rows are handled by per-row constants (per element only where a NaN product can sit in
+any row: given qparams, torchao's asymmetric weights, ranges without ``QMIN < 0 <= QMAX``).
 
 Layout: x [R, C] any strides, fp32/fp16/bf16. Outputs are contiguous: codes int8 [R, C],
 scale fp32 [R, G], zero_point int32 [R, G], mask uint8 [R, ceil(C/8)] or [R, C], code_sum int32
@@ -87,7 +94,7 @@ def _range_from_bits(b_ms, b_mu):
 
 @triton.jit
 def _rounding_consts(b_s, b_zpi, QMIN: tl.constexpr, QMAX: tl.constexpr,
-                     CODE_OFFSET: tl.constexpr):  # fmt: skip
+                     CODE_OFFSET: tl.constexpr, NAN_PER_ROW: tl.constexpr):  # fmt: skip
     """Per-row constants that turn ``r = fp32(x * (1/s)) + MAGIC`` into codes with a float clamp
     and an integer subtraction (see :func:`_round_codes`): the reference's
     ``q = clamp(rne(x * (1/s)) + zp, QMIN, QMAX)`` and ``mask = QMIN <= rne(..) + zp <= QMAX``.
@@ -102,11 +109,17 @@ def _rounding_consts(b_s, b_zpi, QMIN: tl.constexpr, QMAX: tl.constexpr,
     * a zero point past +-BIG_ZP (finite scale; torchao's asymmetric weights): every code is
       z = clamp(zp) (lo = hi = MAGIC) and no mask bit is set.
     ``ok`` is false where a whole row's mask is 0 although r == rc (zp out of range there).
+    Family-1 qparams computed here (NAN_PER_ROW) have an in-range zero point wherever the
+    scale is finite, so z is clamp(zp) in every row there.
     """
     b_c = tl.minimum(tl.maximum(b_zpi, QMIN), QMAX)
     fin = tl.abs(b_s) < float("inf")
-    normal = fin & (b_zpi >= -BIG_ZP) & (b_zpi <= BIG_ZP)
-    b_z = tl.where(normal, b_zpi, b_c)
+    if NAN_PER_ROW:
+        normal = fin
+        b_z = b_c
+    else:
+        normal = fin & (b_zpi >= -BIG_ZP) & (b_zpi <= BIG_ZP)
+        b_z = tl.where(normal, b_zpi, b_c)
     b_zf = b_z.to(tl.float32)
     lo = tl.where(normal, MAGIC + (QMIN - b_zf), MAGIC)
     hi = tl.where(normal, MAGIC + (QMAX - b_zf), tl.where(fin, MAGIC, MAGIC - b_zf))
@@ -131,17 +144,18 @@ def _round_codes(b_x, b_inv, lo, hi, kc, NAN_PER_ROW: tl.constexpr, CODE_OFFSET:
 
 @triton.jit
 def _y_consts(b_s, b_z, ok, DT: tl.constexpr):
-    """Per-row constants of the fake-quantized value y = dt((q - zp) * s) for family-1 rows
-    (QMIN < 0 <= QMAX; see :func:`_y_bits`): ``ym`` with rc - ym = q - zp, the multiplier ``sy``,
-    and ``orm``, bits OR-ed into y. A finite-scale row: ym = MAGIC, sy = s, orm = 0. A row with
-    a non-finite scale is all NaN (orm = NaN bits) except where zp is out of range (the x86 NaN
-    zero point, ok false): there finite x give +inf, the reference's (QMIN - INT32_MIN) * inf, and
-    NaN products NaN; rc - ym is then a power of two (inf) or, where NaN landed (rc = hi), not one
-    (NaN) under orm = inf bits."""
+    """Per-row constants of the fake-quantized value for family-1 rows (NAN_PER_ROW):
+    y = dt((rc - ym) * sy) | orm (:func:`_y_bits`), the reference's dt((q - zp) * s).
+    A finite-scale row: ym = MAGIC (rc - MAGIC is q - zp), sy = s, orm = 0. A non-finite scale
+    makes every y NaN (orm = the bits of NaN) except where the zero point is out of range (the
+    x86 NaN zero point INT32_MIN, ok false): there the reference gives +inf for finite x,
+    (QMIN - INT32_MIN) * inf, and NaN for NaN products. sy = 1 and ym = MAGIC - F, F a power of
+    two above |QMIN| (z = QMIN there): finite x (rc = MAGIC) give F, whose mantissa is 0, NaN
+    products (rc = hi = MAGIC - QMIN) give F - QMIN in (F, 2F), whose mantissa is not; with the
+    bits of inf OR-ed in (orm) they are +inf and NaN."""
     fin = tl.abs(b_s) < float("inf")
-    # a power of two above |c| (c = QMIN here): F - c is in (F, 2F), exact in dt, no power of two
-    pow2 = tl.where(b_z < -127, 256.0, 128.0)
-    ym = tl.where(fin | ok, MAGIC, MAGIC - pow2)
+    f = tl.where(b_z < -127, 256.0, 128.0)  # F - QMIN <= 384: exact in bf16 and fp16
+    ym = tl.where(fin | ok, MAGIC, MAGIC - f)
     sy = tl.where(fin, b_s, 1.0)
     orm = tl.where(fin, 0, tl.where(ok, NAN_BITS[DT], INF_BITS[DT]))
     return ym, sy, orm
@@ -225,9 +239,9 @@ def _quantize_rows_kernel(
     n_bytes = (C + 7) // 8
     o_c = tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]; col * stride can pass 2**31 (x.T)
     if GROUP_ROWS:
-        # small groups (GROUP == BLOCK_C): the program owns row pid, and each tile row is one of
-        # its groups (BLOCK_R of them per step), so a thread holds whole groups (no cross-thread
-        # reductions) and no column of the tile is padding
+        # rows of groups (the launcher's GROUP_ROWS: a power-of-two group, GROUP == BLOCK_C): the
+        # program owns row pid and each tile row is one of its groups, BLOCK_R per step, so a
+        # thread holds whole 16-byte vectors of one group and no column of the tile is padding
         tl.static_assert(ONE_SWEEP and not PACK_MASK and SUM_MODE <= 0)
         row = pid.to(tl.int64)
         m_r = tl.full([BLOCK_R], True, tl.int1)  # every tile row exists (BLOCK_R divides G)
@@ -317,7 +331,7 @@ def _quantize_rows_kernel(
             tl.store(scale_ptr + o_q, b_s, mask=m_r)
             tl.store(zp_ptr + o_q, b_zpi + CODE_OFFSET, mask=m_r)
         b_inv = tl.div_rn(tl.full([BLOCK_R], 1.0, tl.float32), b_s)  # IEEE 1/s, as torch
-        lo, hi, kc, ok, b_z = _rounding_consts(b_s, b_zpi, QMIN, QMAX, CODE_OFFSET)
+        lo, hi, kc, ok, b_z = _rounding_consts(b_s, b_zpi, QMIN, QMAX, CODE_OFFSET, NAN_PER_ROW)
         if WRITE_Y and NAN_PER_ROW:
             ym, sy, orm = _y_consts(b_s, b_z, ok, DT)
         if SUM_MODE == 0 or SUM_MODE == 1:
