@@ -224,6 +224,7 @@ def _quantize_rows_kernel(
     WRITE_Y: tl.constexpr,
     ONE_SWEEP: tl.constexpr,
     GROUP_ROWS: tl.constexpr,
+    FULL_TILE: tl.constexpr,
     SUM_MODE: tl.constexpr,
     SUM_GROUP: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -249,9 +250,13 @@ def _quantize_rows_kernel(
         group_n = BLOCK_C  # a compile-time group length: whole 16-byte vectors, no padding
     else:
         o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
-        m_r = o_r < R
         n_groups = C // GROUP
-        group_n = GROUP
+        if FULL_TILE:  # the group fills the tile and BLOCK_R divides R: no load or store masks
+            m_r = tl.full([BLOCK_R], True, tl.int1)
+            group_n = BLOCK_C
+        else:
+            m_r = o_r < R
+            group_n = GROUP
     # ONE_SWEEP: the group fits one tile, read from memory once and kept in registers
     GROUP_END = BLOCK_C if ONE_SWEEP else group_n
     for g in range(0, n_groups):
@@ -398,7 +403,7 @@ def _quantize_rows_kernel(
                     p_m = mask_ptr + o_r[:, None] * n_bytes + o_byte[None, :]
                     m_m = m_r[:, None] & (o_byte < n_bytes)[None, :]
                     tl.store(p_m, b_byte.to(tl.uint8), mask=m_m)
-            elif c0 < group_n:  # always true: a block boundary for the compares, as above
+            elif c0 < C:  # always true: a block boundary for the compares, as above
                 b_keep = tl.where(b_rc == b_r, 1, 0) & tl.where(ok, 1, 0)[:, None]  # NaN r: 0
                 o_m = o_rc
                 if WRITE_Y:
@@ -577,6 +582,7 @@ def quantize_rows(
         WRITE_Y=with_y,
         ONE_SWEEP=group_size <= block_c,
         GROUP_ROWS=group_rows,
+        FULL_TILE=group_rows or (group_size == block_c and R % block_r == 0),
         SUM_MODE=max(sum_mode, 0) if write_codes else -1,  # the sums go with the codes
         SUM_GROUP=sum_group,
         BLOCK_R=block_r,
