@@ -144,7 +144,8 @@ def _gemm_tiles(kernel: str, rows: int, cols: int, red: int, warps: int, stages:
 # columns per step; per-group weights want BLOCK_C == the group (128, 32) and more rows per program.
 # candidates(curated=True) keeps BLOCK_C >= min(group, 256), so each group size sees its own list.
 _QUANTIZE_CURATED = [
-    (1, 4096, 4), (1, 8192, 8), (1, 16384, 16),  # a whole row in one tile: x read once
+    (1, 4096, 2), (1, 8192, 4), (1, 16384, 8),  # a whole row in one tile: x read once
+    (1, 4096, 4), (1, 8192, 8), (1, 16384, 16),
     (1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (1, 4096, 8), (2, 1024, 4), (2, 2048, 8),
     (4, 512, 4), (4, 1024, 4), (4, 1024, 8), (8, 512, 4), (8, 512, 8), (16, 256, 4),
     (8, 128, 2), (16, 128, 4), (32, 128, 4), (32, 128, 8), (64, 128, 8), (128, 128, 8),
@@ -329,9 +330,18 @@ def candidates(
 
 
 def quantize_default(rows: int, group_size: int) -> dict:
-    """A group up to 16384 elements fits one tile (x read once, ONE_SWEEP); about 4096 elements
-    per program, 16 per thread (8 warps; 16-byte bf16 loads, no spills with y in fp32)."""
+    """A group up to 16384 elements fits one tile (x read once, ONE_SWEEP), about 4096 elements
+    per program, 32 per thread (four 16-byte bf16 loads): the per-row work (reductions, qparams,
+    two IEEE divisions) is spread over twice as many elements as at 16, and no variant spills
+    (at 64 the given-qparams variants with y do). A power-of-two group narrower than the row runs
+    as rows of groups (kernels/quantize.py), up to 256 of them per tile; other groups narrower
+    than 32 columns keep 8 elements per thread (their 16-bit loads spill at 32).
+    perf/kernel_static.py measures these."""
     block_c = max(16, min(triton.next_power_of_2(group_size), 16384))
-    block_r = max(1, min(64, 4096 // block_c, triton.next_power_of_2(max(rows, 1))))
-    warps = max(4, min(16, block_r * block_c // 512))
+    pow2 = group_size & (group_size - 1) == 0
+    block_r = max(
+        1, min(256 if pow2 else 64, 4096 // block_c, triton.next_power_of_2(max(rows, 1)))
+    )
+    per_thread = 32 if block_c >= 32 or pow2 else 8
+    warps = max(1, min(16, block_r * block_c // (32 * per_thread)))
     return {"BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": warps}

@@ -74,11 +74,6 @@ KNOWN_GAPS = {
     ("fwd MODE 2 int4 group 8 fp16", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8 fp32", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8", "near_anchor"): "2474 SASS/iter vs 58: 42.7x",
-    # small groups: BLOCK_C must be >= 16 and 16-aligned, wider than a group of 8
-    (
-        "quantize weight int4 group 8",
-        "x_128bit",
-    ): "16-bit x loads (R16xC16, GROUP=8 not 16-aligned)",
 }
 
 

@@ -226,3 +226,120 @@ def test_minus_inf_row_matches_torch_on_the_device(dtype, device):
     if device == "cpu":  # the literal row the hostile trial compared against torchao on x86
         assert torch.isnan(got.y[0, 0]) and torch.isposinf(got.y[0, 1:].float()).all()
     assert torch.equal(tq.fake_quantize(x, tq.QuantConfig()).isnan(), want.isnan())
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows the per-row rounding constants treat apart (kernels/quantize.py: _rounding_consts,
+# _y_consts): every output bit-exact against the plain-torch twin, for one-tile and multi-tile
+# groups (the interpreter's tiles are at most 64 wide), both mask layouts and all dtypes.
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _special_rows(C, dtype, device):
+    """Ordinary rows and rows holding NaN, +-inf, both infinities, NaN and inf, only NaN, only
+    zeros, -0.0, a range that overflows fp16, huge and tiny values."""
+    big = 6.0e4 if dtype == torch.float16 else 3.0e38
+    rows = [torch.randn(C) * 3 for _ in range(2)]
+    for bad in ([NAN], [INF], [-INF], [INF, -INF], [NAN, INF], [NAN, -INF]):
+        r = torch.randn(C)
+        r[torch.randperm(C)[: len(bad)]] = torch.tensor(bad)
+        rows.append(r)
+    rows += [torch.full((C,), NAN), torch.zeros(C), torch.full((C,), -0.0)]
+    rows.append(torch.linspace(-big, big, C))  # fp16: mx - mn overflows (scale inf, no inf in x)
+    rows.append(torch.randn(C) * 1e-38)  # subnormal fp32 range: the scale clamps to eps
+    return torch.stack(rows).to(dtype).to(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("C", [24, 130], ids=["one-tile", "multi-tile"])
+@pytest.mark.parametrize(
+    "qmin,qmax,symmetric",
+    [(-128, 127, False), (-128, 127, True), (-8, 7, False), (-127, 127, False), (0, 255, False),
+     (-10, -5, False), (-10, -5, True), (3, 100, False)],
+    ids=["i8-asym", "i8-sym", "i4-asym", "narrow", "quint8", "neg-range", "neg-range-sym",
+         "pos-range"],
+)  # fmt: skip
+@pytest.mark.parametrize("pack_mask", [True, False], ids=["bits", "bytes"])
+def test_non_finite_rows_match_twin(C, dtype, qmin, qmax, symmetric, pack_mask, device):
+    """NaN / inf rows get NaN or inf scales: their codes, zero points, masks, code sums and
+    fake-quantized values equal the twin's bit for bit (NaN positions compared), including the
+    x86 NaN zero point (INT32_MIN, the row's y then +inf where x is finite) and ranges that do
+    not hold 0 (these test NaN products per element)."""
+    x = _special_rows(C, dtype, device)
+    args = (x, qmin, qmax, C, symmetric)
+    got = quantize_rows(*args, pack_mask=pack_mask, with_y=True)
+    want = quantize_rows_ref(*args, pack_mask=pack_mask, with_y=True)
+    _assert_same(got, want, "special rows")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("group", [13, 32, 416], ids=["g13", "g32", "per-channel"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym-weight"])
+def test_special_weight_groups_match_twin(group, symmetric, dtype, device):
+    """Weight groups with NaN, inf, huge offsets (torchao's asymmetric zero point past 2**21, so
+    every code clamps) and constant values: every output equals the twin's."""
+    torch.manual_seed(0)
+    w = torch.randn(10, 416) * 0.05
+    w[1, 5] = NAN
+    w[2, 40] = INF
+    w[3, 70] = -INF
+    w[4] = 1.0e7 + torch.arange(416) * 0.5  # asym: midrange 1e7 -> zp ~1e7, every code clamps
+    w[5] = -3.0e6 - torch.arange(416) * 0.25
+    w[6] = 0.25  # constant groups: range 0, scale eps
+    w[7, :208] = INF
+    w[7, 208:] = -INF
+    w = w.to(dtype).to(device)
+    bits = 4
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    kw = dict(pack_mask=False, with_y=True, asym_weight=not symmetric)
+    got = quantize_rows(w, qmin, qmax, group, symmetric, **kw)
+    want = quantize_rows_ref(w, qmin, qmax, group, symmetric, **kw)
+    _assert_same(got, want, "weight groups")
+    # the backward's call (no codes, no sums): the same scales, masks and values
+    again = quantize_rows(w, qmin, qmax, group, symmetric, write_codes=False, **kw)
+    for a, b in ((again.mask, got.mask), (again.scale, got.scale), (again.y, got.y)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize(
+    "qmin,qmax,zp", [(0, 255, 131), (0, 127, 0), (-128, 127, -3), (-128, 127, 127)],
+    ids=["quint8", "reduce", "qint8", "qint8-edge"],
+)  # fmt: skip
+@pytest.mark.parametrize("scale", [0.037, 1e-30, 3.0e35], ids=["s", "tiny", "huge"])
+def test_given_qparams_special_values_match_twin(qmin, qmax, zp, scale, dtype, device):
+    """Given (torch.ao / per-tensor) qparams meet NaN products in any row, products past 2**22
+    (a tiny scale) and infinities: codes (stored shifted for quint8), masks, sums and y match."""
+    x = _special_rows(40, dtype, device)
+    s = torch.tensor([scale], device=device)
+    z = torch.tensor([zp], dtype=torch.int32, device=device)
+    kw = dict(pack_mask=True, scale=s, zero_point=z, with_y=True)
+    got = quantize_rows(x, qmin, qmax, 40, False, **kw)
+    want = quantize_rows_ref(x, qmin, qmax, 40, False, **kw)
+    _assert_same(got, want, "given qparams")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("group", [4, 8, 16, 64], ids=lambda g: f"g{g}")
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym-weight"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "x.T"])
+def test_small_groups_as_tile_rows_match_twin(group, symmetric, transposed, dtype, device):
+    """Power-of-two groups narrower than the row run as rows of groups (GROUP_ROWS: a program
+    walks one row, BLOCK_R of its groups per step). 2048 columns make several steps per row;
+    NaN / inf groups, a strided x and both weight formulas stay bit-exact against the twin, with
+    the group-major qparam layout the forward uses."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 2048) * 0.05
+    w[1, 5] = NAN
+    w[2, 1000] = INF
+    w[3, 2047] = -INF
+    w[4, 64:128] = 3.0e5  # an offset group
+    w = w.to(dtype).to(device)
+    if transposed:
+        w = w.T.contiguous().T  # same values, column-major strides
+    qmin, qmax = -8, 7
+    kw = dict(pack_mask=False, with_y=True, asym_weight=not symmetric)
+    got = quantize_rows(w, qmin, qmax, group, symmetric, group_major=True, **kw)
+    want = quantize_rows_ref(w, qmin, qmax, group, symmetric, **kw)
+    _assert_same(got, want, "groups as rows")
