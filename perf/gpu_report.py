@@ -14,7 +14,9 @@ writes the summary and exits if an item overruns the budget by more than a grace
    (fp32/fp16/bf16; per-token asym/sym, int4, per-tensor, per-channel, per-group 32/128), torch.ao
    parity against ``prepare_qat`` + ``torch.ao.nn.qat.dynamic.Linear``, what torch does for
    ``x / c`` and for NaN -> int32 on CUDA against what the kernels assume, a non-finite token
-   stays in its row, ``tq.Linear`` outputs and gradients against fp64, ``torch.library.opcheck``
+   stays in its row, ``tq.Linear`` outputs and gradients against fp64, every GEMM path a tuned
+   config may pick (int8 / dequantized forward, TMA / pointer loads, dgrad, wgrad) against fp64,
+   ``torch.library.opcheck``
    of the five ops, ``torch.compile(fullgraph=True)`` against eager. Kernel outputs are poisoned
    (``TRITON_QAT_POISON=1``) for these checks and only for them (timings run unpoisoned).
 2. tuning (<= 180 s): the curated candidate lists (``autotune/space.py`` ``CURATED``), compiled in
@@ -482,6 +484,55 @@ def check_ao_parity(name: str, device, sizes: Sizes) -> str:
     return "3 steps: outputs/grads close, observer state bit-identical"
 
 
+def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
+    """Every GEMM code path a tuned config may pick, each against fp64 products of the same
+    fake-quantized values (tests/test_gemm.py): the forward's int8 path (per channel; int4 group
+    32) and its dequantized path, and dgrad / wgrad, each with TMA loads and with pointer loads."""
+    from triton_qat import autotune
+    from triton_qat.autotune.space import fit_config
+    from triton_qat.dispatch import quantize_rows
+    from triton_qat.kernels import gemm_backward
+    from triton_qat.kernels.gemm_int8 import int8_linear
+    from triton_qat.kernels.quantize_torch import unpack_bits
+
+    M, K, N = sizes.linear_shapes[-1]
+    if K % 32:
+        raise Skipped(f"K={K} is not a multiple of the group 32")
+    g = _gen(device, 8)
+    x = (torch.randn(M, K, device=device, generator=g) * 2).to(dtype)
+    w = (torch.randn(N, K, device=device, generator=g) * 0.1).to(dtype)
+    dy = torch.randn(M, N, device=device, generator=g).to(dtype)
+    qa = quantize_rows(x, -128, 127, K, False, pack_mask=True, with_y=True)
+    dq = autotune.dequantize_config(M, K, device, dtype)
+    errs = {}
+    for group, bits in ((K, 8), (32, 4)):
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        qw = quantize_rows(w, lo, hi, group, True, pack_mask=False, with_y=True, group_major=True)
+        ref = qa.y.double() @ qw.y.double().T
+        base = autotune.gemm_config("fwd", M, N, K, device, dtype, group)
+        for dequant in ((0, 1) if group != K else (0,)):
+            for tma in (0, 1):
+                cfg = fit_config("fwd", {**base, "DEQUANT": dequant, "TMA": tma}, K, group)
+                out = int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale,
+                                  qw.code_sum, None, dtype, asymmetric=True, config=cfg,
+                                  dequant_config=dq)  # fmt: skip
+                what = f"fwd g{group} {'dequant' if dequant else 'int8'} tma{tma}"
+                errs[what] = _rel_err(out, ref, dtype, what)
+    qw = quantize_rows(w, -128, 127, K, True, pack_mask=False, with_y=True)
+    keep_x = unpack_bits(qa.mask, K).double()
+    for tma in (0, 1):
+        cd = {**autotune.gemm_config("dgrad", M, N, K, device, dtype), "TMA": tma}
+        cw = {**autotune.gemm_config("wgrad", M, N, K, device, dtype), "TMA": tma}
+        got = gemm_backward.dgrad(dy, qw.y, qa.mask, config=cd)
+        errs[f"dgrad tma{tma}"] = _rel_err(got, (dy.double() @ qw.y.double()) * keep_x, dtype,
+                                           f"dgrad tma{tma}")  # fmt: skip
+        got = gemm_backward.wgrad(dy, qa.y, qw.mask, config=cw)
+        ref = (dy.double().T @ qa.y.double()) * qw.mask.double()
+        errs[f"wgrad tma{tma}"] = _rel_err(got, ref, dtype, f"wgrad tma{tma}")
+    worst = max(errs, key=errs.get)
+    return f"{M}x{K}->{N}: {len(errs)} paths, worst {worst} {errs[worst]:.2e} (tol {REL_TOL[dtype]:.1e})"
+
+
 def check_division(device, sizes: Sizes) -> str:
     """What CUDA torch computes for ``x / c`` with a Python-float c (the scale's division by
     qmax - qmin), against the kernels' assumption: a multiply by the fp32 reciprocal on CUDA
@@ -659,6 +710,8 @@ def correctness_checks(device, sizes: Sizes) -> tuple[list, list]:
          if _group_fits(LINEAR_CASES[case][1], K)],
         [(f"torch_ao_parity[{n}]", lambda n=n: check_ao_parity(n, device, sizes))
          for n in ("dynamic_default", "per_channel_weight")],
+        [(f"gemm_paths_vs_fp64[{d(dt)}]", lambda t=dt: check_gemm_paths(t, device, sizes))
+         for dt in sizes.dtypes],
     ]  # fmt: skip
     calls: dict = {}
 

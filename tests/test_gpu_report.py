@@ -213,3 +213,11 @@ def test_watchdog_writes_the_summary_when_an_item_overruns_the_budget(tmp_path):
     assert "skipped phases: correctness, tuning, benchmark" in summary
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [r["item"] for r in rows] == ["first_check"]  # what was written before stays
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gemm_paths_check_runs_every_path(dtype):
+    """The GPU check of every GEMM path (int8 / dequantized forward, TMA / pointer loads, dgrad,
+    wgrad) runs here at the dry-run shape, and names each path it judged."""
+    detail = gpu_report.check_gemm_paths(dtype, torch.device("cpu"), gpu_report.Sizes.dry())
+    assert "10 paths" in detail and "worst" in detail
