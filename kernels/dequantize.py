@@ -39,6 +39,7 @@ def _dequantize_kernel(
     stride_zg,
     GROUP,
     ONE_GROUP: tl.constexpr,
+    HAS_ZP: tl.constexpr,
     ASYM_WEIGHT: tl.constexpr,
     CODE_OFFSET: tl.constexpr,
     DT: tl.constexpr,
@@ -55,11 +56,17 @@ def _dequantize_kernel(
     if ONE_GROUP:  # the tile lies in one group: one scale per row
         g = c0 // GROUP
         b_s = tl.load(scale_ptr + o_r * stride_sr + g * stride_sg, mask=m_r, other=0.0)[:, None]
-        b_zp = tl.load(zp_ptr + o_r * stride_zr + g * stride_zg, mask=m_r, other=0)[:, None]
+        if HAS_ZP:
+            b_zp = tl.load(zp_ptr + o_r * stride_zr + g * stride_zg, mask=m_r, other=0)[:, None]
+        else:
+            b_zp = tl.zeros([BLOCK_R, 1], dtype=tl.int32)
     else:  # several groups per tile: a [BR, BC] gather (cached: GROUP neighbours share it)
         o_g = (o_c // GROUP)[None, :]
         b_s = tl.load(scale_ptr + o_r[:, None] * stride_sr + o_g * stride_sg, mask=m_rc, other=0.0)
-        b_zp = tl.load(zp_ptr + o_r[:, None] * stride_zr + o_g * stride_zg, mask=m_rc, other=0)
+        if HAS_ZP:
+            b_zp = tl.load(zp_ptr + o_r[:, None] * stride_zr + o_g * stride_zg, mask=m_rc, other=0)
+        else:
+            b_zp = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
     b_code = tl.load(codes_ptr + o_r[:, None] * stride_cr + o_c[None, :], mask=m_rc, other=0)
     b_code = b_code.to(tl.int32)
     if ASYM_WEIGHT:
@@ -84,7 +91,7 @@ def _as_2d(t: torch.Tensor, R: int) -> torch.Tensor:
 def dequantize_rows(
     codes: torch.Tensor,
     scale: torch.Tensor,
-    zero_point: torch.Tensor,
+    zero_point: torch.Tensor | None,
     dtype: torch.dtype,
     *,
     config: dict,
@@ -93,7 +100,8 @@ def dequantize_rows(
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """[R, C] ``dtype((codes - zero_point) * scale)`` of int8 codes [R, C] (unit column stride,
-    else copied) with fp32 scales and int32 zero points (stored shifted like the codes) per row
+    else copied) with fp32 scales and int32 zero points (stored shifted like the codes; None: 0,
+    symmetric weights) per row
     ([R] or [R, 1]) or per group ([R, G], groups of C // G columns, any strides). ``asym_weight``:
     torchao's asymmetric weight formula (codes and zero points shifted by ``code_offset``).
     ``out_dtype`` (default ``dtype``): the values formed in ``dtype`` stored cast to it (one pass
@@ -105,7 +113,9 @@ def dequantize_rows(
     if R == 0 or C == 0:
         return y
     codes = codes if codes.stride(1) == 1 else codes.contiguous()
-    scale, zero_point = _as_2d(scale, R), _as_2d(zero_point, R)
+    has_zp = zero_point is not None
+    scale = _as_2d(scale, R)
+    zero_point = _as_2d(zero_point, R) if has_zp else scale  # unread without HAS_ZP
     n_groups = scale.shape[1]
     group = C // n_groups
     grid = (triton.cdiv(R, config["BLOCK_R"]), triton.cdiv(C, config["BLOCK_C"]))
@@ -123,6 +133,7 @@ def dequantize_rows(
         zero_point.stride(1),
         group,
         ONE_GROUP=n_groups == 1 or group % config["BLOCK_C"] == 0,
+        HAS_ZP=has_zp,
         ASYM_WEIGHT=asym_weight,
         CODE_OFFSET=code_offset,
         DT=dtype_code(dtype),

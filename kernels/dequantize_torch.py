@@ -14,7 +14,7 @@ def _per_column(t: torch.Tensor, R: int, C: int) -> torch.Tensor:
 def dequantize_rows_torch(
     codes: torch.Tensor,
     scale: torch.Tensor,
-    zero_point: torch.Tensor,
+    zero_point: torch.Tensor | None,
     dtype: torch.dtype,
     asym_weight: bool = False,
     code_offset: int = 0,
@@ -26,7 +26,7 @@ def dequantize_rows_torch(
     if R == 0 or C == 0:
         return torch.empty((R, C), dtype=out_dtype, device=codes.device)
     s = _per_column(scale.to(torch.float32), R, C)
-    zp = _per_column(zero_point.to(torch.int32), R, C)
+    zp = 0 if zero_point is None else _per_column(zero_point.to(torch.int32), R, C)
     if asym_weight:  # torchao's dt(dt(q) - dt(zp)) * scale
         q = (codes.to(torch.int32) - code_offset).to(dtype)
         y = (q - (zp - code_offset).to(dtype)).to(torch.float32) * s

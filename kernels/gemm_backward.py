@@ -18,7 +18,7 @@ import torch
 import triton
 
 from ._common import new_empty
-from .gemm_float import float_mm, scale_grad_layout
+from .gemm_float import float_mm, scale_grad_layout, tiles_of
 
 
 def dgrad(
@@ -30,16 +30,9 @@ def dgrad(
     ``config`` tiles the linear's M, N, K (BLOCK_M, BLOCK_N, BLOCK_K) like every GEMM config of
     the project: here the output tile is [BLOCK_M, BLOCK_K] and BLOCK_N steps the reduction;
     ``TMA`` loads the operands through tensor descriptors where they allow it."""
-    c = config
-    tiles = (
-        c["BLOCK_M"],
-        c["BLOCK_K"],
-        c["BLOCK_N"],
-        c["GROUP_M"],
-        c["num_warps"],
-        c["num_stages"],
-    )
-    return float_mm(grad_y, w_fq, tiles=tiles, mask=x_mask, mask_bits=True, tma=bool(c.get("TMA")))
+    tiles = tiles_of(config, "BLOCK_M", "BLOCK_K", "BLOCK_N")
+    return float_mm(grad_y, w_fq, tiles=tiles, mask=x_mask, mask_bits=True,
+                    tma=bool(config.get("TMA")))  # fmt: skip
 
 
 def wgrad(
@@ -62,14 +55,7 @@ def wgrad(
     ``sum_{k in g} g_fq[n, k] * (q - w / s if in range else q)`` of the unmasked ``g_fq =
     grad_y^T @ x_fq``, reduced in the GEMM's epilogue (per-tile partial sums, added here)."""
     c = config
-    tiles = [
-        c["BLOCK_N"],
-        c["BLOCK_K"],
-        c["BLOCK_M"],
-        c["GROUP_M"],
-        c["num_warps"],
-        c["num_stages"],
-    ]
+    tiles = list(tiles_of(c, "BLOCK_N", "BLOCK_K", "BLOCK_M"))
     a, tma = grad_y.t(), bool(c.get("TMA"))
     if weight is None:
         return float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask, tma=tma)

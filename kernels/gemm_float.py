@@ -145,6 +145,14 @@ def _float_mm_kernel(
     tl.store(c_ptr + o_m[:, None] * stride_cm + o_n[None, :], cast_to_dt(acc, DT), mask=m_out)
 
 
+def tiles_of(config: dict, rows: str, cols: str, red: str) -> tuple:
+    """:func:`float_mm`'s ``tiles`` from a GEMM config: the config keys tiling C's rows, C's
+    columns and the reduction (each GEMM maps the linear's BLOCK_M / BLOCK_N / BLOCK_K its own
+    way), then GROUP_M, num_warps, num_stages."""
+    c = config
+    return (c[rows], c[cols], c[red], c["GROUP_M"], c["num_warps"], c["num_stages"])
+
+
 def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
     """(view, transposed): ``t`` [R, C] as a tensor descriptor can take it, itself (unit column
     stride) or its transpose (unit row stride), with a 16-byte aligned base and other stride;

@@ -46,7 +46,7 @@ import triton.language as tl
 
 from ._common import cast_to_dt, dtype_code, new_empty, swizzle
 from .dequantize import dequantize_rows
-from .gemm_float import float_mm, tma_descriptors
+from .gemm_float import float_mm, tiles_of, tma_descriptors
 
 
 @triton.jit
@@ -232,17 +232,11 @@ def _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero
     w_fq is formed in the weight's own dtype (as its quantize wrote it) and then cast to the
     output dtype, as autocast casts the reference's w_fq."""
     x_fq = dequantize_rows(x_codes, x_scale, x_zero_point, out_dtype, config=dequant_config)
-    w_zp = (
-        w_zero_point if w_zero_point is not None else torch.zeros_like(w_scale, dtype=torch.int32)
-    )
-    w_fq = dequantize_rows(w_codes, w_scale, w_zp, w_dtype, config=dequant_config,
+    w_fq = dequantize_rows(w_codes, w_scale, w_zero_point, w_dtype, config=dequant_config,
                            asym_weight=w_zero_point is not None, code_offset=w_code_offset,
                            out_dtype=out_dtype)  # fmt: skip
-    c = config
-    tiles = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["GROUP_M"], c["num_warps"],
-             c["num_stages"])  # fmt: skip
-    return float_mm(x_fq, w_fq.t(), tiles=tiles, bias=bias,
-                    tma=bool(c.get("TMA", 0)))  # fmt: skip
+    tiles = tiles_of(config, "BLOCK_M", "BLOCK_N", "BLOCK_K")
+    return float_mm(x_fq, w_fq.t(), tiles=tiles, bias=bias, tma=bool(config.get("TMA", 0)))
 
 
 def int8_linear(

@@ -510,7 +510,7 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
         qw = quantize_rows(w, lo, hi, group, True, pack_mask=False, with_y=True, group_major=True)
         ref = qa.y.double() @ qw.y.double().T
         base = autotune.gemm_config("fwd", M, N, K, device, dtype, group)
-        for dequant in ((0, 1) if group != K else (0,)):
+        for dequant in (0, 1) if group != K else (0,):
             for tma in (0, 1):
                 cfg = fit_config("fwd", {**base, "DEQUANT": dequant, "TMA": tma}, K, group)
                 out = int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale,
@@ -1102,26 +1102,21 @@ def targets(run: Run, sizes: Sizes) -> list[dict]:
         out.append(dict(target=target, shape=shape, value=value, shown=shown, status=status,
                         how=how))  # fmt: skip
 
-    for K, N in sizes.pairs:
-        shape = f"{M0}x{K}->{N}"
-        add(TARGETS_TEXT[0], shape, _ratio(ms("F.linear", "fwd", M0, K, N),
-            ms("triton_qat eager", "fwd", M0, K, N)), lambda v: v >= 1.4,
-            "F.linear ms / triton_qat eager ms, fwd")  # fmt: skip
-    for K, N in sizes.pairs:
-        shape = f"{M0}x{K}->{N}"
-        add(TARGETS_TEXT[1], shape, _ratio(ms("F.linear", "fwd+bwd", M0, K, N),
-            ms("triton_qat eager", "fwd+bwd", M0, K, N)), lambda v: v >= 1.1,
-            "nn.Linear ms / triton_qat eager ms, fwd+bwd")  # fmt: skip
-    for K, N in sizes.pairs:
-        shape = f"{M0}x{K}->{N}"
-        add(TARGETS_TEXT[2], shape, _ratio(ms("torch ref compiled", "fwd+bwd", M0, K, N),
-            ms("triton_qat compiled", "fwd+bwd", M0, K, N)), lambda v: v >= 1.3,
-            "torch ref compiled ms / triton_qat compiled ms, fwd+bwd")  # fmt: skip
-    for K, N in sizes.pairs:
-        shape = f"{M0}x{K}->{N}"
-        add(TARGETS_TEXT[3], shape, _ratio(ms("torch ref eager", "fwd+bwd", M0, K, N),
-            ms("triton_qat eager", "fwd+bwd", M0, K, N)), lambda v: v >= 2.5,
-            "torch ref eager ms / triton_qat eager ms, fwd+bwd")  # fmt: skip
+    # the four speed-ratio targets: (baseline provider, ours, mode, bound, how it is computed)
+    ratios = [
+        ("F.linear", "triton_qat eager", "fwd", 1.4, "F.linear ms / triton_qat eager ms, fwd"),
+        ("F.linear", "triton_qat eager", "fwd+bwd", 1.1,
+         "nn.Linear ms / triton_qat eager ms, fwd+bwd"),
+        ("torch ref compiled", "triton_qat compiled", "fwd+bwd", 1.3,
+         "torch ref compiled ms / triton_qat compiled ms, fwd+bwd"),
+        ("torch ref eager", "triton_qat eager", "fwd+bwd", 2.5,
+         "torch ref eager ms / triton_qat eager ms, fwd+bwd"),
+    ]  # fmt: skip
+    for text, (base, ours, mode, bound, how) in zip(TARGETS_TEXT, ratios, strict=False):
+        for K, N in sizes.pairs:
+            add(text, f"{M0}x{K}->{N}",
+                _ratio(ms(base, mode, M0, K, N), ms(ours, mode, M0, K, N)),
+                lambda v, b=bound: v >= b, how)  # fmt: skip
     floor_min, floor_at = None, ""
     floor_tokens = [m for m in sizes.tokens if m >= 2048] or (
         [] if not run.dry_run else sizes.tokens
