@@ -347,8 +347,8 @@ def variants() -> list[Variant]:
 
         def w_fq(group=group, cfg=cfg):
             qw = weight(BF16, group)[1]()
-            pool = dict(codes=qw.codes, scale=qw.scale, zero_point=qw.zero_point, dtype=BF16,
-                        config=cfg)  # fmt: skip
+            pool = dict(codes=qw.codes, scale=qw.scale, zero_point=None, dtype=BF16,
+                        config=cfg)  # symmetric: as the forward calls it, no zero point  # fmt: skip
             return call_by_name(dequantize.dequantize_rows, pool)
 
         add(f"dequantize w int4 group {group}", "dequantize", qcfg(cfg), w_fq, config=cfg)
