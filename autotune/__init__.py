@@ -19,7 +19,7 @@ import torch
 from triton_qat.kernels._common import INTERPRET
 
 from .cache import ConfigCache, make_key
-from .space import default_config, fit_config
+from .space import default_config, fit_config, fit_quantize
 
 __all__ = [
     "quantize_config",
@@ -112,11 +112,18 @@ def gemm_key(
 
 
 def quantize_config(
-    rows: int, group_size: int, device: torch.device, dtype=None, pack_mask: bool = True
+    rows: int,
+    group_size: int,
+    device: torch.device,
+    dtype=None,
+    pack_mask: bool = True,
+    with_y: bool = False,
 ) -> dict:
-    """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step."""
+    """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step;
+    ``with_y``: the call writes the fake-quantized values too (fitted by ``fit_quantize``)."""
     key = quantize_key(rows, group_size, dtype, pack_mask)
-    return _lookup(key, device, default_config("quantize", (rows, group_size), INTERPRET))
+    default = default_config("quantize", (rows, group_size), INTERPRET)
+    return fit_quantize(_lookup(key, device, default), with_y)
 
 
 def gemm_config(

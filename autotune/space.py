@@ -331,17 +331,37 @@ def candidates(
 
 def quantize_default(rows: int, group_size: int) -> dict:
     """A group up to 16384 elements fits one tile (x read once, ONE_SWEEP), about 4096 elements
-    per program, 32 per thread (four 16-byte bf16 loads): the per-row work (reductions, qparams,
-    two IEEE divisions) is spread over twice as many elements as at 16, and no variant spills
-    (at 64 the given-qparams variants with y do). A power-of-two group narrower than the row runs
-    as rows of groups (kernels/quantize.py), up to 256 of them per tile; other groups narrower
-    than 32 columns keep 8 elements per thread (their 16-bit loads spill at 32).
-    perf/kernel_static.py measures these."""
+    per program, 64 per thread (eight 16-byte bf16 loads): the per-row work (reductions across
+    warps, qparams, two IEEE divisions) is spread over twice as many elements as at 32
+    (:func:`fit_quantize` halves that where the fake-quantized values are written too: those
+    variants spill at 64). A power-of-two group narrower than the row runs as rows of groups
+    (kernels/quantize.py), up to 256 of them per tile; other groups narrower than 32 columns
+    keep 8 elements per thread (their 16-bit loads spill at 32). perf/kernel_static.py measures
+    these."""
     block_c = max(16, min(triton.next_power_of_2(group_size), 16384))
     pow2 = group_size & (group_size - 1) == 0
     block_r = max(
         1, min(256 if pow2 else 64, 4096 // block_c, triton.next_power_of_2(max(rows, 1)))
     )
-    per_thread = 32 if block_c >= 32 or pow2 else 8
+    per_thread = QUANTIZE_PER_THREAD if block_c >= 32 or pow2 else 8
     warps = max(1, min(16, block_r * block_c // (32 * per_thread)))
     return {"BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": warps}
+
+
+# Elements a thread of the quantize kernel holds: 64 for codes / mask / sums, at most 32 where it
+# also writes the fake-quantized values (the given-qparams variants with y use 255 registers and
+# spill at 64; perf/kernel_static.py --all).
+QUANTIZE_PER_THREAD, QUANTIZE_PER_THREAD_WITH_Y = 64, 32
+
+
+def fit_quantize(config: dict, with_y: bool) -> dict:
+    """``config`` as the quantize kernel should run it: with ``with_y`` (the fake-quantized values
+    written too), more warps until a thread holds at most QUANTIZE_PER_THREAD_WITH_Y elements
+    (the tile is unchanged; at most 16 warps). A tuned config is fitted the same way."""
+    if not with_y:
+        return config
+    warps = config["num_warps"]
+    tile = config["BLOCK_R"] * config["BLOCK_C"]
+    while warps < 16 and tile > 32 * warps * QUANTIZE_PER_THREAD_WITH_Y:
+        warps *= 2
+    return {**config, "num_warps": warps}

@@ -50,6 +50,14 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
 NATIVE_BF16_CAST: tl.constexpr = tl.constexpr(not INTERPRET)
 
 
+# Inline PTX where the compiled code is NVIDIA's (never under the interpreter, which runs no asm,
+# nor on ROCm), each use beside a plain-Triton form that computes the same bits: that form is what
+# the CPU tests run. Read at decoration time, like INTERPRET.
+PTX_ASM: tl.constexpr = tl.constexpr(not INTERPRET and torch.version.hip is None)
+# Compiled for a GPU (not interpreted): picks forms that compile well but interpret slowly.
+COMPILED: tl.constexpr = tl.constexpr(not INTERPRET)
+
+
 @triton.jit
 def round_to_bf16(v):
     """fp32 -> nearest-even bf16 value, kept in fp32 (NaN stays NaN). The hardware cast on a GPU;

@@ -34,7 +34,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, div_scalar, dtype_code, new_empty, rint, round_to_dt
+from ._common import (
+    COMPILED,
+    NATIVE_BF16_CAST,
+    PTX_ASM,
+    cast_to_dt,
+    div_scalar,
+    dtype_code,
+    new_empty,
+    rint,
+    round_to_dt,
+)
 
 # What torch's float -> int32 cast makes of NaN (the zero point of a row whose min is -inf):
 # x86 CPUs give INT32_MIN, CUDA's cvt.rzi gives 0 (docs/numerics.md, "device-dependent").
@@ -71,14 +81,33 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _bits_max(b_x):
-    """Per-row (signed, unsigned) max of the fp32 bits of a tile: the int32 order of the bits
-    is the float order of the non-negative values (a positive NaN above +inf), and the uint32
-    order puts every negative value above them, the most negative (or a negative NaN) last. Two
-    integer max reductions (3-input VIMNMX3 on sm_90), fast under the interpreter too (np.max),
-    and exact where a float max would drop NaN."""
-    b_b = b_x.to(tl.int32, bitcast=True)
-    return tl.max(b_b, axis=1), tl.max(b_b.to(tl.uint32, bitcast=True), axis=1)
+def _bits_max(b_raw, DT: tl.constexpr):
+    """Per-row (signed, unsigned) max of the fp32 bits of a tile as loaded (in x's dtype): the
+    int32 order of the bits is the float order of the non-negative values (a positive NaN above
+    +inf), and the uint32 order puts every negative value above them, the most negative (or a
+    negative NaN) last. Two integer max reductions, fast under the interpreter too (np.max), and
+    exact where a float max would drop NaN. The 16-bit dtypes order their own bits the same way:
+    they are reduced as loaded, before widening (4 elements per 3-input VIMNMX3.S16x2 on sm_90,
+    2 per VIMNMX3 on fp32 bits), and only the two maxima are widened."""
+    if DT == 0:
+        b_b = b_raw.to(tl.int32, bitcast=True)
+        return tl.max(b_b, axis=1), tl.max(b_b.to(tl.uint32, bitcast=True), axis=1)
+    else:
+        b_h = b_raw.to(tl.int16, bitcast=True)
+        if COMPILED:  # kept 16-bit (tl.max widens small integers to int32 before reducing)
+            t_s = tl.reduce(b_h, 1, _max_combine)
+            t_u = tl.reduce(b_h.to(tl.uint16, bitcast=True), 1, _max_combine)
+        else:  # the interpreter's tl.reduce with a Python combine is slow; tl.max is the same max
+            t_s = tl.max(b_h, axis=1).to(tl.int16)
+            t_u = tl.max(b_h.to(tl.uint16, bitcast=True), axis=1).to(tl.uint16)
+        t_s = _to_f32(t_s.to(b_raw.dtype, bitcast=True), DT).to(tl.int32, bitcast=True)
+        t_u = _to_f32(t_u.to(b_raw.dtype, bitcast=True), DT).to(tl.uint32, bitcast=True)
+        return t_s, t_u
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
 
 
 @triton.jit
@@ -143,6 +172,21 @@ def _round_codes(b_x, b_inv, lo, hi, kc, NAN_PER_ROW: tl.constexpr, CODE_OFFSET:
 
 
 @triton.jit
+def _to_int8(b_code, ASM_PACK4: tl.constexpr):
+    """int32 codes (int8's range) as int8: on NVIDIA GPUs two ``cvt.pack.sat.s8.s32.b32`` (I2IP)
+    per 4 codes, byte k from code k (the saturation never acts); the plain cast packs with three
+    byte permutes (PRMT). ASM_PACK4: a thread holds a multiple of 4 codes (the launcher's test)."""
+    if PTX_ASM and ASM_PACK4:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 t; cvt.pack.sat.s8.s32.b32 t, $4, $3, 0; "
+            "cvt.pack.sat.s8.s32.b32 $0, $2, $1, t; }",
+            "=r,r,r,r,r", [b_code], dtype=tl.int8, is_pure=True, pack=4,
+        )  # fmt: skip
+    else:
+        return b_code.to(tl.int8)
+
+
+@triton.jit
 def _y_consts(b_s, b_z, ok, DT: tl.constexpr):
     """Per-row constants of the fake-quantized value for family-1 rows (NAN_PER_ROW):
     y = dt((rc - ym) * sy) | orm (:func:`_y_bits`), the reference's dt((q - zp) * s).
@@ -164,12 +208,15 @@ def _y_consts(b_s, b_z, ok, DT: tl.constexpr):
 @triton.jit
 def _y_bits(b_rc, ym, sy, orm, DT: tl.constexpr):
     """y = dt((rc - ym) * sy) | orm, as dt: rc - ym is exact; the rounding to dt is
-    round-to-nearest-even on the GPU and under the interpreter (bf16 at the bit level, as
-    round_to_bf16, without its NaN test: y is never NaN before orm)."""
+    round-to-nearest-even on the GPU (the hardware cast) and under the interpreter (bf16 at the
+    bit level there, as round_to_bf16, without its NaN test: y is never NaN before orm)."""
     b_y = (b_rc - ym[:, None]) * sy[:, None]
     if DT == 1:
         b_h = b_y.to(tl.float16).to(tl.int16, bitcast=True) | orm[:, None].to(tl.int16)
         return b_h.to(tl.float16, bitcast=True)
+    elif DT == 2 and NATIVE_BF16_CAST:
+        b_h = b_y.to(tl.bfloat16).to(tl.int16, bitcast=True) | orm[:, None].to(tl.int16)
+        return b_h.to(tl.bfloat16, bitcast=True)
     elif DT == 2:
         b_b = b_y.to(tl.uint32, bitcast=True)
         b_b = (b_b + 0x7FFF + ((b_b >> 16) & 1)) >> 16
@@ -180,16 +227,52 @@ def _y_bits(b_rc, ym, sy, orm, DT: tl.constexpr):
         return b_b.to(tl.float32, bitcast=True)
 
 
+# One mask byte from 8 (r, rc) pairs: bit k set where r_k == rc_k (setp.eq: NaN is never equal).
+# ptxas makes each step one FSETP and one predicated add (LLVM turns the plain form below into a
+# compare, a select and an add tree: 2.7 instead of 2.2 instructions per element).
+_PACK_ASM = tl.constexpr(
+    "{ .reg .pred p; setp.eq.f32 p, $1, $9; selp.b32 $0, 1, 0, p; "
+    + " ".join(
+        f"setp.eq.f32 p, ${1 + k}, ${9 + k}; @p or.b32 $0, $0, {1 << k};" for k in range(1, 8)
+    )
+    + " }"
+)
+
+
+@triton.jit
+def _split8(b_t, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """[BR, BC] -> the 8 columns of each byte, [BR, BC // 8] each: column 8j + k in the k-th
+    (a column index 8j + 4a + 2b + c is split by c, then b, then a)."""
+    t = tl.reshape(b_t, [BLOCK_R, BLOCK_C // 8, 2, 2, 2])
+    t_c0, t_c1 = tl.split(t)
+    t_c0b0, t_c0b1 = tl.split(t_c0)
+    t_c1b0, t_c1b1 = tl.split(t_c1)
+    t0, t4 = tl.split(t_c0b0)
+    t2, t6 = tl.split(t_c0b1)
+    t1, t5 = tl.split(t_c1b0)
+    t3, t7 = tl.split(t_c1b1)
+    return t0, t1, t2, t3, t4, t5, t6, t7
+
+
 @triton.jit
 def _pack_bits(b_r, b_rc, ok, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """The STE mask (r == rc, and the row's ``ok``) as bytes: [BR, BC] -> [BR, BC // 8], column c
-    in bit c % 8 of byte c // 8. r and rc are regrouped into bytes before they are compared: a
-    compare of whole tiles regrouped afterwards makes LLVM shuffle vectors of i1, which NVPTX
-    lowers to several integer ops per element."""
-    r3 = tl.reshape(b_r, [BLOCK_R, BLOCK_C // 8, 8])
-    rc3 = tl.reshape(b_rc, [BLOCK_R, BLOCK_C // 8, 8])
-    b_bits = tl.where(r3 == rc3, 1 << tl.arange(0, 8)[None, None, :], 0)
-    return tl.sum(b_bits, axis=2) & tl.where(ok, 0xFF, 0)[:, None]
+    in bit c % 8 of byte c // 8. Inline PTX on NVIDIA GPUs (``_PACK_ASM``), the same compares in
+    plain Triton elsewhere (the interpreter runs these, so the CPU tests check the column order)."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = _split8(b_r, BLOCK_R, BLOCK_C)
+    c0, c1, c2, c3, c4, c5, c6, c7 = _split8(b_rc, BLOCK_R, BLOCK_C)
+    if PTX_ASM:
+        b_byte = tl.inline_asm_elementwise(
+            _PACK_ASM, "=r,f,f,f,f,f,f,f,f,f,f,f,f,f,f,f,f",
+            [r0, r1, r2, r3, r4, r5, r6, r7, c0, c1, c2, c3, c4, c5, c6, c7],
+            dtype=tl.int32, is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        b_byte = tl.where(r0 == c0, 1, 0) | tl.where(r1 == c1, 2, 0)
+        b_byte |= tl.where(r2 == c2, 4, 0) | tl.where(r3 == c3, 8, 0)
+        b_byte |= tl.where(r4 == c4, 16, 0) | tl.where(r5 == c5, 32, 0)
+        b_byte |= tl.where(r6 == c6, 64, 0) | tl.where(r7 == c7, 128, 0)
+    return b_byte & tl.where(ok, 0xFF, 0)[:, None]
 
 
 @triton.jit
@@ -222,8 +305,11 @@ def _quantize_rows_kernel(
     PARTIAL_BYTE: tl.constexpr,
     WRITE_CODES: tl.constexpr,
     WRITE_Y: tl.constexpr,
+    WRITE_MASK: tl.constexpr,
     ONE_SWEEP: tl.constexpr,
     GROUP_ROWS: tl.constexpr,
+    ONE_GROUP: tl.constexpr,
+    ASM_PACK4: tl.constexpr,
     FULL_TILE: tl.constexpr,
     SUM_MODE: tl.constexpr,
     SUM_GROUP: tl.constexpr,
@@ -250,7 +336,7 @@ def _quantize_rows_kernel(
         group_n = BLOCK_C  # a compile-time group length: whole 16-byte vectors, no padding
     else:
         o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
-        n_groups = C // GROUP
+        n_groups = 1 if ONE_GROUP else C // GROUP
         if FULL_TILE:  # the group fills the tile and BLOCK_R divides R: no load or store masks
             m_r = tl.full([BLOCK_R], True, tl.int1)
             group_n = BLOCK_C
@@ -274,7 +360,8 @@ def _quantize_rows_kernel(
         if ONE_SWEEP:
             m_c1 = o_c < group_n
             p_x1 = x_ptr + x_base[:, None] + o_c[None, :] * stride_xc
-            b_x1 = _to_f32(tl.load(p_x1, mask=m_r[:, None] & m_c1[None, :], other=0.0), DT)
+            b_raw1 = tl.load(p_x1, mask=m_r[:, None] & m_c1[None, :], other=0.0)
+            b_x1 = _to_f32(b_raw1, DT)
         if HAS_QPARAMS:
             b_s = tl.load(scale_ptr + o_q, mask=m_r, other=1.0)
             # given zero points are stored shifted, like the codes
@@ -291,11 +378,12 @@ def _quantize_rows_kernel(
             for c0 in range(0, GROUP_END, BLOCK_C):
                 m_c = (c0 + o_c) < group_n
                 if ONE_SWEEP:
-                    b_x = b_x1
+                    b_raw = b_raw1
                 else:
                     p_x = x_ptr + x_base[:, None] + (c0 + o_c)[None, :] * stride_xc
-                    b_x = _to_f32(tl.load(p_x, mask=m_r[:, None] & m_c[None, :], other=0.0), DT)
+                    b_raw = tl.load(p_x, mask=m_r[:, None] & m_c[None, :], other=0.0)
                 if ASYM_WEIGHT:
+                    b_x = _to_f32(b_raw, DT)
                     m_in = m_r[:, None] & m_c[None, :]
                     b_mn = tl.minimum(b_mn, tl.min(tl.where(m_in, b_x, float("inf")), axis=1))
                     b_mx = tl.maximum(b_mx, tl.max(tl.where(m_in, b_x, float("-inf")), axis=1))
@@ -303,7 +391,7 @@ def _quantize_rows_kernel(
                     b_abs = b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
                     b_nan = tl.maximum(b_nan, tl.max(b_abs, axis=1))
                 else:
-                    t_ms, t_mu = _bits_max(b_x)
+                    t_ms, t_mu = _bits_max(b_raw, DT)
                     b_ms = tl.maximum(b_ms, t_ms)
                     b_mu = tl.maximum(b_mu, t_mu)
             if ASYM_WEIGHT:
@@ -337,6 +425,10 @@ def _quantize_rows_kernel(
             tl.store(zp_ptr + o_q, b_zpi + CODE_OFFSET, mask=m_r)
         b_inv = tl.div_rn(tl.full([BLOCK_R], 1.0, tl.float32), b_s)  # IEEE 1/s, as torch
         lo, hi, kc, ok, b_z = _rounding_consts(b_s, b_zpi, QMIN, QMAX, CODE_OFFSET, NAN_PER_ROW)
+        if NAN_PER_ROW and QMIN <= NAN_ZP and NAN_ZP <= QMAX:
+            # family-1 qparams whose zero point is in range in every row, NaN-made ones too (CUDA
+            # casts NaN to 0): no row's mask is cleared, and the compiler drops the test
+            ok = tl.full([BLOCK_R], True, tl.int1)
         if WRITE_Y and NAN_PER_ROW:
             ym, sy, orm = _y_consts(b_s, b_z, ok, DT)
         if SUM_MODE == 0 or SUM_MODE == 1:
@@ -371,7 +463,11 @@ def _quantize_rows_kernel(
                 b_sum = tl.where(m_end, 0, b_sum)
             o_rc = out_base[:, None] + (c0 + o_c)[None, :]
             if WRITE_CODES:
-                tl.store(codes_ptr + o_rc, b_code.to(tl.int8), mask=m_rc)
+                # cvt.pack where it measured shorter: computed asymmetric qparams (a per-row kc);
+                # symmetric ones fold their constant kc into the plain cast's byte permutes, and
+                # with given qparams the plain cast measured shorter too (kernel_static --all)
+                pack4: tl.constexpr = ASM_PACK4 and NAN_PER_ROW and not SYMMETRIC
+                tl.store(codes_ptr + o_rc, _to_int8(b_code, pack4), mask=m_rc)
             if WRITE_Y:
                 if NAN_PER_ROW:
                     b_yd = _y_bits(b_rc, ym, sy, orm, DT)
@@ -385,7 +481,7 @@ def _quantize_rows_kernel(
                     b_y = tl.where(b_r == b_r, b_y, float("nan"))  # NaN product: so is y
                     b_yd = cast_to_dt(b_y, DT)
                 tl.store(y_ptr + o_rc, b_yd, mask=m_rc)
-            if PACK_MASK:
+            if WRITE_MASK and PACK_MASK:
                 # one group per row and BLOCK_C % 8 == 0, so bytes never straddle two programs.
                 # A byte holding padding columns is past the row's last byte (not stored) unless
                 # the row ends inside a byte (PARTIAL_BYTE): only there are padding bits cleared.
@@ -401,9 +497,12 @@ def _quantize_rows_kernel(
                         )
                         b_byte = b_byte & ((1 << n_tail) - 1)[None, :]
                     p_m = mask_ptr + o_r[:, None] * n_bytes + o_byte[None, :]
-                    m_m = m_r[:, None] & (o_byte < n_bytes)[None, :]
+                    if FULL_TILE:  # the row is the tile: every byte exists (no compares)
+                        m_m = m_r[:, None] & (o_byte < BLOCK_C // 8)[None, :]
+                    else:
+                        m_m = m_r[:, None] & (o_byte < n_bytes)[None, :]
                     tl.store(p_m, b_byte.to(tl.uint8), mask=m_m)
-            elif c0 < C:  # always true: a block boundary for the compares, as above
+            elif WRITE_MASK and c0 < C:  # always true: a block boundary for the compares, as above
                 b_keep = tl.where(b_rc == b_r, 1, 0) & tl.where(ok, 1, 0)[:, None]  # NaN r: 0
                 o_m = o_rc
                 if WRITE_Y:
@@ -483,6 +582,8 @@ def quantize_rows(
     group_major: bool = False,
     asym_weight: bool = False,
     sum_group: int | None = None,
+    write_mask: bool = True,
+    write_sums: bool = True,
 ) -> Quantized:
     """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``.
 
@@ -496,7 +597,9 @@ def quantize_rows(
     ``{"BLOCK_R", "BLOCK_C", "num_warps"}`` (powers of two, BLOCK_C >= 8). The caller has checked
     the arguments (``triton_qat.ops``). ``write_codes=False`` skips storing the codes and their
     sums (the backward re-derives only the fake-quantized weight and its mask); ``codes`` and
-    ``code_sum`` are then unset.
+    ``code_sum`` are then unset. ``write_mask=False`` skips the clamp mask (the forward's weight:
+    its backward re-derives the mask) and ``write_sums=False`` the code sums (an activation whose
+    GEMM applies no weight zero points); ``mask`` / ``code_sum`` are then empty ([0] / [R, 0]).
     """
     R, C = x.shape
     n_groups = C // group_size
@@ -520,16 +623,19 @@ def quantize_rows(
         out_scale = _qparam_buffer(R, n_groups, torch.float32, dev, group_major)
         out_zp = _qparam_buffer(R, n_groups, torch.int32, dev, group_major)
     mask_cols = (C + 7) // 8 if pack_mask else C
-    mask = new_empty((R, mask_cols), torch.uint8, dev)
+    mask = new_empty((R, mask_cols) if write_mask else (0,), torch.uint8, dev)
     sum_group = group_size if sum_group is None else sum_group
     sum_mode, block_c = sum_layout(group_size, sum_group, config["BLOCK_C"])
-    if sum_mode in (0, -1):
+    write_sums = write_sums and write_codes  # the sums go with the codes
+    if not write_sums:
+        code_sum = new_empty((R, 0), torch.int32, dev)
+    elif sum_mode in (0, -1):
         code_sum = _qparam_buffer(R, n_groups, torch.int32, dev, group_major and not has_qparams)
     else:
         code_sum = new_empty((R, C // sum_group), torch.int32, dev)
     y = new_empty((R, C), x.dtype, dev) if with_y else None
     if R == 0 or C == 0:
-        if sum_mode == -1:
+        if sum_mode == -1 and write_sums:
             code_sum = torch.zeros((R, C // sum_group), dtype=torch.int32, device=dev)
         return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
     block_r = config["BLOCK_R"]
@@ -580,16 +686,19 @@ def quantize_rows(
         PARTIAL_BYTE=pack_mask and C % 8 != 0,
         WRITE_CODES=write_codes,
         WRITE_Y=with_y,
+        WRITE_MASK=write_mask,
         ONE_SWEEP=group_size <= block_c,
         GROUP_ROWS=group_rows,
+        ONE_GROUP=n_groups == 1,
+        ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"],  # 4+ codes per thread
         FULL_TILE=group_rows or (group_size == block_c and R % block_r == 0),
-        SUM_MODE=max(sum_mode, 0) if write_codes else -1,  # the sums go with the codes
+        SUM_MODE=max(sum_mode, 0) if write_sums else -1,
         SUM_GROUP=sum_group,
         BLOCK_R=block_r,
         BLOCK_C=block_c,
         num_warps=config["num_warps"],
         enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
     )
-    if sum_mode == -1 and write_codes:  # no tile fits the sum groups: sum the codes written
+    if sum_mode == -1 and write_sums:  # no tile fits the sum groups: sum the codes written
         code_sum = codes.reshape(R, C // sum_group, sum_group).sum(-1, dtype=torch.int32)
     return Quantized(codes, out_scale, out_zp, mask, code_sum, y)

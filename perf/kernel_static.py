@@ -270,7 +270,7 @@ def variants() -> list[Variant]:
     if _VARIANTS:
         return _VARIANTS
     from triton_qat import autotune
-    from triton_qat.autotune.space import default_config, fit_config
+    from triton_qat.autotune.space import default_config, fit_config, fit_quantize
     from triton_qat.kernels import dequantize, gemm_backward, gemm_int8, quantize
 
     out: list[Variant] = []
@@ -299,22 +299,29 @@ def variants() -> list[Variant]:
         return anchors[key]
 
     # The op layer's data flow, launcher by launcher (triton_qat/ops.py): the activation is
-    # quantized once (bit mask), the weight per forward (group-major qparams) and again in the
-    # backward (fake-quantized values and byte mask, no codes); x_fq is dequantized from the
+    # quantized once (bit mask; no code sums: the default weights are symmetric), the weight per
+    # forward (group-major qparams, no mask) and again in the backward (fake-quantized values
+    # and byte mask, no codes); x_fq is dequantized from the
     # codes. A GEMM variant runs its producers first, so its operands have the producers' real
     # layouts, and the GEMM (the last launch) is the one analysed.
     def act(dt):
         cfg = default_config("quantize", (M, K), interpret=False)
         pool = dict(x=T(((M, K), dt)), qmin=-128, qmax=127, group_size=K, symmetric=False,
-                    pack_mask=True, config=cfg)  # fmt: skip
+                    pack_mask=True, config=cfg, write_sums=False)  # fmt: skip
         return pool, lambda: call_by_name(quantize.quantize_rows, pool)
 
-    def weight(dt, group, backward=False):
+    def weight(dt, group, backward=False, sums=None):
+        """The weight's quantize as the op calls it; ``sums`` (default: as the op decides) the
+        code sums, which only the int8 forward path reads (not the dequantized one)."""
         bits = 8 if group == K else 4
-        cfg = default_config("quantize", (N, group), interpret=False)
+        cfg = fit_quantize(default_config("quantize", (N, group), interpret=False), backward)
         pool = dict(x=T(((N, K), dt)), qmin=-(1 << (bits - 1)), qmax=(1 << (bits - 1)) - 1,
                     group_size=group, symmetric=True, pack_mask=False, config=cfg)  # fmt: skip
-        pool.update(dict(with_y=True, write_codes=False) if backward else dict(group_major=True))
+        if sums is None:
+            fwd = default_config("fwd", (M, N, K), False, group, dt.itemsize, major)
+            sums = not fwd.get("DEQUANT", 0)
+        pool.update(dict(with_y=True, write_codes=False) if backward
+                    else dict(group_major=True, write_mask=False, write_sums=sums))  # fmt: skip
         return pool, lambda: call_by_name(quantize.quantize_rows, pool)
 
     def x_fq(dt):
@@ -355,7 +362,7 @@ def variants() -> list[Variant]:
     # fake_quantize (with y) at every dtype and flag (per-tensor / torch.ao: given qparams)
     for dt in (F32, F16, BF16):
         for sym, given, pack in ((s, g, p) for s in (False, True) for g in (False, True) for p in (False, True)):  # fmt: skip
-            cfg = default_config("quantize", (M, K), interpret=False)
+            cfg = fit_quantize(default_config("quantize", (M, K), interpret=False), True)
             pool = dict(x=T(((M, K), dt)), qmin=0 if given and not sym else -128,
                         qmax=255 if given and not sym else 127, group_size=K, symmetric=sym,
                         pack_mask=pack, config=cfg, with_y=True)  # fmt: skip
@@ -363,6 +370,19 @@ def variants() -> list[Variant]:
                 pool.update(scale=T(((1, 1), F32)), zero_point=T(((1, 1), I32)))
             add(f"quantize {DT_NAME[dt]} sym={sym} given={given} pack={pack} with y", "quantize",
                 "", lambda pool=pool: call_by_name(quantize.quantize_rows, pool), False, config=cfg)  # fmt: skip
+        # a per-tensor (or torch.ao) activation: given qparams, bit mask, no y, no code sums
+        cfg = default_config("quantize", (M, K), interpret=False)
+        pool = dict(x=T(((M, K), dt)), qmin=-128, qmax=127, group_size=K, symmetric=False,
+                    pack_mask=True, config=cfg, scale=T(((1, 1), F32)), zero_point=T(((1, 1), I32)),
+                    write_sums=False)  # fmt: skip
+        add(
+            f"quantize {DT_NAME[dt]} act given qparams",
+            "quantize",
+            "",
+            lambda pool=pool: call_by_name(quantize.quantize_rows, pool),
+            False,
+            config=cfg,
+        )
 
     # forward GEMM per weight group size: the int8 path (MODE 0 per channel, 1 int4 groups % 32,
     # 2 otherwise) at its default tile, and for per-group weights at 16-bit dtypes the dequantized
@@ -381,7 +401,7 @@ def variants() -> list[Variant]:
                 tile = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
 
                 def call(dt=dt, group=group, cfg=cfg):
-                    qa, qw = act(dt)[1](), weight(dt, group)[1]()
+                    qa, qw = act(dt)[1](), weight(dt, group, sums=True)[1]()
                     dq = autotune.dequantize_config(M, K, torch.device("cuda"), dt)
                     pool = dict(x_codes=qa.codes, x_scale=qa.scale, x_zero_point=qa.zero_point,
                                 w_codes=qw.codes, w_scale=qw.scale, w_code_sum=qw.code_sum,
@@ -464,11 +484,20 @@ def _tool(name: str) -> str:
 
 def sass(cubin_path: str):
     """[(addr, opcode, operands, 'file:line' of the outermost inlined frame)], {label: addr},
-    {addr: (file, line) of the innermost frame}."""
+    {addr: (file, line) of the innermost frame}, and the number of instructions left out: the
+    out-of-line subroutines after the kernel's end (``$__internal_..._div_rn_..._slowpath``,
+    CALLed only for the divisors the IEEE division's fast path cannot take), which no loop
+    holds and no ordinary element runs."""
     txt = subprocess.run([_tool("nvdisasm"), "-c", "-gi", cubin_path], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     insns, labels, pending, loc, inner, inn, run = [], {}, [], "?", {}, ("?", "?"), False
+    subroutine, out_of_line = False, 0
     for line in txt.splitlines():
+        if re.match(r"^\$[\w$.]+:", line):  # a subroutine's label: the kernel has ended
+            subroutine = True
+        if subroutine:
+            out_of_line += bool(INSN.search(line))
+            continue
         if line.lstrip().startswith("//## File"):  # -gi: innermost frame first, outermost last
             fl = re.findall(r'"([^"]+)", line (\d+)', line) or [("?", "?")]
             loc, inn, run = (
@@ -486,7 +515,7 @@ def sass(cubin_path: str):
             # operands keep a guard predicate in front ("@P0 "): an unguarded EXIT ends the kernel
             insns.append((int(m.group(1), 16), m.group(3), (m.group(2) or "") + m.group(4), loc))
             inner[insns[-1][0]] = inn
-    return insns, labels, inner
+    return insns, labels, inner, out_of_line
 
 
 def hot_loop(insns, labels):
@@ -542,7 +571,7 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
     for ext, text in ((".ttgir", ttgir), (".ptx", ptx)):
         with open(base + ext, "w") as f:
             f.write(text)
-    insns, labels, inner = sass(base + ".cubin")
+    insns, labels, inner, out_of_line = sass(base + ".cubin")
     with open(base + ".sass", "w") as f:
         f.write("\n".join(f"{a:05x} {o}{r}  // {lc}" for a, o, r, lc in insns))
     g = lambda rx: int(m.group(1)) if (m := re.search(rx, log)) else -1  # noqa: E731
@@ -573,7 +602,7 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
                                   and inner[a][0] != "?")  # fmt: skip
     lines = collections.Counter(lc for _, _, _, lc in loop)
     hot = [(lc, n, collections.Counter(classify(o) for _, o, _, l2 in loop if l2 == lc).most_common(3))
-           for lc, n in lines.most_common(6)]  # fmt: skip
+           for lc, n in lines.most_common(int(os.environ.get("TOPN", 6)))]  # fmt: skip
     row = {
         "label": v.label, "key": v.key, "family": v.family, "triton": triton.__version__, "headline": v.headline, "kernel": launch.fn.__name__,
         "arch": arch, "gpu": f"sm_{arch}{'a' if arch >= 90 else ''}", "anchor": v.anchor,
@@ -595,9 +624,12 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         "seconds": round(time.time() - t0, 1),
     }  # fmt: skip
     row["scope"] = "kernel" if len(loop) == len(insns) else "loop"
+    row["out_of_line"] = out_of_line
     if v.family in ("quantize", "dequantize"):
+        # every instruction a thread runs (its loops run once per program at these shapes; the
+        # out-of-line division slow path left out), over the elements it owns
         c = v.meta["config"]
-        row["insns_per_elem"] = round(len(ops) * warps * 32 / (c["BLOCK_R"] * c["BLOCK_C"]), 2)
+        row["insns_per_elem"] = round(len(insns) * warps * 32 / (c["BLOCK_R"] * c["BLOCK_C"]), 2)
     return row
 
 
@@ -670,9 +702,12 @@ def _note(r: dict) -> str:
         lds = ", ".join(f"`{p}` " + " + ".join(f"{n}x{b}b" for b, n in c.items()) for p, c in r["loads"].items())  # fmt: skip
         parts.append(f"hot-loop global loads per thread: {lds}")
     if r.get("scope") == "kernel":
-        parts.append("no loop: the counts are the whole kernel (one tile per program)")
+        parts.append("no loop: the counts are the whole kernel (one tile per program)"
+                     + (f" without its {r['out_of_line']}-instruction out-of-line division slow"
+                        " path" if r.get("out_of_line") else ""))  # fmt: skip
     if "insns_per_elem" in r:
-        parts.append(f"{r['insns_per_elem']} thread-instructions per element")
+        parts.append(f"{r['insns_per_elem']} thread-instructions per element (the whole kernel"
+                     " per thread over its elements)")  # fmt: skip
     if r["nested"]:
         parts.append(f"holds inner loop(s) of {r['nested']} insns")
     if r["local_insns"]:

@@ -406,3 +406,25 @@ def test_model_shapes_from_factories_and_hugging_face(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", fake)
     assert model_shapes("org/some-model", 16) == [(16, 32, 96), (16, 96, 32)]
     assert built["device"].type == "meta"
+
+
+def test_quantize_default_threads_and_the_with_y_fit():
+    """64 elements per thread for codes / mask / sums; where the fake-quantized values are
+    written too, a thread holds at most 32 (those variants spill at 64: kernel_static --all),
+    for defaults and tuned entries alike, with the tile unchanged."""
+    from triton_qat.autotune.space import fit_quantize, quantize_default
+
+    for rows, group in ((8192, 4096), (4096, 128), (4096, 32), (4096, 14336)):
+        cfg = quantize_default(rows, group)
+        per_thread = cfg["BLOCK_R"] * cfg["BLOCK_C"] // (32 * cfg["num_warps"])
+        assert per_thread == 64, (rows, group, cfg)
+        fitted = fit_quantize(cfg, with_y=True)
+        assert {**fitted, "num_warps": cfg["num_warps"]} == cfg
+        assert fitted["BLOCK_R"] * fitted["BLOCK_C"] // (32 * fitted["num_warps"]) == 32
+        assert fit_quantize(cfg, with_y=False) == cfg
+    tuned = {"BLOCK_R": 64, "BLOCK_C": 1024, "num_warps": 4}  # 512 per thread
+    assert fit_quantize(tuned, with_y=True)["num_warps"] == 16  # capped: 128 per thread
+    dev = torch.device("cpu")
+    assert autotune.quantize_config(64, 256, dev, torch.float32, False, with_y=True) == (
+        fit_quantize(autotune.quantize_config(64, 256, dev, torch.float32, False), True)
+    )

@@ -22,6 +22,19 @@ def test_opcheck_quantize(device):
     scale = torch.tensor([[0.05]], device=device)
     zp = torch.tensor([[3]], dtype=torch.int32, device=device)
     _opcheck(ops.quantize, (x, 0, 255, 40, False, False, True, scale, zp))
+    # no code sums (an activation for symmetric weights): [R, 0], real and fake alike
+    _opcheck(ops.quantize, (x, -128, 127, 40, False, False, True, None, None, False, 0, False))
+
+
+def test_quantize_without_sums_matches_with_and_checks_sum_group(device):
+    x = torch.randn(13, 40, device=device)
+    full = ops.quantize(x, -128, 127, 40, False, False, True, None, None)
+    bare = ops.quantize(x, -128, 127, 40, False, False, True, None, None, with_sums=False)
+    assert bare[4].shape == (13, 0)
+    assert all(torch.equal(a, b) for a, b in zip(full[:4], bare[:4], strict=True))
+    with pytest.raises(ValueError, match="sum_group"):
+        ops.quantize(x, -128, 127, 40, False, False, True, None, None, sum_group=8,
+                     with_sums=False)  # fmt: skip
 
 
 def test_opcheck_fake_quantize(device):
@@ -84,6 +97,34 @@ def test_backward_keeps_nothing_weight_sized(device):
     kept = [t for t in saved if t is not None and t.data_ptr() not in params]
     assert any(t.data_ptr() == lin.weight.data_ptr() for t in saved if t is not None)
     assert all(t.shape[0] == 5 for t in kept), [tuple(t.shape) for t in kept]  # per token only
+
+
+def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatch):
+    """The forward quantizes the weight without its clamp mask (the backward re-derives it) and,
+    where the GEMM dequantizes the weight instead of correcting zero points, without code sums;
+    the activation has no code sums under symmetric weights. The output is unchanged."""
+    from triton_qat import dispatch
+
+    calls, real = [], dispatch.quantize_rows
+
+    def spy(x, *args, **kw):
+        q = real(x, *args, **kw)
+        calls.append((tuple(x.shape), q.mask.numel() > 0, q.code_sum.numel() > 0))
+        return q
+
+    torch.manual_seed(0)
+    lin = tq.Linear(64, 48, device=device, weight=tq.QuantConfig(bits=4, granularity="per_group",
+                                                                group_size=32, symmetric=True))  # fmt: skip
+    x = torch.randn(5, 64, device=device)
+    with torch.no_grad():
+        want = lin(x)
+        monkeypatch.setattr(dispatch, "quantize_rows", spy)
+        got = lin(x.clone())
+    assert torch.equal(got, want)
+    act, weight = calls
+    assert act == ((5, 64), True, False)
+    sums = dispatch.use_kernels(x) and fwd_path.path == "int8"
+    assert weight == ((48, 64), False, sums)
 
 
 def _mlp(device, dtype=torch.float32, **cfg):

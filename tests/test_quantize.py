@@ -85,6 +85,27 @@ def test_weight_groups_bit_exact(N, K, group, bits, dtype, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize(
+    "R,C,group,pack",
+    [(13, 130, 130, True), (40, 96, 32, False), (17, 96, 96, False), (24, 130, 13, False)],
+    ids=["token-bits", "g32", "per-channel", "g13"],
+)
+def test_skipped_mask_and_sums_leave_the_rest(R, C, group, pack, dtype, device):
+    """write_mask=False (the forward's weight) and write_sums=False (an activation for symmetric
+    weights) drop exactly those outputs, empty on every backend: codes, qparams and the sums or
+    mask still written are the full call's bits."""
+    x = _data((R, C), dtype, device)
+    args = (x, -128, 127, group, False)
+    full = quantize_rows(*args, pack_mask=pack)
+    no_mask = quantize_rows(*args, pack_mask=pack, write_mask=False)
+    no_sums = quantize_rows(*args, pack_mask=pack, write_sums=False)
+    assert no_mask.mask.shape == (0,) and no_sums.code_sum.shape == (R, 0)
+    _assert_same(no_mask._replace(mask=full.mask), full, "write_mask=False")
+    _assert_same(no_sums._replace(code_sum=full.code_sum), full, "write_sums=False")
+    assert full.mask.numel() and full.code_sum.numel()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
 @pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
 def test_per_tensor_matches_reference(dtype, symmetric, device):
     x = _data((13, 40), dtype, device)

@@ -85,17 +85,25 @@ def quantize_rows(
     group_major: bool = False,
     asym_weight: bool = False,
     sum_group: int | None = None,
+    write_mask: bool = True,
+    write_sums: bool = True,
 ) -> Quantized:
     """Quantize x [R, C] per (row, group) on this device's backend (see
     :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts; ``write_codes``
-    and ``group_major`` are layout hints the plain-torch twin may ignore)."""
+    and ``group_major`` are layout hints the plain-torch twin may ignore; without ``write_mask``
+    / ``write_sums`` the mask / code sums come back empty, [0] / [R, 0], on every backend)."""
     kw = dict(pack_mask=pack_mask, scale=scale, zero_point=zero_point, with_y=with_y,
               asym_weight=asym_weight, sum_group=sum_group)  # fmt: skip
     if not use_kernels(x):
-        return quantize_rows_torch(x, qmin, qmax, group_size, symmetric, **kw)
-    config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask)
+        q = quantize_rows_torch(x, qmin, qmax, group_size, symmetric, **kw)
+        return q._replace(
+            mask=q.mask if write_mask else q.mask.new_empty((0,)),
+            code_sum=q.code_sum if write_sums else q.code_sum.new_empty((x.shape[0], 0)),
+        )
+    config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y)
     return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config,
-                          write_codes=write_codes, group_major=group_major, **kw)  # fmt: skip
+                          write_codes=write_codes, group_major=group_major, write_mask=write_mask,
+                          write_sums=write_sums, **kw)  # fmt: skip
 
 
 def quantize_per_tensor(
@@ -131,17 +139,19 @@ def int8_linear(
     x_code_sum: torch.Tensor | None = None,
     w_dtype: torch.dtype | None = None,
     w_code_offset: int = 0,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes (see :func:`triton_qat.kernels.gemm_int8.int8_linear`;
     ``w_dtype``: the weight's dtype, in which a dequantized per-group forward forms w_fq;
-    ``w_code_offset``: the shift of the weight's stored codes)."""
+    ``w_code_offset``: the shift of the weight's stored codes; ``config``: the GEMM's config when
+    the caller has looked it up (:func:`forward_config`), else looked up here)."""
     if not use_kernels(x_codes):
         return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
                                  w_zero_point)  # fmt: skip
     M, K = x_codes.shape
-    N = w_codes.shape[0]
-    group = K // w_scale.shape[1] if K else 1
-    config = autotune.gemm_config("fwd", M, N, K, x_codes.device, out_dtype, group)
+    if config is None:
+        config = forward_config(x_codes, w_codes.shape[0], K // w_scale.shape[1] if K else 1,
+                                out_dtype)  # fmt: skip
     dq_config = autotune.dequantize_config(M, K, x_codes.device, out_dtype)
     return _int8_linear(
         x_codes,
@@ -160,6 +170,25 @@ def int8_linear(
         dequant_config=dq_config,
         w_code_offset=w_code_offset,
     )
+
+
+def forward_config(
+    x_codes: torch.Tensor, N: int, w_group: int, out_dtype: torch.dtype
+) -> dict | None:
+    """The config :func:`int8_linear` runs x_codes [M, K] against N outputs with, the weight
+    scaled in groups of ``w_group`` (K: per channel / tensor); None where the plain-torch twin
+    runs."""
+    if not use_kernels(x_codes):
+        return None
+    M, K = x_codes.shape
+    return autotune.gemm_config("fwd", M, N, K, x_codes.device, out_dtype, w_group if K else 1)
+
+
+def takes_code_sums(config: dict | None) -> bool:
+    """Whether the forward GEMM of ``config`` (:func:`forward_config`) applies zero points through
+    the weight's code sums: the int8 GEMM does; the dequantized path (``DEQUANT``) and the
+    plain-torch twin (None) dequantize both operands and need none."""
+    return config is not None and not config.get("DEQUANT", 0)
 
 
 def activation_sum_group(K: int, w_group: int) -> int | None:

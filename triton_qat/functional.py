@@ -139,10 +139,11 @@ def linear(
         return _ops.weight_only_linear(x, weight, bias, **w_args, w_scale=w_scale)
     x_code_sum = None
     if a_qparams is None:
-        sum_group = None
-        if not weight_spec.symmetric:  # x's code sums per weight group, for its zero points
+        # x's code sums serve only the zero points of asymmetric weights (per weight group)
+        sum_group, with_sums = None, not weight_spec.symmetric
+        if with_sums:
             sum_group = activation_sum_group(K, w_args["w_group_size"])
-        *state, code_sum = quantize_activation(x, activation, sum_group)
+        *state, code_sum = quantize_activation(x, activation, sum_group, with_sums)
         if not weight_spec.symmetric and code_sum.shape[1] == K // w_args["w_group_size"]:
             x_code_sum = code_sum
     else:
@@ -150,7 +151,8 @@ def linear(
         a_zp = a_qparams[1].to(torch.int32).reshape(1, 1)
         x2d = x.detach().reshape(-1, K)
         args = activation.quantize_args(K)
-        state = _ops.quantize(x2d, **args, pack_mask=True, scale=a_scale, zero_point=a_zp)[:4]
+        state = _ops.quantize(x2d, **args, pack_mask=True, scale=a_scale, zero_point=a_zp,
+                              with_sums=False)[:4]  # fmt: skip
     asym = not activation.symmetric or a_qparams is not None
     return _ops.qat_linear(x, *state, weight, bias, asym, **w_args, w_scale=w_scale,
                            x_code_sum=x_code_sum)  # fmt: skip

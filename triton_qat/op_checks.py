@@ -35,7 +35,7 @@ def check_asym_weight(asym_weight, symmetric, per_tensor, scale, prefix=""):
 
 
 def check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                    pack_mask=False, asym_weight=False, sum_group=0):  # fmt: skip
+                    pack_mask=False, asym_weight=False, sum_group=0, with_sums=True):  # fmt: skip
     check_float_input(x, "x")
     check_dims(x, "x", 2, "[rows, cols]")
     R, C = x.shape
@@ -47,6 +47,8 @@ def check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero
         raise ValueError("per_tensor: computes its own qparams; pass scale=None")
     check_asym_weight(asym_weight, symmetric, per_tensor, scale)
     if sum_group:
+        if not with_sums:
+            raise ValueError(f"sum_group: {sum_group} asks for code sums, but with_sums=False")
         check_group(sum_group, group_size, "sum_group")
     check_qparams(scale, zero_point, R, max(C, 1) // group_size, x.device)
 

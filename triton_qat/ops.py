@@ -63,6 +63,7 @@ def quantize(
     zero_point: Tensor | None,
     asym_weight: bool = False,
     sum_group: int = 0,
+    with_sums: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Quantize x [R, C]: (codes int8 [R, C], scale fp32 [R, G], zero_point int32 [R, G],
     mask uint8 [R, ceil(C/8)] bits if pack_mask else [R, C], code_sum int32 [R, G]).
@@ -70,22 +71,25 @@ def quantize(
     ``asym_weight`` (with ``symmetric=False``): torchao's asymmetric weight qparams instead of the
     family-1 asymmetric ones (docs/numerics.md). ``sum_group`` (a divisor of ``group_size``; 0:
     ``group_size``): code_sum holds the sums over each ``sum_group`` columns, [R, C // sum_group]
-    (an activation's sums per weight group, for the zero points of asymmetric weights)."""
+    (an activation's sums per weight group, for the zero points of asymmetric weights).
+    ``with_sums=False``: no code sums (code_sum is [R, 0]), for a GEMM that applies no weight
+    zero points; ``sum_group`` must then be 0."""
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                    pack_mask, asym_weight, sum_group)  # fmt: skip
+                    pack_mask, asym_weight, sum_group, with_sums)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                  pack_mask=pack_mask, asym_weight=asym_weight, sum_group=sum_group or None)  # fmt: skip
+                  pack_mask=pack_mask, asym_weight=asym_weight, sum_group=sum_group or None,
+                  write_sums=with_sums)  # fmt: skip
     return q.codes, q.scale, q.zero_point, q.mask, q.code_sum
 
 
 @quantize.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point,
-      asym_weight=False, sum_group=0):  # fmt: skip
+      asym_weight=False, sum_group=0, with_sums=True):  # fmt: skip
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                    pack_mask, asym_weight, sum_group)  # fmt: skip
+                    pack_mask, asym_weight, sum_group, with_sums)  # fmt: skip
     R, C = x.shape
     G = C // group_size if C else 0  # as the real op: no columns, no groups
-    S = C // sum_group if sum_group else G
+    S = (C // sum_group if sum_group else G) if with_sums else 0
     mask_cols = (C + 7) // 8 if pack_mask else C
     return (
         x.new_empty((R, C), dtype=torch.int8),
@@ -239,13 +243,18 @@ def qat_linear(
     check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
                       w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     N = weight.shape[0]
+    # no clamp mask: the backward re-derives it (N x K bytes a forward would write for nothing);
+    # no code sums where the GEMM dequantizes the weight instead of correcting zero points
+    config = dispatch.forward_config(x_codes, N, w_group_size, x.dtype)
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                          w_symmetric, pack_mask=False, group_major=True)  # fmt: skip
+                          w_symmetric, pack_mask=False, group_major=True, write_mask=False,
+                          write_sums=dispatch.takes_code_sums(config))  # fmt: skip
     out = dispatch.int8_linear(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum,
                                bias, x.dtype, asymmetric=a_asymmetric,
                                w_zero_point=None if w_symmetric else qw.zero_point,
                                x_code_sum=x_code_sum, w_dtype=weight.dtype,
-                               w_code_offset=dispatch.code_offset(w_qmin, w_qmax))  # fmt: skip
+                               w_code_offset=dispatch.code_offset(w_qmin, w_qmax),
+                               config=config)  # fmt: skip
     return out.reshape(*x.shape[:-1], N)
 
 
@@ -292,7 +301,7 @@ def qat_linear_backward(
     if need_x or need_w or need_w_scale:
         qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
                               w_symmetric, pack_mask=False, with_y=need_x,
-                              write_codes=False)  # fmt: skip
+                              write_codes=False, write_mask=need_w or need_w_scale)  # fmt: skip
         if need_x:
             grad_x = dispatch.dgrad(dy, qw.y.to(dy.dtype), x_mask)
         if need_w or need_w_scale:
@@ -410,7 +419,8 @@ def weight_only_linear(
     check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
                        w_scale)  # fmt: skip
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                          w_symmetric, pack_mask=False, with_y=True, write_codes=False)  # fmt: skip
+                          w_symmetric, pack_mask=False, with_y=True, write_codes=False,
+                          write_mask=False)  # fmt: skip
     return float_linear(x, qw.y, bias)
 
 
@@ -450,7 +460,7 @@ def weight_only_linear_backward(
     if need_x or need_w or need_w_scale:
         qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
                               w_symmetric, pack_mask=False, with_y=need_x,
-                              write_codes=False)  # fmt: skip
+                              write_codes=False, write_mask=need_w or need_w_scale)  # fmt: skip
         if need_x:
             grad_x = torch.mm(dy, qw.y.to(dy.dtype)).reshape(x.shape)
         if need_w or need_w_scale:

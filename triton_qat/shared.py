@@ -23,7 +23,7 @@ from torch import Tensor
 from triton_qat.spec import QuantSpec
 
 _ops = torch.ops.triton_qat
-# id(x) -> (weakref to x, version, (spec, sum_group), state)
+# id(x) -> (weakref to x, version, (spec, sum_group, with_sums), state)
 _CACHE: dict[int, tuple[weakref.ref, int, tuple, tuple[Tensor, ...]]] = {}
 _ENABLED = [True]
 
@@ -36,20 +36,21 @@ def set_enabled(on: bool) -> bool:
 
 
 def quantize_activation(
-    x: Tensor, spec: QuantSpec, sum_group: int | None = None
+    x: Tensor, spec: QuantSpec, sum_group: int | None = None, with_sums: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(codes int8 [M, K], scale fp32 [M, 1], zero point int32 [M, 1], mask bits [M, ceil(K/8)],
-    code sums int32 [M, K // sum_group] (default: [M, 1])) of x [..., K] under a family-1
+    code sums int32 [M, K // sum_group] (default: [M, 1]; [M, 0] without ``with_sums``, for
+    weights with no zero points)) of x [..., K] under a family-1
     activation ``spec`` (qparams computed, not given). Linears whose weights need other code sums
     (asymmetric weights in groups) share nothing with the others."""
     x2d = x.detach().reshape(-1, x.shape[-1])  # qparams are constants of the STE: no graph
     if not _cacheable(x):
-        return _quantize(x2d, spec, sum_group)
-    key, what = id(x), (spec, sum_group)
+        return _quantize(x2d, spec, sum_group, with_sums)
+    key, what = id(x), (spec, sum_group, with_sums)
     hit = _CACHE.get(key)
     if hit is not None and hit[0]() is x and hit[1] == x._version and hit[2] == what:
         return hit[3]
-    state = _quantize(x2d, spec, sum_group)
+    state = _quantize(x2d, spec, sum_group, with_sums)
     _CACHE[key] = (weakref.ref(x, lambda _ref, key=key: _CACHE.pop(key, None)), x._version, what,
                    state)  # fmt: skip
     return state
@@ -63,6 +64,8 @@ def _cacheable(x: Tensor) -> bool:
     return not (torch.is_inference_mode_enabled() or x.is_inference())
 
 
-def _quantize(x2d: Tensor, spec: QuantSpec, sum_group: int | None) -> tuple[Tensor, ...]:
+def _quantize(x2d: Tensor, spec: QuantSpec, sum_group: int | None, with_sums: bool
+              ) -> tuple[Tensor, ...]:  # fmt: skip
     return tuple(_ops.quantize(x2d, **spec.quantize_args(x2d.shape[1]), pack_mask=True,
-                               scale=None, zero_point=None, sum_group=sum_group or 0))  # fmt: skip
+                               scale=None, zero_point=None, sum_group=sum_group or 0,
+                               with_sums=with_sums))  # fmt: skip
