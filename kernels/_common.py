@@ -39,6 +39,12 @@ def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     return t
 
 
+def capability_major(t: torch.Tensor) -> int:
+    """The major compute capability of t's GPU (0 for a CPU tensor): launchers pick forms whose
+    instructions only newer GPUs have (sm_90's 16x2 SIMD integer maxima) with it."""
+    return torch.cuda.get_device_capability(t.device)[0] if t.is_cuda else 0
+
+
 def dot_in_fp32(dtype: torch.dtype) -> bool:
     """Under the interpreter, ``tl.dot`` on bf16 multiplies raw bit patterns: upcast there (exact)."""
     return INTERPRET and dtype == torch.bfloat16

@@ -38,6 +38,7 @@ from ._common import (
     COMPILED,
     NATIVE_BF16_CAST,
     PTX_ASM,
+    capability_major,
     cast_to_dt,
     div_scalar,
     dtype_code,
@@ -81,23 +82,24 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _bits_max(b_raw, DT: tl.constexpr):
+def _bits_max(b_raw, DT: tl.constexpr, REDUCE16: tl.constexpr):
     """Per-row (signed, unsigned) max of the fp32 bits of a tile as loaded (in x's dtype): the
     int32 order of the bits is the float order of the non-negative values (a positive NaN above
     +inf), and the uint32 order puts every negative value above them, the most negative (or a
     negative NaN) last. Two integer max reductions, fast under the interpreter too (np.max), and
     exact where a float max would drop NaN. The 16-bit dtypes order their own bits the same way:
     they are reduced as loaded, before widening (4 elements per 3-input VIMNMX3.S16x2 on sm_90,
-    2 per VIMNMX3 on fp32 bits), and only the two maxima are widened."""
+    2 per VIMNMX3 on fp32 bits; REDUCE16: compute capability 9+, where those SIMD maxima exist),
+    and only the two maxima are widened."""
     if DT == 0:
         b_b = b_raw.to(tl.int32, bitcast=True)
         return tl.max(b_b, axis=1), tl.max(b_b.to(tl.uint32, bitcast=True), axis=1)
     else:
         b_h = b_raw.to(tl.int16, bitcast=True)
-        if COMPILED:  # kept 16-bit (tl.max widens small integers to int32 before reducing)
+        if COMPILED and REDUCE16:  # kept 16-bit (tl.max widens small integers to int32 first)
             t_s = tl.reduce(b_h, 1, _max_combine)
             t_u = tl.reduce(b_h.to(tl.uint16, bitcast=True), 1, _max_combine)
-        else:  # the interpreter's tl.reduce with a Python combine is slow; tl.max is the same max
+        else:  # the same maxima (the interpreter's tl.reduce with a Python combine is slow)
             t_s = tl.max(b_h, axis=1).to(tl.int16)
             t_u = tl.max(b_h.to(tl.uint16, bitcast=True), axis=1).to(tl.uint16)
         t_s = _to_f32(t_s.to(b_raw.dtype, bitcast=True), DT).to(tl.int32, bitcast=True)
@@ -310,6 +312,7 @@ def _quantize_rows_kernel(
     GROUP_ROWS: tl.constexpr,
     ONE_GROUP: tl.constexpr,
     ASM_PACK4: tl.constexpr,
+    REDUCE16: tl.constexpr,
     FULL_TILE: tl.constexpr,
     SUM_MODE: tl.constexpr,
     SUM_GROUP: tl.constexpr,
@@ -391,7 +394,7 @@ def _quantize_rows_kernel(
                     b_abs = b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
                     b_nan = tl.maximum(b_nan, tl.max(b_abs, axis=1))
                 else:
-                    t_ms, t_mu = _bits_max(b_raw, DT)
+                    t_ms, t_mu = _bits_max(b_raw, DT, REDUCE16)
                     b_ms = tl.maximum(b_ms, t_ms)
                     b_mu = tl.maximum(b_mu, t_mu)
             if ASYM_WEIGHT:
@@ -691,6 +694,7 @@ def quantize_rows(
         GROUP_ROWS=group_rows,
         ONE_GROUP=n_groups == 1,
         ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"],  # 4+ codes per thread
+        REDUCE16=capability_major(x) >= 9,
         FULL_TILE=group_rows or (group_size == block_c and R % block_r == 0),
         SUM_MODE=max(sum_mode, 0) if write_sums else -1,
         SUM_GROUP=sum_group,

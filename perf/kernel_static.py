@@ -126,7 +126,9 @@ def fake(shape, dtype) -> torch.Tensor:
 
 
 def capture(call: Callable[[], object]) -> list[Launch]:
-    """The kernel launches ``call()`` makes, run under FakeTensorMode with launching disabled."""
+    """The kernel launches ``call()`` makes, run under FakeTensorMode with launching disabled, on
+    a fake GPU of the report's architecture (``torch.cuda.get_device_capability``, which a
+    launcher may ask, answers it)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     launches: list[Launch] = []
@@ -134,13 +136,15 @@ def capture(call: Callable[[], object]) -> list[Launch]:
     def getitem(self, grid):
         return lambda *args, **kwargs: launches.append(Launch(self, grid, args, kwargs))
 
-    orig = JITFunction.__getitem__
+    arch = int(os.environ.get(ARCH_ENV, "90"))
+    orig, orig_cap = JITFunction.__getitem__, torch.cuda.get_device_capability
     JITFunction.__getitem__ = getitem  # KernelInterface.__getitem__ is what kernel[grid] calls
+    torch.cuda.get_device_capability = lambda device=None: (arch // 10, arch % 10)
     try:
         with FakeTensorMode():
             call()
     finally:
-        JITFunction.__getitem__ = orig
+        JITFunction.__getitem__, torch.cuda.get_device_capability = orig, orig_cap
     return launches
 
 
