@@ -71,6 +71,9 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
     dy = torch.randn(s.M, s.N, device=device, generator=gen).to(s.dtype)
     wq = -(1 << (s.w_bits - 1)), (1 << (s.w_bits - 1)) - 1
     cfg_x = quantize_config(s.M, s.K, device, s.dtype, pack_mask=True)
+    # what the forward's quantizes write (triton_qat/ops.py): the activation no code sums (the
+    # symmetric default weights), the weight no mask, and code sums only for the int8 GEMM
+    w_sums = not gemm_config("fwd", s.M, s.N, s.K, device, s.dtype, s.group).get("DEQUANT", 0)
     cfg_w = quantize_config(s.N, s.group, device, s.dtype, pack_mask=False)
     qa = quantize_rows(x, -128, 127, s.K, False, pack_mask=True, config=cfg_x)
     qw = quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=cfg_w, with_y=True)
@@ -95,16 +98,19 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
         ),
         "quantize_x": Problem(
             "quantize_x", "quantize", quantize_key(s.M, s.K, s.dtype, True), (s.M, s.K), s.group,
-            lambda c: quantize_rows(x, -128, 127, s.K, False, pack_mask=True, config=c),
+            lambda c: quantize_rows(x, -128, 127, s.K, False, pack_mask=True, config=c,
+                                    write_sums=False),
             cfg_x, lambda: x.clone(), "copy",
-            s.M * s.K * (esize + 1 + 1 / 8) + s.M * 12, 2 * s.M * s.K * esize,
+            s.M * s.K * (esize + 1 + 1 / 8) + s.M * 8, 2 * s.M * s.K * esize,
         ),
         "quantize_w": Problem(
             "quantize_w", "quantize", quantize_key(s.N, s.group, s.dtype, False),
             (s.N, s.group), s.group,
-            lambda c: quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=c),
+            lambda c: quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=c,
+                                    group_major=True, write_mask=False, write_sums=w_sums),
             cfg_w, lambda: w.clone(), "copy",
-            s.N * s.K * (esize + 2) + s.N * (s.K // s.group) * 12, 2 * s.N * s.K * esize,
+            s.N * s.K * (esize + 1) + s.N * (s.K // s.group) * (8 + 4 * w_sums),
+            2 * s.N * s.K * esize,
         ),
         "fwd": Problem(
             "fwd", "fwd", gemm_key("fwd", *mnk, s.dtype, s.group), mnk, s.group, fwd,

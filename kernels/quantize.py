@@ -102,9 +102,21 @@ def _bits_max(b_raw, DT: tl.constexpr, REDUCE16: tl.constexpr):
         else:  # the same maxima (the interpreter's tl.reduce with a Python combine is slow)
             t_s = tl.max(b_h, axis=1).to(tl.int16)
             t_u = tl.max(b_h.to(tl.uint16, bitcast=True), axis=1).to(tl.uint16)
-        t_s = _to_f32(t_s.to(b_raw.dtype, bitcast=True), DT).to(tl.int32, bitcast=True)
-        t_u = _to_f32(t_u.to(b_raw.dtype, bitcast=True), DT).to(tl.uint32, bitcast=True)
-        return t_s, t_u
+        return _widen_bits(t_s, b_raw.dtype, DT), _widen_bits(t_u, b_raw.dtype, DT).to(
+            tl.uint32, bitcast=True
+        )
+
+
+@triton.jit
+def _widen_bits(t_h, dtype: tl.constexpr, DT: tl.constexpr):
+    """The fp32 bits (int32) of the 16-bit value whose bits are ``t_h``, sign bit kept for NaN
+    too: the GPU's fp16 -> fp32 conversion returns a NaN without its sign (0x7FFFFFFF), which
+    would hide a negative NaN that the unsigned maximum found (the row's range comes from that
+    sign)."""
+    b = _to_f32(t_h.to(dtype, bitcast=True), DT).to(tl.int32, bitcast=True)
+    if DT == 1:  # bf16 widens by a shift, which keeps the sign
+        b = b | ((t_h.to(tl.int32) & 0x8000) << 16)
+    return b
 
 
 @triton.jit
@@ -693,7 +705,8 @@ def quantize_rows(
         ONE_SWEEP=group_size <= block_c,
         GROUP_ROWS=group_rows,
         ONE_GROUP=n_groups == 1,
-        ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"],  # 4+ codes per thread
+        # 4+ codes per thread, and a GPU with cvt.pack (sm_72+)
+        ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"] and capability_major(x) >= 8,
         REDUCE16=capability_major(x) >= 9,
         FULL_TILE=group_rows or (group_size == block_c and R % block_r == 0),
         SUM_MODE=max(sum_mode, 0) if write_sums else -1,

@@ -127,6 +127,18 @@ def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatc
     assert weight == ((48, 64), False, sums)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_per_tensor_weights_ignore_the_group_size(dtype, device):
+    """The raw qat_linear op with per-tensor weights runs one scale per weight whatever
+    w_group_size says (the forward's GEMM config and its code-sum decision see group K)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, device=device, dtype=dtype)
+    w = torch.randn(8, 64, device=device, dtype=dtype)
+    state = ops.quantize(x, -128, 127, 64, False, False, True, None, None)[:4]
+    outs = [ops.qat_linear(x, *state, w, None, True, -128, 127, g, True, None) for g in (64, 32)]
+    assert torch.equal(outs[0], outs[1])
+
+
 def _mlp(device, dtype=torch.float32, **cfg):
     torch.manual_seed(0)
     return nn.Sequential(

@@ -188,6 +188,26 @@ def test_all_zero_row(device):
     assert torch.equal(got.y, x)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("group", [32, 64], ids=["g32", "per-row"])
+def test_negative_nan_is_not_lost(dtype, group, device):
+    """A NaN with its sign bit set (x86's default NaN; -NaN in any dtype) among positive values:
+    the row's range holds it (the 16-bit maxima are widened keeping a NaN's sign, which the GPU's
+    fp16 -> fp32 conversion drops), so the row's scale and values are NaN, as the reference's."""
+    x = _data((4, 64), dtype, device).abs()  # only the NaN is negative
+    # -NaN by its bits (0xFFC00000, 0xFE00, 0xFFC0): torch's own neg() may drop the sign
+    bits = {torch.float32: (-4194304, torch.int32), torch.float16: (-512, torch.int16),
+            torch.bfloat16: (-64, torch.int16)}[dtype]  # fmt: skip
+    neg_nan = torch.tensor([bits[0]], dtype=bits[1]).view(dtype)
+    assert torch.isnan(neg_nan).all()
+    x[1, 5] = neg_nan[0].to(device)
+    args = (x, -128, 127, group, False)
+    got = quantize_rows(*args, pack_mask=group == 64, with_y=True)
+    want = quantize_rows_ref(*args, pack_mask=group == 64, with_y=True)
+    _assert_same(got, want, "-NaN")
+    assert torch.isnan(got.scale[1, 0]) and torch.isnan(got.y[1, :group]).all()
+
+
 @pytest.mark.parametrize(
     "bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"]
 )

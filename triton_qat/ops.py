@@ -245,7 +245,9 @@ def qat_linear(
     N = weight.shape[0]
     # no clamp mask: the backward re-derives it (N x K bytes a forward would write for nothing);
     # no code sums where the GEMM dequantizes the weight instead of correcting zero points
-    config = dispatch.forward_config(x_codes, N, w_group_size, x.dtype)
+    # the weight's scale group as the GEMM sees it: per tensor, one scale per row
+    w_group = weight.shape[1] if w_per_tensor else w_group_size
+    config = dispatch.forward_config(x_codes, N, w_group, x.dtype)
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
                           w_symmetric, pack_mask=False, group_major=True, write_mask=False,
                           write_sums=dispatch.takes_code_sums(config))  # fmt: skip
