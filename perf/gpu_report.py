@@ -389,6 +389,31 @@ def check_nonfinite_token(bad: float, symmetric: bool, device, sizes: Sizes) -> 
     return "row-local in quantize and tq.Linear"
 
 
+# -NaN by its bits in each dtype (x86's default NaN has its sign bit set)
+NEG_NAN_BITS = {torch.float32: (-4194304, torch.int32), torch.float16: (-512, torch.int16),
+                torch.bfloat16: (-64, torch.int16)}  # fmt: skip
+
+
+def check_negative_nan(dtype: torch.dtype, device, sizes: Sizes) -> str:
+    """A NaN with its sign bit set among positive values (per token with a bit mask, and in
+    groups of 32) makes its row's scale and values NaN, as in the twin: the kernel's 16-bit row
+    maxima are widened keeping a NaN's sign, which the GPU's fp16 -> fp32 conversion drops."""
+    from triton_qat.dispatch import quantize_rows
+    from triton_qat.kernels.quantize_torch import quantize_rows_torch
+
+    x = _data((4, 64), dtype, device, _gen(device, 3)).abs()
+    value, int_dtype = NEG_NAN_BITS[dtype]
+    x[1, 5] = torch.tensor([value], dtype=int_dtype).view(dtype)[0].to(device)
+    for group in (64, 32):
+        args = (x, -128, 127, group, False)
+        got = quantize_rows(*args, pack_mask=group == 64, with_y=True)
+        _assert_same_fields(got, quantize_rows_torch(*args, pack_mask=group == 64, with_y=True),
+                            f"group {group}: kernel vs twin")  # fmt: skip
+        if not torch.isnan(got.scale[1, 0]):
+            raise AssertionError(f"group {group}: the -NaN row got a finite scale")
+    return "row scale and values NaN, = twin"
+
+
 LINEAR_CASES = {  # activation, weight
     "default": (tq.QuantConfig(), tq.QuantConfig(granularity="per_channel", symmetric=True)),
     "sym_act_i4g32": (
@@ -704,6 +729,8 @@ def correctness_checks(device, sizes: Sizes) -> tuple[list, list]:
         [(f"nonfinite_token_row[{b},{'sym' if s else 'asym'}]",
           lambda b=b, s=s: check_nonfinite_token(float(b), s, device, sizes))
          for b in ("nan", "inf", "-inf") for s in (False, True)],
+        [(f"negative_nan_row[{d(dt)}]", lambda t=dt: check_negative_nan(t, device, sizes))
+         for dt in sizes.dtypes],
         [(f"linear_vs_fp64[{case},{d(dt)},{M}x{K}->{N}]",
           lambda c=case, t=dt, sh=(M, K, N): check_linear_fp64(c, t, sh, device, sizes))
          for (M, K, N) in sizes.linear_shapes for case in LINEAR_CASES for dt in sizes.dtypes
