@@ -201,7 +201,7 @@ def _to_int8(b_code, ASM_PACK4: tl.constexpr):
 
 
 @triton.jit
-def _y_consts(b_s, b_z, ok, DT: tl.constexpr):
+def _y_consts(b_s, b_z, ok, DT: tl.constexpr, OK_ALWAYS: tl.constexpr):
     """Per-row constants of the fake-quantized value for family-1 rows (NAN_PER_ROW):
     y = dt((rc - ym) * sy) | orm (:func:`_y_bits`), the reference's dt((q - zp) * s).
     A finite-scale row: ym = MAGIC (rc - MAGIC is q - zp), sy = s, orm = 0. A non-finite scale
@@ -210,8 +210,12 @@ def _y_consts(b_s, b_z, ok, DT: tl.constexpr):
     (QMIN - INT32_MIN) * inf, and NaN for NaN products. sy = 1 and ym = MAGIC - F, F a power of
     two above |QMIN| (z = QMIN there): finite x (rc = MAGIC) give F, whose mantissa is 0, NaN
     products (rc = hi = MAGIC - QMIN) give F - QMIN in (F, 2F), whose mantissa is not; with the
-    bits of inf OR-ed in (orm) they are +inf and NaN."""
+    bits of inf OR-ed in (orm) they are +inf and NaN. OK_ALWAYS (the NaN zero point is in range,
+    so ok holds in every row: CUDA): a non-finite scale's row is NaN through sy = NaN, no OR."""
     fin = tl.abs(b_s) < float("inf")
+    if OK_ALWAYS:  # no +inf row (ok is true in every row): a NaN scale makes the row's y NaN
+        return (tl.full(b_s.shape, MAGIC, tl.float32), tl.where(fin, b_s, float("nan")),
+                tl.zeros(b_s.shape, tl.int32))  # fmt: skip
     f = tl.where(b_z < -127, 256.0, 128.0)  # F - QMIN <= 384: exact in bf16 and fp16
     ym = tl.where(fin | ok, MAGIC, MAGIC - f)
     sy = tl.where(fin, b_s, 1.0)
@@ -445,7 +449,7 @@ def _quantize_rows_kernel(
             # casts NaN to 0): no row's mask is cleared, and the compiler drops the test
             ok = tl.full([BLOCK_R], True, tl.int1)
         if WRITE_Y and NAN_PER_ROW:
-            ym, sy, orm = _y_consts(b_s, b_z, ok, DT)
+            ym, sy, orm = _y_consts(b_s, b_z, ok, DT, NAN_PER_ROW and QMIN <= NAN_ZP <= QMAX)
         if SUM_MODE == 0 or SUM_MODE == 1:
             # the padding columns (x = 0) of a partial tile hold this code: taken out of sums
             b_zero = tl.zeros([BLOCK_R, 1], tl.float32)

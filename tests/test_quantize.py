@@ -189,6 +189,32 @@ def test_all_zero_row(device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
+def test_cuda_nan_zero_point_rows(dtype, symmetric, device, monkeypatch):
+    """With CUDA's NaN zero point (0, in range) every row's mask test is constant and a
+    non-finite row's values are NaN through a NaN scale factor (no NaN bits OR-ed in): run
+    here by giving the CPU launch CUDA's cast. Rows holding inf / -inf / NaN: y all NaN, the mask
+    the reference's for a zero point of 0; the other rows: the same bits as with the CPU's cast."""
+    from triton_qat.kernels import quantize as qk
+
+    x = _data((6, 40), dtype, device)
+    x[1, 3], x[3, 9], x[4, 0] = float("inf"), -float("inf"), float("nan")
+    args = (x, -128, 127, 40, symmetric)
+    cpu = quantize_rows(*args, pack_mask=False, with_y=True)
+    monkeypatch.setitem(qk.NAN_ZERO_POINT, "cpu", qk.NAN_ZERO_POINT["cuda"])
+    got = quantize_rows(*args, pack_mask=False, with_y=True)
+    bad, good = [1, 3, 4], [0, 2, 5]
+    assert torch.isnan(got.y[bad]).all()
+    for name in ("codes", "scale", "zero_point", "mask", "y"):
+        u, v = getattr(got, name)[good], getattr(cpu, name)[good]
+        assert torch.equal(u, v), name
+    # bad rows: the reference's mask QMIN <= rne(x * (1/s)) + zp <= QMAX with zp = 0: x * 0 = 0
+    # (in range) for finite x where s = inf; NaN (never in range) for inf x or a NaN scale
+    want = torch.isfinite(x[bad]) & ~torch.isnan(got.scale[bad])
+    assert torch.equal(got.mask[bad].bool(), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
 @pytest.mark.parametrize("group", [32, 64], ids=["g32", "per-row"])
 def test_negative_nan_is_not_lost(dtype, group, device):
     """A NaN with its sign bit set (x86's default NaN; -NaN in any dtype) among positive values:
