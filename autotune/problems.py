@@ -107,9 +107,10 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
             "quantize_w", "quantize", quantize_key(s.N, s.group, s.dtype, False),
             (s.N, s.group), s.group,
             lambda c: quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=False, config=c,
-                                    group_major=True, write_mask=False, write_sums=w_sums),
+                                    group_major=True, write_mask=False, write_sums=w_sums,
+                                    write_zero_point=False),
             cfg_w, lambda: w.clone(), "copy",
-            s.N * s.K * (esize + 1) + s.N * (s.K // s.group) * (8 + 4 * w_sums),
+            s.N * s.K * (esize + 1) + s.N * (s.K // s.group) * (4 + 4 * w_sums),
             2 * s.N * s.K * esize,
         ),
         "fwd": Problem(

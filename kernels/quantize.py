@@ -324,6 +324,7 @@ def _quantize_rows_kernel(
     WRITE_CODES: tl.constexpr,
     WRITE_Y: tl.constexpr,
     WRITE_MASK: tl.constexpr,
+    WRITE_ZP: tl.constexpr,
     ONE_SWEEP: tl.constexpr,
     GROUP_ROWS: tl.constexpr,
     ONE_GROUP: tl.constexpr,
@@ -426,8 +427,12 @@ def _quantize_rows_kernel(
             else:
                 b_rng = round_to_dt(b_mx - b_mn, DT)
                 b_s = round_to_dt(div_scalar(b_rng, QMAX - QMIN, DIV_BY_RECIP), DT)
-            # clamp(s, min=eps) in dt: eps rounds to dt (torchao's weight eps 1e-6 is not exact)
-            b_s = tl.where(b_s != b_s, b_s, round_to_dt(tl.maximum(b_s, eps), DT))
+            # clamp(s, min=eps) in dt, NaN kept: torchao's weight eps 1e-6 rounds to dt; family
+            # 1's (dt's smallest normal) is exact in dt, so the maximum of two dt values is one
+            if ASYM_WEIGHT:
+                b_s = tl.where(b_s != b_s, b_s, round_to_dt(tl.maximum(b_s, eps), DT))
+            else:
+                b_s = _max_nan(b_s, eps)
             if SYMMETRIC:
                 b_zpi = tl.zeros([BLOCK_R], dtype=tl.int32)
             elif ASYM_WEIGHT:
@@ -441,7 +446,8 @@ def _quantize_rows_kernel(
                 # mn / s is NaN (min -inf): torch casts the NaN zero point per device
                 b_zpi = tl.where(b_ratio != b_ratio, NAN_ZP, b_zp.to(tl.int32))
             tl.store(scale_ptr + o_q, b_s, mask=m_r)
-            tl.store(zp_ptr + o_q, b_zpi + CODE_OFFSET, mask=m_r)
+            if WRITE_ZP:
+                tl.store(zp_ptr + o_q, b_zpi + CODE_OFFSET, mask=m_r)
         b_inv = tl.div_rn(tl.full([BLOCK_R], 1.0, tl.float32), b_s)  # IEEE 1/s, as torch
         lo, hi, kc, ok, b_z = _rounding_consts(b_s, b_zpi, QMIN, QMAX, CODE_OFFSET, NAN_PER_ROW)
         if NAN_PER_ROW and QMIN <= NAN_ZP and NAN_ZP <= QMAX:
@@ -603,6 +609,7 @@ def quantize_rows(
     sum_group: int | None = None,
     write_mask: bool = True,
     write_sums: bool = True,
+    write_zero_point: bool = True,
 ) -> Quantized:
     """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``.
 
@@ -619,6 +626,9 @@ def quantize_rows(
     ``code_sum`` are then unset. ``write_mask=False`` skips the clamp mask (the forward's weight:
     its backward re-derives the mask) and ``write_sums=False`` the code sums (an activation whose
     GEMM applies no weight zero points); ``mask`` / ``code_sum`` are then empty ([0] / [R, 0]).
+    ``write_zero_point=False`` skips storing computed zero points (symmetric weights, whose zero
+    point is the code offset, for a GEMM that reads none); ``zero_point`` is then [R, 0]. Given
+    qparams come back as given.
     """
     R, C = x.shape
     n_groups = C // group_size
@@ -640,7 +650,11 @@ def quantize_rows(
         )
     else:
         out_scale = _qparam_buffer(R, n_groups, torch.float32, dev, group_major)
-        out_zp = _qparam_buffer(R, n_groups, torch.int32, dev, group_major)
+        out_zp = (
+            _qparam_buffer(R, n_groups, torch.int32, dev, group_major)
+            if write_zero_point
+            else new_empty((R, 0), torch.int32, dev)
+        )
     mask_cols = (C + 7) // 8 if pack_mask else C
     mask = new_empty((R, mask_cols) if write_mask else (0,), torch.uint8, dev)
     sum_group = group_size if sum_group is None else sum_group
@@ -706,6 +720,7 @@ def quantize_rows(
         WRITE_CODES=write_codes,
         WRITE_Y=with_y,
         WRITE_MASK=write_mask,
+        WRITE_ZP=write_zero_point or has_qparams,
         ONE_SWEEP=group_size <= block_c,
         GROUP_ROWS=group_rows,
         ONE_GROUP=n_groups == 1,

@@ -325,7 +325,8 @@ def variants() -> list[Variant]:
             fwd = default_config("fwd", (M, N, K), False, group, dt.itemsize, major)
             sums = not fwd.get("DEQUANT", 0)
         pool.update(dict(with_y=True, write_codes=False) if backward
-                    else dict(group_major=True, write_mask=False, write_sums=sums))  # fmt: skip
+                    else dict(group_major=True, write_mask=False, write_sums=sums,
+                              write_zero_point=False))  # fmt: skip
         return pool, lambda: call_by_name(quantize.quantize_rows, pool)
 
     def x_fq(dt):

@@ -100,16 +100,18 @@ def test_backward_keeps_nothing_weight_sized(device):
 
 
 def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatch):
-    """The forward quantizes the weight without its clamp mask (the backward re-derives it) and,
-    where the GEMM dequantizes the weight instead of correcting zero points, without code sums;
-    the activation has no code sums under symmetric weights. The output is unchanged."""
+    """The forward quantizes the weight without its clamp mask (the backward re-derives it),
+    without zero points (symmetric) and, where the GEMM dequantizes the weight instead of
+    correcting zero points, without code sums; the activation has no code sums under symmetric
+    weights. The output is unchanged."""
     from triton_qat import dispatch
 
     calls, real = [], dispatch.quantize_rows
 
     def spy(x, *args, **kw):
         q = real(x, *args, **kw)
-        calls.append((tuple(x.shape), q.mask.numel() > 0, q.code_sum.numel() > 0))
+        calls.append((tuple(x.shape), q.mask.numel() > 0, q.code_sum.numel() > 0,
+                      q.zero_point.numel() > 0))  # fmt: skip
         return q
 
     torch.manual_seed(0)
@@ -122,9 +124,9 @@ def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatc
         got = lin(x.clone())
     assert torch.equal(got, want)
     act, weight = calls
-    assert act == ((5, 64), True, False)
+    assert act == ((5, 64), True, False, True)
     sums = dispatch.use_kernels(x) and fwd_path.path == "int8"
-    assert weight == ((48, 64), False, sums)
+    assert weight == ((48, 64), False, sums, False)  # symmetric: no zero points either
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -103,6 +103,14 @@ def test_skipped_mask_and_sums_leave_the_rest(R, C, group, pack, dtype, device):
     _assert_same(no_mask._replace(mask=full.mask), full, "write_mask=False")
     _assert_same(no_sums._replace(code_sum=full.code_sum), full, "write_sums=False")
     assert full.mask.numel() and full.code_sum.numel()
+    # symmetric weights' zero points (the code offset) are not stored; given ones come back
+    sym = (x, -8, 7, group, True)
+    full, no_zp = (quantize_rows(*sym, pack_mask=pack, write_zero_point=w) for w in (True, False))
+    assert no_zp.zero_point.shape == (R, 0)
+    _assert_same(no_zp._replace(zero_point=full.zero_point), full, "write_zero_point=False")
+    given = dict(scale=full.scale[:, :1], zero_point=torch.zeros_like(full.scale[:, :1]).int())
+    kept = quantize_rows(*args, pack_mask=pack, write_zero_point=False, **given)
+    assert kept.zero_point.shape == (R, C // group)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)

@@ -87,11 +87,13 @@ def quantize_rows(
     sum_group: int | None = None,
     write_mask: bool = True,
     write_sums: bool = True,
+    write_zero_point: bool = True,
 ) -> Quantized:
     """Quantize x [R, C] per (row, group) on this device's backend (see
     :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts; ``write_codes``
     and ``group_major`` are layout hints the plain-torch twin may ignore; without ``write_mask``
-    / ``write_sums`` the mask / code sums come back empty, [0] / [R, 0], on every backend)."""
+    / ``write_sums`` / ``write_zero_point`` the mask / code sums / computed zero points come back
+    empty, [0] / [R, 0] / [R, 0], on every backend)."""
     kw = dict(pack_mask=pack_mask, scale=scale, zero_point=zero_point, with_y=with_y,
               asym_weight=asym_weight, sum_group=sum_group)  # fmt: skip
     if not use_kernels(x):
@@ -99,11 +101,14 @@ def quantize_rows(
         return q._replace(
             mask=q.mask if write_mask else q.mask.new_empty((0,)),
             code_sum=q.code_sum if write_sums else q.code_sum.new_empty((x.shape[0], 0)),
+            zero_point=q.zero_point
+            if write_zero_point or scale is not None
+            else q.zero_point.new_empty((x.shape[0], 0)),
         )
     config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y)
     return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config,
                           write_codes=write_codes, group_major=group_major, write_mask=write_mask,
-                          write_sums=write_sums, **kw)  # fmt: skip
+                          write_sums=write_sums, write_zero_point=write_zero_point, **kw)  # fmt: skip
 
 
 def quantize_per_tensor(

@@ -244,13 +244,15 @@ def qat_linear(
                       w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     N = weight.shape[0]
     # no clamp mask: the backward re-derives it (N x K bytes a forward would write for nothing);
-    # no code sums where the GEMM dequantizes the weight instead of correcting zero points
+    # no code sums where the GEMM dequantizes the weight instead of correcting zero points, and
+    # no zero points for symmetric weights (the GEMM reads none)
     # the weight's scale group as the GEMM sees it: per tensor, one scale per row
     w_group = weight.shape[1] if w_per_tensor else w_group_size
     config = dispatch.forward_config(x_codes, N, w_group, x.dtype)
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
                           w_symmetric, pack_mask=False, group_major=True, write_mask=False,
-                          write_sums=dispatch.takes_code_sums(config))  # fmt: skip
+                          write_sums=dispatch.takes_code_sums(config),
+                          write_zero_point=not w_symmetric)  # fmt: skip
     out = dispatch.int8_linear(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum,
                                bias, x.dtype, asymmetric=a_asymmetric,
                                w_zero_point=None if w_symmetric else qw.zero_point,
