@@ -341,6 +341,9 @@ def _quantize_rows_kernel(
     # Given qparams and torchao's asymmetric weights can meet a NaN product anywhere: they test
     # each element. So do ranges without QMIN < 0 <= QMAX (the per-row NaN handling needs it).
     NAN_PER_ROW: tl.constexpr = (not HAS_QPARAMS) and (not ASYM_WEIGHT) and QMIN < 0 and QMAX >= 0
+    # family-1 qparams whose zero point is in range in every row, NaN-made ones too (CUDA casts NaN
+    # to 0): no row's mask is cleared and no row's values are +inf (``ok`` holds everywhere)
+    OK_ALWAYS: tl.constexpr = NAN_PER_ROW and QMIN <= NAN_ZP and NAN_ZP <= QMAX
     X_BYTES: tl.constexpr = 4 if DT == 0 else 2
     pid = tl.program_id(0)
     n_bytes = (C + 7) // 8
@@ -450,12 +453,10 @@ def _quantize_rows_kernel(
                 tl.store(zp_ptr + o_q, b_zpi + CODE_OFFSET, mask=m_r)
         b_inv = tl.div_rn(tl.full([BLOCK_R], 1.0, tl.float32), b_s)  # IEEE 1/s, as torch
         lo, hi, kc, ok, b_z = _rounding_consts(b_s, b_zpi, QMIN, QMAX, CODE_OFFSET, NAN_PER_ROW)
-        if NAN_PER_ROW and QMIN <= NAN_ZP and NAN_ZP <= QMAX:
-            # family-1 qparams whose zero point is in range in every row, NaN-made ones too (CUDA
-            # casts NaN to 0): no row's mask is cleared, and the compiler drops the test
+        if OK_ALWAYS:  # the compiler drops the per-row test
             ok = tl.full([BLOCK_R], True, tl.int1)
         if WRITE_Y and NAN_PER_ROW:
-            ym, sy, orm = _y_consts(b_s, b_z, ok, DT, NAN_PER_ROW and QMIN <= NAN_ZP <= QMAX)
+            ym, sy, orm = _y_consts(b_s, b_z, ok, DT, OK_ALWAYS)
         if SUM_MODE == 0 or SUM_MODE == 1:
             # the padding columns (x = 0) of a partial tile hold this code: taken out of sums
             b_zero = tl.zeros([BLOCK_R, 1], tl.float32)
@@ -690,6 +691,7 @@ def quantize_rows(
     if group_rows:
         block_r, block_c = min(per_tile, n_groups & -n_groups), group_size
     grid = (R if group_rows else triton.cdiv(R, block_r),)
+    major = capability_major(x)
     _quantize_rows_kernel[grid](
         x,
         x.stride(0),
@@ -720,13 +722,13 @@ def quantize_rows(
         WRITE_CODES=write_codes,
         WRITE_Y=with_y,
         WRITE_MASK=write_mask,
-        WRITE_ZP=write_zero_point or has_qparams,
+        WRITE_ZP=write_zero_point,  # computed zero points only: given ones are inputs
         ONE_SWEEP=group_size <= block_c,
         GROUP_ROWS=group_rows,
         ONE_GROUP=n_groups == 1,
         # 4+ codes per thread, and a GPU with cvt.pack (sm_72+)
-        ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"] and capability_major(x) >= 8,
-        REDUCE16=capability_major(x) >= 9,
+        ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"] and major >= 8,
+        REDUCE16=major >= 9,
         FULL_TILE=group_rows or (group_size == block_c and R % block_r == 0),
         SUM_MODE=max(sum_mode, 0) if write_sums else -1,
         SUM_GROUP=sum_group,
