@@ -1,0 +1,249 @@
+"""Where the time of one triton_qat layer call goes: host (Python, dispatch, launches) or device.
+
+``perf/bench.py`` times one call at a time (synchronize, call, synchronize), so every
+microsecond the host spends before the last kernel is queued counts. This script splits that
+time, per provider and mode:
+
+* ``single``: what bench.py measures, one synchronized call (CUDA events);
+* ``host``: wall time to queue N calls back to back, per call (the device runs behind);
+* ``device``: CUDA events around those N calls, per call (the host keeps ahead when host < device);
+* ``syncs``: device synchronizations inside one call (``torch.cuda.set_sync_debug_mode``).
+
+Then it profiles one eager forward and one eager forward+backward of triton_qat with cProfile
+(Python functions by own time) and torch.profiler (operators by self CPU time).
+
+    python3 perf/profile_host.py --out /tmp/prof          # on a CUDA machine
+    TRITON_INTERPRET=1 python perf/profile_host.py --dry-run   # the same code path on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import make_layer  # noqa: E402
+
+import triton_qat as tq  # noqa: E402
+
+PROVIDERS = ("F.linear", "triton_qat eager", "triton_qat compiled", "triton_qat i4g128 compiled")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _call(layer, x, dy, mode: str) -> None:
+    out = layer(x)
+    if mode == "fwd+bwd":
+        out.backward(dy)
+
+
+def split_times(layer, x, dy, mode: str, n: int, device: torch.device) -> dict:
+    """single / host / device milliseconds per call, and the syncs one call makes."""
+    cuda = device.type == "cuda"
+    for _ in range(3):  # compile and warm every graph
+        _call(layer, x, dy, mode)
+    _sync(device)
+    singles = []
+    for _ in range(n):
+        _sync(device)
+        t0 = time.perf_counter()
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        _call(layer, x, dy, mode)
+        if cuda:
+            end.record()
+            _sync(device)
+            singles.append(start.elapsed_time(end))
+        else:
+            singles.append(1e3 * (time.perf_counter() - t0))
+    _sync(device)
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _call(layer, x, dy, mode)
+    host_ms = 1e3 * (time.perf_counter() - t0) / n
+    if cuda:
+        end.record()
+    _sync(device)
+    device_ms = start.elapsed_time(end) / n if cuda else float("nan")
+    syncs = 0
+    if cuda:
+        prev = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _call(layer, x, dy, mode)
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+        finally:
+            torch.cuda.set_sync_debug_mode(prev)
+    singles.sort()
+    return dict(single=singles[len(singles) // 2], host=host_ms, device=device_ms, syncs=syncs)
+
+
+def python_profile(layer, x, dy, mode: str, n: int, top: int) -> str:
+    """cProfile of n calls: the top functions by own time, then by cumulative time."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        _call(layer, x, dy, mode)
+    prof.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+def torch_profile(layer, x, dy, mode: str, n: int, top: int, device: torch.device) -> str:
+    """torch.profiler over n calls: operators by self CPU time (and device time on CUDA)."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            _call(layer, x, dy, mode)
+        _sync(device)
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=top)]
+    if device.type == "cuda":  # the key's name changed across torch versions
+        for key in ("self_device_time_total", "self_cuda_time_total"):
+            try:
+                tables.append(averages.table(sort_by=key, row_limit=top))
+                break
+            except (AttributeError, KeyError, ValueError):
+                continue
+    return "\n".join(tables)
+
+
+@triton.jit
+def _noop_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+
+
+def host_us(fn, n: int, device: torch.device) -> float:
+    """Microseconds of host time per call over n calls queued back to back."""
+    for _ in range(5):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    us = 1e6 * (time.perf_counter() - t0) / n
+    _sync(device)
+    return us
+
+
+def ladder(device: torch.device, dtype: torch.dtype, K: int, N: int, n: int) -> list[str]:
+    """Host microseconds per call of each layer under a triton_qat forward, from a bare Triton
+    launch up to the module, at 64 tokens (device work too small to hold the host back)."""
+    from triton_qat.autotune import quantize_config
+    from triton_qat.kernels.quantize import quantize_rows as launcher
+    from triton_qat import dispatch
+
+    x = torch.randn(64, K, device=device, dtype=dtype)
+    xg = x.clone().requires_grad_(True)
+    w = torch.randn(N, K, device=device, dtype=dtype)
+    layer = make_layer("triton_qat eager", K, N, device, dtype)
+    config = quantize_config(64, K, device, dtype, True)
+    args = (x, -128, 127, K, False)
+    steps = {
+        "torch.empty (one 64xK int8)": lambda: torch.empty(64, K, dtype=torch.int8, device=device),
+        "bare Triton launch (1 pointer)": lambda: _noop_kernel[(1,)](x, 16, BLOCK=16),
+        "autotune.quantize_config": lambda: quantize_config(64, K, device, dtype, True),
+        "kernels.quantize.quantize_rows": lambda: launcher(*args, pack_mask=True, config=config),
+        "dispatch.quantize_rows": lambda: dispatch.quantize_rows(*args, pack_mask=True),
+        "torch.ops.triton_qat.quantize": lambda: torch.ops.triton_qat.quantize(
+            x, -128, 127, K, False, False, True, None, None
+        ),
+        "F.linear": lambda: torch.nn.functional.linear(x, w),
+        "tq.Linear forward, no grad": lambda: layer(x),
+        "tq.Linear forward, grad": lambda: layer(xg),
+    }
+    rows = [f"\n## host microseconds per call, 64x{K}->{N} {dtype}, {n} calls each",
+            "| step | us |", "| --- | ---: |"]  # fmt: skip
+    for name, fn in steps.items():
+        rows.append(f"| {name} | {host_us(fn, n, device):.1f} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry-run", action="store_true", help="tiny shapes (CPU, Triton interpreter)")
+    p.add_argument("--shapes", default="2048x4096x4096,8192x4096x4096", help="MxKxN,...")
+    p.add_argument("--ladder-only", action="store_true", help="only the host-time ladder")
+    p.add_argument("--out", default=None, help="folder for profile.txt (default: print only)")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shapes = (
+        [(32, 128, 48)]
+        if args.dry_run
+        else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    )
+    n, top = (2, 12) if args.dry_run else (20, 40)
+    lines = [f"# host vs device, {device}, torch {torch.__version__}, backend {tq.backend(device)}"]
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    K0, N0 = shapes[0][1:]
+    for row in ladder(device, dtype, K0, N0, 3 if args.dry_run else 200):
+        say(row)
+    if args.ladder_only:
+        return 0
+    prev = tq.shared.set_enabled(False)  # every call quantizes its input, as in bench.py
+    try:
+        for M, K, N in shapes:
+            x = torch.randn(M, K, device=device, dtype=dtype, requires_grad=True)
+            dy = torch.randn(M, N, device=device, dtype=dtype)
+            say(f"\n## {M}x{K}->{N} {dtype}: ms per call (median single; host/device over {n})")
+            say("| provider | mode | single | host | device | syncs |")
+            say("| --- | --- | ---: | ---: | ---: | ---: |")
+            for provider in PROVIDERS:
+                layer = make_layer(provider, K, N, device, dtype)
+                for mode in ("fwd", "fwd+bwd"):
+                    t = split_times(layer, x, dy, mode, n, device)
+                    say(f"| {provider} | {mode} | {t['single']:.3f} | {t['host']:.3f} | "
+                        f"{t['device']:.3f} | {t['syncs']} |")  # fmt: skip
+        M, K, N = shapes[0]
+        x = torch.randn(M, K, device=device, dtype=dtype, requires_grad=True)
+        dy = torch.randn(M, N, device=device, dtype=dtype)
+        for provider in ("triton_qat eager", "triton_qat compiled"):
+            layer = make_layer(provider, K, N, device, dtype)
+            for mode in ("fwd", "fwd+bwd"):
+                for _ in range(3):
+                    _call(layer, x, dy, mode)
+                say(f"\n## cProfile, {provider} {mode}, {M}x{K}->{N}, {n} calls")
+                say(python_profile(layer, x, dy, mode, n, top))
+                say(f"\n## torch.profiler, {provider} {mode}, {M}x{K}->{N}, {n} calls")
+                say(torch_profile(layer, x, dy, mode, n, top, device))
+    finally:
+        tq.shared.set_enabled(prev)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.txt").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
