@@ -154,9 +154,9 @@ def host_us(fn, n: int, device: torch.device) -> float:
 def ladder(device: torch.device, dtype: torch.dtype, K: int, N: int, n: int) -> list[str]:
     """Host microseconds per call of each layer under a triton_qat forward, from a bare Triton
     launch up to the module, at 64 tokens (device work too small to hold the host back)."""
+    from triton_qat import dispatch
     from triton_qat.autotune import quantize_config
     from triton_qat.kernels.quantize import quantize_rows as launcher
-    from triton_qat import dispatch
 
     x = torch.randn(64, K, device=device, dtype=dtype)
     xg = x.clone().requires_grad_(True)

@@ -47,3 +47,18 @@ def test_bench_quick_and_plot(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 3 and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_profile_host_dry_run(tmp_path):
+    """perf/profile_host.py's whole path on the CPU: the split table for every provider and mode,
+    the host-time ladder, and both profilers' tables."""
+    res = subprocess.run([sys.executable, str(ROOT / "perf" / "profile_host.py"), "--dry-run",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = (tmp_path / "profile.txt").read_text()
+    for provider in ("F.linear", "triton_qat eager", "triton_qat compiled"):
+        for mode in ("fwd", "fwd+bwd"):
+            assert f"| {provider} | {mode} |" in text
+    for step in ("bare Triton launch", "torch.ops.triton_qat.quantize", "tq.Linear forward, grad"):
+        assert f"| {step}" in text
+    assert "cProfile, triton_qat eager fwd+bwd" in text and "Self CPU time total" in text

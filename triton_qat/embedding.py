@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
 from triton_qat.checks import FLOAT_DTYPES
 from triton_qat.config import DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import fake_quantize
 from triton_qat.quantized import apply_sharing_buffers, pack_int4, unpack_int4
 from triton_qat.spec import spec_for
 
-_ops = torch.ops.triton_qat
 EMBEDDING_GRANULARITIES = ("per_channel", "per_group")
 
 

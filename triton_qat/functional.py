@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
 from triton_qat.checks import check_float_input, check_group, check_linear_inputs
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
 from triton_qat.dispatch import activation_sum_group
 from triton_qat.shared import quantize_activation
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
 
-_ops = torch.ops.triton_qat
 _FUNC_GRAD_MSG = (
     "{what}: torch.func.grad / jvp / jacrev / jacfwd transforms are not supported (the ops' "
     "autograd is registered with torch.library.register_autograd, which functorch cannot "

@@ -74,6 +74,13 @@ def quantize(
     (an activation's sums per weight group, for the zero points of asymmetric weights).
     ``with_sums=False``: no code sums (code_sum is [R, 0]), for a GEMM that applies no weight
     zero points; ``sum_group`` must then be 0."""
+    return quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale,
+                         zero_point, asym_weight, sum_group, with_sums)  # fmt: skip
+
+
+def quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point,
+                  asym_weight=False, sum_group=0, with_sums=True):  # fmt: skip
+    """``triton_qat::quantize``'s implementation (:mod:`triton_qat.eager` calls it directly)."""
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     pack_mask, asym_weight, sum_group, with_sums)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
@@ -118,6 +125,13 @@ def fake_quantize(
 ) -> tuple[Tensor, Tensor]:
     """Fake-quantize x [R, C]: (y [R, C] in x.dtype, keep-mask uint8 [R, C]). ``asym_weight``: as
     in ``triton_qat::quantize``."""
+    return fake_quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, scale,
+                              zero_point, asym_weight)  # fmt: skip
+
+
+def fake_quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
+                       asym_weight=False):  # fmt: skip
+    """``triton_qat::fake_quantize``'s implementation (its forward, without autograd)."""
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     asym_weight=asym_weight)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
@@ -174,6 +188,14 @@ def int8_linear(
     weight was quantized in (its fake-quantized values are formed there, default out_dtype);
     ``w_code_offset``: the shift its codes and zero points are stored with (-128 for ranges past
     127)."""
+    return int8_linear_impl(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+                            out_dtype, w_zero_point, x_code_sum, w_dtype, w_code_offset)  # fmt: skip
+
+
+def int8_linear_impl(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+                     out_dtype, w_zero_point=None, x_code_sum=None, w_dtype=None,
+                     w_code_offset=0):  # fmt: skip
+    """``triton_qat::int8_linear``'s implementation."""
     check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
                         w_zero_point, x_code_sum)  # fmt: skip
     if out_dtype not in FLOAT_DTYPES:
@@ -240,6 +262,15 @@ def qat_linear(
     state and the weight parameter itself: nothing weight-sized is stored (the weight's values and
     mask are re-derived).
     """
+    return qat_linear_impl(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric,
+                           w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
+                           x_code_sum)  # fmt: skip
+
+
+def qat_linear_impl(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric,
+                    w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric=True,
+                    x_code_sum=None):  # fmt: skip
+    """``triton_qat::qat_linear``'s implementation (its forward, without autograd)."""
     check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
                       w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     N = weight.shape[0]
@@ -297,6 +328,15 @@ def qat_linear_backward(
     needed comes back empty ([0]). The weight's fake-quantized values and clamp mask are
     re-derived from ``weight`` (bit-identical to the forward's: same kernel, same input), and x_fq
     is dequantized from the codes, each into a transient buffer that lives only for this call."""
+    return qat_linear_backward_impl(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight,
+                                    w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, need_x,
+                                    need_w, need_bias, w_symmetric, need_w_scale)  # fmt: skip
+
+
+def qat_linear_backward_impl(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin,
+                             w_qmax, w_group_size, w_per_tensor, w_scale, need_x, need_w,
+                             need_bias, w_symmetric=True, need_w_scale=False):  # fmt: skip
+    """``triton_qat::qat_linear_backward``'s implementation."""
     check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
                     w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     N = weight.shape[0]
@@ -363,12 +403,14 @@ _DOUBLE_BACKWARD_MSG = (
 )
 
 
-def _qat_linear_backward(ctx, grad_out):
+def _qat_linear_backward(ctx, grad_out, backward=None):
+    """The registered autograd's backward; :mod:`triton_qat.eager` passes its own ``backward``
+    (same signature as ``qat_linear_backward``), which skips the dispatcher."""
     if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
         raise RuntimeError(_DOUBLE_BACKWARD_MSG)
     x_codes, x_scale, x_zp, x_mask, weight, w_scale = ctx.saved_tensors
     need_x, need_w, need_b, need_s = (ctx.needs_input_grad[i] for i in (0, 5, 6, 12))
-    grad_x, grad_w, grad_b, grad_s = qat_linear_backward(
+    grad_x, grad_w, grad_b, grad_s = (backward or qat_linear_backward)(
         grad_out, x_codes, x_scale, x_zp, x_mask, weight, **ctx.w_args, w_scale=w_scale,
         need_x=need_x, need_w=need_w, need_bias=need_b and ctx.has_bias,
         w_symmetric=ctx.w_symmetric, need_w_scale=need_s,
@@ -420,6 +462,13 @@ def weight_only_linear(
     group / tensor, or asymmetric per channel / group; or with the given, e.g. learned, symmetric
     ``w_scale`` [N, G]), the GEMM in x's dtype. Returns [..., N]. The backward keeps x and the
     weight parameter (nothing weight-sized: w_fq and the mask are re-derived from the weight)."""
+    return weight_only_linear_impl(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric,
+                                   w_per_tensor, w_scale)  # fmt: skip
+
+
+def weight_only_linear_impl(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric,
+                            w_per_tensor, w_scale=None):  # fmt: skip
+    """``triton_qat::weight_only_linear``'s implementation (its forward, without autograd)."""
     check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
                        w_scale)  # fmt: skip
     qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
@@ -456,6 +505,15 @@ def weight_only_linear_backward(
     grad_bias = dy summed over tokens, and with ``need_w_scale`` the gradient of the learned
     ``w_scale`` (fp32, reduced in that GEMM's epilogue); a gradient not needed comes back empty
     ([0])."""
+    return weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_group_size,
+                                            w_symmetric, w_per_tensor, need_x, need_w, need_bias,
+                                            w_scale, need_w_scale)  # fmt: skip
+
+
+def weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_group_size,
+                                     w_symmetric, w_per_tensor, need_x, need_w, need_bias,
+                                     w_scale=None, need_w_scale=False):  # fmt: skip
+    """``triton_qat::weight_only_linear_backward``'s implementation."""
     check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
                                 w_per_tensor, w_scale, need_w_scale)  # fmt: skip
     N, K = weight.shape
@@ -497,14 +555,15 @@ def _weight_only_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _weight_only_backward(ctx, grad_out):
+def _weight_only_backward(ctx, grad_out, backward=None):
+    """As :func:`_qat_linear_backward`, for ``weight_only_linear``."""
     if torch.is_grad_enabled():
         raise RuntimeError(_DOUBLE_BACKWARD_MSG)
     x, weight, w_scale = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_s = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
     need_b = need_b and ctx.has_bias
-    grad_x, grad_w, grad_b, grad_s = weight_only_linear_backward(
+    grad_x, grad_w, grad_b, grad_s = (backward or weight_only_linear_backward)(
         grad_out, x, weight, *ctx.w_args, need_x, need_w, need_b, w_scale, need_s
     )
     return (

@@ -16,13 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from triton_qat import ao
+from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
 from triton_qat.checks import check_input
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
 from triton_qat.dispatch import activation_sum_group
 from triton_qat.ops import float_linear
 from triton_qat.spec import ao_spec, spec_for
-
-_ops = torch.ops.triton_qat
 
 
 def pack_int4(codes: Tensor) -> Tensor:

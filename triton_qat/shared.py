@@ -20,9 +20,9 @@ import weakref
 import torch
 from torch import Tensor
 
+from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
 from triton_qat.spec import QuantSpec
 
-_ops = torch.ops.triton_qat
 # id(x) -> (weakref to x, version, (spec, sum_group, with_sums), state)
 _CACHE: dict[int, tuple[weakref.ref, int, tuple, tuple[Tensor, ...]]] = {}
 _ENABLED = [True]

@@ -1,0 +1,122 @@
+"""triton_qat.calls: plain eager code skips the dispatcher, and computes the ops' exact bits."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import triton_qat as tq
+from triton_qat import calls
+
+LAYERS = {
+    "default": {},
+    "i4g32_asym": {
+        "weight": tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=False)
+    },  # fmt: skip
+    "per_tensor_act": {"activation": tq.QuantConfig(granularity="per_tensor")},
+    "weight_only": {"activation": None},
+    "range_learning": {
+        "weight": tq.QuantConfig(
+            bits=4, granularity="per_group", group_size=32, symmetric=True, range_learning=True
+        )
+    },  # fmt: skip
+}
+
+
+class _OpLog:
+    """Stands in for ``torch.ops.triton_qat`` in :mod:`triton_qat.calls`: records each op name."""
+
+    def __init__(self):
+        self.names = []
+
+    def __getattr__(self, name):
+        self.names.append(name)
+        return getattr(torch.ops.triton_qat, name)
+
+
+def _step(layer, x, dy):
+    for p in layer.parameters():
+        p.grad = None
+    x.grad = None
+    out = layer(x)
+    out.backward(dy)
+    grads = [x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_direct_calls_match_the_ops_bit_for_bit(name, device, monkeypatch):
+    layer = tq.Linear(64, 24, device=device, **LAYERS[name])
+    x = torch.randn(2, 5, 64, device=device, requires_grad=True)
+    dy = torch.randn(2, 5, 24, device=device)
+    log = _OpLog()
+    monkeypatch.setattr(calls, "_op", log)
+    direct = _step(layer, x, dy)
+    assert log.names == [], f"plain eager code went through the dispatcher: {log.names}"
+    prev = calls.set_enabled(False)
+    try:
+        via_ops = _step(layer, x, dy)
+    finally:
+        calls.set_enabled(prev)
+    assert log.names, "set_enabled(False) did not route through torch.ops.triton_qat"
+    assert len(direct) == len(via_ops) >= 3
+    for a, b in zip(direct, via_ops, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_fake_quantize_direct_call_and_its_gradient(device, monkeypatch):
+    x = torch.randn(6, 32, device=device, requires_grad=True)
+    cfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=8)
+    log = _OpLog()
+    monkeypatch.setattr(calls, "_op", log)
+    y = tq.fake_quantize(x, cfg)
+    y.backward(torch.ones_like(y))
+    assert log.names == []
+    prev = calls.set_enabled(False)
+    try:
+        x2 = x.detach().clone().requires_grad_(True)
+        y2 = tq.fake_quantize(x2, cfg)
+        y2.backward(torch.ones_like(y2))
+    finally:
+        calls.set_enabled(prev)
+    assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad)
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_modes_and_subclasses_still_see_the_ops(device):
+    """A dispatch mode (a FLOP counter, FakeTensorMode, ...) sees triton_qat's ops, as before."""
+    layer = tq.Linear(32, 16, device=device)
+    x = torch.randn(4, 32, device=device, requires_grad=True)
+    with _Recorder() as rec:
+        layer(x).sum().backward()
+    assert any("triton_qat.quantize" in op for op in rec.ops), rec.ops
+    assert any("triton_qat.qat_linear." in op for op in rec.ops), rec.ops
+    assert any("triton_qat.qat_linear_backward" in op for op in rec.ops), rec.ops
+    assert calls.usable(x, layer.weight)
+    assert not calls.usable(x, x.detach().as_subclass(_Sub))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert not calls.usable(fake)
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+def test_compiled_graph_holds_the_ops(device, monkeypatch):
+    log = _OpLog()
+    monkeypatch.setattr(calls, "_op", log)
+    layer = tq.Linear(32, 16, device=device)
+    x = torch.randn(4, 32, device=device)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), layer(x))
+    assert "qat_linear" in log.names and "quantize" in log.names
