@@ -66,6 +66,21 @@ DEFAULTS = {
 FWD_DEQUANT_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
                        "num_stages": 3, "DEQUANT": 1, "TMA": 1}  # fmt: skip
 FWD_DEQUANT_DEFAULT_SM80 = {**FWD_DEQUANT_DEFAULT, "BLOCK_N": 128, "TMA": 0}
+# Hopper's defaults at 16-bit dtypes, measured: what the curated lists' tuning picked on an NVIDIA
+# H200 (torch 2.11, Triton 3.6; make gpu-report at 2133f21, perf/results/nvidia-h200/). The same
+# forward and dgrad tile won at all three headline shapes, the wgrad tile at two; against the
+# defaults above they measured 1.44-1.73x (fwd), 1.97-2.09x (dgrad), 1.48-1.58x (wgrad) faster.
+# fp32 and sm_80-family GPUs keep DEFAULTS (not measured). The dequantized forward keeps its tile:
+# 128x128x64 at 4 stages measured 1.04-1.13x faster, but doubles its non-MMA instructions per MAC
+# (0.64 vs 0.29 per 1024 MACs of the per-channel forward, tests/test_kernel_static.py).
+HOPPER_DEFAULTS = {
+    "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4,
+            "num_stages": 4, "DEQUANT": 0, "TMA": 0},
+    "dgrad": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 256, "GROUP_M": 8, "num_warps": 8,
+              "num_stages": 3, "TMA": 1},
+    "wgrad": {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+              "num_stages": 3, "TMA": 1},
+}  # fmt: skip
 # The int8 path's default for per-group weights (fp32 outputs; a candidate at 16-bit): four warps
 # on 64x128 keep the per-group flush's fp32 tile beside the int32 one without spilling at fp32
 # (128x128 / 8 warps: 255 registers, 44 B spilled) and measure 0.9 non-MMA instructions per 1024
@@ -167,14 +182,17 @@ _DEQUANT_TILES = [
 
 def _curated_gemm(kernel: str) -> list[dict]:
     configs = [dict(DEFAULTS[kernel])] + [_gemm_tiles(kernel, *t) for t in _TILES[kernel]]
-    if kernel != "fwd":  # the Hopper default (TMA) first, then the same tile without TMA
-        configs = [{**configs[0], "TMA": 1}] + configs
+    if kernel != "fwd":  # the old default with TMA first, then without, then Hopper's measured one
+        configs = [{**configs[0], "TMA": 1}, configs[0], dict(HOPPER_DEFAULTS[kernel])] + configs[
+            1:
+        ]
     else:
         # the defaults of both paths early (a tuning deadline cuts the list's tail), each with
         # and without TMA, then the dequantized path's tiles (per-group weights only), then the
         # int8 tutorial tiles (cp.async: with TMA the int8 loop measured no shorter on sm_90a)
         configs = (
-            [configs[0], {**configs[0], "TMA": 1}, dict(FWD_GROUP_INT8_DEFAULT)]
+            [configs[0], {**configs[0], "TMA": 1}, dict(HOPPER_DEFAULTS["fwd"])]
+            + [dict(FWD_GROUP_INT8_DEFAULT)]
             + [dict(FWD_DEQUANT_DEFAULT), {**FWD_DEQUANT_DEFAULT, "TMA": 0}]
             + [{**_gemm_tiles(kernel, *t), "DEQUANT": 1} for t in _DEQUANT_TILES]
             + [{**c, "DEQUANT": 0, "TMA": 0} for c in configs[1:]]
@@ -224,14 +242,19 @@ def default_config(
         dequant = per_group and elem_bytes == 2
         if interpret:
             return {**_INTERPRET_GEMM, "DEQUANT": int(dequant)}
-        if not dequant:  # cp.async: with TMA the int8 loop is no shorter (87 vs 85 on sm_90a)
-            return dict(FWD_GROUP_INT8_DEFAULT if per_group else DEFAULTS["fwd"])
+        if per_group and not dequant:  # cp.async: with TMA the int8 loop is no shorter on sm_90a
+            return dict(FWD_GROUP_INT8_DEFAULT)
+        if not dequant:
+            hopper = capability >= 9 and elem_bytes == 2
+            return dict(HOPPER_DEFAULTS["fwd"] if hopper else DEFAULTS["fwd"])
         return dict(FWD_DEQUANT_DEFAULT if capability >= 9 else FWD_DEQUANT_DEFAULT_SM80)
     if interpret:
         return dict(_INTERPRET_GEMM)
-    # TMA for 16-bit operands on Hopper (fp32 dots take no tensor cores, and its descriptor loop
-    # compiles to scalar loads that spill)
-    return {**DEFAULTS[kernel], "TMA": int(capability >= 9 and elem_bytes == 2)}
+    # Hopper's measured tiles (TMA) for 16-bit operands; fp32 dots take no tensor cores, and their
+    # descriptor loop compiles to scalar loads that spill
+    if capability >= 9 and elem_bytes == 2:
+        return dict(HOPPER_DEFAULTS[kernel])
+    return {**DEFAULTS[kernel], "TMA": 0}
 
 
 def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:

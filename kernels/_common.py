@@ -41,8 +41,26 @@ def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
 
 def capability_major(t: torch.Tensor) -> int:
     """The major compute capability of t's GPU (0 for a CPU tensor): launchers pick forms whose
-    instructions only newer GPUs have (sm_90's 16x2 SIMD integer maxima) with it."""
-    return torch.cuda.get_device_capability(t.device)[0] if t.is_cuda else 0
+    instructions only newer GPUs have (sm_90's 16x2 SIMD integer maxima) with it. Asked once per
+    GPU (each launch asked, ~25 us on an H200 host); a patched query (perf/kernel_static.py's fake
+    GPU) is asked afresh."""
+    if not t.is_cuda:
+        return 0
+    query = torch.cuda.get_device_capability
+    key = (t.device.index, query)
+    major = _CAPABILITY_MAJOR.get(key)
+    if major is None:
+        major = _CAPABILITY_MAJOR[key] = query(t.device)[0]
+    return major
+
+
+_CAPABILITY_MAJOR: dict[tuple, int] = {}
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of positive ints on the host (``triton.cdiv`` is a constexpr function object
+    costing ~1.4 us a call in Triton 3.9)."""
+    return -(-a // b)
 
 
 def dot_in_fp32(dtype: torch.dtype) -> bool:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, dtype_code, new_empty, round_to_dt
+from ._common import cast_to_dt, cdiv, dtype_code, new_empty, round_to_dt
 
 
 @triton.jit
@@ -118,7 +118,7 @@ def dequantize_rows(
     zero_point = _as_2d(zero_point, R) if has_zp else scale  # unread without HAS_ZP
     n_groups = scale.shape[1]
     group = C // n_groups
-    grid = (triton.cdiv(R, config["BLOCK_R"]), triton.cdiv(C, config["BLOCK_C"]))
+    grid = (cdiv(R, config["BLOCK_R"]), cdiv(C, config["BLOCK_C"]))
     _dequantize_kernel[grid](
         codes,
         scale,

@@ -15,9 +15,8 @@ accumulation; fp32 inputs use IEEE-precision dots, not TF32).
 from __future__ import annotations
 
 import torch
-import triton
 
-from ._common import new_empty
+from ._common import cdiv, new_empty
 from .gemm_float import float_mm, scale_grad_layout, tiles_of
 
 
@@ -71,7 +70,7 @@ def wgrad(
         t = torch.where(w_mask.bool(), q - v, q)
         grad_s = (g_fq * t).reshape(N, G, K // G).sum(-1)
         return (g_fq * w_mask).to(grad_y.dtype), grad_s
-    n_tiles = triton.cdiv(K, tiles[1])
+    n_tiles = cdiv(K, tiles[1])
     part = new_empty((N, G if sg_group else n_tiles), torch.float32, grad_y.device)
     grad_w = float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask, tma=tma,
                       scale_grad=(weight, w_scale, qmin, qmax, sg_group, part))  # fmt: skip

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, dot_in_fp32, dtype_code, new_empty, rint, swizzle
+from ._common import cast_to_dt, cdiv, dot_in_fp32, dtype_code, new_empty, rint, swizzle
 
 NO_MASK, MASK_BYTES, MASK_BITS = 0, 1, 2
 
@@ -223,7 +223,7 @@ def float_mm(
     mask_mode = NO_MASK if mask is None else MASK_BITS if mask_bits else MASK_BYTES
     descs = tma_descriptors(a, b, block_m, block_n, block_k) if tma else None
     a_desc, b_desc, a_t, b_t = descs if descs is not None else (a, b, False, False)
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
+    grid = (cdiv(M, block_m) * cdiv(N, block_n),)
     _float_mm_kernel[grid](
         a,
         b,

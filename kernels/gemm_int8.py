@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, dtype_code, new_empty, swizzle
+from ._common import cast_to_dt, cdiv, dtype_code, new_empty, swizzle
 from .dequantize import dequantize_rows
 from .gemm_float import float_mm, tiles_of, tma_descriptors
 
@@ -308,7 +308,7 @@ def int8_linear(
                                 config["BLOCK_K"])  # fmt: skip
         descs = descs if descs is not None and descs[2:] == (False, True) else None
     x_desc, w_desc = descs[:2] if descs is not None else (x_codes, w_codes)
-    grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
+    grid = (cdiv(M, config["BLOCK_M"]) * cdiv(N, config["BLOCK_N"]),)
     _int8_linear_kernel[grid](
         x_codes,
         x_desc,

@@ -40,6 +40,7 @@ from ._common import (
     PTX_ASM,
     capability_major,
     cast_to_dt,
+    cdiv,
     div_scalar,
     dtype_code,
     new_empty,
@@ -690,7 +691,7 @@ def quantize_rows(
     )
     if group_rows:
         block_r, block_c = min(per_tile, n_groups & -n_groups), group_size
-    grid = (R if group_rows else triton.cdiv(R, block_r),)
+    grid = (R if group_rows else cdiv(R, block_r),)
     major = capability_major(x)
     _quantize_rows_kernel[grid](
         x,

@@ -395,7 +395,10 @@ def variants() -> list[Variant]:
     for dt in (BF16, F16, F32):
         for group, what in ((K, "int8 per-channel"), (128, "int4 group 128"),
                             (32, "int4 group 32"), (8, "int4 group 8")):  # fmt: skip
-            int8_cfg = default_config("fwd", (M, N, K), False, group, 4)  # the int8 path's
+            # the int8 path's default: per channel what this dtype runs, per group the int8
+            # path's own (at 16-bit dtypes the dequantized path is the default there)
+            int8_cfg = default_config("fwd", (M, N, K), False, group,
+                                      dt.itemsize if group == K else 4, major)  # fmt: skip
             int8_cfg = fit_config("fwd", int8_cfg, K, group)
             paths = [(f"MODE {gemm_int8.fwd_mode(K, group)}", int8_cfg, I8)]
             if group != K and dt != F32:

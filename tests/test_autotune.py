@@ -200,6 +200,7 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
         DEFAULTS,
         FWD_DEQUANT_DEFAULT,
         FWD_GROUP_INT8_DEFAULT,
+        HOPPER_DEFAULTS,
         fit_config,
         quantize_default,
         smem_bytes,
@@ -207,14 +208,16 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
 
     hopper = 227 * 1024
     for kernel in ("fwd", "dgrad", "wgrad"):
-        # Hopper's default for the 16-bit GEMMs loads the operand tiles with TMA, the int8
-        # forward's with cp.async; the same tile the other way next
+        # the old default leads the list, with TMA for the 16-bit GEMMs (cp.async for the int8
+        # forward), the same tile the other way next; on Hopper the measured default leads
         tma = int(kernel != "fwd")
         first, second = {**DEFAULTS[kernel], "TMA": tma}, {**DEFAULTS[kernel], "TMA": 1 - tma}
-        assert CURATED[kernel][0] == first
+        assert CURATED[kernel][:2] == [first, second]
+        assert HOPPER_DEFAULTS[kernel] in CURATED[kernel]
         for K, N in ((4096, 4096), (4096, 14336), (14336, 4096)):
             got = candidates(kernel, (8192, N, K), 9, 2, hopper, curated=True)
-            assert 10 <= len(got) <= 16 and got[:2] == [first, second]
+            assert 10 <= len(got) <= 16 and got[0] == HOPPER_DEFAULTS[kernel]
+            assert got[1:3] == [first, second]
             ampere = candidates(kernel, (8192, N, K), 8, 2, 99 * 1024, curated=True)
             assert ampere[0] == DEFAULTS[kernel] and not any(c["TMA"] for c in ampere)
             assert all(smem_bytes(kernel, c, 2) <= hopper for c in got)
@@ -227,7 +230,9 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
     assert len(g128) <= 24 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
     assert {**FWD_DEQUANT_DEFAULT, "TMA": 0} in g128  # TMA or not, timed at the default tile
     int8_default = fit_config("fwd", DEFAULTS["fwd"], 4096, 128)
-    assert g128[1:4] == [int8_default, {**int8_default, "TMA": 1}, FWD_GROUP_INT8_DEFAULT]
+    hopper_int8 = fit_config("fwd", HOPPER_DEFAULTS["fwd"], 4096, 128)
+    assert g128[1:5] == [int8_default, {**int8_default, "TMA": 1}, hopper_int8,
+                         FWD_GROUP_INT8_DEFAULT]  # fmt: skip
     g128_fp32 = candidates("fwd", (8192, 4096, 4096), 9, 4, hopper, 128, curated=True)
     assert g128_fp32[0] == FWD_GROUP_INT8_DEFAULT  # the int8 path's default at fp32
     assert not any(c["TMA"] for c in g128_fp32 if c["DEQUANT"])  # no TMA for fp32 operands
@@ -428,3 +433,14 @@ def test_quantize_default_threads_and_the_with_y_fit():
     assert autotune.quantize_config(64, 256, dev, torch.float32, False, with_y=True) == (
         fit_quantize(autotune.quantize_config(64, 256, dev, torch.float32, False), True)
     )
+
+
+def test_hopper_defaults_are_the_measured_ones_for_16_bit_dtypes_only():
+    from triton_qat.autotune.space import DEFAULTS, HOPPER_DEFAULTS, default_config
+
+    shape = (8192, 4096, 4096)
+    for kernel in ("fwd", "dgrad", "wgrad"):
+        assert default_config(kernel, shape, False, 0, 2, 9) == HOPPER_DEFAULTS[kernel]
+        for elem_bytes, cap in ((4, 9), (2, 8), (4, 8)):  # fp32, sm_80 family: not measured
+            assert default_config(kernel, shape, False, 0, elem_bytes, cap) == {
+                **DEFAULTS[kernel], "TMA": 0}  # fmt: skip
