@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny shapes (CPU, Triton interpreter)")
     p.add_argument("--shapes", default="2048x4096x4096,8192x4096x4096", help="MxKxN,...")
     p.add_argument("--ladder-only", action="store_true", help="only the host-time ladder")
+    p.add_argument("--no-profiles", action="store_true", help="skip cProfile / torch.profiler")
     p.add_argument("--out", default=None, help="folder for profile.txt (default: print only)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in ladder(device, dtype, K0, N0, 3 if args.dry_run else 200):
         say(row)
     if args.ladder_only:
-        return 0
+        return _write(args.out, lines)
     prev = tq.shared.set_enabled(False)  # every call quantizes its input, as in bench.py
     try:
         for M, K, N in shapes:
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                     t = split_times(layer, x, dy, mode, n, device)
                     say(f"| {provider} | {mode} | {t['single']:.3f} | {t['host']:.3f} | "
                         f"{t['device']:.3f} | {t['syncs']} |")  # fmt: skip
+        if args.no_profiles:
+            return _write(args.out, lines)
         M, K, N = shapes[0]
         x = torch.randn(M, K, device=device, dtype=dtype, requires_grad=True)
         dy = torch.randn(M, N, device=device, dtype=dtype)
@@ -238,10 +241,15 @@ def main(argv: list[str] | None = None) -> int:
                 say(torch_profile(layer, x, dy, mode, n, top, device))
     finally:
         tq.shared.set_enabled(prev)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "profile.txt").write_text("\n".join(lines) + "\n")
+    return _write(args.out, lines)
+
+
+def _write(out: str | None, lines: list[str]) -> int:
+    """profile.txt in ``out`` (when given) from the lines printed so far; the exit status."""
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "profile.txt").write_text("\n".join(lines) + "\n")
     return 0
 
 
