@@ -120,3 +120,23 @@ def test_compiled_graph_holds_the_ops(device, monkeypatch):
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), layer(x))
     assert "qat_linear" in log.names and "quantize" in log.names
+
+
+def test_jit_trace_profiler_and_forward_ad_take_the_ops(device, monkeypatch):
+    """torch.jit.trace records the ops (the direct path would hand the impls traced sizes and
+    bake the launches' outputs in as constants); profiles name them; forward-mode AD keeps the
+    ops' behaviour."""
+    layer = tq.Linear(32, 16, device=device)
+    x = torch.randn(4, 32, device=device)
+    traced = torch.jit.trace(layer, x, check_trace=False)
+    assert "triton_qat::qat_linear" in str(traced.graph)
+    x2 = torch.randn(6, 32, device=device)
+    assert torch.equal(traced(x2), layer(x2))  # replays the ops on new inputs
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        layer(x)
+    assert any("triton_qat::qat_linear" in e.key for e in prof.key_averages())
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        assert not calls.usable(dual)

@@ -11,14 +11,16 @@ with autograd from a ``torch.autograd.Function`` built from the op's own ``setup
 backward, so both paths compute the same bits. Otherwise it calls the op.
 
 :func:`usable` holds in plain eager code on plain tensors. It does not hold under
-``torch.compile`` or export (Dynamo sees the ops), functorch transforms (their vmap rules are the
-ops'), torch function / dispatch modes (FakeTensorMode, FlopCounterMode, ...) or tensor
-subclasses (DTensor, FakeTensor), or after ``set_enabled(False)``.
+``torch.compile`` or export (Dynamo sees the ops), ``torch.jit.trace`` (it records the ops),
+functorch transforms (their vmap rules are the ops'), forward-mode AD, the torch profiler (its
+traces name the ops), torch function / dispatch modes (FakeTensorMode, FlopCounterMode, ...) or
+tensor subclasses (DTensor, FakeTensor), or after ``set_enabled(False)``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from triton_qat import ops
@@ -50,8 +52,10 @@ def usable(*tensors: Tensor | None) -> bool:
         return False
     if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack():
         return False
-    if _functorch_level() is not None:
-        return False
+    if _functorch_level() is not None or torch._C._get_tracing_state() is not None:
+        return False  # functorch transforms; torch.jit.trace records the ops, not their launches
+    if _forward_ad._current_level >= 0 or torch.autograd._profiler_enabled():
+        return False  # forward-mode AD as the ops do it; profiles name the ops
     return all(t is None or type(t) in _PLAIN for t in tensors)
 
 

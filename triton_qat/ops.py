@@ -80,7 +80,7 @@ def quantize(
 
 def quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point,
                   asym_weight=False, sum_group=0, with_sums=True):  # fmt: skip
-    """``triton_qat::quantize``'s implementation (:mod:`triton_qat.eager` calls it directly)."""
+    """``triton_qat::quantize``'s implementation (:mod:`triton_qat.calls` calls it directly)."""
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     pack_mask, asym_weight, sum_group, with_sums)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
@@ -404,7 +404,7 @@ _DOUBLE_BACKWARD_MSG = (
 
 
 def _qat_linear_backward(ctx, grad_out, backward=None):
-    """The registered autograd's backward; :mod:`triton_qat.eager` passes its own ``backward``
+    """The registered autograd's backward; :mod:`triton_qat.calls` passes its own ``backward``
     (same signature as ``qat_linear_backward``), which skips the dispatcher."""
     if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
         raise RuntimeError(_DOUBLE_BACKWARD_MSG)
