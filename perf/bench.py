@@ -111,6 +111,30 @@ class Timer:
         return out
 
 
+def queued_ms(
+    setup: Callable[[int], object], timed: Callable[[object], object], reps: int, device
+) -> tuple[float, float]:
+    """(host, pipelined) milliseconds per call over ``reps`` calls queued back to back, as a
+    training loop runs them: ``host`` is the time the host spends queuing a call, ``pipelined``
+    the device time per call (CUDA events around all of them; on CPU, the host time). Where host
+    >= pipelined, the host sets the pace; the synchronized single-call time (:class:`Timer`) adds
+    the host's queuing before the first kernel to the device's work."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for i in range(reps):
+        timed(setup(i))
+    host = 1e3 * (time.perf_counter() - t0) / reps
+    if not cuda:
+        return host, host
+    end.record()
+    torch.cuda.synchronize()
+    return host, start.elapsed_time(end) / reps
+
+
 def quantiles(ms: list[float]) -> tuple[float, float, float]:
     q = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
     return statistics.median(ms), q[1], q[7]  # median, p20, p80
@@ -212,6 +236,10 @@ def _bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         ms = timer(setup, fn)
+        if mode != "bwd":  # bwd's setup runs a forward: nothing to queue back to back
+            host, pipelined = queued_ms(setup, fn, timer.reps, device)
+            rows.append(dict(metric="host_ms", value=host, mode=mode))
+            rows.append(dict(metric="pipelined_ms", value=pipelined, mode=mode))
         med, p20, p80 = quantiles(ms)
         flops = FLOPS_PER_MODE[mode] * M * N * K
         rows.append(dict(metric="ms", value=med, p20=p20, p80=p80, mode=mode))

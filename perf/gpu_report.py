@@ -1292,6 +1292,8 @@ def summary_text(run: Run, sizes: Sizes, files: list[Path] | None = None) -> str
     lines.append("")
     lines.append(f"## Memory of a training step (fwd+bwd, {M0}x{K0}->{N0})")
     lines += [f"- {m}" for m in mem] or ["not measured"]
+    lines.append("")
+    lines += host_vs_device_lines(_bench_rows(run), M0, K0, N0)
     if files is not None:
         lines.append("")
         lines.append("## Files")
@@ -1301,6 +1303,23 @@ def summary_text(run: Run, sizes: Sizes, files: list[Path] | None = None) -> str
     lines.append("")
     lines.append(f"report folder: {run.folder.resolve()}")
     return "\n".join(lines)
+
+
+def host_vs_device_lines(rows: list[dict], M: int, K: int, N: int) -> list[str]:
+    """Per provider and mode at one shape: the synchronized single call (the targets' time), the
+    device time per call when calls are queued back to back (what a training loop sees), and the
+    host's queuing time per call (host >= device: the host sets the pace)."""
+    out = [f"## Host vs device per call ({M}x{K}->{N}, ms)",
+           "| provider | mode | single | queued: device | queued: host |",
+           "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    for p in ("F.linear", "triton_qat eager", "triton_qat compiled"):
+        for mode in ("fwd", "fwd+bwd"):
+            got = [_value(rows, "qat_linear", p, m, mode, M, K, N)
+                   for m in ("ms", "pipelined_ms", "host_ms")]  # fmt: skip
+            if any(v is not None for v in got):
+                cells = " | ".join(f"{v:.3f}" if v is not None else "not measured" for v in got)
+                out.append(f"| {p} | {mode} | {cells} |")
+    return out if len(out) > 3 else out[:1] + ["not measured"]
 
 
 def for_stdout(summary: str) -> str:

@@ -176,12 +176,46 @@ def ladder(device: torch.device, dtype: torch.dtype, K: int, N: int, n: int) -> 
         "F.linear": lambda: torch.nn.functional.linear(x, w),
         "tq.Linear forward, no grad": lambda: layer(x),
         "tq.Linear forward, grad": lambda: layer(xg),
+        **_backward_steps(layer, x, device, dtype),
     }
     rows = [f"\n## host microseconds per call, 64x{K}->{N} {dtype}, {n} calls each",
             "| step | us |", "| --- | ---: |"]  # fmt: skip
     for name, fn in steps.items():
         rows.append(f"| {name} | {host_us(fn, n, device):.1f} |")
     return rows
+
+
+def _backward_steps(layer, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> dict:
+    """The backward's rungs: each launch path alone, its whole implementation, and the autograd
+    step around it (forward + backward, so the forward's rung is to be subtracted)."""
+    from triton_qat import dispatch, ops
+
+    w = layer.weight.detach()
+    M, K, N = x.shape[0], w.shape[1], w.shape[0]
+    dy = torch.randn(M, N, device=device, dtype=dtype)
+    codes, scale, zp, mask, _ = ops.quantize_impl(x, -128, 127, K, False, False, True, None, None)
+    wq = ops._quantize_weight(w, -128, 127, K, False, None, pack_mask=False, with_y=True,
+                              write_codes=False)  # fmt: skip
+    xg = x.clone().requires_grad_(True)
+
+    def step():
+        layer.weight.grad = layer.bias.grad = xg.grad = None
+        layer(xg).backward(dy)
+
+    return {
+        "backward: weight quantize (y + byte mask)": lambda: ops._quantize_weight(
+            w, -128, 127, K, False, None, pack_mask=False, with_y=True, write_codes=False
+        ),
+        "backward: dispatch.dgrad": lambda: dispatch.dgrad(dy, wq.y, mask),
+        "backward: dispatch.dequantize_rows": lambda: dispatch.dequantize_rows(
+            codes, scale, zp, dtype
+        ),
+        "backward: dispatch.wgrad": lambda: dispatch.wgrad(dy, x, wq.mask),
+        "backward: ops.qat_linear_backward_impl": lambda: ops.qat_linear_backward_impl(
+            dy, codes, scale, zp, mask, w, -128, 127, K, False, None, True, True, True
+        ),
+        "tq.Linear forward + backward": step,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,10 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     assert res.stdout.rstrip().endswith(summary.rstrip())
     assert len(summary) < 10_000
     assert "## Correctness:" in summary and "0 fail" in summary
+    # host vs device per call: the single call beside the queued device and host times
+    assert "## Host vs device per call" in summary
+    assert any(line.startswith("| triton_qat eager | fwd+bwd | ") and "not measured" not in line
+               for line in summary.splitlines())  # fmt: skip
     _assert_targets_listed(summary)
     assert str(folder.resolve()) in summary.splitlines()[-1]
 

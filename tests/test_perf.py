@@ -24,6 +24,10 @@ def test_bench_quick_and_plot(tmp_path):
         "triton_qat i4g32 compiled",
     }  # g128 does not divide K=64
     assert {r["mode"] for r in rows if r["kernel"] == "qat_linear"} == {"fwd", "bwd", "fwd+bwd"}
+    queued = {(r["provider"], r["mode"], r["metric"]) for r in rows
+              if r["metric"] in ("host_ms", "pipelined_ms") and float(r["value"]) > 0}  # fmt: skip
+    for mode in ("fwd", "fwd+bwd"):  # queued back to back, as a training loop runs them
+        assert {("triton_qat eager", mode, "host_ms"), ("F.linear", mode, "pipelined_ms")} <= queued
     for r in rows:
         assert r["gpu"] and r["torch"] and r["triton"] and r["commit"]
         if r["metric"] == "ms":
@@ -59,6 +63,12 @@ def test_profile_host_dry_run(tmp_path):
     for provider in ("F.linear", "triton_qat eager", "triton_qat compiled"):
         for mode in ("fwd", "fwd+bwd"):
             assert f"| {provider} | {mode} |" in text
-    for step in ("bare Triton launch", "torch.ops.triton_qat.quantize", "tq.Linear forward, grad"):
+    for step in (
+        "bare Triton launch",
+        "torch.ops.triton_qat.quantize",
+        "tq.Linear forward, grad",
+        "backward: ops.qat_linear_backward_impl",
+        "tq.Linear forward + backward",
+    ):
         assert f"| {step}" in text
     assert "cProfile, triton_qat eager fwd+bwd" in text and "Self CPU time total" in text
