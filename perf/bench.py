@@ -78,11 +78,25 @@ def git_commit() -> str:
         return "unknown"
 
 
-class Timer:
-    """Times ``timed(state)`` after an untimed ``setup(i)``; returns per-rep milliseconds."""
+# GPU cycles of work queued before each timed kernel call with ``hide_host`` (about 1 ms at
+# H100 / H200 clocks): the host queues the call while the GPU is busy, so the events time the
+# kernel alone, as triton.testing.do_bench's cache flush does.
+BUSY_CYCLES = 2_000_000
 
-    def __init__(self, device: torch.device, warmup: int, reps: int) -> None:
+
+class Timer:
+    """Times ``timed(state)`` after an untimed ``setup(i)``; returns per-rep milliseconds.
+
+    On CUDA each rep is one synchronized call between two events: the host's time to queue it
+    counts (what a caller waiting on one layer sees). ``hide_host=True`` keeps the GPU busy while
+    the host queues the call (device time only: kernel rows against their torch ceilings, whose
+    launch costs differ by ~100 us of Python)."""
+
+    def __init__(
+        self, device: torch.device, warmup: int, reps: int, hide_host: bool = False
+    ) -> None:
         self.device, self.warmup, self.reps = device, warmup, reps
+        self.hide_host = hide_host
 
     def __call__(
         self, setup: Callable[[int], object], timed: Callable[[object], object]
@@ -97,6 +111,8 @@ class Timer:
                     torch.cuda.Event(enable_timing=True),
                     torch.cuda.Event(enable_timing=True),
                 )
+                if self.hide_host:
+                    torch.cuda._sleep(BUSY_CYCLES)
                 start.record()
                 timed(state)
                 end.record()
@@ -258,13 +274,15 @@ def _bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list
 
 def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
     """Each kernel of the linear alone (at its looked-up config) against its ceiling: the torch op
-    doing the same work unquantized (copy, ``torch._int_mm``, ``torch.mm``)."""
+    doing the same work unquantized (copy, ``torch._int_mm``, ``torch.mm``), both in device time
+    (the host queues each call while the GPU is busy)."""
     del n_rot  # the registry's operands are fixed; each kernel is timed on the same ones
     backend = tq.backend(device)
     if backend == "torch":
         print("  kernel rows skipped: no kernels run here (plain-torch backend)")
         return []
     registry = problems(LinearShape(M, K, N, dtype), device)
+    timer = Timer(timer.device, timer.warmup, timer.reps, hide_host=True)  # device time only
     rows = []
     for name in KERNEL_ROWS:
         prob = registry[name]

@@ -72,3 +72,34 @@ def test_profile_host_dry_run(tmp_path):
     ):
         assert f"| {step}" in text
     assert "cProfile, triton_qat eager fwd+bwd" in text and "Self CPU time total" in text
+
+
+def test_kernel_timer_hides_the_host_behind_queued_gpu_work(monkeypatch):
+    """hide_host: the GPU gets work (a sleep) before the start event, so the events bracket the
+    kernel alone and not the launcher's Python; without it, nothing is queued first."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "perf"))
+    import bench
+
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self):
+            calls.append("record")
+
+        def elapsed_time(self, other):
+            return 1.0
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: calls.append(("sleep", cycles)))
+    for hide, first in ((True, ["sync", ("sleep", bench.BUSY_CYCLES), "record", "run"]),
+                        (False, ["sync", "record", "run"])):  # fmt: skip
+        calls.clear()
+        timer = bench.Timer(torch.device("cuda"), 0, 1, hide_host=hide)
+        assert timer(lambda i: None, lambda s: calls.append("run")) == [1.0]
+        assert calls[: len(first)] == first
