@@ -3,9 +3,9 @@
 
 A ``torch.library.custom_op`` call costs host time before anything launches: argument defaults
 filled from the schema, the dispatcher, the generated autograd wrapper, Dynamo's disable guard
-and the output aliasing check. On an H200 host (torch 2.11) that was 133 us per
-``triton_qat::quantize`` call on top of its 92 us implementation (``perf/profile_host.py``), and
-a forward makes two op calls, a backward one more. Every function here has its op's signature and
+and the output aliasing check; a forward makes two op calls, a backward one more. On an H200
+machine (torch 2.11) the module's forward went from 810 to 245 us of host time when its calls
+skipped the dispatcher (``perf/profile_host.py``; perf/RESULTS.md). Every function here has its op's signature and
 semantics. When :func:`usable` holds it runs the op's implementation (``triton_qat.ops.*_impl``),
 with autograd from a ``torch.autograd.Function`` built from the op's own ``setup_context`` and
 backward, so both paths compute the same bits. Otherwise it calls the op.
