@@ -673,9 +673,11 @@ def check_opcheck(op_name: str, calls: dict, device, sizes: Sizes) -> str:
     return "opcheck passed"
 
 
-def check_compile(dtype, device, sizes: Sizes) -> str:
+def check_compile(dtype, device, sizes: Sizes, mode: str | None = None) -> str:
     """torch.compile(fullgraph=True) of a 2-layer tq.Linear MLP: forward bit-equal to eager,
-    gradients close, one graph, no graph breaks (tests/test_ops.py)."""
+    gradients close, one graph, no graph breaks (tests/test_ops.py). ``mode="reduce-overhead"``:
+    the same under CUDA graphs, which must not be skipped on a GPU (no host sync, no CPU tensor
+    in the ops)."""
     from torch import nn
     from torch._dynamo.utils import counters
 
@@ -684,14 +686,14 @@ def check_compile(dtype, device, sizes: Sizes) -> str:
     torch.manual_seed(0)
     model = nn.Sequential(tq.Linear(32, 64, device=device, dtype=dtype), nn.ReLU(),
                           tq.Linear(64, 16, device=device, dtype=dtype))  # fmt: skip
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, fullgraph=True, mode=mode)
 
     def step(m, x):
         out = m(x)
         out.square().mean().backward()
         grads = [p.grad.clone() for p in model.parameters()]
         model.zero_grad(set_to_none=True)
-        return out.detach(), grads
+        return out.detach().clone(), grads  # a CUDA graph's output is overwritten by its next run
 
     gen = _gen(device, 8)
     for _ in range(2):
@@ -707,7 +709,13 @@ def check_compile(dtype, device, sizes: Sizes) -> str:
         raise AssertionError(
             f"unique_graphs={graphs}, graph breaks {dict(counters['graph_break'])}"
         )
-    return "fullgraph forward equal, grads close, 1 graph"
+    if mode is None:
+        return "fullgraph forward equal, grads close, 1 graph"
+    skips = counters["inductor"]["cudagraph_skips"]  # a count; TORCH_LOGS=perf_hints says why
+    if device.type == "cuda" and skips:
+        raise AssertionError(f"CUDA graphs skipped {skips} time(s) (TORCH_LOGS=perf_hints: why)")
+    ran = "CUDA graphs" if device.type == "cuda" else "no CUDA graphs on a CPU"
+    return f"{mode}: forward equal, grads close, 1 graph, {ran}"
 
 
 def _group_fits(wcfg, K: int) -> bool:
@@ -751,6 +759,8 @@ def correctness_checks(device, sizes: Sizes) -> tuple[list, list]:
         [(f"opcheck[{op}]", lambda op=op: opcheck(op)) for op in OPS],
         [(f"compile_fullgraph[{d(dt)}]", lambda t=dt: check_compile(t, device, sizes))
          for dt in ([torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32])],
+        [("compile_cudagraphs[bf16]",
+          lambda: check_compile(torch.bfloat16, device, sizes, mode="reduce-overhead"))],
     ]  # fmt: skip
     return _breadth_first(groups), _breadth_first(serial_groups)
 
@@ -1009,7 +1019,8 @@ def write_tuned(run: Run, entries: dict) -> None:
 # benchmark
 
 FULL_PROVIDERS = ["F.linear", "triton_qat eager", "torch ref eager", "triton_qat compiled",
-                  "torch ref compiled", "triton_qat i4g128 compiled"]  # fmt: skip
+                  "torch ref compiled", "triton_qat i4g128 compiled",
+                  "triton_qat compiled cudagraphs"]  # fmt: skip
 CORE_PROVIDERS = ["F.linear", "triton_qat eager", "triton_qat compiled"]
 MODES = ["fwd", "fwd+bwd"]
 
@@ -1312,7 +1323,12 @@ def host_vs_device_lines(rows: list[dict], M: int, K: int, N: int) -> list[str]:
     out = [f"## Host vs device per call ({M}x{K}->{N}, ms)",
            "| provider | mode | single | queued: device | queued: host |",
            "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
-    for p in ("F.linear", "triton_qat eager", "triton_qat compiled"):
+    for p in (
+        "F.linear",
+        "triton_qat eager",
+        "triton_qat compiled",
+        "triton_qat compiled cudagraphs",
+    ):
         for mode in ("fwd", "fwd+bwd"):
             got = [_value(rows, "qat_linear", p, m, mode, M, K, N)
                    for m in ("ms", "pipelined_ms", "host_ms")]  # fmt: skip

@@ -65,6 +65,9 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     assert {r["status"] for r in checks} <= {"pass", "fail", "skipped"}
     assert any(r["status"] == "pass" for r in checks)
     assert not [r["item"] for r in checks if r["status"] == "fail"]
+    # compile with CUDA graphs (reduce-overhead) is checked beside the plain compile
+    assert {"compile_fullgraph[fp32]", "compile_cudagraphs[bf16]"} <= {
+        r["item"] for r in checks if r["status"] == "pass"}  # fmt: skip
     # what needs CUDA is recorded as skipped, never faked
     cuda_only = {r["item"]: r for r in checks if r["item"].endswith("_cuda")}
     assert len(cuda_only) == 2 and all(
@@ -178,7 +181,7 @@ def test_plans_put_the_headline_first():
     assert plan[1][1] == ("fwd", "quantize_w") and plan[2][1] == ("fwd",) and len(plan) == 7
     items = gpu_report.bench_plan(sizes)
     assert items[0] == ("kernels", None, 8192, 4096, 4096)
-    headline = {p for kind, p, M, K, N in items[1:7]}
+    headline = {p for kind, p, M, K, N in items[1 : 1 + len(gpu_report.FULL_PROVIDERS)]}
     assert headline == set(gpu_report.FULL_PROVIDERS)
     assert len(items) == len(set(items))
 
