@@ -129,6 +129,44 @@ def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatc
     assert weight == ((48, 64), False, sums, False)  # symmetric: no zero points either
 
 
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_backward_rederives_only_the_values_and_mask_it_reads(symmetric, device, monkeypatch):
+    """The backward's weight quantize writes y and the clamp mask, no codes, no code sums and no
+    zero points (y's are computed in registers), symmetric or not; each gradient not asked for
+    is its own empty tensor. The gradients are unchanged."""
+    from triton_qat import dispatch
+
+    wcfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=symmetric)
+    torch.manual_seed(0)
+    lin = tq.Linear(64, 48, device=device, weight=wcfg)
+    x = torch.randn(5, 64, device=device, requires_grad=True)
+    dy = torch.randn(5, 48, device=device)
+    lin(x).backward(dy)
+    want = [x.grad.clone(), lin.weight.grad.clone(), lin.bias.grad.clone()]
+    x.grad = lin.weight.grad = lin.bias.grad = None
+    out = lin(x)
+    calls, real = [], dispatch.quantize_rows
+
+    def spy(t, *args, **kw):
+        q = real(t, *args, **kw)
+        calls.append((q.codes.numel() > 0, q.code_sum.numel() > 0, q.zero_point.numel() > 0,
+                      q.mask.numel() > 0, q.y is not None))  # fmt: skip
+        return q
+
+    monkeypatch.setattr(dispatch, "quantize_rows", spy)
+    out.backward(dy)
+    assert calls == [(False, False, False, True, True)]
+    for got, w in zip([x.grad, lin.weight.grad, lin.bias.grad], want, strict=True):
+        assert torch.equal(got, w)
+    monkeypatch.setattr(dispatch, "quantize_rows", real)
+    state = ops.quantize(x.detach(), -128, 127, 64, False, False, True, None, None)[:4]
+    grads = ops.qat_linear_backward(dy, *state, lin.weight.detach(), -8, 7, 32, False, None,
+                                    need_x=False, need_w=True, need_bias=False,
+                                    w_symmetric=symmetric)  # fmt: skip
+    assert [g.shape for g in grads] == [(0,), (48, 64), (0,), (0,)]
+    assert len({id(g) for g in grads if g.numel() == 0}) == 3  # one empty tensor each
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_per_tensor_weights_ignore_the_group_size(dtype, device):
     """The raw qat_linear op with per-tensor weights runs one scale per weight whatever

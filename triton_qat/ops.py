@@ -341,11 +341,14 @@ def qat_linear_backward_impl(grad_out, x_codes, x_scale, x_zero_point, x_mask, w
                     w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     N = weight.shape[0]
     dy = grad_out.reshape(-1, N)
-    grad_x, grad_w, grad_b, grad_s = (dy.new_empty(_EMPTY) for _ in range(4))  # may not alias
+    grad_x = grad_w = grad_b = grad_s = None
     if need_x or need_w or need_w_scale:
+        # the weight's values (y) and clamp mask only: no codes, and no zero points (computed in
+        # registers for y; nothing here reads them)
         qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                              w_symmetric, pack_mask=False, with_y=need_x,
-                              write_codes=False, write_mask=need_w or need_w_scale)  # fmt: skip
+                              w_symmetric, pack_mask=False, with_y=need_x, write_codes=False,
+                              write_mask=need_w or need_w_scale,
+                              write_zero_point=False)  # fmt: skip
         if need_x:
             grad_x = dispatch.dgrad(dy, qw.y.to(dy.dtype), x_mask)
         if need_w or need_w_scale:
@@ -354,14 +357,20 @@ def qat_linear_backward_impl(grad_out, x_codes, x_scale, x_zero_point, x_mask, w
                                            need_w_scale)  # fmt: skip
     if need_bias:
         grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
-    return grad_x, grad_w, grad_b, grad_s
+    return _or_empty(dy, grad_x, grad_w, grad_b, grad_s)
+
+
+def _or_empty(like: Tensor, *grads: Tensor | None) -> tuple[Tensor, ...]:
+    """``grads`` with each one not computed as its own empty [0] tensor (an op's outputs may not
+    alias one another), allocated only for those."""
+    return tuple(g if g is not None else like.new_empty(_EMPTY) for g in grads)
 
 
 def _weight_grads(dy, x_in, qw, weight, w_scale, w_qmin, w_qmax, need_w_scale):
-    """(grad_w, grad of the learned w_scale or an empty tensor) from one masked wgrad GEMM of
-    ``x_in`` (x_fq, or x for weight-only), whose epilogue also reduces the scale gradient."""
+    """(grad_w, grad of the learned w_scale or None) from one masked wgrad GEMM of ``x_in``
+    (x_fq, or x for weight-only), whose epilogue also reduces the scale gradient."""
     if not need_w_scale:
-        return dispatch.wgrad(dy, x_in, qw.mask), dy.new_empty(_EMPTY)
+        return dispatch.wgrad(dy, x_in, qw.mask), None
     # qw.scale: the given scale as the quantize kernel used it, [N, G] fp32
     grad_w, grad_s = dispatch.wgrad(dy, x_in, qw.mask, weight, qw.scale, w_qmin, w_qmax)
     return grad_w, grad_s.sum_to_size(w_scale.shape)
@@ -518,11 +527,12 @@ def weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_grou
                                 w_per_tensor, w_scale, need_w_scale)  # fmt: skip
     N, K = weight.shape
     dy = grad_out.reshape(-1, N)
-    grad_x, grad_w, grad_b, grad_s = (dy.new_empty(_EMPTY) for _ in range(4))  # may not alias
+    grad_x = grad_w = grad_b = grad_s = None
     if need_x or need_w or need_w_scale:
         qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                              w_symmetric, pack_mask=False, with_y=need_x,
-                              write_codes=False, write_mask=need_w or need_w_scale)  # fmt: skip
+                              w_symmetric, pack_mask=False, with_y=need_x, write_codes=False,
+                              write_mask=need_w or need_w_scale,
+                              write_zero_point=False)  # fmt: skip
         if need_x:
             grad_x = torch.mm(dy, qw.y.to(dy.dtype)).reshape(x.shape)
         if need_w or need_w_scale:
@@ -530,7 +540,7 @@ def weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_grou
                                            w_scale, w_qmin, w_qmax, need_w_scale)  # fmt: skip
     if need_bias:
         grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
-    return grad_x, grad_w, grad_b, grad_s
+    return _or_empty(dy, grad_x, grad_w, grad_b, grad_s)
 
 
 @weight_only_linear_backward.register_fake
