@@ -324,7 +324,7 @@ def variants() -> list[Variant]:
         if sums is None:
             fwd = default_config("fwd", (M, N, K), False, group, dt.itemsize, major)
             sums = not fwd.get("DEQUANT", 0)
-        pool.update(dict(with_y=True, write_codes=False) if backward
+        pool.update(dict(with_y=True, write_codes=False, write_zero_point=False) if backward
                     else dict(group_major=True, write_mask=False, write_sums=sums,
                               write_zero_point=False))  # fmt: skip
         return pool, lambda: call_by_name(quantize.quantize_rows, pool)
