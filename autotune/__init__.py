@@ -90,10 +90,23 @@ def record_lookups():
 
 def _lookup(key: str, device: torch.device, default: dict) -> dict:
     cfg = get_cache(device).lookup(key) if (device.type == "cuda" or INTERPRET) else None
-    cfg = dict(cfg if cfg is not None else default)
+    return dict(cfg if cfg is not None else default)
+
+
+def _fitted(args: tuple, device: torch.device, compute) -> dict:
+    """The config for ``args`` (the public function's arguments): ``compute()`` gives (key,
+    config) once per cache state (a launch asks every call; the cache's ``fitted`` memo is
+    cleared when it reloads or stores), then a copy per call. Every answer is recorded."""
+    cache = get_cache(device) if (device.type == "cuda" or INTERPRET) else None
+    hit = cache.fitted.get(args) if cache is not None else None
+    if hit is None:
+        hit = compute()
+        if cache is not None:
+            cache.fitted[args] = hit
+    key, cfg = hit
     for log in _RECORDERS:
-        log.append((key, cfg))
-    return cfg
+        log.append((key, dict(cfg)))
+    return dict(cfg)
 
 
 def quantize_key(rows: int, group_size: int, dtype: torch.dtype | None, pack_mask: bool) -> str:
@@ -121,9 +134,13 @@ def quantize_config(
 ) -> dict:
     """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step;
     ``with_y``: the call writes the fake-quantized values too (fitted by ``fit_quantize``)."""
-    key = quantize_key(rows, group_size, dtype, pack_mask)
-    default = default_config("quantize", (rows, group_size), INTERPRET)
-    return fit_quantize(_lookup(key, device, default), with_y)
+
+    def compute() -> tuple[str, dict]:
+        key = quantize_key(rows, group_size, dtype, pack_mask)
+        default = default_config("quantize", (rows, group_size), INTERPRET)
+        return key, fit_quantize(_lookup(key, device, default), with_y)
+
+    return _fitted(("quantize", rows, group_size, dtype, pack_mask, with_y), device, compute)
 
 
 def gemm_config(
@@ -133,11 +150,15 @@ def gemm_config(
     "fwd" (out [M, N]), "dgrad" (out [M, K]) or "wgrad" (out [N, K]); BLOCK_M / BLOCK_N / BLOCK_K
     always tile M / N / K. The forward's config is fitted to its mode (the weight's group size),
     here and in every tuning candidate, so a stored config is exactly what runs."""
-    group = group_size or K
-    key = gemm_key(kernel, M, N, K, dtype, group)
-    elem_bytes = dtype.itemsize if dtype is not None else 2
-    default = default_config(kernel, (M, N, K), INTERPRET, group, elem_bytes, _major(device))
-    return fit_config(kernel, _lookup(key, device, default), K, group)
+
+    def compute() -> tuple[str, dict]:
+        group = group_size or K
+        key = gemm_key(kernel, M, N, K, dtype, group)
+        elem_bytes = dtype.itemsize if dtype is not None else 2
+        default = default_config(kernel, (M, N, K), INTERPRET, group, elem_bytes, _major(device))
+        return key, fit_config(kernel, _lookup(key, device, default), K, group)
+
+    return _fitted((kernel, M, N, K, dtype, group_size), device, compute)
 
 
 def dequantize_config(rows: int, cols: int, device: torch.device, dtype=None) -> dict:

@@ -224,6 +224,8 @@ class ConfigCache:
         with self._lock:
             self.entries = {**shipped, **read_entries(self.user_path)}
             self._memo: dict[str, dict | None] = {}
+            # (caller's arguments) -> (key, fitted config): autotune's per-launch answers
+            self.fitted: dict[tuple, tuple[str, dict]] = {}
 
     def lookup(self, key: str) -> dict | None:
         """Strict match, else the nearest tuned M bucket with the same kernel/N/K/dtype/extra.
@@ -255,3 +257,4 @@ class ConfigCache:
         with self._lock:
             self.entries = {**self.entries, **new}
             self._memo = {}
+            self.fitted = {}

@@ -183,3 +183,22 @@ def test_forward_survives_a_bad_cache_file(cache_dir):
     assert out.shape == (32, 32) and torch.isfinite(out).all()
     out.sum().backward()
     assert torch.isfinite(lin.weight.grad).all()
+
+
+def test_config_answers_follow_the_cache_when_it_stores_or_reloads(cache_dir):
+    """A launch's config is computed once per cache state: storing a tuned entry, or reloading
+    the files, gives the new answer on the next call; a copy is returned each time."""
+    dev = torch.device("cpu")  # the interpreter's cache
+    first = autotune.gemm_config("wgrad", 16, 16, 16, dev, torch.bfloat16)
+    first["BLOCK_M"] = -1  # the caller's copy
+    again = autotune.gemm_config("wgrad", 16, 16, 16, dev, torch.bfloat16)
+    assert again["BLOCK_M"] != -1
+    tuned = {**GEMM, "BLOCK_M": 32, "BLOCK_N": 16}
+    autotune.get_cache(dev).store({"wgrad|M16|N16|K16|bfloat16|": {"config": tuned, "ms": 1.0}})
+    assert autotune.gemm_config("wgrad", 16, 16, 16, dev, torch.bfloat16) == {**tuned, "TMA": 0}
+    _write(cache_dir / file_name("interpreter"), {})
+    autotune.get_cache(dev).reload()
+    assert autotune.gemm_config("wgrad", 16, 16, 16, dev, torch.bfloat16) == again
+    with autotune.record_lookups() as log:
+        autotune.gemm_config("wgrad", 16, 16, 16, dev, torch.bfloat16)
+    assert log == [("wgrad|M16|N16|K16|bfloat16|", again)]  # answers from the memo are recorded
