@@ -96,8 +96,12 @@ def _int8_linear_kernel(
     GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = swizzle(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    o_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    o_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    # 32-bit row / column indices (M, N < 2**31), and for the vectors indexed by them ([M] / [N]
+    # qparams, [N, G] scales, the bias); 64-bit only where a row offset reaches the operands'
+    # M * K / N * K elements (pointer tiles held as 64-bit values cost registers the epilogue of
+    # a 128x128 tile over 4 warps does not have)
+    o_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    o_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     o_k = tl.arange(0, BLOCK_K)  # [BK]
     m_m = o_m < M
     m_n = o_n < N
@@ -106,8 +110,8 @@ def _int8_linear_kernel(
     o_mw, o_nw = o_m % M, o_n % N
     b_sx = tl.load(sx_ptr + o_mw)  # [BM]
     b_zp = tl.load(zpx_ptr + o_mw)  # [BM]
-    p_a = xq_ptr + o_mw[:, None] * stride_xm + o_k[None, :]  # [BM, BK]
-    p_b = wq_ptr + o_nw[None, :] * stride_wn + o_k[:, None]  # [BK, BN]
+    p_a = xq_ptr + o_mw.to(tl.int64)[:, None] * stride_xm + o_k[None, :]  # [BM, BK]
+    p_b = wq_ptr + o_nw.to(tl.int64)[None, :] * stride_wn + o_k[:, None]  # [BK, BN]
     # TMA: tiles through tensor descriptors of x [M, K] and w [N, K] (zero outside the tensors)
     m0, n0 = pid_m * BLOCK_M, pid_n * BLOCK_N
     if MODE == 0:
@@ -191,8 +195,23 @@ def _int8_linear_kernel(
     b_out = tl.where(m_finite[:, None], b_out, float("nan"))
     if HAS_BIAS:
         b_out += tl.load(bias_ptr + o_nw).to(tl.float32)[None, :]
-    p_o = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
-    tl.store(p_o, cast_to_dt(b_out, DT), mask=m_m[:, None] & m_n[None, :])
+    # the tile's corner as one 64-bit offset, the elements as 32-bit offsets from it (two
+    # registers per element less than 64-bit pointers: the epilogue no longer spills)
+    p_o = out_ptr + (pid_m.to(tl.int64) * BLOCK_M * stride_om + pid_n.to(tl.int64) * BLOCK_N)
+    o_tile = tl.arange(0, BLOCK_M)[:, None] * stride_om + tl.arange(0, BLOCK_N)[None, :]
+    tl.store(p_o + o_tile, cast_to_dt(b_out, DT), mask=m_m[:, None] & m_n[None, :])
+
+
+def check_offsets(M: int, N: int, block_m: int, w_scale: torch.Tensor, x_code_sum) -> None:
+    """ValueError where the kernel's 32-bit offsets would overflow: an output tile's rows apart
+    (N * BLOCK_M), the weight's [N, G] scales and x's [M, G] code sums (the operands' own rows
+    use 64-bit offsets). Past 16 million output features or 2**31 scales: not supported."""
+    sums = x_code_sum.numel() if x_code_sum is not None else M
+    if max(N * block_m, w_scale.numel(), sums) >= 2**31:
+        raise ValueError(
+            f"w_codes: {N} outputs x {w_scale.shape[1]} groups ({M} tokens) pass the forward "
+            "kernel's 32-bit offsets (N * BLOCK_M, N * G and M * G must stay below 2**31)"
+        )
 
 
 def fwd_mode(K: int, group_size: int) -> int:
@@ -308,6 +327,7 @@ def int8_linear(
                                 config["BLOCK_K"])  # fmt: skip
         descs = descs if descs is not None and descs[2:] == (False, True) else None
     x_desc, w_desc = descs[:2] if descs is not None else (x_codes, w_codes)
+    check_offsets(M, N, config["BLOCK_M"], w_scale, x_code_sum)
     grid = (cdiv(M, config["BLOCK_M"]) * cdiv(N, config["BLOCK_N"]),)
     _int8_linear_kernel[grid](
         x_codes,

@@ -266,3 +266,19 @@ def test_skewed_activations_keep_the_fp32_bound_at_large_k(group, device):
     out = int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum, None,
                       torch.float32)  # fmt: skip
     assert_close_rel(out, qa.y.double() @ qw.y.double().T, torch.float32, "out")
+
+
+def test_forward_offsets_past_32_bits_raise():
+    """The forward kernel indexes its output tile, the weight's scales and x's code sums with
+    32-bit offsets: shapes past them raise, naming the argument, instead of writing wrong memory
+    (checked on metadata only: nothing that large is allocated)."""
+    from triton_qat.kernels.gemm_int8 import check_offsets
+
+    scale = torch.empty(4, 1)
+    check_offsets(8, 4, 128, scale, None)  # fine
+    with pytest.raises(ValueError, match="w_codes: .* 32-bit offsets"):
+        check_offsets(8, 2**24, 128, scale, None)  # N * BLOCK_M = 2**31
+    with pytest.raises(ValueError, match="w_codes"):
+        check_offsets(8, 4, 128, torch.empty(2**16, 2**15, device="meta"), None)
+    with pytest.raises(ValueError, match="w_codes"):
+        check_offsets(8, 4, 128, scale, torch.empty(2**20, 2**11, device="meta"))

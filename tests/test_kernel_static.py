@@ -82,13 +82,6 @@ KNOWN_GAPS = {
     ("fwd MODE 2 int4 group 8 fp16", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8 fp32", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8", "near_anchor"): "2474 SASS/iter vs 58: 42.7x",
-    # the per-channel forward's default at 16-bit dtypes on Hopper is the tile tuning picked on an
-    # H200 (128x128x64, 4 warps, 4 stages: 0.262 ms, 1.62x the old 128x128x128 w8 default, Triton
-    # 3.6): its epilogue holds the 128x128 int32 accumulator over 128 threads beside the fp32
-    # result and spills there, 4 B under Triton 3.6, 40 B (20 local loads/stores, none in the
-    # 78-instruction loop) under 3.9
-    ("fwd MODE 0 int8 per-channel", "no_spill"): "40 B spilled in the epilogue",
-    ("fwd MODE 0 int8 per-channel fp16", "no_spill"): "40 B spilled in the epilogue",
     # quantize (the others: activation 11.88, forward weights 8.7 / 11.2 / 10.4 / 11.7 SASS per
     # element per channel / group 128 / 32 / 8, the whole kernel per thread): the backward's
     # re-derivation of the weight writes its fake-quantized values (y) and a byte mask besides the
