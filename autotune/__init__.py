@@ -98,11 +98,10 @@ def _fitted(args: tuple, device: torch.device, compute) -> dict:
     config) once per cache state (a launch asks every call; the cache's ``fitted`` memo is
     cleared when it reloads or stores), then a copy per call. Every answer is recorded."""
     cache = get_cache(device) if (device.type == "cuda" or INTERPRET) else None
-    hit = cache.fitted.get(args) if cache is not None else None
+    memo = cache.fitted if cache is not None else {}  # one snapshot: a store swaps the dict
+    hit = memo.get(args)
     if hit is None:
-        hit = compute()
-        if cache is not None:
-            cache.fitted[args] = hit
+        hit = memo[args] = compute()
     key, cfg = hit
     for log in _RECORDERS:
         log.append((key, dict(cfg)))

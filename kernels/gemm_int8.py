@@ -202,12 +202,19 @@ def _int8_linear_kernel(
     tl.store(p_o + o_tile, cast_to_dt(b_out, DT), mask=m_m[:, None] & m_n[None, :])
 
 
+def _extent(t: torch.Tensor) -> int:
+    """1 + the largest element offset of ``t`` (its strides, not its numel: a view's reach)."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+
+
 def check_offsets(M: int, N: int, block_m: int, w_scale: torch.Tensor, x_code_sum) -> None:
-    """ValueError where the kernel's 32-bit offsets would overflow: an output tile's rows apart
-    (N * BLOCK_M), the weight's [N, G] scales and x's [M, G] code sums (the operands' own rows
-    use 64-bit offsets). Past 16 million output features or 2**31 scales: not supported."""
-    sums = x_code_sum.numel() if x_code_sum is not None else M
-    if max(N * block_m, w_scale.numel(), sums) >= 2**31:
+    """ValueError where the kernel's 32-bit offsets would overflow: the last tile's rows
+    (cdiv(M, BLOCK_M) * BLOCK_M), an output tile's rows apart (N * BLOCK_M), and the reach of the
+    weight's [N, G] scales and x's [M, G] code sums (the operands' own rows use 64-bit offsets).
+    Past 16 million output features or 2**31 scales: not supported."""
+    sums = _extent(x_code_sum) if x_code_sum is not None else 0
+    rows = cdiv(M, block_m) * block_m
+    if max(N * block_m, _extent(w_scale), sums, rows) >= 2**31:
         raise ValueError(
             f"w_codes: {N} outputs x {w_scale.shape[1]} groups ({M} tokens) pass the forward "
             "kernel's 32-bit offsets (N * BLOCK_M, N * G and M * G must stay below 2**31)"

@@ -131,21 +131,29 @@ def queued_ms(
     setup: Callable[[int], object], timed: Callable[[object], object], reps: int, device
 ) -> tuple[float, float]:
     """(host, pipelined) milliseconds per call over ``reps`` calls queued back to back, as a
-    training loop runs them: ``host`` is the time the host spends queuing a call, ``pipelined``
-    the device time per call (CUDA events around all of them; on CPU, the host time). Where host
-    >= pipelined, the host sets the pace; the synchronized single-call time (:class:`Timer`) adds
-    the host's queuing before the first kernel to the device's work."""
+    training loop runs them (each after its untimed-in-spirit ``setup``, which only resets grads
+    or runs a forward). ``host``: the host's time to queue a call. ``pipelined``: the device's
+    time per call when the host is never what it waits for: a second pass queues the calls
+    behind a GPU sleep longer than the host needs to queue them all, between two events (on CPU:
+    the host time). host > pipelined: the host sets the pace of a training loop; the synchronized
+    single-call time (:class:`Timer`) adds the host's queuing before the first kernel to the
+    device's work."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
     t0 = time.perf_counter()
     for i in range(reps):
         timed(setup(i))
     host = 1e3 * (time.perf_counter() - t0) / reps
     if not cuda:
         return host, host
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    # BUSY_CYCLES is about 1 ms: sleep 1.5x the queuing time measured above, and 1 ms more
+    torch.cuda._sleep(int(BUSY_CYCLES * (1.5 * host * reps + 1.0)))
+    start.record()
+    for i in range(reps):
+        timed(setup(i))
     end.record()
     torch.cuda.synchronize()
     return host, start.elapsed_time(end) / reps

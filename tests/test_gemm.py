@@ -282,3 +282,7 @@ def test_forward_offsets_past_32_bits_raise():
         check_offsets(8, 4, 128, torch.empty(2**16, 2**15, device="meta"), None)
     with pytest.raises(ValueError, match="w_codes"):
         check_offsets(8, 4, 128, scale, torch.empty(2**20, 2**11, device="meta"))
+    with pytest.raises(ValueError, match="w_codes"):  # a view reaches past its numel
+        check_offsets(8, 4, 128, torch.empty(2**16, 2**16, device="meta")[:, :1], None)
+    with pytest.raises(ValueError, match="w_codes"):  # the last row tile passes 2**31
+        check_offsets(2**31 - 100, 4, 128, scale, None)

@@ -103,3 +103,36 @@ def test_kernel_timer_hides_the_host_behind_queued_gpu_work(monkeypatch):
         timer = bench.Timer(torch.device("cuda"), 0, 1, hide_host=hide)
         assert timer(lambda i: None, lambda s: calls.append("run")) == [1.0]
         assert calls[: len(first)] == first
+
+
+def test_queued_device_time_is_measured_behind_a_gpu_sleep(monkeypatch):
+    """queued_ms: a first pass times the host's queuing; the second pass queues the same calls
+    behind a GPU sleep longer than that, between two events, so the device time cannot include
+    the host's (the rule host > pipelined, host-bound, can then fire)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "perf"))
+    import bench
+
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self):
+            calls.append("record")
+
+        def elapsed_time(self, other):
+            return 6.0
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: calls.append(("sleep", cycles)))
+    host, pipelined = bench.queued_ms(lambda i: None, lambda s: calls.append("run"), 3,
+                                      torch.device("cuda"))  # fmt: skip
+    assert pipelined == 2.0 and host > 0
+    sleep = next(c for c in calls if isinstance(c, tuple))
+    assert sleep[1] >= bench.BUSY_CYCLES  # at least ~1 ms, and 1.5x the measured queuing
+    assert calls == ["sync", "run", "run", "run", "sync", sleep, "record", "run", "run", "run",
+                     "record", "sync"]  # fmt: skip
