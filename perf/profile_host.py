@@ -5,8 +5,9 @@ microsecond the host spends before the last kernel is queued counts. This script
 time, per provider and mode:
 
 * ``single``: what bench.py measures, one synchronized call (CUDA events);
-* ``host``: wall time to queue N calls back to back, per call (the device runs behind);
-* ``device``: CUDA events around those N calls, per call (the host keeps ahead when host < device);
+* ``host``: wall time to queue N calls back to back, per call;
+* ``device``: device time per call of N calls queued behind a GPU sleep (so the host's queuing
+  is hidden): host > device means the host sets the pace;
 * ``syncs``: device synchronizations inside one call (``torch.cuda.set_sync_debug_mode``).
 
 Then it profiles one eager forward and one eager forward+backward of triton_qat with cProfile
@@ -32,7 +33,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import make_layer  # noqa: E402
+from bench import make_layer, queued_ms  # noqa: E402
 
 import triton_qat as tq  # noqa: E402
 
@@ -71,17 +72,10 @@ def split_times(layer, x, dy, mode: str, n: int, device: torch.device) -> dict:
         else:
             singles.append(1e3 * (time.perf_counter() - t0))
     _sync(device)
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        _call(layer, x, dy, mode)
-    host_ms = 1e3 * (time.perf_counter() - t0) / n
-    if cuda:
-        end.record()
-    _sync(device)
-    device_ms = start.elapsed_time(end) / n if cuda else float("nan")
+    # host: queuing time per call; device: per call when queued behind a GPU sleep longer than
+    # the queuing (bench.queued_ms), so it cannot include the host's time
+    host_ms, device_ms = queued_ms(lambda i: None, lambda _s: _call(layer, x, dy, mode), n, device)
+    device_ms = device_ms if cuda else float("nan")
     syncs = 0
     if cuda:
         prev = torch.cuda.get_sync_debug_mode()
