@@ -39,7 +39,8 @@ lint: $(STAMP)
 
 # GPU truth in one command, for a short GPU window: correctness, tuning, benchmark and a report
 # (at most 8 files) in one folder, the summary printed last. Uses the machine's own python (PY)
-# with triton_qat installed by `pip install --no-deps --no-build-isolation -e .`; creates no venv
+# with triton_qat installed by `python3 -m pip install --no-deps --no-build-isolation -e .` (the same
+# python: a bare `pip` may belong to another one); creates no venv
 # and installs nothing. Knobs (environment or make variables): BUDGET_S (total seconds, default
 # 480), REPORT_DIR (default perf/results/<gpu>/), e.g. `make gpu-report REPORT_DIR=/out`.
 gpu-report:

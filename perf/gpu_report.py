@@ -85,7 +85,7 @@ try:  # the GPU machine brings its own torch and triton; triton_qat is installed
 except ImportError as _e:
     sys.exit(f"perf/gpu_report.py: {_e}. It runs with the python that has torch and triton (PY=... "
              "make gpu-report) and triton_qat installed from this checkout: "
-             "pip install --no-deps --no-build-isolation -e .")  # fmt: skip
+             "python3 -m pip install --no-deps --no-build-isolation -e . (the same python)")  # fmt: skip
 
 import bench  # noqa: E402
 
