@@ -23,6 +23,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import sys
 import time
 import warnings
@@ -33,7 +34,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import make_layer, queued_ms  # noqa: E402
+from bench import Timer, make_layer, queued_ms  # noqa: E402
 
 import triton_qat as tq  # noqa: E402
 
@@ -54,27 +55,13 @@ def _call(layer, x, dy, mode: str) -> None:
 def split_times(layer, x, dy, mode: str, n: int, device: torch.device) -> dict:
     """single / host / device milliseconds per call, and the syncs one call makes."""
     cuda = device.type == "cuda"
-    for _ in range(3):  # compile and warm every graph
-        _call(layer, x, dy, mode)
-    _sync(device)
-    singles = []
-    for _ in range(n):
-        _sync(device)
-        t0 = time.perf_counter()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        _call(layer, x, dy, mode)
-        if cuda:
-            end.record()
-            _sync(device)
-            singles.append(start.elapsed_time(end))
-        else:
-            singles.append(1e3 * (time.perf_counter() - t0))
+    call = lambda _state: _call(layer, x, dy, mode)  # noqa: E731
+    # warm (compile) every graph, then n synchronized single calls as bench.py times them
+    singles = Timer(device, 3, n)(lambda i: None, call)
     _sync(device)
     # host: queuing time per call; device: per call when queued behind a GPU sleep longer than
     # the queuing (bench.queued_ms), so it cannot include the host's time
-    host_ms, device_ms = queued_ms(lambda i: None, lambda _s: _call(layer, x, dy, mode), n, device)
+    host_ms, device_ms = queued_ms(lambda i: None, call, n, device)
     device_ms = device_ms if cuda else float("nan")
     syncs = 0
     if cuda:
@@ -87,8 +74,7 @@ def split_times(layer, x, dy, mode: str, n: int, device: torch.device) -> dict:
             syncs = sum("synchroniz" in str(w.message) for w in caught)
         finally:
             torch.cuda.set_sync_debug_mode(prev)
-    singles.sort()
-    return dict(single=singles[len(singles) // 2], host=host_ms, device=device_ms, syncs=syncs)
+    return dict(single=statistics.median(singles), host=host_ms, device=device_ms, syncs=syncs)
 
 
 def python_profile(layer, x, dy, mode: str, n: int, top: int) -> str:

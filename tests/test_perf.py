@@ -74,9 +74,9 @@ def test_profile_host_dry_run(tmp_path):
     assert "cProfile, triton_qat eager fwd+bwd" in text and "Self CPU time total" in text
 
 
-def test_kernel_timer_hides_the_host_behind_queued_gpu_work(monkeypatch):
-    """hide_host: the GPU gets work (a sleep) before the start event, so the events bracket the
-    kernel alone and not the launcher's Python; without it, nothing is queued first."""
+def _fake_cuda_timing(monkeypatch, elapsed_ms: float):
+    """bench, with torch.cuda's synchronize / Event / _sleep recording what a timer does (in
+    order) into the returned list; every event pair measures ``elapsed_ms``."""
     import torch
 
     sys.path.insert(0, str(ROOT / "perf"))
@@ -92,11 +92,20 @@ def test_kernel_timer_hides_the_host_behind_queued_gpu_work(monkeypatch):
             calls.append("record")
 
         def elapsed_time(self, other):
-            return 1.0
+            return elapsed_ms
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: calls.append(("sleep", cycles)))
+    return bench, calls
+
+
+def test_kernel_timer_hides_the_host_behind_queued_gpu_work(monkeypatch):
+    """hide_host: the GPU gets work (a sleep) before the start event, so the events bracket the
+    kernel alone and not the launcher's Python; without it, nothing is queued first."""
+    import torch
+
+    bench, calls = _fake_cuda_timing(monkeypatch, 1.0)
     for hide, first in ((True, ["sync", ("sleep", bench.BUSY_CYCLES), "record", "run"]),
                         (False, ["sync", "record", "run"])):  # fmt: skip
         calls.clear()
@@ -111,24 +120,7 @@ def test_queued_device_time_is_measured_behind_a_gpu_sleep(monkeypatch):
     the host's (the rule host > pipelined, host-bound, can then fire)."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "perf"))
-    import bench
-
-    calls = []
-
-    class Event:
-        def __init__(self, enable_timing=False):
-            pass
-
-        def record(self):
-            calls.append("record")
-
-        def elapsed_time(self, other):
-            return 6.0
-
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: calls.append(("sleep", cycles)))
+    bench, calls = _fake_cuda_timing(monkeypatch, 6.0)
     host, pipelined = bench.queued_ms(lambda i: None, lambda s: calls.append("run"), 3,
                                       torch.device("cuda"))  # fmt: skip
     assert pipelined == 2.0 and host > 0
