@@ -19,6 +19,11 @@ import torch
 from ._common import cdiv, new_empty
 from .gemm_float import float_mm, scale_grad_layout, tiles_of
 
+# Accumulator elements per thread the scale-gradient epilogue compiles with, without spilling
+# (sm_90a, Triton 3.9, perf/kernel_static.py "wgrad scale-grad"): 64 (Hopper's 256x128 / 8-warp
+# wgrad tile holds 128 and spilled 4016 B).
+SCALE_GRAD_ACC = 64
+
 
 def dgrad(
     grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor, *, config: dict
@@ -32,6 +37,20 @@ def dgrad(
     tiles = tiles_of(config, "BLOCK_M", "BLOCK_K", "BLOCK_N")
     return float_mm(grad_y, w_fq, tiles=tiles, mask=x_mask, mask_bits=True,
                     tma=bool(config.get("TMA")))  # fmt: skip
+
+
+def scale_grad_tiles(tiles: tuple, K: int, n_groups: int) -> tuple[int, tuple]:
+    """(SG_GROUP, tiles) of wgrad's scale-gradient epilogue: ``tiles`` (:func:`tiles_of`, C's
+    terms) with the column tile fitted to the weight's ``n_groups`` groups per row of K
+    (:func:`scale_grad_layout`; SG_GROUP -1: no tile fits) and the rows halved until a thread
+    holds at most :data:`SCALE_GRAD_ACC` accumulator elements: the epilogue holds the weight
+    tile, its codes and the products beside the fp32 accumulator."""
+    rows, cols, *rest = tiles
+    sg_group, cols = scale_grad_layout(K, n_groups, cols)
+    warps = rest[1]
+    while rows * cols > SCALE_GRAD_ACC * 32 * warps and rows > 16:
+        rows //= 2
+    return sg_group, (rows, cols, *rest)
 
 
 def wgrad(
@@ -54,13 +73,13 @@ def wgrad(
     ``sum_{k in g} g_fq[n, k] * (q - w / s if in range else q)`` of the unmasked ``g_fq =
     grad_y^T @ x_fq``, reduced in the GEMM's epilogue (per-tile partial sums, added here)."""
     c = config
-    tiles = list(tiles_of(c, "BLOCK_N", "BLOCK_K", "BLOCK_M"))
+    tiles = tiles_of(c, "BLOCK_N", "BLOCK_K", "BLOCK_M")
     a, tma = grad_y.t(), bool(c.get("TMA"))
     if weight is None:
-        return float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask, tma=tma)
+        return float_mm(a, x_fq, tiles=tiles, mask=w_mask, tma=tma)
     N, K = weight.shape
     G = w_scale.shape[1]
-    sg_group, tiles[1] = scale_grad_layout(K, G, tiles[1])
+    sg_group, tiles = scale_grad_tiles(tiles, K, G)
     if sg_group < 0:  # no tile fits the groups: the unmasked gradient in fp32, reduced here
         g_fq = grad_y.to(torch.float32).t() @ x_fq.to(torch.float32)
         v = weight.to(torch.float32) * (1.0 / w_scale.to(torch.float32)).repeat_interleave(
@@ -72,7 +91,7 @@ def wgrad(
         return (g_fq * w_mask).to(grad_y.dtype), grad_s
     n_tiles = cdiv(K, tiles[1])
     part = new_empty((N, G if sg_group else n_tiles), torch.float32, grad_y.device)
-    grad_w = float_mm(a, x_fq, tiles=tuple(tiles), mask=w_mask, tma=tma,
+    grad_w = float_mm(a, x_fq, tiles=tiles, mask=w_mask, tma=tma,
                       scale_grad=(weight, w_scale, qmin, qmax, sg_group, part))  # fmt: skip
     if sg_group:
         return grad_w, part

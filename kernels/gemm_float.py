@@ -20,7 +20,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, cdiv, dot_in_fp32, dtype_code, new_empty, rint, swizzle
+from ._common import (
+    PTX_ASM,
+    cast_to_dt,
+    cdiv,
+    dot_in_fp32,
+    dtype_code,
+    new_empty,
+    rint,
+    swizzle,
+)
 
 NO_MASK, MASK_BYTES, MASK_BITS = 0, 1, 2
 
@@ -35,6 +44,22 @@ def _dot(a, b, acc, DT: tl.constexpr, DOT_FP32: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _keep_where(acc, b_keep):
+    """``acc`` where the mask byte / bit ``b_keep`` is set, else +0.0 (the STE mask; NaN and inf
+    are zeroed too, as ``torch.where`` does). On NVIDIA GPUs one inline ``selp.f32`` per element:
+    LLVM sinks a plain select past the cast to the output dtype, and ptxas then serializes every
+    wgmma of the hot loop (C7514: "non wgmma instructions reading accumulator registers"), so
+    no MMA group stays in flight; the plain form (the CPU tests run it) computes the same bits."""
+    if PTX_ASM:
+        return tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; selp.f32 $0, $1, 0f00000000, p; }",
+            "=r,r,r", [acc, b_keep.to(tl.int32)], dtype=tl.float32, is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        return tl.where(b_keep != 0, acc, 0.0)
 
 
 @triton.jit
@@ -126,8 +151,15 @@ def _float_mm_kernel(
         o_mw, o_nw = o_m % M, o_n % N
         p_w = w_ptr + o_mw[:, None] * stride_wr + o_nw[None, :] * stride_wc
         b_w = tl.load(p_w).to(tl.float32)
-        b_s = tl.load(s_ptr + o_mw[:, None] * stride_sr + (o_nw // w_group)[None, :] * stride_sg)
-        b_v = b_w * tl.div_rn(tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32), b_s)
+        if SG_GROUP == 0:  # the tile lies in one group: one scale per row, 1/s per row
+            g0 = (pid_n * BLOCK_N) // w_group
+            b_s = tl.load(s_ptr + o_mw * stride_sr + g0 * stride_sg)  # [BM]
+            b_v = b_w * tl.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), b_s)[:, None]
+        else:  # whole groups of SG_GROUP columns: a constexpr group index per column
+            b_s = tl.load(
+                s_ptr + o_mw[:, None] * stride_sr + (o_nw // SG_GROUP)[None, :] * stride_sg
+            )
+            b_v = b_w * tl.div_rn(tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32), b_s)
         b_q = tl.minimum(tl.maximum(rint(b_v), QMIN), QMAX)
         b_t = tl.where(b_keep != 0, b_q - b_v, b_q)
         b_c = tl.where(m_out, acc * b_t, 0.0)
@@ -139,7 +171,7 @@ def _float_mm_kernel(
             m_g = (o_m < M)[:, None] & (o_g < N // SG_GROUP)[None, :]
             tl.store(part_ptr + o_m[:, None] * stride_pr + o_g[None, :], b_p, mask=m_g)
     if MASK != 0:
-        acc = tl.where(b_keep != 0, acc, 0.0)
+        acc = _keep_where(acc, b_keep)
     if HAS_BIAS:  # fp32 accumulator + bias, one rounding to dt (as F.linear's epilogue)
         acc += tl.load(bias_ptr + o_n % N).to(tl.float32)[None, :]
     tl.store(c_ptr + o_m[:, None] * stride_cm + o_n[None, :], cast_to_dt(acc, DT), mask=m_out)

@@ -10,7 +10,8 @@ tt.divisibility=16; ints equal to 1 -> constexpr). :func:`capture` and :func:`sp
 place in the repo that knows how a launch specializes (tests/_compile_for_gpu.py imports them).
 
 Columns: tc: wgmma (HGMMA/IGMMA) / mma.sync (HMMA/IMMA) / none; wait: WARPGROUP.DEPBAR.LE depth in
-the hot loop (0: each wgmma group is waited for at once); operands: TMA / cp.async (LDGSTS) / LDG in
+the hot loop (0: each wgmma group is waited for at once; "0 (ptxas)": ptxas serialized the
+wgmma, its reason in the JSON's ``wgmma_serialized``); operands: TMA / cp.async (LDGSTS) / LDG in
 the hot loop; ld bits: widths of the hot loop's global loads; stages: async-copy buffer depths
 (TTGIR); regs, spill: the ptxas -v log of the compile itself; loop: SASS instructions per iteration
 (and thread) of the hot loop (the outermost back-edge loop with the most MMA, else the biggest
@@ -444,6 +445,25 @@ def variants() -> list[Variant]:
             tile = tuple(bmnk[i] for i in layout)  # (out rows, out cols, reduction)
             add(f"{kern}{sfx}", kern, _cfg_label(cfg, tile), call, head,
                 anchor(dt, tile, cfg, kern) if head else None, tile=tile, config=cfg)  # fmt: skip
+    # range learning (learned weight scales): wgrad's scale-gradient epilogue, per channel (one
+    # group per tile) and int4 group 32 (several whole groups per tile), bf16
+    for group, what in ((K, "per-channel"), (32, "int4 group 32")):
+
+        def call_sg(group=group):
+            cfg = default_config("wgrad", (M, N, K), False, 0, 2, major)
+            xf, qw = x_fq(BF16), weight(BF16, group, backward=True)[1]()
+            bits = 8 if group == K else 4
+            pool = dict(grad_y=T(((M, N), BF16)), x_fq=xf, w_mask=qw.mask, config=cfg,
+                        weight=T(((N, K), BF16)), w_scale=T(((N, K // group), F32)),
+                        qmin=-(1 << (bits - 1)), qmax=(1 << (bits - 1)) - 1)  # fmt: skip
+            call_by_name(gemm_backward.wgrad, pool)
+
+        cfg = default_config("wgrad", (M, N, K), False, 0, 2, major)
+        tiles = gemm_backward.scale_grad_tiles(
+            gemm_backward.tiles_of(cfg, "BLOCK_N", "BLOCK_K", "BLOCK_M"), K, K // group
+        )[1]
+        add(f"wgrad scale-grad {what}", "wgrad", _cfg_label(cfg, tiles[:3]), call_sg, False,
+            tile=tiles[:3], config=cfg)  # fmt: skip
     # the tutorial's own tile, for scale
     anchor(BF16, (128, 256, 64), {"num_warps": 8, "num_stages": 3}, "fwd")
     anchor(I8, (128, 256, 64), {"num_warps": 8, "num_stages": 3}, "fwd")
@@ -631,6 +651,10 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         "helpers": dict(helpers.most_common(4)), "hot_lines": hot,
         "seconds": round(time.time() - t0, 1),
     }  # fmt: skip
+    # ptxas's own word when it serializes wgmma (C7514 / C7515 ...: each group waited for at once)
+    row["wgmma_serialized"] = next((ln.split("Potential Performance Loss:")[-1].strip()
+                                    for ln in log.splitlines() if "wgmma.mma_async" in ln
+                                    and "serialized" in ln), None)  # fmt: skip
     row["scope"] = "kernel" if len(loop) == len(insns) else "loop"
     row["out_of_line"] = out_of_line
     if v.family in ("quantize", "dequantize"):
@@ -695,7 +719,8 @@ def _cells(r: dict) -> list[str]:
         return [r["label"], f"FAILED {r['error'][:150].replace('|', '/')}"] + [""] * (len(HEAD) - 2)
     shapes = ",".join(".".join(m.split(".")[:3]) for m in r["mma"]) or "-"
     j = lambda xs: ",".join(map(str, xs)) or "-"  # noqa: E731
-    return [r["label"], r["tc"], shapes, j(r["wait"]), r["operands"], j(r["ld_bits"]), r["stages"],
+    wait = j(r["wait"]) + (" (ptxas)" if r.get("wgmma_serialized") else "")
+    return [r["label"], r["tc"], shapes, wait, r["operands"], j(r["ld_bits"]), r["stages"],
             str(r["regs"]), f"{r['spill_store']}/{r['spill_load']}", f"{r['smem'] / 1024:.0f}",
             str(r["loop_insns"])] + [str(r["classes"][c]) for c in CLASS_NAMES if c != "gst"] + [
             "-" if r["ni_kmac"] is None else f"{r['ni_kmac']:.1f}",

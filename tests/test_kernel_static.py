@@ -37,6 +37,13 @@ def _x_128bit(r):
     return r["ld_bits"] == [128]
 
 
+def _mma_in_flight(r):
+    """An fp32-accumulator wgmma (HGMMA) loop keeps a group in flight while the next is issued
+    (WARPGROUP.DEPBAR.LE 1 or deeper) and ptxas did not serialize it (C7514: an epilogue select
+    on the accumulator did, until gemm_float's ``_keep_where``)."""
+    return bool(r["wait"]) and min(r["wait"]) >= 1 and not r.get("wgmma_serialized")
+
+
 QUANTIZE_PER_ELEMENT = 12  # SASS instructions per element of x, the whole kernel per thread
 
 
@@ -48,6 +55,7 @@ CHECKS = {
     "wgmma": _wgmma,
     "no_spill": _no_spill,
     "near_anchor": _near_anchor,
+    "mma_in_flight": _mma_in_flight,
     "x_128bit": _x_128bit,
     "lean_quantize": _lean_quantize,
 }
@@ -62,6 +70,8 @@ def applies(check: str, r: dict) -> bool:
         return True
     if check == "near_anchor":
         return gemm and r["headline"]
+    if check == "mma_in_flight":  # int32 accumulators: Triton keeps no IGMMA in flight (its limit)
+        return gemm and bool(r["mma"]) and all(m.startswith("HGMMA") for m in r["mma"])
     return r["family"] == "quantize" and r["headline"]  # x_128bit, lean_quantize
 
 
