@@ -83,7 +83,38 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _bits_max(b_raw, DT: tl.constexpr, REDUCE16: tl.constexpr):
+def _group_view(b_t, SPLIT: tl.constexpr):
+    """A tile [SPLIT * BR, E] whose row ``q * BR + g`` holds columns [q E, (q + 1) E) of group g
+    as [SPLIT, BR, E] (free: a thread's rows of one group stay in its registers)."""
+    if SPLIT == 1:
+        return b_t
+    else:
+        return tl.reshape(b_t, [SPLIT, b_t.shape[0] // SPLIT, b_t.shape[1]])
+
+
+@triton.jit
+def _group_max(b_t, SPLIT: tl.constexpr):
+    """Per group, the maximum of a tile's elements in their own type (``tl.reduce``, which keeps
+    16-bit integers 16-bit): axis 1 of a [BR, BC] tile, or of a split tile (:func:`_group_view`)
+    over the split axis first (in registers), then the columns."""
+    if SPLIT == 1:
+        return tl.reduce(b_t, 1, _max_combine)
+    else:
+        return tl.reduce(tl.reduce(_group_view(b_t, SPLIT), 0, _max_combine), 1, _max_combine)
+
+
+@triton.jit
+def _tile_rows(v, SPLIT: tl.constexpr):
+    """A per-group vector [BR] as the per-row vector [SPLIT * BR] of a split tile (row q BR + g
+    takes group g's value; in registers)."""
+    if SPLIT == 1:
+        return v
+    else:
+        return tl.reshape(tl.broadcast_to(v[None, :], [SPLIT, v.shape[0]]), [SPLIT * v.shape[0]])
+
+
+@triton.jit
+def _bits_max(b_raw, DT: tl.constexpr, REDUCE16: tl.constexpr, SPLIT: tl.constexpr = 1):
     """Per-row (signed, unsigned) max of the fp32 bits of a tile as loaded (in x's dtype): the
     int32 order of the bits is the float order of the non-negative values (a positive NaN above
     +inf), and the uint32 order puts every negative value above them, the most negative (or a
@@ -94,15 +125,24 @@ def _bits_max(b_raw, DT: tl.constexpr, REDUCE16: tl.constexpr):
     and only the two maxima are widened."""
     if DT == 0:
         b_b = b_raw.to(tl.int32, bitcast=True)
-        return tl.max(b_b, axis=1), tl.max(b_b.to(tl.uint32, bitcast=True), axis=1)
+        b_g = _group_view(b_b, SPLIT)
+        if SPLIT == 1:
+            return tl.max(b_b, axis=1), tl.max(b_b.to(tl.uint32, bitcast=True), axis=1)
+        else:
+            t_u = tl.max(tl.max(b_g.to(tl.uint32, bitcast=True), axis=0), axis=1)
+            return tl.max(tl.max(b_g, axis=0), axis=1), t_u
     else:
         b_h = b_raw.to(tl.int16, bitcast=True)
         if COMPILED and REDUCE16:  # kept 16-bit (tl.max widens small integers to int32 first)
-            t_s = tl.reduce(b_h, 1, _max_combine)
-            t_u = tl.reduce(b_h.to(tl.uint16, bitcast=True), 1, _max_combine)
-        else:  # the same maxima (the interpreter's tl.reduce with a Python combine is slow)
+            t_s = _group_max(b_h, SPLIT)
+            t_u = _group_max(b_h.to(tl.uint16, bitcast=True), SPLIT)
+        elif SPLIT == 1:  # the same maxima (the interpreter's tl.reduce is slow)
             t_s = tl.max(b_h, axis=1).to(tl.int16)
             t_u = tl.max(b_h.to(tl.uint16, bitcast=True), axis=1).to(tl.uint16)
+        else:
+            b_g = _group_view(b_h, SPLIT)
+            t_s = tl.max(tl.max(b_g, axis=0), axis=1).to(tl.int16)
+            t_u = tl.max(tl.max(b_g.to(tl.uint16, bitcast=True), axis=0), axis=1).to(tl.uint16)
         return _widen_bits(t_s, b_raw.dtype, DT), _widen_bits(t_u, b_raw.dtype, DT).to(
             tl.uint32, bitcast=True
         )
@@ -225,10 +265,27 @@ def _y_consts(b_s, b_z, ok, DT: tl.constexpr, OK_ALWAYS: tl.constexpr):
 
 
 @triton.jit
-def _y_bits(b_rc, ym, sy, orm, DT: tl.constexpr):
+def _y_bits(b_rc, ym, sy, orm, DT: tl.constexpr, MUL16: tl.constexpr = False):
     """y = dt((rc - ym) * sy) | orm, as dt: rc - ym is exact; the rounding to dt is
     round-to-nearest-even on the GPU (the hardware cast) and under the interpreter (bf16 at the
-    bit level there, as round_to_bf16, without its NaN test: y is never NaN before orm)."""
+    bit level there, as round_to_bf16, without its NaN test: y is never NaN before orm).
+
+    MUL16 (a 16-bit dt on a GPU whose rows have no orm: OK_ALWAYS, sm_90 for bf16): the product
+    in dt itself, two elements per ``mul.rn.{bf16,f16}x2``. k = rc - ym is an integer of at most
+    255 in magnitude and sy a dt value (NaN in non-finite rows), both exact in dt, and their
+    product has at most 19 significant bits, exact in fp32: so dt(fp32(k * sy)) and the
+    correctly rounded dt product are the same bits (1.5 instead of 2.5 instructions per
+    element)."""
+    if PTX_ASM and MUL16:
+        dt: tl.constexpr = tl.bfloat16 if DT == 2 else tl.float16
+        b_k = (b_rc - ym[:, None]).to(dt)
+        b_s = tl.broadcast_to(sy.to(dt)[:, None], b_k.shape)
+        if DT == 2:
+            return tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [b_k, b_s],
+                                             dtype=tl.bfloat16, is_pure=True, pack=2)  # fmt: skip
+        else:
+            return tl.inline_asm_elementwise("mul.rn.f16x2 $0, $1, $2;", "=r,r,r", [b_k, b_s],
+                                             dtype=tl.float16, is_pure=True, pack=2)  # fmt: skip
     b_y = (b_rc - ym[:, None]) * sy[:, None]
     if DT == 1:
         b_h = b_y.to(tl.float16).to(tl.int16, bitcast=True) | orm[:, None].to(tl.int16)
@@ -256,6 +313,30 @@ _PACK_ASM = tl.constexpr(
     )
     + " }"
 )
+
+
+# Four mask bytes from 4 (r, rc) pairs, byte k = (r_k == rc_k): one FSETP and one predicated add
+# per element (the plain compare, select and byte packing measured about three).
+_KEEP4_ASM = tl.constexpr(
+    "{ .reg .pred p; setp.eq.f32 p, $1, $5; selp.b32 $0, 1, 0, p; "
+    + " ".join(
+        f"setp.eq.f32 p, ${1 + k}, ${5 + k}; @p or.b32 $0, $0, {1 << 8 * k};" for k in (1, 2, 3)
+    )
+    + " }"
+)
+
+
+@triton.jit
+def _keep_bytes(b_r, b_rc, ASM_PACK4: tl.constexpr):
+    """The STE mask as 0/1 bytes, r == rc (a NaN r is never equal): inline PTX on NVIDIA GPUs
+    (``_KEEP4_ASM``; ASM_PACK4: a thread holds a multiple of 4 elements), the same compare in
+    plain Triton elsewhere (the CPU tests run it)."""
+    if PTX_ASM and ASM_PACK4:
+        return tl.inline_asm_elementwise(
+            _KEEP4_ASM, "=r,f,f,f,f,f,f,f,f", [b_r, b_rc], dtype=tl.uint8, is_pure=True, pack=4
+        )
+    else:
+        return tl.where(b_rc == b_r, 1, 0).to(tl.uint8)
 
 
 @triton.jit
@@ -334,6 +415,7 @@ def _quantize_rows_kernel(
     FULL_TILE: tl.constexpr,
     SUM_MODE: tl.constexpr,
     SUM_GROUP: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -346,6 +428,8 @@ def _quantize_rows_kernel(
     # to 0): no row's mask is cleared and no row's values are +inf (``ok`` holds everywhere)
     OK_ALWAYS: tl.constexpr = NAN_PER_ROW and QMIN <= NAN_ZP and NAN_ZP <= QMAX
     X_BYTES: tl.constexpr = 4 if DT == 0 else 2
+    # y's product in dt, two per instruction (_y_bits): 16-bit dt, no row OR-ed (bf16: sm_90)
+    MUL16: tl.constexpr = OK_ALWAYS and (DT == 1 or (DT == 2 and REDUCE16))
     pid = tl.program_id(0)
     n_bytes = (C + 7) // 8
     o_c = tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]; col * stride can pass 2**31 (x.T)
@@ -353,10 +437,16 @@ def _quantize_rows_kernel(
         # rows of groups (the launcher's GROUP_ROWS: a power-of-two group, GROUP == BLOCK_C): the
         # program owns row pid and each tile row is one of its groups, BLOCK_R per step, so a
         # thread holds whole 16-byte vectors of one group and no column of the tile is padding
+        # SPLIT > 1 (the launcher's split): a group is SPLIT tile rows of BLOCK_C columns, tile row
+        # q * BLOCK_R + j holding columns [q BLOCK_C, (q + 1) BLOCK_C) of the step's group j, so
+        # that each thread's rows are one group's (its qparams computed once per thread, reduced
+        # in its registers and across the few threads of the group)
         tl.static_assert(ONE_SWEEP and not PACK_MASK and SUM_MODE <= 0)
+        tl.static_assert(SPLIT == 1 or (NAN_PER_ROW and SUM_MODE < 0))
         row = pid.to(tl.int64)
-        m_r = tl.full([BLOCK_R], True, tl.int1)  # every tile row exists (BLOCK_R divides G)
-        n_groups = C // (BLOCK_R * BLOCK_C)  # steps
+        m_r = tl.full([BLOCK_R], True, tl.int1)  # every group of the step exists (BLOCK_R | G)
+        m_t = tl.full([SPLIT * BLOCK_R], True, tl.int1)  # and so every tile row
+        n_groups = C // (BLOCK_R * BLOCK_C * SPLIT)  # steps
         group_n = BLOCK_C  # a compile-time group length: whole 16-byte vectors, no padding
     else:
         o_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
@@ -367,15 +457,17 @@ def _quantize_rows_kernel(
         else:
             m_r = o_r < R
             group_n = GROUP
-    # ONE_SWEEP: the group fits one tile, read from memory once and kept in registers
+        m_t = m_r  # one tile row per row    # ONE_SWEEP: the group fits one tile, read from memory once and kept in registers
     GROUP_END = BLOCK_C if ONE_SWEEP else group_n
     for g in range(0, n_groups):
         # [BR] offsets of each tile row's group: in x, in the [R, C] outputs, in the [R, G] qparams
         if GROUP_ROWS:
             o_g = g * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)  # [BR] this step's groups
-            x_base = row * stride_xr + o_g * (BLOCK_C * stride_xc)
-            out_base = row * C + o_g * BLOCK_C
             o_q = row * stride_qr + o_g * stride_qg
+            o_t = tl.arange(0, SPLIT * BLOCK_R).to(tl.int64)  # [SPLIT BR] tile rows
+            t_col = (g * BLOCK_R + o_t % BLOCK_R) * (SPLIT * BLOCK_C) + (o_t // BLOCK_R) * BLOCK_C
+            x_base = row * stride_xr + t_col * stride_xc
+            out_base = row * C + t_col
         else:
             col0 = g * GROUP
             x_base = o_r * stride_xr + col0 * stride_xc
@@ -384,7 +476,7 @@ def _quantize_rows_kernel(
         if ONE_SWEEP:
             m_c1 = o_c < group_n
             p_x1 = x_ptr + x_base[:, None] + o_c[None, :] * stride_xc
-            b_raw1 = tl.load(p_x1, mask=m_r[:, None] & m_c1[None, :], other=0.0)
+            b_raw1 = tl.load(p_x1, mask=m_t[:, None] & m_c1[None, :], other=0.0)
             b_x1 = _to_f32(b_raw1, DT)
         if HAS_QPARAMS:
             b_s = tl.load(scale_ptr + o_q, mask=m_r, other=1.0)
@@ -415,7 +507,7 @@ def _quantize_rows_kernel(
                     b_abs = b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
                     b_nan = tl.maximum(b_nan, tl.max(b_abs, axis=1))
                 else:
-                    t_ms, t_mu = _bits_max(b_raw, DT, REDUCE16)
+                    t_ms, t_mu = _bits_max(b_raw, DT, REDUCE16, SPLIT)
                     b_ms = tl.maximum(b_ms, t_ms)
                     b_mu = tl.maximum(b_mu, t_mu)
             if ASYM_WEIGHT:
@@ -464,10 +556,16 @@ def _quantize_rows_kernel(
             _, _, code0 = _round_codes(b_zero, b_inv, lo, hi, kc, NAN_PER_ROW, CODE_OFFSET)
             code0 = tl.sum(code0, axis=1)
             b_sum = tl.zeros([BLOCK_R], dtype=tl.int32)
+        if SPLIT > 1:  # per group -> per tile row (in registers)
+            b_inv, lo, hi, kc, ok = (_tile_rows(b_inv, SPLIT), _tile_rows(lo, SPLIT),
+                                     _tile_rows(hi, SPLIT), _tile_rows(kc, SPLIT),
+                                     _tile_rows(ok, SPLIT))  # fmt: skip
+            if WRITE_Y:
+                ym, sy, orm = _tile_rows(ym, SPLIT), _tile_rows(sy, SPLIT), _tile_rows(orm, SPLIT)
         # sweep 2: codes, mask, code sums, fake-quantized values
         for c0 in range(0, GROUP_END, BLOCK_C):
             m_c = (c0 + o_c) < group_n
-            m_rc = m_r[:, None] & m_c[None, :]
+            m_rc = m_t[:, None] & m_c[None, :]
             if ONE_SWEEP:
                 b_x = b_x1
             else:
@@ -497,7 +595,7 @@ def _quantize_rows_kernel(
                 tl.store(codes_ptr + o_rc, _to_int8(b_code, pack4), mask=m_rc)
             if WRITE_Y:
                 if NAN_PER_ROW:
-                    b_yd = _y_bits(b_rc, ym, sy, orm, DT)
+                    b_yd = _y_bits(b_rc, ym, sy, orm, DT, MUL16)
                 else:
                     b_q = (b_rc - MAGIC) + b_z.to(tl.float32)[:, None]  # clamped code (exact)
                     b_zpf = b_zpi.to(tl.float32)[:, None]
@@ -530,11 +628,13 @@ def _quantize_rows_kernel(
                         m_m = m_r[:, None] & (o_byte < n_bytes)[None, :]
                     tl.store(p_m, b_byte.to(tl.uint8), mask=m_m)
             elif WRITE_MASK and c0 < C:  # always true: a block boundary for the compares, as above
-                b_keep = tl.where(b_rc == b_r, 1, 0) & tl.where(ok, 1, 0)[:, None]  # NaN r: 0
+                b_keep = _keep_bytes(b_r, b_rc, ASM_PACK4)
+                if not OK_ALWAYS:  # rows whose zero point is out of range keep nothing
+                    b_keep = b_keep & tl.where(ok, 1, 0).to(tl.uint8)[:, None]
                 o_m = o_rc
                 if WRITE_Y:
                     o_m = tl.max_contiguous(o_rc, [1, 16 // X_BYTES])
-                tl.store(mask_ptr + o_m, b_keep.to(tl.uint8), mask=m_rc)
+                tl.store(mask_ptr + o_m, b_keep, mask=m_rc)
         if SUM_MODE == 0:
             tl.store(sum_ptr + o_q, b_sum, mask=m_r)
 
@@ -587,6 +687,30 @@ def sum_layout(group_size: int, sum_group: int, block_c: int) -> tuple[int, int]
     if low >= 8:
         return 1, low
     return -1, block_c
+
+
+def group_split(
+    groups: int, group_size: int, num_warps: int, elem_bytes: int, write_codes: bool
+) -> int:
+    """How many tile rows a group of rows-of-groups mode spans (the kernel's SPLIT): with
+    ``groups`` groups of ``group_size`` per step over ``num_warps`` warps, a thread holds
+    ``per_thread`` elements in 16-byte vectors, and the tile's default layout spreads each tile
+    row over threads first. Split into ``per_thread / vector`` rows, each group lies in the
+    registers of ``group_size / per_thread`` threads (one 16-byte vector of each row per
+    thread), not of ``group_size / vector`` threads that each repeat its qparams for several
+    groups (a thread holding two or more of them holds each whole). 1 where a thread holds a
+    whole group or less, or a partial vector. A tile row spans at least 4 threads where int8
+    codes are stored, else 2: at 2 (bf16 g128, 64 per thread) the codes' 16-byte stores want
+    another layout than the loads, and the 16-bit maxima went through shared memory (11.97
+    SASS per element against 8.47 at 4); without codes 2 measured shorter (11.98 against 12.88,
+    perf/kernel_static.py)."""
+    vec = 16 // elem_bytes
+    per_thread = groups * group_size // (32 * num_warps)
+    if per_thread < vec or per_thread >= group_size or per_thread % vec:
+        return 1
+    if group_size % per_thread or (group_size // per_thread) > 32:
+        return 1
+    return max(1, min(per_thread // vec, group_size // ((4 if write_codes else 2) * vec)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -691,6 +815,9 @@ def quantize_rows(
     )
     if group_rows:
         block_r, block_c = min(per_tile, n_groups & -n_groups), group_size
+    split = group_split(block_r, group_size, config["num_warps"], x.element_size(), write_codes) if (
+        group_rows and not write_sums and not has_qparams and not (asym_weight and not symmetric)
+        and qmin < 0 <= qmax) else 1  # fmt: skip
     grid = (R if group_rows else cdiv(R, block_r),)
     major = capability_major(x)
     _quantize_rows_kernel[grid](
@@ -733,8 +860,9 @@ def quantize_rows(
         FULL_TILE=group_rows or (group_size == block_c and R % block_r == 0),
         SUM_MODE=max(sum_mode, 0) if write_sums else -1,
         SUM_GROUP=sum_group,
+        SPLIT=split,
         BLOCK_R=block_r,
-        BLOCK_C=block_c,
+        BLOCK_C=block_c // split,
         num_warps=config["num_warps"],
         enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
     )

@@ -368,7 +368,7 @@ def variants() -> list[Variant]:
     # fake_quantize (with y) at every dtype and flag (per-tensor / torch.ao: given qparams)
     for dt in (F32, F16, BF16):
         for sym, given, pack in ((s, g, p) for s in (False, True) for g in (False, True) for p in (False, True)):  # fmt: skip
-            cfg = fit_quantize(default_config("quantize", (M, K), interpret=False), True)
+            cfg = fit_quantize(default_config("quantize", (M, K), interpret=False), True, given)
             pool = dict(x=T(((M, K), dt)), qmin=0 if given and not sym else -128,
                         qmax=255 if given and not sym else 127, group_size=K, symmetric=sym,
                         pack_mask=pack, config=cfg, with_y=True)  # fmt: skip

@@ -92,16 +92,6 @@ KNOWN_GAPS = {
     ("fwd MODE 2 int4 group 8 fp16", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8 fp32", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8", "near_anchor"): "2474 SASS/iter vs 58: 42.7x",
-    # quantize (the others: activation 11.88, forward weights 8.7 / 11.2 / 10.4 / 11.7 SASS per
-    # element per channel / group 128 / 32 / 8, the whole kernel per thread): the backward's
-    # re-derivation of the weight writes its fake-quantized values (y) and a byte mask besides the
-    # codes' work, at 32 elements per thread (with y, 64 spill), and a group of 128 spans 16
-    # threads that each repeat its qparams and shuffle reductions
-    ("quantize weight per-channel, backward (y, no codes)", "lean_quantize"): "14.12 per element",
-    (
-        "quantize weight int4 group 128, backward (y, no codes)",
-        "lean_quantize",
-    ): "19.91 per element",
 }
 
 

@@ -418,3 +418,40 @@ def test_small_groups_as_tile_rows_match_twin(group, symmetric, transposed, dtyp
     got = quantize_rows(w, qmin, qmax, group, symmetric, group_major=True, **kw)
     want = quantize_rows_ref(w, qmin, qmax, group, symmetric, **kw)
     _assert_same(got, want, "groups as rows")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dt_id)
+@pytest.mark.parametrize("block_r", [8, 16], ids=["32-per-thread", "64-per-thread"])
+@pytest.mark.parametrize("write_codes", [False, True], ids=["backward", "forward"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_split_groups_match_twin(block_r, write_codes, symmetric, dtype, device):
+    """Rows of groups split into several tile rows per group (the kernel's SPLIT, so that a
+    thread holds one group's elements: kernels/quantize.py ``group_split``), as the backward's
+    weight re-derivation (y and byte mask, no codes) and the forward's weight (codes, no sums)
+    run them: codes, scales, masks and y bit-exact against the twin, NaN / inf / huge / constant
+    groups included."""
+    from triton_qat.kernels.quantize import group_split
+    from triton_qat.kernels.quantize import quantize_rows as launch
+
+    torch.manual_seed(0)
+    big = 6.0e4 if dtype == torch.float16 else 3.0e38
+    w = torch.randn(5, 1024) * 0.05
+    w[1, 5], w[1, 300] = NAN, INF
+    w[2, 1000] = -INF
+    w[3, 128:256] = torch.linspace(-big, big, 128)  # a huge scale
+    w[3, 256:384] = 0.25  # a constant group: scale eps
+    w[4, 512:640] = 0.0
+    w = w.to(dtype).to(device)
+    config = {"BLOCK_R": block_r, "BLOCK_C": 128, "num_warps": 1}
+    assert group_split(block_r, 128, 1, w.element_size(), write_codes) > 1  # SPLIT really runs
+    kw = dict(pack_mask=False, with_y=True, write_codes=write_codes, write_sums=False,
+              write_zero_point=not symmetric)  # fmt: skip
+    got = launch(w, -8, 7, 128, symmetric, config=config, group_major=True, **kw)
+    want = quantize_rows_ref(w, -8, 7, 128, symmetric, pack_mask=False, with_y=True)
+    for name in (
+        ("scale", "mask", "y")
+        + (("codes",) if write_codes else ())
+        + (() if symmetric else ("zero_point",))
+    ):
+        a, b = getattr(got, name), getattr(want, name)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=name)

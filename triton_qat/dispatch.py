@@ -105,7 +105,9 @@ def quantize_rows(
             if write_zero_point or scale is not None
             else q.zero_point.new_empty((x.shape[0], 0)),
         )
-    config = autotune.quantize_config(x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y)
+    config = autotune.quantize_config(
+        x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y, scale is not None
+    )
     return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config,
                           write_codes=write_codes, group_major=group_major, write_mask=write_mask,
                           write_sums=write_sums, write_zero_point=write_zero_point, **kw)  # fmt: skip
