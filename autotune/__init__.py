@@ -130,18 +130,18 @@ def quantize_config(
     dtype=None,
     pack_mask: bool = True,
     with_y: bool = False,
-    given_qparams: bool = False,
+    y_per_row: bool = False,
 ) -> dict:
     """Tile for the quantize kernel: ``BLOCK_R`` rows x ``BLOCK_C`` columns of one group per step;
-    ``with_y``: the call writes the fake-quantized values too, of given qparams with
-    ``given_qparams`` (fitted by ``fit_quantize``)."""
+    ``with_y``: the call writes the fake-quantized values too, through the per-row NaN path with
+    ``y_per_row`` (fitted by ``fit_quantize``)."""
 
     def compute() -> tuple[str, dict]:
         key = quantize_key(rows, group_size, dtype, pack_mask)
         default = default_config("quantize", (rows, group_size), INTERPRET)
-        return key, fit_quantize(_lookup(key, device, default), with_y, given_qparams)
+        return key, fit_quantize(_lookup(key, device, default), with_y, y_per_row)
 
-    memo = ("quantize", rows, group_size, dtype, pack_mask, with_y, given_qparams)
+    memo = ("quantize", rows, group_size, dtype, pack_mask, with_y, y_per_row)
     return _fitted(memo, device, compute)
 
 

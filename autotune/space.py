@@ -356,7 +356,7 @@ def quantize_default(rows: int, group_size: int) -> dict:
     """A group up to 16384 elements fits one tile (x read once, ONE_SWEEP), about 4096 elements
     per program, 64 per thread (eight 16-byte bf16 loads): the per-row work (reductions across
     warps, qparams, two IEEE divisions) is spread over twice as many elements as at 32
-    (:func:`fit_quantize` halves that where the fake-quantized values of given qparams are
+    (:func:`fit_quantize` halves that where fake-quantized values computed per element are
     written too: those variants spill at 64). A power-of-two group narrower than the row runs as rows of groups
     (kernels/quantize.py), up to 256 of them per tile; other groups narrower than 32 columns
     keep 8 elements per thread (their 16-bit loads spill at 32). perf/kernel_static.py measures
@@ -372,20 +372,22 @@ def quantize_default(rows: int, group_size: int) -> dict:
 
 
 # Elements a thread of the quantize kernel holds: 64 for codes / mask / sums, and where it also
-# writes the fake-quantized values of qparams it computes (the backward's weight: 168 registers
-# per channel, no spill); at most 32 where it writes them for given qparams (those variants use
-# 255 registers and spill at 64; perf/kernel_static.py --all).
-QUANTIZE_PER_THREAD, QUANTIZE_PER_THREAD_WITH_Y, QUANTIZE_PER_THREAD_GIVEN_Y = 64, 64, 32
+# writes the fake-quantized values through the per-row NaN path (family-1 qparams the kernel
+# computes for a range holding 0, qmin < 0 <= qmax: the backward's weight, 168 registers per
+# channel, no spill); at most 32 where the values are computed per element (given qparams,
+# torchao's asymmetric weights, ranges without 0: those use 255 registers and spill at 64;
+# perf/kernel_static.py --all).
+QUANTIZE_PER_THREAD, QUANTIZE_PER_THREAD_WITH_Y, QUANTIZE_PER_THREAD_Y_PER_ELEMENT = 64, 64, 32
 
 
-def fit_quantize(config: dict, with_y: bool, given_qparams: bool = False) -> dict:
+def fit_quantize(config: dict, with_y: bool, y_per_row: bool = False) -> dict:
     """``config`` as the quantize kernel should run it: with ``with_y`` (the fake-quantized values
     written too), more warps until a thread holds at most QUANTIZE_PER_THREAD_WITH_Y elements
-    (QUANTIZE_PER_THREAD_GIVEN_Y with ``given_qparams``); the tile is unchanged, at most 16 warps.
-    A tuned config is fitted the same way."""
+    where ``y_per_row`` (see above), else QUANTIZE_PER_THREAD_Y_PER_ELEMENT; the tile is
+    unchanged, at most 16 warps. A tuned config is fitted the same way."""
     if not with_y:
         return config
-    cap = QUANTIZE_PER_THREAD_GIVEN_Y if given_qparams else QUANTIZE_PER_THREAD_WITH_Y
+    cap = QUANTIZE_PER_THREAD_WITH_Y if y_per_row else QUANTIZE_PER_THREAD_Y_PER_ELEMENT
     warps = config["num_warps"]
     tile = config["BLOCK_R"] * config["BLOCK_C"]
     while warps < 16 and tile > 32 * warps * cap:

@@ -42,15 +42,24 @@ def dgrad(
 def scale_grad_tiles(tiles: tuple, K: int, n_groups: int) -> tuple[int, tuple]:
     """(SG_GROUP, tiles) of wgrad's scale-gradient epilogue: ``tiles`` (:func:`tiles_of`, C's
     terms) with the column tile fitted to the weight's ``n_groups`` groups per row of K
-    (:func:`scale_grad_layout`; SG_GROUP -1: no tile fits) and the rows halved until a thread
-    holds at most :data:`SCALE_GRAD_ACC` accumulator elements: the epilogue holds the weight
-    tile, its codes and the products beside the fp32 accumulator."""
-    rows, cols, *rest = tiles
+    (:func:`scale_grad_layout`; SG_GROUP -1: no tile fits, tiles unchanged), then made small
+    enough that a thread holds at most :data:`SCALE_GRAD_ACC` accumulator elements (the epilogue
+    holds the weight tile, its codes and the products beside the fp32 accumulator): rows halved
+    down to 64 (a warpgroup's wgmma rows), then columns while the groups still fit, then rows."""
+    rows, cols, red, group_m, warps, stages = tiles
     sg_group, cols = scale_grad_layout(K, n_groups, cols)
-    warps = rest[1]
-    while rows * cols > SCALE_GRAD_ACC * 32 * warps and rows > 16:
-        rows //= 2
-    return sg_group, (rows, cols, *rest)
+
+    def over() -> bool:
+        return rows * cols > SCALE_GRAD_ACC * 32 * warps
+
+    if sg_group >= 0:
+        while over() and rows > 64:
+            rows //= 2
+        while over() and cols > 16 and scale_grad_layout(K, n_groups, cols // 2)[1] == cols // 2:
+            sg_group, cols = scale_grad_layout(K, n_groups, cols // 2)
+        while over() and rows > 16:
+            rows //= 2
+    return sg_group, (rows, cols, red, group_m, warps, stages)
 
 
 def wgrad(

@@ -457,7 +457,8 @@ def _quantize_rows_kernel(
         else:
             m_r = o_r < R
             group_n = GROUP
-        m_t = m_r  # one tile row per row    # ONE_SWEEP: the group fits one tile, read from memory once and kept in registers
+        m_t = m_r  # one tile row per row
+    # ONE_SWEEP: the group fits one tile, read from memory once and kept in registers
     GROUP_END = BLOCK_C if ONE_SWEEP else group_n
     for g in range(0, n_groups):
         # [BR] offsets of each tile row's group: in x, in the [R, C] outputs, in the [R, G] qparams
@@ -598,11 +599,12 @@ def _quantize_rows_kernel(
                     b_yd = _y_bits(b_rc, ym, sy, orm, DT, MUL16)
                 else:
                     b_q = (b_rc - MAGIC) + b_z.to(tl.float32)[:, None]  # clamped code (exact)
-                    b_zpf = b_zpi.to(tl.float32)[:, None]
+                    # (not b_zpf: a loop-carried [BR] value of the asymmetric-weight qparams)
+                    b_zpt = b_zpi.to(tl.float32)[:, None]
                     if ASYM_WEIGHT:  # dt(q) - dt(zp) in dt: the zero point is not bounded
-                        b_y = round_to_dt(b_q - round_to_dt(b_zpf, DT), DT) * b_s[:, None]
+                        b_y = round_to_dt(b_q - round_to_dt(b_zpt, DT), DT) * b_s[:, None]
                     else:
-                        b_y = (b_q - b_zpf) * b_s[:, None]
+                        b_y = (b_q - b_zpt) * b_s[:, None]
                     b_y = tl.where(b_r == b_r, b_y, float("nan"))  # NaN product: so is y
                     b_yd = cast_to_dt(b_y, DT)
                 tl.store(y_ptr + o_rc, b_yd, mask=m_rc)

@@ -319,7 +319,7 @@ def variants() -> list[Variant]:
         """The weight's quantize as the op calls it; ``sums`` (default: as the op decides) the
         code sums, which only the int8 forward path reads (not the dequantized one)."""
         bits = 8 if group == K else 4
-        cfg = fit_quantize(default_config("quantize", (N, group), interpret=False), backward)
+        cfg = fit_quantize(default_config("quantize", (N, group), interpret=False), backward, True)
         pool = dict(x=T(((N, K), dt)), qmin=-(1 << (bits - 1)), qmax=(1 << (bits - 1)) - 1,
                     group_size=group, symmetric=True, pack_mask=False, config=cfg)  # fmt: skip
         if sums is None:
@@ -368,7 +368,7 @@ def variants() -> list[Variant]:
     # fake_quantize (with y) at every dtype and flag (per-tensor / torch.ao: given qparams)
     for dt in (F32, F16, BF16):
         for sym, given, pack in ((s, g, p) for s in (False, True) for g in (False, True) for p in (False, True)):  # fmt: skip
-            cfg = fit_quantize(default_config("quantize", (M, K), interpret=False), True, given)
+            cfg = fit_quantize(default_config("quantize", (M, K), interpret=False), True, not given)
             pool = dict(x=T(((M, K), dt)), qmin=0 if given and not sym else -128,
                         qmax=255 if given and not sym else 127, group_size=K, symmetric=sym,
                         pack_mask=pack, config=cfg, with_y=True)  # fmt: skip
@@ -376,6 +376,14 @@ def variants() -> list[Variant]:
                 pool.update(scale=T(((1, 1), F32)), zero_point=T(((1, 1), I32)))
             add(f"quantize {DT_NAME[dt]} sym={sym} given={given} pack={pack} with y", "quantize",
                 "", lambda pool=pool: call_by_name(quantize.quantize_rows, pool), False, config=cfg)  # fmt: skip
+        # y computed per element from qparams the kernel computes: torchao's asymmetric weights
+        # (int4 g128) and a range without 0 (quint8, g128)
+        for what, qmin, qmax, asym_w in (("asym-weight", -8, 7, True), ("quint8", 0, 255, False)):
+            cfg = fit_quantize(default_config("quantize", (N, 128), interpret=False), True, False)
+            pool = dict(x=T(((N, K), dt)), qmin=qmin, qmax=qmax, group_size=128, symmetric=False,
+                        pack_mask=False, config=cfg, with_y=True, asym_weight=asym_w)  # fmt: skip
+            add(f"quantize {DT_NAME[dt]} {what} g128 with y", "quantize", "",
+                lambda pool=pool: call_by_name(quantize.quantize_rows, pool), False, config=cfg)  # fmt: skip
         # a per-tensor (or torch.ao) activation: given qparams, bit mask, no y, no code sums
         cfg = default_config("quantize", (M, K), interpret=False)
         pool = dict(x=T(((M, K), dt)), qmin=-128, qmax=127, group_size=K, symmetric=False,
@@ -446,11 +454,14 @@ def variants() -> list[Variant]:
             add(f"{kern}{sfx}", kern, _cfg_label(cfg, tile), call, head,
                 anchor(dt, tile, cfg, kern) if head else None, tile=tile, config=cfg)  # fmt: skip
     # range learning (learned weight scales): wgrad's scale-gradient epilogue, per channel (one
-    # group per tile) and int4 group 32 (several whole groups per tile), bf16
-    for group, what in ((K, "per-channel"), (32, "int4 group 32")):
+    # group per tile) and int4 group 32 (several whole groups per tile), bf16, at the default
+    # tile and at a 4-warp one of the curated list (a tuned wgrad config serves it too)
+    four_warps = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 256, "num_warps": 4}
+    for group, what, over in ((K, "per-channel", {}), (32, "int4 group 32", {}),
+                              (K, "per-channel w4", four_warps)):  # fmt: skip
 
-        def call_sg(group=group):
-            cfg = default_config("wgrad", (M, N, K), False, 0, 2, major)
+        def call_sg(group=group, over=over):
+            cfg = {**default_config("wgrad", (M, N, K), False, 0, 2, major), **over}
             xf, qw = x_fq(BF16), weight(BF16, group, backward=True)[1]()
             bits = 8 if group == K else 4
             pool = dict(grad_y=T(((M, N), BF16)), x_fq=xf, w_mask=qw.mask, config=cfg,
@@ -458,7 +469,7 @@ def variants() -> list[Variant]:
                         qmin=-(1 << (bits - 1)), qmax=(1 << (bits - 1)) - 1)  # fmt: skip
             call_by_name(gemm_backward.wgrad, pool)
 
-        cfg = default_config("wgrad", (M, N, K), False, 0, 2, major)
+        cfg = {**default_config("wgrad", (M, N, K), False, 0, 2, major), **over}
         tiles = gemm_backward.scale_grad_tiles(
             gemm_backward.tiles_of(cfg, "BLOCK_N", "BLOCK_K", "BLOCK_M"), K, K // group
         )[1]

@@ -414,10 +414,11 @@ def test_model_shapes_from_factories_and_hugging_face(tmp_path, monkeypatch):
 
 
 def test_quantize_default_threads_and_the_with_y_fit():
-    """64 elements per thread for codes / mask / sums and for fake-quantized values of computed
-    qparams (the backward's weight); where the values of given qparams are written, a thread
-    holds at most 32 (those variants spill at 64: kernel_static --all), for defaults and tuned
-    entries alike, with the tile unchanged."""
+    """64 elements per thread for codes / mask / sums and for fake-quantized values through the
+    per-row NaN path (the backward's weight); where the values are computed per element (given
+    qparams, asymmetric weights, ranges without 0), a thread holds at most 32 (those variants
+    spill at 64: kernel_static --all), for defaults and tuned entries alike, with the tile
+    unchanged."""
     from triton_qat.autotune.space import fit_quantize, quantize_default
 
     def per_thread(c):
@@ -426,19 +427,21 @@ def test_quantize_default_threads_and_the_with_y_fit():
     for rows, group in ((8192, 4096), (4096, 128), (4096, 32), (4096, 14336)):
         cfg = quantize_default(rows, group)
         assert per_thread(cfg) == 64, (rows, group, cfg)
-        assert fit_quantize(cfg, with_y=True) == cfg
-        fitted = fit_quantize(cfg, with_y=True, given_qparams=True)
+        assert fit_quantize(cfg, with_y=True, y_per_row=True) == cfg
+        fitted = fit_quantize(cfg, with_y=True)
         assert {**fitted, "num_warps": cfg["num_warps"]} == cfg
         assert per_thread(fitted) == 32
         assert fit_quantize(cfg, with_y=False) == cfg
     tuned = {"BLOCK_R": 64, "BLOCK_C": 1024, "num_warps": 4}  # 512 per thread
     assert fit_quantize(tuned, with_y=True)["num_warps"] == 16  # capped: 128 per thread
-    assert per_thread(fit_quantize({**tuned, "BLOCK_R": 16}, with_y=True)) == 64
-    assert per_thread(fit_quantize({**tuned, "BLOCK_R": 16}, True, given_qparams=True)) == 32
+    assert per_thread(fit_quantize({**tuned, "BLOCK_R": 16}, True, y_per_row=True)) == 64
+    assert per_thread(fit_quantize({**tuned, "BLOCK_R": 16}, with_y=True)) == 32
     dev = torch.device("cpu")
-    for given in (False, True):
-        assert autotune.quantize_config(64, 256, dev, torch.float32, False, True, given) == (
-            fit_quantize(autotune.quantize_config(64, 256, dev, torch.float32, False), True, given)
+    for per_row in (False, True):
+        assert autotune.quantize_config(64, 256, dev, torch.float32, False, True, per_row) == (
+            fit_quantize(
+                autotune.quantize_config(64, 256, dev, torch.float32, False), True, per_row
+            )
         )
 
 

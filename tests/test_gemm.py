@@ -286,3 +286,21 @@ def test_forward_offsets_past_32_bits_raise():
         check_offsets(8, 4, 128, torch.empty(2**16, 2**16, device="meta")[:, :1], None)
     with pytest.raises(ValueError, match="w_codes"):  # the last row tile passes 2**31
         check_offsets(2**31 - 100, 4, 128, scale, None)
+
+
+def test_scale_grad_tiles_cap_the_accumulator_per_thread():
+    """wgrad's scale-gradient epilogue holds at most SCALE_GRAD_ACC accumulator elements per
+    thread (more spill on sm_90a, kernel_static "wgrad scale-grad"), at every warp count: rows
+    are halved down to 64 first (a warpgroup's wgmma needs them), then columns while the weight's
+    groups still fit the tile; the other tile fields are kept."""
+    from triton_qat.kernels.gemm_backward import SCALE_GRAD_ACC, scale_grad_tiles
+    from triton_qat.kernels.gemm_float import scale_grad_layout
+
+    for n_groups in (1, 32, 256):  # per channel, group 128, group 16 (several per tile)
+        for warps in (1, 4, 8):
+            for rows, cols in ((256, 128), (128, 256), (64, 256), (128, 128), (32, 64)):
+                sg, t = scale_grad_tiles((rows, cols, 64, 8, warps, 3), 4096, n_groups)
+                assert t[2:] == (64, 8, warps, 3)
+                assert (sg, t[1]) == scale_grad_layout(4096, n_groups, t[1])  # still fits
+                assert t[0] * t[1] <= SCALE_GRAD_ACC * 32 * warps or t[0] == 16, (warps, t)
+                assert t[0] >= min(rows, 64) or t[1] == 16 or sg > 0, (n_groups, warps, t)

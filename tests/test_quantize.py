@@ -424,29 +424,43 @@ def test_small_groups_as_tile_rows_match_twin(group, symmetric, transposed, dtyp
 @pytest.mark.parametrize("block_r", [8, 16], ids=["32-per-thread", "64-per-thread"])
 @pytest.mark.parametrize("write_codes", [False, True], ids=["backward", "forward"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-def test_split_groups_match_twin(block_r, write_codes, symmetric, dtype, device):
+def test_split_groups_match_twin(block_r, write_codes, symmetric, dtype, device, monkeypatch):
     """Rows of groups split into several tile rows per group (the kernel's SPLIT, so that a
     thread holds one group's elements: kernels/quantize.py ``group_split``), as the backward's
     weight re-derivation (y and byte mask, no codes) and the forward's weight (codes, no sums)
-    run them: codes, scales, masks and y bit-exact against the twin, NaN / inf / huge / constant
-    groups included."""
-    from triton_qat.kernels.quantize import group_split
-    from triton_qat.kernels.quantize import quantize_rows as launch
+    run them, two steps per row: codes, scales, masks and y bit-exact against the twin, NaN /
+    inf / huge / constant groups included. The launch is spied on, so the test fails if these
+    configs stop running the split layout."""
+    import triton_qat.kernels.quantize as qmod
 
+    launched = []
+    real = qmod._quantize_rows_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                launched.append(kwargs)
+                return real[grid](*args, **kwargs)
+
+            return run
+
+    monkeypatch.setattr(qmod, "_quantize_rows_kernel", Spy())
     torch.manual_seed(0)
     big = 6.0e4 if dtype == torch.float16 else 3.0e38
-    w = torch.randn(5, 1024) * 0.05
+    w = torch.randn(5, 4096) * 0.05
     w[1, 5], w[1, 300] = NAN, INF
-    w[2, 1000] = -INF
+    w[2, 4000] = -INF
     w[3, 128:256] = torch.linspace(-big, big, 128)  # a huge scale
-    w[3, 256:384] = 0.25  # a constant group: scale eps
+    w[3, 2304:2432] = 0.25  # a constant group in the second step: scale eps
     w[4, 512:640] = 0.0
     w = w.to(dtype).to(device)
     config = {"BLOCK_R": block_r, "BLOCK_C": 128, "num_warps": 1}
-    assert group_split(block_r, 128, 1, w.element_size(), write_codes) > 1  # SPLIT really runs
     kw = dict(pack_mask=False, with_y=True, write_codes=write_codes, write_sums=False,
               write_zero_point=not symmetric)  # fmt: skip
-    got = launch(w, -8, 7, 128, symmetric, config=config, group_major=True, **kw)
+    got = qmod.quantize_rows(w, -8, 7, 128, symmetric, config=config, group_major=True, **kw)
+    k = launched[-1]
+    steps = 4096 // (k["BLOCK_R"] * k["BLOCK_C"] * k["SPLIT"])
+    assert k["GROUP_ROWS"] and k["SPLIT"] > 1 and steps > 1, (k["SPLIT"], steps)
     want = quantize_rows_ref(w, -8, 7, 128, symmetric, pack_mask=False, with_y=True)
     for name in (
         ("scale", "mask", "y")

@@ -105,8 +105,10 @@ def quantize_rows(
             if write_zero_point or scale is not None
             else q.zero_point.new_empty((x.shape[0], 0)),
         )
+    # the kernel's per-row NaN path (NAN_PER_ROW): family-1 qparams it computes, 0 in range
+    y_per_row = scale is None and not (asym_weight and not symmetric) and qmin < 0 <= qmax
     config = autotune.quantize_config(
-        x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y, scale is not None
+        x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y, y_per_row
     )
     return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config,
                           write_codes=write_codes, group_major=group_major, write_mask=write_mask,
