@@ -93,14 +93,20 @@ def _group_view(b_t, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _group_max(b_t, SPLIT: tl.constexpr):
-    """Per group, the maximum of a tile's elements in their own type (``tl.reduce``, which keeps
-    16-bit integers 16-bit): axis 1 of a [BR, BC] tile, or of a split tile (:func:`_group_view`)
-    over the split axis first (in registers), then the columns."""
-    if SPLIT == 1:
-        return tl.reduce(b_t, 1, _max_combine)
+def _group_max(b_t, SPLIT: tl.constexpr, KEEP_TYPE: tl.constexpr = False):
+    """Per group, the maximum of a tile's elements: axis 1 of a [BR, BC] tile, or of a split tile
+    (:func:`_group_view`) over the split axis first (in registers), then the columns. KEEP_TYPE:
+    ``tl.reduce``, which keeps 16-bit integers 16-bit (``tl.max`` widens them to int32 first;
+    the interpreter's ``tl.reduce`` with a Python combine is slow)."""
+    b_g = _group_view(b_t, SPLIT)
+    if KEEP_TYPE and SPLIT == 1:
+        return tl.reduce(b_g, 1, _max_combine)
+    elif KEEP_TYPE:
+        return tl.reduce(tl.reduce(b_g, 0, _max_combine), 1, _max_combine)
+    elif SPLIT == 1:
+        return tl.max(b_g, axis=1)
     else:
-        return tl.reduce(tl.reduce(_group_view(b_t, SPLIT), 0, _max_combine), 1, _max_combine)
+        return tl.max(tl.max(b_g, axis=0), axis=1)
 
 
 @triton.jit
@@ -125,24 +131,12 @@ def _bits_max(b_raw, DT: tl.constexpr, REDUCE16: tl.constexpr, SPLIT: tl.constex
     and only the two maxima are widened."""
     if DT == 0:
         b_b = b_raw.to(tl.int32, bitcast=True)
-        b_g = _group_view(b_b, SPLIT)
-        if SPLIT == 1:
-            return tl.max(b_b, axis=1), tl.max(b_b.to(tl.uint32, bitcast=True), axis=1)
-        else:
-            t_u = tl.max(tl.max(b_g.to(tl.uint32, bitcast=True), axis=0), axis=1)
-            return tl.max(tl.max(b_g, axis=0), axis=1), t_u
+        return _group_max(b_b, SPLIT), _group_max(b_b.to(tl.uint32, bitcast=True), SPLIT)
     else:
         b_h = b_raw.to(tl.int16, bitcast=True)
-        if COMPILED and REDUCE16:  # kept 16-bit (tl.max widens small integers to int32 first)
-            t_s = _group_max(b_h, SPLIT)
-            t_u = _group_max(b_h.to(tl.uint16, bitcast=True), SPLIT)
-        elif SPLIT == 1:  # the same maxima (the interpreter's tl.reduce is slow)
-            t_s = tl.max(b_h, axis=1).to(tl.int16)
-            t_u = tl.max(b_h.to(tl.uint16, bitcast=True), axis=1).to(tl.uint16)
-        else:
-            b_g = _group_view(b_h, SPLIT)
-            t_s = tl.max(tl.max(b_g, axis=0), axis=1).to(tl.int16)
-            t_u = tl.max(tl.max(b_g.to(tl.uint16, bitcast=True), axis=0), axis=1).to(tl.uint16)
+        keep16: tl.constexpr = COMPILED and REDUCE16  # else the same maxima, widened and cast
+        t_s = _group_max(b_h, SPLIT, keep16).to(tl.int16)
+        t_u = _group_max(b_h.to(tl.uint16, bitcast=True), SPLIT, keep16).to(tl.uint16)
         return _widen_bits(t_s, b_raw.dtype, DT), _widen_bits(t_u, b_raw.dtype, DT).to(
             tl.uint32, bitcast=True
         )
@@ -691,6 +685,13 @@ def sum_layout(group_size: int, sum_group: int, block_c: int) -> tuple[int, int]
     return -1, block_c
 
 
+def nan_per_row(qmin: int, qmax: int, given_qparams: bool, asym_weight: bool) -> bool:
+    """The kernel's NAN_PER_ROW: family-1 qparams it computes for a range holding 0, whose NaN
+    products can only sit in non-finite rows (handled per row); the other cases (given qparams,
+    torchao's asymmetric weights, ranges without 0) test each element."""
+    return not given_qparams and not asym_weight and qmin < 0 <= qmax
+
+
 def group_split(
     groups: int, group_size: int, num_warps: int, elem_bytes: int, write_codes: bool
 ) -> int:
@@ -817,9 +818,12 @@ def quantize_rows(
     )
     if group_rows:
         block_r, block_c = min(per_tile, n_groups & -n_groups), group_size
-    split = group_split(block_r, group_size, config["num_warps"], x.element_size(), write_codes) if (
-        group_rows and not write_sums and not has_qparams and not (asym_weight and not symmetric)
-        and qmin < 0 <= qmax) else 1  # fmt: skip
+    per_row = nan_per_row(qmin, qmax, has_qparams, asym_weight and not symmetric)
+    split = (
+        group_split(block_r, group_size, config["num_warps"], x.element_size(), write_codes)
+        if group_rows and not write_sums and per_row
+        else 1
+    )
     grid = (R if group_rows else cdiv(R, block_r),)
     major = capability_major(x)
     _quantize_rows_kernel[grid](

@@ -459,17 +459,16 @@ def variants() -> list[Variant]:
     four_warps = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 256, "num_warps": 4}
     for group, what, over in ((K, "per-channel", {}), (32, "int4 group 32", {}),
                               (K, "per-channel w4", four_warps)):  # fmt: skip
+        cfg = {**default_config("wgrad", (M, N, K), False, 0, 2, major), **over}
 
-        def call_sg(group=group, over=over):
-            cfg = {**default_config("wgrad", (M, N, K), False, 0, 2, major), **over}
-            xf, qw = x_fq(BF16), weight(BF16, group, backward=True)[1]()
-            bits = 8 if group == K else 4
+        def call_sg(group=group, cfg=cfg):
+            wpool, _ = weight(BF16, group, backward=True)
+            xf, qw = x_fq(BF16), call_by_name(quantize.quantize_rows, wpool)
             pool = dict(grad_y=T(((M, N), BF16)), x_fq=xf, w_mask=qw.mask, config=cfg,
                         weight=T(((N, K), BF16)), w_scale=T(((N, K // group), F32)),
-                        qmin=-(1 << (bits - 1)), qmax=(1 << (bits - 1)) - 1)  # fmt: skip
+                        qmin=wpool["qmin"], qmax=wpool["qmax"])  # fmt: skip
             call_by_name(gemm_backward.wgrad, pool)
 
-        cfg = {**default_config("wgrad", (M, N, K), False, 0, 2, major), **over}
         tiles = gemm_backward.scale_grad_tiles(
             gemm_backward.tiles_of(cfg, "BLOCK_N", "BLOCK_K", "BLOCK_M"), K, K // group
         )[1]

@@ -28,7 +28,7 @@ from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
 from triton_qat.kernels.gemm_int8 import fwd_mode
 from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
-from triton_qat.kernels.quantize import Quantized
+from triton_qat.kernels.quantize import Quantized, nan_per_row
 from triton_qat.kernels.quantize import code_offset as code_offset  # ops: a weight's code shift
 from triton_qat.kernels.quantize import quantize_rows as _quantize_rows
 from triton_qat.kernels.quantize_torch import per_tensor_qparams, quantize_rows_torch
@@ -105,8 +105,7 @@ def quantize_rows(
             if write_zero_point or scale is not None
             else q.zero_point.new_empty((x.shape[0], 0)),
         )
-    # the kernel's per-row NaN path (NAN_PER_ROW): family-1 qparams it computes, 0 in range
-    y_per_row = scale is None and not (asym_weight and not symmetric) and qmin < 0 <= qmax
+    y_per_row = nan_per_row(qmin, qmax, scale is not None, asym_weight and not symmetric)
     config = autotune.quantize_config(
         x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y, y_per_row
     )
