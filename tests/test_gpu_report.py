@@ -65,6 +65,8 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     assert {r["status"] for r in checks} <= {"pass", "fail", "skipped"}
     assert any(r["status"] == "pass" for r in checks)
     assert not [r["item"] for r in checks if r["status"] == "fail"]
+    # the rehearsal runs every check: only what needs CUDA is skipped, nothing for lack of time
+    assert {r["detail"] for r in checks if r["status"] == "skipped"} == {"skipped: no CUDA"}
     # compile with CUDA graphs (reduce-overhead) is checked beside the plain compile
     assert {"compile_fullgraph[fp32]", "compile_cudagraphs[bf16]"} <= {
         r["item"] for r in checks if r["status"] == "pass"}  # fmt: skip
