@@ -70,7 +70,7 @@ FWD_DEQUANT_DEFAULT_SM80 = {**FWD_DEQUANT_DEFAULT, "BLOCK_N": 128, "TMA": 0}
 # H200 (torch 2.11, Triton 3.6; make gpu-report at 2133f21, perf/results/nvidia-h200/). The same
 # forward and dgrad tile won at all three headline shapes, the wgrad tile at two; against the
 # defaults above they measured 1.44-1.73x (fwd), 1.97-2.09x (dgrad), 1.48-1.58x (wgrad) faster.
-# fp32 and sm_80-family GPUs keep DEFAULTS (not measured). The dequantized forward keeps its tile:
+# fp32 and sm_80-family GPUs keep DEFAULTS (not measured; sm_80 fp32 wgrad: see below). The dequantized forward keeps its tile:
 # 128x128x64 at 4 stages measured 1.04-1.13x faster, but doubles its non-MMA instructions per MAC
 # (0.64 vs 0.29 per 1024 MACs of the per-channel forward, tests/test_kernel_static.py).
 HOPPER_DEFAULTS = {
@@ -87,6 +87,12 @@ HOPPER_DEFAULTS = {
 # MACs against 1.1 (sm_90a, Triton 3.9, perf/kernel_static.py).
 FWD_GROUP_INT8_DEFAULT = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8,
                           "num_warps": 4, "num_stages": 3, "DEQUANT": 0, "TMA": 0}  # fmt: skip
+# fp32 wgrad on sm_80-family GPUs (an IEEE fp32 FMA dot, no tensor cores): DEFAULTS' 64-row
+# reduction tile (the wgrad reduces over the tokens, BLOCK_M) spilled 9460 B at 32 registers
+# (ptxas 12.9 and 13.4 alike, sm_80), a 32-row one compiles to 170 registers and no spill at the
+# same 36.8 non-MMA instructions per 1024 MACs (perf/kernel_static.py --arch 80 --all, Triton
+# 3.9). sm_90 keeps DEFAULTS: there the 64-row tile does not spill and the 32-row one does (8 B).
+SM80_FP32_WGRAD_DEFAULT = {**DEFAULTS["wgrad"], "BLOCK_M": 32, "TMA": 0}
 
 
 # Curated GEMM lists: output tile rows x cols, reduction tile, warps, stages. Drawn from Triton's
@@ -254,6 +260,8 @@ def default_config(
     # descriptor loop compiles to scalar loads that spill
     if capability >= 9 and elem_bytes == 2:
         return dict(HOPPER_DEFAULTS[kernel])
+    if kernel == "wgrad" and capability < 9 and elem_bytes == 4:
+        return dict(SM80_FP32_WGRAD_DEFAULT)
     return {**DEFAULTS[kernel], "TMA": 0}
 
 
@@ -333,12 +341,13 @@ def candidates(
     # every GEMM kernel tiles the linear's M, N and K with BLOCK_M, BLOCK_N and BLOCK_K
     mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
     max_stages = 5 if capability >= 9 else 4  # Hopper's larger shared memory fits deeper pipelines
+    default = default_config(kernel, shape, False, group_size, elem_bytes, capability)
+    # the default is a candidate even where the list lacks it (sm_80's fp32 wgrad tile)
     kept = [
-        c for c in (CURATED if curated else SPACES)[kernel]
+        c for c in [*(CURATED if curated else SPACES)[kernel], default]
         if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)
         and smem_bytes(kernel, c, elem_bytes) <= limit and c["num_stages"] <= max_stages
     ]  # fmt: skip
-    default = default_config(kernel, shape, False, group_size, elem_bytes, capability)
     first = fit_config(kernel, default, K, group_size or K)
     if kernel == "fwd" and fwd_mode(K, group_size or K) == 0:  # DEQUANT is for per-group weights
         kept = [c for c in kept if not c.get("DEQUANT")]

@@ -140,6 +140,17 @@ def test_gemm_operands_are_async_copies(rows):
             assert r["stages"] != "1" or k.startswith("fwd MODE 2"), (k, r["stages"])
 
 
+def test_sm80_no_kernel_spills():
+    """The sm_80 build spills nowhere either (the sm_80 family's defaults: fp32 wgrad takes its
+    own tile, autotune/space.py SM80_FP32_WGRAD_DEFAULT); the plain-matmul anchors at the
+    tutorial's Hopper tile, there for scale, may."""
+    rows80 = compiled(80)
+    _skip_unless_measured_toolchain(rows80)
+    judged = {k: r for k, r in rows80.items() if r["family"] != "anchor" and "error" not in r}
+    assert len(judged) >= 60
+    assert not {k: _evidence(r) for k, r in judged.items() if not _no_spill(r)}
+
+
 def test_known_gaps_name_real_variants(rows):
     assert not [k for k, _ in KNOWN_GAPS if k not in rows]
     assert not [c for _, c in KNOWN_GAPS if c not in CHECKS]
