@@ -107,9 +107,11 @@ def test_compiled_block_quantizes_each_shared_input_once(device, monkeypatch):
 
 
 def test_llama_block_keeps_less_than_bf16_linears():
-    """The memory target of the model-scale issue, on the block perf/memory.py measures (bf16,
-    1024 tokens): <= 0.95x the bytes bf16 nn.Linear layers keep (8da8w and 8da4w g32)."""
-    x = torch.randn(1, 1024, 256, dtype=torch.bfloat16, requires_grad=True)
+    """The memory target of the model-scale issue, on the block perf/memory.py measures (bf16):
+    <= 0.95x the bytes bf16 nn.Linear layers keep (8da8w and 8da4w g32). 256 tokens, not the
+    script's 1024: nothing weight-sized is kept, so the ratio does not depend on the token count
+    (0.943 at 128, 256 and 1024), and a weight-sized leak weighs more at fewer tokens."""
+    x = torch.randn(1, 256, 256, dtype=torch.bfloat16, requires_grad=True)
     torch.manual_seed(0)
     base = saved_bytes(LlamaBlock().to(torch.bfloat16), x)
     for weight in (None, tq.QuantConfig(bits=4, granularity="per_group", group_size=32,
