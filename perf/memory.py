@@ -1,7 +1,7 @@
 """Memory kept for backward at model scale: one Llama-style block (and a small stack of them).
 
     python perf/memory.py                      # CPU: saved-for-backward bytes, 1024 / 4096 tokens
-    python perf/memory.py --tokens 1024 --quick
+    python perf/memory.py --tokens 128,256,1024 --layers 1   # one block: the ratio per token count
 
 For each set of linears (bf16 ``nn.Linear``; the plain-torch QAT reference, the ops torchao's QAT
 composes; triton_qat 8da8w and 8da4w g32) it counts every tensor autograd keeps over one forward

@@ -100,7 +100,7 @@ def test_eval_and_disabled_observer(device):
     """A disabled observer freezes its state through eval-mode forwards (bit for bit). Against
     torch.ao: layer 0 and every weight observer see the same bits, so they match exactly; layer 2's
     activation observer sees tanh of layer 0's output, whose matmul rounding differs (int8 GEMM vs
-    fp32 F.linear; by 1 ulp on Sapphire Rapids' oneDNN), so it matches to rounding."""
+    fp32 F.linear; 1 ulp apart on a Sapphire Rapids CPU), so it matches to rounding."""
     ref, ours = _models(q.default_dynamic_qat_qconfig, device)
     x = torch.randn(5, 40, device=device)
     ref(x), ours(x)

@@ -110,7 +110,8 @@ def test_llama_block_keeps_less_than_bf16_linears():
     """The memory target of the model-scale issue, on the block perf/memory.py measures (bf16):
     <= 0.95x the bytes bf16 nn.Linear layers keep (8da8w and 8da4w g32). 256 tokens, not the
     script's 1024: nothing weight-sized is kept, so the ratio does not depend on the token count
-    (0.943 at 128, 256 and 1024), and a weight-sized leak weighs more at fewer tokens."""
+    (0.943x at 128, 256 and 1024: ``perf/memory.py --tokens 128,256,1024 --layers 1``), and a
+    weight-sized leak weighs more at fewer tokens."""
     x = torch.randn(1, 256, 256, dtype=torch.bfloat16, requires_grad=True)
     torch.manual_seed(0)
     base = saved_bytes(LlamaBlock().to(torch.bfloat16), x)
