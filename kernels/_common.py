@@ -33,24 +33,36 @@ def dtype_code(dtype: torch.dtype) -> int:
 
 def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     """``torch.empty`` for kernel outputs; poisoned when ``TRITON_QAT_POISON=1``."""
+    return empty(shape, dtype=dtype, device=device)
+
+
+def _poisoned_empty(shape, *, dtype: torch.dtype, device) -> torch.Tensor:
     t = torch.empty(shape, dtype=dtype, device=device)
-    if POISON:
-        t.fill_(float("nan") if dtype.is_floating_point else 0x5A)
-    return t
+    return t.fill_(float("nan") if dtype.is_floating_point else 0x5A)
+
+
+# ``empty(shape, dtype=..., device=...)``: what launchers allocate outputs with; torch.empty itself
+# (one call on the hot path) unless the tests poison outputs.
+empty = _poisoned_empty if POISON else torch.empty
 
 
 def capability_major(t: torch.Tensor) -> int:
     """The major compute capability of t's GPU (0 for a CPU tensor): launchers pick forms whose
-    instructions only newer GPUs have (sm_90's 16x2 SIMD integer maxima) with it. Asked once per
-    GPU (each launch asked, ~25 us on an H200 host); a patched query (perf/kernel_static.py's fake
-    GPU) is asked afresh."""
-    if not t.is_cuda:
+    instructions only newer GPUs have (sm_90's 16x2 SIMD integer maxima) with it."""
+    return device_major(t.device) if t.is_cuda else 0
+
+
+def device_major(device: torch.device) -> int:
+    """The major compute capability of a device (0 unless CUDA). Asked once per GPU (each launch
+    asked, ~25 us on an H200 host); a patched query (perf/kernel_static.py's fake GPU) is asked
+    afresh."""
+    if device.type != "cuda":
         return 0
     query = torch.cuda.get_device_capability
-    key = (t.device.index, query)
+    key = (device.index, query)
     major = _CAPABILITY_MAJOR.get(key)
     if major is None:
-        major = _CAPABILITY_MAJOR[key] = query(t.device)[0]
+        major = _CAPABILITY_MAJOR[key] = query(device)[0]
     return major
 
 

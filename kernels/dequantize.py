@@ -17,11 +17,13 @@ the per-group forward (``DEQUANT`` configs of :mod:`.gemm_int8`) both of its ope
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, cdiv, dtype_code, new_empty, round_to_dt
+from ._common import cast_to_dt, dtype_code, empty, round_to_dt
 
 
 @triton.jit
@@ -92,6 +94,72 @@ def _as_2d(t: torch.Tensor, R: int) -> torch.Tensor:
     return t.reshape(R, 1) if t.dim() == 1 else t
 
 
+class DequantizePlan(NamedTuple):
+    """What a :func:`dequantize_rows` launch decides once per key (:func:`plan_dequantize`)."""
+
+    cols: int
+    group: int  # columns per scale group
+    out_dtype: torch.dtype
+    has_zp: bool
+    block_r: int
+    block_c: int
+    meta: dict  # constexprs and launch options
+
+
+def plan_dequantize(
+    cols: int,
+    n_groups: int,
+    dtype: torch.dtype,
+    *,
+    config: dict,
+    has_zp: bool = True,
+    asym_weight: bool = False,
+    code_offset: int = 0,
+    out_dtype: torch.dtype | None = None,
+) -> DequantizePlan:
+    """The plan of :func:`dequantize_rows` for rows of ``cols`` codes in ``n_groups`` groups."""
+    out_dtype = out_dtype or dtype
+    group = cols // n_groups if n_groups else 1
+    block_r, block_c = config["BLOCK_R"], config["BLOCK_C"]
+    meta = dict(
+        TILE_GROUP=0 if n_groups == 1 or group % block_c == 0 else group,
+        HAS_ZP=has_zp,
+        ASYM_WEIGHT=asym_weight,
+        CODE_OFFSET=code_offset,
+        DT=dtype_code(dtype),
+        OUT_DT=dtype_code(out_dtype),
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        num_warps=config["num_warps"],
+    )
+    return DequantizePlan(cols, group, out_dtype, has_zp, block_r, block_c, meta)
+
+
+def launch_dequantize(
+    p: DequantizePlan,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    kernel=None,
+) -> torch.Tensor:
+    """Run plan ``p`` (:func:`plan_dequantize`) on codes [R, cols] with scales (and zero points
+    where the plan has them) [R] / [R, 1] / [R, G]. ``kernel``: the kernel object to launch
+    (default this module's; a traced wrapper under ``torch.compile``)."""
+    R, C = codes.shape
+    y = empty((R, C), dtype=p.out_dtype, device=codes.device)
+    if R == 0 or C == 0:
+        return y
+    codes = codes if codes.stride(1) == 1 else codes.contiguous()
+    scale = _as_2d(scale, R)
+    zero_point = _as_2d(zero_point, R) if p.has_zp else scale  # unread without HAS_ZP
+    ss, sz = scale.stride(), zero_point.stride()
+    (kernel or _dequantize_kernel)[(-(-R // p.block_r), -(-C // p.block_c))](
+        codes, scale, zero_point, y, R, C, codes.stride(0), ss[0], ss[1], sz[0], sz[1], p.group,
+        **p.meta,
+    )  # fmt: skip
+    return y
+
+
 def dequantize_rows(
     codes: torch.Tensor,
     scale: torch.Tensor,
@@ -105,45 +173,13 @@ def dequantize_rows(
 ) -> torch.Tensor:
     """[R, C] ``dtype((codes - zero_point) * scale)`` of int8 codes [R, C] (unit column stride,
     else copied) with fp32 scales and int32 zero points (stored shifted like the codes; None: 0,
-    symmetric weights) per row
-    ([R] or [R, 1]) or per group ([R, G], groups of C // G columns, any strides). ``asym_weight``:
-    torchao's asymmetric weight formula (codes and zero points shifted by ``code_offset``).
-    ``out_dtype`` (default ``dtype``): the values formed in ``dtype`` stored cast to it (one pass
-    for ``dequantize(...).to(out_dtype)``). ``config``: BLOCK_R, BLOCK_C, num_warps (powers of
-    two)."""
-    R, C = codes.shape
-    out_dtype = out_dtype or dtype
-    y = new_empty((R, C), out_dtype, codes.device)
-    if R == 0 or C == 0:
-        return y
-    codes = codes if codes.stride(1) == 1 else codes.contiguous()
-    has_zp = zero_point is not None
-    scale = _as_2d(scale, R)
-    zero_point = _as_2d(zero_point, R) if has_zp else scale  # unread without HAS_ZP
-    n_groups = scale.shape[1]
-    group = C // n_groups
-    grid = (cdiv(R, config["BLOCK_R"]), cdiv(C, config["BLOCK_C"]))
-    _dequantize_kernel[grid](
-        codes,
-        scale,
-        zero_point,
-        y,
-        R,
-        C,
-        codes.stride(0),
-        scale.stride(0),
-        scale.stride(1),
-        zero_point.stride(0),
-        zero_point.stride(1),
-        group,
-        TILE_GROUP=0 if n_groups == 1 or group % config["BLOCK_C"] == 0 else group,
-        HAS_ZP=has_zp,
-        ASYM_WEIGHT=asym_weight,
-        CODE_OFFSET=code_offset,
-        DT=dtype_code(dtype),
-        OUT_DT=dtype_code(out_dtype),
-        BLOCK_R=config["BLOCK_R"],
-        BLOCK_C=config["BLOCK_C"],
-        num_warps=config["num_warps"],
-    )
-    return y
+    symmetric weights) per row ([R] or [R, 1]) or per group ([R, G], groups of C // G columns,
+    any strides). ``asym_weight``: torchao's asymmetric weight formula (codes and zero points
+    shifted by ``code_offset``). ``out_dtype`` (default ``dtype``): the values formed in ``dtype``
+    stored cast to it (one pass for ``dequantize(...).to(out_dtype)``). ``config``: BLOCK_R,
+    BLOCK_C, num_warps (powers of two). :func:`plan_dequantize` then :func:`launch_dequantize`."""
+    n_groups = scale.shape[1] if scale.dim() == 2 else 1
+    plan = plan_dequantize(codes.shape[1], n_groups, dtype, config=config,
+                           has_zp=zero_point is not None, asym_weight=asym_weight,
+                           code_offset=code_offset, out_dtype=out_dtype)  # fmt: skip
+    return launch_dequantize(plan, codes, scale, zero_point)

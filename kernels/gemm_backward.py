@@ -17,12 +17,34 @@ from __future__ import annotations
 import torch
 
 from ._common import cdiv, new_empty
-from .gemm_float import float_mm, scale_grad_layout, tiles_of
+from .gemm_float import (
+    MASK_BITS,
+    MASK_BYTES,
+    FloatMMPlan,
+    float_mm,
+    plan_float_mm,
+    scale_grad_layout,
+    tiles_of,
+)
 
 # Accumulator elements per thread the scale-gradient epilogue compiles with, without spilling
 # (sm_90a, Triton 3.9, perf/kernel_static.py "wgrad scale-grad"): 64 (Hopper's 256x128 / 8-warp
 # wgrad tile holds 128 and spilled 4016 B).
 SCALE_GRAD_ACC = 64
+
+
+def plan_dgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan:
+    """The plan of :func:`dgrad` in ``dtype`` (run it with ``launch_float_mm(plan, grad_y, w_fq,
+    mask=x_mask)``)."""
+    tiles = tiles_of(config, "BLOCK_M", "BLOCK_K", "BLOCK_N")
+    return plan_float_mm(dtype, tiles=tiles, mask=MASK_BITS, tma=bool(config.get("TMA")))
+
+
+def plan_wgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan:
+    """The plan of :func:`wgrad` without a scale gradient, in ``dtype`` (run it with
+    ``launch_float_mm(plan, grad_y.t(), x_fq, mask=w_mask)``)."""
+    tiles = tiles_of(config, "BLOCK_N", "BLOCK_K", "BLOCK_M")
+    return plan_float_mm(dtype, tiles=tiles, mask=MASK_BYTES, tma=bool(config.get("TMA")))
 
 
 def dgrad(

@@ -16,6 +16,8 @@ from an fp64 product of the same values is the dot's own rounding. Three users:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -23,10 +25,9 @@ import triton.language as tl
 from ._common import (
     PTX_ASM,
     cast_to_dt,
-    cdiv,
     dot_in_fp32,
     dtype_code,
-    new_empty,
+    empty,
     rint,
     swizzle,
 )
@@ -216,6 +217,108 @@ def tma_descriptors(a, b, block_m, block_n, block_k):
     return a_desc, b_desc, a_t, b_t
 
 
+class FloatMMPlan(NamedTuple):
+    """What a :func:`float_mm` launch decides once per key (:func:`plan_float_mm`)."""
+
+    block_m: int
+    block_n: int
+    tma: bool  # try tensor descriptors (per launch: the operands must allow them)
+    meta: dict  # constexprs and launch options but TMA / A_T / B_T
+
+
+def plan_float_mm(
+    dtype: torch.dtype,
+    *,
+    tiles: tuple,
+    mask: int = NO_MASK,
+    bias: bool = False,
+    scale_grad: tuple[int, int, int] | None = None,
+    tma: bool = False,
+) -> FloatMMPlan:
+    """The plan of :func:`float_mm` in ``dtype``: ``mask`` NO_MASK / MASK_BYTES / MASK_BITS,
+    ``bias`` whether one is added, ``scale_grad`` (qmin, qmax, sg_group) for the scale-gradient
+    epilogue."""
+    block_m, block_n, block_k, group_m, num_warps, num_stages = tiles
+    qmin, qmax, sg_group = scale_grad if scale_grad is not None else (0, 0, 0)
+    meta = dict(
+        MASK=mask,
+        HAS_BIAS=bias,
+        DT=dtype_code(dtype),
+        DOT_FP32=dot_in_fp32(dtype),
+        SCALE_GRAD=scale_grad is not None,
+        SG_GROUP=sg_group,
+        QMIN=qmin,
+        QMAX=qmax,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        GROUP_M=group_m,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    if scale_grad is not None:  # the scale-gradient epilogue must round w * (1/s) as quantize does
+        meta["enable_fp_fusion"] = False
+    return FloatMMPlan(block_m, block_n, tma, meta)
+
+
+def launch_float_mm(
+    p: FloatMMPlan,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale_grad: tuple | None = None,
+    kernel=None,
+) -> torch.Tensor:
+    """Run plan ``p`` (:func:`plan_float_mm`): C [M, N] = (a [M, K] @ b [K, N]) * mask + bias in
+    the plan's dtype; ``scale_grad`` = (w, s, part) with the plan's epilogue. ``kernel``: the
+    kernel object to launch (default this module's; a traced wrapper under ``torch.compile``)."""
+    M, K = a.shape
+    N = b.shape[1]
+    out = empty((M, N), dtype=a.dtype, device=a.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        if scale_grad is not None:
+            scale_grad[-1].zero_()
+        return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
+    if scale_grad is not None:
+        w, s, part = scale_grad
+        sg = (w, s, part, w.stride(0), w.stride(1), s.stride(0), s.stride(1), part.stride(0),
+              N // s.shape[1])  # fmt: skip
+    else:
+        sg = (out, out, out, 0, 0, 0, 0, 0, 1)
+    descs = None
+    if p.tma:
+        descs = tma_descriptors(a, b, p.block_m, p.block_n, p.meta["BLOCK_K"])
+    a_desc, b_desc, a_t, b_t = descs if descs is not None else (a, b, False, False)
+    sa, sb = a.stride(), b.stride()
+    (kernel or _float_mm_kernel)[(-(-M // p.block_m) * -(-N // p.block_n),)](
+        a,
+        b,
+        a_desc,
+        b_desc,
+        out if mask is None else mask,
+        out if bias is None else bias.contiguous(),
+        out,
+        M,
+        N,
+        K,
+        sa[0],
+        sa[1],
+        sb[0],
+        sb[1],
+        N,  # out's row stride: contiguous
+        0 if mask is None else mask.stride(0),
+        *sg,
+        TMA=descs is not None,
+        A_T=a_t,
+        B_T=b_t,
+        **p.meta,
+    )
+    return out
+
+
 def float_mm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -234,67 +337,16 @@ def float_mm(
     qmax, sg_group, part): the kernel's SCALE_GRAD epilogue writes its partial sums into ``part``
     (needs ``mask``). ``tma``: load the operand tiles through tensor descriptors (Hopper's TMA)
     where both operands allow it (a unit stride, 16-byte aligned base and other stride); the
-    pointer loop otherwise, with the same result."""
-    M, K = a.shape
-    N = b.shape[1]
-    block_m, block_n, block_k, group_m, num_warps, num_stages = tiles
-    out = new_empty((M, N), a.dtype, a.device)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:
-        if scale_grad is not None:
-            scale_grad[-1].zero_()
-        return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
+    pointer loop otherwise, with the same result. :func:`plan_float_mm` then
+    :func:`launch_float_mm`."""
+    mask_mode = NO_MASK if mask is None else MASK_BITS if mask_bits else MASK_BYTES
+    sg_plan = sg_args = None
     if scale_grad is not None:
         w, s, qmin, qmax, sg_group, part = scale_grad
-        sg = (w, s, part, w.stride(0), w.stride(1), s.stride(0), s.stride(1), part.stride(0),
-              N // s.shape[1])  # fmt: skip
-    else:
-        qmin, qmax, sg_group = 0, 0, 0
-        sg = (out, out, out, 0, 0, 0, 0, 0, 1)
-    mask_mode = NO_MASK if mask is None else MASK_BITS if mask_bits else MASK_BYTES
-    descs = tma_descriptors(a, b, block_m, block_n, block_k) if tma else None
-    a_desc, b_desc, a_t, b_t = descs if descs is not None else (a, b, False, False)
-    grid = (cdiv(M, block_m) * cdiv(N, block_n),)
-    _float_mm_kernel[grid](
-        a,
-        b,
-        a_desc,
-        b_desc,
-        mask if mask is not None else out,
-        bias.contiguous() if bias is not None else out,
-        out,
-        M,
-        N,
-        K,
-        a.stride(0),
-        a.stride(1),
-        b.stride(0),
-        b.stride(1),
-        out.stride(0),
-        mask.stride(0) if mask is not None else 0,
-        *sg,
-        TMA=descs is not None,
-        A_T=a_t,
-        B_T=b_t,
-        MASK=mask_mode,
-        HAS_BIAS=bias is not None,
-        DT=dtype_code(a.dtype),
-        DOT_FP32=dot_in_fp32(a.dtype),
-        SCALE_GRAD=scale_grad is not None,
-        SG_GROUP=sg_group,
-        QMIN=qmin,
-        QMAX=qmax,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        GROUP_M=group_m,
-        num_warps=num_warps,
-        num_stages=num_stages,
-        # the scale-gradient epilogue must round w * (1/s) as the quantize kernel does
-        **({"enable_fp_fusion": False} if scale_grad is not None else {}),
-    )
-    return out
+        sg_plan, sg_args = (qmin, qmax, sg_group), (w, s, part)
+    plan = plan_float_mm(a.dtype, tiles=tiles, mask=mask_mode, bias=bias is not None,
+                         scale_grad=sg_plan, tma=tma)  # fmt: skip
+    return launch_float_mm(plan, a, b, mask, bias, sg_args)
 
 
 def scale_grad_layout(K: int, n_groups: int, block: int) -> tuple[int, int]:

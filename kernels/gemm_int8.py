@@ -40,13 +40,15 @@ tile are one vector load; bias [N]; out [M, N] contiguous.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_to_dt, cdiv, dtype_code, new_empty, swizzle
-from .dequantize import dequantize_rows
-from .gemm_float import float_mm, tiles_of, tma_descriptors
+from ._common import cast_to_dt, cdiv, dtype_code, empty, swizzle
+from .dequantize import launch_dequantize, plan_dequantize
+from .gemm_float import launch_float_mm, plan_float_mm, tiles_of, tma_descriptors
 
 
 @triton.jit
@@ -252,17 +254,152 @@ def check_fwd_config(config: dict, K: int, group_size: int) -> None:
         raise ValueError(f"config: MODE 2 runs with BLOCK_K <= 32 and <= 2 stages, got {config}")
 
 
-def _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero_point, bias,
-                        out_dtype, w_dtype, w_code_offset, config, dequant_config):  # fmt: skip
-    """The ``DEQUANT`` path: x_fq and w_fq dequantized once, then ``x_fq @ w_fq.T + bias``.
-    w_fq is formed in the weight's own dtype (as its quantize wrote it) and then cast to the
-    output dtype, as autocast casts the reference's w_fq."""
-    x_fq = dequantize_rows(x_codes, x_scale, x_zero_point, out_dtype, config=dequant_config)
-    w_fq = dequantize_rows(w_codes, w_scale, w_zero_point, w_dtype, config=dequant_config,
-                           asym_weight=w_zero_point is not None, code_offset=w_code_offset,
-                           out_dtype=out_dtype)  # fmt: skip
-    tiles = tiles_of(config, "BLOCK_M", "BLOCK_N", "BLOCK_K")
-    return float_mm(x_fq, w_fq.t(), tiles=tiles, bias=bias, tma=bool(config.get("TMA", 0)))
+class Int8LinearPlan(NamedTuple):
+    """What an :func:`int8_linear` launch decides once per key (:func:`plan_int8_linear`)."""
+
+    N: int
+    K: int
+    out_dtype: torch.dtype
+    n_groups: int
+    mode: int
+    w_asym: bool
+    block_m: int
+    block_n: int
+    tma: bool  # try tensor descriptors (per launch: the operands must allow them)
+    dequant: tuple | None  # DEQUANT: (x's DequantizePlan, w's DequantizePlan, FloatMMPlan)
+    meta: dict  # constexprs and launch options but TMA
+
+
+def plan_int8_linear(
+    K: int,
+    N: int,
+    n_groups: int,
+    out_dtype: torch.dtype,
+    *,
+    config: dict,
+    asymmetric: bool,
+    has_bias: bool,
+    w_asym: bool = False,
+    w_dtype: torch.dtype | None = None,
+    dequant_config: dict | None = None,
+    w_code_offset: int = 0,
+) -> Int8LinearPlan:
+    """The plan of :func:`int8_linear` for a weight [N, K] scaled in ``n_groups`` groups per row
+    (arguments as there; ``w_asym``: the launch gets the weight's zero points). Checks the config
+    against the mode (ValueError), so a plan that exists can run."""
+    group_size = K // n_groups if K else 0
+    mode = fwd_mode(K, group_size) if K else 0
+    dequant = None
+    if K:
+        check_fwd_config(config, K, group_size)
+        if config.get("DEQUANT", 0):
+            if dequant_config is None:
+                raise ValueError("int8_linear: a DEQUANT config needs dequant_config")
+            x_plan = plan_dequantize(K, 1, out_dtype, config=dequant_config)
+            w_plan = plan_dequantize(K, n_groups, w_dtype or out_dtype, config=dequant_config,
+                                     has_zp=w_asym, asym_weight=w_asym,
+                                     code_offset=w_code_offset, out_dtype=out_dtype)  # fmt: skip
+            mm_plan = plan_float_mm(out_dtype, tiles=tiles_of(config, "BLOCK_M", "BLOCK_N",
+                                    "BLOCK_K"), bias=has_bias, tma=bool(config.get("TMA", 0)))  # fmt: skip
+            dequant = (x_plan, w_plan, mm_plan)
+    meta = dict(
+        GROUP=group_size,
+        HAS_BIAS=has_bias,
+        ASYM=asymmetric,
+        W_ASYM=w_asym,
+        MODE=mode,
+        DT=dtype_code(out_dtype),
+        BLOCK_M=config["BLOCK_M"],
+        BLOCK_N=config["BLOCK_N"],
+        BLOCK_K=config["BLOCK_K"],
+        GROUP_M=config["GROUP_M"],
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )
+    tma = bool(config.get("TMA", 0)) and mode != 2
+    return Int8LinearPlan(N, K, out_dtype, n_groups, mode, w_asym, config["BLOCK_M"],
+                          config["BLOCK_N"], tma, dequant, meta)  # fmt: skip
+
+
+def launch_int8_linear(
+    p: Int8LinearPlan,
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero_point: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    w_zero_point: torch.Tensor | None = None,
+    x_code_sum: torch.Tensor | None = None,
+    kernels: tuple | None = None,
+) -> torch.Tensor:
+    """Run plan ``p`` (:func:`plan_int8_linear`): ``x_fq @ w_fq.T + bias`` [M, N] from the codes
+    (layouts as :func:`int8_linear`). ``kernels``: (int8 GEMM, dequantize, float GEMM) kernel
+    objects to launch (default these modules'; traced wrappers under ``torch.compile``)."""
+    M, K, N = x_codes.shape[0], p.K, p.N
+    if p.dequant is not None and M and N:
+        x_plan, w_plan, mm_plan = p.dequant
+        k_int8, k_dq, k_mm = kernels or (None, None, None)
+        x_fq = launch_dequantize(x_plan, x_codes, x_scale, x_zero_point, kernel=k_dq)
+        w_fq = launch_dequantize(w_plan, w_codes, w_scale, w_zero_point, kernel=k_dq)
+        return launch_float_mm(mm_plan, x_fq, w_fq.t(), bias=bias, kernel=k_mm)
+    out = empty((M, N), dtype=p.out_dtype, device=x_codes.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
+    x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
+    w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
+    mode, w_asym, G = p.mode, p.w_asym, p.n_groups
+    if w_asym:
+        if mode != 2 and x_code_sum is None:
+            x_code_sum = x_codes.reshape(M, G, K // G).sum(-1, dtype=torch.int32)
+        if mode == 2:
+            x_code_sum = None
+        if x_code_sum is not None and x_code_sum.stride(1) != 1:
+            x_code_sum = x_code_sum.contiguous()
+    ss = w_scale.stride()
+    if w_code_sum.stride() != ss or (w_asym and w_zero_point.stride() != ss):
+        w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()  # one pair of strides
+        w_zero_point = w_zero_point.contiguous() if w_asym else None
+        ss = w_scale.stride()
+    descs = None
+    if p.tma:  # x [M, K] and w [N, K] as descriptors, K-major
+        descs = tma_descriptors(x_codes, w_codes.t(), p.block_m, p.block_n, p.meta["BLOCK_K"])
+        descs = descs if descs is not None and descs[2:] == (False, True) else None
+    x_desc, w_desc = descs[:2] if descs is not None else (x_codes, w_codes)
+    reach = max(
+        N * p.block_m, 1 + (N - 1) * ss[0] + (G - 1) * ss[1], -(-M // p.block_m) * p.block_m
+    )
+    if reach >= 2**31 or x_code_sum is not None:  # the full check where it can fail
+        check_offsets(M, N, p.block_m, w_scale, x_code_sum)
+    (kernels[0] if kernels else _int8_linear_kernel)[(-(-M // p.block_m) * -(-N // p.block_n),)](
+        x_codes,
+        x_desc,
+        w_desc,
+        x_scale.contiguous(),
+        x_zero_point.contiguous(),
+        w_codes,
+        w_scale,
+        w_code_sum,
+        w_zero_point if w_asym else w_code_sum,
+        x_code_sum if x_code_sum is not None else w_code_sum,
+        out if bias is None else bias.contiguous(),
+        out,
+        M,
+        N,
+        K,
+        x_codes.stride(0),
+        x_code_sum.stride(0) if x_code_sum is not None else 0,
+        w_codes.stride(0),
+        ss[0],
+        ss[1],
+        N,  # out's row stride: contiguous
+        TMA=descs is not None,
+        **p.meta,
+    )
+    return out
 
 
 def int8_linear(
@@ -296,80 +433,12 @@ def int8_linear(
     ``dequant_config`` (the dequantize kernel's BLOCK_R, BLOCK_C, num_warps) and forms w_fq in
     ``w_dtype`` (the weight's dtype; default ``out_dtype``); asymmetric weights whose codes are
     stored shifted (ranges past 127) give their shift as ``w_code_offset``.
+    :func:`plan_int8_linear` then :func:`launch_int8_linear`.
     """
-    M, K = x_codes.shape
-    N = w_codes.shape[0]
-    group_size = K // w_scale.shape[1] if K else 0
-    out = new_empty((M, N), out_dtype, x_codes.device)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:
-        return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
-    check_fwd_config(config, K, group_size)
-    if config.get("DEQUANT", 0):
-        if dequant_config is None:
-            raise ValueError("int8_linear: a DEQUANT config needs dequant_config")
-        return _dequantized_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_zero_point,
-                                   bias, out_dtype, w_dtype or out_dtype, w_code_offset,
-                                   config, dequant_config)  # fmt: skip
-    x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
-    w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
-    mode = fwd_mode(K, group_size)
-    w_asym = w_zero_point is not None
-    if w_asym:
-        if mode != 2 and x_code_sum is None:
-            G = w_scale.shape[1]
-            x_code_sum = x_codes.reshape(M, G, K // G).sum(-1, dtype=torch.int32)
-        if mode == 2:
-            x_code_sum = None
-        if x_code_sum is not None and x_code_sum.stride(1) != 1:
-            x_code_sum = x_code_sum.contiguous()
-    same = w_code_sum.stride() == w_scale.stride()
-    if not same or (w_asym and w_zero_point.stride() != w_scale.stride()):
-        w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()  # one pair of strides
-        w_zero_point = w_zero_point.contiguous() if w_asym else None
-    descs = None
-    if config.get("TMA", 0) and mode != 2:  # x [M, K] and w [N, K] as descriptors, K-major
-        descs = tma_descriptors(x_codes, w_codes.t(), config["BLOCK_M"], config["BLOCK_N"],
-                                config["BLOCK_K"])  # fmt: skip
-        descs = descs if descs is not None and descs[2:] == (False, True) else None
-    x_desc, w_desc = descs[:2] if descs is not None else (x_codes, w_codes)
-    check_offsets(M, N, config["BLOCK_M"], w_scale, x_code_sum)
-    grid = (cdiv(M, config["BLOCK_M"]) * cdiv(N, config["BLOCK_N"]),)
-    _int8_linear_kernel[grid](
-        x_codes,
-        x_desc,
-        w_desc,
-        x_scale.contiguous(),
-        x_zero_point.contiguous(),
-        w_codes,
-        w_scale,
-        w_code_sum,
-        w_zero_point if w_asym else w_code_sum,
-        x_code_sum if x_code_sum is not None else w_code_sum,
-        bias.contiguous() if bias is not None else out,
-        out,
-        M,
-        N,
-        K,
-        x_codes.stride(0),
-        x_code_sum.stride(0) if x_code_sum is not None else 0,
-        w_codes.stride(0),
-        w_scale.stride(0),
-        w_scale.stride(1),
-        out.stride(0),
-        GROUP=group_size,
-        HAS_BIAS=bias is not None,
-        ASYM=asymmetric,
-        W_ASYM=w_asym,
-        MODE=mode,
-        TMA=descs is not None,
-        DT=dtype_code(out_dtype),
-        BLOCK_M=config["BLOCK_M"],
-        BLOCK_N=config["BLOCK_N"],
-        BLOCK_K=config["BLOCK_K"],
-        GROUP_M=config["GROUP_M"],
-        num_warps=config["num_warps"],
-        num_stages=config["num_stages"],
-    )
-    return out
+    K = x_codes.shape[1]
+    plan = plan_int8_linear(K, w_codes.shape[0], w_scale.shape[1] if K else 0, out_dtype,
+                            config=config, asymmetric=asymmetric, has_bias=bias is not None,
+                            w_asym=w_zero_point is not None, w_dtype=w_dtype,
+                            dequant_config=dequant_config, w_code_offset=w_code_offset)  # fmt: skip
+    return launch_int8_linear(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum,
+                              bias, w_zero_point, x_code_sum)  # fmt: skip

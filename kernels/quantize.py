@@ -40,10 +40,10 @@ from ._common import (
     PTX_ASM,
     capability_major,
     cast_to_dt,
-    cdiv,
+    device_major,
     div_scalar,
     dtype_code,
-    new_empty,
+    empty,
     rint,
     round_to_dt,
 )
@@ -651,13 +651,6 @@ def code_offset(qmin: int, qmax: int) -> int:
     return -128 if qmax > 127 else 0
 
 
-def _qparam_buffer(R: int, G: int, dtype: torch.dtype, device, group_major: bool) -> torch.Tensor:
-    """An [R, G] qparam output: row-major, or group-major memory seen as [R, G]."""
-    if group_major:
-        return new_empty((G, R), dtype, device).t()
-    return new_empty((R, G), dtype, device)
-
-
 def eps_for(dtype: torch.dtype, asym_weight: bool = False) -> float:
     """The scale's lower bound: family 1 takes the smallest normal of the input dtype, torchao's
     asymmetric weight formula (``get_groupwise_affine_qparams``) 1e-6."""
@@ -717,7 +710,218 @@ def group_split(
 
 
 # ----------------------------------------------------------------------------------------------
-# launcher
+# launcher: a plan (everything decided from the key: shapes but the rows, dtype, device, flags,
+# config), made once per key by the caller, and a launch (allocations, grid, one kernel call)
+
+
+class QuantizePlan(NamedTuple):
+    """What a quantize launch of rows of ``cols`` columns needs beyond the tensors themselves,
+    decided once (:func:`plan_quantize`); :func:`launch_quantize` only allocates and launches."""
+
+    cols: int
+    group_size: int
+    n_groups: int
+    mask_cols: int  # bytes per row of the clamp mask (written: ``write_mask``)
+    sum_cols: int  # columns of the kernel's code sums (0: none written)
+    sums_like_scale: bool  # the kernel's code sums are laid out as the scales (one per group)
+    torch_sum_group: int  # no tile fits the sum groups (of this size): summed after the launch
+    offset: int  # code_offset(qmin, qmax)
+    has_qparams: bool
+    write_codes: bool
+    write_mask: bool
+    write_zero_point: bool
+    group_major: bool
+    y_dtype: torch.dtype | None  # with_y: the fake-quantized values' dtype
+    block_r: int  # rows per program (GROUP_ROWS: one row per program, block_r groups per step)
+    group_rows: bool
+    full_if_rows_divide: bool  # FULL_TILE when the row count is a multiple of block_r
+    eps: float
+    meta: dict  # the kernel's constexprs and launch options, FULL_TILE excepted
+
+
+def plan_quantize(
+    cols: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    qmin: int,
+    qmax: int,
+    group_size: int,
+    symmetric: bool,
+    *,
+    pack_mask: bool,
+    config: dict,
+    has_qparams: bool = False,
+    with_y: bool = False,
+    write_codes: bool = True,
+    group_major: bool = False,
+    asym_weight: bool = False,
+    sum_group: int | None = None,
+    write_mask: bool = True,
+    write_sums: bool = True,
+    write_zero_point: bool = True,
+    major: int | None = None,
+) -> QuantizePlan:
+    """The plan of :func:`quantize_rows` for rows of ``cols`` elements of ``dtype`` on ``device``
+    (arguments as there; ``has_qparams``: the launch gets ``scale`` / ``zero_point``; ``major``:
+    the GPU's compute capability major, asked of the device when None). Pure: no tensor is read."""
+    C = cols
+    n_groups = C // group_size
+    asym = asym_weight and not symmetric
+    sum_group = group_size if sum_group is None else sum_group
+    sum_mode, block_c = sum_layout(group_size, sum_group, config["BLOCK_C"])
+    write_sums = write_sums and write_codes  # the sums go with the codes
+    sums_like_scale = sum_mode in (0, -1)
+    sum_cols = (n_groups if sums_like_scale else C // sum_group) if write_sums else 0
+    block_r = config["BLOCK_R"]
+    # Per-group, a power-of-two group no wider than the tile (the default tiles of int4 groups
+    # 8..1024): a program walks one row and each tile row is one of its groups, as many per step
+    # as the config's tile holds (a power of two dividing G; not fewer than 16 unless the tile
+    # holds fewer). Threads hold whole 16-byte vectors of one group, the reads are contiguous
+    # and no column is padding (a group of 8 in a 16-wide tile was half padding, loaded 16 bits
+    # at a time).
+    per_tile = block_r * block_c // group_size  # groups
+    group_rows = (
+        4 <= group_size < C
+        and group_size & (group_size - 1) == 0
+        and group_size <= block_c
+        and sum_mode == 0
+        and not pack_mask
+        and min(per_tile, n_groups & -n_groups) >= min(per_tile, 16)
+    )
+    if group_rows:
+        block_r, block_c = min(per_tile, n_groups & -n_groups), group_size
+    per_row = nan_per_row(qmin, qmax, has_qparams, asym)
+    split = (
+        group_split(block_r, group_size, config["num_warps"], dtype.itemsize, write_codes)
+        if group_rows and not write_sums and per_row
+        else 1
+    )
+    major = device_major(device) if major is None else major
+    is_cuda = device.type == "cuda"
+    meta = dict(
+        QMIN=qmin,
+        QMAX=qmax,
+        CODE_OFFSET=code_offset(qmin, qmax),
+        SYMMETRIC=symmetric,
+        ASYM_WEIGHT=asym,
+        HAS_QPARAMS=has_qparams,
+        DT=dtype_code(dtype),
+        DIV_BY_RECIP=is_cuda,
+        NAN_ZP=NAN_ZERO_POINT["cuda" if is_cuda else "cpu"],
+        PACK_MASK=pack_mask,
+        PARTIAL_BYTE=pack_mask and C % 8 != 0,
+        WRITE_CODES=write_codes,
+        WRITE_Y=with_y,
+        WRITE_MASK=write_mask,
+        WRITE_ZP=write_zero_point,  # computed zero points only: given ones are inputs
+        ONE_SWEEP=group_size <= block_c,
+        GROUP_ROWS=group_rows,
+        ONE_GROUP=n_groups == 1,
+        # 4+ codes per thread, and a GPU with cvt.pack (sm_72+)
+        ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"] and major >= 8,
+        REDUCE16=major >= 9,
+        SUM_MODE=max(sum_mode, 0) if write_sums else -1,
+        SUM_GROUP=sum_group,
+        SPLIT=split,
+        BLOCK_R=block_r,
+        BLOCK_C=block_c // split,
+        num_warps=config["num_warps"],
+        enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
+    )
+    return QuantizePlan(
+        cols=C,
+        group_size=group_size,
+        n_groups=n_groups,
+        mask_cols=((C + 7) // 8 if pack_mask else C) if write_mask else -1,
+        sum_cols=sum_cols,
+        sums_like_scale=sums_like_scale,
+        torch_sum_group=sum_group if write_sums and sum_mode == -1 else 0,
+        offset=meta["CODE_OFFSET"],
+        has_qparams=has_qparams,
+        write_codes=write_codes,
+        write_mask=write_mask,
+        write_zero_point=write_zero_point,
+        group_major=group_major and not has_qparams,
+        y_dtype=dtype if with_y else None,
+        block_r=block_r,
+        group_rows=group_rows,
+        full_if_rows_divide=group_rows or group_size == block_c,
+        eps=eps_for(dtype, asym),
+        meta=meta,
+    )
+
+
+def _given_qparams(p: QuantizePlan, R: int, scale, zero_point, dev) -> tuple:
+    """Given qparams as the kernel reads them: fp32 scales and int32 zero points (shifted by
+    the code offset) [R, G], contiguous."""
+    as_rows = torch.contiguous_format  # copies: an output never aliases the given qparams
+    out_scale = scale.to(torch.float32).expand(R, p.n_groups).clone(memory_format=as_rows)
+    zp = zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32, device=dev)
+    return out_scale, (zp.to(torch.int32) + p.offset).expand(R, p.n_groups).clone(
+        memory_format=as_rows
+    )
+
+
+def launch_quantize(
+    p: QuantizePlan,
+    x: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    zero_point: torch.Tensor | None = None,
+    kernel=None,
+) -> Quantized:
+    """Run plan ``p`` (:func:`plan_quantize`) on x [R, cols] (the plan's dtype and device, any
+    strides), with the given qparams where the plan has them. ``kernel``: the kernel object to
+    launch (default this module's; a traced wrapper of it under ``torch.compile``)."""
+    R = x.shape[0]
+    C, G, dev = p.cols, p.n_groups, x.device
+    codes = empty((R, C) if p.write_codes else (0,), dtype=torch.int8, device=dev)
+    if p.has_qparams:
+        out_scale, out_zp = _given_qparams(p, R, scale, zero_point, dev)
+        q_strides = (G, 1)
+    elif p.group_major:  # [G, R] memory seen as [R, G]
+        out_scale = empty((G, R), dtype=torch.float32, device=dev).t()
+        out_zp = empty((G, R) if p.write_zero_point else (0, R), dtype=torch.int32, device=dev).t()
+        q_strides = (1, R)
+    else:
+        out_scale = empty((R, G), dtype=torch.float32, device=dev)
+        out_zp = empty((R, G if p.write_zero_point else 0), dtype=torch.int32, device=dev)
+        q_strides = (G, 1)
+    mask = empty((R, p.mask_cols) if p.write_mask else (0,), dtype=torch.uint8, device=dev)
+    if p.sums_like_scale and p.group_major:
+        code_sum = empty((p.sum_cols, R), dtype=torch.int32, device=dev).t()
+    else:
+        code_sum = empty((R, p.sum_cols), dtype=torch.int32, device=dev)
+    y = empty((R, C), dtype=p.y_dtype, device=dev) if p.y_dtype is not None else None
+    if R == 0 or C == 0:
+        if p.torch_sum_group:
+            code_sum = torch.zeros((R, C // p.torch_sum_group), dtype=torch.int32, device=dev)
+        return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
+    block_r = p.block_r
+    grid = (R,) if p.group_rows else (-(-R // block_r),)
+    sx = x.stride()
+    (kernel or _quantize_rows_kernel)[grid](
+        x,
+        sx[0],
+        sx[1],
+        codes if p.write_codes else mask,
+        out_scale,
+        out_zp,
+        mask,
+        code_sum,
+        mask if y is None else y,
+        R,
+        C,
+        p.group_size,
+        q_strides[0],
+        q_strides[1],
+        p.eps,
+        FULL_TILE=p.full_if_rows_divide and (p.group_rows or R % block_r == 0),
+        **p.meta,
+    )
+    if p.torch_sum_group:  # no tile fits the sum groups: sum the codes written
+        g = p.torch_sum_group
+        code_sum = codes.reshape(R, C // g, g).sum(-1, dtype=torch.int32)
+    return Quantized(codes, out_scale, out_zp, mask, code_sum, y)
 
 
 def quantize_rows(
@@ -740,138 +944,32 @@ def quantize_rows(
     write_sums: bool = True,
     write_zero_point: bool = True,
 ) -> Quantized:
-    """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``.
+    """Quantize the rows of ``x`` [R, C] (fp32/fp16/bf16, any strides) in groups of ``group_size``:
+    :func:`plan_quantize` then :func:`launch_quantize` (callers that launch the same key often
+    keep the plan).
 
     Without ``scale`` the qparams are computed per (row, group) with family-1 numerics (in x's
     dtype, eps = smallest normal), or with ``asym_weight`` (and ``symmetric=False``) by torchao's
     asymmetric weight formula (docs/numerics.md). ``sum_group`` (a divisor of ``group_size``;
     default ``group_size``): ``code_sum`` holds the sums of the codes over each ``sum_group``
-    columns, [R, C // sum_group] (the activation's sums per weight group). With ``scale`` (fp32) and ``zero_point`` (int32), both
-    broadcastable to [R, G], they are used as given (the per-tensor and torch.ao paths); the given
-    zero point is the true one (not shifted). ``pack_mask`` needs ``group_size == C``. ``config``:
-    ``{"BLOCK_R", "BLOCK_C", "num_warps"}`` (powers of two, BLOCK_C >= 8). The caller has checked
-    the arguments (``triton_qat.ops``). ``write_codes=False`` skips storing the codes and their
-    sums (the backward re-derives only the fake-quantized weight and its mask); ``codes`` and
-    ``code_sum`` are then unset. ``write_mask=False`` skips the clamp mask (the forward's weight:
-    its backward re-derives the mask) and ``write_sums=False`` the code sums (an activation whose
-    GEMM applies no weight zero points); ``mask`` / ``code_sum`` are then empty ([0] / [R, 0]).
-    ``write_zero_point=False`` skips storing computed zero points (symmetric weights, whose zero
-    point is the code offset, for a GEMM that reads none); ``zero_point`` is then [R, 0]. Given
-    qparams come back as given.
+    columns, [R, C // sum_group] (the activation's sums per weight group). With ``scale`` (fp32)
+    and ``zero_point`` (int32), both broadcastable to [R, G], they are used as given (the
+    per-tensor and torch.ao paths); the given zero point is the true one (not shifted).
+    ``pack_mask`` needs ``group_size == C``. ``config``: ``{"BLOCK_R", "BLOCK_C", "num_warps"}``
+    (powers of two, BLOCK_C >= 8). The caller has checked the arguments (``triton_qat.ops``).
+    ``write_codes=False`` skips storing the codes and their sums (the backward re-derives only
+    the fake-quantized weight and its mask); ``codes`` and ``code_sum`` are then unset.
+    ``write_mask=False`` skips the clamp mask (the forward's weight: its backward re-derives the
+    mask) and ``write_sums=False`` the code sums (an activation whose GEMM applies no weight zero
+    points); ``mask`` / ``code_sum`` are then empty ([0] / [R, 0]). ``write_zero_point=False``
+    skips storing computed zero points (symmetric weights, whose zero point is the code offset,
+    for a GEMM that reads none); ``zero_point`` is then [R, 0]. Given qparams come back as given.
     """
-    R, C = x.shape
-    n_groups = C // group_size
-    offset = code_offset(qmin, qmax)
-    dev = x.device
-    codes = new_empty((R, C) if write_codes else (0,), torch.int8, dev)
-    has_qparams = scale is not None
-    if has_qparams:
-        out_scale = (
-            scale.to(torch.float32).expand(R, n_groups).clone(memory_format=torch.contiguous_format)
-        )
-        zp = (
-            zero_point if zero_point is not None else torch.zeros((), dtype=torch.int32, device=dev)
-        )
-        out_zp = (
-            (zp.to(torch.int32) + offset)
-            .expand(R, n_groups)
-            .clone(memory_format=torch.contiguous_format)
-        )
-    else:
-        out_scale = _qparam_buffer(R, n_groups, torch.float32, dev, group_major)
-        out_zp = (
-            _qparam_buffer(R, n_groups, torch.int32, dev, group_major)
-            if write_zero_point
-            else new_empty((R, 0), torch.int32, dev)
-        )
-    mask_cols = (C + 7) // 8 if pack_mask else C
-    mask = new_empty((R, mask_cols) if write_mask else (0,), torch.uint8, dev)
-    sum_group = group_size if sum_group is None else sum_group
-    sum_mode, block_c = sum_layout(group_size, sum_group, config["BLOCK_C"])
-    write_sums = write_sums and write_codes  # the sums go with the codes
-    if not write_sums:
-        code_sum = new_empty((R, 0), torch.int32, dev)
-    elif sum_mode in (0, -1):
-        code_sum = _qparam_buffer(R, n_groups, torch.int32, dev, group_major and not has_qparams)
-    else:
-        code_sum = new_empty((R, C // sum_group), torch.int32, dev)
-    y = new_empty((R, C), x.dtype, dev) if with_y else None
-    if R == 0 or C == 0:
-        if sum_mode == -1 and write_sums:
-            code_sum = torch.zeros((R, C // sum_group), dtype=torch.int32, device=dev)
-        return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
-    block_r = config["BLOCK_R"]
-    # Per-group, a power-of-two group no wider than the tile (the default tiles of int4 groups
-    # 8..1024): a program walks one row and each tile row is one of its groups, as many per step
-    # as the config's tile holds (a power of two dividing G; not fewer than 16 unless the tile
-    # holds fewer). Threads hold whole 16-byte vectors of one group, the reads are contiguous
-    # and no column is padding (a group of 8 in a 16-wide tile was half padding, loaded 16 bits
-    # at a time).
-    per_tile = config["BLOCK_R"] * block_c // group_size  # groups
-    group_rows = (
-        4 <= group_size < C
-        and group_size & (group_size - 1) == 0
-        and group_size <= block_c
-        and sum_mode == 0
-        and not pack_mask
-        and min(per_tile, n_groups & -n_groups) >= min(per_tile, 16)
-    )
-    if group_rows:
-        block_r, block_c = min(per_tile, n_groups & -n_groups), group_size
-    per_row = nan_per_row(qmin, qmax, has_qparams, asym_weight and not symmetric)
-    split = (
-        group_split(block_r, group_size, config["num_warps"], x.element_size(), write_codes)
-        if group_rows and not write_sums and per_row
-        else 1
-    )
-    grid = (R if group_rows else cdiv(R, block_r),)
-    major = capability_major(x)
-    _quantize_rows_kernel[grid](
-        x,
-        x.stride(0),
-        x.stride(1),
-        codes if write_codes else mask,
-        out_scale,
-        out_zp,
-        mask,
-        code_sum,
-        y if with_y else mask,
-        R,
-        C,
-        group_size,
-        out_scale.stride(0),
-        out_scale.stride(1),
-        eps_for(x.dtype, asym_weight and not symmetric),
-        QMIN=qmin,
-        QMAX=qmax,
-        CODE_OFFSET=offset,
-        SYMMETRIC=symmetric,
-        ASYM_WEIGHT=asym_weight and not symmetric,
-        HAS_QPARAMS=has_qparams,
-        DT=dtype_code(x.dtype),
-        DIV_BY_RECIP=x.is_cuda,
-        NAN_ZP=NAN_ZERO_POINT["cuda" if x.is_cuda else "cpu"],
-        PACK_MASK=pack_mask,
-        PARTIAL_BYTE=pack_mask and C % 8 != 0,
-        WRITE_CODES=write_codes,
-        WRITE_Y=with_y,
-        WRITE_MASK=write_mask,
-        WRITE_ZP=write_zero_point,  # computed zero points only: given ones are inputs
-        ONE_SWEEP=group_size <= block_c,
-        GROUP_ROWS=group_rows,
-        ONE_GROUP=n_groups == 1,
-        # 4+ codes per thread, and a GPU with cvt.pack (sm_72+)
-        ASM_PACK4=block_r * block_c >= 4 * 32 * config["num_warps"] and major >= 8,
-        REDUCE16=major >= 9,
-        FULL_TILE=group_rows or (group_size == block_c and R % block_r == 0),
-        SUM_MODE=max(sum_mode, 0) if write_sums else -1,
-        SUM_GROUP=sum_group,
-        SPLIT=split,
-        BLOCK_R=block_r,
-        BLOCK_C=block_c // split,
-        num_warps=config["num_warps"],
-        enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
-    )
-    if sum_mode == -1 and write_sums:  # no tile fits the sum groups: sum the codes written
-        code_sum = codes.reshape(R, C // sum_group, sum_group).sum(-1, dtype=torch.int32)
-    return Quantized(codes, out_scale, out_zp, mask, code_sum, y)
+    plan = plan_quantize(
+        x.shape[1], x.dtype, x.device, qmin, qmax, group_size, symmetric, pack_mask=pack_mask,
+        config=config, has_qparams=scale is not None, with_y=with_y, write_codes=write_codes,
+        group_major=group_major, asym_weight=asym_weight, sum_group=sum_group,
+        write_mask=write_mask, write_sums=write_sums, write_zero_point=write_zero_point,
+        major=capability_major(x),
+    )  # fmt: skip
+    return launch_quantize(plan, x, scale, zero_point)
