@@ -23,7 +23,13 @@ from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plai
 from triton_qat.checks import FLOAT_DTYPES
 from triton_qat.config import DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import fake_quantize
-from triton_qat.quantized import apply_sharing_buffers, pack_int4, unpack_int4
+from triton_qat.quantized import (
+    QuantizedModule,
+    check_count,
+    check_float_dtype,
+    pack_int4,
+    unpack_int4,
+)
 from triton_qat.spec import spec_for
 
 EMBEDDING_GRANULARITIES = ("per_channel", "per_group")
@@ -34,6 +40,7 @@ def check_embedding_config(config: object, embedding_dim: int, name: str = "weig
     ``embedding_dim`` elements."""
     if not isinstance(config, QuantConfig):
         raise TypeError(f"{name}: expected a triton_qat.QuantConfig, got {type(config).__name__}")
+    check_count(embedding_dim, "embedding_dim")
     if config.granularity not in EMBEDDING_GRANULARITIES:
         raise ValueError(
             f"{name}: embedding tables are quantized per row or per group along the row, "
@@ -181,7 +188,7 @@ class Embedding(nn.Embedding):
         )
 
 
-class QuantizedEmbedding(nn.Module):
+class QuantizedEmbedding(QuantizedModule):
     """Int8 (bits <= 4: packed int4) embedding table after QAT (no gradients).
 
     Buffers: ``weight_codes`` int8 [num_embeddings, embedding_dim] (uint8
@@ -190,11 +197,18 @@ class QuantizedEmbedding(nn.Module):
     per channel, embedding_dim / group_size per group): the names and layout of a
     :class:`~triton_qat.QuantizedLinear`'s, so a tied ``lm_head`` shares them.
 
-    The lookup gathers the rows' codes and scales and dequantizes them, ``output_dtype(code *
-    scale)``: exactly the rows of the fake-quantized table the prepared :class:`Embedding`
-    returned in ``output_dtype`` (the table's dtype at conversion; dtype casts of the module leave
-    it and the buffers as they are, device moves move the buffers).
+    The lookup of int64 / int32 ids [...] (any shape, empty too) gathers the rows' codes and
+    scales and dequantizes them: output [..., embedding_dim], ``output_dtype(code * scale)``,
+    exactly the rows of the fake-quantized table the prepared :class:`Embedding` returns in its
+    table's dtype. ``output_dtype`` is that dtype: the table's at conversion, then it follows
+    dtype casts of the module as the prepared table's dtype does (``.to(torch.bfloat16)``,
+    ``.half()``, ...: the output dtype changes, codes and scales stay as they are; device moves
+    move them), and it travels in the state dict (``_extra_state``, see
+    :class:`~triton_qat.quantized.QuantizedModule`). Autocast leaves the lookup alone, as it
+    leaves ``nn.Embedding``'s.
     """
+
+    dtype_attr = "output_dtype"
 
     def __init__(
         self,
@@ -209,11 +223,9 @@ class QuantizedEmbedding(nn.Module):
         device=None,
     ) -> None:
         super().__init__()
+        check_count(num_embeddings, "num_embeddings", minimum=0)
         check_embedding_config(weight, embedding_dim)
-        if output_dtype not in FLOAT_DTYPES:
-            raise TypeError(
-                f"output_dtype: expected float32, float16 or bfloat16, got {output_dtype}"
-            )
+        check_float_dtype(output_dtype, "output_dtype")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx, self.max_norm, self.norm_type = padding_idx, max_norm, norm_type
         self.weight_config, self.output_dtype = weight, output_dtype
@@ -263,7 +275,7 @@ class QuantizedEmbedding(nn.Module):
             codes = unpack_int4(codes, self.embedding_dim)
         R, G = scale.shape
         # dt(code) * fp32 scale is an fp32 product (codes are exact in every dt), rounded to dt
-        y = codes.reshape(R, G, -1).to(torch.float32) * scale.reshape(R, G, 1)
+        y = codes.reshape(R, G, self.embedding_dim // G).to(torch.float32) * scale.reshape(R, G, 1)
         return y.reshape(R, self.embedding_dim).to(self.output_dtype)
 
     def forward(self, input: Tensor) -> Tensor:
@@ -272,6 +284,7 @@ class QuantizedEmbedding(nn.Module):
                 "input: expected an int64 / int32 index tensor, got "
                 f"{getattr(input, 'dtype', type(input).__name__)}"
             )
+        self._check_float_dtype()
         idx = input.reshape(-1)
         rows = self.dequantize(idx)
         if self.max_norm is not None:
@@ -283,17 +296,6 @@ class QuantizedEmbedding(nn.Module):
                 norm_type=self.norm_type,
             )
         return rows.reshape(*input.shape, self.embedding_dim)
-
-    def _apply(self, fn, recurse=True):
-        """``.to`` / ``.cuda`` / ``to_empty`` ...: devices move, dtypes stay (codes and scales
-        keep their dtypes, the output dtype is fixed), and a buffer shared with another module
-        (a tied ``lm_head`` after ``convert``) stays shared, as in :class:`QuantizedLinear`."""
-        apply_sharing_buffers(self, super()._apply, fn, recurse, lambda _name: True)
-        return self
-
-    def weight_nbytes(self) -> int:
-        """Bytes of table storage (codes + scales)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"

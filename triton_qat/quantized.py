@@ -6,6 +6,12 @@ forward, so the eval output equals the prepared model's eval output (QAT trained
 arithmetic). Layers trained with torch.ao numerics quantize activations per tensor with fp32
 qparams from the current input, as torch.ao's dynamic quantized Linear does; that equals the
 prepared model's eval output while its (memoryless) activation observer is enabled.
+
+Converted modules behave as the prepared ones under what users do to a model: dtype casts
+(``.to(torch.bfloat16)``, ``.half()``, ...) cast what they compute, as they cast the prepared
+weight, while the codes and scales stay; autocast gives the output dtype the prepared module's
+(``tq.Linear``: the autocast dtype); empty inputs give empty outputs; and their state dicts hold
+tensors only (``safetensors``, ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from torch import Tensor, nn
 
 from triton_qat import ao
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
-from triton_qat.checks import check_input
+from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_input, check_range
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
 from triton_qat.dispatch import activation_sum_group
+from triton_qat.functional import check_configs
+from triton_qat.linear import _autocast_output  # the prepared layer's autocast rule, shared
 from triton_qat.ops import float_linear
 from triton_qat.spec import ao_spec, spec_for
 
@@ -37,7 +45,7 @@ def unpack_int4(packed: Tensor, K: int) -> Tensor:
     """Inverse of :func:`pack_int4`: uint8 [N, ceil(K/2)] -> int8 [N, K] (sign-extended)."""
     lo = (packed & 0xF).to(torch.int8)
     hi = (packed >> 4).to(torch.int8)
-    codes = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)[:, :K]
+    codes = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], 2 * packed.shape[1])[:, :K]
     return torch.where(codes > 7, codes - 16, codes)
 
 
@@ -80,6 +88,103 @@ def apply_sharing_buffers(module: nn.Module, base_apply, fn, recurse: bool, keep
         module._buffers[k] = _apply_to_buffer(fn, held[k], keep_dtype(k), memo)
 
 
+def check_count(value: object, name: str, minimum: int = 1) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int >= ``minimum`` (1 or 0)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else "a non-negative int"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+
+
+def check_float_dtype(dtype: object, name: str) -> None:
+    """TypeError naming ``name`` unless ``dtype`` is float32, float16 or bfloat16."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {dtype}")
+
+
+def recorded_dtype(state: object, key: str, owner: str) -> torch.dtype:
+    """The float dtype a converted module's ``_extra_state`` records: a zero-element tensor of
+    that dtype, or (state dicts of the previous version) ``{"weight_dtype": "bfloat16"}``.
+    ValueError naming ``key`` and ``owner`` (the module class) for anything else."""
+    if isinstance(state, Tensor):
+        dtype = state.dtype
+    elif isinstance(state, dict) and isinstance(state.get("weight_dtype"), str):
+        dtype = getattr(torch, state["weight_dtype"], None)
+    else:
+        raise ValueError(
+            f"{key}: expected the {owner}'s dtype record (a zero-element floating-point tensor, "
+            f"or the {{'weight_dtype': name}} dict of older versions), got {state!r}"
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{key}: expected a floating-point dtype record ({owner}), got {dtype}")
+    return dtype
+
+
+class QuantizedModule(nn.Module):
+    """Base of the converted modules (:class:`QuantizedLinear`, ``QuantizedEmbedding``).
+
+    Their quantized buffers (int codes, fp32 scales, ...) keep their dtypes under dtype casts of
+    the module; device moves move them, and a buffer shared with another module (tied weights
+    after ``convert``) stays shared. The module's float dtype, the attribute named by
+    ``dtype_attr`` (the dtype of the prepared weight: the table's output dtype, the dtype a linear
+    forms its fake-quantized weight in), follows dtype casts as a float parameter would
+    (``.to(torch.bfloat16)``, ``.half()``, ``.float()``, ``.type(...)``), and travels in the state
+    dict as ``_extra_state``, a zero-element tensor of that dtype, so state dicts hold tensors
+    only (safetensors files, ``torch.load(weights_only=True)``). Loading sets the recorded dtype;
+    a state dict without one (``QuantizedEmbedding`` before) leaves the module's own.
+    """
+
+    dtype_attr = "weight_dtype"
+
+    def keeps_dtype(self, buffer_name: str) -> bool:
+        """Whether dtype casts leave this buffer's dtype as it is (all but a linear's bias)."""
+        return True
+
+    @property
+    def float_dtype(self) -> torch.dtype:
+        return getattr(self, self.dtype_attr)
+
+    def _apply(self, fn, recurse=True):
+        """What ``.to`` / ``.cuda`` / ``.half`` / ``.type`` / ``to_empty`` ... run (see the class
+        docstring); the float dtype becomes what ``fn`` makes of a float tensor of it."""
+        device = self.weight_codes.device
+        apply_sharing_buffers(self, super()._apply, fn, recurse, self.keeps_dtype)
+        probe = fn(torch.empty(0, dtype=self.float_dtype, device=device))
+        setattr(self, self.dtype_attr, probe.dtype)
+        return self
+
+    def _check_float_dtype(self) -> None:
+        """TypeError naming the module and the way back unless its float dtype is fp32 / fp16 /
+        bf16 (``.double()`` casts it to float64, as the prepared module's weight, which the
+        prepared module rejects too)."""
+        dtype = self.float_dtype
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{type(self).__name__}.{self.dtype_attr} is {dtype} (the module was cast to it); "
+                "float32, float16 or bfloat16 only: cast it with .float(), .half() or .bfloat16()"
+            )
+
+    def get_extra_state(self) -> Tensor:
+        """The float dtype as a zero-element tensor of it (see the class docstring)."""
+        return torch.empty(0, dtype=self.float_dtype, device=self.weight_codes.device)
+
+    def set_extra_state(self, state: Tensor | dict) -> None:
+        setattr(self, self.dtype_attr, recorded_dtype(state, "_extra_state", type(self).__name__))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # fmt: skip
+        key = prefix + "_extra_state"
+        if key in state_dict:  # checked before anything of this module is loaded
+            recorded_dtype(state_dict[key], key, type(self).__name__)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)  # fmt: skip
+        if key not in state_dict and key in missing_keys:  # no record: the module keeps its own
+            missing_keys.remove(key)
+
+    def weight_nbytes(self) -> int:
+        """Bytes of weight storage (every buffer: codes, scales, ..., a linear's bias)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
 def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, dtype) -> Tensor:
     """The fake-quantized weight from its codes [N, K], scales [N, G] and zero points [N, G] (or
     None), in ``dtype``: torchao's ``(dt(q) - dt(zp)) * s`` then ``dt``, the bits the quantize
@@ -92,15 +197,23 @@ def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, d
     return (q * scale.reshape(N, G, 1)).to(dtype).reshape(N, K)
 
 
-class QuantizedLinear(nn.Module):
+class QuantizedLinear(QuantizedModule):
     """Int8 inference linear layer (no gradients).
 
     Buffers: ``weight_codes`` int8 [N, K] (or uint8 [N, ceil(K/2)] when ``weight_bits <= 4``),
     ``weight_scale`` fp32 [N, G], ``weight_code_sum`` int32 [N, G], ``weight_zero_point`` int32
-    [N, G] (asymmetric weights only), ``bias`` [N] or None. Input [..., K] fp32 / fp16 / bf16 ->
-    output [..., N] in the input's dtype. A weight-only layer (``activation=NOT_QUANTIZED``)
-    dequantizes the weight in ``dtype`` (the trained weight's) and runs a float GEMM in the
-    input's dtype, as the prepared layer does.
+    [N, G] (asymmetric weights only), ``bias`` [N] in ``dtype`` or None. Input [..., K] fp32 /
+    fp16 / bf16 (K = 0 rows too) -> output [..., N] in the input's dtype; under autocast the
+    autocast dtype, as :class:`triton_qat.Linear`.
+
+    ``weight_dtype`` (``dtype`` at construction; ``convert``: the trained weight's dtype) is the
+    dtype the layer forms its fake-quantized weight ``dt(q * s)`` in, as the prepared layer does
+    in its weight's dtype: a weight-only layer (``activation=NOT_QUANTIZED``) dequantizes into
+    it and runs a float GEMM in the input's dtype, and the dequantized per-group GEMM forms w_fq
+    in it. Dtype casts of the module cast ``weight_dtype`` and the bias as they cast the prepared
+    layer's weight and bias (codes, scales, code sums and zero points stay as they are), so the
+    cast layer computes what the prepared layer cast the same way computes from the same codes.
+    ``weight_dtype`` travels in the state dict (``_extra_state``, see :class:`QuantizedModule`).
     """
 
     def __init__(
@@ -115,10 +228,19 @@ class QuantizedLinear(nn.Module):
         device=None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        """``activation`` (or ``NOT_QUANTIZED``: weight-only) / ``weight``: the prepared layer's
+        configs; ``activation_range``: (qmin, qmax) of a torch.ao layer's per-tensor activation
+        (its qparams computed from each input in fp32); ``dtype``: the prepared weight's dtype."""
         super().__init__()
+        check_count(in_features, "in_features")
+        check_count(out_features, "out_features")
+        check_in_features(in_features)
+        check_float_dtype(dtype, "dtype")
+        check_configs(activation, weight, in_features)
+        if activation_range is not None:
+            check_range(*activation_range, name="activation_range")
         self.in_features, self.out_features = in_features, out_features
         self.activation_config, self.weight_config = activation, weight
-        # torch.ao layers quantize activations per tensor with their own (e.g. quint8) range
         # torch.ao layers (activation_range given) quantize activations per tensor with fp32
         # qparams like torch.ao's dynamic quantized Linear; torchao layers in the input dtype
         self.ao_activation = activation_range is not None
@@ -198,31 +320,16 @@ class QuantizedLinear(nn.Module):
             new.bias.copy_(lin.bias.detach())
         return new
 
-    def _apply(self, fn, recurse=True):
-        """What ``.to`` / ``.cuda`` / ``.half`` / ``.type`` / ``to_empty`` ... run: as in
-        ``nn.Module``, except that (1) dtype casts leave the codes, scales and code sums in their
-        own dtypes (``.to(torch.bfloat16)`` casts only the bias; device moves move everything),
-        and (2) a buffer shared with another module (tied weights after ``convert``) stays
-        shared, as a shared Parameter does."""
-        apply_sharing_buffers(self, super()._apply, fn, recurse, _QUANT_BUFFERS.__contains__)
-        return self
-
-    def weight_nbytes(self) -> int:
-        """Bytes of weight storage (codes + scales + code sums + bias)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
-
-    def get_extra_state(self) -> dict:
-        """The dtype a weight-only layer dequantizes its weight into (the prepared layer's weight
-        dtype) travels with the state dict: rebuilt with another ``dtype`` and loaded, the layer
-        still computes the prepared layer's bits."""
-        return {"weight_dtype": str(self.weight_dtype).removeprefix("torch.")}
-
-    def set_extra_state(self, state: dict) -> None:
-        if isinstance(state, dict) and "weight_dtype" in state:
-            self.weight_dtype = getattr(torch, state["weight_dtype"])
+    def keeps_dtype(self, buffer_name: str) -> bool:
+        """Dtype casts cast the bias only; the quantized weight's buffers keep their dtypes."""
+        return buffer_name in _QUANT_BUFFERS
 
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
+        self._check_float_dtype()
+        return _autocast_output(self._forward(input))
+
+    def _forward(self, input: Tensor) -> Tensor:
         codes = self.weight_codes
         if self.packed:
             codes = unpack_int4(codes, self.in_features)
@@ -232,6 +339,8 @@ class QuantizedLinear(nn.Module):
             w_fq = dequantize_weight(codes, self.weight_scale, w_zp, self.weight_dtype)
             return float_linear(input, w_fq, self.bias)
         x2d = input.reshape(-1, K)
+        if x2d.shape[0] == 0:  # no rows (torch.ao qparams of no values do not exist)
+            return input.new_empty(*input.shape[:-1], N)
         qmin, qmax = self.activation_range
         a_scale = a_zp = None
         if self.ao_activation:
@@ -257,7 +366,7 @@ class QuantizedLinear(nn.Module):
             input.dtype,
             w_zero_point=w_zp,
             x_code_sum=x_sum if w_zp is not None and x_sum.shape[1] == G else None,
-            w_dtype=self.weight_dtype,  # w_fq formed in the trained weight's dtype, as in training
+            w_dtype=self.weight_dtype,  # w_fq formed in the weight's dtype, as in training
         )
         return out.reshape(*input.shape[:-1], N)
 

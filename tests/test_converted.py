@@ -1,0 +1,385 @@
+"""Converted modules (tq.QuantizedLinear, tq.QuantizedEmbedding) as users handle them: safetensors
+files (what Hugging Face's ``save_pretrained`` writes), dtype casts and autocast (converted equals
+prepared eval, cast or autocast the same way), empty inputs, meta-device construction,
+``torch.save`` with ``weights_only=True``, ``deepcopy``, forward hooks and bad arguments."""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.ao.quantization as q
+import torch.nn.functional as F
+from conftest import dt_id
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+import triton_qat as tq
+from triton_qat.config import NOT_QUANTIZED
+
+I8PC = tq.QuantConfig(granularity="per_channel", symmetric=True)
+I4G16 = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True)
+ASYM4 = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=False)
+AO_PER_CHANNEL = q.QConfig(
+    activation=q.default_dynamic_qat_qconfig.activation,
+    weight=q.default_per_channel_weight_fake_quant,
+)
+LINEARS = {  # every QuantizedLinear flavour: tq.Linear keyword arguments
+    "i8": {},
+    "i4g16-packed": dict(weight=I4G16),
+    "asym-i4g16": dict(weight=ASYM4),
+    "weight-only": dict(activation=NOT_QUANTIZED, weight=I4G16),
+    "weight-only-asym": dict(activation=NOT_QUANTIZED, weight=ASYM4),
+    "ao-per-tensor": dict(qconfig=q.default_dynamic_qat_qconfig),
+    "ao-per-channel": dict(qconfig=AO_PER_CHANNEL),
+}
+BF16_TOL = dict(rtol=1e-2, atol=1e-2)  # test_model.py::test_convert_torch_ao_family, bf16
+
+
+def _prepared_linear(name: str, device, dtype=torch.float32, K: int = 32, N: int = 24):
+    """A tq.Linear of flavour ``name`` in eval mode (torch.ao observers initialized)."""
+    lin = tq.Linear(K, N, device=device, dtype=dtype, **LINEARS[name])
+    if lin.uses_ao_numerics:
+        lin(torch.randn(4, K, device=device, dtype=dtype))
+    return lin.eval()
+
+
+def _assert_converted_equals_prepared(got, want, name: str) -> None:
+    """Bit-exact, as tests/test_model.py holds the torchao family; the torch.ao family within its
+    documented tolerance (one fp32 rounding of the activation scale, bf16 outputs here)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if name.startswith("ao"):
+        torch.testing.assert_close(got, want, **BF16_TOL)
+    else:
+        assert torch.equal(got, want)
+
+
+class Model(nn.Module):
+    """Every converted flavour in one model: an int4 table, LayerNorm, then linears."""
+
+    def __init__(self, dtype=torch.float32, device="cpu", tied: bool = False):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.tok = tq.Embedding(40, 32, weight=I4G16, **kw)
+        self.norm = nn.LayerNorm(32, **kw)
+        self.fc = tq.Linear(32, 48, **kw)
+        self.wo = tq.Linear(48, 32, activation=NOT_QUANTIZED, weight=ASYM4, **kw)
+        self.ao = tq.Linear(32, 32, qconfig=q.default_dynamic_qat_qconfig, **kw)
+        self.head = tq.Linear(32, 40, bias=False, weight=I4G16, **kw)
+        if tied:
+            self.head.weight = self.tok.weight
+
+    def forward(self, idx):
+        h = self.norm(self.tok(idx))
+        return self.head(self.ao(self.wo(F.gelu(self.fc(h)))))
+
+
+def _converted(seed: int, dtype=torch.float32, device="cpu", tied: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    model = Model(dtype, device, tied)
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)  # LayerNorm parameters that differ by seed
+        model.norm.bias.uniform_(-0.5, 0.5)
+    model(torch.randint(0, 40, (2, 5), device=device))  # initializes the torch.ao observers
+    return tq.convert(model.eval())
+
+
+def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k, v in sa.items():
+        assert sb[k].dtype == v.dtype and torch.equal(sb[k], v), k
+
+
+# -- 8: safetensors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+def test_safetensors_save_file_round_trip(dtype, device, tmp_path):
+    conv = _converted(0, dtype, device)
+    idx = torch.randint(0, 40, (3, 7), device=device)
+    want = conv(idx)
+    state = conv.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    save_file(state, tmp_path / "model.safetensors")
+    loaded = load_file(tmp_path / "model.safetensors", device=device)
+    # into a converted model of other weights, built in fp32: the quantized weights' dtypes come
+    # from the file, other tensors keep the receiver's (as torch loads them); a cast after
+    # loading sets one dtype everywhere
+    fresh = _converted(1, torch.float32, device)
+    assert not torch.equal(fresh(idx).float(), want.float())
+    fresh.load_state_dict(loaded, strict=True)
+    assert fresh.wo.weight_dtype == dtype and fresh.tok.output_dtype == dtype
+    fresh.to(dtype)
+    _assert_same_state(fresh, conv)
+    assert torch.equal(fresh(idx), want)
+    # safetensors' own module API
+    save_model(conv, str(tmp_path / "model2.safetensors"))
+    other = _converted(2, dtype, device)
+    missing, unexpected = load_model(other, str(tmp_path / "model2.safetensors"), device=device)
+    assert not missing and not unexpected
+    assert torch.equal(other(idx), want)
+
+
+def test_safetensors_tied_weights(device, tmp_path):
+    """convert shares the codes and scales of an embedding tied to lm_head: ``save_file`` refuses
+    shared tensors (safetensors' error names ``save_model``); ``save_model`` / ``load_model``
+    store them once and restore them into a model that shares them."""
+    conv = _converted(0, device=device, tied=True)
+    assert conv.head.weight_codes is conv.tok.weight_codes
+    idx = torch.randint(0, 40, (2, 6), device=device)
+    want = conv(idx)
+    with pytest.raises(RuntimeError, match="save_model"):
+        save_file(conv.state_dict(), tmp_path / "tied.safetensors")
+    save_model(conv, str(tmp_path / "tied.safetensors"))
+    fresh = _converted(1, device=device, tied=True)
+    missing, unexpected = load_model(fresh, str(tmp_path / "tied.safetensors"), device=device)
+    assert not missing and not unexpected
+    assert fresh.head.weight_codes is fresh.tok.weight_codes
+    assert torch.equal(fresh(idx), want)
+
+
+def test_state_dict_of_the_previous_version_still_loads(device):
+    """Before, QuantizedLinear's ``_extra_state`` was ``{"weight_dtype": "bfloat16"}`` and
+    QuantizedEmbedding had none: such state dicts load (strict), anything else is named."""
+    conv = _converted(0, torch.bfloat16, device)
+    old = conv.state_dict()
+    for name in ("fc", "wo", "ao", "head"):
+        old[f"{name}._extra_state"] = {"weight_dtype": "bfloat16"}
+    del old["tok._extra_state"]
+    buf = io.BytesIO()
+    torch.save(old, buf)
+    fresh = _converted(1, torch.float32, device)
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert fresh.wo.weight_dtype == torch.bfloat16 and fresh.fc.weight_dtype == torch.bfloat16
+    assert fresh.tok.output_dtype == torch.float32  # not recorded then: the receiver's
+    idx = torch.randint(0, 40, (2, 3), device=device)
+    assert torch.equal(fresh.tok.to(torch.bfloat16)(idx), conv.tok(idx))
+    old["wo._extra_state"] = {"dtype": "bf16"}
+    with pytest.raises(ValueError, match=r"wo\._extra_state.*QuantizedLinear"):
+        fresh.load_state_dict(old)
+    old["wo._extra_state"] = torch.zeros(0, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"wo\._extra_state.*floating"):
+        fresh.load_state_dict(old)
+
+
+# -- 9: dtype casts ---------------------------------------------------------------------------
+
+
+def _on_grid(weight: torch.Tensor, bits: int, group: int) -> None:
+    """Make ``weight`` [N, K] (symmetric, groups of ``group``) quantize to the same codes and
+    scales in fp32, fp16 and bf16: codes k * 2^-e with |k| <= qmax, and a group maximum of
+    ((qmax - qmin) / 2) * 2^-e, so the scale is 2^-e in every dtype."""
+    N, K = weight.shape
+    qmax = 2 ** (bits - 1) - 1
+    k = torch.randint(-qmax, qmax + 1, (N, K // group, group)).float()
+    k[..., 0] = (qmax + 0.5) * torch.where(torch.rand(N, K // group) < 0.5, -1.0, 1.0)
+    step = 2.0 ** -torch.randint(3, 9, (N, K // group, 1)).float()
+    with torch.no_grad():
+        weight.copy_((k * step).reshape(N, K))
+
+
+class EmbedNormLinear(nn.Module):
+    """The layout that failed: a (converted) table feeds LayerNorm, then a linear."""
+
+    def __init__(self, dtype, device, weight: tq.QuantConfig, bits: int, group: int | None):
+        super().__init__()
+        self.tok = tq.Embedding(40, 32, weight=I4G16, device=device, dtype=dtype)
+        self.norm = nn.LayerNorm(32, device=device, dtype=dtype)
+        self.fc = tq.Linear(32, 16, weight=weight, device=device, dtype=dtype)
+        _on_grid(self.tok.weight, 4, 16)
+        _on_grid(self.fc.weight, bits, group or 32)
+
+    def forward(self, idx):
+        return self.fc(self.norm(self.tok(idx)))
+
+
+_CASTS = {  # (trained dtype, cast)
+    "to-bf16": (torch.float32, lambda m: m.to(torch.bfloat16)),
+    "bfloat16": (torch.float32, lambda m: m.bfloat16()),
+    "half": (torch.float32, lambda m: m.half()),
+    "to-dtype-fp16": (torch.float32, lambda m: m.to(dtype=torch.float16)),
+    "type-bf16": (torch.float32, lambda m: m.type(torch.bfloat16)),
+    "bf16-trained-float": (torch.bfloat16, lambda m: m.float()),
+}
+
+
+@pytest.mark.parametrize("weight", ["i8pc", "i4g16"])
+@pytest.mark.parametrize("cast", list(_CASTS))
+def test_cast_converted_equals_prepared_cast_the_same_way(cast, weight, device):
+    """Casting the converted model casts what it computes as casting the prepared model does: the
+    table's output dtype and the dtype a linear forms its dequantized weight in follow the cast
+    (codes and scales stay). On weights whose codes and scales every dtype computes alike, the
+    cast converted model equals the cast prepared model bit for bit."""
+    dtype, fn = _CASTS[cast]
+    cfg, bits, group = (I8PC, 8, None) if weight == "i8pc" else (I4G16, 4, 16)
+    model = EmbedNormLinear(dtype, device, cfg, bits, group).eval()
+    conv = tq.convert(copy.deepcopy(model))
+    codes = {k: v.clone() for k, v in conv.state_dict().items() if k.endswith("_codes")}
+    assert fn(conv) is conv
+    want = fn(model)(idx := torch.randint(0, 40, (3, 5), device=device))
+    new = want.dtype
+    assert new != dtype and conv.tok.output_dtype == new and conv.fc.weight_dtype == new
+    got = conv(idx)
+    assert got.dtype == new and torch.equal(got, want)
+    assert conv.tok(idx).dtype == new
+    for k, v in codes.items():
+        assert torch.equal(conv.state_dict()[k], v), k
+    assert conv.tok.weight_scale.dtype == conv.fc.weight_scale.dtype == torch.float32
+
+
+def test_weight_only_dequantizes_into_the_cast_dtype(device):
+    """A bf16-trained weight-only layer cast to fp32 forms w_fq = q * s in fp32, as the prepared
+    layer cast to fp32 forms its fake-quantized weight in fp32 (not the bf16-rounded values)."""
+    torch.manual_seed(0)
+    lin = tq.Linear(64, 16, activation=NOT_QUANTIZED, weight=I8PC, device=device,
+                    dtype=torch.bfloat16)  # fmt: skip
+    conv = tq.convert(copy.deepcopy(lin))
+    conv.float()
+    assert conv.weight_dtype == torch.float32 and conv.bias.dtype == torch.float32
+    x = torch.randn(5, 64, device=device)
+    w_fq = conv.weight_codes.float() * conv.weight_scale  # fp32 products, one rounding
+    assert not torch.equal(w_fq, w_fq.bfloat16().float())  # the test can tell the two apart
+    assert torch.equal(conv(x), F.linear(x, w_fq, conv.bias))
+
+
+def test_double_cast_is_rejected_at_forward_with_the_way_out(device):
+    conv = tq.convert(tq.Linear(32, 8, device=device))
+    conv.double()
+    with pytest.raises(TypeError, match=r"QuantizedLinear.*float64.*\.float\(\)"):
+        conv(torch.randn(2, 32, device=device))
+    assert torch.isfinite(conv.float()(torch.randn(2, 32, device=device))).all()
+    emb = tq.convert(tq.Embedding(10, 32, device=device)).double()
+    with pytest.raises(TypeError, match=r"QuantizedEmbedding.*float64.*\.float\(\)"):
+        emb(torch.tensor([1], device=device))
+
+
+# -- 10: autocast ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(LINEARS))
+def test_autocast_converted_linear_equals_prepared(name, device):
+    lin = _prepared_linear(name, device)
+    conv = tq.convert(copy.deepcopy(lin))
+    x = torch.randn(3, 5, 32, device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        got = conv(x)  # first: the prepared torch.ao layer observes as it runs
+        want = lin(x)
+    assert want.dtype == torch.bfloat16
+    _assert_converted_equals_prepared(got, want, name)
+
+
+def test_autocast_converted_embedding_equals_prepared(device):
+    emb = tq.Embedding(40, 32, max_norm=1.0, weight=I4G16, device=device)
+    conv = tq.convert(copy.deepcopy(emb))
+    idx = torch.randint(0, 40, (3, 5), device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        want, got = emb(idx), conv(idx)
+    assert want.dtype == torch.float32  # nn.Embedding is not autocast
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+# -- 11: empty inputs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+@pytest.mark.parametrize("name", list(LINEARS))
+def test_empty_input_converted_linear(name, dtype, device):
+    lin = _prepared_linear(name, device, dtype)
+    conv = tq.convert(copy.deepcopy(lin))
+    for shape in [(0, 32), (2, 0, 32), (0,)]:
+        x = torch.randn(*shape[:-1], 32, device=device, dtype=dtype)
+        want = lin(x)
+        got = conv(x)
+        assert got.shape == want.shape == (*shape[:-1], 24) and got.dtype == want.dtype == dtype
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        got = conv(torch.randn(0, 32, device=device, dtype=dtype))
+    assert got.shape == (0, 24) and got.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("max_norm", [None, 1.0])
+@pytest.mark.parametrize("cfg", [I8PC, I4G16], ids=["i8pc", "i4g16"])
+def test_empty_input_converted_embedding(cfg, max_norm, device):
+    emb = tq.Embedding(20, 32, max_norm=max_norm, weight=cfg, device=device,
+                       dtype=torch.bfloat16)  # fmt: skip
+    conv = tq.convert(copy.deepcopy(emb))
+    for shape in [(0,), (0, 3), (2, 0)]:
+        idx = torch.zeros(shape, dtype=torch.long, device=device)
+        want, got = emb(idx), conv(idx)
+        assert got.shape == want.shape == (*shape, 32)
+        assert got.dtype == want.dtype == torch.bfloat16
+
+
+# -- the rest of the audit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["i4g16-packed", "asym-i4g16", "weight-only"])
+def test_meta_construction_then_to_empty_and_strict_load(name, device):
+    lin = _prepared_linear(name, device, torch.bfloat16)
+    conv = tq.convert(copy.deepcopy(lin))
+    cfg = LINEARS[name]
+    meta = tq.QuantizedLinear(32, 24, activation=cfg.get("activation", tq.QuantConfig()),
+                              weight=cfg["weight"], device="meta")  # fmt: skip
+    assert all(b.is_meta for b in meta.buffers())
+    meta.to_empty(device=device)
+    meta.load_state_dict(conv.state_dict(), strict=True)
+    x = torch.randn(3, 32, device=device, dtype=torch.bfloat16)
+    assert meta.weight_dtype == torch.bfloat16 and torch.equal(meta(x), conv(x))
+
+
+def test_fresh_modules_state_dict_round_trip_strict(device):
+    for make in (
+        lambda: tq.QuantizedLinear(32, 8, weight=ASYM4, device=device),
+        lambda: tq.QuantizedLinear(32, 8, bias=False, weight=I4G16, device=device),
+        lambda: tq.QuantizedEmbedding(10, 32, weight=I4G16, device=device),
+    ):
+        a, b = make(), make()
+        b.load_state_dict(a.state_dict(), strict=True)
+        _assert_same_state(a, b)
+        save = io.BytesIO()
+        torch.save(a.state_dict(), save)
+        b.load_state_dict(torch.load(io.BytesIO(save.getvalue()), weights_only=True))
+
+
+def test_deepcopy_and_pickled_module_round_trip(device):
+    conv = _converted(0, torch.bfloat16, device, tied=True)
+    idx = torch.randint(0, 40, (2, 4), device=device)
+    want = conv(idx)
+    for other in (copy.deepcopy(conv), _pickled(conv)):
+        assert other.head.weight_codes is other.tok.weight_codes
+        assert other.wo.weight_dtype == torch.bfloat16 and torch.equal(other(idx), want)
+
+
+def _pickled(module: nn.Module) -> nn.Module:
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    return torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+
+
+def test_forward_hooks_run_on_converted_modules(device):
+    conv = _converted(0, device=device)
+    calls = []
+    for name in ("tok", "fc", "wo"):
+        conv.get_submodule(name).register_forward_pre_hook(lambda m, a, n=name: calls.append(n))
+        conv.get_submodule(name).register_forward_hook(lambda m, a, o: o * 0)
+    out = conv(torch.randint(0, 40, (2, 3), device=device))
+    assert calls == ["tok", "fc", "wo"] and torch.isfinite(out).all()
+
+
+def test_constructor_arguments_are_checked():
+    with pytest.raises(ValueError, match="in_features: expected a positive int"):
+        tq.QuantizedLinear(0, 8)
+    with pytest.raises(ValueError, match="out_features: expected a positive int"):
+        tq.QuantizedLinear(8, 0)
+    with pytest.raises(ValueError, match="weight.group_size: expected a divisor of 30"):
+        tq.QuantizedLinear(30, 8, weight=I4G16)
+    with pytest.raises(TypeError, match="dtype: expected float32, float16 or bfloat16"):
+        tq.QuantizedLinear(32, 8, dtype=torch.float64)
+    with pytest.raises(TypeError, match="weight: expected a triton_qat.QuantConfig"):
+        tq.QuantizedLinear(32, 8, weight="int4")
+    with pytest.raises(ValueError, match="embedding_dim: expected a positive int"):
+        tq.QuantizedEmbedding(8, 0)
+    with pytest.raises(ValueError, match="num_embeddings: expected a non-negative int"):
+        tq.QuantizedEmbedding(-1, 8)
+    with pytest.raises(TypeError, match="output_dtype"):
+        tq.QuantizedEmbedding(8, 16, output_dtype=torch.float64)
