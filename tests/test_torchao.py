@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from conftest import assert_close_rel, dt_id
 from torch import nn
 from torch._dynamo.utils import counters
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 import triton_qat as tq
 from triton_qat.torchao_compat import to_quant_config, to_torchao_config
@@ -246,14 +248,16 @@ def test_unsupported_qat_configs_raise_and_leave_the_model(make, error, match):
 
 
 def test_torchao_errors_are_torchao_errors():
-    """Modules torchao cannot prepare raise torchao's own ValueError, with nothing swapped."""
-    for config, filter_fn in ((EXPLICIT, is_embedding), (EXPLICIT, lambda m, f: f in ("fc", ""))):
+    """Modules torchao cannot prepare raise torchao's own ValueError, prefixed by the module's
+    path, with nothing swapped."""
+    cases = ((is_embedding, "tok"), (lambda m, f: f in ("fc", ""), "<root>"))
+    for filter_fn, where in cases:
         with pytest.raises(ValueError) as theirs:
-            quantize_(TinyGPT(), config, filter_fn=filter_fn)
+            quantize_(TinyGPT(), EXPLICIT, filter_fn=filter_fn)
         model = TinyGPT()
         with pytest.raises(ValueError) as ours:
-            tq.prepare(model, config, filter_fn=filter_fn)
-        assert str(ours.value) == str(theirs.value)
+            tq.prepare(model, EXPLICIT, filter_fn=filter_fn)
+        assert str(ours.value) == f"{where}: {theirs.value}"
         assert type(model.fc) is nn.Linear
 
 
@@ -652,3 +656,56 @@ def test_range_learning_from_torchao_before_initialize_fake_quantizers():
     assert torch.equal(model[0].weight_scale.detach(), ref[0].weight_fake_quantizer.scale.detach())
     x = torch.randn(3, 64)
     assert torch.equal(model(x), ref(x))
+
+
+# the module-swapping contract (issue 26): parametrized linears, attention, the meta device
+
+
+@pytest.mark.parametrize("norm", [weight_norm, spectral_norm], ids=["weight_norm", "spectral_norm"])
+def test_parametrized_linear_through_qat_config_and_both_round_trips(norm):
+    """torchao's quantize_ cannot prepare a parametrized linear (it assigns the computed weight
+    as a parameter); tq.prepare(model, QATConfig) fake-quantizes the parametrized weight with
+    torchao's numerics, and to_torchao / from_torchao carry the parametrization both ways."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32))
+    norm(model[0])
+    plist = model[0].parametrizations.weight
+    tq.prepare(model, EXPLICIT).eval()  # eval: spectral_norm takes no power-iteration step
+    lin = model[0]
+    assert type_before_parametrizations(lin) is tq.Linear and lin.parametrizations.weight is plist
+    x = torch.randn(3, 64)
+    plain = nn.Linear(64, 64)
+    plain.weight, plain.bias = nn.Parameter(lin.weight.detach()), lin.bias
+    theirs = FakeQuantizedLinear.from_linear(plain, ACT, W4)
+    assert_close_rel(lin(x), theirs(x), torch.float32, "vs torchao on the parametrized weight")
+    out = model(x)
+    for back, kind in ((tq.to_torchao, FakeQuantizedLinear), (tq.from_torchao, tq.Linear)):
+        back(model)
+        assert type_before_parametrizations(model[0]) is kind
+        assert model[0].parametrizations.weight is plist
+        assert_close_rel(model(x), out, torch.float32, kind.__name__)
+    assert torch.equal(model(x), out)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in plist.parameters())
+
+
+def test_filter_selecting_attention_out_proj_raises():
+    """MultiheadAttention reads out_proj.weight and never calls out_proj: a filter_fn selecting
+    it raises instead of preparing a module whose fake quantization would never run."""
+    layer = nn.TransformerEncoderLayer(64, 2, 128, batch_first=True)
+    with pytest.raises(ValueError, match=r"^self_attn\.out_proj: .*never called"):
+        tq.prepare(layer, EXPLICIT, lambda mod, fqn: isinstance(mod, nn.Linear))
+    assert type(layer.linear1) is nn.Linear  # nothing swapped
+    tq.prepare(layer, EXPLICIT)  # torchao's default filter leaves it out
+    assert type(layer.linear1) is tq.Linear
+    assert type(layer.self_attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+
+
+def test_to_torchao_on_the_meta_device_keeps_parameters_shared():
+    i4 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
+    with torch.device("meta"):
+        model = tq.prepare(TinyGPT(), weight=i4, embedding=i4)
+    params = list(model.parameters())
+    tq.to_torchao(model)
+    assert model.lm_head.weight is model.tok.weight  # still tied
+    assert all(a is b for a, b in zip(params, model.parameters(), strict=True))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.ao.quantization.quantize import _observer_forward_hook
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from triton_qat import ao, torchao_compat
 from triton_qat.config import QuantConfig
@@ -21,64 +21,33 @@ from triton_qat.embedding import (
 from triton_qat.linear import Linear
 from triton_qat.quantized import QuantizedLinear
 from triton_qat.spec import spec_for
+from triton_qat.swap import SwapPlan, module_path, swap_selected
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 
-def _swap(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
-    if fqn == "":
-        return new
-    parent_name, _, child = fqn.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-    return model
+# the torch.ao qconfig of a module that an explicit ``qconfig = None`` keeps in float
+_KEEP_FLOAT = object()
 
 
-def _carry_module_state(old: nn.Module, new: nn.Module) -> nn.Module:
-    """Give ``new`` what torch.ao's ``swap_module`` carries over from the module it replaces: the
-    forward pre-hooks and forward hooks, in order, with their ``with_kwargs`` / ``always_call``
-    flags (torch.ao's own observer hook excepted), and the training flag."""
-    for hid, hook in old._forward_pre_hooks.items():
-        if torchao_compat.is_prepare_only_hook(hook):  # re-added by whoever needs it
-            continue
-        new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
-    for hid, hook in old._forward_hooks.items():
-        if hook is _observer_forward_hook:
-            continue
-        new.register_forward_hook(
-            hook,
-            with_kwargs=hid in old._forward_hooks_with_kwargs,
-            always_call=hid in old._forward_hooks_always_called,
-        )
-    new.train(old.training)
-    return new
-
-
-def _swap_all(model: nn.Module, select: Callable[[nn.Module, str], bool], make) -> nn.Module:
-    """Replace every module ``select`` accepts by ``make(module, fqn)`` (None: left alone). A module
-    reachable under several names is replaced once, by the same new module everywhere."""
-    done: dict[int, nn.Module | None] = {}  # the listing keeps the old modules (and ids) alive
-    for fqn, mod in list(model.named_modules(remove_duplicate=False)):
-        if id(mod) not in done:
-            if not select(mod, fqn):
-                continue
-            new = make(mod, fqn)
-            done[id(mod)] = None if new is None else _carry_module_state(mod, new)
-        if done[id(mod)] is not None:
-            model = _swap(model, fqn, done[id(mod)])
-    return model
-
-
-def _effective_qconfigs(model: nn.Module) -> dict[str, object]:
-    """Each module's torch.ao qconfig after propagation from its parents (as prepare_qat does)."""
+def _effective_qconfigs(model: nn.Module, root_qconfig=None) -> dict[str, object]:
+    """Each module's torch.ao qconfig after propagation from its parents, as ``prepare_qat``'s
+    ``propagate_qconfig_`` does: a module's own ``qconfig`` attribute, when it has one, wins over
+    its parent's, so an explicit ``qconfig = None`` inside a parent's torch.ao qconfig keeps the
+    module and its children (but those with a qconfig of their own) in float: ``_KEEP_FLOAT``.
+    Outside any torch.ao qconfig, None attributes are as absent ones: None. ``root_qconfig``:
+    the root's qconfig in place of its attribute (``prepare(qconfig=...)``)."""
     result: dict[str, object] = {}
 
     def walk(mod: nn.Module, prefix: str, inherited) -> None:
-        own = getattr(mod, "qconfig", None)
-        cfg = own if own is not None else inherited
+        own = getattr(mod, "qconfig", inherited)
+        if not prefix and root_qconfig is not None:
+            own = root_qconfig
+        cfg = _KEEP_FLOAT if own is None and inherited is not None else own
         result[prefix] = cfg
-        for name, child in mod.named_children():
-            walk(child, f"{prefix}.{name}" if prefix else name, cfg)
+        for name, child in mod._modules.items():
+            if child is not None:
+                walk(child, f"{prefix}.{name}" if prefix else name, cfg)
 
     walk(model, "", None)
     return result
@@ -103,11 +72,15 @@ def prepare(
         activation, weight: :class:`QuantConfig` for torchao numerics (defaults: int8 per-token
             asymmetric / int8 per-channel symmetric). A module with a torch.ao ``qconfig`` (its own
             or a parent's, as in ``prepare_qat``) uses torch.ao numerics instead, unless configs
-            are passed explicitly.
+            are passed explicitly: then every linear ``filter_fn`` accepts gets them, and
+            ``qconfig`` attributes are not read (select modules with ``filter_fn``).
         filter_fn: ``filter_fn(module, fqn) -> bool``; modules it rejects are left alone.
         qconfig: a torch.ao ``QConfig``: the same as setting ``model.qconfig = qconfig`` first
-            (torch.ao numerics, propagated to the children as ``prepare_qat`` does). Not with
-            ``activation`` / ``weight``.
+            (torch.ao numerics, propagated to the children as ``prepare_qat`` does: a module's
+            own ``qconfig`` attribute wins, and ``qconfig = None`` keeps it and its children in
+            float, unless they have a qconfig of their own). Not with ``activation`` /
+            ``weight``. Without any torch.ao qconfig in scope, ``qconfig = None`` attributes
+            (e.g. left by ``propagate_qconfig_``) are as absent ones.
         embedding: a symmetric per_channel / per_group :class:`QuantConfig`: also swap every
             ``nn.Embedding`` (that ``filter_fn`` accepts) for a :class:`triton_qat.Embedding`.
             None (default): embeddings are left alone.
@@ -120,9 +93,16 @@ def prepare(
     Parameters are shared, not copied: an optimizer made before ``prepare`` trains the same
     tensors (tied weights stay tied), except the new ``weight_scale`` parameters of learned
     ranges (``range_learning=True``): build the optimizer, DDP and ``fully_shard`` after
-    ``prepare`` then. Forward (pre-)hooks and the training flag carry over to the
-    new modules, as in torch.ao's ``prepare_qat``. Linears whose shape the configs cannot quantize
-    (a group size not dividing ``in_features``) stay ``nn.Linear`` and are named in a warning.
+    ``prepare`` then. Parametrized linears (``torch.nn.utils.parametrizations.weight_norm`` /
+    ``spectral_norm``, LoRA-style ``register_parametrization``) are prepared too: their
+    parametrizations move to the new module, which fake-quantizes the parametrized weight, and
+    gradients reach the original parameters. Hooks of every kind (forward, backward, state-dict)
+    and the training flag carry over, and handles taken before ``prepare`` still remove them; an
+    ``nn.TransformerEncoderLayer`` holding a prepared linear no longer takes its fused fast path
+    (which reads the weight directly). See :mod:`triton_qat.swap` for the whole contract. All or
+    nothing: an error names the module and leaves the model as it was. Linears whose shape the
+    configs cannot quantize (a group size not dividing ``in_features``) stay ``nn.Linear`` and
+    are named in a warning.
     """
     if config is not None or torchao_compat.is_torchao_config(activation):
         if config is not None and activation is not None:
@@ -150,37 +130,39 @@ def prepare(
             raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
         if not ao.is_ao_qconfig(qconfig):
             raise TypeError(f"qconfig: expected a torch.ao QConfig, got {type(qconfig).__name__}")
-        model.qconfig = qconfig
-    qconfigs = _effective_qconfigs(model)
+    # explicit configs: torchao numerics for every linear filter_fn accepts, qconfigs unread
+    qconfigs = {} if explicit else _effective_qconfigs(model, qconfig)
     skipped = []
 
     def select(mod: nn.Module, fqn: str) -> bool:
-        return type(mod) is nn.Linear and (filter_fn is None or filter_fn(mod, fqn))
+        if type_before_parametrizations(mod) is not nn.Linear or qconfigs.get(fqn) is _KEEP_FLOAT:
+            return False
+        return filter_fn is None or filter_fn(mod, fqn)
 
     def make(mod: nn.Linear, fqn: str) -> Linear | None:
-        qconfig = None if explicit else qconfigs.get(fqn)
-        if qconfig is not None:
-            mod.qconfig = qconfig
-            return Linear.from_float(mod)
+        ao_qconfig = qconfigs.get(fqn)
+        if ao_qconfig is not None:
+            return Linear.from_float(mod, qconfig=ao_qconfig)
         w_group = spec_for(weight).group_size if weight is not None else None
-        if w_group is not None:
-            if mod.in_features % w_group != 0:
-                skipped.append(f"{fqn or '<root>'} (in_features={mod.in_features})")
-                return None
-        if getattr(mod, "qconfig", None) is not None:
-            mod.qconfig = None
+        if w_group is not None and mod.in_features % w_group != 0:
+            skipped.append(f"{module_path(fqn)} (in_features={mod.in_features})")
+            return None
         return Linear.from_float(mod, activation=activation, weight=weight)
 
-    model = _swap_all(model, select, make)
+    plan = SwapPlan()  # linears and embeddings built first, then swapped together
+    plan.add(model, select, make)
     if embedding is not None:
-        model = prepare_embeddings(model, embedding, filter_fn, _swap_all)
+        prepare_embeddings(model, embedding, filter_fn, plan.add)
+    prepared = plan.commit(model)
+    if qconfig is not None and prepared is model:  # (a swapped root has it from from_float)
+        model.qconfig = qconfig
     if skipped:
         warnings.warn(
             f"triton_qat.prepare: left as nn.Linear, group_size={weight.group_size} does not divide "
             f"in_features: {', '.join(skipped)}",
             stacklevel=2,
         )
-    return model
+    return prepared
 
 
 def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -199,13 +181,16 @@ def convert(model: nn.Module) -> nn.Module:
     every :class:`triton_qat.Embedding` for a :class:`QuantizedEmbedding`, in place; returns the
     model (or the new module when ``model`` itself is one of them).
 
-    Forward (pre-)hooks and the training flag carry over, as in torch.ao's ``convert``. Modules
+    Hooks (with their handles) and the training flag carry over, as in :func:`prepare`; a
+    parametrized layer's weight is frozen as its parametrization computes it in eval mode. All
+    or nothing: an error names the module and leaves the model as it was. Modules
     that share a weight Parameter (tied weights, an embedding tied to ``lm_head`` too) share their
     codes and scales (linears: code sums and a shared bias too) after conversion; if they quantize
     it differently (different configs or layouts), they cannot, and a warning names them."""
-    # id(weight Parameter) -> (first module's fqn, {buffer name: the shared buffer})
-    tied: dict[int, tuple[str, dict[str, torch.Tensor]]] = {}
-    biases: dict[int, torch.Tensor] = {}  # id(bias Parameter) -> the first converted bias
+    # id(weight) -> (the weight, first module's fqn, {buffer name: the shared buffer}); the
+    # weight is held so that its id is not reused (a parametrized weight is a fresh tensor)
+    tied: dict[int, tuple[torch.Tensor, str, dict[str, torch.Tensor]]] = {}
+    biases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(bias) -> (it, converted)
     untied = []
 
     def make(mod: nn.Module, fqn: str) -> nn.Module:
@@ -214,19 +199,23 @@ def convert(model: nn.Module) -> nn.Module:
         else:
             new = QuantizedLinear.from_qat(mod)
             if mod.bias is not None:
-                new.bias = biases.setdefault(id(mod.bias), new.bias)
+                new.bias = biases.setdefault(id(mod.bias), (mod.bias, new.bias))[1]
         # the quantized weight: codes, scales (linears: code sums, zero points), by name
         own = {k: b for k, b in new._buffers.items() if k.startswith("weight_") and b is not None}
-        first_fqn, shared = tied.setdefault(id(mod.weight), (fqn, own))
+        _, first_fqn, shared = tied.setdefault(id(mod.weight), (mod.weight, fqn, own))
         if shared is not own:
             if _same_codes(shared, own):
                 for name in own:
                     setattr(new, name, shared.setdefault(name, own[name]))
             else:
-                untied.append(f"{fqn or '<root>'} (tied to {first_fqn or '<root>'})")
+                untied.append(f"{module_path(fqn)} (tied to {module_path(first_fqn)})")
         return new
 
-    model = _swap_all(model, lambda mod, fqn: isinstance(mod, (Linear, Embedding)), make)
+    def select(mod: nn.Module, fqn: str) -> bool:
+        return isinstance(mod, (Linear, Embedding))
+
+    # a parametrized layer's weight is frozen as it is now: its parametrizations do not carry
+    model = swap_selected(model, select, make, carry_parametrizations=False)
     if untied:
         warnings.warn(
             "triton_qat.convert: tied weights quantized differently (different configs or "

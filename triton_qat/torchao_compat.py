@@ -36,10 +36,12 @@ from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
 from triton_qat.config import NOT_QUANTIZED, QuantConfig
 from triton_qat.embedding import Embedding
 from triton_qat.linear import Linear
+from triton_qat.swap import find_modules, module_path, swap_modules, swap_selected
 
 FilterFn = Callable[[nn.Module, str], bool]
 _INSTALL = "pip install 'triton_qat[torchao]' (torchao 0.18)"
@@ -304,15 +306,17 @@ def _fp32_message(where: str, bad: str) -> str:
     )
 
 
-def is_prepare_only_hook(hook: object) -> bool:
-    """Whether a forward pre-hook belongs to the prepared module only (not carried over)."""
-    return getattr(hook, "triton_qat_prepare_only", False) is True
-
-
 def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
     """The triton_qat module computing what torchao's fake-quantized version of ``mod`` (an
     ``nn.Linear`` / ``nn.Embedding``, or torchao's own module) computes with these configs,
     sharing ``mod``'s parameters; ``where`` names it in errors."""
+    if isinstance(mod, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        raise ValueError(
+            f"{where}: a NonDynamicallyQuantizableLinear (nn.MultiheadAttention's out_proj) is "
+            "never called: MultiheadAttention reads its weight directly, so no fake "
+            "quantization would apply (and a converted one would break the attention); leave it "
+            "out of filter_fn, as torchao's default filter does"
+        )
     if isinstance(mod, nn.Linear):
         w = to_quant_config(w_cfg, "weight")  # first: names an unsupported weight scheme
         a = to_quant_config(act_cfg, "activation")
@@ -342,25 +346,6 @@ def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
     return new
 
 
-def _replace(
-    model: nn.Module, matches: list[tuple[str, nn.Module]], make: Callable[[nn.Module, str], object]
-) -> nn.Module:
-    """Build every replacement first (so a config error leaves the model as it was), then swap
-    them in; a module listed under several names gets one replacement. ``make`` returning None
-    leaves a module alone. Hooks and the training flag carry over (tq.prepare's rules)."""
-    from triton_qat.model import _carry_module_state, _swap
-
-    new_for: dict[int, nn.Module | None] = {}
-    for fqn, mod in matches:
-        if id(mod) not in new_for:
-            new = make(mod, fqn)
-            new_for[id(mod)] = None if new is None else _carry_module_state(mod, new)
-    for fqn, mod in matches:
-        if new_for[id(mod)] is not None:
-            model = _swap(model, fqn, new_for[id(mod)])
-    return model
-
-
 # ---------------------------------------------------------------------------------------------
 # entry points
 
@@ -375,28 +360,28 @@ def prepare_qat_config(model: nn.Module, config: object, filter_fn: FilterFn | N
     ``nn.Linear`` but ``NonDynamicallyQuantizableLinear``), skipping modules already
     triton_qat's. Linears get :class:`triton_qat.Linear`, embeddings :class:`triton_qat.Embedding`
     (torchao's configs mapped by :func:`to_quant_config`); other modules, or an activation config
-    on an embedding, raise torchao's ValueError. Nothing is swapped when anything raises.
-    Unlike ``quantize_``, forward hooks and the training flag carry over (as in ``tq.prepare``).
+    on an embedding, raise torchao's ValueError (prefixed by the module's path). Nothing is
+    swapped when anything raises. Unlike ``quantize_``, hooks, parametrizations (the
+    parametrized weight is fake-quantized; torchao's ``quantize_`` cannot prepare a parametrized
+    linear) and the training flag carry over (:mod:`triton_qat.swap`, as in ``tq.prepare``); a
+    ``filter_fn`` selecting ``nn.MultiheadAttention``'s ``out_proj`` raises ValueError (it is
+    never called, so it would not be fake-quantized).
     """
     ao = _torchao()
     act_cfg, w_cfg = fake_quantize_configs(config)
     if filter_fn is None:
 
         def filter_fn(mod: nn.Module, fqn: str) -> bool:
-            return ao.is_linear(mod) and not isinstance(mod, Linear)
+            if isinstance(mod, Linear):
+                return False
+            if is_parametrized(mod, "weight"):  # is_linear would evaluate it (spectral_norm:
+                return isinstance(mod, nn.Linear) and not isinstance(  # a power-iteration step)
+                    mod, nn.modules.linear.NonDynamicallyQuantizableLinear
+                )
+            return ao.is_linear(mod)
 
-    matches: list[tuple[str, nn.Module]] = []
-
-    def visit(mod: nn.Module, fqn: str) -> None:
-        if filter_fn(mod, fqn):
-            matches.append((fqn, mod))
-            return
-        for name, child in mod.named_children():
-            visit(child, f"{fqn}.{name}" if fqn else name)
-
-    visit(model, "")
-    return _replace(
-        model, matches, lambda mod, fqn: _torchao_module(mod, act_cfg, w_cfg, fqn or "<root>")
+    return swap_selected(
+        model, filter_fn, lambda mod, fqn: _torchao_module(mod, act_cfg, w_cfg, module_path(fqn))
     )
 
 
@@ -421,18 +406,20 @@ def from_torchao(model: nn.Module) -> nn.Module:
     would)."""
     ao = _torchao()
     kinds = (ao.FakeQuantizedLinear, ao.FakeQuantizedEmbedding)
-    matches = []
-    for fqn, mod in model.named_modules(remove_duplicate=False):
-        if type(mod) in kinds:
-            matches.append((fqn, mod))
-        elif isinstance(mod, kinds) or "FakeQuantized" in type(mod).__name__:
+
+    def select(mod: nn.Module, fqn: str) -> bool:
+        kind = type_before_parametrizations(mod)
+        if kind in kinds:
+            return True
+        if issubclass(kind, kinds) or "FakeQuantized" in kind.__name__:
             raise NotImplementedError(
-                f"{fqn or '<root>'}: {type(mod).__name__} is not supported (from_torchao swaps "
+                f"{module_path(fqn)}: {kind.__name__} is not supported (from_torchao swaps "
                 "FakeQuantizedLinear and FakeQuantizedEmbedding, what QATConfig prepares)"
             )
+        return False
 
     def make(mod: nn.Module, fqn: str) -> nn.Module | None:
-        where = fqn or "<root>"
+        where = module_path(fqn)
         w_cfg, w_on = _quantizer_state(mod.weight_fake_quantizer)
         if isinstance(mod, ao.FakeQuantizedEmbedding):
             if w_cfg is None:
@@ -456,7 +443,7 @@ def from_torchao(model: nn.Module) -> nn.Module:
             new.disable_fake_quant()
         return new
 
-    return _replace(model, matches, make)
+    return swap_modules(model, find_modules(model, select), make)
 
 
 def _take_learned_scale(new: Linear, fq: nn.Module, where: str) -> None:
@@ -525,14 +512,9 @@ def to_torchao(model: nn.Module) -> nn.Module:
     a config torchao has no counterpart for (per-tensor, symmetric activations) raises
     NotImplementedError; nothing is swapped when anything raises."""
     ao = _torchao()
-    matches = [
-        (fqn, mod)
-        for fqn, mod in model.named_modules(remove_duplicate=False)
-        if isinstance(mod, (Linear, Embedding))
-    ]
 
     def make(mod: nn.Module, fqn: str) -> nn.Module:
-        where = fqn or "<root>"
+        where = module_path(fqn)
         if isinstance(mod, Embedding):
             if mod.weight_config.range_learning:
                 raise NotImplementedError(
@@ -541,6 +523,7 @@ def to_torchao(model: nn.Module) -> nn.Module:
                 )
             _, w_cfg = _configs_for(mod, False)
             new = ao.FakeQuantizedEmbedding.from_embedding(mod.to_float(), w_cfg)
+            new.weight = mod.weight  # torchao shares it but on the meta device: always
             quantizers = [new.weight_fake_quantizer]
         else:
             if mod.uses_ao_numerics:
@@ -550,6 +533,7 @@ def to_torchao(model: nn.Module) -> nn.Module:
                 )
             act_cfg, w_cfg = _configs_for(mod, True)
             new = ao.FakeQuantizedLinear.from_linear(mod.to_float(), act_cfg, w_cfg)
+            new.weight, new.bias = mod.weight, mod.bias  # (torchao's: not on the meta device)
             quantizers = [new.activation_fake_quantizer, new.weight_fake_quantizer]
             if mod.weight_config.range_learning:
                 _give_learned_scale(new.weight_fake_quantizer, mod)
@@ -558,4 +542,4 @@ def to_torchao(model: nn.Module) -> nn.Module:
                 fq.enabled = mod.fake_quant_enabled
         return new
 
-    return _replace(model, matches, make)
+    return swap_selected(model, lambda mod, fqn: isinstance(mod, (Linear, Embedding)), make)
