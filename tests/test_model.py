@@ -41,7 +41,7 @@ def test_prepare_swaps_in_place_and_shares_parameters(device):
 
 def test_prepare_filter_fn_and_unquantizable_shapes(device):
     model = _model(device)
-    with pytest.warns(UserWarning, match=r": 3 \(in_features=40\)"):
+    with pytest.warns(UserWarning, match=r": 3 \(in_features=40: group_size=32 does not divide"):
         tq.prepare(model, weight=I4G32, filter_fn=lambda mod, fqn: fqn != "0")
     assert type(model[0]) is nn.Linear  # rejected by filter_fn
     assert type(model[2][0]) is tq.Linear and model[2][0].weight_config == I4G32

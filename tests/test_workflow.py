@@ -7,6 +7,7 @@ a failing swap names the module and leaves the model as it was."""
 import ast
 import copy
 import inspect
+import pickle
 from contextlib import contextmanager
 
 import pytest
@@ -153,6 +154,34 @@ def test_convert_freezes_the_parametrized_weight(kind):
         assert torch.equal(v, state[k]), k
 
 
+def test_parametrized_value_is_taken_outside_autocast():
+    """A stand-in's parametrized weight is the parametrization's value in the originals' dtype,
+    whether or not prepare / convert run under autocast."""
+    model = tq.prepare(_parametrized_model("lora"))
+    plain = tq.convert(copy.deepcopy(model))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = tq.convert(copy.deepcopy(model))
+    want, got = plain.state_dict(), under_autocast.state_dict()
+    assert want.keys() == got.keys()
+    for k, v in want.items():
+        assert torch.equal(got[k], v) if isinstance(v, torch.Tensor) else got[k] == v, k
+
+
+def test_parametrized_embeddings_left_by_prepare_embedding_are_named():
+    model = nn.Sequential(nn.Embedding(10, 32), nn.Linear(32, 32))
+    weight_norm(model[0])
+    with pytest.warns(UserWarning, match=r"left as nn\.Embedding, parametrized.*: 0;"):
+        tq.prepare(model, embedding=tq.QuantConfig(granularity="per_channel", symmetric=True))
+    assert type(model[1]) is tq.Linear
+
+
+def test_empty_linears_are_left_and_named():
+    model = nn.Sequential(nn.Linear(32, 0), nn.Linear(0, 16), nn.Linear(32, 16))
+    with pytest.warns(UserWarning, match=r"0 \(in_features=32, out_features=0: empty\), 1 "):
+        tq.prepare(model, qconfig=QCONFIG)
+    assert [type(m) for m in model] == [nn.Linear, nn.Linear, tq.Linear]
+
+
 def test_parametrized_linear_with_torch_ao_qconfig():
     model = _parametrized_model("weight_norm")
     tq.prepare(model, qconfig=QCONFIG)
@@ -195,7 +224,7 @@ def test_transformer_encoder_layer_eval_runs_the_prepared_and_converted_linears(
     # global switch turns off too), not the float model's
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - floats).abs().max() > 1e-3
-    for copied in (copy.deepcopy(layer), _reloaded(layer)):
+    for copied in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), _reloaded(layer)):
         with torch.no_grad():
             assert torch.equal(copied(x), got)
     converted = tq.convert(copy.deepcopy(layer))

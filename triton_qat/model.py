@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrize import type_before_parametrizations
+from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
 from triton_qat import ao, torchao_compat
+from triton_qat.checks import MAX_IN_FEATURES
 from triton_qat.config import QuantConfig
 from triton_qat.embedding import (
     Embedding,
@@ -21,7 +22,7 @@ from triton_qat.embedding import (
 from triton_qat.linear import Linear
 from triton_qat.quantized import QuantizedLinear
 from triton_qat.spec import spec_for
-from triton_qat.swap import SwapPlan, module_path, swap_selected
+from triton_qat.swap import SwapPlan, find_modules, module_path, swap_selected
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -101,8 +102,8 @@ def prepare(
     ``nn.TransformerEncoderLayer`` holding a prepared linear no longer takes its fused fast path
     (which reads the weight directly). See :mod:`triton_qat.swap` for the whole contract. All or
     nothing: an error names the module and leaves the model as it was. Linears whose shape the
-    configs cannot quantize (a group size not dividing ``in_features``) stay ``nn.Linear`` and
-    are named in a warning.
+    configs cannot quantize (a group size not dividing ``in_features``, no features, more
+    ``in_features`` than the int8 GEMM sums) stay ``nn.Linear`` and are named in a warning.
     """
     if config is not None or torchao_compat.is_torchao_config(activation):
         if config is not None and activation is not None:
@@ -141,28 +142,65 @@ def prepare(
 
     def make(mod: nn.Linear, fqn: str) -> Linear | None:
         ao_qconfig = qconfigs.get(fqn)
+        why_not = _unquantizable(mod, None if ao_qconfig is not None else weight)
+        if why_not is not None:
+            skipped.append(f"{module_path(fqn)} ({why_not})")
+            return None
         if ao_qconfig is not None:
             return Linear.from_float(mod, qconfig=ao_qconfig)
-        w_group = spec_for(weight).group_size if weight is not None else None
-        if w_group is not None and mod.in_features % w_group != 0:
-            skipped.append(f"{module_path(fqn)} (in_features={mod.in_features})")
-            return None
         return Linear.from_float(mod, activation=activation, weight=weight)
 
     plan = SwapPlan()  # linears and embeddings built first, then swapped together
     plan.add(model, select, make)
     if embedding is not None:
         prepare_embeddings(model, embedding, filter_fn, plan.add)
+        _warn_parametrized_embeddings_left(model, filter_fn, plan)
     prepared = plan.commit(model)
     if qconfig is not None and prepared is model:  # (a swapped root has it from from_float)
         model.qconfig = qconfig
     if skipped:
         warnings.warn(
-            f"triton_qat.prepare: left as nn.Linear, group_size={weight.group_size} does not divide "
-            f"in_features: {', '.join(skipped)}",
+            f"triton_qat.prepare: left as nn.Linear, shapes tq.Linear cannot quantize: "
+            f"{', '.join(skipped)}",
             stacklevel=2,
         )
     return prepared
+
+
+def _warn_parametrized_embeddings_left(
+    model: nn.Module, filter_fn: FilterFn | None, plan: SwapPlan
+) -> None:
+    """Name the parametrized ``nn.Embedding`` modules ``filter_fn`` accepts that
+    ``prepare_embeddings`` left alone (it selects the exact type ``nn.Embedding``)."""
+
+    def left(mod: nn.Module, fqn: str) -> bool:
+        if type_before_parametrizations(mod) is not nn.Embedding or not is_parametrized(mod):
+            return False
+        return not plan.replaces(mod) and (filter_fn is None or filter_fn(mod, fqn))
+
+    names = [module_path(fqn) for fqn, _ in find_modules(model, left)]
+    if names:
+        warnings.warn(
+            "triton_qat.prepare: left as nn.Embedding, parametrized (prepare(embedding=...) swaps "
+            f"plain nn.Embedding only): {', '.join(names)}; fold the parametrization first "
+            "(torch.nn.utils.parametrize.remove_parametrizations), or prepare them with a torchao "
+            "QATConfig (tq.prepare(model, QATConfig(weight_config=...), filter_fn)), which "
+            "carries it",
+            stacklevel=3,
+        )
+
+
+def _unquantizable(mod: nn.Linear, weight: QuantConfig | None) -> str | None:
+    """Why a tq.Linear with the weight config ``weight`` cannot take ``mod``'s shape (None: it
+    can)."""
+    if mod.in_features < 1 or mod.out_features < 1:
+        return f"in_features={mod.in_features}, out_features={mod.out_features}: empty"
+    if mod.in_features > MAX_IN_FEATURES:
+        return f"in_features={mod.in_features}: more than the int8 GEMM's {MAX_IN_FEATURES}"
+    group = spec_for(weight).group_size if weight is not None else None
+    if group is not None and mod.in_features % group:
+        return f"in_features={mod.in_features}: group_size={group} does not divide it"
+    return None
 
 
 def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -35,6 +35,7 @@ What a user's module already relies on is part of the contract, as in torch.ao's
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -139,13 +140,25 @@ def _check_no_hook_computed_tensors(mod: nn.Module, fqn: str) -> None:
             )
 
 
+def _held_tensor(plist: nn.Module) -> Tensor:
+    """The (first) original tensor a ``ParametrizationList`` holds."""
+    return plist.original if plist.is_tensor else plist.original0
+
+
 def _current_value(plist: nn.Module) -> Tensor:
     """A parametrization's value as its module computes it in eval mode (spectral_norm: no
-    power-iteration step), without gradient; every training flag is left as it was."""
+    power-iteration step), without gradient and outside autocast (in the originals' dtypes);
+    every training flag is left as it was."""
+    device_type = _held_tensor(plist).device.type
+    autocast_off = (
+        torch.autocast(device_type, enabled=False)
+        if torch.amp.is_autocast_available(device_type)
+        else contextlib.nullcontext()
+    )
     modes = [(m, m.training) for m in plist.modules()]
     plist.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast_off:
             return plist()
     finally:
         for m, training in modes:
@@ -165,7 +178,7 @@ def _unparametrized(mod: nn.Module) -> nn.Module:
     view._modules = {k: v for k, v in mod._modules.items() if k != "parametrizations"}
     for name, plist in mod.parametrizations.items():
         value = _current_value(plist)
-        held = plist.original if plist.is_tensor else plist.original0
+        held = _held_tensor(plist)
         if isinstance(held, nn.Parameter):
             view._parameters[name] = nn.Parameter(value, requires_grad=held.requires_grad)
         else:
@@ -311,6 +324,10 @@ class SwapPlan:
                 self._old[id(mod)] = mod
                 self._new[id(mod)] = _build(mod, fqn, make, self.carry_parametrizations)
             self._names.append((fqn, id(mod)))
+
+    def replaces(self, mod: nn.Module) -> bool:
+        """Whether ``mod`` was handed to a builder (which may have left it alone)."""
+        return id(mod) in self._new
 
     def commit(self, model: nn.Module) -> nn.Module:
         """Swap every built replacement in, with the old modules' hooks; returns the model (or

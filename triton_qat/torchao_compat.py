@@ -403,7 +403,7 @@ def from_torchao(model: nn.Module) -> nn.Module:
     anything raises. :func:`to_torchao` swaps back. A range-learning weight fake quantizer's
     ``scale`` parameter becomes the ``tq.Linear``'s ``weight_scale`` (the same parameter; before
     ``initialize_fake_quantizers`` the scales are initialized from the weight, as that call
-    would)."""
+    would). Hooks and parametrizations carry over (:mod:`triton_qat.swap`)."""
     ao = _torchao()
     kinds = (ao.FakeQuantizedLinear, ao.FakeQuantizedEmbedding)
 
@@ -510,7 +510,10 @@ def to_torchao(model: nn.Module) -> nn.Module:
     QATConfig(base_config, step="convert"))`` then converts the model. Returns the model (or the
     new module when ``model`` itself is one). A torch.ao-numerics ``tq.Linear`` (``qconfig``) or
     a config torchao has no counterpart for (per-tensor, symmetric activations) raises
-    NotImplementedError; nothing is swapped when anything raises."""
+    NotImplementedError; nothing is swapped when anything raises. Hooks and parametrizations
+    carry over (:mod:`triton_qat.swap`), in both directions; torchao's convert step cannot
+    convert a parametrized module: fold it first (``torch.nn.utils.parametrize.
+    remove_parametrizations(module, "weight")``)."""
     ao = _torchao()
 
     def make(mod: nn.Module, fqn: str) -> nn.Module:
