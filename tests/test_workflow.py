@@ -119,9 +119,11 @@ def test_prepare_fake_quantizes_the_parametrized_weight_and_trains_the_originals
     plist = model[2][0].parametrizations.weight
     originals = list(plist.parameters())  # weight_g / weight_v, the original, LoRA's A and B
     params = list(model.parameters())
+    keys = model.state_dict().keys()
     tq.prepare(model)
     lin = model[2][0]
     assert parametrize.type_before_parametrizations(lin) is tq.Linear
+    assert model.state_dict().keys() == keys  # a float checkpoint loads as it is
     assert lin.parametrizations.weight is plist  # the same parametrization, not a copy
     assert all(a is b for a, b in zip(params, model.parameters(), strict=True))
     lin.eval()  # spectral_norm: no power-iteration step between the two calls
