@@ -313,18 +313,22 @@ def test_empty_input_converted_embedding(cfg, max_norm, device):
 # -- the rest of the audit ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["i4g16-packed", "asym-i4g16", "weight-only"])
-def test_meta_construction_then_to_empty_and_strict_load(name, device):
-    lin = _prepared_linear(name, device, torch.bfloat16)
-    conv = tq.convert(copy.deepcopy(lin))
+@pytest.mark.parametrize("name", list(LINEARS))
+def test_meta_skeleton_then_to_empty_and_strict_load(name, device):
+    """A converted model built on the meta device (a prepared skeleton moved there and converted,
+    or the module constructed there), materialized with ``to_empty`` and loaded (strict) computes
+    what the saved model computes, its dtype from the state dict."""
+    conv = tq.convert(_prepared_linear(name, device, torch.bfloat16))
+    skeleton = tq.convert(tq.Linear(32, 24, **LINEARS[name]).to("meta"))
     cfg = LINEARS[name]
-    meta = tq.QuantizedLinear(32, 24, activation=cfg.get("activation", tq.QuantConfig()),
-                              weight=cfg["weight"], device="meta")  # fmt: skip
-    assert all(b.is_meta for b in meta.buffers())
-    meta.to_empty(device=device)
-    meta.load_state_dict(conv.state_dict(), strict=True)
+    built = tq.QuantizedLinear(32, 24, activation=cfg.get("activation", tq.QuantConfig()),
+                               weight=cfg.get("weight", I8PC), device="meta")  # fmt: skip
     x = torch.randn(3, 32, device=device, dtype=torch.bfloat16)
-    assert meta.weight_dtype == torch.bfloat16 and torch.equal(meta(x), conv(x))
+    for meta in (skeleton, built) if "weight" in cfg else (skeleton,):
+        assert all(b.is_meta for b in meta.buffers())
+        meta.to_empty(device=device)
+        meta.load_state_dict(conv.state_dict(), strict=True)
+        assert meta.weight_dtype == torch.bfloat16 and torch.equal(meta(x), conv(x))
 
 
 def test_fresh_modules_state_dict_round_trip_strict(device):

@@ -94,6 +94,8 @@ def test_embedding_config_errors():
         tq.Embedding(4, 8, sparse=True)
     with pytest.raises(TypeError, match="dtype"):
         tq.Embedding(4, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="embedding_dim: expected a positive int, got 0"):
+        tq.Embedding(4, 0)  # no row to quantize (and none its QuantizedEmbedding could hold)
     with pytest.raises(TypeError, match="QuantConfig"):
         tq.Embedding(4, 8, weight="int4")
     with pytest.raises(TypeError, match="embedding: expected a triton_qat.QuantConfig"):

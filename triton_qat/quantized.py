@@ -129,8 +129,11 @@ class QuantizedModule(nn.Module):
     forms its fake-quantized weight in), follows dtype casts as a float parameter would
     (``.to(torch.bfloat16)``, ``.half()``, ``.float()``, ``.type(...)``), and travels in the state
     dict as ``_extra_state``, a zero-element tensor of that dtype, so state dicts hold tensors
-    only (safetensors files, ``torch.load(weights_only=True)``). Loading sets the recorded dtype;
-    a state dict without one (``QuantizedEmbedding`` before) leaves the module's own.
+    only (safetensors files, ``torch.load(weights_only=True)``). Loading sets the recorded dtype
+    (the dtype the saved module computed in); other float tensors (a linear's bias) keep the
+    receiving module's dtype, as ``load_state_dict`` keeps any tensor's, so cast the model after
+    loading to give everything one dtype. A state dict without a record (``QuantizedEmbedding``'s
+    of earlier versions) leaves the module's own.
     """
 
     dtype_attr = "weight_dtype"
@@ -141,6 +144,7 @@ class QuantizedModule(nn.Module):
 
     @property
     def float_dtype(self) -> torch.dtype:
+        """The module's float dtype (the value of its ``dtype_attr`` attribute)."""
         return getattr(self, self.dtype_attr)
 
     def _apply(self, fn, recurse=True):
@@ -203,8 +207,8 @@ class QuantizedLinear(QuantizedModule):
     Buffers: ``weight_codes`` int8 [N, K] (or uint8 [N, ceil(K/2)] when ``weight_bits <= 4``),
     ``weight_scale`` fp32 [N, G], ``weight_code_sum`` int32 [N, G], ``weight_zero_point`` int32
     [N, G] (asymmetric weights only), ``bias`` [N] in ``dtype`` or None. Input [..., K] fp32 /
-    fp16 / bf16 (K = 0 rows too) -> output [..., N] in the input's dtype; under autocast the
-    autocast dtype, as :class:`triton_qat.Linear`.
+    fp16 / bf16 (empty too, e.g. [0, K]) -> output [..., N] in the input's dtype; under autocast
+    the autocast dtype, as :class:`triton_qat.Linear`.
 
     ``weight_dtype`` (``dtype`` at construction; ``convert``: the trained weight's dtype) is the
     dtype the layer forms its fake-quantized weight ``dt(q * s)`` in, as the prepared layer does
@@ -280,9 +284,9 @@ class QuantizedLinear(QuantizedModule):
         K = lin.in_features
         if lin.uses_ao_numerics:
             w_fq, a_fq = lin.weight_fake_quant, lin.activation_post_process
-            w_scale, _ = (
-                ao.observe(w_fq, w) if w_fq.observer_enabled[0] == 1 else (w_fq.scale, None)
-            )
+            # a meta skeleton (to be loaded) has no flag to read: its shapes are the same
+            observing = w.is_meta or bool(w_fq.observer_enabled[0] == 1)
+            w_scale, _ = ao.observe(w_fq, w) if observing else (w_fq.scale, None)
             qmin, qmax = w_fq.quant_min, w_fq.quant_max
             wcfg = QuantConfig(bits=8, granularity="per_channel", symmetric=True)
             act = QuantConfig(granularity="per_tensor")
