@@ -9,8 +9,8 @@ What a user's module already relies on is part of the contract, as in torch.ao's
 * A module reachable under several names is replaced once, by the same new module everywhere.
 * Parametrizations (``torch.nn.utils.parametrize``: ``parametrizations.weight_norm``,
   ``spectral_norm``, LoRA-style ``register_parametrization``): the module is built from a
-  stand-in whose parametrized tensors hold their current value (evaluated in eval mode: no
-  power-iteration step), and the parametrizations themselves (the same ``ParametrizationList``
+  stand-in whose parametrized tensors hold their current value (evaluated in eval mode, no
+  power-iteration step, and outside autocast), and the parametrizations themselves (the same ``ParametrizationList``
   objects, so their original parameters are shared) move to the replacement, which therefore
   fake-quantizes the parametrized weight recomputed every forward, gradients reaching the
   originals. Where a swap freezes weights (``convert``), the value is frozen instead. The
