@@ -217,7 +217,8 @@ def test_cast_converted_equals_prepared_cast_the_same_way(cast, weight, device):
     conv = tq.convert(copy.deepcopy(model))
     codes = {k: v.clone() for k, v in conv.state_dict().items() if k.endswith("_codes")}
     assert fn(conv) is conv
-    want = fn(model)(idx := torch.randint(0, 40, (3, 5), device=device))
+    idx = torch.randint(0, 40, (3, 5), device=device)
+    want = fn(model)(idx)
     new = want.dtype
     assert new != dtype and conv.tok.output_dtype == new and conv.fc.weight_dtype == new
     got = conv(idx)
