@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from triton_qat.checks import check_group
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
 from triton_qat.spec import rows_2d, spec_for
 
@@ -69,8 +70,15 @@ def qparams_for(x2d: Tensor, config: QuantConfig) -> tuple[Tensor, Tensor]:
 
 
 def fake_quantize_with_mask(x: Tensor, config: QuantConfig) -> tuple[Tensor, Tensor]:
-    """(y, keep-mask) of x under ``config``; rows as in :func:`triton_qat.fake_quantize`."""
-    x2d = rows_2d(x, spec_for(config))
+    """(y, keep-mask) of x under ``config``; rows as in :func:`triton_qat.fake_quantize`. A
+    ``group_size`` must divide the rows (ValueError, as the functional API says); a zero-size x has
+    nothing to quantize: y is a copy of it and the mask keeps everything."""
+    spec = spec_for(config)
+    x2d = rows_2d(x, spec)
+    if spec.group_size is not None:
+        check_group(spec.group_size, x2d.shape[1], "group_size")
+    if x.numel() == 0:
+        return x.clone(), torch.ones_like(x, dtype=torch.bool)
     R, C = x2d.shape
     s, zp = qparams_for(x2d, config)
     G = s.shape[1]

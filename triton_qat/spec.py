@@ -10,6 +10,7 @@ new granularity is a change here plus the kernels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -106,9 +107,13 @@ def ao_spec(quant_min: int, quant_max: int, symmetric: bool = False) -> QuantSpe
 
 def rows_2d(x: Tensor, spec: QuantSpec) -> Tensor:
     """The 2-D view of ``x`` whose rows carry the scales of ``spec``: [dim 0, rest] for
-    per-channel rows, else [rest, last dim]; a 0-dim tensor is one element, [1, 1]."""
+    per-channel rows, else [rest, last dim]; a 0-dim tensor is one element, [1, 1].
+
+    Both sizes are spelled out (no ``-1``), so zero-size tensors have a 2-D view too: (4, 0) is
+    4 rows of 0 elements, (0, 4) per channel 0 rows of 4."""
     if x.dim() == 0:
         return x.reshape(1, 1)
+    shape = x.shape
     if spec.channel_rows:
-        return x.reshape(x.shape[0], -1)
-    return x.reshape(-1, x.shape[-1])
+        return x.reshape(shape[0], math.prod(shape[1:]))
+    return x.reshape(math.prod(shape[:-1]), shape[-1])
