@@ -217,3 +217,62 @@ def test_pickles_whole_model(tmp_path, device):
     loaded = torch.load(path, weights_only=False)
     x = torch.randn(3, 40, device=device)
     assert torch.equal(loaded(x), ours(x))
+
+
+def _reset(mod: nn.Module) -> None:
+    if hasattr(mod, "reset_parameters"):
+        mod.reset_parameters()
+
+
+def _run_alike(a: nn.Module, b: nn.Module, device, in_features: int = 16) -> None:
+    """a and b give the same outputs and observer states, bit for bit, over a few steps."""
+    for step in range(3):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), step
+        x = torch.randn(5, in_features, device=device) * (1 + step)
+        assert torch.equal(a(x), b(x)), step
+
+
+@pytest.mark.parametrize("name", list(QCONFIGS), ids=list(QCONFIGS))
+def test_meta_linear_materializes_like_one_built_on_the_device(name, device):
+    """``tq.Linear(..., qconfig=, device="meta")`` (read its fake-quant flags on meta tensors),
+    then ``to_empty`` + ``reset_parameters`` on every module, or + a real state dict, computes
+    exactly what the layer built on the device does; on the meta device its forward gives a meta
+    output of the right shape and dtype, as nn.Linear's does."""
+    qconfig = QCONFIGS[name]
+    torch.manual_seed(0)
+    built = tq.Linear(16, 8, qconfig=qconfig, device=device)
+    meta = tq.Linear(16, 8, qconfig=qconfig, device="meta")
+    assert all(t.is_meta for t in meta.state_dict().values())
+    for dtype in (torch.float32, torch.bfloat16):
+        y = meta(torch.randn(3, 16, device="meta", dtype=dtype))
+        assert y.is_meta and y.shape == (3, 8) and y.dtype == dtype
+    reset = tq.Linear(16, 8, qconfig=qconfig, device="meta").to_empty(device=device)
+    torch.manual_seed(0)
+    reset.apply(_reset)  # the meta-init idiom: nn.Linear's init, fresh observer state
+    _run_alike(reset, built, device)
+    loaded = meta.to_empty(device=device)
+    loaded.load_state_dict(built.state_dict())
+    _run_alike(loaded, built, device)
+
+
+def test_prepare_meta_model_with_qconfig_like_torch_ao(device):
+    """tq.prepare on a meta-device model with a torch.ao qconfig works (torch.ao's prepare_qat
+    does); materialized with a real state dict it runs as the model prepared on the device."""
+
+    def make(dev) -> nn.Module:
+        torch.manual_seed(0)
+        with torch.device(dev):
+            return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    qconfig = q.default_dynamic_qat_qconfig
+    ao_meta = make("meta")
+    ao_meta.qconfig = qconfig
+    q.prepare_qat(ao_meta, mapping={nn.Linear: aoqat.Linear}, inplace=True)
+    ours = tq.prepare(make("meta"), qconfig=qconfig)
+    assert {k for k in ours.state_dict()} == set(ao_meta.state_dict())
+    y = ours(torch.randn(3, 16, device="meta"))
+    assert y.is_meta and y.shape == (3, 4)
+    built = tq.prepare(make(device), qconfig=qconfig)
+    ours.to_empty(device=device).load_state_dict(built.state_dict())
+    _run_alike(ours, built, device)

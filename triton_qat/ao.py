@@ -35,40 +35,61 @@ def is_ao_qconfig(qconfig) -> bool:
 def make_fake_quants(qconfig, out_features: int, device=None) -> tuple[nn.Module, nn.Module]:
     """Instantiate and validate ``(activation_post_process, weight_fake_quant)`` for a QConfig.
 
+    They are built on the CPU, where their initial state has values (a meta-device model included:
+    torch.ao's ``prepare_qat`` builds them on the default device too), then moved to ``device``.
     Raises the seed's ValueError for a non-memoryless activation observer and NotImplementedError
     naming any observer/fake-quant this module cannot run exactly.
     """
     q = _ao()
     if not q.qconfig._activation_is_memoryless(qconfig):
         raise ValueError(_MEMORYLESS_MSG)
-    act, wfq = qconfig.activation(), qconfig.weight()
-    _check_supported(act, "activation", q, allowed_qschemes=(torch.per_tensor_affine,))
-    _check_supported(
-        wfq, "weight", q, allowed_qschemes=(torch.per_tensor_symmetric, torch.per_channel_symmetric)
-    )
-    if wfq.dtype != torch.qint8:
-        raise NotImplementedError(f"qconfig.weight: dtype {wfq.dtype} (only torch.qint8 weights)")
-    if wfq.qscheme == torch.per_channel_symmetric:
-        if wfq.ch_axis != 0:
-            raise NotImplementedError(f"qconfig.weight: ch_axis={wfq.ch_axis} (only 0)")
-        obs = wfq.activation_post_process
-        # torch.ao sizes these on the first observation; size them now so shapes are static
-        obs.min_val = torch.full((out_features,), float("inf"))
-        obs.max_val = torch.full((out_features,), float("-inf"))
-        wfq.scale = torch.ones(out_features)
-        wfq.zero_point = torch.zeros(out_features, dtype=torch.int32)
+    with torch.device("cpu"):
+        act, wfq = qconfig.activation(), qconfig.weight()
+        _check_supported(act, "activation", q, allowed_qschemes=(torch.per_tensor_affine,))
+        weight_qschemes = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+        _check_supported(wfq, "weight", q, allowed_qschemes=weight_qschemes)
+        _check_weight(wfq, out_features)
+        act, wfq = _track_flags(act), _track_flags(wfq)
     if device is not None:
         act.to(device)
         wfq.to(device)
-    return _track_flags(act), _track_flags(wfq)
+    return act, wfq
+
+
+def _check_weight(wfq: nn.Module, out_features: int) -> None:
+    """NotImplementedError unless the weight fake-quant is qint8, per tensor or per channel along
+    dim 0; a per-channel state is sized for ``out_features`` channels here (torch.ao sizes it on
+    the first observation), so that shapes are static."""
+    if wfq.dtype != torch.qint8:
+        raise NotImplementedError(f"qconfig.weight: dtype {wfq.dtype} (only torch.qint8 weights)")
+    if wfq.qscheme != torch.per_channel_symmetric:
+        return
+    if wfq.ch_axis != 0:
+        raise NotImplementedError(f"qconfig.weight: ch_axis={wfq.ch_axis} (only 0)")
+    obs = wfq.activation_post_process
+    obs.min_val = torch.full((out_features,), float("inf"))
+    obs.max_val = torch.full((out_features,), float("-inf"))
+    wfq.scale = torch.ones(out_features)
+    wfq.zero_point = torch.zeros(out_features, dtype=torch.int32)
 
 
 def _track_flags(fq: nn.Module) -> nn.Module:
     """Give a torch.ao FakeQuantize a Python mirror of its ``fake_quant_enabled`` buffer, so the
-    forward can branch on it without reading a (GPU) tensor and torch.compile can guard on it."""
+    forward can branch on it without reading a (GPU) tensor and torch.compile can guard on it; keep
+    a CPU copy of its initial state for ``reset_parameters``. ``fq`` must be on the CPU."""
     fq.__class__ = _tracked_class()
     fq.fake_quant_on = bool(fq.fake_quant_enabled[0])
+    fq._initial_state = {k: v.clone() for k, v in fq.state_dict().items()}
     return fq
+
+
+def _flag(buffer: Tensor, loaded: Tensor | None, current: bool) -> bool:
+    """The value of a [1] flag buffer after loading a state dict into it: its own, else (a meta
+    buffer, which loading leaves without values) the loaded tensor's, else ``current``."""
+    for t in (buffer, loaded):
+        if t is not None and not t.is_meta and t.numel() == 1:
+            return bool(t.reshape(()))
+    return current
 
 
 @functools.cache
@@ -87,7 +108,15 @@ def _tracked_class() -> type:
 
         def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
             super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-            self.fake_quant_on = bool(self.fake_quant_enabled[0])
+            loaded = state_dict.get(prefix + "fake_quant_enabled")
+            self.fake_quant_on = _flag(self.fake_quant_enabled, loaded, self.fake_quant_on)
+
+        def reset_parameters(self) -> None:
+            """Back to the state it was built with (nothing observed, both switches on): what a
+            model built on the meta device needs after ``to_empty``, whose buffers hold whatever
+            memory they got. A no-op on the meta device (no values to reset)."""
+            if not self.fake_quant_enabled.is_meta:
+                self.load_state_dict(self._initial_state)
 
     # picklable by reference as triton_qat.ao.TrackedFakeQuantize (see the module __getattr__)
     TrackedFakeQuantize.__module__ = __name__
