@@ -6,7 +6,10 @@ Tunes the kernels of a QAT linear for each shape (MxKxN: tokens x in_features x 
 for every distinct linear (K, N) of a model at ``--tokens`` tokens. ``--model`` takes a factory
 ``module:attr`` (a callable returning an ``nn.Module``, or a module instance; built on the meta
 device, so no weights are allocated) or a Hugging Face model name or config folder (built from its
-config with random weights; needs ``transformers``). Candidates are the curated tutorial lists
+config with random weights; needs ``transformers``). A shape no triton_qat layer runs (K above
+``triton_qat.checks.MAX_IN_FEATURES``, a ``--group-size`` not dividing K) is an error with
+``--shapes``; with ``--model`` such linears are skipped, each named with the reason (an error if
+none is left). Candidates are the curated tutorial lists
 (``--full``: the whole config space), compiled in parallel on the CPU cores, then timed one by one;
 the table prints each tuned config's time next to the untuned default's. Results go to the cache
 file for this GPU and Triton version (``$TRITON_QAT_CACHE_DIR``, default ``~/.cache/triton_qat``),
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from triton_qat.checks import check_group, check_in_features
 from triton_qat.kernels._common import INTERPRET
 
 from . import device_name, get_cache
@@ -73,14 +77,88 @@ def parse_device(text: str) -> torch.device:
     return device
 
 
+def linear_layers(model: nn.Module) -> dict[tuple[int, int], list[str]]:
+    """The names of the ``nn.Linear`` layers of ``model`` by distinct (in_features,
+    out_features), in order of first appearance."""
+    layers: dict[tuple[int, int], list[str]] = {}
+    for fqn, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            layers.setdefault((mod.in_features, mod.out_features), []).append(fqn or "<root>")
+    return layers
+
+
 def linear_features(model: nn.Module) -> list[tuple[int, int]]:
     """Every distinct (in_features, out_features) of the ``nn.Linear`` layers of ``model``, in
     order of first appearance."""
-    seen: dict[tuple[int, int], None] = {}
-    for mod in model.modules():
-        if isinstance(mod, nn.Linear):
-            seen.setdefault((mod.in_features, mod.out_features), None)
-    return list(seen)
+    return list(linear_layers(model))
+
+
+def unrunnable(K: int, group: int) -> str | None:
+    """Why no triton_qat layer runs a linear of ``K`` in_features with weights in groups of
+    ``group`` (0: per channel), in the words of the library's own checks; None where one does."""
+    try:
+        check_in_features(K)
+        if group:
+            check_group(group, K, "--group-size")
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def runnable_linears(
+    layers: dict[tuple[int, int], list[str]], group: int
+) -> tuple[list[tuple[int, int]], list[str]]:
+    """The (K, N) of ``layers`` a triton_qat layer runs, and a note for each other one naming its
+    layers (the first three) and why."""
+    keep, notes = [], []
+    for (k, n), names in layers.items():
+        why = unrunnable(k, group)
+        if why is None:
+            keep.append((k, n))
+            continue
+        more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+        notes.append(f"{k}->{n} ({', '.join(names[:3])}{more}): {why}")
+    return keep, notes
+
+
+def _cause(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for a one-line error."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _factory_model(name: str) -> nn.Module:
+    """The model of a factory ``module:attr`` (an ``nn.Module``, or a callable taking no arguments
+    that returns one, called on the meta device); ``ValueError`` naming ``--model`` and the cause
+    for every failure: import, attribute, call, return value."""
+    mod_name, _, attr = name.partition(":")
+    try:
+        obj = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - ImportError, or whatever the module raises on import
+        raise ValueError(f"--model {name}: cannot import {mod_name!r} ({_cause(e)})") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"--model {name}: {mod_name!r} has no attribute {attr!r}") from None
+        except Exception as e:  # noqa: BLE001 - a lazy attribute that fails when read
+            raise ValueError(f"--model {name}: reading {attr!r} failed ({_cause(e)})") from None
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise ValueError(f"--model {name}: {attr!r} is neither an nn.Module nor callable")
+    try:
+        with torch.device("meta"):
+            obj = obj()
+    except Exception as e:  # noqa: BLE001 - a factory that needs arguments, or fails inside
+        raise ValueError(
+            f"--model {name}: calling {attr}() failed ({_cause(e)}); --model takes an nn.Module "
+            "or a factory called with no arguments"
+        ) from None
+    if not isinstance(obj, nn.Module):
+        raise ValueError(f"--model {name}: the factory returned a {type(obj).__name__}, "
+                         "not an nn.Module")  # fmt: skip
+    return obj
 
 
 def load_model(name: str) -> nn.Module:
@@ -88,24 +166,7 @@ def load_model(name: str) -> nn.Module:
     or ``nn.Module``), else a Hugging Face name or config folder (needs ``transformers``).
     Raises ``ValueError`` with a message for the user."""
     if ":" in name:
-        mod_name, _, attr = name.partition(":")
-        try:
-            obj = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise ValueError(f"--model {name}: cannot import {mod_name!r} ({e})") from None
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise ValueError(f"--model {name}: {mod_name!r} has no attribute {attr!r}")
-            obj = getattr(obj, part)
-        if not isinstance(obj, nn.Module):
-            if not callable(obj):
-                raise ValueError(f"--model {name}: {attr!r} is neither an nn.Module nor callable")
-            with torch.device("meta"):
-                obj = obj()
-        if not isinstance(obj, nn.Module):
-            raise ValueError(f"--model {name}: the factory returned a {type(obj).__name__}, "
-                             "not an nn.Module")  # fmt: skip
-        return obj
+        return _factory_model(name)
     try:
         import transformers
     except ImportError:
@@ -117,21 +178,46 @@ def load_model(name: str) -> nn.Module:
     try:
         config = transformers.AutoConfig.from_pretrained(name)
     except Exception as e:  # noqa: BLE001 - not found, no network, bad folder: all the user's to fix
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"--model {name}: cannot load its Hugging Face config: {first}") from None
+        raise ValueError(f"--model {name}: cannot load its Hugging Face config ({_cause(e)})"
+                         ) from None  # fmt: skip
     with torch.device("meta"):
         try:
-            return transformers.AutoModelForCausalLM.from_config(config)
-        except ValueError:  # not a causal LM: the base model has the same linears
-            return transformers.AutoModel.from_config(config)
+            try:
+                return transformers.AutoModelForCausalLM.from_config(config)
+            except ValueError:  # not a causal LM: the base model has the same linears
+                return transformers.AutoModel.from_config(config)
+        except Exception as e:  # noqa: BLE001 - whatever the model code raises: the user's to fix
+            raise ValueError(f"--model {name}: building it from its config failed ({_cause(e)})"
+                             ) from None  # fmt: skip
+
+
+def model_linears(name: str) -> dict[tuple[int, int], list[str]]:
+    """The linears of the model ``name`` (see :func:`load_model`, :func:`linear_layers`);
+    ``ValueError`` if it has none."""
+    layers = linear_layers(load_model(name))
+    if not layers:
+        raise ValueError(f"--model {name}: the model has no nn.Linear layers")
+    return layers
 
 
 def model_shapes(name: str, tokens: int) -> list[tuple[int, int, int]]:
     """(tokens, K, N) for every distinct linear of the model ``name`` (see :func:`load_model`)."""
-    features = linear_features(load_model(name))
-    if not features:
-        raise ValueError(f"--model {name}: the model has no nn.Linear layers")
-    return [(tokens, k, n) for k, n in features]
+    return [(tokens, k, n) for k, n in model_linears(name)]
+
+
+def model_tuning_shapes(name: str, tokens: int, group: int) -> list[tuple[int, int, int]]:
+    """(tokens, K, N) for every distinct linear of the model ``name`` a triton_qat layer runs,
+    after printing the tuned ones and, one line each, those skipped and why; ``ValueError`` if
+    none is left."""
+    keep, notes = runnable_linears(model_linears(name), group)
+    if not keep:
+        raise ValueError(f"--model {name}: no linear layer a triton_qat kernel runs: "
+                         + "; ".join(notes))  # fmt: skip
+    print(f"{name}: {len(keep)} distinct linear(s) (K -> N): "
+          + ", ".join(f"{k}->{n}" for k, n in keep))  # fmt: skip
+    for note in notes:
+        print(f"skipped {note}")
+    return [(tokens, k, n) for k, n in keep]
 
 
 def cache_write_error() -> str | None:
@@ -179,20 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     bad = [k for k in kernels if k not in KERNELS]
     if bad or not kernels:
         p.error(f"--kernels: unknown {bad}; expected a subset of {list(KERNELS)}")
+    group = args.group_size if args.granularity == "per_group" else 0
     if args.model is not None:
         try:
-            shapes = model_shapes(args.model, args.tokens)
+            shapes = model_tuning_shapes(args.model, args.tokens, group)
         except ValueError as e:
             p.error(str(e))
-        print(f"{args.model}: {len(shapes)} distinct linear(s) (K -> N): "
-              + ", ".join(f"{k}->{n}" for _, k, n in shapes))  # fmt: skip
     else:
         shapes = args.shapes
-    group = args.group_size if args.granularity == "per_group" else 0
     specs = []
     for M, K, N in shapes:
-        if group and K % group:
-            p.error(f"--group-size: {group} does not divide K={K} of shape {M}x{K}x{N}")
+        why = unrunnable(K, group)
+        if why is not None:
+            p.error(f"--shapes: no triton_qat layer runs {M}x{K}x{N}: {why}")
         specs.append(LinearShape(M, K, N, DTYPES[args.dtype], args.bits, group))
 
     cache = get_cache(device)

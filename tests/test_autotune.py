@@ -23,6 +23,7 @@ from triton_qat.autotune.cache import (
     write_entries,
 )
 from triton_qat.autotune.space import candidates
+from triton_qat.checks import MAX_IN_FEATURES
 
 
 @pytest.fixture
@@ -459,3 +460,112 @@ def test_hopper_defaults_are_the_measured_ones_for_16_bit_dtypes_only():
             # the tuner times the default first, even where its curated list lacks the tile
             got = candidates(kernel, shape, cap, elem_bytes, 99 * 1024, curated=True)
             assert got[0] == want
+
+
+EDGE_MODELS = """
+from torch import nn
+
+
+def mixed():
+    inner = nn.Sequential(nn.Linear(70000, 8), nn.Linear(64, 48))
+    return nn.Sequential(nn.Linear(64, 48), nn.Linear(70000, 8), inner)
+
+
+def too_wide():
+    return nn.ModuleDict({"up": nn.Linear(65537, 8), "down": nn.Linear(65540, 4)})
+
+
+def broken():
+    raise RuntimeError("no weights here")
+"""
+
+
+@pytest.fixture
+def edge_models(tmp_path, monkeypatch):
+    (tmp_path / "autotune_edge_models.py").write_text(EDGE_MODELS)
+    (tmp_path / "autotune_edge_bad_import.py").write_text("raise RuntimeError('boom on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.fixture
+def tuned(monkeypatch):
+    """The shapes the CLI tunes; one no layer runs fails the test at once (its dry run would
+    take minutes and gigabytes)."""
+    from triton_qat.autotune import __main__ as cli
+
+    real, seen = cli.tune, []
+
+    def spy(s, *args, **kwargs):
+        seen.append(s)
+        if s.K > MAX_IN_FEATURES:
+            pytest.fail(f"tuned {s.label}, a shape no triton_qat layer runs")
+        return real(s, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "tune", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "model,needles",
+    [
+        ("torch.nn:Linear", ["TypeError", "in_features", "no arguments"]),
+        ("autotune_edge_models:broken", ["calling broken() failed", "RuntimeError: no weights"]),
+        ("autotune_edge_bad_import:f", ["cannot import", "RuntimeError: boom on import"]),
+        ("autotune_edge_models:too_wide", ["no linear layer", "65537->8 (up)", "65540->4 (down)",
+                                           f"at most {MAX_IN_FEATURES}"]),
+    ],
+    ids=["needs-arguments", "factory-raises", "import-raises", "every-layer-too-wide"],
+)  # fmt: skip
+def test_cli_model_that_cannot_be_built_or_run_is_an_argparse_error(
+    model, needles, edge_models, tuned, capsys
+):
+    """Every failure to build the model, and a model no kernel runs any linear of, ends in a
+    clean argparse error naming --model and the cause (was a traceback for a factory needing
+    arguments, and a tuned-and-cached K past the kernels' limit)."""
+    from triton_qat.autotune import __main__ as cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--model", model, "--tokens", "8", "--kernels", "fwd"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and f"--model {model}:" in err and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, needle
+
+
+@pytest.mark.parametrize(
+    "shapes,needle",
+    [
+        (f"8x{MAX_IN_FEATURES + 1}x16", f"in_features: at most {MAX_IN_FEATURES}"),
+        ("8x64x16,4x100000x8", "in_features: at most"),
+    ],
+    ids=["K-past-the-limit", "one-of-two"],
+)
+def test_cli_shapes_no_layer_runs_are_argparse_errors(shapes, needle, cache_dir, tuned, capsys):
+    """A K past triton_qat.checks.MAX_IN_FEATURES is rejected up front, naming the shape and the
+    limit, instead of being tuned and cached for layers that can never exist."""
+    from triton_qat.autotune import __main__ as cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--shapes", shapes, "--kernels", "fwd"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    bad = shapes.split(",")[-1]
+    assert f"--shapes: no triton_qat layer runs {bad}" in err and needle in err
+    assert not list(cache_dir.iterdir())  # nothing tuned, nothing written
+    assert cli.unrunnable(MAX_IN_FEATURES, 0) is None  # the limit itself is fine
+
+
+def test_cli_model_skips_linears_no_kernel_runs(edge_models, cache_dir, tuned, capsys):
+    """--model tunes the linears a triton_qat layer runs and names the others, with the reason."""
+    from triton_qat.autotune import __main__ as cli
+
+    argv = ["--model", "autotune_edge_models:mixed", "--tokens", "8", "--kernels", "fwd",
+            "--dtype", "fp32"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 distinct linear(s) (K -> N): 64->48\n" in out
+    assert f"skipped 70000->8 (1, 2.0): in_features: at most {MAX_IN_FEATURES}" in out
+    entries = json.loads((cache_dir / file_name("interpreter")).read_text())["entries"]
+    assert len(entries) == 1 and all("|K64|" in key for key in entries)
+    assert [s.label for s in tuned] == ["8x64x48 i8"]
