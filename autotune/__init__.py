@@ -18,7 +18,7 @@ import torch
 
 from triton_qat.kernels._common import INTERPRET
 
-from .cache import ConfigCache, make_key
+from .cache import GENERATION, ConfigCache, make_key
 from .space import default_config, fit_config, fit_quantize
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "device_name",
     "get_cache",
     "record_lookups",
+    "GENERATION",
+    "invalidate",
 ]
 
 _RECORDERS: list[list] = []
@@ -75,6 +77,12 @@ def get_cache(device: torch.device) -> ConfigCache:
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "any"
+
+
+def invalidate() -> None:
+    """Make every plan decided from the configs stale (bumps :data:`GENERATION`): for code that
+    changes how configs are answered other than through the cache (tests patching a lookup)."""
+    GENERATION[0] += 1
 
 
 @contextlib.contextmanager

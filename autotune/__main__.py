@@ -7,7 +7,7 @@ for every distinct linear (K, N) of a model at ``--tokens`` tokens. ``--model`` 
 ``module:attr`` (a callable returning an ``nn.Module``, or a module instance; built on the meta
 device, so no weights are allocated) or a Hugging Face model name or config folder (built from its
 config with random weights; needs ``transformers``). A shape no triton_qat layer runs (K above
-``triton_qat.checks.MAX_IN_FEATURES``, a ``--group-size`` not dividing K) is an error with
+``triton_qat.kernels.gemm_int8.MAX_IN_FEATURES``, a ``--group-size`` not dividing K) is an error with
 ``--shapes``; with ``--model`` such linears are skipped, each named with the reason (an error if
 none is left). Candidates are the curated tutorial lists
 (``--full``: the whole config space), compiled in parallel on the CPU cores, then timed one by one;
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from triton_qat.checks import check_group, check_in_features
 from triton_qat.kernels._common import INTERPRET
+from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES
 
 from . import device_name, get_cache
 from .cache import cache_dir
@@ -95,13 +95,13 @@ def linear_features(model: nn.Module) -> list[tuple[int, int]]:
 
 def unrunnable(K: int, group: int) -> str | None:
     """Why no triton_qat layer runs a linear of ``K`` in_features with weights in groups of
-    ``group`` (0: per channel), in the words of the library's own checks; None where one does."""
-    try:
-        check_in_features(K)
-        if group:
-            check_group(group, K, "--group-size")
-    except ValueError as e:
-        return str(e)
+    ``group`` (0: per channel), in the words of the library's checks (triton_qat.checks, which
+    the tuner does not import: it sits below the op layer); None where one does."""
+    if K > MAX_IN_FEATURES:
+        return (f"in_features: at most {MAX_IN_FEATURES} (the int8 GEMM's int32 accumulator), "
+                f"got {K}")  # fmt: skip
+    if group and K % group:
+        return f"--group-size: expected a divisor of {K}, got {group}"
     return None
 
 

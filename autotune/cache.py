@@ -25,6 +25,9 @@ import triton
 
 # 2: GEMM configs carry DEQUANT (the forward) and TMA; a version-1 file is ignored with a warning
 FORMAT_VERSION = 2
+# Bumped whenever any cache's entries change (reload, store) or :func:`invalidate` is called: what
+# was decided from the configs (the op layer's launch plans) is decided again after a change.
+GENERATION = [0]
 SHIPPED_DIR = Path(__file__).parent / "configs"
 
 _GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
@@ -226,6 +229,7 @@ class ConfigCache:
             self._memo: dict[str, dict | None] = {}
             # (caller's arguments) -> (key, fitted config): autotune's per-launch answers
             self.fitted: dict[tuple, tuple[str, dict]] = {}
+            GENERATION[0] += 1
 
     def lookup(self, key: str) -> dict | None:
         """Strict match, else the nearest tuned M bucket with the same kernel/N/K/dtype/extra.
@@ -258,3 +262,4 @@ class ConfigCache:
             self.entries = {**self.entries, **new}
             self._memo = {}
             self.fitted = {}
+            GENERATION[0] += 1

@@ -89,11 +89,6 @@ def _dequantize_kernel(
     tl.store(y_ptr + o_r[:, None] * C + o_c[None, :], cast_to_dt(b_y, OUT_DT), mask=m_rc)
 
 
-def _as_2d(t: torch.Tensor, R: int) -> torch.Tensor:
-    """A per-row ([R]) or per-(row, group) ([R, G]) qparam tensor as [R, G] (any strides)."""
-    return t.reshape(R, 1) if t.dim() == 1 else t
-
-
 class DequantizePlan(NamedTuple):
     """What a :func:`dequantize_rows` launch decides once per key (:func:`plan_dequantize`)."""
 
@@ -149,14 +144,23 @@ def launch_dequantize(
     y = empty((R, C), dtype=p.out_dtype, device=codes.device)
     if R == 0 or C == 0:
         return y
-    codes = codes if codes.stride(1) == 1 else codes.contiguous()
-    scale = _as_2d(scale, R)
-    zero_point = _as_2d(zero_point, R) if p.has_zp else scale  # unread without HAS_ZP
+    sc = codes.stride()
+    if sc[1] != 1:
+        codes = codes.contiguous()
+        sc = codes.stride()
+    if scale.ndim == 1:  # per row, [R]: as [R, 1]
+        scale = scale.reshape(R, 1)
+    if not p.has_zp:
+        zero_point = scale  # unread without HAS_ZP
+    elif zero_point.ndim == 1:
+        zero_point = zero_point.reshape(R, 1)
     ss, sz = scale.stride(), zero_point.stride()
-    (kernel or _dequantize_kernel)[(-(-R // p.block_r), -(-C // p.block_c))](
-        codes, scale, zero_point, y, R, C, codes.stride(0), ss[0], ss[1], sz[0], sz[1], p.group,
-        **p.meta,
-    )  # fmt: skip
+    grid = (-(-R // p.block_r), -(-C // p.block_c))
+    args = (codes, scale, zero_point, y, R, C, sc[0], ss[0], ss[1], sz[0], sz[1], p.group)
+    if kernel is None:  # JITFunction.run: what kernel[grid](...) calls, without its two frames
+        _dequantize_kernel.run(*args, grid=grid, warmup=False, **p.meta)
+    else:
+        kernel[grid](*args, **p.meta)
     return y
 
 

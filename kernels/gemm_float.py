@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._common import (
     PTX_ASM,
@@ -186,34 +187,54 @@ def tiles_of(config: dict, rows: str, cols: str, red: str) -> tuple:
     return (c[rows], c[cols], c[red], c["GROUP_M"], c["num_warps"], c["num_stages"])
 
 
-def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
-    """(view, transposed): ``t`` [R, C] as a tensor descriptor can take it, itself (unit column
-    stride) or its transpose (unit row stride), with a 16-byte aligned base and other stride;
-    None when neither fits."""
+def _tma_view(t: torch.Tensor) -> tuple[torch.Tensor, bool, tuple] | None:
+    """(view, transposed, its strides): ``t`` [R, C] as a tensor descriptor can take it, itself
+    (unit column stride) or its transpose (unit row stride), with a 16-byte aligned base and
+    other stride; None when neither fits."""
     fake = type(t).__name__ in ("FakeTensor", "FunctionalTensor")  # compile-only capture
     if not (fake or t.data_ptr() % 16 == 0):
         return None
-    for view, transposed in ((t, False), (t.t(), True)):
-        rows_apart = (
-            view.stride(0) >= view.shape[1]
-        )  # no zero-stride (expanded) or overlapping rows
-        if view.stride(1) == 1 and rows_apart and (view.stride(0) * t.element_size()) % 16 == 0:
-            return view, transposed
+    (rows, cols), (s0, s1), size = t.shape, t.stride(), t.dtype.itemsize
+    # rows apart: no zero-stride (expanded) or overlapping rows
+    if s1 == 1 and s0 >= cols and (s0 * size) % 16 == 0:
+        return t, False, (s0, 1)
+    if s0 == 1 and s1 >= rows and (s1 * size) % 16 == 0:
+        return t.t(), True, (s1, 1)
     return None
+
+
+def descriptor(view: torch.Tensor, strides: tuple, block: list) -> TensorDescriptor:
+    """``TensorDescriptor.from_tensor(view, block)`` without its checks, which
+    :func:`_tma_view` (alignment, strides) and the configs (power-of-two tiles) have made: they
+    cost more host time than the rest of a launch."""
+    desc = object.__new__(TensorDescriptor)
+    desc.base, desc.shape, desc.strides, desc.block_shape = view, view.shape, strides, block
+    desc.padding, desc.round_f32_to_tf32 = "zero", False
+    return desc
+
+
+def k_major_descriptors_fit(a: torch.Tensor, sa: tuple, b: torch.Tensor, sb: tuple) -> bool:
+    """Whether int8 a [M, K] and b [N, K] with strides ``sa`` / ``sb`` (unit column strides)
+    can be K-major tensor descriptors: 16-byte aligned bases and row strides, rows apart (no
+    zero-stride or overlapping rows)."""
+    K = a.shape[1]
+    if sa[0] < K or sb[0] < K or (sa[0] | sb[0]) % 16:
+        return False
+    if type(a).__name__ in ("FakeTensor", "FunctionalTensor"):  # compile-only capture
+        return True
+    return (a.data_ptr() | b.data_ptr()) % 16 == 0
 
 
 def tma_descriptors(a, b, block_m, block_n, block_k):
     """(a_desc, b_desc, A_T, B_T): tensor descriptors of a [M, K] and b [K, N] with tiles
     [BLOCK_M, BLOCK_K] / [BLOCK_K, BLOCK_N] (of the transpose where that is the unit-stride view:
     A_T, B_T), or None when an operand does not fit a descriptor."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     va, vb = _tma_view(a), _tma_view(b)
     if va is None or vb is None:
         return None
-    (va, a_t), (vb, b_t) = va, vb
-    a_desc = TensorDescriptor.from_tensor(va, [block_k, block_m] if a_t else [block_m, block_k])
-    b_desc = TensorDescriptor.from_tensor(vb, [block_n, block_k] if b_t else [block_k, block_n])
+    (va, a_t, sa), (vb, b_t, sb) = va, vb
+    a_desc = descriptor(va, sa, [block_k, block_m] if a_t else [block_m, block_k])
+    b_desc = descriptor(vb, sb, [block_n, block_k] if b_t else [block_k, block_n])
     return a_desc, b_desc, a_t, b_t
 
 
@@ -293,29 +314,15 @@ def launch_float_mm(
         descs = tma_descriptors(a, b, p.block_m, p.block_n, p.meta["BLOCK_K"])
     a_desc, b_desc, a_t, b_t = descs if descs is not None else (a, b, False, False)
     sa, sb = a.stride(), b.stride()
-    (kernel or _float_mm_kernel)[(-(-M // p.block_m) * -(-N // p.block_n),)](
-        a,
-        b,
-        a_desc,
-        b_desc,
-        out if mask is None else mask,
-        out if bias is None else bias.contiguous(),
-        out,
-        M,
-        N,
-        K,
-        sa[0],
-        sa[1],
-        sb[0],
-        sb[1],
-        N,  # out's row stride: contiguous
-        0 if mask is None else mask.stride(0),
-        *sg,
-        TMA=descs is not None,
-        A_T=a_t,
-        B_T=b_t,
-        **p.meta,
-    )
+    mask_arg = out if mask is None else mask
+    args = (a, b, a_desc, b_desc, mask_arg, out if bias is None else bias.contiguous(), out, M, N,
+            K, sa[0], sa[1], sb[0], sb[1], N, 0 if mask is None else mask.stride(0), *sg)  # fmt: skip
+    grid = (-(-M // p.block_m) * -(-N // p.block_n),)
+    tma = descs is not None
+    if kernel is None:  # JITFunction.run: what kernel[grid](...) calls, without its two frames
+        _float_mm_kernel.run(*args, grid=grid, warmup=False, TMA=tma, A_T=a_t, B_T=b_t, **p.meta)
+    else:
+        kernel[grid](*args, TMA=tma, A_T=a_t, B_T=b_t, **p.meta)
     return out
 
 

@@ -48,7 +48,13 @@ import triton.language as tl
 
 from ._common import cast_to_dt, cdiv, dtype_code, empty, swizzle
 from .dequantize import launch_dequantize, plan_dequantize
-from .gemm_float import launch_float_mm, plan_float_mm, tiles_of, tma_descriptors
+from .gemm_float import (
+    descriptor,
+    k_major_descriptors_fit,
+    launch_float_mm,
+    plan_float_mm,
+    tiles_of,
+)
 
 
 @triton.jit
@@ -204,6 +210,10 @@ def _int8_linear_kernel(
     tl.store(p_o + o_tile, cast_to_dt(b_out, DT), mask=m_m[:, None] & m_n[None, :])
 
 
+# The int8 GEMM accumulates sum_k (q_x - zp) * q_w in int32: |.| <= 255 * 128 * K must fit.
+MAX_IN_FEATURES = 65536
+
+
 def _extent(t: torch.Tensor) -> int:
     """1 + the largest element offset of ``t`` (its strides, not its numel: a view's reach)."""
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
@@ -349,8 +359,13 @@ def launch_int8_linear(
         return out
     if K == 0:
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
-    x_codes = x_codes if x_codes.stride(1) == 1 else x_codes.contiguous()
-    w_codes = w_codes if w_codes.stride(1) == 1 else w_codes.contiguous()
+    sx, sw = x_codes.stride(), w_codes.stride()
+    if sx[1] != 1:
+        x_codes = x_codes.contiguous()
+        sx = x_codes.stride()
+    if sw[1] != 1:
+        w_codes = w_codes.contiguous()
+        sw = w_codes.stride()
     mode, w_asym, G = p.mode, p.w_asym, p.n_groups
     if w_asym:
         if mode != 2 and x_code_sum is None:
@@ -364,41 +379,28 @@ def launch_int8_linear(
         w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()  # one pair of strides
         w_zero_point = w_zero_point.contiguous() if w_asym else None
         ss = w_scale.stride()
-    descs = None
-    if p.tma:  # x [M, K] and w [N, K] as descriptors, K-major
-        descs = tma_descriptors(x_codes, w_codes.t(), p.block_m, p.block_n, p.meta["BLOCK_K"])
-        descs = descs if descs is not None and descs[2:] == (False, True) else None
-    x_desc, w_desc = descs[:2] if descs is not None else (x_codes, w_codes)
-    reach = max(
-        N * p.block_m, 1 + (N - 1) * ss[0] + (G - 1) * ss[1], -(-M // p.block_m) * p.block_m
-    )
-    if reach >= 2**31 or x_code_sum is not None:  # the full check where it can fail
+    x_desc, w_desc = x_codes, w_codes
+    tma = p.tma and k_major_descriptors_fit(x_codes, sx, w_codes, sw)
+    if tma:  # x [M, K] and w [N, K] as descriptors, K-major
+        x_desc = descriptor(x_codes, sx, [p.block_m, p.meta["BLOCK_K"]])
+        w_desc = descriptor(w_codes, sw, [p.block_n, p.meta["BLOCK_K"]])
+    # the 32-bit offsets' full check (check_offsets) where it can fail
+    rows, w_reach = -(-M // p.block_m) * p.block_m, 1 + (N - 1) * ss[0] + (G - 1) * ss[1]
+    if x_code_sum is not None or N * p.block_m >= 2**31 or w_reach >= 2**31 or rows >= 2**31:
         check_offsets(M, N, p.block_m, w_scale, x_code_sum)
-    (kernels[0] if kernels else _int8_linear_kernel)[(-(-M // p.block_m) * -(-N // p.block_n),)](
-        x_codes,
-        x_desc,
-        w_desc,
-        x_scale.contiguous(),
-        x_zero_point.contiguous(),
-        w_codes,
-        w_scale,
-        w_code_sum,
-        w_zero_point if w_asym else w_code_sum,
+    args = (
+        x_codes, x_desc, w_desc, x_scale.contiguous(), x_zero_point.contiguous(), w_codes,
+        w_scale, w_code_sum, w_zero_point if w_asym else w_code_sum,
         x_code_sum if x_code_sum is not None else w_code_sum,
-        out if bias is None else bias.contiguous(),
-        out,
-        M,
-        N,
-        K,
-        x_codes.stride(0),
-        x_code_sum.stride(0) if x_code_sum is not None else 0,
-        w_codes.stride(0),
-        ss[0],
-        ss[1],
+        out if bias is None else bias.contiguous(), out, M, N, K, sx[0],
+        x_code_sum.stride(0) if x_code_sum is not None else 0, sw[0], ss[0], ss[1],
         N,  # out's row stride: contiguous
-        TMA=descs is not None,
-        **p.meta,
-    )
+    )  # fmt: skip
+    grid = (-(-M // p.block_m) * -(-N // p.block_n),)
+    if kernels is None:  # JITFunction.run: what kernel[grid](...) calls, without its two frames
+        _int8_linear_kernel.run(*args, grid=grid, warmup=False, TMA=tma, **p.meta)
+    else:
+        kernels[0][grid](*args, TMA=tma, **p.meta)
     return out
 
 

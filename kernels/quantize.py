@@ -646,6 +646,10 @@ class Quantized(NamedTuple):
     y: torch.Tensor | None  # fake-quantized values [R, C] in x.dtype (with_y)
 
 
+# Quantized(*fields) in one call (a NamedTuple's __new__ is a Python function around this one)
+_quantized = tuple.__new__
+
+
 def code_offset(qmin: int, qmax: int) -> int:
     """Shift applied to stored codes and zero points so that the code range fits int8."""
     return -128 if qmax > 127 else 0
@@ -880,7 +884,10 @@ def launch_quantize(
         q_strides = (G, 1)
     elif p.group_major:  # [G, R] memory seen as [R, G]
         out_scale = empty((G, R), dtype=torch.float32, device=dev).t()
-        out_zp = empty((G, R) if p.write_zero_point else (0, R), dtype=torch.int32, device=dev).t()
+        if p.write_zero_point:
+            out_zp = empty((G, R), dtype=torch.int32, device=dev).t()
+        else:
+            out_zp = empty((R, 0), dtype=torch.int32, device=dev)
         q_strides = (1, R)
     else:
         out_scale = empty((R, G), dtype=torch.float32, device=dev)
@@ -895,33 +902,21 @@ def launch_quantize(
     if R == 0 or C == 0:
         if p.torch_sum_group:
             code_sum = torch.zeros((R, C // p.torch_sum_group), dtype=torch.int32, device=dev)
-        return Quantized(codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y)
+        return _quantized(Quantized, (codes, out_scale, out_zp, mask.zero_(), code_sum.zero_(), y))
     block_r = p.block_r
     grid = (R,) if p.group_rows else (-(-R // block_r),)
     sx = x.stride()
-    (kernel or _quantize_rows_kernel)[grid](
-        x,
-        sx[0],
-        sx[1],
-        codes if p.write_codes else mask,
-        out_scale,
-        out_zp,
-        mask,
-        code_sum,
-        mask if y is None else y,
-        R,
-        C,
-        p.group_size,
-        q_strides[0],
-        q_strides[1],
-        p.eps,
-        FULL_TILE=p.full_if_rows_divide and (p.group_rows or R % block_r == 0),
-        **p.meta,
-    )
+    args = (x, sx[0], sx[1], codes if p.write_codes else mask, out_scale, out_zp, mask, code_sum,
+            mask if y is None else y, R, C, p.group_size, q_strides[0], q_strides[1], p.eps)  # fmt: skip
+    full = p.full_if_rows_divide and (p.group_rows or R % block_r == 0)
+    if kernel is None:  # JITFunction.run: what kernel[grid](...) calls, without its two frames
+        _quantize_rows_kernel.run(*args, grid=grid, warmup=False, FULL_TILE=full, **p.meta)
+    else:
+        kernel[grid](*args, FULL_TILE=full, **p.meta)
     if p.torch_sum_group:  # no tile fits the sum groups: sum the codes written
         g = p.torch_sum_group
         code_sum = codes.reshape(R, C // g, g).sum(-1, dtype=torch.int32)
-    return Quantized(codes, out_scale, out_zp, mask, code_sum, y)
+    return _quantized(Quantized, (codes, out_scale, out_zp, mask, code_sum, y))
 
 
 def quantize_rows(

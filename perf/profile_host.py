@@ -136,7 +136,7 @@ def ladder(device: torch.device, dtype: torch.dtype, K: int, N: int, n: int) -> 
     launch up to the module, at 64 tokens (device work too small to hold the host back)."""
     from triton_qat import dispatch
     from triton_qat.autotune import quantize_config
-    from triton_qat.kernels.quantize import quantize_rows as launcher
+    from triton_qat.kernels.quantize import launch_quantize, plan_quantize
 
     x = torch.randn(64, K, device=device, dtype=dtype)
     xg = x.clone().requires_grad_(True)
@@ -144,12 +144,15 @@ def ladder(device: torch.device, dtype: torch.dtype, K: int, N: int, n: int) -> 
     layer = make_layer("triton_qat eager", K, N, device, dtype)
     config = quantize_config(64, K, device, dtype, True)
     args = (x, -128, 127, K, False)
+    plan = plan_quantize(K, dtype, device, -128, 127, K, False, pack_mask=True, config=config)
     steps = {
         "torch.empty (one 64xK int8)": lambda: torch.empty(64, K, dtype=torch.int8, device=device),
         "bare Triton launch (1 pointer)": lambda: _noop_kernel[(1,)](x, 16, BLOCK=16),
         "autotune.quantize_config": lambda: quantize_config(64, K, device, dtype, True),
-        "kernels.quantize.quantize_rows": lambda: launcher(*args, pack_mask=True, config=config),
-        "dispatch.quantize_rows": lambda: dispatch.quantize_rows(*args, pack_mask=True),
+        "kernels.quantize.launch_quantize (a kept plan)": lambda: launch_quantize(plan, x),
+        "dispatch.quantize_rows (key -> kept launch)": lambda: dispatch.quantize_rows(
+            *args, pack_mask=True
+        ),
         "torch.ops.triton_qat.quantize": lambda: torch.ops.triton_qat.quantize(
             x, -128, 127, K, False, False, True, None, None
         ),
@@ -166,16 +169,18 @@ def ladder(device: torch.device, dtype: torch.dtype, K: int, N: int, n: int) -> 
 
 
 def _backward_steps(layer, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> dict:
-    """The backward's rungs: each launch path alone, its whole implementation, and the autograd
-    step around it (forward + backward, so the forward's rung is to be subtracted)."""
+    """The backward's rungs: each launch of its kept plan alone, the whole op implementation, and
+    the autograd step around it (forward + backward, so the forward's rung is to be subtracted)."""
     from triton_qat import dispatch, ops
+    from triton_qat.spec import spec_for
 
     w = layer.weight.detach()
     M, K, N = x.shape[0], w.shape[1], w.shape[0]
     dy = torch.randn(M, N, device=device, dtype=dtype)
+    plan = dispatch.linear_plan(M, K, N, dtype, dtype, device, spec_for(layer.activation_config),
+                                spec_for(layer.weight_config), has_bias=True)  # fmt: skip
     codes, scale, zp, mask, _ = ops.quantize_impl(x, -128, 127, K, False, False, True, None, None)
-    wq = ops._quantize_weight(w, -128, 127, K, False, None, pack_mask=False, with_y=True,
-                              write_codes=False)  # fmt: skip
+    wq = plan.quantize_w_bwd[True, True](w)
     xg = x.clone().requires_grad_(True)
 
     def step():
@@ -183,14 +188,10 @@ def _backward_steps(layer, x: torch.Tensor, device: torch.device, dtype: torch.d
         layer(xg).backward(dy)
 
     return {
-        "backward: weight quantize (y + byte mask)": lambda: ops._quantize_weight(
-            w, -128, 127, K, False, None, pack_mask=False, with_y=True, write_codes=False
-        ),
-        "backward: dispatch.dgrad": lambda: dispatch.dgrad(dy, wq.y, mask),
-        "backward: dispatch.dequantize_rows": lambda: dispatch.dequantize_rows(
-            codes, scale, zp, dtype
-        ),
-        "backward: dispatch.wgrad": lambda: dispatch.wgrad(dy, x, wq.mask),
+        "backward: weight quantize (y + byte mask)": lambda: plan.quantize_w_bwd[True, True](w),
+        "backward: dgrad launch": lambda: plan.dgrad(dy, wq.y, mask),
+        "backward: dequantize launch": lambda: plan.dequantize_x(codes, scale, zp),
+        "backward: wgrad launch": lambda: plan.wgrad(dy.t(), x, wq.mask),
         "backward: ops.qat_linear_backward_impl": lambda: ops.qat_linear_backward_impl(
             dy, codes, scale, zp, mask, w, -128, 127, K, False, None, True, True, True
         ),
@@ -225,36 +226,32 @@ def main(argv: list[str] | None = None) -> int:
         say(row)
     if args.ladder_only:
         return _write(args.out, lines)
-    prev = tq.shared.set_enabled(False)  # every call quantizes its input, as in bench.py
-    try:
-        for M, K, N in shapes:
-            x = torch.randn(M, K, device=device, dtype=dtype, requires_grad=True)
-            dy = torch.randn(M, N, device=device, dtype=dtype)
-            say(f"\n## {M}x{K}->{N} {dtype}: ms per call (median single; host/device over {n})")
-            say("| provider | mode | single | host | device | syncs |")
-            say("| --- | --- | ---: | ---: | ---: | ---: |")
-            for provider in PROVIDERS:
-                layer = make_layer(provider, K, N, device, dtype)
-                for mode in ("fwd", "fwd+bwd"):
-                    t = split_times(layer, x, dy, mode, n, device)
-                    say(f"| {provider} | {mode} | {t['single']:.3f} | {t['host']:.3f} | "
-                        f"{t['device']:.3f} | {t['syncs']} |")  # fmt: skip
-        if args.no_profiles:
-            return _write(args.out, lines)
-        M, K, N = shapes[0]
+    for M, K, N in shapes:
         x = torch.randn(M, K, device=device, dtype=dtype, requires_grad=True)
         dy = torch.randn(M, N, device=device, dtype=dtype)
-        for provider in ("triton_qat eager", "triton_qat compiled"):
+        say(f"\n## {M}x{K}->{N} {dtype}: ms per call (median single; host/device over {n})")
+        say("| provider | mode | single | host | device | syncs |")
+        say("| --- | --- | ---: | ---: | ---: | ---: |")
+        for provider in PROVIDERS:
             layer = make_layer(provider, K, N, device, dtype)
             for mode in ("fwd", "fwd+bwd"):
-                for _ in range(3):
-                    _call(layer, x, dy, mode)
-                say(f"\n## cProfile, {provider} {mode}, {M}x{K}->{N}, {n} calls")
-                say(python_profile(layer, x, dy, mode, n, top))
-                say(f"\n## torch.profiler, {provider} {mode}, {M}x{K}->{N}, {n} calls")
-                say(torch_profile(layer, x, dy, mode, n, top, device))
-    finally:
-        tq.shared.set_enabled(prev)
+                t = split_times(layer, x, dy, mode, n, device)
+                say(f"| {provider} | {mode} | {t['single']:.3f} | {t['host']:.3f} | "
+                    f"{t['device']:.3f} | {t['syncs']} |")  # fmt: skip
+    if args.no_profiles:
+        return _write(args.out, lines)
+    M, K, N = shapes[0]
+    x = torch.randn(M, K, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(M, N, device=device, dtype=dtype)
+    for provider in ("triton_qat eager", "triton_qat compiled"):
+        layer = make_layer(provider, K, N, device, dtype)
+        for mode in ("fwd", "fwd+bwd"):
+            for _ in range(3):
+                _call(layer, x, dy, mode)
+            say(f"\n## cProfile, {provider} {mode}, {M}x{K}->{N}, {n} calls")
+            say(python_profile(layer, x, dy, mode, n, top))
+            say(f"\n## torch.profiler, {provider} {mode}, {M}x{K}->{N}, {n} calls")
+            say(torch_profile(layer, x, dy, mode, n, top, device))
     return _write(args.out, lines)
 
 

@@ -66,4 +66,30 @@ def fwd_path(request, monkeypatch):
         return cfg
 
     monkeypatch.setattr(autotune, "gemm_config", forced)
-    return SimpleNamespace(path=request.param, used=used)
+    autotune.invalidate()  # plans made with the real lookup are made again with this one
+    yield SimpleNamespace(path=request.param, used=used)
+    autotune.invalidate()
+
+
+@pytest.fixture
+def quantize_spy(monkeypatch):
+    """Every quantize launch's (input shape, the launch's keyword arguments, Quantized result),
+    in order: the launches made from now on (kept plans are made again)."""
+    from triton_qat import autotune, dispatch
+
+    launches, real = [], dispatch.quantize_launch
+
+    def spying(*args, **kwargs):
+        launch = real(*args, **kwargs)
+
+        def run(x, *given):
+            q = launch(x, *given)
+            launches.append((tuple(x.shape), kwargs, q))
+            return q
+
+        return run
+
+    monkeypatch.setattr(dispatch, "quantize_launch", spying)
+    autotune.invalidate()
+    yield launches
+    autotune.invalidate()

@@ -188,7 +188,8 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
             out = model(torch.randn(m, 64))
         assert out.shape == (m, 24)
         seen[m] = [cfg for key, cfg in log if key.startswith("fwd|")]
-    assert seen[10] == [small] and seen[100] == [large]
+    assert seen[10] and all(c == small for c in seen[10])  # looked up when a plan is made
+    assert seen[100] and all(c == large for c in seen[100])
 
 
 # ------------------------------------------------------------------------------------------------

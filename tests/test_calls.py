@@ -1,11 +1,15 @@
-"""triton_qat.calls: plain eager code skips the dispatcher, and computes the ops' exact bits."""
+"""The direct paths (triton_qat.fused for the linear, triton_qat.calls for the other ops): plain
+eager code skips the dispatcher and computes the ops' exact bits; everything else sees the ops."""
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import triton_qat as tq
-from triton_qat import calls
+from triton_qat import calls, fused, ops
+
+_IMPLS = ("quantize_impl", "qat_linear_impl", "qat_linear_backward_impl",
+          "weight_only_linear_impl", "weight_only_linear_backward_impl")  # fmt: skip
 
 LAYERS = {
     "default": {},
@@ -43,21 +47,35 @@ def _step(layer, x, dy):
     return [out.detach(), *grads]
 
 
+def _log_op_impls(monkeypatch) -> list[str]:
+    """Names of the ops' implementations run from now on (what an op call runs; the direct path
+    runs none of them)."""
+    log = []
+    for name in _IMPLS:
+        real = getattr(ops, name)
+
+        def logged(*args, _real=real, _name=name, **kwargs):
+            log.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ops, name, logged)
+    return log
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_direct_calls_match_the_ops_bit_for_bit(name, device, monkeypatch):
     layer = tq.Linear(64, 24, device=device, **LAYERS[name])
     x = torch.randn(2, 5, 64, device=device, requires_grad=True)
     dy = torch.randn(2, 5, 24, device=device)
-    log = _OpLog()
-    monkeypatch.setattr(calls, "_op", log)
+    log = _log_op_impls(monkeypatch)
     direct = _step(layer, x, dy)
-    assert log.names == [], f"plain eager code went through the dispatcher: {log.names}"
-    prev = calls.set_enabled(False)
+    assert log == [], f"plain eager code went through the ops: {log}"
+    prev = fused.set_enabled(False)
     try:
         via_ops = _step(layer, x, dy)
     finally:
-        calls.set_enabled(prev)
-    assert log.names, "set_enabled(False) did not route through torch.ops.triton_qat"
+        fused.set_enabled(prev)
+    assert log, "set_enabled(False) did not route through torch.ops.triton_qat"
     assert len(direct) == len(via_ops) >= 3
     for a, b in zip(direct, via_ops, strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b)
@@ -100,26 +118,31 @@ def test_modes_and_subclasses_still_see_the_ops(device):
     assert any("triton_qat.quantize" in op for op in rec.ops), rec.ops
     assert any("triton_qat.qat_linear." in op for op in rec.ops), rec.ops
     assert any("triton_qat.qat_linear_backward" in op for op in rec.ops), rec.ops
-    assert calls.usable(x, layer.weight)
+    assert calls.usable(x, layer.weight) and fused.direct()
     assert not calls.usable(x, x.detach().as_subclass(_Sub))
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fake = mode.from_tensor(x)
-        assert not calls.usable(fake)
+        assert not calls.usable(fake) and not fused.direct()
 
 
 class _Sub(torch.Tensor):
     pass
 
 
-def test_compiled_graph_holds_the_ops(device, monkeypatch):
-    log = _OpLog()
-    monkeypatch.setattr(calls, "_op", log)
+def test_compiled_graph_holds_the_ops(device):
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+
     layer = tq.Linear(32, 16, device=device)
     x = torch.randn(4, 32, device=device)
     torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
     assert torch.equal(compiled(x), layer(x))
-    assert "qat_linear" in log.names and "quantize" in log.names
+    assert len(graphs) == 1
+    assert "triton_qat.qat_linear" in graphs[0] and "triton_qat.quantize" in graphs[0]
 
 
 def test_jit_trace_profiler_and_forward_ad_take_the_ops(device, monkeypatch):
@@ -139,4 +162,4 @@ def test_jit_trace_profiler_and_forward_ad_take_the_ops(device, monkeypatch):
 
     with fwAD.dual_level():
         dual = fwAD.make_dual(x, torch.ones_like(x))
-        assert not calls.usable(dual)
+        assert not calls.usable(dual) and not fused.direct()

@@ -159,7 +159,8 @@ def test_asym_weight_forward_gemm(K, group, dtype, a_sym, device, fwd_path):
     summed = int8_linear(*args, asymmetric=not a_sym, w_zero_point=qw.zero_point)
     assert torch.equal(out, summed)
     want = int(fwd_path.path == "dequant" and group != K)
-    assert [c["DEQUANT"] for c in fwd_path.used] == [want, want]
+    # one lookup per key: the second call runs the kept launch
+    assert [c["DEQUANT"] for c in fwd_path.used] == [want]
 
 
 def test_unsigned_asym_weights_through_the_forward(fwd_path, device):

@@ -99,20 +99,12 @@ def test_backward_keeps_nothing_weight_sized(device):
     assert all(t.shape[0] == 5 for t in kept), [tuple(t.shape) for t in kept]  # per token only
 
 
-def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatch):
+def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, request):
     """The forward quantizes the weight without its clamp mask (the backward re-derives it),
     without zero points (symmetric) and, where the GEMM dequantizes the weight instead of
     correcting zero points, without code sums; the activation has no code sums under symmetric
     weights. The output is unchanged."""
     from triton_qat import dispatch
-
-    calls, real = [], dispatch.quantize_rows
-
-    def spy(x, *args, **kw):
-        q = real(x, *args, **kw)
-        calls.append((tuple(x.shape), q.mask.numel() > 0, q.code_sum.numel() > 0,
-                      q.zero_point.numel() > 0))  # fmt: skip
-        return q
 
     torch.manual_seed(0)
     lin = tq.Linear(64, 48, device=device, weight=tq.QuantConfig(bits=4, granularity="per_group",
@@ -120,9 +112,11 @@ def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatc
     x = torch.randn(5, 64, device=device)
     with torch.no_grad():
         want = lin(x)
-        monkeypatch.setattr(dispatch, "quantize_rows", spy)
+        launches = request.getfixturevalue("quantize_spy")
         got = lin(x.clone())
     assert torch.equal(got, want)
+    calls = [(shape, q.mask.numel() > 0, q.code_sum.numel() > 0, q.zero_point.numel() > 0)
+             for shape, _, q in launches]  # fmt: skip
     act, weight = calls
     assert act == ((5, 64), True, False, True)
     sums = dispatch.use_kernels(x) and fwd_path.path == "int8"
@@ -130,12 +124,10 @@ def test_forward_quantizes_only_what_its_gemm_reads(fwd_path, device, monkeypatc
 
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-def test_backward_rederives_only_the_values_and_mask_it_reads(symmetric, device, monkeypatch):
+def test_backward_rederives_only_the_values_and_mask_it_reads(symmetric, device, request):
     """The backward's weight quantize writes y and the clamp mask, no codes, no code sums and no
     zero points (y's are computed in registers), symmetric or not; each gradient not asked for
     is its own empty tensor. The gradients are unchanged."""
-    from triton_qat import dispatch
-
     wcfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=symmetric)
     torch.manual_seed(0)
     lin = tq.Linear(64, 48, device=device, weight=wcfg)
@@ -144,21 +136,15 @@ def test_backward_rederives_only_the_values_and_mask_it_reads(symmetric, device,
     lin(x).backward(dy)
     want = [x.grad.clone(), lin.weight.grad.clone(), lin.bias.grad.clone()]
     x.grad = lin.weight.grad = lin.bias.grad = None
+    launches = request.getfixturevalue("quantize_spy")
     out = lin(x)
-    calls, real = [], dispatch.quantize_rows
-
-    def spy(t, *args, **kw):
-        q = real(t, *args, **kw)
-        calls.append((q.codes.numel() > 0, q.code_sum.numel() > 0, q.zero_point.numel() > 0,
-                      q.mask.numel() > 0, q.y is not None))  # fmt: skip
-        return q
-
-    monkeypatch.setattr(dispatch, "quantize_rows", spy)
+    del launches[:]  # the forward's
     out.backward(dy)
+    calls = [(q.codes.numel() > 0, q.code_sum.numel() > 0, q.zero_point.numel() > 0,
+              q.mask.numel() > 0, q.y is not None) for _, _, q in launches]  # fmt: skip
     assert calls == [(False, False, False, True, True)]
     for got, w in zip([x.grad, lin.weight.grad, lin.bias.grad], want, strict=True):
         assert torch.equal(got, w)
-    monkeypatch.setattr(dispatch, "quantize_rows", real)
     state = ops.quantize(x.detach(), -128, 127, 64, False, False, True, None, None)[:4]
     grads = ops.qat_linear_backward(dy, *state, lin.weight.detach(), -8, 7, 32, False, None,
                                     need_x=False, need_w=True, need_bias=False,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES as MAX_IN_FEATURES  # the kernel's
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# The int8 GEMM accumulates sum_k (q_x - zp) * q_w in int32: |.| <= 255 * 128 * K must fit.
-MAX_IN_FEATURES = 65536
 
 
 def check_tensor(t: object, name: str, dtypes: tuple, what: str) -> None:
@@ -51,7 +51,9 @@ def check_range(qmin: int, qmax: int, name: str = "quant range") -> None:
 
 
 def check_group(group_size: int, row_len: int, name: str = "group_size") -> None:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+    """A positive int (or a symbolic one: torch.compile with dynamic shapes) dividing row_len."""
+    is_int = isinstance(group_size, (int, torch.SymInt)) and not isinstance(group_size, bool)
+    if not is_int or group_size < 1:
         raise ValueError(f"{name}: expected a positive int, got {group_size!r}")
     if row_len % group_size:
         raise ValueError(f"{name}: expected a divisor of {row_len}, got {group_size}")

@@ -1,4 +1,4 @@
-"""Which implementation runs (`backend`), and the one place that calls the launchers.
+"""Which implementation runs (`backend`), and the one place that turns a launch's key into a launch.
 
 Three backends, by the tensor's device:
 
@@ -8,29 +8,36 @@ Three backends, by the tensor's device:
 * ``"torch"``: any other tensor (CPU without the interpreter) runs the plain-torch twins in
   ``kernels/*_torch.py``, which the tests hold bit-identical to the kernels.
 
-The functions below take the ops' arguments, ask :mod:`triton_qat.autotune` for the launch config
-of the actual shape, and call the launcher (kernels never look configs up themselves).
+Decide once, launch many times: a ``*_launch`` function takes a launch's key (the rows' bucket,
+the other sizes, dtypes, device, flags), asks :mod:`triton_qat.autotune` for its config, makes the
+launcher's plan (``kernels.*.plan_*``) and returns a callable that only allocates and launches
+(``kernels.*.launch_*``, or the plain-torch twin), kept per key until the configs change
+(:data:`triton_qat.autotune.GENERATION`). :func:`linear_plan` bundles the launches of one
+fused linear. The per-call functions below (:func:`quantize_rows`, :func:`int8_linear`, ...) are
+the same launches for callers that hold no plan (the ``torch.library`` ops). Kernels never look
+configs up themselves.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from triton_qat import autotune
 from triton_qat.kernels._common import INTERPRET
-from triton_qat.kernels.dequantize import dequantize_rows as _dequantize_rows
+from triton_qat.kernels.dequantize import launch_dequantize, plan_dequantize
 from triton_qat.kernels.dequantize_torch import dequantize_rows_torch
-from triton_qat.kernels.gemm_backward import dgrad as _dgrad
+from triton_qat.kernels.gemm_backward import plan_dgrad, plan_wgrad
 from triton_qat.kernels.gemm_backward import wgrad as _wgrad
 from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
-from triton_qat.kernels.gemm_int8 import fwd_mode
-from triton_qat.kernels.gemm_int8 import int8_linear as _int8_linear
+from triton_qat.kernels.gemm_float import launch_float_mm
+from triton_qat.kernels.gemm_int8 import fwd_mode, launch_int8_linear, plan_int8_linear
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
-from triton_qat.kernels.quantize import Quantized, nan_per_row
+from triton_qat.kernels.quantize import Quantized, launch_quantize, nan_per_row, plan_quantize
 from triton_qat.kernels.quantize import code_offset as code_offset  # ops: a weight's code shift
-from triton_qat.kernels.quantize import quantize_rows as _quantize_rows
 from triton_qat.kernels.quantize_torch import per_tensor_qparams, quantize_rows_torch
 
 BACKENDS = ("triton", "triton-interpreter", "torch")
@@ -47,29 +54,260 @@ def backend(device: torch.device | str | None = None) -> str:
     return "triton-interpreter" if INTERPRET and kind == "cpu" else "torch"
 
 
-def _on_tensor_device(fn):
-    """Launch on the first argument's GPU: Triton launches on the current CUDA device, which
-    need not be the tensor's (a module moved to cuda:1 in a process whose current device is 0)."""
-
-    @functools.wraps(fn)
-    def launch(t: torch.Tensor, *args, **kwargs):
-        if (
-            t.is_cuda
-            and t.device.index is not None
-            and t.device.index != torch.cuda.current_device()
-        ):
-            with torch.cuda.device(t.device):
-                return fn(t, *args, **kwargs)
-        return fn(t, *args, **kwargs)
-
-    return launch
-
-
 def use_kernels(t: torch.Tensor) -> bool:
     return backend(t.device) != "torch"
 
 
-@_on_tensor_device
+# ---------------------------------------------------------------------------------------------
+# launches kept per key
+
+
+_LAUNCHES: dict[tuple, object] = {}
+_SEEN = [-1]  # the configs' generation the kept launches were made from
+_MAX_KEPT = 4096  # a bound, not an expectation: training sees a handful of keys
+
+
+def _kept(key: tuple, make: Callable[[], object]) -> object:
+    """``make()`` once per key while the configs stay as they are."""
+    if _SEEN[0] != autotune.GENERATION[0]:
+        _LAUNCHES.clear()
+        _SEEN[0] = autotune.GENERATION[0]
+    hit = _LAUNCHES.get(key)
+    if hit is None:
+        if len(_LAUNCHES) >= _MAX_KEPT:
+            _LAUNCHES.clear()
+        hit = _LAUNCHES[key] = make()
+    return hit
+
+
+def rows_key(rows: int) -> int:
+    """The row count a launch's configs depend on: itself below 16, else its power-of-two bucket
+    (the tuned-config cache's and the defaults' granularity)."""
+    return rows if rows < 16 else 1 << (rows - 1).bit_length()
+
+
+def _on_device(fn: Callable, device: torch.device) -> Callable:
+    """``fn`` launching on ``device``: Triton launches on the current CUDA device, which need not
+    be the tensors' (a module moved to cuda:1 in a process whose current device is 0)."""
+    if device.type != "cuda" or device.index is None:
+        return fn
+
+    def launch(*args, **kwargs):
+        if torch.cuda.current_device() == device.index:
+            return fn(*args, **kwargs)
+        with torch.cuda.device(device):
+            return fn(*args, **kwargs)
+
+    return launch
+
+
+def quantize_launch(
+    rows: int,
+    cols: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    qmin: int,
+    qmax: int,
+    group_size: int,
+    symmetric: bool,
+    *,
+    pack_mask: bool,
+    has_qparams: bool = False,
+    with_y: bool = False,
+    write_codes: bool = True,
+    group_major: bool = False,
+    asym_weight: bool = False,
+    sum_group: int | None = None,
+    write_mask: bool = True,
+    write_sums: bool = True,
+    write_zero_point: bool = True,
+    per_tensor: bool = False,
+) -> Callable[..., Quantized]:
+    """``f(x, scale=None, zero_point=None) -> Quantized``: x [about ``rows``, ``cols``] quantized
+    per (row, group) on ``device``'s backend (arguments and layouts as
+    :func:`triton_qat.kernels.quantize.quantize_rows`; ``has_qparams``: ``f`` is given them;
+    ``write_codes`` and ``group_major`` are layout hints the plain-torch twin may ignore; without
+    ``write_mask`` / ``write_sums`` / ``write_zero_point`` the mask / code sums / computed zero
+    points come back empty, [0] / [R, 0] / [R, 0], on every backend). ``per_tensor``: ``f(x)``
+    computes family-1 qparams of the whole tensor first (in x's dtype; ``group_size`` is then the
+    row)."""
+    if per_tensor:
+        key = ("per_tensor", rows_key(rows), cols, dtype, device, qmin, qmax, symmetric,
+               pack_mask, with_y, write_codes, sum_group, write_mask, write_sums)  # fmt: skip
+        return _kept(key, lambda: functools.partial(_per_tensor, quantize_launch(
+            rows, cols, dtype, device, qmin, qmax, max(cols, 1), symmetric, pack_mask=pack_mask,
+            has_qparams=True, with_y=with_y, write_codes=write_codes, sum_group=sum_group,
+            write_mask=write_mask, write_sums=write_sums), qmin, qmax, symmetric))  # fmt: skip
+    flags = (pack_mask, has_qparams, with_y, write_codes, group_major, asym_weight, sum_group,
+             write_mask, write_sums, write_zero_point)  # fmt: skip
+    key = ("quantize", rows_key(rows), cols, dtype, device, qmin, qmax, group_size, symmetric,
+           *flags)  # fmt: skip
+    return _kept(key, lambda: _make_quantize(*key[1:]))
+
+
+def _make_quantize(rows, cols, dtype, device, qmin, qmax, group_size, symmetric, pack_mask,
+                   has_qparams, with_y, write_codes, group_major, asym_weight, sum_group,
+                   write_mask, write_sums, write_zero_point):  # fmt: skip
+    if backend(device) == "torch":
+        return functools.partial(
+            _quantize_torch, qmin=qmin, qmax=qmax, group_size=group_size, symmetric=symmetric,
+            pack_mask=pack_mask, with_y=with_y, asym_weight=asym_weight, sum_group=sum_group,
+            write_mask=write_mask, write_sums=write_sums, write_zero_point=write_zero_point,
+        )  # fmt: skip
+    y_per_row = nan_per_row(qmin, qmax, has_qparams, asym_weight and not symmetric)
+    config = autotune.quantize_config(rows, group_size, device, dtype, pack_mask, with_y, y_per_row)
+    plan = plan_quantize(
+        cols, dtype, device, qmin, qmax, group_size, symmetric, pack_mask=pack_mask,
+        config=config, has_qparams=has_qparams, with_y=with_y, write_codes=write_codes,
+        group_major=group_major, asym_weight=asym_weight, sum_group=sum_group,
+        write_mask=write_mask, write_sums=write_sums, write_zero_point=write_zero_point,
+    )  # fmt: skip
+    return _on_device(functools.partial(launch_quantize, plan), device)
+
+
+def _per_tensor(quantize: Callable, qmin: int, qmax: int, symmetric: bool, x: torch.Tensor,
+                scale=None, zero_point=None) -> Quantized:  # fmt: skip
+    """``quantize`` (given qparams) with the family-1 qparams of the whole of x."""
+    scale, zero_point = per_tensor_qparams(x, qmin, qmax, symmetric)
+    return quantize(x, scale, zero_point)
+
+
+def _quantize_torch(x, scale=None, zero_point=None, *, qmin, qmax, group_size, symmetric,
+                    pack_mask, with_y, asym_weight, sum_group, write_mask, write_sums,
+                    write_zero_point) -> Quantized:  # fmt: skip
+    """The plain-torch twin with the kernel's output conventions (empty where not written)."""
+    q = quantize_rows_torch(x, qmin, qmax, group_size, symmetric, pack_mask=pack_mask,
+                            scale=scale, zero_point=zero_point, with_y=with_y,
+                            asym_weight=asym_weight, sum_group=sum_group)  # fmt: skip
+    R = x.shape[0]
+    return q._replace(
+        mask=q.mask if write_mask else q.mask.new_empty((0,)),
+        code_sum=q.code_sum if write_sums else q.code_sum.new_empty((R, 0)),
+        zero_point=q.zero_point
+        if write_zero_point or scale is not None
+        else q.zero_point.new_empty((R, 0)),
+    )
+
+
+def forward_config(rows: int, N: int, K: int, w_group: int, dtype, device) -> dict | None:
+    """The config the forward GEMM of ``rows`` x K -> N runs with, the weight scaled in groups of
+    ``w_group`` (K: per channel / tensor); None where the plain-torch twin runs."""
+    if backend(device) == "torch":
+        return None
+    return autotune.gemm_config("fwd", rows_key(rows), N, K, device, dtype, w_group if K else 1)
+
+
+def takes_code_sums(config: dict | None) -> bool:
+    """Whether the forward GEMM of ``config`` (:func:`forward_config`) applies zero points through
+    the weight's code sums: the int8 GEMM does; the dequantized path (``DEQUANT``) and the
+    plain-torch twin (None) dequantize both operands and need none."""
+    return config is not None and not config.get("DEQUANT", 0)
+
+
+def int8_linear_launch(
+    rows: int,
+    K: int,
+    N: int,
+    n_groups: int,
+    out_dtype: torch.dtype,
+    device: torch.device,
+    *,
+    asymmetric: bool = True,
+    has_bias: bool,
+    w_asym: bool = False,
+    w_dtype: torch.dtype | None = None,
+    w_code_offset: int = 0,
+) -> Callable[..., torch.Tensor]:
+    """``f(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, w_zero_point=None,
+    x_code_sum=None) -> out [M, N]``: ``x_fq @ w_fq.T + bias`` from int8 codes (see
+    :func:`triton_qat.kernels.gemm_int8.int8_linear`; the weight's scales in ``n_groups`` groups,
+    its zero points given where ``w_asym``; ``w_dtype``: the dtype a dequantized per-group
+    forward forms w_fq in; ``w_code_offset``: the shift of the weight's stored codes)."""
+    key = ("int8_linear", rows_key(rows), K, N, n_groups, out_dtype, device, asymmetric,
+           has_bias, w_asym, w_dtype, w_code_offset)  # fmt: skip
+    return _kept(key, lambda: _make_int8_linear(*key[1:]))
+
+
+def _make_int8_linear(rows, K, N, n_groups, out_dtype, device, asymmetric, has_bias, w_asym,
+                      w_dtype, w_code_offset):  # fmt: skip
+    if backend(device) == "torch":
+        return functools.partial(_int8_linear_torch, out_dtype=out_dtype)
+    w_group = K // n_groups if n_groups else 1
+    config = forward_config(rows, N, K, w_group, out_dtype, device)
+    dq_config = autotune.dequantize_config(rows, K, device, out_dtype)
+    plan = plan_int8_linear(K, N, n_groups, out_dtype, config=config, asymmetric=asymmetric,
+                            has_bias=has_bias, w_asym=w_asym, w_dtype=w_dtype,
+                            dequant_config=dq_config, w_code_offset=w_code_offset)  # fmt: skip
+    return _on_device(functools.partial(launch_int8_linear, plan), device)
+
+
+def _int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
+                       w_zero_point=None, x_code_sum=None, *, out_dtype):  # fmt: skip
+    return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
+                             w_zero_point)  # fmt: skip
+
+
+def dgrad_launch(rows: int, N: int, K: int, dtype, device) -> Callable[..., torch.Tensor]:
+    """``f(grad_y [M, N], w_fq [N, K], x_mask bits) -> grad_x [M, K]`` (see
+    :func:`triton_qat.kernels.gemm_backward.dgrad`)."""
+    key = ("dgrad", rows_key(rows), N, K, dtype, device)
+    return _kept(key, lambda: _make_backward_gemm("dgrad", *key[1:]))
+
+
+def wgrad_launch(rows: int, N: int, K: int, dtype, device) -> Callable[..., torch.Tensor]:
+    """``f(grad_y.t() [N, M], x_fq [M, K], w_mask bytes [N, K]) -> grad_w [N, K]`` (see
+    :func:`triton_qat.kernels.gemm_backward.wgrad`; without a scale gradient; grad_y comes
+    transposed, as the GEMM reads it)."""
+    key = ("wgrad", rows_key(rows), N, K, dtype, device)
+    return _kept(key, lambda: _make_backward_gemm("wgrad", *key[1:]))
+
+
+def _make_backward_gemm(kernel, rows, N, K, dtype, device):
+    if backend(device) == "torch":
+        return dgrad_torch if kernel == "dgrad" else _wgrad_torch
+    config = autotune.gemm_config(kernel, rows, N, K, device, dtype)
+    plan = plan_dgrad(dtype, config) if kernel == "dgrad" else plan_wgrad(dtype, config)
+    # f(a, b, mask): launch_float_mm's own order (dgrad: grad_y, w_fq; wgrad: grad_y.t(), x_fq)
+    return _on_device(functools.partial(launch_float_mm, plan), device)
+
+
+def _wgrad_torch(grad_y_t, x_fq, w_mask):
+    return wgrad_torch(grad_y_t.t(), x_fq, w_mask)
+
+
+def dequantize_launch(
+    rows: int, cols: int, n_groups: int, dtype, device, has_zp: bool = True
+) -> Callable[..., torch.Tensor]:
+    """``f(codes [R, cols], scale, zero_point) -> x_fq [R, cols]`` in ``dtype`` (per-row or
+    per-group qparams; the forward's values)."""
+    key = ("dequantize", rows_key(rows), cols, n_groups, dtype, device, has_zp)
+    return _kept(key, lambda: _make_dequantize(*key[1:]))
+
+
+def _make_dequantize(rows, cols, n_groups, dtype, device, has_zp):
+    if backend(device) == "torch":
+        return functools.partial(_dequantize_torch, dtype=dtype)
+    config = autotune.dequantize_config(rows, cols, device, dtype)
+    plan = plan_dequantize(cols, n_groups, dtype, config=config, has_zp=has_zp)
+    return _on_device(functools.partial(launch_dequantize, plan), device)
+
+
+def _dequantize_torch(codes, scale, zero_point, *, dtype):
+    return dequantize_rows_torch(codes, scale, zero_point, dtype)
+
+
+def activation_sum_group(K: int, w_group: int) -> int | None:
+    """The ``sum_group`` an activation quantize should write code sums for, so that the forward
+    GEMM can apply the zero points of asymmetric weights in groups of ``w_group`` (None: the
+    default per-row sums serve, or the GEMM needs none)."""
+    mode = fwd_mode(K, w_group) if K else 0
+    return w_group if mode == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# per-call launches, for callers that hold no plan (the torch.library ops)
+
+
 def quantize_rows(
     x: torch.Tensor,
     qmin: int,
@@ -80,59 +318,25 @@ def quantize_rows(
     pack_mask: bool,
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
-    with_y: bool = False,
-    write_codes: bool = True,
-    group_major: bool = False,
-    asym_weight: bool = False,
-    sum_group: int | None = None,
-    write_mask: bool = True,
-    write_sums: bool = True,
-    write_zero_point: bool = True,
+    **flags,
 ) -> Quantized:
-    """Quantize x [R, C] per (row, group) on this device's backend (see
-    :func:`triton_qat.kernels.quantize.quantize_rows` for arguments and layouts; ``write_codes``
-    and ``group_major`` are layout hints the plain-torch twin may ignore; without ``write_mask``
-    / ``write_sums`` / ``write_zero_point`` the mask / code sums / computed zero points come back
-    empty, [0] / [R, 0] / [R, 0], on every backend)."""
-    kw = dict(pack_mask=pack_mask, scale=scale, zero_point=zero_point, with_y=with_y,
-              asym_weight=asym_weight, sum_group=sum_group)  # fmt: skip
-    if not use_kernels(x):
-        q = quantize_rows_torch(x, qmin, qmax, group_size, symmetric, **kw)
-        return q._replace(
-            mask=q.mask if write_mask else q.mask.new_empty((0,)),
-            code_sum=q.code_sum if write_sums else q.code_sum.new_empty((x.shape[0], 0)),
-            zero_point=q.zero_point
-            if write_zero_point or scale is not None
-            else q.zero_point.new_empty((x.shape[0], 0)),
-        )
-    y_per_row = nan_per_row(qmin, qmax, scale is not None, asym_weight and not symmetric)
-    config = autotune.quantize_config(
-        x.shape[0], group_size, x.device, x.dtype, pack_mask, with_y, y_per_row
-    )
-    return _quantize_rows(x, qmin, qmax, group_size, symmetric, config=config,
-                          write_codes=write_codes, group_major=group_major, write_mask=write_mask,
-                          write_sums=write_sums, write_zero_point=write_zero_point, **kw)  # fmt: skip
+    """Quantize x [R, C] per (row, group) on this device's backend: :func:`quantize_launch`'s
+    launch for x's key, run on x (``flags``: its keyword arguments)."""
+    R, C = x.shape
+    f = quantize_launch(R, C, x.dtype, x.device, qmin, qmax, group_size, symmetric,
+                        pack_mask=pack_mask, has_qparams=scale is not None, **flags)  # fmt: skip
+    return f(x, scale, zero_point)
 
 
 def quantize_per_tensor(
-    x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, *, pack_mask: bool, **kw
+    x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, *, pack_mask: bool, **flags
 ) -> Quantized:
     """Per-tensor quantization: family-1 qparams of the whole tensor (in x's dtype), then rows."""
-    scale, zero_point = per_tensor_qparams(x, qmin, qmax, symmetric)
-    return quantize_rows(
-        x,
-        qmin,
-        qmax,
-        max(x.shape[1], 1),
-        symmetric,
-        pack_mask=pack_mask,
-        scale=scale,
-        zero_point=zero_point,
-        **kw,
-    )
+    R, C = x.shape
+    return quantize_launch(R, C, x.dtype, x.device, qmin, qmax, max(C, 1), symmetric,
+                           pack_mask=pack_mask, per_tensor=True, **flags)(x)  # fmt: skip
 
 
-@_on_tensor_device
 def int8_linear(
     x_codes: torch.Tensor,
     x_scale: torch.Tensor,
@@ -147,77 +351,24 @@ def int8_linear(
     x_code_sum: torch.Tensor | None = None,
     w_dtype: torch.dtype | None = None,
     w_code_offset: int = 0,
-    config: dict | None = None,
 ) -> torch.Tensor:
-    """``x_fq @ w_fq.T + bias`` from int8 codes (see :func:`triton_qat.kernels.gemm_int8.int8_linear`;
-    ``w_dtype``: the weight's dtype, in which a dequantized per-group forward forms w_fq;
-    ``w_code_offset``: the shift of the weight's stored codes; ``config``: the GEMM's config when
-    the caller has looked it up (:func:`forward_config`), else looked up here)."""
-    if not use_kernels(x_codes):
-        return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
-                                 w_zero_point)  # fmt: skip
-    M, K = x_codes.shape
-    if config is None:
-        config = forward_config(x_codes, w_codes.shape[0], K // w_scale.shape[1] if K else 1,
-                                out_dtype)  # fmt: skip
-    dq_config = autotune.dequantize_config(M, K, x_codes.device, out_dtype)
-    return _int8_linear(
-        x_codes,
-        x_scale,
-        x_zero_point,
-        w_codes,
-        w_scale,
-        w_code_sum,
-        bias,
-        out_dtype,
-        asymmetric=asymmetric,
-        config=config,
-        w_zero_point=w_zero_point,
-        x_code_sum=x_code_sum,
-        w_dtype=w_dtype,
-        dequant_config=dq_config,
-        w_code_offset=w_code_offset,
-    )
+    """``x_fq @ w_fq.T + bias`` from int8 codes: :func:`int8_linear_launch`'s launch for this
+    key (see :func:`triton_qat.kernels.gemm_int8.int8_linear`)."""
+    (M, K), N = x_codes.shape, w_codes.shape[0]
+    f = int8_linear_launch(M, K, N, w_scale.shape[1] if K else 0, out_dtype, x_codes.device,
+                           asymmetric=asymmetric, has_bias=bias is not None,
+                           w_asym=w_zero_point is not None, w_dtype=w_dtype,
+                           w_code_offset=w_code_offset)  # fmt: skip
+    return f(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, w_zero_point,
+             x_code_sum)  # fmt: skip
 
 
-def forward_config(
-    x_codes: torch.Tensor, N: int, w_group: int, out_dtype: torch.dtype
-) -> dict | None:
-    """The config :func:`int8_linear` runs x_codes [M, K] against N outputs with, the weight
-    scaled in groups of ``w_group`` (K: per channel / tensor); None where the plain-torch twin
-    runs."""
-    if not use_kernels(x_codes):
-        return None
-    M, K = x_codes.shape
-    return autotune.gemm_config("fwd", M, N, K, x_codes.device, out_dtype, w_group if K else 1)
-
-
-def takes_code_sums(config: dict | None) -> bool:
-    """Whether the forward GEMM of ``config`` (:func:`forward_config`) applies zero points through
-    the weight's code sums: the int8 GEMM does; the dequantized path (``DEQUANT``) and the
-    plain-torch twin (None) dequantize both operands and need none."""
-    return config is not None and not config.get("DEQUANT", 0)
-
-
-def activation_sum_group(K: int, w_group: int) -> int | None:
-    """The ``sum_group`` an activation quantize should write code sums for, so that the forward
-    GEMM can apply the zero points of asymmetric weights in groups of ``w_group`` (None: the
-    default per-row sums serve, or the GEMM needs none)."""
-    mode = fwd_mode(K, w_group) if K else 0
-    return w_group if mode == 1 else None
-
-
-@_on_tensor_device
 def dgrad(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
     """grad_x = (grad_y @ w_fq) * mask_x (see :func:`triton_qat.kernels.gemm_backward.dgrad`)."""
-    if not use_kernels(grad_y):
-        return dgrad_torch(grad_y, w_fq, x_mask)
     (M, N), K = grad_y.shape, w_fq.shape[1]
-    config = autotune.gemm_config("dgrad", M, N, K, grad_y.device, grad_y.dtype)
-    return _dgrad(grad_y, w_fq, x_mask, config=config)
+    return dgrad_launch(M, N, K, grad_y.dtype, grad_y.device)(grad_y, w_fq, x_mask)
 
 
-@_on_tensor_device
 def wgrad(
     grad_y: torch.Tensor,
     x_fq: torch.Tensor,
@@ -229,21 +380,128 @@ def wgrad(
 ):
     """grad_w = (grad_y^T @ x_fq) * mask_w (see :func:`triton_qat.kernels.gemm_backward.wgrad`);
     with ``weight`` and its learned scales ``w_scale``, (grad_w, grad_scale)."""
-    kw = dict(weight=weight, w_scale=w_scale, qmin=qmin, qmax=qmax) if weight is not None else {}
+    (M, N), K = grad_y.shape, x_fq.shape[1]
+    if weight is None:
+        return wgrad_launch(M, N, K, grad_y.dtype, grad_y.device)(grad_y.t(), x_fq, w_mask)
+    kw = dict(weight=weight, w_scale=w_scale, qmin=qmin, qmax=qmax)
     if not use_kernels(grad_y):
         return wgrad_torch(grad_y, x_fq, w_mask, **kw)
-    (M, N), K = grad_y.shape, x_fq.shape[1]
     config = autotune.gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
-    return _wgrad(grad_y, x_fq, w_mask, config=config, **kw)
+    return _on_device(_wgrad, grad_y.device)(grad_y, x_fq, w_mask, config=config, **kw)
 
 
-@_on_tensor_device
 def dequantize_rows(
     codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """x_fq [R, C] in ``dtype`` from int8 codes and per-row qparams (the forward's values)."""
-    if not use_kernels(codes):
-        return dequantize_rows_torch(codes, scale, zero_point, dtype)
     R, C = codes.shape
-    config = autotune.dequantize_config(R, C, codes.device, dtype)
-    return _dequantize_rows(codes, scale, zero_point, dtype, config=config)
+    n_groups = scale.shape[1] if scale.dim() == 2 else 1
+    f = dequantize_launch(R, C, n_groups, dtype, codes.device, zero_point is not None)
+    return f(codes, scale, zero_point)
+
+
+# ---------------------------------------------------------------------------------------------
+# a fused linear's launches, decided once per key
+
+
+class LinearPlan(NamedTuple):
+    """The launches of one fused QAT linear (triton_qat::qat_linear and its backward) for a key:
+    x [M, K] in ``dtype`` (M in the plan's row bucket), a weight [N, K] in ``w_dtype``, on
+    ``device``. Made by :func:`linear_plan`; each field a launch callable (see the ``*_launch``
+    functions) or a decided flag."""
+
+    N: int
+    K: int
+    dtype: torch.dtype
+    device_type: str
+    quantize_x: Callable | None  # the activation's quantize (None: weight-only)
+    x_qparams: str  # "computed" per row or over the tensor ("per_tensor"), or "given"
+    x_sums: bool  # x's code sums are written and fed to the GEMM (asymmetric weights)
+    asymmetric: bool  # the GEMM's ASYM flag: x's zero points are applied
+    quantize_w: Callable  # the forward's weight quantize (codes, group-major qparams)
+    w_qparams: str  # the weight's: "computed" per row / group or "per_tensor", or "given"
+    gemm: Callable  # the forward GEMM (int8 codes), or None for weight-only
+    w_symmetric: bool
+    w_qmin: int
+    w_qmax: int
+    w_group: int  # the weight's scale group along K (K: per channel / tensor)
+    quantize_w_bwd: dict  # (values, mask) -> the backward's weight re-derivation
+    dgrad: Callable
+    dequantize_x: Callable | None  # x_fq from its codes (None: weight-only keeps x)
+    wgrad: Callable
+
+
+def linear_plan(
+    rows: int,
+    K: int,
+    N: int,
+    dtype: torch.dtype,
+    w_dtype: torch.dtype,
+    device: torch.device,
+    a_spec,
+    w_spec,
+    *,
+    has_bias: bool,
+    x_qparams_given: bool = False,
+    w_scale_given: bool = False,
+) -> LinearPlan:
+    """The :class:`LinearPlan` of a fused QAT linear for this key: ``a_spec`` (None: weight-only)
+    / ``w_spec`` the :class:`~triton_qat.spec.QuantSpec` of the activation and the weight;
+    ``x_qparams_given``: the activation's per-tensor qparams are given (torch.ao observers);
+    ``w_scale_given``: the weight's scales are given (learned, or torch.ao's)."""
+    key = ("linear", rows_key(rows), K, N, dtype, w_dtype, device, a_spec, w_spec, has_bias,
+           x_qparams_given, w_scale_given)  # fmt: skip
+    return _kept(key, lambda: _make_linear_plan(*key[1:]))
+
+
+def _make_linear_plan(rows, K, N, dtype, w_dtype, device, a_spec, w_spec, has_bias,
+                      x_qparams_given, w_scale_given):  # fmt: skip
+    w_group = K if w_spec.per_tensor else w_spec.group_for(K)
+    G = max(K, 1) // w_group
+    w_sym = w_spec.symmetric
+    w_rows = (N, K, w_dtype, device, w_spec.qmin, w_spec.qmax, w_group, w_sym)
+    w_qparams = "given" if w_scale_given else "per_tensor" if w_spec.per_tensor else "computed"
+    bwd = {}
+    w_kind = dict(has_qparams=w_scale_given, per_tensor=w_qparams == "per_tensor")
+    for values, mask in ((True, True), (True, False), (False, True)):
+        bwd[values, mask] = quantize_launch(
+            *w_rows, pack_mask=False, with_y=values, write_codes=False, asym_weight=not w_sym,
+            write_mask=mask, write_zero_point=False, **w_kind,
+        )  # fmt: skip
+    wgrad = wgrad_launch(rows, N, K, dtype, device)
+    dgrad = dgrad_launch(rows, N, K, dtype, device)
+    common = dict(N=N, K=K, dtype=dtype, device_type=device.type, w_qparams=w_qparams,
+                  w_symmetric=w_sym,
+                  w_qmin=w_spec.qmin, w_qmax=w_spec.qmax, w_group=w_group, quantize_w_bwd=bwd,
+                  dgrad=dgrad, wgrad=wgrad)  # fmt: skip
+    if a_spec is None:  # weight-only: a float GEMM on the fake-quantized weight
+        quantize_w = quantize_launch(
+            *w_rows, pack_mask=False, with_y=True, write_codes=False, asym_weight=not w_sym,
+            write_mask=False, **w_kind,
+        )  # fmt: skip
+        return LinearPlan(quantize_x=None, x_qparams="", x_sums=False, asymmetric=False,
+                          quantize_w=quantize_w, gemm=None, dequantize_x=None, **common)  # fmt: skip
+    config = forward_config(rows, N, K, w_group, dtype, device)
+    quantize_w = quantize_launch(
+        *w_rows, pack_mask=False, group_major=True, asym_weight=not w_sym, write_mask=False,
+        write_sums=takes_code_sums(config), write_zero_point=not w_sym, **w_kind,
+    )  # fmt: skip
+    # x's code sums serve only the zero points of asymmetric weights (per weight group)
+    sum_group = activation_sum_group(K, w_group) if not w_sym else None
+    x_qparams = "given" if x_qparams_given else "per_tensor" if a_spec.per_tensor else "computed"
+    quantize_x = quantize_launch(
+        rows, K, dtype, device, a_spec.qmin, a_spec.qmax, a_spec.group_for(K), a_spec.symmetric,
+        pack_mask=True, has_qparams=x_qparams_given, per_tensor=x_qparams == "per_tensor",
+        sum_group=sum_group, write_sums=not w_sym,
+    )  # fmt: skip
+    gemm = int8_linear_launch(
+        rows, K, N, G if K else 0, dtype, device, asymmetric=not a_spec.symmetric or
+        x_qparams_given, has_bias=has_bias, w_asym=not w_sym, w_dtype=w_dtype,
+        w_code_offset=code_offset(w_spec.qmin, w_spec.qmax),
+    )  # fmt: skip
+    return LinearPlan(
+        quantize_x=quantize_x, x_qparams=x_qparams,
+        x_sums=not w_sym and (sum_group is not None or w_group == K),
+        asymmetric=not a_spec.symmetric or x_qparams_given, quantize_w=quantize_w, gemm=gemm,
+        dequantize_x=dequantize_launch(rows, K, 1, dtype, device), **common,
+    )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -9,7 +11,7 @@ from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plai
 from triton_qat.checks import check_float_input, check_group, check_linear_inputs
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
 from triton_qat.dispatch import activation_sum_group
-from triton_qat.shared import quantize_activation
+from triton_qat.fused import FusedLinear
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
 
 _FUNC_GRAD_MSG = (
@@ -85,7 +87,7 @@ def qat_linear(
     activation = NOT_QUANTIZED if activation is None else activation
     check_configs(activation, weight_config, weight.shape[1])
     a_spec = None if activation is NOT_QUANTIZED else spec_for(activation)
-    return linear(x, weight, bias, a_spec, spec_for(weight_config))
+    return _shared_fused_linear(a_spec, spec_for(weight_config))(x, weight, bias)
 
 
 def check_configs(activation: object, weight: object, in_features: int) -> None:
@@ -112,50 +114,68 @@ def check_configs(activation: object, weight: object, in_features: int) -> None:
         check_group(w_group, in_features, "weight.group_size")
 
 
-def linear(
+def linear_ops(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None,
+    w_scale: Tensor | None = None,
+    a_qparams: tuple[Tensor, Tensor] | None = None,
+    *,
     activation: QuantSpec | None,
     weight_spec: QuantSpec,
-    a_qparams: tuple[Tensor, Tensor] | None = None,
-    w_scale: Tensor | None = None,
 ) -> Tensor:
-    """The fused QAT linear on checked inputs (the module layer's entry; no checks repeated).
-
-    The activation is quantized by its own op (shared by every linear that reads the same ``x``
-    with the same spec: :mod:`triton_qat.shared`), then ``triton_qat::qat_linear`` runs the int8
-    GEMM. ``activation=None``: weight-only, ``triton_qat::weight_only_linear``. ``a_qparams``
-    (per-tensor scale, zero point) and ``w_scale`` ([N] or [1]) are given for torch.ao numerics,
-    whose observers compute them; ``w_scale`` [N, G] are learned scales (range learning)."""
+    """The fused QAT linear through the ``torch.library`` ops (what ``torch.compile``, tracers,
+    transforms and modes see; :class:`~triton_qat.fused.FusedLinear` runs it where the eager
+    direct path does not hold). The activation is quantized by its own op,
+    ``triton_qat::quantize`` (so the compiler deduplicates it across linears reading the same
+    ``x``), then ``triton_qat::qat_linear`` runs the int8 GEMM; ``activation=None``: weight-only,
+    ``triton_qat::weight_only_linear``. ``a_qparams`` (per-tensor scale [1, 1] fp32, zero point
+    [1, 1] int32) and ``w_scale`` ([N, G] fp32: learned; torch.ao's as [N, 1]) are given where
+    the caller has them."""
+    check_linear_inputs(x, weight, bias)  # named errors before anything reads x
     check_no_grad_transform("triton_qat.Linear / qat_linear")
-    K, N = weight.shape[1], weight.shape[0]
+    K = weight.shape[1]
     w_args = weight_spec.linear_args("w", K)
-    if w_scale is not None and w_scale.dim() == 2 and w_scale.shape[0] == N:
-        w_scale = w_scale.to(torch.float32)  # learned [N, G] scales (range learning)
-    elif w_scale is not None:  # torch.ao: [N] / [1] from its observer
-        w_scale = w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1)
     if activation is None:
-        return _ops.weight_only_linear(x, weight, bias, **w_args, w_scale=w_scale)
+        return torch.ops.triton_qat.weight_only_linear(x, weight, bias, **w_args, w_scale=w_scale)
+    x2d = x.detach().reshape(-1, K)  # qparams are constants of the STE: no graph
     x_code_sum = None
     if a_qparams is None:
         # x's code sums serve only the zero points of asymmetric weights (per weight group)
         sum_group, with_sums = None, not weight_spec.symmetric
         if with_sums:
             sum_group = activation_sum_group(K, w_args["w_group_size"])
-        *state, code_sum = quantize_activation(x, activation, sum_group, with_sums)
-        if not weight_spec.symmetric and code_sum.shape[1] == K // w_args["w_group_size"]:
+        *state, code_sum = torch.ops.triton_qat.quantize(
+            x2d, **activation.quantize_args(K), pack_mask=True, scale=None, zero_point=None,
+            sum_group=sum_group or 0, with_sums=with_sums,
+        )  # fmt: skip
+        if with_sums and code_sum.shape[1] == K // w_args["w_group_size"]:
             x_code_sum = code_sum
     else:
-        a_scale = a_qparams[0].to(torch.float32).reshape(1, 1)
-        a_zp = a_qparams[1].to(torch.int32).reshape(1, 1)
-        x2d = x.detach().reshape(-1, K)
-        args = activation.quantize_args(K)
-        state = _ops.quantize(x2d, **args, pack_mask=True, scale=a_scale, zero_point=a_zp,
-                              with_sums=False)[:4]  # fmt: skip
+        state = torch.ops.triton_qat.quantize(
+            x2d, **activation.quantize_args(K), pack_mask=True, scale=a_qparams[0],
+            zero_point=a_qparams[1], with_sums=False,
+        )[:4]  # fmt: skip
     asym = not activation.symmetric or a_qparams is not None
-    return _ops.qat_linear(x, *state, weight, bias, asym, **w_args, w_scale=w_scale,
-                           x_code_sum=x_code_sum)  # fmt: skip
+    return torch.ops.triton_qat.qat_linear(x, *state, weight, bias, asym, **w_args,
+                                           w_scale=w_scale, x_code_sum=x_code_sum)  # fmt: skip
+
+
+def fused_linear(activation: QuantSpec | None, weight_spec: QuantSpec) -> FusedLinear:
+    """The :class:`~triton_qat.fused.FusedLinear` of a spec pair, its ops path
+    :func:`linear_ops`."""
+    via_ops = functools.partial(linear_ops, activation=activation, weight_spec=weight_spec)
+    return FusedLinear(activation, weight_spec, via_ops)
+
+
+_FUSED: dict[tuple, FusedLinear] = {}  # qat_linear's, per spec pair (a few per process)
+
+
+def _shared_fused_linear(activation: QuantSpec | None, weight_spec: QuantSpec) -> FusedLinear:
+    fused = _FUSED.get((activation, weight_spec))
+    if fused is None:
+        fused = _FUSED[activation, weight_spec] = fused_linear(activation, weight_spec)
+    return fused
 
 
 def ao_fake_quantize(

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from triton_qat import ao
 from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_linear_inputs
 from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
-from triton_qat.functional import ao_fake_quantize, check_configs, linear
+from triton_qat.functional import ao_fake_quantize, check_configs, fused_linear
 from triton_qat.spec import ao_spec, spec_for
 
 
@@ -31,6 +31,9 @@ class Linear(nn.Linear):
     in the input's dtype. The backward keeps int8 codes, per-token qparams and a 1-bit clamp mask of
     the input (about 1.1 bytes per element), not the input itself.
     """
+
+    _fused = None  # the fused linear of the configs in _fused_for (made on first use)
+    _fused_for = (None, None)
 
     def __init__(
         self,
@@ -68,6 +71,9 @@ class Linear(nn.Linear):
             self.activation_post_process = act_fq
             self.weight_fake_quant = w_fq
             self.activation_config = self.weight_config = None
+            # torch.ao numerics: qparams given per call, the code ranges fixed by the qconfig
+            self._fused = fused_linear(ao_spec(act_fq.quant_min, act_fq.quant_max),
+                                       ao_spec(w_fq.quant_min, w_fq.quant_max, symmetric=True))  # fmt: skip
         else:
             self.activation_config = activation if activation is not None else DEFAULT_ACTIVATION
             self.weight_config = weight if weight is not None else DEFAULT_WEIGHT
@@ -80,29 +86,50 @@ class Linear(nn.Linear):
         return self.qconfig is not None
 
     def forward(self, input: Tensor) -> Tensor:
-        check_linear_inputs(input, self.weight, self.bias)
-        return _autocast_output(self._forward(input))
+        if self._fake_quant_on and self.qconfig is None:  # torchao numerics: the hot path
+            fused, wcfg = self._fused, self.weight_config
+            if fused is None or self._fused_for != (self.activation_config, wcfg):
+                fused = self._new_fused()
+            w_scale = None
+            if wcfg.range_learning:  # learned scales, fp32 as the kernels read them
+                w_scale = self.weight_scale
+                w_scale = w_scale if w_scale.dtype == torch.float32 else w_scale.float()
+            out = fused(input, self.weight, self.bias, w_scale)
+        else:  # the weight read once: a parametrized one is computed per read
+            weight, bias = self.weight, self.bias
+            check_linear_inputs(input, weight, bias)
+            out = self._forward_ao(input, weight, bias) if self.qconfig is not None else (
+                _plain_linear(input, weight, bias))  # fmt: skip
+        dev = out.device.type
+        if (dev == "cuda" or dev == "cpu") and torch.is_autocast_enabled(dev):
+            return _autocast_output(out)
+        return out
 
-    def _forward(self, input: Tensor) -> Tensor:
-        weight, bias = self.weight, self.bias
-        if not self.uses_ao_numerics:
-            if not self.fake_quant_enabled:
-                return _plain_linear(input, weight, bias)
-            act = self.activation_config
-            a_spec = None if act is NOT_QUANTIZED else spec_for(act)
-            w_scale = self.weight_scale if self.weight_config.range_learning else None
-            return linear(input, weight, bias, a_spec, spec_for(self.weight_config),
-                          w_scale=w_scale)  # fmt: skip
-        # torch.ao family: observers run whenever their observer_enabled flag is set, and each
-        # FakeQuantize's fake_quant_enabled flag switches its own half, as in torch.ao
+    def _new_fused(self):
+        """The fused linear of the current configs (kept until they are replaced)."""
+        act = self.activation_config
+        a_spec = None if act is NOT_QUANTIZED else spec_for(act)
+        self._fused = fused_linear(a_spec, spec_for(self.weight_config))
+        self._fused_for = (act, self.weight_config)
+        return self._fused
+
+    def _forward_ao(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """torch.ao family: observers run whenever their observer_enabled flag is set, and each
+        FakeQuantize's fake_quant_enabled flag switches its own half, as in torch.ao."""
         a_fq, w_fq = self.activation_post_process, self.weight_fake_quant
         a_scale, a_zp = ao.observe(a_fq, input)
         w_scale, _ = ao.observe(w_fq, weight)
         a_on, w_on = ao.fake_quant_on(a_fq), ao.fake_quant_on(w_fq)
         a_range, w_range = (a_fq.quant_min, a_fq.quant_max), (w_fq.quant_min, w_fq.quant_max)
         if a_on and w_on:
-            a_spec, w_spec = ao_spec(*a_range), ao_spec(*w_range, symmetric=True)
-            return linear(input, weight, bias, a_spec, w_spec, (a_scale, a_zp), w_scale)
+            fused = self._fused
+            N = weight.shape[0]
+            w_scale = w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1)
+            a_qparams = (
+                a_scale.to(torch.float32).reshape(1, 1),
+                a_zp.to(torch.int32).reshape(1, 1),
+            )
+            return fused(input, weight, bias, w_scale, a_qparams)
         if a_on:
             input = ao_fake_quantize(input, a_range, a_scale, a_zp)
         if w_on:
@@ -118,6 +145,10 @@ class Linear(nn.Linear):
         cfg = getattr(self, "weight_config", None)  # unset while nn.Linear.__init__ runs this
         if cfg is not None and cfg.range_learning and hasattr(self, "weight_scale"):
             self.initialize_ranges()
+        for name in ("activation_post_process", "weight_fake_quant"):  # torch.ao observers
+            fq = self._modules.get(name)  # not there yet while nn.Linear.__init__ runs this
+            if fq is not None:
+                fq.reset_parameters()
 
     @torch.no_grad()
     def _initial_weight_scale(self) -> Tensor:

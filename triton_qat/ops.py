@@ -24,7 +24,7 @@ arguments built by :class:`triton_qat.spec.QuantSpec` (``spec.quantize_args(...)
 import torch
 from torch import Tensor
 
-from triton_qat import dispatch
+from triton_qat import dispatch, fused
 from triton_qat.checks import FLOAT_DTYPES
 from triton_qat.op_checks import (
     check_backward,
@@ -34,6 +34,9 @@ from triton_qat.op_checks import (
     check_weight_only,
     check_weight_only_backward,
 )
+from triton_qat.spec import QuantSpec
+
+float_linear = fused.float_linear  # converted weight-only layers run the same GEMM call
 
 _EMPTY = (0,)
 
@@ -222,14 +225,6 @@ def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dt
 # qat_linear (forward from the activation's quantized state) + qat_linear_backward
 
 
-def _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                     w_symmetric=True, **kw):  # fmt: skip
-    """The weight's quantization: symmetric (per channel / group / tensor, or a given scale), or
-    asymmetric per channel / group (torchao's weight formula)."""
-    return _quantize(weight, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, w_scale,
-                     None, asym_weight=not w_symmetric, **kw)  # fmt: skip
-
-
 @torch.library.custom_op("triton_qat::qat_linear", mutates_args=())
 def qat_linear(
     x: Tensor,
@@ -273,24 +268,25 @@ def qat_linear_impl(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_a
     """``triton_qat::qat_linear``'s implementation (its forward, without autograd)."""
     check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
                       w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
-    N = weight.shape[0]
-    # no clamp mask: the backward re-derives it (N x K bytes a forward would write for nothing);
-    # no code sums where the GEMM dequantizes the weight instead of correcting zero points, and
-    # no zero points for symmetric weights (the GEMM reads none)
-    # the weight's scale group as the GEMM sees it: per tensor, one scale per row
-    w_group = weight.shape[1] if w_per_tensor else w_group_size
-    config = dispatch.forward_config(x_codes, N, w_group, x.dtype)
-    qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                          w_symmetric, pack_mask=False, group_major=True, write_mask=False,
-                          write_sums=dispatch.takes_code_sums(config),
-                          write_zero_point=not w_symmetric)  # fmt: skip
-    out = dispatch.int8_linear(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum,
-                               bias, x.dtype, asymmetric=a_asymmetric,
-                               w_zero_point=None if w_symmetric else qw.zero_point,
-                               x_code_sum=x_code_sum, w_dtype=weight.dtype,
-                               w_code_offset=dispatch.code_offset(w_qmin, w_qmax),
-                               config=config)  # fmt: skip
-    return out.reshape(*x.shape[:-1], N)
+    plan = _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
+                 bias is not None, a_asymmetric)  # fmt: skip
+    out = fused.gemm_from_state(plan, x_codes, x_scale, x_zero_point, weight, bias, w_scale,
+                                x_code_sum)  # fmt: skip
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric, has_bias,
+          a_asymmetric=True, weight_only=False) -> dispatch.LinearPlan:  # fmt: skip
+    """The fused linear's plan for an op's arguments (x [..., K] or its codes [M, K])."""
+    N, K = weight.shape
+    w_spec = QuantSpec(qmin=w_qmin, qmax=w_qmax, symmetric=w_symmetric, per_tensor=w_per_tensor,
+                       group_size=None if w_group_size == max(K, 1) else w_group_size,
+                       asym_weight=not w_symmetric)  # fmt: skip
+    a_spec = None if weight_only else QuantSpec(qmin=-128, qmax=127, symmetric=not a_asymmetric)
+    M = x.numel() // max(K, 1)
+    return dispatch.linear_plan(M, K, N, x.dtype if x.is_floating_point() else weight.dtype,
+                                weight.dtype, weight.device, a_spec, w_spec, has_bias=has_bias,
+                                w_scale_given=w_scale is not None)  # fmt: skip
 
 
 @qat_linear.register_fake
@@ -341,22 +337,11 @@ def qat_linear_backward_impl(grad_out, x_codes, x_scale, x_zero_point, x_mask, w
                     w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     N = weight.shape[0]
     dy = grad_out.reshape(-1, N)
-    grad_x = grad_w = grad_b = grad_s = None
-    if need_x or need_w or need_w_scale:
-        # the weight's values (y) and clamp mask only: no codes, and no zero points (computed in
-        # registers for y; nothing here reads them)
-        qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                              w_symmetric, pack_mask=False, with_y=need_x, write_codes=False,
-                              write_mask=need_w or need_w_scale,
-                              write_zero_point=False)  # fmt: skip
-        if need_x:
-            grad_x = dispatch.dgrad(dy, qw.y.to(dy.dtype), x_mask)
-        if need_w or need_w_scale:
-            x_fq = dispatch.dequantize_rows(x_codes, x_scale, x_zero_point, dy.dtype)
-            grad_w, grad_s = _weight_grads(dy, x_fq, qw, weight, w_scale, w_qmin, w_qmax,
-                                           need_w_scale)  # fmt: skip
-    if need_bias:
-        grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
+    plan = _plan(dy, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
+                 False)  # fmt: skip
+    grad_x, grad_w, grad_s = fused.backward(plan, dy, x_codes, x_scale, x_zero_point, x_mask,
+                                            weight, w_scale, need_x, need_w, need_w_scale)  # fmt: skip
+    grad_b = fused.bias_grad(dy) if need_bias else None
     return _or_empty(dy, grad_x, grad_w, grad_b, grad_s)
 
 
@@ -364,16 +349,6 @@ def _or_empty(like: Tensor, *grads: Tensor | None) -> tuple[Tensor, ...]:
     """``grads`` with each one not computed as its own empty [0] tensor (an op's outputs may not
     alias one another), allocated only for those."""
     return tuple(g if g is not None else like.new_empty(_EMPTY) for g in grads)
-
-
-def _weight_grads(dy, x_in, qw, weight, w_scale, w_qmin, w_qmax, need_w_scale):
-    """(grad_w, grad of the learned w_scale or None) from one masked wgrad GEMM of ``x_in``
-    (x_fq, or x for weight-only), whose epilogue also reduces the scale gradient."""
-    if not need_w_scale:
-        return dispatch.wgrad(dy, x_in, qw.mask), None
-    # qw.scale: the given scale as the quantize kernel used it, [N, G] fp32
-    grad_w, grad_s = dispatch.wgrad(dy, x_in, qw.mask, weight, qw.scale, w_qmin, w_qmax)
-    return grad_w, grad_s.sum_to_size(w_scale.shape)
 
 
 @qat_linear_backward.register_fake
@@ -405,18 +380,11 @@ def _qat_linear_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-_DOUBLE_BACKWARD_MSG = (
-    "triton_qat: the fused QAT linear's STE backward is not differentiable again "
-    "(create_graph=True / double backward is not supported). For a gradient penalty, run that "
-    "layer with fake_quant disabled, or use triton_qat.reference.qat_linear_ref."
-)
-
-
 def _qat_linear_backward(ctx, grad_out, backward=None):
     """The registered autograd's backward; :mod:`triton_qat.calls` passes its own ``backward``
     (same signature as ``qat_linear_backward``), which skips the dispatcher."""
     if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
-        raise RuntimeError(_DOUBLE_BACKWARD_MSG)
+        raise RuntimeError(fused.DOUBLE_BACKWARD_MSG)
     x_codes, x_scale, x_zp, x_mask, weight, w_scale = ctx.saved_tensors
     need_x, need_w, need_b, need_s = (ctx.needs_input_grad[i] for i in (0, 5, 6, 12))
     grad_x, grad_w, grad_b, grad_s = (backward or qat_linear_backward)(
@@ -446,14 +414,6 @@ qat_linear.register_autograd(_qat_linear_backward, setup_context=_qat_linear_set
 # weight_only_linear (weight-only QAT: float GEMM on the fake-quantized weight) + its backward
 
 
-def float_linear(x: Tensor, w_fq: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear(x, w_fq, bias)`` in x's dtype (w_fq and bias cast as autocast would): the GEMM of
-    the weight-only layer, and of its converted ``QuantizedLinear`` (the same call, so the same
-    bits)."""
-    b = bias.to(x.dtype) if bias is not None else None
-    return torch.nn.functional.linear(x, w_fq.to(x.dtype), b).contiguous()
-
-
 @torch.library.custom_op("triton_qat::weight_only_linear", mutates_args=())
 def weight_only_linear(
     x: Tensor,
@@ -480,10 +440,9 @@ def weight_only_linear_impl(x, weight, bias, w_qmin, w_qmax, w_group_size, w_sym
     """``triton_qat::weight_only_linear``'s implementation (its forward, without autograd)."""
     check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
                        w_scale)  # fmt: skip
-    qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                          w_symmetric, pack_mask=False, with_y=True, write_codes=False,
-                          write_mask=False)  # fmt: skip
-    return float_linear(x, qw.y, bias)
+    plan = _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
+                 bias is not None, weight_only=True)  # fmt: skip
+    return fused.weight_only_forward(plan, x, weight, bias, w_scale)
 
 
 @weight_only_linear.register_fake
@@ -527,19 +486,13 @@ def weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_grou
                                 w_per_tensor, w_scale, need_w_scale)  # fmt: skip
     N, K = weight.shape
     dy = grad_out.reshape(-1, N)
-    grad_x = grad_w = grad_b = grad_s = None
-    if need_x or need_w or need_w_scale:
-        qw = _quantize_weight(weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
-                              w_symmetric, pack_mask=False, with_y=need_x, write_codes=False,
-                              write_mask=need_w or need_w_scale,
-                              write_zero_point=False)  # fmt: skip
-        if need_x:
-            grad_x = torch.mm(dy, qw.y.to(dy.dtype)).reshape(x.shape)
-        if need_w or need_w_scale:
-            grad_w, grad_s = _weight_grads(dy, x.reshape(-1, K).to(dy.dtype), qw, weight,
-                                           w_scale, w_qmin, w_qmax, need_w_scale)  # fmt: skip
-    if need_bias:
-        grad_b = dy.sum(0, dtype=torch.float32).to(dy.dtype)
+    plan = _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
+                 False, weight_only=True)  # fmt: skip
+    grad_x, grad_w, grad_s = fused.weight_only_backward(
+        plan, dy, x.reshape(-1, K), weight, w_scale, need_x, need_w, need_w_scale
+    )
+    grad_x = grad_x.reshape(x.shape) if grad_x is not None else None
+    grad_b = fused.bias_grad(dy) if need_bias else None
     return _or_empty(dy, grad_x, grad_w, grad_b, grad_s)
 
 
@@ -568,7 +521,7 @@ def _weight_only_setup(ctx, inputs, output):
 def _weight_only_backward(ctx, grad_out, backward=None):
     """As :func:`_qat_linear_backward`, for ``weight_only_linear``."""
     if torch.is_grad_enabled():
-        raise RuntimeError(_DOUBLE_BACKWARD_MSG)
+        raise RuntimeError(fused.DOUBLE_BACKWARD_MSG)
     x, weight, w_scale = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_s = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
