@@ -141,6 +141,20 @@ def rint(v):
 
 
 @triton.jit
+def mul_rn(a, b):
+    """fp32 ``a * b`` rounded on its own, never contracted with an add that follows into one FMA
+    (which would skip this rounding): on NVIDIA GPUs an explicit ``mul.rn.f32`` (PTX never
+    contracts an instruction that has a rounding modifier), whatever ``enable_fp_fusion`` says:
+    ``torch.compile`` launches user kernels with Triton's default, fusion on. The interpreter's
+    numpy rounds every operation anyway. Args broadcast as elementwise ops do."""
+    if PTX_ASM:
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b],
+                                         dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
+    else:
+        return a * b
+
+
+@triton.jit
 def div_scalar(a, d: tl.constexpr, DIV_BY_RECIP: tl.constexpr):
     """``a / d`` for a Python-float divisor exactly as PyTorch computes it on the input's device:
     CUDA multiplies by the fp32 reciprocal (a CPU scalar divisor), the CPU divides."""

@@ -94,6 +94,7 @@ def wgrad(
     w_scale: torch.Tensor | None = None,
     qmin: int = -128,
     qmax: int = 127,
+    kernel=None,
 ):
     """grad_w [N, K] = (grad_y^T [N, M] @ x_fq [M, K]) * w_mask, in grad_y's dtype.
 
@@ -107,7 +108,7 @@ def wgrad(
     tiles = tiles_of(c, "BLOCK_N", "BLOCK_K", "BLOCK_M")
     a, tma = grad_y.t(), bool(c.get("TMA"))
     if weight is None:
-        return float_mm(a, x_fq, tiles=tiles, mask=w_mask, tma=tma)
+        return float_mm(a, x_fq, tiles=tiles, mask=w_mask, tma=tma, kernel=kernel)
     N, K = weight.shape
     G = w_scale.shape[1]
     sg_group, tiles = scale_grad_tiles(tiles, K, G)
@@ -122,7 +123,7 @@ def wgrad(
         return (g_fq * w_mask).to(grad_y.dtype), grad_s
     n_tiles = cdiv(K, tiles[1])
     part = new_empty((N, G if sg_group else n_tiles), torch.float32, grad_y.device)
-    grad_w = float_mm(a, x_fq, tiles=tiles, mask=w_mask, tma=tma,
+    grad_w = float_mm(a, x_fq, tiles=tiles, mask=w_mask, tma=tma, kernel=kernel,
                       scale_grad=(weight, w_scale, qmin, qmax, sg_group, part))  # fmt: skip
     if sg_group:
         return grad_w, part

@@ -29,6 +29,7 @@ from ._common import (
     dot_in_fp32,
     dtype_code,
     empty,
+    mul_rn,
     rint,
     swizzle,
 )
@@ -148,20 +149,20 @@ def _float_mm_kernel(
     elif MASK == 1:
         b_keep = tl.load(mask_ptr + o_m[:, None] * stride_mask + o_n[None, :], mask=m_out, other=0)
     if SCALE_GRAD:
-        # the quantize kernel's own x * (1/s) and rounding (this kernel runs without FMA
-        # contraction), so q here is the code the forward used; the mask decides in-range
+        # the quantize kernel's own x * (1/s) (mul_rn: never contracted) and rounding, so q here
+        # is the code the forward used; the mask decides in-range
         o_mw, o_nw = o_m % M, o_n % N
         p_w = w_ptr + o_mw[:, None] * stride_wr + o_nw[None, :] * stride_wc
         b_w = tl.load(p_w).to(tl.float32)
         if SG_GROUP == 0:  # the tile lies in one group: one scale per row, 1/s per row
             g0 = (pid_n * BLOCK_N) // w_group
             b_s = tl.load(s_ptr + o_mw * stride_sr + g0 * stride_sg)  # [BM]
-            b_v = b_w * tl.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), b_s)[:, None]
+            b_v = mul_rn(b_w, tl.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), b_s)[:, None])
         else:  # whole groups of SG_GROUP columns: a constexpr group index per column
             b_s = tl.load(
                 s_ptr + o_mw[:, None] * stride_sr + (o_nw // SG_GROUP)[None, :] * stride_sg
             )
-            b_v = b_w * tl.div_rn(tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32), b_s)
+            b_v = mul_rn(b_w, tl.div_rn(tl.full([BLOCK_M, BLOCK_N], 1.0, tl.float32), b_s))
         b_q = tl.minimum(tl.maximum(rint(b_v), QMIN), QMAX)
         b_t = tl.where(b_keep != 0, b_q - b_v, b_q)
         b_c = tl.where(m_out, acc * b_t, 0.0)
@@ -277,8 +278,6 @@ def plan_float_mm(
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if scale_grad is not None:  # the scale-gradient epilogue must round w * (1/s) as quantize does
-        meta["enable_fp_fusion"] = False
     return FloatMMPlan(block_m, block_n, tma, meta)
 
 
@@ -336,6 +335,7 @@ def float_mm(
     bias: torch.Tensor | None = None,
     scale_grad: tuple | None = None,
     tma: bool = False,
+    kernel=None,
 ) -> torch.Tensor:
     """C [M, N] = (a [M, K] @ b [K, N]) * mask + bias, in a's dtype (a, b: same float dtype, any
     strides). ``tiles`` = (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages) in C's terms (rows,
@@ -353,7 +353,7 @@ def float_mm(
         sg_plan, sg_args = (qmin, qmax, sg_group), (w, s, part)
     plan = plan_float_mm(a.dtype, tiles=tiles, mask=mask_mode, bias=bias is not None,
                          scale_grad=sg_plan, tma=tma)  # fmt: skip
-    return launch_float_mm(plan, a, b, mask, bias, sg_args)
+    return launch_float_mm(plan, a, b, mask, bias, sg_args, kernel)
 
 
 def scale_grad_layout(K: int, n_groups: int, block: int) -> tuple[int, int]:

@@ -44,6 +44,7 @@ from ._common import (
     div_scalar,
     dtype_code,
     empty,
+    mul_rn,
     rint,
     round_to_dt,
 )
@@ -209,10 +210,10 @@ def _rounding_consts(b_s, b_zpi, QMIN: tl.constexpr, QMAX: tl.constexpr,
 @triton.jit
 def _round_codes(b_x, b_inv, lo, hi, kc, NAN_PER_ROW: tl.constexpr, CODE_OFFSET: tl.constexpr):
     """(r, rc, code) of a tile: r = fp32(x * (1/s)) + MAGIC (the product rounds first:
-    fp-fusion is off for this kernel), rc = r clamped to [lo, hi] (min first: NaN becomes hi),
+    :func:`mul_rn`), rc = r clamped to [lo, hi] (min first: NaN becomes hi),
     code = bits(rc) - kc, the stored int32 code. Without NAN_PER_ROW a NaN product can sit in
     any row: its code is tested here (0, the reference's nan_to_num, stored with the offset)."""
-    b_r = b_x * b_inv[:, None] + MAGIC
+    b_r = mul_rn(b_x, b_inv[:, None]) + MAGIC
     b_rc = tl.maximum(tl.minimum(b_r, hi[:, None]), lo[:, None])
     b_code = b_rc.to(tl.int32, bitcast=True) - kc[:, None]
     if not NAN_PER_ROW:
@@ -385,7 +386,6 @@ def _quantize_rows_kernel(
     GROUP,
     stride_qr,
     stride_qg,
-    eps,
     QMIN: tl.constexpr,
     QMAX: tl.constexpr,
     CODE_OFFSET: tl.constexpr,
@@ -410,6 +410,7 @@ def _quantize_rows_kernel(
     SUM_MODE: tl.constexpr,
     SUM_GROUP: tl.constexpr,
     SPLIT: tl.constexpr,
+    EPS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -521,15 +522,17 @@ def _quantize_rows_kernel(
             # clamp(s, min=eps) in dt, NaN kept: torchao's weight eps 1e-6 rounds to dt; family
             # 1's (dt's smallest normal) is exact in dt, so the maximum of two dt values is one
             if ASYM_WEIGHT:
-                b_s = tl.where(b_s != b_s, b_s, round_to_dt(tl.maximum(b_s, eps), DT))
+                b_s = tl.where(b_s != b_s, b_s, round_to_dt(tl.maximum(b_s, EPS), DT))
             else:
-                b_s = _max_nan(b_s, eps)
+                b_s = _max_nan(b_s, EPS)
             if SYMMETRIC:
                 b_zpi = tl.zeros([BLOCK_R], dtype=tl.int32)
             elif ASYM_WEIGHT:
                 # torchao's groupwise affine weights: a float-domain zero point mn + s * 2**(b-1)
                 # (in dt), cast to int32 by truncation (torch's cast: NaN per device)
-                b_zpf = round_to_dt(b_mn + round_to_dt(b_s * ((QMAX - QMIN + 1) // 2), DT), DT)
+                half = tl.full([BLOCK_R], (QMAX - QMIN + 1) // 2, tl.float32)
+                b_mid = round_to_dt(mul_rn(b_s, half), DT)  # rounded before the add, as torch
+                b_zpf = round_to_dt(b_mn + b_mid, DT)
                 b_zpi = tl.where(b_zpf != b_zpf, NAN_ZP, b_zpf.to(tl.int32))
             else:
                 b_ratio = round_to_dt(tl.div_rn(b_mn, b_s), DT)
@@ -739,7 +742,6 @@ class QuantizePlan(NamedTuple):
     block_r: int  # rows per program (GROUP_ROWS: one row per program, block_r groups per step)
     group_rows: bool
     full_if_rows_divide: bool  # FULL_TILE when the row count is a multiple of block_r
-    eps: float
     meta: dict  # the kernel's constexprs and launch options, FULL_TILE excepted
 
 
@@ -827,10 +829,10 @@ def plan_quantize(
         SUM_MODE=max(sum_mode, 0) if write_sums else -1,
         SUM_GROUP=sum_group,
         SPLIT=split,
+        EPS=eps_for(dtype, asym),  # a constexpr: a float argument could reach the kernel as fp64
         BLOCK_R=block_r,
         BLOCK_C=block_c // split,
         num_warps=config["num_warps"],
-        enable_fp_fusion=False,  # x * (1/s) must round to fp32 before the rounding trick adds to it
     )
     return QuantizePlan(
         cols=C,
@@ -850,7 +852,6 @@ def plan_quantize(
         block_r=block_r,
         group_rows=group_rows,
         full_if_rows_divide=group_rows or group_size == block_c,
-        eps=eps_for(dtype, asym),
         meta=meta,
     )
 
@@ -907,8 +908,9 @@ def launch_quantize(
     grid = (R,) if p.group_rows else (-(-R // block_r),)
     sx = x.stride()
     args = (x, sx[0], sx[1], codes if p.write_codes else mask, out_scale, out_zp, mask, code_sum,
-            mask if y is None else y, R, C, p.group_size, q_strides[0], q_strides[1], p.eps)  # fmt: skip
-    full = p.full_if_rows_divide and (p.group_rows or R % block_r == 0)
+            mask if y is None else y, R, C, p.group_size, q_strides[0], q_strides[1])  # fmt: skip
+    # a symbolic row count (torch.compile, dynamic shapes) takes the masked tiles: no guard on R
+    full = p.full_if_rows_divide and (p.group_rows or (type(R) is int and R % block_r == 0))
     if kernel is None:  # JITFunction.run: what kernel[grid](...) calls, without its two frames
         _quantize_rows_kernel.run(*args, grid=grid, warmup=False, FULL_TILE=full, **p.meta)
     else:

@@ -166,9 +166,9 @@ def quantiles(ms: list[float]) -> tuple[float, float, float]:
 
 def make_layer(provider: str, K: int, N: int, device, dtype) -> nn.Module:
     torch.manual_seed(0)
-    if provider == "F.linear":
-        return nn.Linear(K, N, device=device, dtype=dtype)
-    if provider.startswith("torch ref"):
+    if provider.startswith("F.linear"):
+        layer = nn.Linear(K, N, device=device, dtype=dtype)
+    elif provider.startswith("torch ref"):
         layer = ReferenceLinear(K, N, device=device, dtype=dtype)
     elif " i4g" in provider:
         group = int(provider.split(" i4g")[1].split()[0])

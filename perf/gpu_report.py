@@ -641,7 +641,8 @@ def _record_op_calls(device) -> dict[str, tuple]:
             kwargs = kwargs or {}
             ns = getattr(func, "namespace", "")
             name = func.__name__.split(".")[0]
-            if ns == "triton_qat" and name not in calls:
+            public = ns == "triton_qat" and not name.endswith("_opaque")  # not the CPU twins
+            if public and name not in calls:
                 keep = lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a  # noqa: E731
                 calls[name] = (torch.utils._pytree.tree_map(keep, args),
                                torch.utils._pytree.tree_map(keep, kwargs))  # fmt: skip
@@ -722,11 +723,48 @@ def check_compile(dtype, device, sizes: Sizes, mode: str | None = None) -> str:
     return f"{mode}: forward equal, grads close, 1 graph, {ran}"
 
 
+COMPILED_CODE = "compiled-layer.py"  # one compiled layer's generated code, kept in the report
+
+
+def check_compiled_launches(device, sizes: Sizes, code_path: Path) -> str:
+    """torch.compile(fullgraph=True) of one bf16 tq.Linear forward+backward (default configs):
+    on a GPU Inductor's generated code launches triton_qat's kernels itself (the ops are
+    ``triton_op``s, decomposed while tracing) and calls no triton_qat op; elsewhere it calls the
+    opaque ``*_opaque`` ops. The generated code is written to ``code_path`` (issue 27)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    (_, K, N) = sizes.linear_shapes[-1]
+    layer = tq.Linear(K, N, device=device, dtype=dtype)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(64, K, device=device, dtype=dtype, requires_grad=True)
+
+    def step():
+        compiled(x).float().square().sum().backward()
+
+    _, codes = run_and_get_code(step)
+    code = "\n\n# ---- next graph ----\n\n".join(codes)
+    code_path.write_text(code)
+    calls_ops = "torch.ops.triton_qat" in code
+    names = ("_quantize_rows_kernel", "_int8_linear_kernel", "_float_mm_kernel",
+             "_dequantize_kernel")  # fmt: skip
+    launched = [n for n in names if n in code]
+    if device.type == "cuda":
+        if calls_ops or len(launched) < len(names):
+            raise AssertionError(f"generated code calls triton_qat ops: {calls_ops}; launches "
+                                 f"{launched} of {list(names)} (see {code_path.name})")  # fmt: skip
+        return f"{len(codes)} graphs launch {', '.join(launched)}; no triton_qat op called"
+    if not calls_ops:
+        raise AssertionError(f"CPU: the opaque ops are missing (see {code_path.name})")
+    return f"{len(codes)} graphs call the opaque ops (CPU); code in {code_path.name}"
+
+
 def _group_fits(wcfg, K: int) -> bool:
     return wcfg.granularity != "per_group" or K % wcfg.group_size == 0
 
 
-def correctness_checks(device, sizes: Sizes) -> tuple[list, list]:
+def correctness_checks(device, sizes: Sizes, folder: Path) -> tuple[list, list]:
     """(parallel, serial) lists of (name, fn). Kernel checks may run in threads on a GPU (their
     first launches compile in parallel); opcheck and torch.compile run one at a time after them.
     Within each list the first check of every kind comes first, so a phase stopped by its time
@@ -765,6 +803,8 @@ def correctness_checks(device, sizes: Sizes) -> tuple[list, list]:
          for dt in ([torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32])],
         [("compile_cudagraphs[bf16]",
           lambda: check_compile(torch.bfloat16, device, sizes, mode="reduce-overhead"))],
+        [("compiled_code_launches_kernels",
+          lambda: check_compiled_launches(device, sizes, folder / COMPILED_CODE))],
     ]  # fmt: skip
     return _breadth_first(groups), _breadth_first(serial_groups)
 
@@ -800,7 +840,7 @@ def phase_correctness(run: Run, deadline: float, sizes: Sizes, workers: int | No
     """Every check, recorded as it finishes. On a GPU the kernel checks run ``workers`` at a time
     (default: one per core) so their first launches compile in parallel; the interpreter is not
     thread-safe, so elsewhere the default is one at a time."""
-    parallel, serial = correctness_checks(run.device, sizes)
+    parallel, serial = correctness_checks(run.device, sizes, run.folder)
     if workers is None:
         workers = default_workers() if run.device.type == "cuda" else 1
     with poisoned(True):
@@ -1352,7 +1392,8 @@ def for_stdout(summary: str) -> str:
 
 
 def report_files(run: Run) -> list[Path]:
-    names = ["report.csv", "log.txt", "summary.md", "tflops.png", "speedup.png", "kernels.png"]
+    names = ["report.csv", "log.txt", "summary.md", "tflops.png", "speedup.png", "kernels.png",
+             COMPILED_CODE]  # fmt: skip
     files = [run.folder / n for n in names]
     if run.tuned_json is not None:
         files.append(run.tuned_json)

@@ -660,6 +660,10 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         "mac": mac, "warps": warps,
         "ni_kmac": round((len(ops) - cls["mma"]) * warps / (mac / 1024), 2) if mac and ops else None,
         "fma": ptx.count("fma.rn.f32"), "div_rn": ptx.count("div.rn.f32"),
+        # where ptxas put FFMAs (its own mul + add contractions would show here; an IEEE
+        # division's Newton steps are FFMAs too, at the div_rn's line)
+        "ffma_at": sorted({f"{os.path.basename(inner[a][0])}:{inner[a][1]}"
+                           for a, o, _, _ in insns if o.startswith("FFMA")}),
         "nested": nested, "other_loops": sorted(len(b) for b in others),
         "drain": any(o.startswith("DEPBAR") and re.search(r"SB0,\s*0x0", r) for _, o, r, _ in loop),
         "helpers": dict(helpers.most_common(4)), "hot_lines": hot,

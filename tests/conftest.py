@@ -82,8 +82,8 @@ def quantize_spy(monkeypatch):
     def spying(*args, **kwargs):
         launch = real(*args, **kwargs)
 
-        def run(x, *given):
-            q = launch(x, *given)
+        def run(x, *given, **kernel):
+            q = launch(x, *given, **kernel)
             launches.append((tuple(x.shape), kwargs, q))
             return q
 

@@ -8,9 +8,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import triton_qat as tq
 from triton_qat import calls, fused, ops
 
-_IMPLS = ("quantize_impl", "qat_linear_impl", "qat_linear_backward_impl",
-          "weight_only_linear_impl", "weight_only_linear_backward_impl")  # fmt: skip
-
 LAYERS = {
     "default": {},
     "i4g32_asym": {
@@ -48,17 +45,15 @@ def _step(layer, x, dy):
 
 
 def _log_op_impls(monkeypatch) -> list[str]:
-    """Names of the ops' implementations run from now on (what an op call runs; the direct path
-    runs none of them)."""
-    log = []
-    for name in _IMPLS:
-        real = getattr(ops, name)
+    """Names of the ``torch.ops.triton_qat`` ops run from now on (every op's body goes through
+    ``ops._run``; the direct path runs none of them)."""
+    log, real = [], ops._run
 
-        def logged(*args, _real=real, _name=name, **kwargs):
-            log.append(_name)
-            return _real(*args, **kwargs)
+    def logged(name, *args):
+        log.append(name)
+        return real(name, *args)
 
-        monkeypatch.setattr(ops, name, logged)
+    monkeypatch.setattr(ops, "_run", logged)
     return log
 
 

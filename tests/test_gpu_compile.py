@@ -4,6 +4,8 @@ _compile_for_gpu.py); the untuned default configs fit the shared memory of their
 smallest targeted ones, sm_86/89); the quantize kernels contain no fused multiply-add (docs/numerics.md:
 x * (1/s) must round to fp32 before the rounding trick, which FMA contraction would skip)."""
 
+from pathlib import Path
+
 import pytest
 from _compile_for_gpu import compiled
 
@@ -51,9 +53,23 @@ def test_defaults_fit_shared_memory(rows):
 
 
 def test_quantize_has_no_fma_and_ieee_division(rows):
+    """Compiled with FMA contraction on (Triton's default, what torch.compile's launches use: no
+    launch option reaches a user kernel through Inductor), the quantize kernels still contract
+    nothing: no fma in the PTX (LLVM's), and ptxas's FFMAs only in the IEEE divisions' own
+    Newton steps (their rounding-critical products are mul_rn, which nothing contracts)."""
     quantize = {k: r for k, r in rows.items() if r["family"] == "quantize"}
     assert len(quantize) >= 24
+    assert all("enable_fp_fusion" not in r["options"] for r in quantize.values())
     assert not {k: r["fma"] for k, r in quantize.items() if r["fma"]}
+    kernels = Path(__file__).resolve().parents[1] / "kernels"
+    contracted = {}
+    for k, r in quantize.items():
+        for at in r["ffma_at"]:
+            name, line = at.split(":")
+            text = (kernels / name).read_text().splitlines()[int(line) - 1]
+            if "div_rn" not in text:
+                contracted.setdefault(k, []).append(f"{at}: {text.strip()}")
+    assert not contracted
     assert all(r["div_rn"] > 0 for r in quantize.values())  # the qparams use IEEE division
 
 

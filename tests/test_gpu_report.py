@@ -21,7 +21,7 @@ import gpu_report  # noqa: E402
 from triton_qat.autotune.cache import file_name, read_entries  # noqa: E402
 
 EXPECTED = {"report.csv", "log.txt", "summary.md", "tflops.png", "speedup.png", "kernels.png",
-            file_name("interpreter")}  # fmt: skip
+            "compiled-layer.py", file_name("interpreter")}  # fmt: skip
 
 
 def _dry_run(folder: Path, budget: str | None = None) -> subprocess.CompletedProcess:

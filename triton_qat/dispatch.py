@@ -28,15 +28,26 @@ import torch
 
 from triton_qat import autotune
 from triton_qat.kernels._common import INTERPRET
-from triton_qat.kernels.dequantize import launch_dequantize, plan_dequantize
+from triton_qat.kernels.dequantize import _dequantize_kernel, launch_dequantize, plan_dequantize
 from triton_qat.kernels.dequantize_torch import dequantize_rows_torch
 from triton_qat.kernels.gemm_backward import plan_dgrad, plan_wgrad
 from triton_qat.kernels.gemm_backward import wgrad as _wgrad
 from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
-from triton_qat.kernels.gemm_float import launch_float_mm
-from triton_qat.kernels.gemm_int8 import fwd_mode, launch_int8_linear, plan_int8_linear
+from triton_qat.kernels.gemm_float import _float_mm_kernel, launch_float_mm
+from triton_qat.kernels.gemm_int8 import (
+    _int8_linear_kernel,
+    fwd_mode,
+    launch_int8_linear,
+    plan_int8_linear,
+)
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
-from triton_qat.kernels.quantize import Quantized, launch_quantize, nan_per_row, plan_quantize
+from triton_qat.kernels.quantize import (
+    Quantized,
+    _quantize_rows_kernel,
+    launch_quantize,
+    nan_per_row,
+    plan_quantize,
+)
 from triton_qat.kernels.quantize import code_offset as code_offset  # ops: a weight's code shift
 from triton_qat.kernels.quantize_torch import per_tensor_qparams, quantize_rows_torch
 
@@ -58,6 +69,35 @@ def use_kernels(t: torch.Tensor) -> bool:
     return backend(t.device) != "torch"
 
 
+def compilable(t: torch.Tensor) -> bool:
+    """Whether ``torch.compile`` may launch the kernels of an op on ``t`` from its own generated
+    code (``torch.library.triton_op``): CUDA tensors on NVIDIA's compiled Triton (the kernels'
+    GPU-only forms are PTX), not the interpreter, not the plain-torch twins."""
+    return t.is_cuda and not INTERPRET and torch.version.hip is None
+
+
+class Kernels(NamedTuple):
+    """The kernel objects a launch callable runs (``kernel=`` / ``kernels=`` of the launches):
+    :data:`DIRECT` (None: each launcher's own kernel, launched by ``JITFunction.run``) in eager
+    code, :func:`traced_kernels` in an op body ``torch.compile`` decomposes."""
+
+    quantize: object = None
+    int8: tuple | None = None  # (int8 GEMM, dequantize, float GEMM): the forward's three
+    dequantize: object = None
+    float_mm: object = None
+
+
+DIRECT = Kernels()
+
+
+def traced_kernels() -> Kernels:
+    """Every kernel wrapped by ``torch.library.wrap_triton`` (the kernel itself where wrapping is
+    off, as in an op's eager call), for the launches of a ``triton_op`` body."""
+    wrap = torch.library.wrap_triton
+    dq, mm = wrap(_dequantize_kernel), wrap(_float_mm_kernel)
+    return Kernels(wrap(_quantize_rows_kernel), (wrap(_int8_linear_kernel), dq, mm), dq, mm)
+
+
 # ---------------------------------------------------------------------------------------------
 # launches kept per key
 
@@ -68,22 +108,36 @@ _MAX_KEPT = 4096  # a bound, not an expectation: training sees a handful of keys
 
 
 def _kept(key: tuple, make: Callable[[], object]) -> object:
-    """``make()`` once per key while the configs stay as they are."""
-    if _SEEN[0] != autotune.GENERATION[0]:
+    """``make()`` once per key while the configs stay as they are (a launch made while they
+    changed, by a tuner in another thread, is used once and not kept)."""
+    generation = autotune.GENERATION[0]
+    if _SEEN[0] != generation:
         _LAUNCHES.clear()
-        _SEEN[0] = autotune.GENERATION[0]
+        _SEEN[0] = generation
     hit = _LAUNCHES.get(key)
     if hit is None:
-        if len(_LAUNCHES) >= _MAX_KEPT:
-            _LAUNCHES.clear()
-        hit = _LAUNCHES[key] = make()
+        hit = make()
+        if autotune.GENERATION[0] == generation:
+            if len(_LAUNCHES) >= _MAX_KEPT:
+                _LAUNCHES.clear()
+            _LAUNCHES[key] = hit
     return hit
 
 
 def rows_key(rows: int) -> int:
     """The row count a launch's configs depend on: itself below 16, else its power-of-two bucket
-    (the tuned-config cache's and the defaults' granularity)."""
+    (the tuned-config cache's and the defaults' granularity). A symbolic count (``torch.compile``
+    with dynamic shapes) is taken at its example value without a guard: a config only tiles, so
+    it is correct for every count the graph sees."""
+    if not isinstance(rows, int):
+        rows = _example_value(rows)
     return rows if rows < 16 else 1 << (rows - 1).bit_length()
+
+
+def _example_value(n: torch.SymInt) -> int:
+    """A symbolic size's example value (no guard); 8192 where it has none (unbacked)."""
+    hint = getattr(n.node, "hint", None)
+    return hint if isinstance(hint, int) else 8192
 
 
 def _on_device(fn: Callable, device: torch.device) -> Callable:
@@ -166,14 +220,14 @@ def _make_quantize(rows, cols, dtype, device, qmin, qmax, group_size, symmetric,
 
 
 def _per_tensor(quantize: Callable, qmin: int, qmax: int, symmetric: bool, x: torch.Tensor,
-                scale=None, zero_point=None) -> Quantized:  # fmt: skip
+                scale=None, zero_point=None, kernel=None) -> Quantized:  # fmt: skip
     """``quantize`` (given qparams) with the family-1 qparams of the whole of x."""
     scale, zero_point = per_tensor_qparams(x, qmin, qmax, symmetric)
-    return quantize(x, scale, zero_point)
+    return quantize(x, scale, zero_point, kernel=kernel)
 
 
-def _quantize_torch(x, scale=None, zero_point=None, *, qmin, qmax, group_size, symmetric,
-                    pack_mask, with_y, asym_weight, sum_group, write_mask, write_sums,
+def _quantize_torch(x, scale=None, zero_point=None, kernel=None, *, qmin, qmax, group_size,
+                    symmetric, pack_mask, with_y, asym_weight, sum_group, write_mask, write_sums,
                     write_zero_point) -> Quantized:  # fmt: skip
     """The plain-torch twin with the kernel's output conventions (empty where not written)."""
     q = quantize_rows_torch(x, qmin, qmax, group_size, symmetric, pack_mask=pack_mask,
@@ -217,23 +271,27 @@ def int8_linear_launch(
     w_asym: bool = False,
     w_dtype: torch.dtype | None = None,
     w_code_offset: int = 0,
+    config: dict | None = None,
 ) -> Callable[..., torch.Tensor]:
     """``f(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, w_zero_point=None,
     x_code_sum=None) -> out [M, N]``: ``x_fq @ w_fq.T + bias`` from int8 codes (see
     :func:`triton_qat.kernels.gemm_int8.int8_linear`; the weight's scales in ``n_groups`` groups,
     its zero points given where ``w_asym``; ``w_dtype``: the dtype a dequantized per-group
-    forward forms w_fq in; ``w_code_offset``: the shift of the weight's stored codes)."""
+    forward forms w_fq in; ``w_code_offset``: the shift of the weight's stored codes; ``config``:
+    the GEMM's config where the caller looked it up (:func:`forward_config`), else looked up)."""
+    frozen = tuple(sorted(config.items())) if config is not None else None
     key = ("int8_linear", rows_key(rows), K, N, n_groups, out_dtype, device, asymmetric,
-           has_bias, w_asym, w_dtype, w_code_offset)  # fmt: skip
-    return _kept(key, lambda: _make_int8_linear(*key[1:]))
+           has_bias, w_asym, w_dtype, w_code_offset, frozen)  # fmt: skip
+    return _kept(key, lambda: _make_int8_linear(*key[1:-1], config))
 
 
 def _make_int8_linear(rows, K, N, n_groups, out_dtype, device, asymmetric, has_bias, w_asym,
-                      w_dtype, w_code_offset):  # fmt: skip
+                      w_dtype, w_code_offset, config):  # fmt: skip
     if backend(device) == "torch":
         return functools.partial(_int8_linear_torch, out_dtype=out_dtype)
     w_group = K // n_groups if n_groups else 1
-    config = forward_config(rows, N, K, w_group, out_dtype, device)
+    if config is None:
+        config = forward_config(rows, N, K, w_group, out_dtype, device)
     dq_config = autotune.dequantize_config(rows, K, device, out_dtype)
     plan = plan_int8_linear(K, N, n_groups, out_dtype, config=config, asymmetric=asymmetric,
                             has_bias=has_bias, w_asym=w_asym, w_dtype=w_dtype,
@@ -242,7 +300,7 @@ def _make_int8_linear(rows, K, N, n_groups, out_dtype, device, asymmetric, has_b
 
 
 def _int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
-                       w_zero_point=None, x_code_sum=None, *, out_dtype):  # fmt: skip
+                       w_zero_point=None, x_code_sum=None, kernels=None, *, out_dtype):  # fmt: skip
     return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
                              w_zero_point)  # fmt: skip
 
@@ -264,14 +322,18 @@ def wgrad_launch(rows: int, N: int, K: int, dtype, device) -> Callable[..., torc
 
 def _make_backward_gemm(kernel, rows, N, K, dtype, device):
     if backend(device) == "torch":
-        return dgrad_torch if kernel == "dgrad" else _wgrad_torch
+        return _dgrad_torch if kernel == "dgrad" else _wgrad_torch
     config = autotune.gemm_config(kernel, rows, N, K, device, dtype)
     plan = plan_dgrad(dtype, config) if kernel == "dgrad" else plan_wgrad(dtype, config)
     # f(a, b, mask): launch_float_mm's own order (dgrad: grad_y, w_fq; wgrad: grad_y.t(), x_fq)
     return _on_device(functools.partial(launch_float_mm, plan), device)
 
 
-def _wgrad_torch(grad_y_t, x_fq, w_mask):
+def _dgrad_torch(grad_y, w_fq, x_mask, kernel=None):
+    return dgrad_torch(grad_y, w_fq, x_mask)
+
+
+def _wgrad_torch(grad_y_t, x_fq, w_mask, kernel=None):
     return wgrad_torch(grad_y_t.t(), x_fq, w_mask)
 
 
@@ -292,7 +354,7 @@ def _make_dequantize(rows, cols, n_groups, dtype, device, has_zp):
     return _on_device(functools.partial(launch_dequantize, plan), device)
 
 
-def _dequantize_torch(codes, scale, zero_point, *, dtype):
+def _dequantize_torch(codes, scale, zero_point, kernel=None, *, dtype):
     return dequantize_rows_torch(codes, scale, zero_point, dtype)
 
 
@@ -318,6 +380,7 @@ def quantize_rows(
     pack_mask: bool,
     scale: torch.Tensor | None = None,
     zero_point: torch.Tensor | None = None,
+    kernels: Kernels = DIRECT,
     **flags,
 ) -> Quantized:
     """Quantize x [R, C] per (row, group) on this device's backend: :func:`quantize_launch`'s
@@ -325,16 +388,18 @@ def quantize_rows(
     R, C = x.shape
     f = quantize_launch(R, C, x.dtype, x.device, qmin, qmax, group_size, symmetric,
                         pack_mask=pack_mask, has_qparams=scale is not None, **flags)  # fmt: skip
-    return f(x, scale, zero_point)
+    return f(x, scale, zero_point, kernel=kernels.quantize)
 
 
 def quantize_per_tensor(
-    x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, *, pack_mask: bool, **flags
-) -> Quantized:
+    x: torch.Tensor, qmin: int, qmax: int, symmetric: bool, *, pack_mask: bool,
+    kernels: Kernels = DIRECT, **flags,
+) -> Quantized:  # fmt: skip
     """Per-tensor quantization: family-1 qparams of the whole tensor (in x's dtype), then rows."""
     R, C = x.shape
-    return quantize_launch(R, C, x.dtype, x.device, qmin, qmax, max(C, 1), symmetric,
-                           pack_mask=pack_mask, per_tensor=True, **flags)(x)  # fmt: skip
+    f = quantize_launch(R, C, x.dtype, x.device, qmin, qmax, max(C, 1), symmetric,
+                        pack_mask=pack_mask, per_tensor=True, **flags)  # fmt: skip
+    return f(x, kernel=kernels.quantize)
 
 
 def int8_linear(
@@ -351,6 +416,7 @@ def int8_linear(
     x_code_sum: torch.Tensor | None = None,
     w_dtype: torch.dtype | None = None,
     w_code_offset: int = 0,
+    kernels: Kernels = DIRECT,
 ) -> torch.Tensor:
     """``x_fq @ w_fq.T + bias`` from int8 codes: :func:`int8_linear_launch`'s launch for this
     key (see :func:`triton_qat.kernels.gemm_int8.int8_linear`)."""
@@ -360,7 +426,7 @@ def int8_linear(
                            w_asym=w_zero_point is not None, w_dtype=w_dtype,
                            w_code_offset=w_code_offset)  # fmt: skip
     return f(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, w_zero_point,
-             x_code_sum)  # fmt: skip
+             x_code_sum, kernels=kernels.int8)  # fmt: skip
 
 
 def dgrad(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
@@ -377,27 +443,31 @@ def wgrad(
     w_scale: torch.Tensor | None = None,
     qmin: int = -128,
     qmax: int = 127,
+    kernels: Kernels = DIRECT,
 ):
     """grad_w = (grad_y^T @ x_fq) * mask_w (see :func:`triton_qat.kernels.gemm_backward.wgrad`);
     with ``weight`` and its learned scales ``w_scale``, (grad_w, grad_scale)."""
     (M, N), K = grad_y.shape, x_fq.shape[1]
     if weight is None:
-        return wgrad_launch(M, N, K, grad_y.dtype, grad_y.device)(grad_y.t(), x_fq, w_mask)
+        f = wgrad_launch(M, N, K, grad_y.dtype, grad_y.device)
+        return f(grad_y.t(), x_fq, w_mask, kernel=kernels.float_mm)
     kw = dict(weight=weight, w_scale=w_scale, qmin=qmin, qmax=qmax)
     if not use_kernels(grad_y):
         return wgrad_torch(grad_y, x_fq, w_mask, **kw)
-    config = autotune.gemm_config("wgrad", M, N, K, grad_y.device, grad_y.dtype)
-    return _on_device(_wgrad, grad_y.device)(grad_y, x_fq, w_mask, config=config, **kw)
+    config = autotune.gemm_config("wgrad", rows_key(M), N, K, grad_y.device, grad_y.dtype)
+    return _on_device(_wgrad, grad_y.device)(grad_y, x_fq, w_mask, config=config,
+                                             kernel=kernels.float_mm, **kw)  # fmt: skip
 
 
 def dequantize_rows(
-    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
+    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype: torch.dtype,
+    kernels: Kernels = DIRECT,
+) -> torch.Tensor:  # fmt: skip
     """x_fq [R, C] in ``dtype`` from int8 codes and per-row qparams (the forward's values)."""
     R, C = codes.shape
     n_groups = scale.shape[1] if scale.dim() == 2 else 1
     f = dequantize_launch(R, C, n_groups, dtype, codes.device, zero_point is not None)
-    return f(codes, scale, zero_point)
+    return f(codes, scale, zero_point, kernel=kernels.dequantize)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,7 +567,7 @@ def _make_linear_plan(rows, K, N, dtype, w_dtype, device, a_spec, w_spec, has_bi
     gemm = int8_linear_launch(
         rows, K, N, G if K else 0, dtype, device, asymmetric=not a_spec.symmetric or
         x_qparams_given, has_bias=has_bias, w_asym=not w_sym, w_dtype=w_dtype,
-        w_code_offset=code_offset(w_spec.qmin, w_spec.qmax),
+        w_code_offset=code_offset(w_spec.qmin, w_spec.qmax), config=config,
     )  # fmt: skip
     return LinearPlan(
         quantize_x=quantize_x, x_qparams=x_qparams,

@@ -136,9 +136,16 @@ def linear_ops(
     check_no_grad_transform("triton_qat.Linear / qat_linear")
     K = weight.shape[1]
     w_args = weight_spec.linear_args("w", K)
+    # the ops run on x [M, K], so that their outputs are their GEMMs' own, and the view to
+    # [..., N] is made here (one made inside an op could not be changed in place, e.g. by a
+    # following ReLU(inplace=True))
+    out_shape = (*x.shape[:-1], weight.shape[0])
     if activation is None:
-        return torch.ops.triton_qat.weight_only_linear(x, weight, bias, **w_args, w_scale=w_scale)
-    x2d = x.detach().reshape(-1, K)  # qparams are constants of the STE: no graph
+        out = torch.ops.triton_qat.weight_only_linear(x.reshape(-1, K), weight, bias, **w_args,
+                                                      w_scale=w_scale)  # fmt: skip
+        return out.view(out_shape)
+    x2d_grad = x.reshape(-1, K)  # what autograd differentiates
+    x2d = x2d_grad.detach()  # qparams are constants of the STE: no graph
     x_code_sum = None
     if a_qparams is None:
         # x's code sums serve only the zero points of asymmetric weights (per weight group)
@@ -157,8 +164,9 @@ def linear_ops(
             zero_point=a_qparams[1], with_sums=False,
         )[:4]  # fmt: skip
     asym = not activation.symmetric or a_qparams is not None
-    return torch.ops.triton_qat.qat_linear(x, *state, weight, bias, asym, **w_args,
-                                           w_scale=w_scale, x_code_sum=x_code_sum)  # fmt: skip
+    out = torch.ops.triton_qat.qat_linear(x2d_grad, *state, weight, bias, asym, **w_args,
+                                          w_scale=w_scale, x_code_sum=x_code_sum)  # fmt: skip
+    return out.view(out_shape)
 
 
 def fused_linear(activation: QuantSpec | None, weight_spec: QuantSpec) -> FusedLinear:

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat import autotune, dispatch
-from triton_qat.checks import check_linear_inputs, check_qparams
-from triton_qat.dispatch import LinearPlan
+from triton_qat.checks import check_group, check_linear_inputs, check_qparams
+from triton_qat.dispatch import DIRECT, Kernels, LinearPlan
 from triton_qat.spec import QuantSpec
 
 _ENABLED = [True]
@@ -90,63 +90,74 @@ def forward(plan: LinearPlan, x2d: Tensor, weight: Tensor, bias: Tensor | None,
 
 def gemm_from_state(plan: LinearPlan, x_codes: Tensor, x_scale: Tensor, x_zero_point: Tensor,
                     weight: Tensor, bias: Tensor | None, w_scale: Tensor | None,
-                    x_code_sum: Tensor | None = None) -> Tensor:  # fmt: skip
+                    x_code_sum: Tensor | None = None, kernels: Kernels = DIRECT) -> Tensor:  # fmt: skip
     """out [M, N] = x_fq @ w_fq.T + bias from x's codes: the weight quantized (codes and
     group-major qparams, with the given ``w_scale`` where the plan says so), then the int8 GEMM
-    (x's ``x_code_sum`` per weight group serve asymmetric weights' zero points)."""
-    qw = plan.quantize_w(weight, w_scale)
+    (x's ``x_code_sum`` per weight group serve asymmetric weights' zero points). ``kernels``: the
+    kernel objects launched (:func:`~triton_qat.dispatch.traced_kernels` in an op body)."""
+    qw = plan.quantize_w(weight, w_scale, kernel=kernels.quantize)
     w_zp = None if plan.w_symmetric else qw.zero_point
     return plan.gemm(x_codes, x_scale, x_zero_point, qw.codes, qw.scale, qw.code_sum, bias, w_zp,
-                     x_code_sum)  # fmt: skip
+                     x_code_sum, kernels=kernels.int8)  # fmt: skip
 
 
 def backward(plan: LinearPlan, dy: Tensor, x_codes: Tensor, x_scale: Tensor,
              x_zero_point: Tensor, x_mask: Tensor, weight: Tensor, w_scale: Tensor | None,
-             need_x: bool, need_w: bool, need_w_scale: bool = False) -> tuple:  # fmt: skip
+             need_x: bool, need_w: bool, need_w_scale: bool = False,
+             kernels: Kernels = DIRECT) -> tuple:  # fmt: skip
     """(grad_x [M, K], grad_w [N, K], grad of the learned w_scale) of dy [M, N] (each None where
     not needed): the weight's values and clamp mask re-derived from ``weight`` (bit-identical to
     the forward's), x_fq dequantized from its codes, then the masked GEMMs."""
     grad_x = grad_w = grad_s = None
     if need_x or need_w or need_w_scale:
-        qw = plan.quantize_w_bwd[need_x, need_w or need_w_scale](weight, w_scale)
+        quantize_w = plan.quantize_w_bwd[need_x, need_w or need_w_scale]
+        qw = quantize_w(weight, w_scale, kernel=kernels.quantize)
         if need_x:
             w_fq = qw.y if qw.y.dtype == dy.dtype else qw.y.to(dy.dtype)
-            grad_x = plan.dgrad(dy, w_fq, x_mask)
+            grad_x = plan.dgrad(dy, w_fq, x_mask, kernel=kernels.float_mm)
         if need_w or need_w_scale:
-            x_fq = plan.dequantize_x(x_codes, x_scale, x_zero_point)
-            grad_w, grad_s = _weight_grads(plan, dy, x_fq, qw, weight, w_scale, need_w_scale)
+            x_fq = plan.dequantize_x(x_codes, x_scale, x_zero_point, kernel=kernels.dequantize)
+            grad_w, grad_s = _weight_grads(plan, dy, x_fq, qw, weight, w_scale, need_w_scale,
+                                           kernels)  # fmt: skip
     return grad_x, grad_w, grad_s
 
 
-def _weight_grads(plan, dy, x_in, qw, weight, w_scale, need_w_scale):
+def _weight_grads(plan, dy, x_in, qw, weight, w_scale, need_w_scale, kernels):
     """(grad_w, grad of the learned w_scale or None) from one masked wgrad GEMM of ``x_in``
-    (x_fq, or x for weight-only), whose epilogue also reduces the scale gradient."""
+    (x_fq, or x for weight-only), whose epilogue also reduces the scale gradient. The GEMM runs
+    in dy's dtype: the plan's, except a weight-only layer's under autocast (its F.linear returns
+    the autocast dtype)."""
     if not need_w_scale:
-        return plan.wgrad(dy.t(), x_in, qw.mask), None
+        wgrad = plan.wgrad
+        if dy.dtype != plan.dtype:
+            wgrad = dispatch.wgrad_launch(dy.shape[0], plan.N, plan.K, dy.dtype, dy.device)
+        return wgrad(dy.t(), x_in, qw.mask, kernel=kernels.float_mm), None
     # qw.scale: the given scale as the quantize kernel used it, [N, G] fp32
-    grad_w, grad_s = dispatch.wgrad(dy, x_in, qw.mask, weight, qw.scale, plan.w_qmin, plan.w_qmax)
+    grad_w, grad_s = dispatch.wgrad(dy, x_in, qw.mask, weight, qw.scale, plan.w_qmin, plan.w_qmax,
+                                    kernels)  # fmt: skip
     return grad_w, grad_s.sum_to_size(w_scale.shape)
 
 
 def weight_only_forward(plan: LinearPlan, x: Tensor, weight: Tensor, bias: Tensor | None,
-                        w_scale: Tensor | None = None) -> Tensor:  # fmt: skip
+                        w_scale: Tensor | None = None, kernels: Kernels = DIRECT) -> Tensor:  # fmt: skip
     """``F.linear(x, fake_quantize(weight), bias)`` [..., N] in x's dtype (weight-only QAT)."""
-    return float_linear(x, plan.quantize_w(weight, w_scale).y, bias)
+    return float_linear(x, plan.quantize_w(weight, w_scale, kernel=kernels.quantize).y, bias)
 
 
 def weight_only_backward(plan: LinearPlan, dy: Tensor, x2d: Tensor, weight: Tensor,
                          w_scale: Tensor | None, need_x: bool, need_w: bool,
-                         need_w_scale: bool = False) -> tuple:  # fmt: skip
+                         need_w_scale: bool = False, kernels: Kernels = DIRECT) -> tuple:  # fmt: skip
     """(grad_x [M, K], grad_w, grad of w_scale) of the weight-only linear: dy @ w_fq, and the
     masked wgrad GEMM of x itself."""
     grad_x = grad_w = grad_s = None
     if need_x or need_w or need_w_scale:
-        qw = plan.quantize_w_bwd[need_x, need_w or need_w_scale](weight, w_scale)
+        quantize_w = plan.quantize_w_bwd[need_x, need_w or need_w_scale]
+        qw = quantize_w(weight, w_scale, kernel=kernels.quantize)
         if need_x:
             grad_x = torch.mm(dy, qw.y.to(dy.dtype))
         if need_w or need_w_scale:
             grad_w, grad_s = _weight_grads(plan, dy, x2d.to(dy.dtype), qw, weight, w_scale,
-                                           need_w_scale)  # fmt: skip
+                                           need_w_scale, kernels)  # fmt: skip
     return grad_x, grad_w, grad_s
 
 
@@ -167,55 +178,48 @@ DOUBLE_BACKWARD_MSG = (
 
 
 class _QATLinear(torch.autograd.Function):
-    """x [..., K] -> [..., N]: the plan's forward; its backward keeps x's int8 state, not x."""
+    """x [M, K] -> [M, N]: the plan's forward; its backward keeps x's int8 state, not x. (The
+    caller shapes x and the output: an output that is a view made in here could not be changed
+    in place, e.g. by a following ReLU(inplace=True).)"""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, w_scale, plan_and_qparams):
+    def forward(ctx, x2d, weight, bias, w_scale, plan_and_qparams):
         plan, a_qparams = plan_and_qparams  # one argument: each costs apply() host time
-        out, xq = forward(plan, x.reshape(-1, plan.K), weight, bias, w_scale, a_qparams)
+        out, xq = forward(plan, x2d, weight, bias, w_scale, a_qparams)
         ctx.save_for_backward(xq.codes, xq.scale, xq.zero_point, xq.mask, weight, w_scale)
-        ctx.plan, ctx.x_shape = plan, x.shape
-        return out.view(x.shape[:-1] + (plan.N,))
+        ctx.plan = plan
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, dy):
         if torch.is_grad_enabled():  # backward(create_graph=True): never a detached gradient
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
-        dy = grad_out.reshape(-1, plan.N)
         grad_x, grad_w, grad_s = backward(plan, dy, *ctx.saved_tensors, need_x, need_w, need_s)
         grad_b = bias_grad(dy) if need_b else None
-        return (
-            (grad_x.view(ctx.x_shape) if need_x else None),
-            grad_w,
-            grad_b,
-            grad_s,
-            None,
-            None,
-            None,
-        )
+        return grad_x, grad_w, grad_b, grad_s, None
 
 
 class _WeightOnlyLinear(torch.autograd.Function):
-    """x [..., K] -> [..., N] on the fake-quantized weight; its backward keeps x."""
+    """x [M, K] -> [M, N] on the fake-quantized weight; its backward keeps x. (Shaped by the
+    caller, as :class:`_QATLinear`.)"""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, w_scale, plan):
-        ctx.save_for_backward(x, weight, w_scale)
+    def forward(ctx, x2d, weight, bias, w_scale, plan):
+        ctx.save_for_backward(x2d, weight, w_scale)
         ctx.plan = plan
-        return weight_only_forward(plan, x, weight, bias, w_scale)
+        return weight_only_forward(plan, x2d, weight, bias, w_scale)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, dy):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
-        x, weight, w_scale = ctx.saved_tensors
+        x2d, weight, w_scale = ctx.saved_tensors
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
-        dy = grad_out.reshape(-1, plan.N)
-        grad_x, grad_w, grad_s = weight_only_backward(plan, dy, x.reshape(-1, plan.K), weight,
-                                                      w_scale, need_x, need_w, need_s)  # fmt: skip
+        grad_x, grad_w, grad_s = weight_only_backward(plan, dy, x2d, weight, w_scale, need_x,
+                                                      need_w, need_s)  # fmt: skip
         grad_b = bias_grad(dy) if need_b else None
-        return (grad_x.view(x.shape) if need_x else None), grad_w, grad_b, grad_s, None
+        return grad_x, grad_w, grad_b, grad_s, None
 
 
 class FusedLinear:
@@ -259,9 +263,12 @@ class FusedLinear:
         plan = self.plans.get(key)
         if plan is None:
             plan = self._plan(key, x, weight, bias, w_scale, a_scale)
+        x2d = x.reshape(-1, plan.K)  # the output is the GEMM's own, viewed out here
         if plan.gemm is None:
-            return _WeightOnlyLinear.apply(x, weight, bias, w_scale, plan)
-        return _QATLinear.apply(x, weight, bias, w_scale, (plan, a_qparams))
+            out = _WeightOnlyLinear.apply(x2d, weight, bias, w_scale, plan)
+        else:
+            out = _QATLinear.apply(x2d, weight, bias, w_scale, (plan, a_qparams))
+        return out.view(x.shape[:-1] + (plan.N,))
 
     def __reduce__(self):  # pickles and deep-copies without its plans (they hold launchers)
         return FusedLinear, (self.a_spec, self.w_spec, self.via_ops)
@@ -270,6 +277,9 @@ class FusedLinear:
         """Validate the inputs of a new key, then make and keep its plan."""
         check_linear_inputs(x, weight, bias)
         N, K = weight.shape
+        w_spec = self.w_spec
+        if w_spec.group_size is not None:  # the weight may have changed since the config was set
+            check_group(w_spec.group_size, K, "weight.group_size")
         if w_scale is not None:
             check_qparams(w_scale, None, N, max(K, 1) // self.w_spec.group_for(K), x.device, "w_")
         plan = dispatch.linear_plan(

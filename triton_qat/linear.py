@@ -71,9 +71,7 @@ class Linear(nn.Linear):
             self.activation_post_process = act_fq
             self.weight_fake_quant = w_fq
             self.activation_config = self.weight_config = None
-            # torch.ao numerics: qparams given per call, the code ranges fixed by the qconfig
-            self._fused = fused_linear(ao_spec(act_fq.quant_min, act_fq.quant_max),
-                                       ao_spec(w_fq.quant_min, w_fq.quant_max, symmetric=True))  # fmt: skip
+            self._fused = _ao_fused(act_fq, w_fq)  # qparams given per call, ranges fixed
         else:
             self.activation_config = activation if activation is not None else DEFAULT_ACTIVATION
             self.weight_config = weight if weight is not None else DEFAULT_WEIGHT
@@ -106,7 +104,9 @@ class Linear(nn.Linear):
         return out
 
     def _new_fused(self):
-        """The fused linear of the current configs (kept until they are replaced)."""
+        """The fused linear of the current configs (kept until they are replaced), checked
+        against the layer (configs may be replaced after construction)."""
+        check_configs(self.activation_config, self.weight_config, self.in_features)
         act = self.activation_config
         a_spec = None if act is NOT_QUANTIZED else spec_for(act)
         self._fused = fused_linear(a_spec, spec_for(self.weight_config))
@@ -123,6 +123,8 @@ class Linear(nn.Linear):
         a_range, w_range = (a_fq.quant_min, a_fq.quant_max), (w_fq.quant_min, w_fq.quant_max)
         if a_on and w_on:
             fused = self._fused
+            if fused is None:  # a layer pickled before it had one
+                fused = self._fused = _ao_fused(a_fq, w_fq)
             N = weight.shape[0]
             w_scale = w_scale.to(torch.float32).reshape(-1, 1).expand(N, 1)
             a_qparams = (
@@ -261,6 +263,12 @@ class Linear(nn.Linear):
             f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
             f"fake_quant={self.fake_quant_enabled}"
         )
+
+
+def _ao_fused(a_fq: nn.Module, w_fq: nn.Module):
+    """The fused linear of torch.ao numerics with these fake quants' code ranges."""
+    return fused_linear(ao_spec(a_fq.quant_min, a_fq.quant_max),
+                        ao_spec(w_fq.quant_min, w_fq.quant_max, symmetric=True))  # fmt: skip
 
 
 def _autocast_output(out: Tensor) -> Tensor:

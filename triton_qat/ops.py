@@ -1,6 +1,9 @@
 """torch.library custom ops in the ``triton_qat`` namespace, their fake (meta) kernels and autograd.
 
-Ops (all opaque to torch.compile, each with a ``register_fake`` so it traces without running):
+Ops (``torch.library.triton_op``: on CUDA, ``torch.compile`` decomposes each into its Triton
+kernels and launches them from its own generated code, with the launch configs decided while
+tracing; elsewhere each runs an opaque twin, ``triton_qat::<name>_opaque``, that compile calls as
+it is: see :func:`_run`):
 
 * ``triton_qat::quantize``        codes / qparams / clamp mask / code sums of a 2-D tensor.
 * ``triton_qat::fake_quantize``   fake-quantized values + mask; autograd = straight-through estimator.
@@ -49,11 +52,29 @@ def _quantize(x2d, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_po
     )
 
 
+def _run(name: str, impl, on: Tensor, *args):
+    """An op's body: ``impl(*args)`` launching kernels ``torch.compile`` can take over (the
+    ``wrap_triton``-ped kernels: launched as they are in an eager call, traced into the graph when
+    the op is decomposed), where ``on``'s device has them (:func:`dispatch.compilable`); else the
+    opaque op ``triton_qat::<name>_opaque`` of the same schema, whose implementation compile
+    cannot trace (the interpreter's kernels, the plain-torch twins) and calls as it is."""
+    if dispatch.compilable(on):
+        return impl(*args, kernels=dispatch.traced_kernels())
+    return getattr(torch.ops.triton_qat, f"{name}_opaque")(*args)
+
+
+def _opaque(fn, impl):
+    """``triton_qat::<fn's name>_opaque``: an opaque custom op with ``fn``'s schema running
+    ``impl`` (see :func:`_run`); its fake implementation is registered on what this returns."""
+    schema = torch.library.infer_schema(fn, mutates_args=())
+    return torch.library.custom_op(f"triton_qat::{fn.__name__}_opaque", impl, mutates_args=(),
+                                   schema=schema)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # quantize
 
 
-@torch.library.custom_op("triton_qat::quantize", mutates_args=())
 def quantize(
     x: Tensor,
     qmin: int,
@@ -77,22 +98,26 @@ def quantize(
     (an activation's sums per weight group, for the zero points of asymmetric weights).
     ``with_sums=False``: no code sums (code_sum is [R, 0]), for a GEMM that applies no weight
     zero points; ``sum_group`` must then be 0."""
-    return quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale,
-                         zero_point, asym_weight, sum_group, with_sums)  # fmt: skip
+    return _run("quantize", quantize_impl, x, x, qmin, qmax, group_size, symmetric, per_tensor,
+                pack_mask, scale, zero_point, asym_weight, sum_group, with_sums)  # fmt: skip
 
 
 def quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point,
-                  asym_weight=False, sum_group=0, with_sums=True):  # fmt: skip
+                  asym_weight=False, sum_group=0, with_sums=True, kernels=dispatch.DIRECT):  # fmt: skip
     """``triton_qat::quantize``'s implementation (:mod:`triton_qat.calls` calls it directly)."""
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     pack_mask, asym_weight, sum_group, with_sums)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                   pack_mask=pack_mask, asym_weight=asym_weight, sum_group=sum_group or None,
-                  write_sums=with_sums)  # fmt: skip
+                  write_sums=with_sums, kernels=kernels)  # fmt: skip
     return q.codes, q.scale, q.zero_point, q.mask, q.code_sum
 
 
-@quantize.register_fake
+_quantize_opaque = _opaque(quantize, quantize_impl)
+quantize = torch.library.triton_op("triton_qat::quantize", quantize, mutates_args=())
+
+
+@_quantize_opaque.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_point,
       asym_weight=False, sum_group=0, with_sums=True):  # fmt: skip
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
@@ -114,7 +139,6 @@ def _(x, qmin, qmax, group_size, symmetric, per_tensor, pack_mask, scale, zero_p
 # fake_quantize (differentiable, STE)
 
 
-@torch.library.custom_op("triton_qat::fake_quantize", mutates_args=())
 def fake_quantize(
     x: Tensor,
     qmin: int,
@@ -128,21 +152,26 @@ def fake_quantize(
 ) -> tuple[Tensor, Tensor]:
     """Fake-quantize x [R, C]: (y [R, C] in x.dtype, keep-mask uint8 [R, C]). ``asym_weight``: as
     in ``triton_qat::quantize``."""
-    return fake_quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, scale,
-                              zero_point, asym_weight)  # fmt: skip
+    return _run("fake_quantize", fake_quantize_impl, x, x, qmin, qmax, group_size, symmetric,
+                per_tensor, scale, zero_point, asym_weight)  # fmt: skip
 
 
 def fake_quantize_impl(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                       asym_weight=False):  # fmt: skip
+                       asym_weight=False, kernels=dispatch.DIRECT):  # fmt: skip
     """``triton_qat::fake_quantize``'s implementation (its forward, without autograd)."""
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     asym_weight=asym_weight)  # fmt: skip
     q = _quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
-                  pack_mask=False, with_y=True, asym_weight=asym_weight)  # fmt: skip
+                  pack_mask=False, with_y=True, asym_weight=asym_weight,
+                  kernels=kernels)  # fmt: skip
     return q.y, q.mask
 
 
-@fake_quantize.register_fake
+_fake_quantize_opaque = _opaque(fake_quantize, fake_quantize_impl)
+fake_quantize = torch.library.triton_op("triton_qat::fake_quantize", fake_quantize, mutates_args=())
+
+
+@_fake_quantize_opaque.register_fake
 def _(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point, asym_weight=False):
     check_quantize(x, qmin, qmax, group_size, symmetric, per_tensor, scale, zero_point,
                     asym_weight=asym_weight)  # fmt: skip
@@ -169,7 +198,6 @@ fake_quantize.register_autograd(_fake_quantize_backward, setup_context=_fake_qua
 # int8_linear (inference GEMM)
 
 
-@torch.library.custom_op("triton_qat::int8_linear", mutates_args=())
 def int8_linear(
     x_codes: Tensor,
     x_scale: Tensor,
@@ -191,13 +219,14 @@ def int8_linear(
     weight was quantized in (its fake-quantized values are formed there, default out_dtype);
     ``w_code_offset``: the shift its codes and zero points are stored with (-128 for ranges past
     127)."""
-    return int8_linear_impl(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
-                            out_dtype, w_zero_point, x_code_sum, w_dtype, w_code_offset)  # fmt: skip
+    return _run("int8_linear", int8_linear_impl, x_codes, x_codes, x_scale, x_zero_point,
+                w_codes, w_scale, w_code_sum, bias, out_dtype, w_zero_point, x_code_sum, w_dtype,
+                w_code_offset)  # fmt: skip
 
 
 def int8_linear_impl(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
                      out_dtype, w_zero_point=None, x_code_sum=None, w_dtype=None,
-                     w_code_offset=0):  # fmt: skip
+                     w_code_offset=0, kernels=dispatch.DIRECT):  # fmt: skip
     """``triton_qat::int8_linear``'s implementation."""
     check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
                         w_zero_point, x_code_sum)  # fmt: skip
@@ -210,10 +239,14 @@ def int8_linear_impl(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_su
     return dispatch.int8_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum,
                                 bias, out_dtype, w_zero_point=w_zero_point,
                                 x_code_sum=x_code_sum, w_dtype=w_dtype,
-                                w_code_offset=w_code_offset)  # fmt: skip
+                                w_code_offset=w_code_offset, kernels=kernels)  # fmt: skip
 
 
-@int8_linear.register_fake
+_int8_linear_opaque = _opaque(int8_linear, int8_linear_impl)
+int8_linear = torch.library.triton_op("triton_qat::int8_linear", int8_linear, mutates_args=())
+
+
+@_int8_linear_opaque.register_fake
 def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dtype,
       w_zero_point=None, x_code_sum=None, w_dtype=None, w_code_offset=0):  # fmt: skip
     check_codes_linear(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
@@ -225,7 +258,6 @@ def _(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias, out_dt
 # qat_linear (forward from the activation's quantized state) + qat_linear_backward
 
 
-@torch.library.custom_op("triton_qat::qat_linear", mutates_args=())
 def qat_linear(
     x: Tensor,
     x_codes: Tensor,
@@ -257,39 +289,45 @@ def qat_linear(
     state and the weight parameter itself: nothing weight-sized is stored (the weight's values and
     mask are re-derived).
     """
-    return qat_linear_impl(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric,
-                           w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
-                           x_code_sum)  # fmt: skip
+    return _run("qat_linear", qat_linear_impl, x, x, x_codes, x_scale, x_zero_point, x_mask,
+                weight, bias, a_asymmetric, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale,
+                w_symmetric, x_code_sum)  # fmt: skip
 
 
 def qat_linear_impl(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric,
                     w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric=True,
-                    x_code_sum=None):  # fmt: skip
+                    x_code_sum=None, kernels=dispatch.DIRECT):  # fmt: skip
     """``triton_qat::qat_linear``'s implementation (its forward, without autograd)."""
     check_qat_linear(x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, w_qmin, w_qmax,
                       w_group_size, w_per_tensor, w_scale, w_symmetric, x_code_sum)  # fmt: skip
     plan = _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
                  bias is not None, a_asymmetric)  # fmt: skip
     out = fused.gemm_from_state(plan, x_codes, x_scale, x_zero_point, weight, bias, w_scale,
-                                x_code_sum)  # fmt: skip
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+                                x_code_sum, kernels)  # fmt: skip
+    # x [M, K] gets the GEMM's own output: a view made in here could not be changed in place
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
 
 
 def _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric, has_bias,
-          a_asymmetric=True, weight_only=False) -> dispatch.LinearPlan:  # fmt: skip
-    """The fused linear's plan for an op's arguments (x [..., K] or its codes [M, K])."""
+          a_asymmetric=True, weight_only=False, rows=None) -> dispatch.LinearPlan:  # fmt: skip
+    """The fused linear's plan for an op's arguments: x [..., K] (its dtype and token count;
+    ``rows``: the token count where x is not the input, e.g. the backward's grad [M, N])."""
     N, K = weight.shape
     w_spec = QuantSpec(qmin=w_qmin, qmax=w_qmax, symmetric=w_symmetric, per_tensor=w_per_tensor,
                        group_size=None if w_group_size == max(K, 1) else w_group_size,
                        asym_weight=not w_symmetric)  # fmt: skip
     a_spec = None if weight_only else QuantSpec(qmin=-128, qmax=127, symmetric=not a_asymmetric)
-    M = x.numel() // max(K, 1)
+    M = x.numel() // max(K, 1) if rows is None else rows
     return dispatch.linear_plan(M, K, N, x.dtype if x.is_floating_point() else weight.dtype,
                                 weight.dtype, weight.device, a_spec, w_spec, has_bias=has_bias,
                                 w_scale_given=w_scale is not None)  # fmt: skip
 
 
-@qat_linear.register_fake
+_qat_linear_opaque = _opaque(qat_linear, qat_linear_impl)
+qat_linear = torch.library.triton_op("triton_qat::qat_linear", qat_linear, mutates_args=())
+
+
+@_qat_linear_opaque.register_fake
 def _(
     x, x_codes, x_scale, x_zero_point, x_mask, weight, bias, a_asymmetric, w_qmin, w_qmax,
     w_group_size, w_per_tensor, w_scale, w_symmetric=True, x_code_sum=None,
@@ -299,7 +337,6 @@ def _(
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("triton_qat::qat_linear_backward", mutates_args=())
 def qat_linear_backward(
     grad_out: Tensor,
     x_codes: Tensor,
@@ -324,23 +361,25 @@ def qat_linear_backward(
     needed comes back empty ([0]). The weight's fake-quantized values and clamp mask are
     re-derived from ``weight`` (bit-identical to the forward's: same kernel, same input), and x_fq
     is dequantized from the codes, each into a transient buffer that lives only for this call."""
-    return qat_linear_backward_impl(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight,
-                                    w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, need_x,
-                                    need_w, need_bias, w_symmetric, need_w_scale)  # fmt: skip
+    return _run("qat_linear_backward", qat_linear_backward_impl, grad_out, grad_out, x_codes,
+                x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax, w_group_size,
+                w_per_tensor, w_scale, need_x, need_w, need_bias, w_symmetric, need_w_scale)  # fmt: skip
 
 
 def qat_linear_backward_impl(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin,
                              w_qmax, w_group_size, w_per_tensor, w_scale, need_x, need_w,
-                             need_bias, w_symmetric=True, need_w_scale=False):  # fmt: skip
+                             need_bias, w_symmetric=True, need_w_scale=False,
+                             kernels=dispatch.DIRECT):  # fmt: skip
     """``triton_qat::qat_linear_backward``'s implementation."""
     check_backward(grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax,
                     w_group_size, w_per_tensor, w_scale, w_symmetric, need_w_scale)  # fmt: skip
     N = weight.shape[0]
     dy = grad_out.reshape(-1, N)
     plan = _plan(dy, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
-                 False)  # fmt: skip
+                 False, rows=dy.shape[0])  # fmt: skip
     grad_x, grad_w, grad_s = fused.backward(plan, dy, x_codes, x_scale, x_zero_point, x_mask,
-                                            weight, w_scale, need_x, need_w, need_w_scale)  # fmt: skip
+                                            weight, w_scale, need_x, need_w, need_w_scale,
+                                            kernels)  # fmt: skip
     grad_b = fused.bias_grad(dy) if need_bias else None
     return _or_empty(dy, grad_x, grad_w, grad_b, grad_s)
 
@@ -351,7 +390,13 @@ def _or_empty(like: Tensor, *grads: Tensor | None) -> tuple[Tensor, ...]:
     return tuple(g if g is not None else like.new_empty(_EMPTY) for g in grads)
 
 
-@qat_linear_backward.register_fake
+_qat_linear_backward_opaque = _opaque(qat_linear_backward, qat_linear_backward_impl)
+qat_linear_backward = torch.library.triton_op(
+    "triton_qat::qat_linear_backward", qat_linear_backward, mutates_args=()
+)
+
+
+@_qat_linear_backward_opaque.register_fake
 def _(
     grad_out, x_codes, x_scale, x_zero_point, x_mask, weight, w_qmin, w_qmax, w_group_size,
     w_per_tensor, w_scale, need_x, need_w, need_bias, w_symmetric=True, need_w_scale=False,
@@ -414,7 +459,6 @@ qat_linear.register_autograd(_qat_linear_backward, setup_context=_qat_linear_set
 # weight_only_linear (weight-only QAT: float GEMM on the fake-quantized weight) + its backward
 
 
-@torch.library.custom_op("triton_qat::weight_only_linear", mutates_args=())
 def weight_only_linear(
     x: Tensor,
     weight: Tensor,
@@ -431,28 +475,33 @@ def weight_only_linear(
     group / tensor, or asymmetric per channel / group; or with the given, e.g. learned, symmetric
     ``w_scale`` [N, G]), the GEMM in x's dtype. Returns [..., N]. The backward keeps x and the
     weight parameter (nothing weight-sized: w_fq and the mask are re-derived from the weight)."""
-    return weight_only_linear_impl(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric,
-                                   w_per_tensor, w_scale)  # fmt: skip
+    return _run("weight_only_linear", weight_only_linear_impl, x, x, weight, bias, w_qmin,
+                w_qmax, w_group_size, w_symmetric, w_per_tensor, w_scale)  # fmt: skip
 
 
 def weight_only_linear_impl(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric,
-                            w_per_tensor, w_scale=None):  # fmt: skip
+                            w_per_tensor, w_scale=None, kernels=dispatch.DIRECT):  # fmt: skip
     """``triton_qat::weight_only_linear``'s implementation (its forward, without autograd)."""
     check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
                        w_scale)  # fmt: skip
     plan = _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
                  bias is not None, weight_only=True)  # fmt: skip
-    return fused.weight_only_forward(plan, x, weight, bias, w_scale)
+    return fused.weight_only_forward(plan, x, weight, bias, w_scale, kernels)
 
 
-@weight_only_linear.register_fake
+_weight_only_linear_opaque = _opaque(weight_only_linear, weight_only_linear_impl)
+weight_only_linear = torch.library.triton_op(
+    "triton_qat::weight_only_linear", weight_only_linear, mutates_args=()
+)
+
+
+@_weight_only_linear_opaque.register_fake
 def _(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, w_scale=None):
     check_weight_only(x, weight, bias, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
                        w_scale)  # fmt: skip
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-@torch.library.custom_op("triton_qat::weight_only_linear_backward", mutates_args=())
 def weight_only_linear_backward(
     grad_out: Tensor,
     x: Tensor,
@@ -473,14 +522,15 @@ def weight_only_linear_backward(
     grad_bias = dy summed over tokens, and with ``need_w_scale`` the gradient of the learned
     ``w_scale`` (fp32, reduced in that GEMM's epilogue); a gradient not needed comes back empty
     ([0])."""
-    return weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_group_size,
-                                            w_symmetric, w_per_tensor, need_x, need_w, need_bias,
-                                            w_scale, need_w_scale)  # fmt: skip
+    return _run("weight_only_linear_backward", weight_only_linear_backward_impl, grad_out,
+                grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor,
+                need_x, need_w, need_bias, w_scale, need_w_scale)  # fmt: skip
 
 
 def weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_group_size,
                                      w_symmetric, w_per_tensor, need_x, need_w, need_bias,
-                                     w_scale=None, need_w_scale=False):  # fmt: skip
+                                     w_scale=None, need_w_scale=False,
+                                     kernels=dispatch.DIRECT):  # fmt: skip
     """``triton_qat::weight_only_linear_backward``'s implementation."""
     check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
                                 w_per_tensor, w_scale, need_w_scale)  # fmt: skip
@@ -489,14 +539,22 @@ def weight_only_linear_backward_impl(grad_out, x, weight, w_qmin, w_qmax, w_grou
     plan = _plan(x, weight, w_qmin, w_qmax, w_group_size, w_per_tensor, w_scale, w_symmetric,
                  False, weight_only=True)  # fmt: skip
     grad_x, grad_w, grad_s = fused.weight_only_backward(
-        plan, dy, x.reshape(-1, K), weight, w_scale, need_x, need_w, need_w_scale
+        plan, dy, x.reshape(-1, K), weight, w_scale, need_x, need_w, need_w_scale, kernels
     )
     grad_x = grad_x.reshape(x.shape) if grad_x is not None else None
     grad_b = fused.bias_grad(dy) if need_bias else None
     return _or_empty(dy, grad_x, grad_w, grad_b, grad_s)
 
 
-@weight_only_linear_backward.register_fake
+_weight_only_linear_backward_opaque = _opaque(
+    weight_only_linear_backward, weight_only_linear_backward_impl
+)
+weight_only_linear_backward = torch.library.triton_op(
+    "triton_qat::weight_only_linear_backward", weight_only_linear_backward, mutates_args=()
+)
+
+
+@_weight_only_linear_backward_opaque.register_fake
 def _(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric, w_per_tensor, need_x,
       need_w, need_bias, w_scale=None, need_w_scale=False):  # fmt: skip
     check_weight_only_backward(grad_out, x, weight, w_qmin, w_qmax, w_group_size, w_symmetric,
