@@ -213,7 +213,9 @@ def items(settings: Settings) -> list[tuple[str, str, str]]:
 
 def rope_tables(seq: int, head_dim: int, device, theta: float = 500000.0) -> tuple:
     """(cos, sin), fp32 [seq, head_dim]: Llama 3's rotary frequencies in the rotate-half layout."""
-    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    inv = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+    )
     angles = torch.outer(torch.arange(seq, device=device, dtype=torch.float32), inv)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -439,7 +441,8 @@ class Measured:
 
 def measure(provider: str, mode: str, weights: str, settings: Settings, device) -> Measured:
     """Build, warm up (the first step's wall time is ``compile_s``), then time ``steps`` queued
-    steps; the loss is the last measured step's, read after the timing."""
+    steps; the loss is the last measured step's, read after the timing. The caller releases
+    what the item left (:func:`release`) once this returns."""
     torch._dynamo.reset()  # each item compiles from scratch: its compile time is its own
     model, opt, how = build(provider, mode, weights, settings, device)
     data = batches(settings.dims, 4, device, settings.seed)
@@ -467,8 +470,6 @@ def measure(provider: str, mode: str, weights: str, settings: Settings, device) 
     ms = queued_step_ms(step, settings.warmup, settings.steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     values = [v.item() for v in losses]
-    del model, opt, data, losses
-    release(device)
     return Measured(step_ms=ms, compile_s=compile_s, warmup_s=warmup_s, peak_mem_mb=peak,
                     loss=values[-1], losses=values, how=how)  # fmt: skip
 
@@ -566,6 +567,8 @@ def run_items(
             say(f"train_step {label}: FAILED {type(e).__name__}: {first}")
             release(device)
             continue
+        # the item's model, optimizer state and graphs are gone once measure returns
+        release(device)
         secs = time.monotonic() - t0
         slowest = max(slowest, secs)
         for r in measured_rows(m, base, settings):
@@ -590,7 +593,9 @@ def _num(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def values(rows: list[dict], metric: str, config: str | None = None) -> dict[tuple[str, str], float]:
+def values(
+    rows: list[dict], metric: str, config: str | None = None
+) -> dict[tuple[str, str], float]:
     """{(provider, mode): value} of measured ``metric`` rows (bf16's under every config; others'
     under ``config``, default: the first quantized config present)."""
     mine = [r for r in rows if r.get("phase") == PHASE and r.get("metric") == metric
