@@ -23,8 +23,10 @@ from pathlib import Path
 
 import triton
 
-# 2: GEMM configs carry DEQUANT (the forward) and TMA; a version-1 file is ignored with a warning
-FORMAT_VERSION = 2
+# 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS (their
+# version-2 entries were tuned without torch.mm among the candidates). An older file is ignored
+# with a warning.
+FORMAT_VERSION = 3
 # Bumped whenever any cache's entries change (reload, store) or :func:`invalidate` is called: what
 # was decided from the configs (the op layer's launch plans) is decided again after a change.
 GENERATION = [0]
@@ -37,8 +39,8 @@ _GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stag
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "quantize": ("BLOCK_R", "BLOCK_C", "num_warps"),
     "fwd": _GEMM_KEYS + ("DEQUANT", "TMA"),
-    "dgrad": _GEMM_KEYS + ("TMA",),
-    "wgrad": _GEMM_KEYS + ("TMA",),
+    "dgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
+    "wgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
 }
 DTYPES = ("float32", "float16", "bfloat16", "any")  # the dtype field of a key ("any": unknown)
 # Elements of one block tensor Triton accepts (tl.TRITON_MAX_TENSOR_NUMEL; 2**20 in 3.6-3.9).
@@ -140,7 +142,7 @@ def _config_ok(kernel: str, cfg: object) -> bool:
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     if min(bm, bn, bk) < 16 or max(bm * bn, bm * bk, bn * bk) > _MAX_NUMEL:  # tl.dot: >= 16
         return False
-    if cfg["TMA"] not in (0, 1):
+    if cfg["TMA"] not in (0, 1) or cfg.get("CUBLAS", 0) not in (0, 1):
         return False
     if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and bk < 32):
         return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands); flags are 0/1
@@ -151,7 +153,7 @@ def valid_entry(key: object, entry: object) -> bool:
     """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
     config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
     (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 unless DEQUANT, flags DEQUANT /
-    TMA 0 or 1, no block over Triton's tensor size limit), num_warps a power of two <= 32,
+    TMA / CUBLAS 0 or 1, no block over Triton's tensor size limit), num_warps a power of two <= 32,
     1 <= num_stages <= 8, GROUP_M >= 1; optional "ms" a finite number >= 0 and "tried" an int
     >= 0."""
     if not _key_ok(key) or not isinstance(entry, dict) or "config" not in entry:

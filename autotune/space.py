@@ -53,9 +53,9 @@ DEFAULTS = {
     "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
             "num_stages": 3, "DEQUANT": 0, "TMA": 0},
     "dgrad": {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-              "num_stages": 3, "TMA": 0},
+              "num_stages": 3, "TMA": 0, "CUBLAS": 0},
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
-              "num_stages": 2, "TMA": 0},
+              "num_stages": 2, "TMA": 0, "CUBLAS": 0},
 }  # fmt: skip
 # The per-group forward's default at 16-bit dtypes: the dequantized path (module doc of
 # kernels/gemm_int8.py), a plain 16-bit GEMM. Chosen from the compiled code, speed not measured:
@@ -77,9 +77,9 @@ HOPPER_DEFAULTS = {
     "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4,
             "num_stages": 4, "DEQUANT": 0, "TMA": 0},
     "dgrad": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 256, "GROUP_M": 8, "num_warps": 8,
-              "num_stages": 3, "TMA": 1},
+              "num_stages": 3, "TMA": 1, "CUBLAS": 0},
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-              "num_stages": 3, "TMA": 1},
+              "num_stages": 3, "TMA": 1, "CUBLAS": 0},
 }  # fmt: skip
 # The int8 path's default for per-group weights (fp32 outputs; a candidate at 16-bit): four warps
 # on 64x128 keep the per-group flush's fp32 tile beside the int32 one without spilling at fp32
@@ -93,6 +93,15 @@ FWD_GROUP_INT8_DEFAULT = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_
 # same 36.8 non-MMA instructions per 1024 MACs (perf/kernel_static.py --arch 80 --all, Triton
 # 3.9). sm_90 keeps DEFAULTS: there the 64-row tile does not spill and the 32-row one does (8 B).
 SM80_FP32_WGRAD_DEFAULT = {**DEFAULTS["wgrad"], "BLOCK_M": 32, "TMA": 0}
+# The backward GEMMs' default at 16-bit dtypes on every GPU: torch.mm (cuBLAS) and then the mask
+# pass (kernels/ste_mask.py; docs/numerics.md "Which configs clip"). Measured reason: on an NVIDIA
+# H200 (torch 2.11, Triton 3.6, perf/results/nvidia-h200/report.csv, 8192 tokens, the three
+# headline shapes) the tuned Triton dgrad ran at 59 / 81 / 72% and wgrad at 78 / 85 / 88% of
+# torch.mm at the same shape; the mask pass reads one bit (dgrad) or byte (wgrad) per output
+# element and writes only the clipped ones. Its own time: not measured yet. The Triton tiles stay
+# candidates (CUBLAS 0), so a GPU's tuner decides per shape. fp32 keeps the Triton kernel (IEEE
+# dots; torch.mm would follow allow_tf32).
+BACKWARD_CUBLAS = {"CUBLAS": 1}
 
 
 # Curated GEMM lists: output tile rows x cols, reduction tile, warps, stages. Drawn from Triton's
@@ -157,8 +166,9 @@ def _gemm_tiles(kernel: str, rows: int, cols: int, red: int, warps: int, stages:
     GEMMs load through TMA (candidates() turns it off below compute capability 9)."""
     bm, bn, bk = {"fwd": (rows, cols, red), "dgrad": (rows, red, cols),
                   "wgrad": (red, rows, cols)}[kernel]  # fmt: skip
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
-            "num_stages": stages, "TMA": 1}  # fmt: skip
+    cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
+           "num_stages": stages, "TMA": 1}  # fmt: skip
+    return cfg if kernel == "fwd" else {**cfg, "CUBLAS": 0}
 
 
 # Quantize: (BLOCK_R, BLOCK_C, num_warps). Wide rows (per token, per channel) stream 256-4096
@@ -188,10 +198,14 @@ _DEQUANT_TILES = [
 
 def _curated_gemm(kernel: str) -> list[dict]:
     configs = [dict(DEFAULTS[kernel])] + [_gemm_tiles(kernel, *t) for t in _TILES[kernel]]
-    if kernel != "fwd":  # the old default with TMA first, then without, then Hopper's measured one
-        configs = [{**configs[0], "TMA": 1}, configs[0], dict(HOPPER_DEFAULTS[kernel])] + configs[
-            1:
-        ]
+    if kernel != "fwd":  # torch.mm first (the 16-bit default), the old default with TMA, then
+        # without, then Hopper's measured tile
+        configs = [
+            {**HOPPER_DEFAULTS[kernel], **BACKWARD_CUBLAS},
+            {**configs[0], "TMA": 1},
+            configs[0],
+            dict(HOPPER_DEFAULTS[kernel]),
+        ] + configs[1:]
     else:
         # the defaults of both paths early (a tuning deadline cuts the list's tail), each with
         # and without TMA, then the dequantized path's tiles (per-group weights only), then the
@@ -254,13 +268,13 @@ def default_config(
             hopper = capability >= 9 and elem_bytes == 2
             return dict(HOPPER_DEFAULTS["fwd"] if hopper else DEFAULTS["fwd"])
         return dict(FWD_DEQUANT_DEFAULT if capability >= 9 else FWD_DEQUANT_DEFAULT_SM80)
-    if interpret:
-        return dict(_INTERPRET_GEMM)
-    # Hopper's measured tiles (TMA) for 16-bit operands; fp32 dots take no tensor cores, and their
-    # descriptor loop compiles to scalar loads that spill
-    if capability >= 9 and elem_bytes == 2:
-        return dict(HOPPER_DEFAULTS[kernel])
-    if kernel == "wgrad" and capability < 9 and elem_bytes == 4:
+    if interpret:  # the Triton kernel: the suite runs it (and torch.mm by explicit configs)
+        return {**_INTERPRET_GEMM, "CUBLAS": 0}
+    if elem_bytes == 2:  # torch.mm + the mask pass (BACKWARD_CUBLAS); tiles kept for the record
+        tiles = HOPPER_DEFAULTS[kernel] if capability >= 9 else {**DEFAULTS[kernel], "TMA": 0}
+        return {**tiles, **BACKWARD_CUBLAS}
+    # fp32 dots take no tensor cores, and their descriptor loop compiles to scalar loads that spill
+    if kernel == "wgrad" and capability < 9:
         return dict(SM80_FP32_WGRAD_DEFAULT)
     return {**DEFAULTS[kernel], "TMA": 0}
 
@@ -269,7 +283,7 @@ def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
     """``cfg`` made runnable for the forward's mode at this K / weight group size (the kernel's
     ``check_fwd_config`` states the rules); other kernels' configs are returned unchanged."""
     if kernel != "fwd":
-        return {**cfg, "TMA": cfg.get("TMA", 0)}
+        return {**cfg, "TMA": cfg.get("TMA", 0), "CUBLAS": cfg.get("CUBLAS", 0)}
     mode = fwd_mode(K, group_size)
     cfg = {**cfg, "DEQUANT": cfg.get("DEQUANT", 0) if mode else 0}  # per-channel: int8 only
     # MODE 2 (int8 path, fp32 operand tiles dequantized per element) loads by pointer
@@ -356,6 +370,8 @@ def candidates(
     fp32_plain = elem_bytes != 2 and (kernel != "fwd" or group_size not in (0, K))
     kept = [{**c, "TMA": 0} if capability < 9 or (fp32_plain and (kernel != "fwd" or c.get("DEQUANT")))
             else c for c in kept]  # fmt: skip
+    if kernel != "fwd" and elem_bytes != 2:  # torch.mm is the 16-bit operands' candidate
+        kept = [c for c in kept if not c.get("CUBLAS")]
     kept = _dedupe([fit_config(kernel, c, K, group_size or K) for c in kept])
     # this problem's untuned default leads when it is a candidate (per-group 16-bit: DEQUANT)
     return sorted(kept, key=lambda c: c != first) or [first]

@@ -10,4 +10,6 @@ plain-torch reference the launchers must equal:
 * :mod:`.gemm_float`    - a plain GEMM on dequantized operands with mask / bias epilogues.
 * :mod:`.dequantize`    - int8 codes back to the fake-quantized values, bit for bit.
 * :mod:`.gemm_backward` - the STE backward GEMMs (dgrad, wgrad) on dequantized operands.
+* :mod:`.ste_mask`      - the STE mask applied after a plain ``torch.mm`` (the backward's
+                          ``CUBLAS`` configs).
 """

@@ -10,22 +10,33 @@ the loop of a plain Triton matmul (:mod:`.gemm_float`): two tile loads and one `
 step, nothing weight-sized kept between forward and backward. grad_y stays unquantized (that is
 what STE means); the only difference from an fp64 reference is the dot's own rounding (fp32
 accumulation; fp32 inputs use IEEE-precision dots, not TF32).
+
+A config with ``CUBLAS`` runs the same product as a plain ``torch.mm`` (cuBLAS on a GPU) and then
+zeroes the masked elements in place (:mod:`.ste_mask`): the mask applies elementwise to the GEMM's
+output, so ``torch.where(mask, A @ B, 0)`` may be computed in two steps, and the second reads one
+bit (dgrad) or byte (wgrad) per element and writes only the few elements that clip
+(docs/numerics.md "Which configs clip"). For 16-bit operands only: an fp32 ``torch.mm`` follows
+``torch.backends.cuda.matmul.allow_tf32``, the Triton kernel never uses TF32.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from ._common import cdiv, new_empty
+from ._common import INTERPRET, cdiv, new_empty
 from .gemm_float import (
     MASK_BITS,
     MASK_BYTES,
     FloatMMPlan,
     float_mm,
+    launch_float_mm,
     plan_float_mm,
     scale_grad_layout,
     tiles_of,
 )
+from .ste_mask import ZeroMaskedPlan, launch_zero_masked, plan_zero_masked
 
 # Accumulator elements per thread the scale-gradient epilogue compiles with, without spilling
 # (sm_90a, Triton 3.9, perf/kernel_static.py "wgrad scale-grad"): 64 (Hopper's 256x128 / 8-warp
@@ -33,18 +44,51 @@ from .gemm_float import (
 SCALE_GRAD_ACC = 64
 
 
-def plan_dgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan:
-    """The plan of :func:`dgrad` in ``dtype`` (run it with ``launch_float_mm(plan, grad_y, w_fq,
-    mask=x_mask)``)."""
+class CublasPlan(NamedTuple):
+    """A backward GEMM as ``torch.mm`` and then the mask pass (a config with ``CUBLAS``)."""
+
+    zero_masked: ZeroMaskedPlan
+
+
+def uses_cublas(config: dict, dtype: torch.dtype) -> bool:
+    """Whether ``config`` runs a backward GEMM in ``dtype`` as ``torch.mm`` + the mask pass
+    (``CUBLAS`` set, 16-bit operands: fp32 keeps the IEEE Triton dot, see the module doc)."""
+    return bool(config.get("CUBLAS")) and dtype in (torch.float16, torch.bfloat16)
+
+
+def plan_dgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan | CublasPlan:
+    """The plan of :func:`dgrad` in ``dtype`` (run it with ``launch_backward(plan, grad_y, w_fq,
+    x_mask)``)."""
+    if uses_cublas(config, dtype):
+        return CublasPlan(plan_zero_masked(True, INTERPRET))
     tiles = tiles_of(config, "BLOCK_M", "BLOCK_K", "BLOCK_N")
     return plan_float_mm(dtype, tiles=tiles, mask=MASK_BITS, tma=bool(config.get("TMA")))
 
 
-def plan_wgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan:
+def plan_wgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan | CublasPlan:
     """The plan of :func:`wgrad` without a scale gradient, in ``dtype`` (run it with
-    ``launch_float_mm(plan, grad_y.t(), x_fq, mask=w_mask)``)."""
+    ``launch_backward(plan, grad_y.t(), x_fq, w_mask)``)."""
+    if uses_cublas(config, dtype):
+        return CublasPlan(plan_zero_masked(False, INTERPRET))
     tiles = tiles_of(config, "BLOCK_N", "BLOCK_K", "BLOCK_M")
     return plan_float_mm(dtype, tiles=tiles, mask=MASK_BYTES, tma=bool(config.get("TMA")))
+
+
+def launch_backward(
+    p: FloatMMPlan | CublasPlan,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    mask: torch.Tensor,
+    kernel=None,
+    mask_kernel=None,
+) -> torch.Tensor:
+    """Run a :func:`plan_dgrad` / :func:`plan_wgrad` plan: (a [M, K] @ b [K, N]) * mask in a's
+    dtype (a, b: the same dtype, any strides). ``kernel`` / ``mask_kernel``: the GEMM's and the
+    mask pass's kernel objects (default the modules' own; traced wrappers under
+    ``torch.compile``)."""
+    if isinstance(p, CublasPlan):
+        return launch_zero_masked(p.zero_masked, torch.mm(a, b), mask, kernel=mask_kernel)
+    return launch_float_mm(p, a, b, mask, kernel=kernel)
 
 
 def dgrad(
@@ -55,10 +99,9 @@ def dgrad(
     w_fq in grad_y's dtype (any strides), x_mask uint8 bits [M, ceil(K/8)] (contiguous rows).
     ``config`` tiles the linear's M, N, K (BLOCK_M, BLOCK_N, BLOCK_K) like every GEMM config of
     the project: here the output tile is [BLOCK_M, BLOCK_K] and BLOCK_N steps the reduction;
-    ``TMA`` loads the operands through tensor descriptors where they allow it."""
-    tiles = tiles_of(config, "BLOCK_M", "BLOCK_K", "BLOCK_N")
-    return float_mm(grad_y, w_fq, tiles=tiles, mask=x_mask, mask_bits=True,
-                    tma=bool(config.get("TMA")))  # fmt: skip
+    ``TMA`` loads the operands through tensor descriptors where they allow it; ``CUBLAS`` runs
+    ``torch.mm`` and then the mask pass (16-bit dtypes)."""
+    return launch_backward(plan_dgrad(grad_y.dtype, config), grad_y, w_fq, x_mask)
 
 
 def scale_grad_tiles(tiles: tuple, K: int, n_groups: int) -> tuple[int, tuple]:
@@ -100,15 +143,16 @@ def wgrad(
 
     x_fq [M, K] in grad_y's dtype, w_mask uint8 [N, K] (0/1, contiguous rows). ``config`` tiles
     the linear's M, N, K: the output tile is [BLOCK_N, BLOCK_K] and BLOCK_M steps the reduction
-    over tokens. With ``weight`` [N, K] and its learned symmetric scales ``w_scale`` fp32 [N, G]
-    (codes in [qmin, qmax]), returns (grad_w, grad_scale fp32 [N, G]): the scale gradient
+    over tokens; ``CUBLAS`` runs ``torch.mm`` and then the mask pass (16-bit dtypes, no scale
+    gradient). With ``weight`` [N, K] and its learned symmetric scales ``w_scale`` fp32 [N, G]
+    (codes in [qmin, qmax]; always the Triton kernel, whose epilogue reduces it), returns (grad_w, grad_scale fp32 [N, G]): the scale gradient
     ``sum_{k in g} g_fq[n, k] * (q - w / s if in range else q)`` of the unmasked ``g_fq =
     grad_y^T @ x_fq``, reduced in the GEMM's epilogue (per-tile partial sums, added here)."""
     c = config
     tiles = tiles_of(c, "BLOCK_N", "BLOCK_K", "BLOCK_M")
     a, tma = grad_y.t(), bool(c.get("TMA"))
     if weight is None:
-        return float_mm(a, x_fq, tiles=tiles, mask=w_mask, tma=tma, kernel=kernel)
+        return launch_backward(plan_wgrad(grad_y.dtype, c), a, x_fq, w_mask, kernel=kernel)
     N, K = weight.shape
     G = w_scale.shape[1]
     sg_group, tiles = scale_grad_tiles(tiles, K, G)

@@ -235,7 +235,7 @@ def compile_launch(launch: Launch, arch: int):
 class Variant:
     label: str  # unique: the report's row (key + the config)
     key: str  # unique, without the config: what tests and KNOWN_GAPS name
-    family: str  # quantize / fwd / dgrad / wgrad / dequantize / anchor
+    family: str  # quantize / fwd / dgrad / wgrad / dequantize / mask / anchor
     call: Callable[[], object]  # calls real launchers on fake tensors; the last launch is analysed
     headline: bool = True  # in the default report (else only with --all)
     anchor: str | None = None  # label of the anchor this GEMM is compared with
@@ -280,7 +280,7 @@ def variants() -> list[Variant]:
         return _VARIANTS
     from triton_qat import autotune
     from triton_qat.autotune.space import default_config, fit_config, fit_quantize
-    from triton_qat.kernels import dequantize, gemm_backward, gemm_int8, quantize
+    from triton_qat.kernels import dequantize, gemm_backward, gemm_int8, quantize, ste_mask
 
     out: list[Variant] = []
     anchors: dict[tuple, str] = {}
@@ -435,24 +435,42 @@ def variants() -> list[Variant]:
                     _cfg_label(cfg, tile), call, head,
                     anchor(operand, tile, cfg, "fwd") if head else None, tile=tile, config=cfg)  # fmt: skip
 
-    # STE backward: dgrad's output tile is [BM, BK] (reduction over N), wgrad's [BN, BK] (over M)
+    # STE backward: dgrad's output tile is [BM, BK] (reduction over N), wgrad's [BN, BK] (over M).
+    # The Triton kernels at the default tiles (CUBLAS off: at 16-bit dtypes the default runs
+    # torch.mm and then the mask pass below; the Triton kernels stay the tuner's candidates)
+    def bwd_triton(cfg: dict) -> dict:
+        return {**cfg, "CUBLAS": 0}
+
+    # the mask pass after torch.mm (kernels/ste_mask.py): x's bit mask (dgrad), w's bytes (wgrad)
+    for kern, bits, (rows, cols) in (("dgrad", True, (M, K)), ("wgrad", False, (N, K))):
+        zp = ste_mask.plan_zero_masked(bits)
+        mask_cols = -(-cols // 8) if bits else cols
+
+        def call_m(bits=bits, rows=rows, cols=cols, mask_cols=mask_cols):
+            pool = dict(c=T(((rows, cols), BF16)), mask=T(((rows, mask_cols), torch.uint8)),
+                        bits=bits)  # fmt: skip
+            call_by_name(ste_mask.zero_masked, pool)
+
+        add(f"{kern} mask pass", "mask", f"R{zp.block_m}xC{zp.block_n} w{zp.num_warps}", call_m,
+            config={"BLOCK_R": zp.block_m, "BLOCK_C": zp.block_n})  # fmt: skip
+
     for dt in (BF16, F16, F32):
         head, sfx = dt == BF16, "" if dt == BF16 else f" {DT_NAME[dt]}"
 
         def call_d(dt=dt):
-            cfg = default_config("dgrad", (M, N, K), False, 0, dt.itemsize, major)
+            cfg = bwd_triton(default_config("dgrad", (M, N, K), False, 0, dt.itemsize, major))
             qa, qw = act(dt)[1](), weight(dt, K, backward=True)[1]()
             pool = dict(grad_y=T(((M, N), dt)), w_fq=qw.y, x_mask=qa.mask, config=cfg)
             call_by_name(gemm_backward.dgrad, pool)
 
         def call_w(dt=dt):
-            cfg = default_config("wgrad", (M, N, K), False, 0, dt.itemsize, major)
+            cfg = bwd_triton(default_config("wgrad", (M, N, K), False, 0, dt.itemsize, major))
             xf, qw = x_fq(dt), weight(dt, K, backward=True)[1]()
             pool = dict(grad_y=T(((M, N), dt)), x_fq=xf, w_mask=qw.mask, config=cfg)
             call_by_name(gemm_backward.wgrad, pool)
 
         for kern, call, layout in (("dgrad", call_d, (0, 2, 1)), ("wgrad", call_w, (1, 2, 0))):
-            cfg = default_config(kern, (M, N, K), False, 0, dt.itemsize, major)
+            cfg = bwd_triton(default_config(kern, (M, N, K), False, 0, dt.itemsize, major))
             bmnk = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
             tile = tuple(bmnk[i] for i in layout)  # (out rows, out cols, reduction)
             add(f"{kern}{sfx}", kern, _cfg_label(cfg, tile), call, head,
@@ -481,7 +499,8 @@ def variants() -> list[Variant]:
     # the tutorial's own tile, for scale
     anchor(BF16, (128, 256, 64), {"num_warps": 8, "num_stages": 3}, "fwd")
     anchor(I8, (128, 256, 64), {"num_warps": 8, "num_stages": 3}, "fwd")
-    order = {"quantize": 0, "dequantize": 1, "fwd": 2, "dgrad": 3, "wgrad": 4, "anchor": 5}
+    order = {"quantize": 0, "dequantize": 1, "fwd": 2, "dgrad": 3, "wgrad": 4, "mask": 5,
+             "anchor": 6}  # fmt: skip
     _VARIANTS[:] = sorted(out, key=lambda v: (not v.headline, order[v.family]))
     assert len({v.label for v in _VARIANTS}) == len({v.key for v in _VARIANTS}) == len(_VARIANTS)
     return _VARIANTS
@@ -675,7 +694,7 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
                                     and "serialized" in ln), None)  # fmt: skip
     row["scope"] = "kernel" if len(loop) == len(insns) else "loop"
     row["out_of_line"] = out_of_line
-    if v.family in ("quantize", "dequantize"):
+    if v.family in ("quantize", "dequantize", "mask"):
         # every instruction a thread runs (its loops run once per program at these shapes; the
         # out-of-line division slow path left out), over the elements it owns
         c = v.meta["config"]

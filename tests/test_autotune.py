@@ -211,19 +211,26 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
     hopper = 227 * 1024
     for kernel in ("fwd", "dgrad", "wgrad"):
         # the old default leads the list, with TMA for the 16-bit GEMMs (cp.async for the int8
-        # forward), the same tile the other way next; on Hopper the measured default leads
+        # forward), the same tile the other way next; on Hopper the measured default leads. The
+        # backward GEMMs' lists start with torch.mm + the mask pass (CUBLAS), their 16-bit default
         tma = int(kernel != "fwd")
         first, second = {**DEFAULTS[kernel], "TMA": tma}, {**DEFAULTS[kernel], "TMA": 1 - tma}
-        assert CURATED[kernel][:2] == [first, second]
+        cublas = [] if kernel == "fwd" else [{**HOPPER_DEFAULTS[kernel], "CUBLAS": 1}]
+        assert CURATED[kernel][: len(cublas) + 2] == [*cublas, first, second]
         assert HOPPER_DEFAULTS[kernel] in CURATED[kernel]
         for K, N in ((4096, 4096), (4096, 14336), (14336, 4096)):
             got = candidates(kernel, (8192, N, K), 9, 2, hopper, curated=True)
-            assert 10 <= len(got) <= 16 and got[0] == HOPPER_DEFAULTS[kernel]
-            assert got[1:3] == [first, second]
+            assert 10 <= len(got) <= 17
+            assert got[0] == (cublas[0] if cublas else HOPPER_DEFAULTS[kernel])
+            assert got[1:3] == [first, second] and HOPPER_DEFAULTS[kernel] in got
+            assert sum(bool(c.get("CUBLAS")) for c in got) == len(cublas)
             ampere = candidates(kernel, (8192, N, K), 8, 2, 99 * 1024, curated=True)
-            assert ampere[0] == DEFAULTS[kernel] and not any(c["TMA"] for c in ampere)
+            ampere_default = {**DEFAULTS[kernel], **({"TMA": 0, "CUBLAS": 1} if cublas else {})}
+            assert ampere[0] == ampere_default and not any(c["TMA"] for c in ampere)
             assert all(smem_bytes(kernel, c, 2) <= hopper for c in got)
             assert len({tuple(sorted(c.items())) for c in got}) == len(got)
+            fp32 = candidates(kernel, (8192, N, K), 9, 4, hopper, curated=True)
+            assert fp32 and not any(c.get("CUBLAS") for c in fp32)  # IEEE dots: no torch.mm
     g128 = candidates("fwd", (8192, 4096, 4096), 9, 2, hopper, 128, curated=True)
     int8 = [c for c in g128 if not c["DEQUANT"]]
     assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in int8)
@@ -452,11 +459,14 @@ def test_hopper_defaults_are_the_measured_ones_for_16_bit_dtypes_only():
 
     shape = (8192, 4096, 4096)
     for kernel in ("fwd", "dgrad", "wgrad"):
-        assert default_config(kernel, shape, False, 0, 2, 9) == HOPPER_DEFAULTS[kernel]
+        # the backward GEMMs at 16-bit dtypes: torch.mm + the mask pass on every GPU
+        cublas = {} if kernel == "fwd" else {"CUBLAS": 1}
+        assert default_config(kernel, shape, False, 0, 2, 9) == {**HOPPER_DEFAULTS[kernel], **cublas}
         for elem_bytes, cap in ((4, 9), (2, 8), (4, 8)):  # fp32, sm_80 family: not measured
-            want = {**DEFAULTS[kernel], "TMA": 0}
+            want = {**DEFAULTS[kernel], "TMA": 0, **(cublas if elem_bytes == 2 else {})}
             if (kernel, elem_bytes, cap) == ("wgrad", 4, 8):  # DEFAULTS' tile spills there
                 want = {**want, "BLOCK_M": 32}
+            assert not default_config(kernel, shape, True, 0, elem_bytes, cap).get("CUBLAS")
             assert default_config(kernel, shape, False, 0, elem_bytes, cap) == want
             # the tuner times the default first, even where its curated list lacks the tile
             got = candidates(kernel, shape, cap, elem_bytes, 99 * 1024, curated=True)

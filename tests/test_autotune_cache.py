@@ -26,6 +26,7 @@ QUANT = {"BLOCK_R": 4, "BLOCK_C": 64, "num_warps": 1}
 GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1, "num_stages": 1,
         "TMA": 0}  # fmt: skip
 FWD = {**GEMM, "DEQUANT": 0}  # the forward's configs also choose its path
+BWD = {**GEMM, "CUBLAS": 0}  # the backward GEMMs' choose torch.mm + the mask pass or not
 # a valid entry of another shape that must survive next to the bad one
 GOOD_KEY = make_key("fwd", 64, 24, 40, "float32")
 GOOD = {"config": FWD, "ms": 0.5, "tried": 3}
@@ -72,13 +73,16 @@ BAD = {
     "dgrad with DEQUANT": ("dgrad|M16|N16|K16|bfloat16|", {"config": FWD}),
     "dgrad without TMA": (
         "dgrad|M16|N16|K32|bfloat16|",
-        {"config": {k: v for k, v in GEMM.items() if k != "TMA"}},
+        {"config": {k: v for k, v in BWD.items() if k != "TMA"}},
     ),
+    "dgrad without CUBLAS": ("dgrad|M16|N32|K32|bfloat16|", {"config": GEMM}),
+    "CUBLAS=2": ("wgrad|M16|N32|K16|bfloat16|", {"config": {**BWD, "CUBLAS": 2}}),
+    "fwd with CUBLAS": ("fwd|M16|N48|K64|float32|", {"config": {**FWD, "CUBLAS": 1}}),
     "DEQUANT on a per-channel forward": (
         FKEY.replace("float32", "bfloat16"),
         {"config": {**FWD, "DEQUANT": 1}},
     ),
-    "TMA=2": ("wgrad|M16|N16|K16|bfloat16|", {"config": {**GEMM, "TMA": 2}}),
+    "TMA=2": ("wgrad|M16|N16|K16|bfloat16|", {"config": {**BWD, "TMA": 2}}),
 }
 
 
@@ -119,12 +123,13 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
         (QKEY, {"BLOCK_R": 1, "BLOCK_C": 8, "num_warps": 32}),
         ("quantize|M16|N32|K32|any|bytes", {"BLOCK_R": 16, "BLOCK_C": 2048, "num_warps": 8}),
         (FKEY, {**FWD, "num_stages": 8, "GROUP_M": 8}),
-        ("dgrad|M16|N16|K16|bfloat16|", {**GEMM, "BLOCK_K": 16}),  # BLOCK_K >= 32: fwd only
-        ("wgrad|M4096|N64|K64|float16|", {**GEMM, "BLOCK_M": 256}),
+        ("dgrad|M16|N16|K16|bfloat16|", {**BWD, "BLOCK_K": 16}),  # BLOCK_K >= 32: fwd only
+        ("wgrad|M4096|N64|K64|float16|", {**BWD, "BLOCK_M": 256}),
+        ("dgrad|M8192|N64|K64|bfloat16|", {**BWD, "CUBLAS": 1}),
         ("fwd|M32|N64|K64|float32|g32", FWD),
         ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "BLOCK_K": 16}),  # a 16-bit GEMM
         ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "TMA": 1}),
-        ("wgrad|M4096|N64|K64|bfloat16|", {**GEMM, "TMA": 1}),
+        ("wgrad|M4096|N64|K64|bfloat16|", {**BWD, "TMA": 1}),
         ("fwd|M32|N64|K64|float32|", {**FWD, "TMA": 1}),  # the int8 path loads codes by TMA too
     ],
 )
@@ -193,7 +198,7 @@ def test_config_answers_follow_the_cache_when_it_stores_or_reloads(cache_dir):
     first["BLOCK_M"] = -1  # the caller's copy
     again = autotune.gemm_config("wgrad", 16, 16, 16, dev, torch.bfloat16)
     assert again["BLOCK_M"] != -1
-    tuned = {**GEMM, "BLOCK_M": 32, "BLOCK_N": 16}
+    tuned = {**BWD, "BLOCK_M": 32, "BLOCK_N": 16}
     autotune.get_cache(dev).store({"wgrad|M16|N16|K16|bfloat16|": {"config": tuned, "ms": 1.0}})
     assert autotune.gemm_config("wgrad", 16, 16, 16, dev, torch.bfloat16) == {**tuned, "TMA": 0}
     _write(cache_dir / file_name("interpreter"), {})

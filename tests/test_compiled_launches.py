@@ -42,8 +42,10 @@ def test_cuda_forward_is_kernel_launches(layer, graphs):
 
 def test_cuda_backward_is_kernel_launches(graphs):
     targets = _targets(graphs, "backward cuda")
-    # x's quantize (the function's own), the weight's values and mask, dgrad, dequantize, wgrad
+    # x's quantize (the function's own), the weight's values and mask, dgrad, dequantize, wgrad;
+    # bf16 on a GPU: dgrad and wgrad are torch.mm (Inductor's own mm) + the mask pass's launch
     assert sum(WRAPPER in t for t in targets) == 5, targets
+    assert targets.count("aten.mm.default") == 2, targets
     assert not [t for t in targets if "triton_qat" in t], targets
 
 

@@ -30,10 +30,10 @@ from triton_qat import autotune
 from triton_qat.kernels._common import INTERPRET
 from triton_qat.kernels.dequantize import _dequantize_kernel, launch_dequantize, plan_dequantize
 from triton_qat.kernels.dequantize_torch import dequantize_rows_torch
-from triton_qat.kernels.gemm_backward import plan_dgrad, plan_wgrad
+from triton_qat.kernels.gemm_backward import launch_backward, plan_dgrad, plan_wgrad
 from triton_qat.kernels.gemm_backward import wgrad as _wgrad
 from triton_qat.kernels.gemm_backward_torch import dgrad_torch, wgrad_torch
-from triton_qat.kernels.gemm_float import _float_mm_kernel, launch_float_mm
+from triton_qat.kernels.gemm_float import _float_mm_kernel
 from triton_qat.kernels.gemm_int8 import (
     _int8_linear_kernel,
     fwd_mode,
@@ -50,6 +50,7 @@ from triton_qat.kernels.quantize import (
 )
 from triton_qat.kernels.quantize import code_offset as code_offset  # ops: a weight's code shift
 from triton_qat.kernels.quantize_torch import per_tensor_qparams, quantize_rows_torch
+from triton_qat.kernels.ste_mask import _zero_masked_kernel
 
 BACKENDS = ("triton", "triton-interpreter", "torch")
 
@@ -85,6 +86,7 @@ class Kernels(NamedTuple):
     int8: tuple | None = None  # (int8 GEMM, dequantize, float GEMM): the forward's three
     dequantize: object = None
     float_mm: object = None
+    zero_masked: object = None  # the backward GEMMs' mask pass after torch.mm (CUBLAS configs)
 
 
 DIRECT = Kernels()
@@ -95,7 +97,8 @@ def traced_kernels() -> Kernels:
     off, as in an op's eager call), for the launches of a ``triton_op`` body."""
     wrap = torch.library.wrap_triton
     dq, mm = wrap(_dequantize_kernel), wrap(_float_mm_kernel)
-    return Kernels(wrap(_quantize_rows_kernel), (wrap(_int8_linear_kernel), dq, mm), dq, mm)
+    return Kernels(wrap(_quantize_rows_kernel), (wrap(_int8_linear_kernel), dq, mm), dq, mm,
+                   wrap(_zero_masked_kernel))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,15 +328,15 @@ def _make_backward_gemm(kernel, rows, N, K, dtype, device):
         return _dgrad_torch if kernel == "dgrad" else _wgrad_torch
     config = autotune.gemm_config(kernel, rows, N, K, device, dtype)
     plan = plan_dgrad(dtype, config) if kernel == "dgrad" else plan_wgrad(dtype, config)
-    # f(a, b, mask): launch_float_mm's own order (dgrad: grad_y, w_fq; wgrad: grad_y.t(), x_fq)
-    return _on_device(functools.partial(launch_float_mm, plan), device)
+    # f(a, b, mask): launch_backward's own order (dgrad: grad_y, w_fq; wgrad: grad_y.t(), x_fq)
+    return _on_device(functools.partial(launch_backward, plan), device)
 
 
-def _dgrad_torch(grad_y, w_fq, x_mask, kernel=None):
+def _dgrad_torch(grad_y, w_fq, x_mask, kernel=None, mask_kernel=None):
     return dgrad_torch(grad_y, w_fq, x_mask)
 
 
-def _wgrad_torch(grad_y_t, x_fq, w_mask, kernel=None):
+def _wgrad_torch(grad_y_t, x_fq, w_mask, kernel=None, mask_kernel=None):
     return wgrad_torch(grad_y_t.t(), x_fq, w_mask)
 
 
@@ -450,7 +453,8 @@ def wgrad(
     (M, N), K = grad_y.shape, x_fq.shape[1]
     if weight is None:
         f = wgrad_launch(M, N, K, grad_y.dtype, grad_y.device)
-        return f(grad_y.t(), x_fq, w_mask, kernel=kernels.float_mm)
+        return f(grad_y.t(), x_fq, w_mask, kernel=kernels.float_mm,
+                 mask_kernel=kernels.zero_masked)  # fmt: skip
     kw = dict(weight=weight, w_scale=w_scale, qmin=qmin, qmax=qmax)
     if not use_kernels(grad_y):
         return wgrad_torch(grad_y, x_fq, w_mask, **kw)

@@ -114,7 +114,8 @@ def backward(plan: LinearPlan, dy: Tensor, x_codes: Tensor, x_scale: Tensor,
         qw = quantize_w(weight, w_scale, kernel=kernels.quantize)
         if need_x:
             w_fq = qw.y if qw.y.dtype == dy.dtype else qw.y.to(dy.dtype)
-            grad_x = plan.dgrad(dy, w_fq, x_mask, kernel=kernels.float_mm)
+            grad_x = plan.dgrad(dy, w_fq, x_mask, kernel=kernels.float_mm,
+                                mask_kernel=kernels.zero_masked)  # fmt: skip
         if need_w or need_w_scale:
             x_fq = plan.dequantize_x(x_codes, x_scale, x_zero_point, kernel=kernels.dequantize)
             grad_w, grad_s = _weight_grads(plan, dy, x_fq, qw, weight, w_scale, need_w_scale,
@@ -131,7 +132,9 @@ def _weight_grads(plan, dy, x_in, qw, weight, w_scale, need_w_scale, kernels):
         wgrad = plan.wgrad
         if dy.dtype != plan.dtype:
             wgrad = dispatch.wgrad_launch(dy.shape[0], plan.N, plan.K, dy.dtype, dy.device)
-        return wgrad(dy.t(), x_in, qw.mask, kernel=kernels.float_mm), None
+        grad_w = wgrad(dy.t(), x_in, qw.mask, kernel=kernels.float_mm,
+                       mask_kernel=kernels.zero_masked)  # fmt: skip
+        return grad_w, None
     # qw.scale: the given scale as the quantize kernel used it, [N, G] fp32
     grad_w, grad_s = dispatch.wgrad(dy, x_in, qw.mask, weight, qw.scale, plan.w_qmin, plan.w_qmax,
                                     kernels)  # fmt: skip
