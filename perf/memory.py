@@ -8,7 +8,8 @@ For each set of linears (bf16 ``nn.Linear``; the plain-torch QAT reference, the 
 composes; triton_qat 8da8w and 8da4w g32) it counts every tensor autograd keeps over one forward
 (``torch.autograd.graph.saved_tensors_hooks``), each storage once, parameters excluded, and reports
 the ratio to bf16 ``nn.Linear``. On a GPU it also records ``torch.cuda.max_memory_allocated`` of a
-training step. Rows go to a long CSV (``perf/results/<device>/memory.csv``).
+training step (on a CPU: the peak of the CPU allocator's allocations over the step, from the
+profiler's memory events). Rows go to a long CSV (``perf/results/<device>/memory.csv``).
 """
 
 from __future__ import annotations
@@ -83,9 +84,21 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def step_peak_bytes(model: nn.Module, x: torch.Tensor) -> float | None:
-    """Peak CUDA memory of one forward + backward above what was allocated before (GPU only)."""
+    """Peak memory of one forward + backward above what was allocated before: CUDA's allocator
+    statistics on a GPU; on a CPU the profiler's allocation events (every allocation and free of
+    the CPU allocator, in order), the same quantity without the CUDA caching allocator's
+    rounding."""
     if x.device.type != "cuda":
-        return None
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model(x).float().square().mean().backward()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        live = peak = 0
+        for e in sorted(events, key=lambda e: e.start_ns()):
+            live += e.nbytes()
+            peak = max(peak, live)
+        return float(peak)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(x.device)
     base = torch.cuda.memory_allocated(x.device)

@@ -112,14 +112,20 @@ def backward(plan: LinearPlan, dy: Tensor, x_codes: Tensor, x_scale: Tensor,
     if need_x or need_w or need_w_scale:
         quantize_w = plan.quantize_w_bwd[need_x, need_w or need_w_scale]
         qw = quantize_w(weight, w_scale, kernel=kernels.quantize)
+        w_fq = None
         if need_x:
             w_fq = qw.y if qw.y.dtype == dy.dtype else qw.y.to(dy.dtype)
-            grad_x = plan.dgrad(dy, w_fq, x_mask, kernel=kernels.float_mm,
-                                mask_kernel=kernels.zero_masked)  # fmt: skip
         if need_w or need_w_scale:
+            # wgrad first: x_fq [M, K] and w's byte mask are freed before dgrad allocates grad_x
+            # [M, K], so the two M x K buffers never coexist (peak memory of the step)
             x_fq = plan.dequantize_x(x_codes, x_scale, x_zero_point, kernel=kernels.dequantize)
             grad_w, grad_s = _weight_grads(plan, dy, x_fq, qw, weight, w_scale, need_w_scale,
                                            kernels)  # fmt: skip
+            del x_fq
+        del qw
+        if need_x:
+            grad_x = plan.dgrad(dy, w_fq, x_mask, kernel=kernels.float_mm,
+                                mask_kernel=kernels.zero_masked)  # fmt: skip
     return grad_x, grad_w, grad_s
 
 
