@@ -26,7 +26,7 @@ writes the summary and exits if an item overruns the budget by more than a grace
    ``autotune/configs/<gpu>__triton-<version>.json`` and a copy in the report folder.
 3. benchmark (<= 120 s): ``perf/bench.py``'s layer and kernel benchmarks with the tuned configs.
 4. report: ``report.csv`` (every row, written as produced), ``log.txt``, ``summary.md``, the tuned
-   JSON, ``tflops.png``, ``speedup.png``, ``kernels.png``; the summary (targets MET / MISSED /
+   JSON, ``layers.png`` (TFLOP/s and speedup vs F.linear), ``kernels.png``; the summary (targets MET / MISSED /
    not measured, correctness counts) is printed last. Nothing is estimated.
 
 ``--dry-run`` (``make test`` runs it through tests/test_gpu_report.py) takes the same path on a CPU
@@ -1392,8 +1392,7 @@ def for_stdout(summary: str) -> str:
 
 
 def report_files(run: Run) -> list[Path]:
-    names = ["report.csv", "log.txt", "summary.md", "tflops.png", "speedup.png", "kernels.png",
-             COMPILED_CODE]  # fmt: skip
+    names = ["report.csv", "log.txt", "summary.md", "layers.png", "kernels.png", COMPILED_CODE]
     files = [run.folder / n for n in names]
     if run.tuned_json is not None:
         files.append(run.tuned_json)

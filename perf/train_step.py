@@ -348,9 +348,10 @@ def apply_provider(model: Decoder, provider: str, weights: str) -> str:
     if provider == "bf16":
         return "nn.Linear"
     if provider == "torchao":
+        config = torchao_qat_config(weights)  # NotMeasured without torchao, before any import
         from torchao.quantization import quantize_
 
-        quantize_(model, torchao_qat_config(weights), filter_fn=in_blocks)
+        quantize_(model, config, filter_fn=in_blocks)
         return "torchao quantize_(model, QATConfig(..., step='prepare'))"
     try:
         config = torchao_qat_config(weights)

@@ -20,7 +20,7 @@ import gpu_report  # noqa: E402
 
 from triton_qat.autotune.cache import file_name, read_entries  # noqa: E402
 
-EXPECTED = {"report.csv", "log.txt", "summary.md", "tflops.png", "speedup.png", "kernels.png",
+EXPECTED = {"report.csv", "log.txt", "summary.md", "layers.png", "kernels.png",
             "compiled-layer.py", file_name("interpreter")}  # fmt: skip
 
 
