@@ -73,8 +73,7 @@ PHASE = "train_step"
 PROVIDERS = ("bf16", "torchao", "triton_qat")
 MODES = ("eager", "compiled")
 METRICS = ("tokens_per_s", "step_ms", "peak_mem_mb", "compile_s", "loss")
-# the report's columns (perf/gpu_report_run.py FIELDS): one CSV format for both
-FIELDS = ["phase", "item", "status", "detail", *bench.FIELDS, "config"]
+FIELDS = bench.REPORT_FIELDS  # the columns of make gpu-report's report.csv: one CSV format
 NOT_MEASURED = "not measured"
 
 
