@@ -17,8 +17,10 @@ T_START = time.monotonic()  # a run's clock, unless it is given its own start
 
 import contextlib  # noqa: E402
 import csv  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import pkgutil  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -161,10 +163,25 @@ def _fmt(v):
 @contextlib.contextmanager
 def poisoned(flag: bool):
     """Kernel outputs start as NaN / a sentinel (``TRITON_QAT_POISON``) inside this block or not:
-    on for the correctness checks, off for timings (the fill would be timed with the kernels)."""
-    old = _common.POISON
+    on for the correctness checks, off for timings (the fill would be timed with the kernels).
+
+    The launchers allocate with ``empty``, bound by name when their module was imported
+    (kernels/_common.py: ``torch.empty`` itself unless ``TRITON_QAT_POISON=1`` then), so the
+    switch rebinds it in every kernel module holding it; ``_common.POISON`` alone allocates
+    nothing differently."""
+    package = _common.__name__.rpartition(".")[0]  # triton_qat.kernels
+    for info in pkgutil.iter_modules(sys.modules[package].__path__):  # every launcher, loaded
+        importlib.import_module(f"{package}.{info.name}")
+    allocators = (torch.empty, _common._poisoned_empty)
+    holders = [m for name, m in list(sys.modules.items()) if name.startswith(package + ".")
+               and m is not None and getattr(m, "empty", None) in allocators]  # fmt: skip
+    old = _common.POISON, [(m, m.empty) for m in holders]
     _common.POISON = flag
+    for m in holders:
+        m.empty = _common._poisoned_empty if flag else torch.empty
     try:
         yield
     finally:
-        _common.POISON = old
+        _common.POISON = old[0]
+        for m, empty in old[1]:
+            m.empty = empty

@@ -163,6 +163,21 @@ def test_phase_limits_fit_the_default_budget():
     assert {n: gpu_report.phase_limit(dry, n) for n in PHASES} == gpu_report.DRY_PHASE_LIMITS_S
 
 
+def test_poisoned_switches_what_the_launchers_allocate():
+    """The launchers bind their allocator when imported, so poisoned() rebinds it in each: on
+    for the correctness checks, off for every timing (a NaN fill per output would be timed)."""
+    from triton_qat.kernels import _common, gemm_int8, quantize
+
+    outside = quantize.empty
+    with gpu_report_run.poisoned(True):
+        assert quantize.empty is gemm_int8.empty is _common.empty is _common._poisoned_empty
+        assert torch.isnan(_common.new_empty((3, 4), torch.float32, "cpu")).all()
+    with gpu_report_run.poisoned(False):
+        assert quantize.empty is gemm_int8.empty is _common.empty is torch.empty
+        assert not _common.POISON
+    assert quantize.empty is outside
+
+
 def _run(tmp_path):
     return gpu_report_run.Run(tmp_path, 480.0, True, torch.device("cpu"))
 
