@@ -37,8 +37,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VPY) -m ruff check . && $(VPY) -m ruff format --check .
 
-# GPU truth in one command, for a short GPU window: correctness, tuning, benchmark and a report
-# (at most 8 files) in one folder, the summary printed last. Uses the machine's own python (PY)
+# GPU truth in one command, for a short GPU window: correctness, tuning, benchmark, a training
+# step (perf/train_step.py) and a report (at most 8 files) in one folder, the summary printed last. Uses the machine's own python (PY)
 # with triton_qat installed by `python3 -m pip install --no-deps --no-build-isolation -e .` (the same
 # python: a bare `pip` may belong to another one); creates no venv
 # and installs nothing. Knobs (environment or make variables): BUDGET_S (total seconds, default

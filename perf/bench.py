@@ -47,6 +47,8 @@ from triton_qat.reference import ReferenceLinear
 
 FIELDS = ["kernel", "provider", "backend", "mode", "metric", "M", "K", "N", "dtype", "value",
           "p20", "p80", "gpu", "torch", "triton", "commit", "utc"]  # fmt: skip
+# make gpu-report's report.csv (perf/gpu_report_run.py) and perf/train_step.py's CSV: one format
+REPORT_FIELDS = ["phase", "item", "status", "detail", *FIELDS, "config"]
 KERNEL_ROWS = ("quantize_x", "quantize_w", "fwd", "dequantize_x", "dgrad", "wgrad")
 PROVIDERS = [
     "F.linear",

@@ -6,9 +6,11 @@ Per (K, N) and mode: TFLOP/s vs tokens per provider with p20-p80 error bars and 
 of the GPU (min(peak, arithmetic intensity x memory bandwidth), for the GPUs in ``PEAKS``), and the
 speedup of each provider over F.linear. The title names the GPU and versions.
 
-:func:`plot_report` (``perf/gpu_report.py``) draws few files instead: ``tflops.png`` and
-``speedup.png`` (one panel per (K, N) x mode in one figure each) and ``kernels.png`` (each
-kernel's throughput as a fraction of its ceiling op, and what tuning bought).
+:func:`plot_report` (``perf/gpu_report.py``) draws few files instead: ``layers.png`` (TFLOP/s
+with the roofline and the speedup over F.linear, one panel each per (K, N) x mode, in one figure)
+and ``kernels.png`` (each kernel's throughput as a fraction of its ceiling op, and what tuning
+bought). :func:`plot_train_step` draws ``train_step.png`` from perf/train_step.py's rows: tokens/s
+and peak memory of each provider x mode relative to bf16.
 """
 
 from __future__ import annotations
@@ -115,18 +117,23 @@ def _qat_panels(rows: list[dict], metric: str) -> tuple[list[tuple[str, str]], l
     return shapes, modes
 
 
-def _grid_figure(rows, metric, ylabel, title, path, roofline_gpu=None, hline=None) -> Path | None:
-    """One figure, one panel per (K, N) x mode: ``metric`` vs tokens per provider, p20-p80 bars."""
-    shapes, modes = _qat_panels(rows, metric)
-    if not shapes or not modes:
+def _grid_figure(rows, panels, title, path, roofline_gpu=None) -> Path | None:
+    """One figure, one row per (K, N) and one column per (panel, mode): each ``panels`` entry
+    (metric, y label, horizontal line or None) drawn vs tokens per provider, p20-p80 bars; the
+    bf16 roofline on the ``tflops`` panels when the GPU's peaks are known."""
+    shapes = sorted({kn for metric, _, _ in panels for kn in _qat_panels(rows, metric)[0]},
+                    key=lambda kn: (int(kn[0]), int(kn[1])))  # fmt: skip
+    columns = [(metric, ylabel, hline, mode) for metric, ylabel, hline in panels
+               for mode in _qat_panels(rows, metric)[1]]  # fmt: skip
+    if not shapes or not columns:
         return None
-    fig, axes = plt.subplots(len(shapes), len(modes), figsize=(6.0 * len(modes), 3.6 * len(shapes)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(len(shapes), len(columns),
+                             figsize=(5.2 * len(columns), 3.6 * len(shapes)), squeeze=False)  # fmt: skip
     for i, (K, N) in enumerate(shapes):
-        for j, mode in enumerate(modes):
+        for j, (metric, ylabel, hline, mode) in enumerate(columns):
             ax = axes[i][j]
             _errorbars(ax, _series(rows, "qat_linear", metric, mode, K, N))
-            if roofline_gpu is not None:
+            if roofline_gpu is not None and metric == "tflops":
                 ms = sorted({int(r["M"]) for r in rows if (r["K"], r["N"]) == (K, N)})
                 roof = [(m, roofline_tflops(m, int(K), int(N), mode, roofline_gpu)) for m in ms]
                 if roof and all(v is not None for _, v in roof):
@@ -134,11 +141,11 @@ def _grid_figure(rows, metric, ylabel, title, path, roofline_gpu=None, hline=Non
             if hline is not None:
                 ax.axhline(hline, color="gray", lw=0.8)
             ax.set_xscale("log", base=2)
-            ax.set_title(f"{mode}, K={K} -> N={N}", fontsize=9)
+            ax.set_title(f"{ylabel.split(' (')[0]}: {mode}, K={K} -> N={N}", fontsize=9)
             ax.set_xlabel("tokens M")
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
+            if i == 0 and (j == 0 or metric != columns[j - 1][0]):
                 ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -171,22 +178,20 @@ def plot_report(
     gpu: str | None = None,
     dry_run: bool = False,
 ) -> list[Path]:
-    """The report's three PNGs from benchmark rows (perf/bench.py's columns, as read by
-    :func:`load`) and the tuning records of perf/gpu_report.py; files without data are skipped."""
+    """The report's layer and kernel PNGs (``layers.png``: TFLOP/s and speedup vs F.linear;
+    ``kernels.png``) from benchmark rows (perf/bench.py's columns, as read by :func:`load`) and
+    the tuning records of the report's tuning phase; files without data are skipped."""
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     gpu = gpu or (rows[0]["gpu"] if rows else "unknown device")
     versions = f"torch {rows[0]['torch']}, triton {rows[0]['triton']}" if rows else ""
     tag = " [DRY RUN: CPU interpreter, not GPU speed]" if dry_run else ""
-    for metric, ylabel, name, extra in (
-        ("tflops", "TFLOP/s (median, p20-p80)", "tflops.png", dict(roofline_gpu=gpu)),
-        ("speedup_vs_F.linear", "speedup vs F.linear (x, median, p20-p80)", "speedup.png",
-         dict(hline=1.0)),
-    ):  # fmt: skip
-        title = f"QAT linear {metric} on {gpu} ({versions}){tag}"
-        path = _grid_figure(rows, metric, ylabel, title, out / name, **extra)
-        if path is not None:
-            written.append(path)
+    panels = [("tflops", "TFLOP/s (median, p20-p80)", None),
+              ("speedup_vs_F.linear", "speedup vs F.linear (x, median, p20-p80)", 1.0)]  # fmt: skip
+    title = f"QAT linear: TFLOP/s and speedup vs F.linear on {gpu} ({versions}){tag}"
+    path = _grid_figure(rows, panels, title, out / "layers.png", roofline_gpu=gpu)
+    if path is not None:
+        written.append(path)
     fractions = _kernel_fractions(rows)
     gains = [t for t in (tuning or []) if t.get("gain")]
     if fractions or gains:
@@ -221,6 +226,83 @@ def plot_report(
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _train_step_module():
+    """perf/train_step.py (beside this file), for its readers of the rows."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import train_step
+
+    return train_step
+
+
+def plot_train_step(rows: list[dict], path: Path, dry_run: bool = False) -> Path | None:
+    """perf/train_step.py's rows (dicts as emitted, or as read by :func:`load`) as one PNG: tokens/s
+    (left) and peak memory (right) of each provider x mode relative to bf16 in the same mode.
+    Only measured values are drawn; a bar that was not measured is left out and labelled so. The
+    title names the device and the torch / Triton versions of the rows. Returns None (and writes
+    nothing) when no value relative to bf16 was measured."""
+    ts = _train_step_module()
+    mine = [r for r in rows if r.get("phase") == ts.PHASE]
+    panels = [("tokens_per_s", "tokens/s relative to bf16 (x)", "tokens/s (median step)"),
+              ("peak_mem_mb", "peak memory relative to bf16 (x)",
+               "peak memory (torch.cuda.max_memory_allocated)")]  # fmt: skip
+    rel = {metric: ts.relative_to_bf16(mine, metric) for metric, _, _ in panels}
+    if not any(rel.values()):
+        return None
+    first = mine[0]
+    configs = [r["config"] for r in mine if r.get("config") not in ("none", None, "")]
+    config = configs[0] if configs else "none"
+    providers = [p for p in ts.PROVIDERS if any(r.get("provider") == p for r in mine)]
+    modes = [m for m in ts.MODES if any(r.get("mode") == m for r in mine)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 4.8))
+    width = 0.8 / max(1, len(modes))
+    for ax, (metric, ylabel, title) in zip(axes, panels, strict=True):
+        got = rel[metric]
+        for j, mode in enumerate(modes):
+            xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(providers))]
+            label = mode  # on the mode's first bar only
+            for x, provider in zip(xs, providers, strict=True):
+                v = got.get((provider, mode))
+                if v is None:
+                    if got:  # absent, and said so (a panel with nothing says it once)
+                        ax.text(x, 0.02, f"{mode}: not measured", rotation=90, ha="center",
+                                va="bottom", fontsize=7, color="gray",
+                                transform=ax.get_xaxis_transform())  # fmt: skip
+                    continue
+                ax.bar(x, v, width, color=f"C{j}", label=label)
+                ax.text(x, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=7)
+                label = None
+        if not got:
+            why = next((r.get("detail", "") for r in mine if r.get("metric") == metric
+                        and r.get("status") != "done"), "")  # fmt: skip
+            ax.text(0.5, 0.5, why or "not measured", ha="center", va="center", fontsize=8,
+                    color="gray", wrap=True, transform=ax.transAxes)  # fmt: skip
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xlim(-0.5, len(providers) - 0.5)
+        ax.set_xticks(range(len(providers)), providers)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7, loc="upper right")
+    measured = [r for r in mine if r.get("status") == "done" and r.get("metric") == "tokens_per_s"]
+    dims = (measured or [first])[0].get("detail", "").split(";")[0]
+    fig.suptitle(f"training step on {first.get('gpu', 'unknown device')} (torch {first.get('torch')}, "
+                 f"triton {first.get('triton')}); {config}; {dims}", fontsize=9)  # fmt: skip
+    top = 0.95
+    if dry_run:
+        fig.text(0.5, 0.89, "DRY RUN on CPU: these numbers mean nothing about GPU speed",
+                 ha="center", va="center", fontsize=12, color="red", weight="bold")  # fmt: skip
+        top = 0.86
+    fig.tight_layout(rect=(0, 0, 1, top))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

@@ -73,8 +73,7 @@ PHASE = "train_step"
 PROVIDERS = ("bf16", "torchao", "triton_qat")
 MODES = ("eager", "compiled")
 METRICS = ("tokens_per_s", "step_ms", "peak_mem_mb", "compile_s", "loss")
-# the report's columns (perf/gpu_report_run.py FIELDS): one CSV format for both
-FIELDS = ["phase", "item", "status", "detail", *bench.FIELDS, "config"]
+FIELDS = bench.REPORT_FIELDS  # the columns of make gpu-report's report.csv: one CSV format
 NOT_MEASURED = "not measured"
 
 
@@ -348,9 +347,10 @@ def apply_provider(model: Decoder, provider: str, weights: str) -> str:
     if provider == "bf16":
         return "nn.Linear"
     if provider == "torchao":
+        config = torchao_qat_config(weights)  # NotMeasured without torchao, before any import
         from torchao.quantization import quantize_
 
-        quantize_(model, torchao_qat_config(weights), filter_fn=in_blocks)
+        quantize_(model, config, filter_fn=in_blocks)
         return "torchao quantize_(model, QATConfig(..., step='prepare'))"
     try:
         config = torchao_qat_config(weights)

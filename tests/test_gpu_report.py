@@ -1,6 +1,7 @@
 """perf/gpu_report.py: the CPU rehearsal (--dry-run) of `make gpu-report` produces the whole report
 folder within the limits a GPU window returns (<= 8 files of <= 16 MiB), with the summary printed
-last; a budget too small for any phase still exits cleanly with what it had."""
+last; a budget too small for any phase still exits cleanly with what it had. The phases' own
+functions live in perf/gpu_report_<phase>.py, the shared run record in perf/gpu_report_run.py."""
 
 import csv
 import json
@@ -17,11 +18,18 @@ SCRIPT = ROOT / "perf" / "gpu_report.py"
 sys.path.insert(0, str(ROOT / "perf"))
 
 import gpu_report  # noqa: E402
+import gpu_report_benchmark  # noqa: E402
+import gpu_report_correctness  # noqa: E402
+import gpu_report_run  # noqa: E402
+import gpu_report_summary  # noqa: E402
+import gpu_report_tuning  # noqa: E402
+import train_step  # noqa: E402
 
 from triton_qat.autotune.cache import file_name, read_entries  # noqa: E402
 
-EXPECTED = {"report.csv", "log.txt", "summary.md", "tflops.png", "speedup.png", "kernels.png",
+EXPECTED = {"report.csv", "log.txt", "summary.md", "layers.png", "kernels.png", "train_step.png",
             "compiled-layer.py", file_name("interpreter")}  # fmt: skip
+PHASES = ["correctness", "tuning", "benchmark", "train_step"]
 
 
 def _dry_run(folder: Path, budget: str | None = None) -> subprocess.CompletedProcess:
@@ -30,12 +38,12 @@ def _dry_run(folder: Path, budget: str | None = None) -> subprocess.CompletedPro
     if budget is not None:
         env["BUDGET_S"] = budget
     return subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
 
 
 def _assert_targets_listed(summary: str) -> None:
     table = [line for line in summary.splitlines() if line.startswith("| ")]
-    for target in gpu_report.TARGETS_TEXT:
+    for target in gpu_report_summary.TARGETS_TEXT:
         rows = [line for line in table if line.startswith(f"| {target} |")]
         assert rows, f"target missing from the summary: {target}"
         for line in rows:
@@ -85,6 +93,23 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     assert any(r["phase"] == "benchmark" and r["status"] == "done" and r["metric"] == "ms"
                for r in rows)  # fmt: skip
     assert all(r["gpu"] and r["torch"] and r["triton"] for r in rows)
+    # the training step: every provider x mode with its five metrics, measured on the CPU (torchao's
+    # "not measured" where it is not installed), after the benchmark and before the report
+    train = [r for r in rows if r["phase"] == "train_step" and r["item"] != "phase"]
+    got = {(r["provider"], r["mode"], r["metric"]): r for r in train}
+    for provider in ("bf16", "torchao", "triton_qat"):
+        for mode in ("eager", "compiled"):
+            for metric in train_step.METRICS:
+                r = got[(provider, mode, metric)]
+                if metric == "peak_mem_mb":  # torch.cuda.max_memory_allocated: no CUDA here
+                    assert r["status"] == "skipped" and r["detail"].startswith("not measured")
+                elif provider == "torchao" and r["status"] == "skipped":
+                    assert r["detail"].startswith("not measured: torchao is not installed")
+                else:
+                    assert r["status"] == "done" and float(r["value"]) > 0, r
+    assert len(train) == 3 * 2 * len(train_step.METRICS)
+    order = [r["phase"] for r in rows if r["item"] == "phase"]
+    assert order == PHASES
     # the tuned JSON is a valid cache file (the one to ship in autotune/configs/)
     entries = read_entries(folder / file_name("interpreter"))
     assert "fwd|M32|N48|K256|bfloat16|" in entries and "fwd|M32|N48|K256|bfloat16|g128" in entries
@@ -93,6 +118,11 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     assert res.stdout.rstrip().endswith(summary.rstrip())
     assert len(summary) < 10_000
     assert "## Correctness:" in summary and "0 fail" in summary
+    # the training step's headline near the top (before the phases), and its table
+    head = next(line for line in summary.splitlines() if line.startswith("training step, "))
+    assert summary.index(head) < summary.index("## Phases")
+    assert head == train_step.headline(rows) and "x bf16" in head
+    assert "| triton_qat | compiled | " in summary and "| bf16 | eager | " in summary
     # host vs device per call: the single call beside the queued device and host times
     assert "## Host vs device per call" in summary
     assert any(line.startswith("| triton_qat eager | fwd+bwd | ") and "not measured" not in line
@@ -109,20 +139,47 @@ def test_too_small_budget_exits_cleanly_with_what_it_had(tmp_path):
     assert {"report.csv", "log.txt", "summary.md"} <= {p.name for p in files}
     summary = (folder / "summary.md").read_text()
     assert res.stdout.rstrip().endswith(summary.rstrip())
-    assert "skipped phases: correctness, tuning, benchmark" in summary
+    assert f"skipped phases: {', '.join(PHASES)}" in summary
     _assert_targets_listed(summary)
     rows = list(csv.DictReader((folder / "report.csv").open()))
-    assert [r["phase"] for r in rows if r["item"] == "phase"] == [
-        "correctness",
-        "tuning",
-        "benchmark",
-    ]
+    assert [r["phase"] for r in rows if r["item"] == "phase"] == PHASES
     env = [r for r in rows if r["phase"] == "env"]
     assert env and json.loads(env[0]["detail"])["dry_run"] is True
 
 
+def test_phase_limits_fit_the_default_budget():
+    """The four phases' limits and the report's reserve fit the default 480 s; a smaller budget
+    scales each phase down; the rehearsal's default budget holds each dry limit whole."""
+    limits = gpu_report.PHASE_LIMITS_S
+    assert list(limits) == PHASES
+    assert sum(limits.values()) + gpu_report.REPORT_RESERVE_S <= 480
+    assert limits["train_step"] >= 120  # the training step's compiled items need the most
+    for budget in (480.0, 240.0):
+        run = type("R", (), {"budget_s": budget, "dry_run": False, "elapsed": lambda self: 0.0})()
+        got = {name: gpu_report.phase_limit(run, name) for name in PHASES}
+        assert got == pytest.approx({n: v * budget / 480 for n, v in limits.items()})
+    dry = type("R", (), {"budget_s": gpu_report.dry_budget(), "dry_run": True,
+                         "elapsed": lambda self: 0.0})()  # fmt: skip
+    assert {n: gpu_report.phase_limit(dry, n) for n in PHASES} == gpu_report.DRY_PHASE_LIMITS_S
+
+
+def test_poisoned_switches_what_the_launchers_allocate():
+    """The launchers bind their allocator when imported, so poisoned() rebinds it in each: on
+    for the correctness checks, off for every timing (a NaN fill per output would be timed)."""
+    from triton_qat.kernels import _common, gemm_int8, quantize
+
+    outside = quantize.empty
+    with gpu_report_run.poisoned(True):
+        assert quantize.empty is gemm_int8.empty is _common.empty is _common._poisoned_empty
+        assert torch.isnan(_common.new_empty((3, 4), torch.float32, "cpu")).all()
+    with gpu_report_run.poisoned(False):
+        assert quantize.empty is gemm_int8.empty is _common.empty is torch.empty
+        assert not _common.POISON
+    assert quantize.empty is outside
+
+
 def _run(tmp_path):
-    return gpu_report.Run(tmp_path, 480.0, True, torch.device("cpu"))
+    return gpu_report_run.Run(tmp_path, 480.0, True, torch.device("cpu"))
 
 
 def _bench(run, provider, mode, M, K, N, ms):
@@ -131,7 +188,7 @@ def _bench(run, provider, mode, M, K, N, ms):
 
 
 def test_targets_are_met_missed_or_not_measured(tmp_path):
-    sizes = gpu_report.Sizes.gpu()
+    sizes = gpu_report_run.Sizes.gpu()
     run = _run(tmp_path)
     M, K, N = 8192, 4096, 4096
     _bench(run, "F.linear", "fwd", M, K, N, 1.0)
@@ -146,55 +203,83 @@ def test_targets_are_met_missed_or_not_measured(tmp_path):
     ):
         run.row(phase="benchmark", status="done", kernel="quantize_x", provider=provider,
                 mode="bwd", metric=metric, value=value, M=M, K=K, N=N)  # fmt: skip
-    got = {(t["target"], t["shape"]): t for t in gpu_report.targets(run, sizes)}
+    got = {(t["target"], t["shape"]): t for t in gpu_report_summary.targets(run, sizes)}
     head = "8192x4096->4096"
-    assert got[(gpu_report.TARGETS_TEXT[0], head)]["status"] == "MET"
-    assert got[(gpu_report.TARGETS_TEXT[0], head)]["shown"] == "2.00x"
-    assert got[(gpu_report.TARGETS_TEXT[1], head)]["status"] == "MISSED"
-    assert got[(gpu_report.TARGETS_TEXT[2], head)]["status"] == "not measured"
-    assert got[(gpu_report.TARGETS_TEXT[0], "8192x4096->14336")]["status"] == "not measured"
-    floor = [t for t in got.values() if t["target"] == gpu_report.TARGETS_TEXT[4]]
+    assert got[(gpu_report_summary.TARGETS_TEXT[0], head)]["status"] == "MET"
+    assert got[(gpu_report_summary.TARGETS_TEXT[0], head)]["shown"] == "2.00x"
+    assert got[(gpu_report_summary.TARGETS_TEXT[1], head)]["status"] == "MISSED"
+    assert got[(gpu_report_summary.TARGETS_TEXT[2], head)]["status"] == "not measured"
+    assert got[(gpu_report_summary.TARGETS_TEXT[0], "8192x4096->14336")]["status"] == "not measured"
+    floor = [t for t in got.values() if t["target"] == gpu_report_summary.TARGETS_TEXT[4]]
     assert floor[0]["status"] == "MISSED" and "2048x4096->4096" in floor[0]["shape"]
-    quant = got[(gpu_report.TARGETS_TEXT[6], head)]
+    quant = got[(gpu_report_summary.TARGETS_TEXT[6], head)]
     assert quant["status"] == "MET" and quant["shown"] == "75%"  # 1500 / 2000 GB/s
+    run.close()
+
+
+def test_training_step_targets(tmp_path):
+    sizes = gpu_report_run.Sizes.gpu()
+    run = _run(tmp_path)
+    for provider, mode, metric, value in (
+        ("bf16", "compiled", "tokens_per_s", 100.0),
+        ("triton_qat", "compiled", "tokens_per_s", 110.0),  # 1.10x bf16: met
+        ("bf16", "eager", "tokens_per_s", 100.0),
+        ("triton_qat", "eager", "tokens_per_s", 90.0),  # 0.90x: missed
+        ("bf16", "compiled", "peak_mem_mb", 1000.0),
+        ("triton_qat", "compiled", "peak_mem_mb", 900.0),  # 0.90x: met
+    ):
+        run.row(phase="train_step", status="done", provider=provider, mode=mode, metric=metric,
+                value=value, config="none" if provider == "bf16" else "8da8w")  # fmt: skip
+    run.row(phase="train_step", status="skipped", provider="torchao", mode="compiled",
+            metric="tokens_per_s", config="8da8w", detail="not measured: torchao is not installed")  # fmt: skip
+    text = gpu_report_summary.TARGETS_TEXT
+    got = {}
+    for t in gpu_report_summary.targets(run, sizes):
+        got.setdefault(t["target"], []).append(t)
+    assert [t["status"] for t in got[text[8]]] == ["MET"] and got[text[8]][0]["shown"] == "1.10x"
+    assert [t["status"] for t in got[text[9]]] == ["not measured"]  # torchao: no value
+    assert [t["status"] for t in got[text[10]]] == ["MISSED"]
+    assert [t["status"] for t in got[text[11]]] == ["not measured", "MET"]  # eager, compiled
+    assert got[text[8]][0]["shape"] == "train step, 8192 tokens, 4 layers"
     run.close()
 
 
 def test_outputs_agree_compares_integers_exactly_and_floats_within_tolerance():
     a = (torch.tensor([1, 2, 3], dtype=torch.int8), torch.tensor([1.0, float("nan")]))
-    assert gpu_report.outputs_agree(a, a, torch.bfloat16) is None
+    assert gpu_report_tuning.outputs_agree(a, a, torch.bfloat16) is None
     b = (torch.tensor([1, 2, 4], dtype=torch.int8), a[1])
-    assert "integers differ" in gpu_report.outputs_agree(a, b, torch.bfloat16)
+    assert "integers differ" in gpu_report_tuning.outputs_agree(a, b, torch.bfloat16)
     c = (a[0], torch.tensor([1.001, float("nan")]))
-    assert gpu_report.outputs_agree(a, c, torch.bfloat16) is None  # 1e-3 < 1.6e-2
-    assert "relative difference" in gpu_report.outputs_agree(a, c, torch.float32)
+    assert gpu_report_tuning.outputs_agree(a, c, torch.bfloat16) is None  # 1e-3 < 1.6e-2
+    assert "relative difference" in gpu_report_tuning.outputs_agree(a, c, torch.float32)
     d = (a[0], torch.tensor([1.0, 2.0]))
-    assert "NaN positions" in gpu_report.outputs_agree(a, d, torch.float32)
+    assert "NaN positions" in gpu_report_tuning.outputs_agree(a, d, torch.float32)
 
 
 def test_plans_put_the_headline_first():
-    sizes = gpu_report.Sizes.gpu()
-    plan = gpu_report.tuning_plan(sizes)
+    sizes = gpu_report_run.Sizes.gpu()
+    plan = gpu_report_tuning.tuning_plan(sizes)
     assert [(s.M, s.K, s.N, s.group_size) for s, _ in plan[:3]] == [
         (8192, 4096, 4096, 0),
         (8192, 4096, 4096, 128),
         (8192, 4096, 4096, 32),  # per-group forwards: the int8 and the dequantized path timed
     ]
     assert plan[1][1] == ("fwd", "quantize_w") and plan[2][1] == ("fwd",) and len(plan) == 7
-    items = gpu_report.bench_plan(sizes)
+    items = gpu_report_benchmark.bench_plan(sizes)
     assert items[0] == ("kernels", None, 8192, 4096, 4096)
-    headline = {p for kind, p, M, K, N in items[1 : 1 + len(gpu_report.FULL_PROVIDERS)]}
-    assert headline == set(gpu_report.FULL_PROVIDERS)
+    headline = {p for kind, p, M, K, N in items[1 : 1 + len(gpu_report_benchmark.FULL_PROVIDERS)]}
+    assert headline == set(gpu_report_benchmark.FULL_PROVIDERS)
     assert len(items) == len(set(items))
 
 
 def test_cuda_only_checks_skip_on_cpu_and_opcheck_sees_every_op():
-    cpu, sizes = torch.device("cpu"), gpu_report.Sizes.dry()
-    for check in (gpu_report.check_division, gpu_report.check_nan_cast):
-        with pytest.raises(gpu_report.Skipped, match="no CUDA"):
+    cpu, sizes = torch.device("cpu"), gpu_report_run.Sizes.dry()
+    checks = gpu_report_correctness
+    for check in (checks.check_division, checks.check_nan_cast):
+        with pytest.raises(gpu_report_run.Skipped, match="no CUDA"):
             check(cpu, sizes)
-    calls = gpu_report._record_op_calls(cpu)
-    assert set(calls) == set(gpu_report.OPS)  # the public API exercises all five ops
+    calls = checks._record_op_calls(cpu)
+    assert set(calls) == set(checks.OPS)  # the public API exercises all five ops
 
 
 WATCHDOG = """
@@ -202,9 +287,10 @@ import sys, time, torch
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import gpu_report as g
-run = g.Run(Path(sys.argv[1]), 0.5, True, torch.device("cpu"))
+from gpu_report_run import Run, Sizes
+run = Run(Path(sys.argv[1]), 0.5, True, torch.device("cpu"))
 run.row(phase="correctness", item="first_check", status="pass", detail="ok")
-g.start_watchdog(run, g.Sizes.dry(), grace_s=0.5)
+g.start_watchdog(run, Sizes.dry(), grace_s=0.5)
 time.sleep(60)  # an item that overruns the budget
 print("SLEEP-ENDED")
 """
@@ -219,7 +305,7 @@ def test_watchdog_writes_the_summary_when_an_item_overruns_the_budget(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert res.stdout.rstrip().endswith(summary.rstrip())
     assert "1 pass, 0 fail" in summary and "not reached (budget watchdog)" in summary
-    assert "skipped phases: correctness, tuning, benchmark" in summary
+    assert f"skipped phases: {', '.join(PHASES)}" in summary
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [r["item"] for r in rows] == ["first_check"]  # what was written before stays
 
@@ -228,5 +314,7 @@ def test_watchdog_writes_the_summary_when_an_item_overruns_the_budget(tmp_path):
 def test_gemm_paths_check_runs_every_path(dtype):
     """The GPU check of every GEMM path (int8 / dequantized forward, TMA / pointer loads, dgrad,
     wgrad) runs here at the dry-run shape, and names each path it judged."""
-    detail = gpu_report.check_gemm_paths(dtype, torch.device("cpu"), gpu_report.Sizes.dry())
+    detail = gpu_report_correctness.check_gemm_paths(
+        dtype, torch.device("cpu"), gpu_report_run.Sizes.dry()
+    )
     assert "10 paths" in detail and "worst" in detail

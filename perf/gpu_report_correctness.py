@@ -1,0 +1,620 @@
+"""``make gpu-report``'s correctness phase: device checks, each recorded pass / fail / skipped.
+
+Quantize bit-exact against the plain-torch twins and the reference on the same device tensors
+(fp32/fp16/bf16; per-token asym/sym, int4, per-tensor, per-channel, per-group 32/128); torch.ao
+parity against ``prepare_qat`` + ``torch.ao.nn.qat.dynamic.Linear``; what torch does for ``x / c``
+and for NaN -> int32 on CUDA against what the kernels assume; a non-finite token stays in its
+row; ``tq.Linear`` outputs and gradients against fp64; every GEMM path a tuned config may pick
+(int8 / dequantized forward, TMA / pointer loads, dgrad, wgrad) against fp64;
+``torch.library.opcheck`` of the five ops; ``torch.compile(fullgraph=True)`` (and with CUDA
+graphs) against eager; one compiled layer's generated code kept (``compiled-layer.py``). Kernel
+outputs are poisoned (``TRITON_QAT_POISON=1``) for these checks and only for them. Each check is
+a plain function of (device, sizes) returning a detail string or raising; :func:`phase_correctness`
+runs them in priority order (the first of every kind first) until the phase's deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from gpu_report_run import COMPILED_CODE, DTYPES, REL_TOL, Run, Sizes, Skipped, poisoned, rel
+
+import triton_qat as tq
+from triton_qat.autotune.tune import cuda_index, default_workers
+from triton_qat.kernels import _common
+
+
+def _gen(device, seed: int = 0) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _data(shape, dtype, device, gen, scale=3.0) -> torch.Tensor:
+    """Random rows with one wide-range row and one near-constant row (as tests/test_quantize)."""
+    x = torch.randn(shape, device=device, generator=gen) * scale
+    x[0, : shape[1] // 3] *= 40
+    if shape[0] > 2:
+        x[2] = x[2] * 1e-3 + 0.5
+    return x.to(dtype)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-equal, NaN where NaN."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    return torch.equal(a, b)
+
+
+def _assert_same_fields(got, want, what: str) -> None:
+    for name, u, v in zip(got._fields, got, want, strict=True):
+        if u is None and v is None:
+            continue
+        if not _same(u, v):
+            diff = (u != v).sum().item() if u.shape == v.shape else "shape"
+            raise AssertionError(f"{what} {name}: {diff} of {u.numel()} differ "
+                                 f"({u.dtype}{tuple(u.shape)} vs {v.dtype}{tuple(v.shape)})")  # fmt: skip
+
+
+def _rel_err(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str) -> float:
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    if not torch.isfinite(actual).all():
+        raise AssertionError(f"{what}: non-finite values (unwritten output?)")
+    a, e = actual.double(), expected.double()
+    err = ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item() if a.numel() else 0.0
+    if err > REL_TOL[dtype]:
+        raise AssertionError(f"{what}: relative error {err:.3e} > {REL_TOL[dtype]:.1e}")
+    return err
+
+
+QUANT_CASES = {  # name: (bits, granularity, symmetric, group_size)
+    "per_token_asym_i8": (8, "per_token", False, None),
+    "per_token_sym_i8": (8, "per_token", True, None),
+    "per_token_asym_i4": (4, "per_token", False, None),
+    "per_tensor_asym_i8": (8, "per_tensor", False, None),
+    "per_tensor_sym_i8": (8, "per_tensor", True, None),
+    "per_channel_sym_i8": (8, "per_channel", True, None),
+    "per_group32_sym_i4": (4, "per_group", True, 32),
+    "per_group128_sym_i4": (4, "per_group", True, 128),
+}
+
+
+def check_quantize(case: str, dtype: torch.dtype, device, sizes: Sizes) -> str:
+    """torchao family: the kernel's codes, scales, zero points, masks, code sums and values equal
+    the plain-torch twin bit for bit on the same tensors, and tq.fake_quantize (values and its
+    STE mask) equals the independent reference."""
+    from triton_qat.dispatch import quantize_rows
+    from triton_qat.kernels.quantize_torch import quantize_rows_torch
+    from triton_qat.reference import fake_quantize_with_mask
+
+    bits, gran, sym, group = QUANT_CASES[case]
+    cfg = tq.QuantConfig(bits=bits, granularity=gran, symmetric=sym, group_size=group)
+    R, C = sizes.quant_shape
+    x = _data((R, C), dtype, device, _gen(device), scale=3.0 if gran != "per_channel" else 0.05)
+    if gran != "per_tensor":
+        g = group or C
+        pack = gran == "per_token"
+        args = (x, cfg.qmin, cfg.qmax, g, sym)
+        got = quantize_rows(*args, pack_mask=pack, with_y=True)
+        want = quantize_rows_torch(*args, pack_mask=pack, with_y=True)
+        _assert_same_fields(got, want, "kernel vs twin")
+    xg = x.clone().requires_grad_()
+    y = tq.fake_quantize(xg, cfg)
+    y.backward(torch.ones_like(y))
+    y_ref, mask_ref = fake_quantize_with_mask(x, cfg)
+    if not _same(y.detach(), y_ref):
+        raise AssertionError(f"fake_quantize vs reference: {(y != y_ref).sum().item()} differ")
+    if not torch.equal(xg.grad != 0, mask_ref):
+        raise AssertionError("STE mask vs reference differs")
+    return f"{R}x{C} bit-exact (kernel = twin = reference)"
+
+
+def check_nonfinite_token(bad: float, symmetric: bool, device, sizes: Sizes) -> str:
+    """A NaN / inf token changes only its own row, and that row is what the reference says."""
+    from triton_qat.dispatch import quantize_rows
+    from triton_qat.kernels.quantize_torch import quantize_rows_torch
+
+    C = 24
+    x = _data((5, C), torch.float32, device, _gen(device, 1))
+    x[3, 7] = bad
+    args = (-128, 127, C, symmetric)
+    got = quantize_rows(x, *args, pack_mask=True, with_y=True)
+    clean = quantize_rows(torch.cat([x[:3], x[4:]]), *args, pack_mask=True, with_y=True)
+    keep = [0, 1, 2, 4]
+    if not (torch.equal(got.y[keep], clean.y) and torch.equal(got.codes[keep], clean.codes)):
+        raise AssertionError("other rows changed")
+    want = quantize_rows_torch(x, *args, pack_mask=True, with_y=True)
+    if not (_same(got.y, want.y) and torch.isnan(got.y[3]).any()):
+        raise AssertionError("the non-finite row differs from the twin (or hides the NaN)")
+    if not torch.equal(got.mask, want.mask):
+        raise AssertionError("mask differs from the twin")
+    lin = tq.Linear(C, 16, device=device)
+    xl = torch.randn(6, C, device=device, generator=_gen(device, 2))
+    xl[2, 5] = bad
+    xl.requires_grad_()
+    out = lin(xl)
+    rows = [0, 1, 3, 4, 5]
+    if not torch.equal(out[rows], lin(xl.detach()[rows])) or torch.isfinite(out[2]).all():
+        raise AssertionError("tq.Linear: the bad token leaked into other rows or was hidden")
+    out[rows].sum().backward()
+    if not torch.isfinite(xl.grad[rows]).all():
+        raise AssertionError("tq.Linear: non-finite gradient in clean rows")
+    return "row-local in quantize and tq.Linear"
+
+
+# -NaN by its bits in each dtype (x86's default NaN has its sign bit set)
+NEG_NAN_BITS = {torch.float32: (-4194304, torch.int32), torch.float16: (-512, torch.int16),
+                torch.bfloat16: (-64, torch.int16)}  # fmt: skip
+
+
+def check_negative_nan(dtype: torch.dtype, device, sizes: Sizes) -> str:
+    """A NaN with its sign bit set among positive values (per token with a bit mask, and in
+    groups of 32) makes its row's scale and values NaN, as in the twin: the kernel's 16-bit row
+    maxima are widened keeping a NaN's sign, which the GPU's fp16 -> fp32 conversion drops."""
+    from triton_qat.dispatch import quantize_rows
+    from triton_qat.kernels.quantize_torch import quantize_rows_torch
+
+    x = _data((4, 64), dtype, device, _gen(device, 3)).abs()
+    value, int_dtype = NEG_NAN_BITS[dtype]
+    x[1, 5] = torch.tensor([value], dtype=int_dtype).view(dtype)[0].to(device)
+    for group in (64, 32):
+        args = (x, -128, 127, group, False)
+        got = quantize_rows(*args, pack_mask=group == 64, with_y=True)
+        _assert_same_fields(got, quantize_rows_torch(*args, pack_mask=group == 64, with_y=True),
+                            f"group {group}: kernel vs twin")  # fmt: skip
+        if not torch.isnan(got.scale[1, 0]):
+            raise AssertionError(f"group {group}: the -NaN row got a finite scale")
+    return "row scale and values NaN, = twin"
+
+
+LINEAR_CASES = {  # activation, weight
+    "default": (tq.QuantConfig(), tq.QuantConfig(granularity="per_channel", symmetric=True)),
+    "sym_act_i4g32": (
+        tq.QuantConfig(symmetric=True),
+        tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True),
+    ),
+    "per_tensor": (
+        tq.QuantConfig(granularity="per_tensor"),
+        tq.QuantConfig(granularity="per_tensor", symmetric=True),
+    ),
+    "i4g128": (
+        tq.QuantConfig(),
+        tq.QuantConfig(bits=4, granularity="per_group", group_size=128, symmetric=True),
+    ),
+}
+
+
+def check_linear_fp64(case: str, dtype, shape, device, sizes: Sizes) -> str:
+    """tq.Linear forward and all gradients against F.linear in fp64 over the same fake-quantized
+    values with the STE masks (tests/test_linear.py), within REL_TOL."""
+    import torch.nn.functional as F
+
+    from triton_qat.reference import fake_quantize_with_mask
+
+    act, wcfg = LINEAR_CASES[case]
+    M, K, N = shape
+    if wcfg.granularity == "per_group" and K % wcfg.group_size:
+        raise Skipped(f"group {wcfg.group_size} does not divide K={K}")
+    torch.manual_seed(0)
+    lin = tq.Linear(K, N, activation=act, weight=wcfg, device=device, dtype=dtype)
+    x = (torch.randn(M, K, device=device, generator=_gen(device, 3)) * 2).to(dtype)
+    x.requires_grad_()
+    out = lin(x)
+    dy = torch.randn(out.shape, device=device, generator=_gen(device, 4)).to(dtype)
+    out.backward(dy)
+    x_fq, mx = fake_quantize_with_mask(x.detach(), act)
+    w_fq, mw = fake_quantize_with_mask(lin.weight.detach(), wcfg)
+    xd = x_fq.double().requires_grad_()
+    wd = w_fq.double().requires_grad_()
+    bd = lin.bias.detach().double().requires_grad_()
+    ref = F.linear(xd, wd, bd)
+    ref.backward(dy.double())
+    if out.dtype != dtype:
+        raise AssertionError(f"output dtype {out.dtype} != {dtype}")
+    errs = [_rel_err(out, ref, dtype, "out"), _rel_err(x.grad, xd.grad * mx, dtype, "grad_x"),
+            _rel_err(lin.weight.grad, wd.grad * mw, dtype, "grad_w"),
+            _rel_err(lin.bias.grad, bd.grad, dtype, "grad_bias")]  # fmt: skip
+    return f"{M}x{K}->{N} max rel err {max(errs):.2e} (tol {REL_TOL[dtype]:.1e})"
+
+
+def check_ao_parity(name: str, device, sizes: Sizes) -> str:
+    """torch.ao family: tq.Linear(qconfig=...) trains like prepare_qat with
+    torch.ao.nn.qat.dynamic.Linear: outputs, gradients, observer state bit-identical per step."""
+    import copy
+
+    import torch.ao.nn.qat.dynamic as aoqat
+    import torch.ao.quantization as q
+    from torch import nn
+
+    qconfigs = {
+        "dynamic_default": q.default_dynamic_qat_qconfig,
+        "per_channel_weight": q.QConfig(activation=q.default_dynamic_qat_qconfig.activation,
+                                        weight=q.default_per_channel_weight_fake_quant),
+    }  # fmt: skip
+    qconfig = qconfigs[name]
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(40, 24)).to(device)
+    ref = copy.deepcopy(base)
+    ref[0].qconfig = qconfig
+    ref = q.prepare_qat(ref, mapping={nn.Linear: aoqat.Linear})
+    ours = copy.deepcopy(base)
+    ours[0].qconfig = qconfig
+    ours[0] = tq.Linear.from_float(ours[0])
+    if set(ours.state_dict()) != set(ref.state_dict()):
+        raise AssertionError("state_dict keys differ")
+    gen = _gen(device, 5)
+    for step in range(3):
+        x = torch.randn(13, 40, device=device, generator=gen) * (1 + step)
+        y_r, y_o = ref(x), ours(x)
+        torch.testing.assert_close(y_o, y_r, rtol=2e-5, atol=1e-5)
+        y_r.square().sum().backward()
+        y_o.square().sum().backward()
+        for (n, p_r), p_o in zip(ref.named_parameters(), ours.parameters(), strict=True):
+            torch.testing.assert_close(p_o.grad, p_r.grad, rtol=2e-4, atol=1e-5, msg=n)
+        mine = ours.state_dict()
+        for k, v in ref.state_dict().items():
+            if ("fake_quant" in k or "activation_post_process" in k) and not torch.equal(
+                mine[k].reshape(v.shape), v
+            ):
+                raise AssertionError(f"step {step}: observer state {k} differs")
+        for m in (ref, ours):
+            m.zero_grad()
+    return "3 steps: outputs/grads close, observer state bit-identical"
+
+
+def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
+    """Every GEMM code path a tuned config may pick, each against fp64 products of the same
+    fake-quantized values (tests/test_gemm.py): the forward's int8 path (per channel; int4 group
+    32) and its dequantized path, and dgrad / wgrad, each with TMA loads and with pointer loads."""
+    from triton_qat import autotune
+    from triton_qat.autotune.space import fit_config
+    from triton_qat.dispatch import quantize_rows
+    from triton_qat.kernels import gemm_backward
+    from triton_qat.kernels.gemm_int8 import int8_linear
+    from triton_qat.kernels.quantize_torch import unpack_bits
+
+    M, K, N = sizes.linear_shapes[-1]
+    if K % 32:
+        raise Skipped(f"K={K} is not a multiple of the group 32")
+    g = _gen(device, 8)
+    x = (torch.randn(M, K, device=device, generator=g) * 2).to(dtype)
+    w = (torch.randn(N, K, device=device, generator=g) * 0.1).to(dtype)
+    dy = torch.randn(M, N, device=device, generator=g).to(dtype)
+    qa = quantize_rows(x, -128, 127, K, False, pack_mask=True, with_y=True)
+    dq = autotune.dequantize_config(M, K, device, dtype)
+    errs = {}
+    for group, bits in ((K, 8), (32, 4)):
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        qw = quantize_rows(w, lo, hi, group, True, pack_mask=False, with_y=True, group_major=True)
+        ref = qa.y.double() @ qw.y.double().T
+        base = autotune.gemm_config("fwd", M, N, K, device, dtype, group)
+        for dequant in (0, 1) if group != K else (0,):
+            for tma in (0, 1):
+                cfg = fit_config("fwd", {**base, "DEQUANT": dequant, "TMA": tma}, K, group)
+                out = int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale,
+                                  qw.code_sum, None, dtype, asymmetric=True, config=cfg,
+                                  dequant_config=dq)  # fmt: skip
+                what = f"fwd g{group} {'dequant' if dequant else 'int8'} tma{tma}"
+                errs[what] = _rel_err(out, ref, dtype, what)
+    qw = quantize_rows(w, -128, 127, K, True, pack_mask=False, with_y=True)
+    keep_x = unpack_bits(qa.mask, K).double()
+    for tma in (0, 1):
+        cd = {**autotune.gemm_config("dgrad", M, N, K, device, dtype), "TMA": tma}
+        cw = {**autotune.gemm_config("wgrad", M, N, K, device, dtype), "TMA": tma}
+        got = gemm_backward.dgrad(dy, qw.y, qa.mask, config=cd)
+        errs[f"dgrad tma{tma}"] = _rel_err(got, (dy.double() @ qw.y.double()) * keep_x, dtype,
+                                           f"dgrad tma{tma}")  # fmt: skip
+        got = gemm_backward.wgrad(dy, qa.y, qw.mask, config=cw)
+        ref = (dy.double().T @ qa.y.double()) * qw.mask.double()
+        errs[f"wgrad tma{tma}"] = _rel_err(got, ref, dtype, f"wgrad tma{tma}")
+    worst = max(errs, key=errs.get)
+    return f"{M}x{K}->{N}: {len(errs)} paths, worst {worst} {errs[worst]:.2e} (tol {REL_TOL[dtype]:.1e})"
+
+
+def check_division(device, sizes: Sizes) -> str:
+    """What CUDA torch computes for ``x / c`` with a Python-float c (the scale's division by
+    qmax - qmin), against the kernels' assumption: a multiply by the fp32 reciprocal on CUDA
+    (kernels/quantize.py ``DIV_BY_RECIP=x.is_cuda``), a true division on the CPU."""
+    if device.type != "cuda":
+        raise Skipped("no CUDA")
+    import inspect
+
+    from triton_qat.kernels import quantize as kq
+
+    assumed = "DIV_BY_RECIP=x.is_cuda" in inspect.getsource(kq.quantize_rows)
+    x32 = torch.randn(1 << 20, device=device, generator=_gen(device, 6)) * 100
+    recip_total = true_total = 0
+    for dt in DTYPES:
+        x = x32.to(dt)
+        for c in (255.0, 127.5, 15.0, 7.5):
+            got = x / c
+            r = torch.ones((), device=device) / torch.full((), c, device=device)  # IEEE 1/c
+            by_recip = (x.float() * r).to(dt)
+            true_div = (x.float() / torch.full_like(x.float(), c)).to(dt)
+            recip_total += int((got != by_recip).sum())
+            true_total += int((got != true_div).sum())
+    torch_does = (
+        "reciprocal" if recip_total == 0 else ("true division" if true_total == 0 else "neither")
+    )
+    detail = (f"CUDA torch x / c: {torch_does} (differs from reciprocal-multiply in {recip_total}, "
+              f"from true division in {true_total} of {3 * 4 << 20}); kernel assumes "
+              f"{'reciprocal on CUDA' if assumed else 'unknown (launcher changed)'}")  # fmt: skip
+    if not assumed:
+        raise AssertionError(detail)
+    if torch_does != "reciprocal":
+        raise AssertionError(detail)
+    if true_total == 0:
+        detail += " (not discriminating: both agree on these values)"
+    return detail
+
+
+def check_nan_cast(device, sizes: Sizes) -> str:
+    """torch's NaN -> int32 cast on CUDA (the zero point of a row whose min is -inf) against
+    ``NAN_ZERO_POINT['cuda']`` in kernels/quantize.py, and the kernel's zero point of such a row."""
+    if device.type != "cuda":
+        raise Skipped("no CUDA")
+    from triton_qat.dispatch import quantize_rows
+    from triton_qat.kernels.quantize import NAN_ZERO_POINT
+
+    torch_cast = torch.tensor([float("nan")], device=device).to(torch.int32).item()
+    assumed = NAN_ZERO_POINT["cuda"]
+    x = torch.tensor([[-float("inf"), 1.0, -3.0, 0.5]], device=device)
+    kernel_zp = quantize_rows(x, -128, 127, 4, False, pack_mask=True, with_y=True).zero_point.item()
+    detail = f"torch CUDA NaN->int32 = {torch_cast}; NAN_ZERO_POINT['cuda'] = {assumed}; kernel zp of a -inf row = {kernel_zp}"
+    if not torch_cast == assumed == kernel_zp:
+        raise AssertionError(detail)
+    return detail
+
+
+def check_poison(device, sizes: Sizes) -> str:
+    """Kernel outputs are poisoned in this phase, so an element a kernel forgets to write cannot
+    pass a comparison (TRITON_QAT_POISON=1 set before triton_qat was imported, as in the tests)."""
+    t = _common.new_empty((4, 4), torch.float32, device)
+    if not (_common.POISON and torch.isnan(t).all()):
+        raise AssertionError(f"outputs not poisoned (POISON={_common.POISON})")
+    return "outputs start as NaN / 0x5A"
+
+
+OPS = ("quantize", "fake_quantize", "int8_linear", "qat_linear", "qat_linear_backward")
+GRAD_OPS = {"fake_quantize", "qat_linear"}  # opcheck'd with float inputs requiring grad
+
+
+def _record_op_calls(device) -> dict[str, tuple]:
+    """The first call of each triton_qat op made by the public API (tq.Linear forward/backward,
+    tq.fake_quantize, tq.convert + QuantizedLinear), as (args, kwargs): opcheck then runs with
+    the arguments the library really passes, whatever the ops' signatures are today."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: dict[str, tuple] = {}
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            ns = getattr(func, "namespace", "")
+            name = func.__name__.split(".")[0]
+            public = ns == "triton_qat" and not name.endswith("_opaque")  # not the CPU twins
+            if public and name not in calls:
+                keep = lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a  # noqa: E731
+                calls[name] = (torch.utils._pytree.tree_map(keep, args),
+                               torch.utils._pytree.tree_map(keep, kwargs))  # fmt: skip
+            return func(*args, **kwargs)
+
+    gen = _gen(device, 7)
+    lin = tq.Linear(40, 24, device=device)
+    x = torch.randn(2, 7, 40, device=device, generator=gen, requires_grad=True)
+    with Recorder():
+        lin(x).sum().backward()
+        xf = torch.randn(13, 40, device=device, generator=gen, requires_grad=True)
+        tq.fake_quantize(xf, tq.QuantConfig()).sum().backward()
+        lin.eval()
+        tq.convert(lin)(x.detach())
+    return calls
+
+
+def check_opcheck(op_name: str, calls: dict, device, sizes: Sizes) -> str:
+    """torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch) of one op,
+    with the arguments the public API passed it."""
+    if op_name not in calls:
+        raise AssertionError(
+            f"the public API never called triton_qat::{op_name} (recorded: {sorted(calls)})"
+        )
+    args, kwargs = calls[op_name]
+    if op_name in GRAD_OPS:
+        args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                     else a for a in args)  # fmt: skip
+    op = getattr(torch.ops.triton_qat, op_name)
+    torch.library.opcheck(op, args, kwargs)
+    return "opcheck passed"
+
+
+def check_compile(dtype, device, sizes: Sizes, mode: str | None = None) -> str:
+    """torch.compile(fullgraph=True) of a 2-layer tq.Linear MLP: forward bit-equal to eager,
+    gradients close, one graph, no graph breaks (tests/test_ops.py). ``mode="reduce-overhead"``:
+    the same under CUDA graphs, which must not be skipped on a GPU (no host sync, no CPU tensor
+    in the ops)."""
+    from torch import nn
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = nn.Sequential(tq.Linear(32, 64, device=device, dtype=dtype), nn.ReLU(),
+                          tq.Linear(64, 16, device=device, dtype=dtype))  # fmt: skip
+    compiled = torch.compile(model, fullgraph=True, mode=mode)
+
+    def step(m, x):
+        out = m(x)
+        out.square().mean().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return out.detach().clone(), grads  # a CUDA graph's output is overwritten by its next run
+
+    gen = _gen(device, 8)
+    # CUDA graphs: call 1 warms up, call 2 records and replays, calls 3+ copy new inputs into
+    # the graph's buffers and replay (the path a benchmark times)
+    for _ in range(2 if mode is None else 4):
+        x = torch.randn(5, 9, 32, device=device, generator=gen).to(dtype).requires_grad_()
+        e_out, e_grads = step(model, x)
+        c_out, c_grads = step(compiled, x)
+        torch.testing.assert_close(c_out, e_out, rtol=0, atol=0)
+        for g, e in zip(c_grads, e_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                                       atol=1e-6)  # fmt: skip
+    graphs = counters["stats"]["unique_graphs"]
+    if graphs != 1 or counters["graph_break"]:
+        raise AssertionError(
+            f"unique_graphs={graphs}, graph breaks {dict(counters['graph_break'])}"
+        )
+    if mode is None:
+        return "fullgraph forward equal, grads close, 1 graph"
+    skips = counters["inductor"]["cudagraph_skips"]  # a count; TORCH_LOGS=perf_hints says why
+    if device.type == "cuda" and skips:
+        raise AssertionError(f"CUDA graphs skipped {skips} time(s) (TORCH_LOGS=perf_hints: why)")
+    ran = "CUDA graphs" if device.type == "cuda" else "no CUDA graphs on a CPU"
+    return f"{mode}: forward equal, grads close, 1 graph, {ran}"
+
+
+def check_compiled_launches(device, sizes: Sizes, code_path: Path) -> str:
+    """torch.compile(fullgraph=True) of one bf16 tq.Linear forward+backward (default configs):
+    on a GPU Inductor's generated code launches triton_qat's kernels itself (the ops are
+    ``triton_op``s, decomposed while tracing) and calls no triton_qat op; elsewhere it calls the
+    opaque ``*_opaque`` ops. The generated code is written to ``code_path`` (issue 27)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    (_, K, N) = sizes.linear_shapes[-1]
+    layer = tq.Linear(K, N, device=device, dtype=dtype)
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(64, K, device=device, dtype=dtype, requires_grad=True)
+
+    def step():
+        compiled(x).float().square().sum().backward()
+
+    _, codes = run_and_get_code(step)
+    code = "\n\n# ---- next graph ----\n\n".join(codes)
+    code_path.write_text(code)
+    calls_ops = "torch.ops.triton_qat" in code
+    names = ("_quantize_rows_kernel", "_int8_linear_kernel", "_float_mm_kernel",
+             "_dequantize_kernel")  # fmt: skip
+    launched = [n for n in names if n in code]
+    if device.type == "cuda":
+        if calls_ops or len(launched) < len(names):
+            raise AssertionError(f"generated code calls triton_qat ops: {calls_ops}; launches "
+                                 f"{launched} of {list(names)} (see {code_path.name})")  # fmt: skip
+        return f"{len(codes)} graphs launch {', '.join(launched)}; no triton_qat op called"
+    if not calls_ops:
+        raise AssertionError(f"CPU: the opaque ops are missing (see {code_path.name})")
+    return f"{len(codes)} graphs call the opaque ops (CPU); code in {code_path.name}"
+
+
+def _group_fits(wcfg, K: int) -> bool:
+    return wcfg.granularity != "per_group" or K % wcfg.group_size == 0
+
+
+def correctness_checks(device, sizes: Sizes, folder: Path) -> tuple[list, list]:
+    """(parallel, serial) lists of (name, fn). Kernel checks may run in threads on a GPU (their
+    first launches compile in parallel); opcheck and torch.compile run one at a time after them.
+    Within each list the first check of every kind comes first, so a phase stopped by its time
+    limit has still tried each kind once."""
+    d = lambda t: rel(str(t)).replace("float", "fp").replace("bfp", "bf")  # noqa: E731
+    groups = [
+        [("poisoned_outputs", lambda: check_poison(device, sizes))],
+        [("nan_to_int32_cast_cuda", lambda: check_nan_cast(device, sizes))],
+        [("division_by_python_scalar_cuda", lambda: check_division(device, sizes))],
+        [(f"quantize_bitexact[{case},{d(dt)}]", lambda c=case, t=dt: check_quantize(c, t, device, sizes))
+         for case in QUANT_CASES for dt in sizes.dtypes],
+        [(f"nonfinite_token_row[{b},{'sym' if s else 'asym'}]",
+          lambda b=b, s=s: check_nonfinite_token(float(b), s, device, sizes))
+         for b in ("nan", "inf", "-inf") for s in (False, True)],
+        [(f"negative_nan_row[{d(dt)}]", lambda t=dt: check_negative_nan(t, device, sizes))
+         for dt in sizes.dtypes],
+        [(f"linear_vs_fp64[{case},{d(dt)},{M}x{K}->{N}]",
+          lambda c=case, t=dt, sh=(M, K, N): check_linear_fp64(c, t, sh, device, sizes))
+         for (M, K, N) in sizes.linear_shapes for case in LINEAR_CASES for dt in sizes.dtypes
+         if _group_fits(LINEAR_CASES[case][1], K)],
+        [(f"torch_ao_parity[{n}]", lambda n=n: check_ao_parity(n, device, sizes))
+         for n in ("dynamic_default", "per_channel_weight")],
+        [(f"gemm_paths_vs_fp64[{d(dt)}]", lambda t=dt: check_gemm_paths(t, device, sizes))
+         for dt in sizes.dtypes],
+    ]  # fmt: skip
+    calls: dict = {}
+
+    def opcheck(name):
+        if not calls:
+            calls.update(_record_op_calls(device))
+        return check_opcheck(name, calls, device, sizes)
+
+    serial_groups = [
+        [(f"opcheck[{op}]", lambda op=op: opcheck(op)) for op in OPS],
+        [(f"compile_fullgraph[{d(dt)}]", lambda t=dt: check_compile(t, device, sizes))
+         for dt in ([torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32])],
+        [("compile_cudagraphs[bf16]",
+          lambda: check_compile(torch.bfloat16, device, sizes, mode="reduce-overhead"))],
+        [("compiled_code_launches_kernels",
+          lambda: check_compiled_launches(device, sizes, folder / COMPILED_CODE))],
+    ]  # fmt: skip
+    return _breadth_first(groups), _breadth_first(serial_groups)
+
+
+def _breadth_first(groups: list[list]) -> list:
+    out = []
+    for i in range(max(len(g) for g in groups)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+def run_check(run: Run, name: str, fn: Callable[[], str], deadline: float) -> None:
+    if time.monotonic() > deadline:
+        run.row(
+            phase="correctness", item=name, status="skipped", detail="skipped: phase time limit"
+        )
+        return
+    t0 = time.monotonic()
+    try:
+        detail, status = fn(), "pass"
+    except Skipped as e:
+        detail, status = f"skipped: {e}", "skipped"
+    except Exception as e:  # noqa: BLE001 - recorded, never aborts the run
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail, status = f"{type(e).__name__}: {first[:400]}", "fail"
+    secs = time.monotonic() - t0
+    run.row(phase="correctness", item=name, status=status, detail=detail, metric="seconds",
+            value=secs, backend=tq.backend(run.device))  # fmt: skip
+    run.say(f"{status.upper():<7} {name} ({secs:.1f} s): {detail}")
+
+
+def phase_correctness(run: Run, deadline: float, sizes: Sizes, workers: int | None = None) -> bool:
+    """Every check, recorded as it finishes. On a GPU the kernel checks run ``workers`` at a time
+    (default: one per core) so their first launches compile in parallel; the interpreter is not
+    thread-safe, so elsewhere the default is one at a time."""
+    parallel, serial = correctness_checks(run.device, sizes, run.folder)
+    if workers is None:
+        workers = default_workers() if run.device.type == "cuda" else 1
+    with poisoned(True):
+        if workers > 1:
+            index = cuda_index(run.device)  # set_device needs an index; threads start on 0
+            # the first checks (poison, NaN cast: one quantize launch) run on this thread, so
+            # Triton's driver and launcher helpers are set up before the pool starts
+            for name, fn in parallel[:2]:
+                run_check(run, name, fn, deadline)
+
+            def task(item):
+                if index is not None:
+                    torch.cuda.set_device(index)
+                run_check(run, item[0], item[1], deadline)
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="gpu_report-check") as pool:
+                list(pool.map(task, parallel[2:]))
+        else:
+            for name, fn in parallel:
+                run_check(run, name, fn, deadline)
+        for name, fn in serial:
+            run_check(run, name, fn, deadline)
+    return any(r.get("phase") == "correctness" and r.get("detail") == "skipped: phase time limit"
+               for r in run.rows)  # fmt: skip
