@@ -270,7 +270,8 @@ def check_ao_parity(name: str, device, sizes: Sizes) -> str:
 def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
     """Every GEMM code path a tuned config may pick, each against fp64 products of the same
     fake-quantized values (tests/test_gemm.py): the forward's int8 path (per channel; int4 group
-    32) and its dequantized path, and dgrad / wgrad, each with TMA loads and with pointer loads."""
+    32) and its dequantized path, and dgrad / wgrad, each with TMA loads and with pointer loads,
+    and (16-bit) as torch.mm + the mask pass."""
     from triton_qat import autotune
     from triton_qat.autotune.space import fit_config
     from triton_qat.dispatch import quantize_rows
@@ -303,15 +304,25 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
                 errs[what] = _rel_err(out, ref, dtype, what)
     qw = quantize_rows(w, -128, 127, K, True, pack_mask=False, with_y=True)
     keep_x = unpack_bits(qa.mask, K).double()
-    for tma in (0, 1):
-        cd = {**autotune.gemm_config("dgrad", M, N, K, device, dtype), "TMA": tma}
-        cw = {**autotune.gemm_config("wgrad", M, N, K, device, dtype), "TMA": tma}
+    keep_w = qw.mask.bool()
+    # the masked Triton kernels with TMA and with pointer loads, and torch.mm + the mask pass
+    # (CUBLAS: the 16-bit default on a GPU), whose masked elements must be exactly +0.0
+    for path, over in (("tma0", {"TMA": 0, "CUBLAS": 0}), ("tma1", {"TMA": 1, "CUBLAS": 0}),
+                       ("cublas", {"CUBLAS": 1})):  # fmt: skip
+        if path == "cublas" and dtype == torch.float32:
+            continue  # fp32 keeps the Triton kernel (IEEE dots)
+        cd = {**autotune.gemm_config("dgrad", M, N, K, device, dtype), **over}
+        cw = {**autotune.gemm_config("wgrad", M, N, K, device, dtype), **over}
         got = gemm_backward.dgrad(dy, qw.y, qa.mask, config=cd)
-        errs[f"dgrad tma{tma}"] = _rel_err(got, (dy.double() @ qw.y.double()) * keep_x, dtype,
-                                           f"dgrad tma{tma}")  # fmt: skip
+        errs[f"dgrad {path}"] = _rel_err(got, (dy.double() @ qw.y.double()) * keep_x, dtype,
+                                         f"dgrad {path}")  # fmt: skip
+        if got[keep_x == 0].ne(0).any() or got[keep_x == 0].signbit().any():
+            raise AssertionError(f"dgrad {path}: a masked element is not +0.0")
         got = gemm_backward.wgrad(dy, qa.y, qw.mask, config=cw)
         ref = (dy.double().T @ qa.y.double()) * qw.mask.double()
-        errs[f"wgrad tma{tma}"] = _rel_err(got, ref, dtype, f"wgrad tma{tma}")
+        errs[f"wgrad {path}"] = _rel_err(got, ref, dtype, f"wgrad {path}")
+        if got[~keep_w].ne(0).any() or got[~keep_w].signbit().any():
+            raise AssertionError(f"wgrad {path}: a masked element is not +0.0")
     worst = max(errs, key=errs.get)
     return f"{M}x{K}->{N}: {len(errs)} paths, worst {worst} {errs[worst]:.2e} (tol {REL_TOL[dtype]:.1e})"
 
