@@ -29,14 +29,17 @@ TARGETS_TEXT = [
     "fwd+bwd >= 1.3x compiled torch ref",
     "fwd+bwd >= 2.5x eager torch ref",
     "never below 0.9x F.linear forward from 2048 tokens up",
-    "int8 GEMM >= 80% of torch._int_mm",
-    "quantize >= 75% of copy bandwidth",
-    "int4 g128 within 15% of per-channel int8",
+    # the kernels at their ceilings (issue 28)
+    "int8 GEMM >= 1.4x torch._int_mm",
+    "quantize >= 85% of copy bandwidth",
+    "int4 g128 within 10% of per-channel int8",
     # the training step (issue 29): tokens/s and peak memory of the whole step
     "triton_qat compiled >= 1.05x bf16 compiled tokens/s",
     "triton_qat compiled >= 1.2x torchao QAT compiled tokens/s",
     "triton_qat eager >= 1.0x bf16 eager tokens/s",
     "training-step peak memory <= bf16's",
+    "dgrad >= 97% of torch.mm",
+    "wgrad >= 97% of torch.mm",
 ]
 
 
@@ -110,20 +113,20 @@ def targets(run: Run, sizes: Sizes) -> list[dict]:
         shape = f"{M0}x{K}->{N}"
         v = _ratio(_kernel_value(rows, "fwd", "triton_qat", "tflops", M0, K, N),
                    _kernel_value(rows, "fwd", "torch._int_mm", "tflops", M0, K, N))  # fmt: skip
-        add(TARGETS_TEXT[5], shape, v, lambda v: v >= 0.8, "fwd kernel TOP/s / torch._int_mm TOP/s",
+        add(TARGETS_TEXT[5], shape, v, lambda v: v >= 1.4, "fwd kernel TOP/s / torch._int_mm TOP/s",
             "{:.0%}")  # fmt: skip
     for K, N in sizes.pairs:
         shape = f"{M0}x{K}->{N}"
         v = _ratio(_kernel_value(rows, "quantize_x", "triton_qat", "gb_per_s", M0, K, N),
                    _kernel_value(rows, "quantize_x", "copy", "gb_per_s", M0, K, N))  # fmt: skip
-        add(TARGETS_TEXT[6], shape, v, lambda v: v >= 0.75,
+        add(TARGETS_TEXT[6], shape, v, lambda v: v >= 0.85,
             "activation quantize GB/s / device copy GB/s", "{:.0%}")  # fmt: skip
     for K, N in sizes.pairs:
         shape = f"{M0}x{K}->{N}"
         v = _ratio(ms("triton_qat i4g128 compiled", "fwd", M0, K, N),
                    ms("triton_qat compiled", "fwd", M0, K, N))  # fmt: skip
-        add(TARGETS_TEXT[7], shape, v, lambda v: v <= 1.15,
-            "i4g128 compiled ms / int8 per-channel compiled ms, fwd (<= 1.15)")  # fmt: skip
+        add(TARGETS_TEXT[7], shape, v, lambda v: v <= 1.10,
+            "i4g128 compiled ms / int8 per-channel compiled ms, fwd (<= 1.10)")  # fmt: skip
     train, dims = train_rows(run), sizes.train.dims
     step = f"train step, {dims.tokens} tokens, {dims.layers} layers"
     for text, ours, base, bound in (
@@ -137,6 +140,12 @@ def targets(run: Run, sizes: Sizes) -> list[dict]:
         add(TARGETS_TEXT[11], f"{step}, {mode}",
             train_ratio(train, "peak_mem_mb", ("triton_qat", mode), ("bf16", mode)),
             lambda v: v <= 1.0, f"triton_qat {mode} peak MiB / bf16 {mode} peak MiB (<= 1.00)")  # fmt: skip
+    for text, kernel in ((TARGETS_TEXT[12], "dgrad"), (TARGETS_TEXT[13], "wgrad")):
+        for K, N in sizes.pairs:
+            v = _kernel_value(rows, kernel, "triton_qat", "fraction_of_ceiling", M0, K, N)
+            add(text, f"{M0}x{K}->{N}", v, lambda v: v >= 0.97,
+                f"torch.mm ms / {kernel} ms (the default config: torch.mm + the mask pass at "
+                "16-bit dtypes), device time", "{:.0%}")  # fmt: skip
     return out
 
 

@@ -213,7 +213,14 @@ def test_targets_are_met_missed_or_not_measured(tmp_path):
     floor = [t for t in got.values() if t["target"] == gpu_report_summary.TARGETS_TEXT[4]]
     assert floor[0]["status"] == "MISSED" and "2048x4096->4096" in floor[0]["shape"]
     quant = got[(gpu_report_summary.TARGETS_TEXT[6], head)]
-    assert quant["status"] == "MET" and quant["shown"] == "75%"  # 1500 / 2000 GB/s
+    assert quant["status"] == "MISSED" and quant["shown"] == "75%"  # 1500 / 2000 GB/s < 85%
+    for kernel, value in (("dgrad", 0.98), ("wgrad", 0.9)):
+        run.row(phase="benchmark", status="done", kernel=kernel, provider="triton_qat",
+                mode="bwd", metric="fraction_of_ceiling", value=value, M=M, K=K, N=N)  # fmt: skip
+    got = {(t["target"], t["shape"]): t for t in gpu_report_summary.targets(run, sizes)}
+    assert got[(gpu_report_summary.TARGETS_TEXT[12], head)]["status"] == "MET"
+    assert got[(gpu_report_summary.TARGETS_TEXT[13], head)]["status"] == "MISSED"
+    assert got[(gpu_report_summary.TARGETS_TEXT[13], head)]["shown"] == "90%"
     run.close()
 
 
