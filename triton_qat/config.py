@@ -173,5 +173,10 @@ class Float8Config:
     def per_tensor(self) -> bool:
         return self.granularity == "per_tensor"
 
+    @property
+    def range_learning(self) -> bool:
+        """Float8 scales are dynamic (torchao has no learned float8 scales)."""
+        return False
+
     def check_role(self, role: str) -> None:
         """Both granularities fit both roles (torchao's PerRow / PerTensor)."""
