@@ -62,7 +62,9 @@ def fake_quantize(x: Tensor, config: QuantConfig | Float8Config) -> Tensor:
         return float8_fake_quantize(x, config)
     check_float_input(x, "x")
     if not isinstance(config, QuantConfig):
-        raise TypeError(f"config: expected a triton_qat.QuantConfig or Float8Config, got {type(config).__name__}")
+        raise TypeError(
+            f"config: expected a triton_qat.QuantConfig or Float8Config, got {type(config).__name__}"
+        )
     spec = spec_for(config)
     x2d = rows_2d(x, spec)
     if spec.group_size is not None:
