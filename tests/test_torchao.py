@@ -206,7 +206,7 @@ def test_mapping_and_its_inverse(config, role, expected):
         (IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False), "weight", "granularity"),
         (None, "weight", "weight_config=None"),
         (IntxFakeQuantizeConfig(torch.int8, "per_channel"), "activation", "granularity"),
-        (Float8FakeQuantizeConfig(), "weight", "Float8FakeQuantizeConfig"),
+        (Float8FakeQuantizeConfig(dtype=torch.float8_e5m2), "weight", "dtype"),  # e4m3 only
         (Int4WeightFakeQuantizeConfig(), "weight", "Int4WeightFakeQuantizeConfig"),
     ],
 )  # fmt: skip
@@ -226,7 +226,7 @@ def _int8_act_int4_weight_config():
     [
         (lambda: QATConfig(activation_config=ACT), NotImplementedError, "weight_config=None"),
         (lambda: QATConfig(Int4WeightOnlyConfig(group_size=32)), NotImplementedError, "Int4WeightFakeQuantizeConfig"),
-        (lambda: QATConfig(Float8DynamicActivationFloat8WeightConfig()), NotImplementedError, "Float8FakeQuantizeConfig"),
+        (lambda: QATConfig(Float8DynamicActivationFloat8WeightConfig(weight_dtype=torch.float8_e5m2)), NotImplementedError, "dtype"),
         (_int8_act_int4_weight_config, NotImplementedError, "Int8DynamicActivationInt4WeightConfig"),
         (
             lambda: QATConfig(Int8DynamicActivationIntxWeightConfig(weight_mapping_type=MappingType.ASYMMETRIC)),

@@ -113,3 +113,70 @@ NOT_QUANTIZED = _NotQuantized()
 """``activation=NOT_QUANTIZED``: the input is not quantized (weight-only QAT, torchao's
 ``activation_config=None``). ``None`` keeps meaning "the default config" in ``tq.Linear``,
 ``from_float`` and ``prepare``, so that optional arguments pass through unchanged."""
+
+
+FLOAT8_GRANULARITIES = ("per_row", "per_tensor")
+FLOAT8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+
+
+@dataclass(frozen=True)
+class Float8Config:
+    """Float8 (e4m3) fake-quantization settings for one tensor: torchao's
+    ``Float8FakeQuantizeConfig`` (docs/numerics.md, "Float8").
+
+    Args:
+        granularity: "per_row" (one scale per row of the last dim: per token for activations,
+            per output channel for a weight; torchao's ``PerRow()``) or "per_tensor"
+            (``PerTensor()``).
+        hp_value_lb / hp_value_ub: bounds the row's (tensor's) max |x| is clamped to before the
+            scale ``amax / 448`` is taken (torchao's ``hp_value_lb`` / ``hp_value_ub``; None: no
+            bound). A lower bound keeps an all-zero row finite (without one its scale is 0 and
+            torchao's values are NaN).
+        dtype: ``torch.float8_e4m3fn`` (the only float8 format supported).
+
+    There are no bits, zero points or groups: ``Float8Config(bits=8)`` is a TypeError naming
+    ``bits``, as are ``symmetric=`` and ``group_size=``.
+    """
+
+    granularity: str = "per_row"
+    hp_value_lb: float | None = None
+    hp_value_ub: float | None = None
+    dtype: object = None  # torch.float8_e4m3fn (set in __post_init__; torch not imported here)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", torch.float8_e4m3fn)
+        if self.dtype != torch.float8_e4m3fn:
+            raise ValueError(
+                f"dtype: only torch.float8_e4m3fn (e4m3) is supported, got {self.dtype!r}"
+            )
+        if self.granularity not in FLOAT8_GRANULARITIES:
+            raise ValueError(
+                f"granularity: float8 scales are {FLOAT8_GRANULARITIES} (torchao's PerRow() / "
+                f"PerTensor(); no per_group / per_token / per_channel names), "
+                f"got {self.granularity!r}"
+            )
+        for name in ("hp_value_lb", "hp_value_ub"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
+                raise ValueError(f"{name}: expected None or a float >= 0, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        lb, ub = self.hp_value_lb, self.hp_value_ub
+        if lb is not None and ub is not None and lb > ub:
+            raise ValueError(f"hp_value_lb: {lb} is above hp_value_ub={ub}")
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.granularity == "per_tensor"
+
+    @property
+    def range_learning(self) -> bool:
+        """Float8 scales are dynamic (torchao has no learned float8 scales)."""
+        return False
+
+    def check_role(self, role: str) -> None:
+        """Both granularities fit both roles (torchao's PerRow / PerTensor)."""

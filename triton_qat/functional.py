@@ -9,7 +9,13 @@ from torch import Tensor
 
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
 from triton_qat.checks import check_float_input, check_group, check_linear_inputs
-from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
+from triton_qat.config import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_WEIGHT,
+    NOT_QUANTIZED,
+    Float8Config,
+    QuantConfig,
+)
 from triton_qat.dispatch import activation_sum_group
 from triton_qat.fused import FusedLinear
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
@@ -36,22 +42,29 @@ def check_no_grad_transform(what: str) -> None:
         raise RuntimeError(_FUNC_GRAD_MSG.format(what=what))
 
 
-def fake_quantize(x: Tensor, config: QuantConfig) -> Tensor:
+def fake_quantize(x: Tensor, config: QuantConfig | Float8Config) -> Tensor:
     """Differentiable fake quantization of any float tensor (docs/numerics.md, family 1).
 
     Args:
         x: fp32 / fp16 / bf16 tensor of any shape. Rows are the last dim (per_token, per_group,
             per_tensor) or dim 0 (per_channel, rows = dim 0 with the rest flattened).
-        config: a :class:`QuantConfig`.
+        config: a :class:`QuantConfig`, or a :class:`Float8Config` (e4m3, torchao's
+            ``Float8FakeQuantizer``: :func:`triton_qat.float8.float8_fake_quantize`).
 
     Returns:
         ``dequantize(quantize(x))`` in x's dtype and shape, bit-identical to the plain-torch
         reference. Gradient: straight-through, zero where the rounded value fell outside the code
         range.
     """
+    if isinstance(config, Float8Config):
+        from triton_qat.float8 import float8_fake_quantize
+
+        return float8_fake_quantize(x, config)
     check_float_input(x, "x")
     if not isinstance(config, QuantConfig):
-        raise TypeError(f"config: expected a triton_qat.QuantConfig, got {type(config).__name__}")
+        raise TypeError(
+            f"config: expected a triton_qat.QuantConfig or Float8Config, got {type(config).__name__}"
+        )
     spec = spec_for(config)
     x2d = rows_2d(x, spec)
     if spec.group_size is not None:
@@ -86,6 +99,10 @@ def qat_linear(
     check_linear_inputs(x, weight, bias)
     activation = NOT_QUANTIZED if activation is None else activation
     check_configs(activation, weight_config, weight.shape[1])
+    if isinstance(weight_config, Float8Config):  # the dequantized path: F.linear(fq(x), fq(w))
+        from triton_qat.float8 import float8_linear
+
+        return float8_linear(x, weight, bias, activation, weight_config)
     a_spec = None if activation is NOT_QUANTIZED else spec_for(activation)
     return _shared_fused_linear(a_spec, spec_for(weight_config))(x, weight, bias)
 
@@ -93,6 +110,10 @@ def qat_linear(
 def check_configs(activation: object, weight: object, in_features: int) -> None:
     """TypeError / ValueError naming the argument unless both configs fit a linear
     (``activation`` may be ``NOT_QUANTIZED``: weight-only)."""
+    if isinstance(weight, Float8Config) or isinstance(activation, Float8Config):
+        from triton_qat.float8 import check_float8_configs
+
+        return check_float8_configs(activation, weight)
     roles = [("weight", weight)]
     if activation is not NOT_QUANTIZED:
         roles.insert(0, ("activation", activation))

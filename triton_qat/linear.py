@@ -8,7 +8,13 @@ from torch import Tensor, nn
 
 from triton_qat import ao
 from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_linear_inputs
-from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
+from triton_qat.config import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_WEIGHT,
+    NOT_QUANTIZED,
+    Float8Config,
+    QuantConfig,
+)
 from triton_qat.functional import ao_fake_quantize, check_configs, fused_linear
 from triton_qat.spec import ao_spec, spec_for
 
@@ -44,10 +50,11 @@ class Linear(nn.Linear):
         device=None,
         dtype=None,
         *,
-        activation: QuantConfig | None = None,
-        weight: QuantConfig | None = None,
+        activation: QuantConfig | Float8Config | None = None,
+        weight: QuantConfig | Float8Config | None = None,
     ) -> None:
-        """``activation`` / ``weight``: :class:`QuantConfig` (None: the default);
+        """``activation`` / ``weight``: :class:`QuantConfig` (None: the default), or both
+        :class:`Float8Config` (e4m3 on the dequantized path, torchao's float8 QAT);
         ``activation=NOT_QUANTIZED``: weight-only QAT."""
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -84,7 +91,13 @@ class Linear(nn.Linear):
         return self.qconfig is not None
 
     def forward(self, input: Tensor) -> Tensor:
-        if self._fake_quant_on and self.qconfig is None:  # torchao numerics: the hot path
+        if self._fake_quant_on and isinstance(self.weight_config, Float8Config):
+            from triton_qat.float8 import float8_linear  # the dequantized path (no fp8 GEMM yet)
+
+            weight, bias = self.weight, self.bias
+            check_linear_inputs(input, weight, bias)
+            out = float8_linear(input, weight, bias, self.activation_config, self.weight_config)
+        elif self._fake_quant_on and self.qconfig is None:  # torchao numerics: the hot path
             fused, wcfg = self._fused, self.weight_config
             if fused is None or self._fused_for != (self.activation_config, wcfg):
                 fused = self._new_fused()

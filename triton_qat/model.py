@@ -12,7 +12,7 @@ from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizat
 
 from triton_qat import ao, torchao_compat
 from triton_qat.checks import MAX_IN_FEATURES
-from triton_qat.config import QuantConfig
+from triton_qat.config import Float8Config, QuantConfig
 from triton_qat.embedding import (
     Embedding,
     QuantizedEmbedding,
@@ -232,6 +232,12 @@ def convert(model: nn.Module) -> nn.Module:
     untied = []
 
     def make(mod: nn.Module, fqn: str) -> nn.Module:
+        if isinstance(getattr(mod, "weight_config", None), Float8Config):
+            raise NotImplementedError(
+                f"{module_path(fqn)}: converting a float8 (e4m3, Float8Config) layer is not "
+                "done yet (no fp8 inference linear); use tq.to_torchao(model) and torchao's "
+                "convert step, or keep the prepared model"
+            )
         if isinstance(mod, Embedding):
             new = QuantizedEmbedding.from_qat(mod)
         else:

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat.checks import check_group
-from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, QuantConfig
+from triton_qat.config import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_WEIGHT,
+    FLOAT8_MAX,
+    Float8Config,
+    QuantConfig,
+)
 from triton_qat.spec import rows_2d, spec_for
 
 
@@ -162,3 +168,60 @@ def prepare_reference(
         parent_name, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     return model
+
+
+# -- float8 (e4m3) -------------------------------------------------------------------------------
+
+
+def float8_fake_quantize_ref(x: Tensor, config: Float8Config) -> Tensor:
+    """torchao's ``Float8FakeQuantizer`` (0.18) as plain torch ops, differentiable through torch's
+    own autograd, which is how torchao's gradient arises (docs/numerics.md "Float8"): not a
+    straight-through estimate but the STE of the fp8 rounding alone, so that the gradient also
+    flows through the scale into the row's max |x|, and the STE gradient is itself rounded to
+    e4m3 (the backward of ``q.to(float32)`` casts it to the fp8 dtype).
+
+    Rows are the last dim ("per_row") or all of x ("per_tensor"). The scale is
+    ``clamp(amax(|x|), lb, ub) / 448`` in x's dtype, then fp32; values ``x.float() / scale``
+    clamped to +-448, rounded to e4m3 (nearest even), times the scale, cast to x's dtype."""
+    if x.numel() == 0:
+        return x * 1
+    dims = tuple(range(x.dim())) if config.per_tensor else (-1,)
+    max_abs = x.abs().amax(dim=dims, keepdim=True)
+    if config.hp_value_lb is not None or config.hp_value_ub is not None:
+        max_abs = torch.clamp(max_abs, min=config.hp_value_lb, max=config.hp_value_ub)
+    scale = (max_abs / FLOAT8_MAX).to(torch.float32)
+    t = torch.clamp(x.to(torch.float32) / scale, min=-FLOAT8_MAX, max=FLOAT8_MAX)
+    q = _Float8RoundSTE.apply(t)
+    return (q.to(torch.float32) * scale).to(x.dtype)
+
+
+def float8_scale_ref(x: Tensor, config: Float8Config) -> Tensor:
+    """The fp32 scale of :func:`float8_fake_quantize_ref`: [R, 1] per row of x's 2-D row view
+    [R, K] (K = the last dim), [1, 1] per tensor."""
+    x2d = x.detach().reshape(-1, x.shape[-1]) if x.dim() else x.detach().reshape(1, 1)
+    dims = (0, 1) if config.per_tensor else (1,)
+    max_abs = x2d.abs().amax(dim=dims, keepdim=True)
+    if config.hp_value_lb is not None or config.hp_value_ub is not None:
+        max_abs = torch.clamp(max_abs, min=config.hp_value_lb, max=config.hp_value_ub)
+    return (max_abs / FLOAT8_MAX).to(torch.float32)
+
+
+class _Float8RoundSTE(torch.autograd.Function):
+    """``t.to(float8_e4m3fn)`` with its gradient passed through (torchao's ``_RoundToFloat8``)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        return t.to(torch.float8_e4m3fn)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad
+
+
+def float8_linear_ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None, activation, weight_config: Float8Config
+) -> Tensor:
+    """torchao's ``FakeQuantizedLinear`` with float8 configs: ``F.linear(fq(x), fq(w), bias)``
+    (``activation=None``: weight-only)."""
+    x_fq = x if activation is None else float8_fake_quantize_ref(x, activation)
+    return F.linear(x_fq, float8_fake_quantize_ref(weight, weight_config), bias)

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
-from triton_qat.config import NOT_QUANTIZED, QuantConfig
+from triton_qat.config import NOT_QUANTIZED, Float8Config, QuantConfig
 from triton_qat.embedding import Embedding
 from triton_qat.linear import Linear
 from triton_qat.swap import find_modules, module_path, swap_modules, swap_selected
@@ -68,6 +68,9 @@ def _torchao() -> SimpleNamespace:
         PerAxis=granularity.PerAxis,
         PerGroup=granularity.PerGroup,
         PerToken=granularity.PerToken,
+        PerRow=granularity.PerRow,
+        PerTensor=granularity.PerTensor,
+        Float8FakeQuantizeConfig=qat.Float8FakeQuantizeConfig,
         FakeQuantizedEmbedding=qat.FakeQuantizedEmbedding,
         FakeQuantizedLinear=qat.FakeQuantizedLinear,
         IntxFakeQuantizeConfig=qat.IntxFakeQuantizeConfig,
@@ -119,10 +122,12 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
         raise NotImplementedError(
             f"{name}=None: triton_qat fake-quantizes the weight of every module it prepares"
         )
+    if isinstance(config, ao.Float8FakeQuantizeConfig):
+        return _to_float8_config(config, name)
     if not isinstance(config, ao.IntxFakeQuantizeConfig):
         raise NotImplementedError(
             f"{name}: {type(config).__name__} is not supported; triton_qat reproduces torchao's "
-            "integer fake quantization, IntxFakeQuantizeConfig"
+            "integer fake quantization, IntxFakeQuantizeConfig, and Float8FakeQuantizeConfig"
         )
     bits = ao.DTYPE_TO_BIT_WIDTH.get(config.dtype)
     bounds = ao.DTYPE_TO_QVALUE_BOUNDS.get(config.dtype)
@@ -201,6 +206,25 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
     )
 
 
+def _to_float8_config(config: object, name: str) -> Float8Config:
+    """torchao's ``Float8FakeQuantizeConfig`` -> :class:`Float8Config` (e4m3, PerRow(dim=-1) or
+    PerTensor(), the bounds)."""
+    ao = _torchao()
+    if config.dtype != torch.float8_e4m3fn:
+        raise NotImplementedError(f"{name}.dtype={config.dtype}: triton_qat's float8 is e4m3")
+    g = config.granularity
+    if isinstance(g, ao.PerTensor):
+        granularity = "per_tensor"
+    elif isinstance(g, ao.PerRow) and g.dim in (-1, None):
+        granularity = "per_row"
+    else:
+        raise NotImplementedError(
+            f"{name}.granularity={g}: triton_qat's float8 scales are PerRow() (the last dim) "
+            "or PerTensor()"
+        )
+    return Float8Config(granularity, config.hp_value_lb, config.hp_value_ub)
+
+
 def to_torchao_config(config: QuantConfig | object, role: str) -> object | None:
     """The torchao ``IntxFakeQuantizeConfig`` with ``config``'s numerics (the inverse of
     :func:`to_quant_config`): ``NOT_QUANTIZED`` activations -> None (weight-only), learned ranges
@@ -209,6 +233,11 @@ def to_torchao_config(config: QuantConfig | object, role: str) -> object | None:
     ao = _torchao()
     if config is NOT_QUANTIZED and role == "activation":
         return None
+    if isinstance(config, Float8Config):
+        gran = ao.PerTensor() if config.per_tensor else ao.PerRow()
+        return ao.Float8FakeQuantizeConfig(
+            config.dtype, gran, hp_value_lb=config.hp_value_lb, hp_value_ub=config.hp_value_ub
+        )
     if not isinstance(config, QuantConfig):
         raise NotImplementedError(f"{role}={config!r}: no torchao IntxFakeQuantizeConfig for it")
     dtype = getattr(torch, f"int{config.bits}")
@@ -336,8 +365,9 @@ def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
         new = Embedding.from_float(mod, weight=w)
     else:  # torchao's own error
         raise ValueError(f"Module of type '{type(mod)}' does not have QAT support")
-    check_input = act_cfg is not None and act_cfg.scale_precision is None
-    check_weight = w_cfg.scale_precision is None
+    # (float8 configs have no scale_precision: their scales are fp32)
+    check_input = act_cfg is not None and getattr(act_cfg, "scale_precision", 1) is None
+    check_weight = getattr(w_cfg, "scale_precision", 1) is None
     if check_weight and mod.weight.dtype != torch.float32:
         raise NotImplementedError(_fp32_message(where, f"its weight is {mod.weight.dtype}"))
     if check_input or check_weight:
