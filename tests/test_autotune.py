@@ -461,7 +461,10 @@ def test_hopper_defaults_are_the_measured_ones_for_16_bit_dtypes_only():
     for kernel in ("fwd", "dgrad", "wgrad"):
         # the backward GEMMs at 16-bit dtypes: torch.mm + the mask pass on every GPU
         cublas = {} if kernel == "fwd" else {"CUBLAS": 1}
-        assert default_config(kernel, shape, False, 0, 2, 9) == {**HOPPER_DEFAULTS[kernel], **cublas}
+        assert default_config(kernel, shape, False, 0, 2, 9) == {
+            **HOPPER_DEFAULTS[kernel],
+            **cublas,
+        }
         for elem_bytes, cap in ((4, 9), (2, 8), (4, 8)):  # fp32, sm_80 family: not measured
             want = {**DEFAULTS[kernel], "TMA": 0, **(cublas if elem_bytes == 2 else {})}
             if (kernel, elem_bytes, cap) == ("wgrad", 4, 8):  # DEFAULTS' tile spills there
