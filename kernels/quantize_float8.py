@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRET, cast_to_dt, div_scalar, dtype_code, new_empty, round_to_dt
-from kernels.quantize import _to_f32
+from ._common import INTERPRET, cast_to_dt, div_scalar, dtype_code, new_empty, round_to_dt
+from .quantize import _to_f32
 
 F8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 

@@ -76,3 +76,18 @@ def test_readme_layout_table_matches_the_tree():
             assert path.name in named or f"{folder}/{path.name}" in named, (
                 f"{folder}/{path.name} is missing from the README's layout table"
             )
+
+
+def test_no_module_imports_the_source_folders_by_their_repo_names():
+    """``kernels`` and ``autotune`` install as ``triton_qat.kernels`` / ``triton_qat.autotune``: an
+    absolute ``from kernels import ...`` only works from the repo root (it broke ``import
+    triton_qat`` anywhere else once)."""
+    bad = []
+    for folder in PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])  # fmt: skip
+                bad += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                        if n and n.split(".")[0] in ("kernels", "autotune")]  # fmt: skip
+    assert not bad, bad

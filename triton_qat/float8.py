@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels import quantize_float8 as _k
-from kernels.quantize_float8_torch import (
+from triton_qat.kernels import quantize_float8 as _k
+from triton_qat.kernels.quantize_float8_torch import (
     float8_fake_quantize_backward_torch,
     float8_fake_quantize_torch,
 )
