@@ -23,9 +23,9 @@ from pathlib import Path
 
 import triton
 
-# 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS (their
-# version-2 entries were tuned without torch.mm among the candidates). An older file is ignored
-# with a warning.
+# 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS. A
+# version-2 file is read without its dgrad / wgrad entries (tuned without torch.mm among the
+# candidates; the next store rewrites it as version 3); an older one is ignored with a warning.
 FORMAT_VERSION = 3
 # Bumped whenever any cache's entries change (reload, store) or :func:`invalidate` is called: what
 # was decided from the configs (the op layer's launch plans) is decided again after a change.
@@ -96,8 +96,12 @@ def read_entries(path: Path) -> dict[str, dict]:
         if not isinstance(data, dict):
             raise ValueError(f"top level is a {type(data).__name__}, not an object")
         entries = data["entries"]
-        if not isinstance(entries, dict) or data.get("version") != FORMAT_VERSION:
+        version = data.get("version")
+        if not isinstance(entries, dict) or version not in (FORMAT_VERSION, 2):
             raise ValueError("unexpected layout or version")
+        if version == 2:  # still valid but for the backward GEMMs' (tuned without torch.mm)
+            entries = {k: v for k, v in entries.items()
+                       if not (isinstance(k, str) and k.split("|")[0] in ("dgrad", "wgrad"))}  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         warnings.warn(f"triton_qat: ignoring unreadable autotune cache {path}: {e}", stacklevel=3)
         return {}
@@ -153,7 +157,7 @@ def valid_entry(key: object, entry: object) -> bool:
     """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
     config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
     (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 unless DEQUANT, flags DEQUANT /
-    TMA / CUBLAS 0 or 1, no block over Triton's tensor size limit), num_warps a power of two <= 32,
+    TMA / CUBLAS 0 or 1, CUBLAS 0 at float32, no block over Triton's tensor size limit), num_warps a power of two <= 32,
     1 <= num_stages <= 8, GROUP_M >= 1; optional "ms" a finite number >= 0 and "tried" an int
     >= 0."""
     if not _key_ok(key) or not isinstance(entry, dict) or "config" not in entry:
@@ -166,6 +170,8 @@ def valid_entry(key: object, entry: object) -> bool:
     kernel, cfg = key.split("|", 1)[0], entry["config"]
     if not _config_ok(kernel, cfg):
         return False
+    if cfg.get("CUBLAS") and key.split("|")[4] == "float32":
+        return False  # torch.mm is the 16-bit backward's (fp32 keeps the IEEE Triton dot)
     # DEQUANT is the per-group forward's: a per-channel key ("fwd|...|", no g<size>) cannot run it
     return not (kernel == "fwd" and cfg["DEQUANT"] and not key.rsplit("|", 1)[1].startswith("g"))
 

@@ -357,11 +357,15 @@ def candidates(
     max_stages = 5 if capability >= 9 else 4  # Hopper's larger shared memory fits deeper pipelines
     default = default_config(kernel, shape, False, group_size, elem_bytes, capability)
     # the default is a candidate even where the list lacks it (sm_80's fp32 wgrad tile)
+    pool = [*(CURATED if curated else SPACES)[kernel], default]
     kept = [
-        c for c in [*(CURATED if curated else SPACES)[kernel], default]
-        if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)
+        c for c in pool if not c.get("CUBLAS")
+        and c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 32) and c["BLOCK_K"] <= max(kk, 64)
         and smem_bytes(kernel, c, elem_bytes) <= limit and c["num_stages"] <= max_stages
     ]  # fmt: skip
+    if kernel != "fwd" and elem_bytes == 2:  # torch.mm + the mask pass: one candidate at any
+        # shape (its tiles are never used, so no tile or shared-memory filter applies)
+        kept = [default if default.get("CUBLAS") else next(c for c in pool if c.get("CUBLAS"))] + kept
     first = fit_config(kernel, default, K, group_size or K)
     if kernel == "fwd" and fwd_mode(K, group_size or K) == 0:  # DEQUANT is for per-group weights
         kept = [c for c in kept if not c.get("DEQUANT")]
@@ -370,8 +374,6 @@ def candidates(
     fp32_plain = elem_bytes != 2 and (kernel != "fwd" or group_size not in (0, K))
     kept = [{**c, "TMA": 0} if capability < 9 or (fp32_plain and (kernel != "fwd" or c.get("DEQUANT")))
             else c for c in kept]  # fmt: skip
-    if kernel != "fwd" and elem_bytes != 2:  # torch.mm is the 16-bit operands' candidate
-        kept = [c for c in kept if not c.get("CUBLAS")]
     kept = _dedupe([fit_config(kernel, c, K, group_size or K) for c in kept])
     # this problem's untuned default leads when it is a candidate (per-group 16-bit: DEQUANT)
     return sorted(kept, key=lambda c: c != first) or [first]

@@ -454,6 +454,18 @@ def test_quantize_default_threads_and_the_with_y_fit():
         )
 
 
+def test_torch_mm_is_timed_first_at_every_16_bit_backward_shape():
+    """torch.mm + the mask pass (the 16-bit default) leads the backward's candidates at any shape:
+    its tiles are never used, so the tile and shared-memory filters do not drop it."""
+    for kernel in ("dgrad", "wgrad"):
+        for shape in ((32, 4096, 4096), (8192, 4096, 64), (8192, 64, 4096), (64, 128, 128)):
+            for cap, smem in ((9, 227 * 1024), (8, 99 * 1024)):
+                got = candidates(kernel, shape, cap, 2, smem, curated=True)
+                assert got[0].get("CUBLAS") == 1, (kernel, shape, cap)
+                assert sum(bool(c.get("CUBLAS")) for c in got) == 1
+                assert not any(c.get("CUBLAS") for c in candidates(kernel, shape, cap, 4, smem))
+
+
 def test_hopper_defaults_are_the_measured_ones_for_16_bit_dtypes_only():
     from triton_qat.autotune.space import DEFAULTS, HOPPER_DEFAULTS, default_config
 

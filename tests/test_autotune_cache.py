@@ -77,6 +77,7 @@ BAD = {
     ),
     "dgrad without CUBLAS": ("dgrad|M16|N32|K32|bfloat16|", {"config": GEMM}),
     "CUBLAS=2": ("wgrad|M16|N32|K16|bfloat16|", {"config": {**BWD, "CUBLAS": 2}}),
+    "CUBLAS at fp32": ("dgrad|M16|N32|K48|float32|", {"config": {**BWD, "CUBLAS": 1}}),
     "fwd with CUBLAS": ("fwd|M16|N48|K64|float32|", {"config": {**FWD, "CUBLAS": 1}}),
     "DEQUANT on a per-channel forward": (
         FKEY.replace("float32", "bfloat16"),
@@ -141,9 +142,22 @@ def test_launchable_entries_are_kept(cache_dir, key, cfg):
     assert msgs == [] and cache.lookup(key) == cfg
 
 
+def test_version_2_file_keeps_all_but_its_backward_entries(cache_dir):
+    """A format-2 file (before the backward GEMMs' CUBLAS) still serves its forward and quantize
+    entries; its dgrad / wgrad ones, tuned without torch.mm, are dropped without a warning."""
+    path = cache_dir / file_name("interpreter")
+    old = {FKEY: {"config": FWD}, QKEY: {"config": QUANT},
+           "dgrad|M16|N32|K32|bfloat16|": {"config": GEMM}}  # fmt: skip
+    path.write_text(json.dumps({"version": 2, "entries": old}))
+    cache, msgs = _load(path)
+    assert msgs == [] and set(cache.entries) == {FKEY, QKEY}
+    write_entries(path, "interpreter", {})
+    assert json.loads(path.read_text())["version"] == FORMAT_VERSION
+
+
 @pytest.mark.parametrize(
     "text",
-    ["[]", '"entries"', "null", '{"version": 2, "entries": []}', '{"version": 1, "entries": {}}',
+    ["[]", '"entries"', "null", '{"version": 3, "entries": []}', '{"version": 1, "entries": {}}',
      '{"entries": {}}'],
 )  # fmt: skip
 def test_file_of_the_wrong_shape_is_ignored_with_one_warning(cache_dir, text):

@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from triton_qat.checks import check_float_input
+from triton_qat.config import NOT_QUANTIZED, Float8Config
+from triton_qat.dispatch import use_kernels
 from triton_qat.kernels import quantize_float8 as _k
 from triton_qat.kernels.quantize_float8_torch import (
     float8_fake_quantize_backward_torch,
     float8_fake_quantize_torch,
 )
-from triton_qat.checks import check_float_input
-from triton_qat.config import NOT_QUANTIZED, Float8Config
-from triton_qat.dispatch import use_kernels
 
 
 @torch.library.custom_op("triton_qat::float8_fake_quantize", mutates_args=())
