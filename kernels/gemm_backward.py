@@ -16,7 +16,9 @@ zeroes the masked elements in place (:mod:`.ste_mask`): the mask applies element
 output, so ``torch.where(mask, A @ B, 0)`` may be computed in two steps, and the second reads one
 bit (dgrad) or byte (wgrad) per element and writes only the few elements that clip
 (docs/numerics.md "Which configs clip"). For 16-bit operands only: an fp32 ``torch.mm`` follows
-``torch.backends.cuda.matmul.allow_tf32``, the Triton kernel never uses TF32.
+``torch.backends.cuda.matmul.allow_tf32``, the Triton kernel never uses TF32. The product is then
+cuBLAS's, reductions included (torch's ``allow_bf16/fp16_reduced_precision_reduction``, as for
+``nn.Linear``).
 """
 
 from __future__ import annotations
