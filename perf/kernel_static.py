@@ -188,7 +188,17 @@ def specialize(launch: Launch, arch: int):
     names = [p.name for p in fn.params]
     info = {"one": sorted(names[p[0]] for p in consts if not fn.params[p[0]].is_constexpr),
             "div16": sorted(names[p[0]] for p, a in attrs.items() if a)}  # fmt: skip
-    return ASTSource(fn, sig, consts, attrs), target, options.__dict__, info
+    return _source_class(fn)(fn, sig, consts, attrs), target, options.__dict__, info
+
+
+def _source_class(fn):
+    """ASTSource, or for a Gluon kernel Gluon's (it sets the module's warps and target, which
+    Gluon's explicit layouts are checked against), as the JIT's binder picks it."""
+    if fn.is_gluon():
+        from triton.experimental.gluon._runtime import GluonASTSource  # 3.6 exports it here only
+
+        return GluonASTSource
+    return ASTSource
 
 
 def _specialize_by_hand(fn, args, kwargs):
