@@ -24,8 +24,9 @@ from pathlib import Path
 import triton
 
 # 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS (their
-# version-2 entries were tuned without torch.mm among the candidates). An older file is ignored
-# with a warning.
+# version-2 entries were tuned without torch.mm among the candidates), and the forward's GLUON
+# (added within version 3: a forward entry without it is dropped with the malformed ones; the
+# shipped files carry it). An older file is ignored with a warning.
 FORMAT_VERSION = 3
 # Bumped whenever any cache's entries change (reload, store) or :func:`invalidate` is called: what
 # was decided from the configs (the op layer's launch plans) is decided again after a change.
@@ -38,7 +39,7 @@ _GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stag
 # cache key may start with. A new parameter goes here; its value check goes in _config_ok.
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "quantize": ("BLOCK_R", "BLOCK_C", "num_warps"),
-    "fwd": _GEMM_KEYS + ("DEQUANT", "TMA"),
+    "fwd": _GEMM_KEYS + ("DEQUANT", "TMA", "GLUON"),
     "dgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
     "wgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
 }
@@ -146,6 +147,8 @@ def _config_ok(kernel: str, cfg: object) -> bool:
         return False
     if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and bk < 32):
         return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands); flags are 0/1
+    if kernel == "fwd" and (cfg["GLUON"] not in (0, 1) or cfg["GLUON"] and cfg["DEQUANT"]):
+        return False  # the Gluon kernel is the int8 path's (per channel), never the dequantized
     return cfg["GROUP_M"] >= 1 and 1 <= cfg["num_stages"] <= 8
 
 
@@ -153,7 +156,8 @@ def valid_entry(key: object, entry: object) -> bool:
     """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
     config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
     (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 unless DEQUANT, flags DEQUANT /
-    TMA / CUBLAS 0 or 1, no block over Triton's tensor size limit), num_warps a power of two <= 32,
+    TMA / CUBLAS / GLUON 0 or 1, GLUON only per channel and without DEQUANT, no block over
+    Triton's tensor size limit), num_warps a power of two <= 32,
     1 <= num_stages <= 8, GROUP_M >= 1; optional "ms" a finite number >= 0 and "tried" an int
     >= 0."""
     if not _key_ok(key) or not isinstance(entry, dict) or "config" not in entry:
@@ -166,8 +170,12 @@ def valid_entry(key: object, entry: object) -> bool:
     kernel, cfg = key.split("|", 1)[0], entry["config"]
     if not _config_ok(kernel, cfg):
         return False
-    # DEQUANT is the per-group forward's: a per-channel key ("fwd|...|", no g<size>) cannot run it
-    return not (kernel == "fwd" and cfg["DEQUANT"] and not key.rsplit("|", 1)[1].startswith("g"))
+    # DEQUANT is the per-group forward's: a per-channel key ("fwd|...|", no g<size>) cannot run
+    # it; GLUON the per-channel forward's: a per-group key cannot
+    per_group = key.rsplit("|", 1)[1].startswith("g")
+    return not (
+        kernel == "fwd" and (cfg["DEQUANT"] and not per_group or cfg["GLUON"] and per_group)
+    )
 
 
 @contextlib.contextmanager

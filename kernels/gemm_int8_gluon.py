@@ -20,13 +20,16 @@ the next one issues. Here the K loop is explicit:
   exact, so the output is bit-identical to the Triton kernel's (docs/numerics.md "How the
   kernels reproduce it").
 
-What it needs, and otherwise the Triton kernel runs (:func:`launch_int8_linear_gluon` says
-which): a Triton whose Gluon has the Hopper API (:func:`gluon_available`; 3.6 and 3.9 build it,
-their TMA load is named differently), a CUDA device of compute capability 9 (sm_90; not the
-interpreter: Gluon has none), symmetric weights in one group per row (MODE 0 without ``W_ASYM``)
-and operands that fit tensor descriptors (16-byte aligned rows; :func:`.gemm_float.
-k_major_descriptors_fit`). Out-of-range rows, columns and the K tail read as zeros (TMA's
-padding), so no masks in the loop.
+What it needs (elsewhere a ``GLUON`` config runs the Triton kernel, :mod:`.gemm_int8`): a
+Triton whose Gluon has the Hopper API (:func:`gluon_available`; 3.6 and 3.9 build this kernel,
+their TMA load is named differently), an NVIDIA GPU of compute capability 9 and compiled Triton
+(:func:`gluon_device`; never the interpreter: Gluon has none), symmetric weights in one group
+per row (MODE 0 without ``W_ASYM``), operands that fit tensor descriptors (16-byte aligned rows,
+:func:`gluon_operands_fit`) and an eager launch (``torch.compile`` traces user kernels with
+``torch.library.wrap_triton``, whose analysis compiles a plain Triton source: a Gluon kernel
+fails there, "Could not determine the number of warps per CTA", so traced launches take the
+Triton kernel). Out-of-range rows, columns and the K tail read as zeros (TMA's padding), so the
+loop has no masks.
 
 Layouts as :func:`.gemm_int8.int8_linear`: x_codes int8 [M, K], x_scale fp32 [M], x_zero_point
 int32 [M]; w_codes int8 [N, K], w_scale fp32 [N, 1] and w_code_sum int32 [N, 1] (any strides:
@@ -39,7 +42,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._common import INTERPRET, capability_major, cdiv, dtype_code, empty
+from ._common import INTERPRET, cdiv, device_major, dtype_code, empty
 from .gemm_float import k_major_descriptors_fit
 
 try:  # Gluon's Hopper API (triton.experimental: it moves between releases)
@@ -227,7 +230,7 @@ def check_gluon_config(config: dict) -> str | None:
     2+ stages (one group in flight while the next tile lands)."""
     bm, bn, bk, w = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
     wm, wn = _warps(bm, w) if w >= 4 else (0, 0)
-    if w < 4 or w % 4 or bm < 16 * wm or bn < 16 * wn or bn // wn < 16:
+    if w < 4 or w & (w - 1) or bm < 16 * wm or bn // wn < 16:
         return f"BLOCK_M={bm} x BLOCK_N={bn} over {w} warps: no wgmma warpgroup layout"
     if bk < 32 or bk % 32:
         return f"BLOCK_K={bk}: the int8 wgmma steps K by 32"
@@ -295,12 +298,17 @@ def _descriptor(view: torch.Tensor, strides: tuple, block: list, layout) -> obje
     return desc
 
 
-def gluon_fits(x_codes: torch.Tensor, w_codes: torch.Tensor) -> bool:
-    """Whether a launch on these operands can run the Gluon kernel: CUDA tensors of a compute
-    capability 9 device, compiled (not interpreted) Triton, K-major operands that fit tensor
-    descriptors."""
-    if INTERPRET or not x_codes.is_cuda or capability_major(x_codes) != 9:
-        return False
+def gluon_device(device: torch.device) -> bool:
+    """Whether launches on ``device`` can run the Gluon kernel: an NVIDIA GPU of compute
+    capability 9 (wgmma is sm_90a's; later GPUs run the Triton kernel), compiled Triton (never
+    the interpreter: Gluon has none) with Gluon's Hopper API."""
+    return (gluon is not None and not INTERPRET and device.type == "cuda"
+            and torch.version.hip is None and device_major(device) == 9)  # fmt: skip
+
+
+def gluon_operands_fit(x_codes: torch.Tensor, w_codes: torch.Tensor) -> bool:
+    """Whether int8 x [M, K] and w [N, K] can be the kernel's K-major tensor descriptors (unit
+    column strides, 16-byte aligned bases and rows)."""
     sx, sw = x_codes.stride(), w_codes.stride()
     return sx[1] == 1 and sw[1] == 1 and k_major_descriptors_fit(x_codes, sx, w_codes, sw)
 
@@ -314,11 +322,14 @@ def launch_int8_linear_gluon(
     w_scale: torch.Tensor,
     w_code_sum: torch.Tensor,
     bias: torch.Tensor | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run plan ``p``: ``x_fq @ w_fq.T + bias`` [M, N] in the plan's dtype (layouts as the module
-    doc; the caller has checked :func:`gluon_fits` and M, N, K > 0)."""
+    """Run plan ``p``: ``x_fq @ w_fq.T + bias`` [M, N] in the plan's dtype, into ``out`` (a
+    contiguous [M, N] tensor) if given (layouts as the module doc; the caller has checked
+    :func:`gluon_device`, :func:`gluon_operands_fit` and M, N, K > 0)."""
     M, N, K = x_codes.shape[0], p.N, p.K
-    out = empty((M, N), dtype=p.out_dtype, device=x_codes.device)
+    if out is None:
+        out = empty((M, N), dtype=p.out_dtype, device=x_codes.device)
     x_desc = _descriptor(x_codes, (x_codes.stride(0), 1), [p.block_m, p.block_k], p.x_layout)
     w_desc = _descriptor(w_codes, (w_codes.stride(0), 1), [p.block_n, p.block_k], p.w_layout)
     if w_code_sum.stride(0) != w_scale.stride(0):
@@ -346,15 +357,15 @@ def int8_linear_gluon(
     """``x_fq @ w_fq.T + bias`` [M, N] by the Gluon kernel, for per-channel symmetric weights
     (layouts as :func:`.gemm_int8.int8_linear`; ``config``: BLOCK_M/N/K, GROUP_M, num_warps,
     num_stages fitting :func:`check_gluon_config`). ValueError where the operands or the device
-    cannot run it (:func:`gluon_fits`). :func:`plan_int8_linear_gluon` then
-    :func:`launch_int8_linear_gluon`."""
+    cannot run it (:func:`gluon_device`, :func:`gluon_operands_fit`).
+    :func:`plan_int8_linear_gluon` then :func:`launch_int8_linear_gluon`."""
     K, N = x_codes.shape[1], w_codes.shape[0]
-    if not gluon_fits(x_codes, w_codes):
+    if not (gluon_device(x_codes.device) and gluon_operands_fit(x_codes, w_codes)):
         raise ValueError("int8_linear_gluon: needs compiled Triton on an sm_90 GPU and K-major "
                          "int8 operands with 16-byte aligned rows")  # fmt: skip
-    plan = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
-                                  has_bias=bias is not None)  # fmt: skip
     if x_codes.shape[0] == 0 or N == 0 or K == 0:
         raise ValueError("int8_linear_gluon: empty operands (int8_linear handles them)")
+    plan = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
+                                  has_bias=bias is not None)  # fmt: skip
     return launch_int8_linear_gluon(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale,
                                     w_code_sum, bias)  # fmt: skip
