@@ -554,7 +554,7 @@ CLASSES = [("mma", r"^[HIQ]GMMA|^HMMA|^IMMA"), ("gld", r"^LDG(?!DEPBAR)|^UTMALDG
            ("ialu", r"^(IADD3|IMAD|IMUL|LOP3|SHF|LEA|ISETP|SEL|IMNMX|VIADD|VIMNMX|MOV|PRMT|IABS|POPC|"
                     r"FLO|BMSK|SGXT|PLOP3|P2R|R2P|CS2R|S2R|BREV|IDP|IADD|LOP)")]  # fmt: skip
 CLASS_NAMES = [c for c, _ in CLASSES] + ["other"]
-FP_OPS = r"^(FMUL|FADD|FFMA|FSEL|I2FP|F2FP|HADD2|HMUL2|HFMA2)\b"  # a row's "fp_ops"
+FP_OPS = r"^(FMUL|FADD|FFMA|FSEL|I2FP|F2FP)\b"  # a row's "fp_ops": fp32 arithmetic, its rounding
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Za-z0-9_.]+)([^;]*);")
 
 
