@@ -393,8 +393,9 @@ def launch_int8_linear(
     if p.gluon is not None and kernels is None and gluon_operands_fit(x_codes, w_codes):
         if N * p.block_m >= 2**31 or M + p.block_m >= 2**31 or N * w_scale.stride(0) >= 2**31:
             check_offsets(M, N, p.block_m, w_scale, None)  # its 32-bit offsets are the same
-        return launch_int8_linear_gluon(p.gluon, x_codes, x_scale, x_zero_point, w_codes,
-                                        w_scale, w_code_sum, bias, out)  # fmt: skip
+        if launch_int8_linear_gluon(p.gluon, x_codes, x_scale, x_zero_point, w_codes, w_scale,
+                                    w_code_sum, bias, out) is not None:  # fmt: skip
+            return out  # (None: it could not be built here; the Triton kernel runs, same bits)
     sx, sw = x_codes.stride(), w_codes.stride()
     if sx[1] != 1:
         x_codes = x_codes.contiguous()

@@ -21,8 +21,10 @@ the next one issues. Here the K loop is explicit:
   kernels reproduce it").
 
 What it needs (elsewhere a ``GLUON`` config runs the Triton kernel, :mod:`.gemm_int8`): a
-Triton whose Gluon has the Hopper API (:func:`gluon_available`; 3.6 and 3.9 build this kernel,
-their TMA load is named differently), an NVIDIA GPU of compute capability 9 and compiled Triton
+Triton whose Gluon has the Hopper API (:func:`gluon_available`; compiled for sm_90a under 3.5.1,
+3.6.0, 3.7.1, 3.8.0 and 3.9.0, whose TMA load changed name; 3.4.0 has no ``warpgroup_mma``; a
+release where the kernel still fails to build turns it off for the process at its first
+launch, with a warning), an NVIDIA GPU of compute capability 9 and compiled Triton
 (:func:`gluon_device`; never the interpreter: Gluon has none), symmetric weights in one group
 per row (MODE 0 without ``W_ASYM``), operands that fit tensor descriptors (16-byte aligned rows,
 :func:`gluon_operands_fit`) and an eager launch (``torch.compile`` traces user kernels with
@@ -38,9 +40,11 @@ one column); bias [N] or None; out [M, N] contiguous in fp32 / fp16 / bf16.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
+import triton
 
 from ._common import INTERPRET, cdiv, device_major, dtype_code, empty
 from .gemm_float import k_major_descriptors_fit
@@ -75,6 +79,19 @@ def gluon_available() -> bool:
 def gluon_unavailable_reason() -> str | None:
     """Why :func:`gluon_available` is False (the import's error), else None."""
     return _GLUON_ERROR
+
+
+# Set when a launch failed to build or run the kernel (a Triton release whose Gluon has the API's
+# names but not its behaviour: built and checked here under 3.5.1, 3.6.0, 3.7.1, 3.8.0 and 3.9.0;
+# 3.4.0 lacks warpgroup_mma and is gated off above): the process then runs the Triton kernel.
+_FAILED: list[str] = []
+
+
+def _failed(e: Exception) -> None:
+    why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    _FAILED.append(why)
+    warnings.warn(f"triton_qat: the Gluon int8 forward failed under Triton {triton.__version__} "
+                  f"({why[:300]}); GLUON configs run the Triton kernel from now on", stacklevel=4)  # fmt: skip
 
 
 if gluon is not None:
@@ -302,7 +319,7 @@ def gluon_device(device: torch.device) -> bool:
     """Whether launches on ``device`` can run the Gluon kernel: an NVIDIA GPU of compute
     capability 9 (wgmma is sm_90a's; later GPUs run the Triton kernel), compiled Triton (never
     the interpreter: Gluon has none) with Gluon's Hopper API."""
-    return (gluon is not None and not INTERPRET and device.type == "cuda"
+    return (gluon is not None and not _FAILED and not INTERPRET and device.type == "cuda"
             and torch.version.hip is None and device_major(device) == 9)  # fmt: skip
 
 
@@ -323,10 +340,15 @@ def launch_int8_linear_gluon(
     w_code_sum: torch.Tensor,
     bias: torch.Tensor | None,
     out: torch.Tensor | None = None,
-) -> torch.Tensor:
+    fallback: bool = True,
+) -> torch.Tensor | None:
     """Run plan ``p``: ``x_fq @ w_fq.T + bias`` [M, N] in the plan's dtype, into ``out`` (a
     contiguous [M, N] tensor) if given (layouts as the module doc; the caller has checked
-    :func:`gluon_device`, :func:`gluon_operands_fit` and M, N, K > 0)."""
+    :func:`gluon_device`, :func:`gluon_operands_fit` and M, N, K > 0). With ``fallback``, None
+    where the kernel cannot be built or launched (once, with a warning; then every time): the
+    caller runs the Triton kernel; without, the error is raised."""
+    if fallback and _FAILED:
+        return None
     M, N, K = x_codes.shape[0], p.N, p.K
     if out is None:
         out = empty((M, N), dtype=p.out_dtype, device=x_codes.device)
@@ -337,7 +359,13 @@ def launch_int8_linear_gluon(
     args = (x_desc, w_desc, x_scale.contiguous(), x_zero_point.contiguous(), w_scale, w_code_sum,
             out if bias is None else bias.contiguous(), out, M, N, K, w_scale.stride(0), N)  # fmt: skip
     grid = (cdiv(M, p.block_m) * cdiv(N, p.block_n),)
-    _int8_linear_gluon_kernel.run(*args, grid=grid, warmup=False, **p.meta)
+    try:
+        _int8_linear_gluon_kernel.run(*args, grid=grid, warmup=False, **p.meta)
+    except Exception as e:  # noqa: BLE001 - a compile / launch failure: the Triton kernel runs
+        if not fallback:
+            raise
+        _failed(e)
+        return None
     return out
 
 
@@ -368,4 +396,4 @@ def int8_linear_gluon(
     plan = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
                                   has_bias=bias is not None)  # fmt: skip
     return launch_int8_linear_gluon(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale,
-                                    w_code_sum, bias)  # fmt: skip
+                                    w_code_sum, bias, fallback=False)  # fmt: skip

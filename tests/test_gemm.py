@@ -205,6 +205,42 @@ def test_gluon_config_runs_the_triton_kernel_where_gluon_cannot(device):
             assert (meta["WARPS_M"], meta["WARPS_N"], meta["INSTR_N"]) == want
 
 
+def test_gluon_kernel_that_cannot_build_falls_back_to_the_triton_kernel(monkeypatch):
+    """A Triton whose Gluon has the API's names but cannot build the kernel: the first launch
+    warns, returns None (the caller then runs the Triton kernel) and turns Gluon off for the
+    process (no sm_90 plan picks it any more); the direct Gluon launcher raises instead."""
+    from triton_qat.kernels import gemm_int8_gluon as gg
+
+    if not gg.gluon_available():
+        pytest.skip(f"no Gluon Hopper API here: {gg.gluon_unavailable_reason()}")
+
+    class Broken:
+        def run(self, *args, **kwargs):
+            raise RuntimeError("PassManager::run failed")
+
+    monkeypatch.setattr(gg, "_int8_linear_gluon_kernel", Broken())
+    monkeypatch.setattr(gg, "_FAILED", [])
+    monkeypatch.setattr(gg, "INTERPRET", False)
+    monkeypatch.setattr(gg, "device_major", lambda device: 9)  # an sm_90 GPU, as far as it asks
+    cuda = torch.device("cuda", 0)
+    assert gg.gluon_device(cuda)
+    cfg = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": 2}  # fmt: skip
+    p = gg.plan_int8_linear_gluon(64, 32, torch.float32, config=cfg, asymmetric=True,
+                                  has_bias=False)  # fmt: skip
+    i8, f32, i32 = torch.int8, torch.float32, torch.int32
+    args = (torch.zeros(8, 64, dtype=i8), torch.ones(8), torch.zeros(8, dtype=i32),
+            torch.zeros(32, 64, dtype=i8), torch.ones(32, 1), torch.zeros(32, 1, dtype=i32), None)  # fmt: skip
+    out = torch.empty(8, 32, dtype=f32)
+    with pytest.raises(RuntimeError, match="PassManager"):
+        gg.launch_int8_linear_gluon(p, *args, out, fallback=False)
+    assert gg.gluon_device(cuda)  # the direct launcher raised: nothing turned off
+    with pytest.warns(UserWarning, match="Triton kernel from now on"):
+        assert gg.launch_int8_linear_gluon(p, *args, out) is None
+    assert gg._FAILED and not gg.gluon_device(cuda)
+    assert gg.launch_int8_linear_gluon(p, *args, out) is None  # no second try, no second warning
+
+
 def test_forward_default_path_by_group_and_dtype():
     """Untuned defaults: per-group weights at 16-bit dtypes take the dequantized path, fp32 and
     per-channel weights the int8 one (the tuner times both where both run)."""
