@@ -23,9 +23,11 @@ from pathlib import Path
 
 import triton
 
-# 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS. A
-# version-2 file is read without its dgrad / wgrad entries (tuned without torch.mm among the
-# candidates; the next store rewrites it as version 3); an older one is ignored with a warning.
+# 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS and the
+# forward's GLUON. A version-2 file is read without its dgrad / wgrad entries (tuned without
+# torch.mm among the candidates), and a forward config without GLUON (version 2, or version 3
+# before GLUON) reads as GLUON 0, the Triton kernel it ran; the next store rewrites the file as
+# version 3. An older file is ignored with a warning.
 FORMAT_VERSION = 3
 # Bumped whenever any cache's entries change (reload, store) or :func:`invalidate` is called: what
 # was decided from the configs (the op layer's launch plans) is decided again after a change.
@@ -38,7 +40,7 @@ _GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stag
 # cache key may start with. A new parameter goes here; its value check goes in _config_ok.
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "quantize": ("BLOCK_R", "BLOCK_C", "num_warps"),
-    "fwd": _GEMM_KEYS + ("DEQUANT", "TMA"),
+    "fwd": _GEMM_KEYS + ("DEQUANT", "TMA", "GLUON"),
     "dgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
     "wgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
 }
@@ -102,6 +104,7 @@ def read_entries(path: Path) -> dict[str, dict]:
         if version == 2:  # still valid but for the backward GEMMs' (tuned without torch.mm)
             entries = {k: v for k, v in entries.items()
                        if not (isinstance(k, str) and k.split("|")[0] in ("dgrad", "wgrad"))}  # fmt: skip
+        entries = {k: _with_gluon_flag(k, v) for k, v in entries.items()}
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         warnings.warn(f"triton_qat: ignoring unreadable autotune cache {path}: {e}", stacklevel=3)
         return {}
@@ -111,6 +114,15 @@ def read_entries(path: Path) -> dict[str, dict]:
         warnings.warn(f"triton_qat: ignoring {len(bad)} malformed entries of autotune cache "
                       f"{path}, e.g. {bad[0]!r}", stacklevel=3)  # fmt: skip
     return good
+
+
+def _with_gluon_flag(key: object, entry: object) -> object:
+    """A forward entry written before the GLUON flag, with ``GLUON: 0`` (the Triton kernel it
+    ran); any other entry as it is."""
+    if (isinstance(key, str) and key.startswith("fwd|") and isinstance(entry, dict)
+            and isinstance(entry.get("config"), dict) and "GLUON" not in entry["config"]):  # fmt: skip
+        return {**entry, "config": {**entry["config"], "GLUON": 0}}
+    return entry
 
 
 def _is_int(v: object) -> bool:
@@ -150,6 +162,8 @@ def _config_ok(kernel: str, cfg: object) -> bool:
         return False
     if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and bk < 32):
         return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands); flags are 0/1
+    if kernel == "fwd" and (cfg["GLUON"] not in (0, 1) or cfg["GLUON"] and cfg["DEQUANT"]):
+        return False  # the Gluon kernel is the int8 path's (per channel), never the dequantized
     return cfg["GROUP_M"] >= 1 and 1 <= cfg["num_stages"] <= 8
 
 
@@ -157,7 +171,8 @@ def valid_entry(key: object, entry: object) -> bool:
     """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
     config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
     (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 unless DEQUANT, flags DEQUANT /
-    TMA / CUBLAS 0 or 1, CUBLAS 0 at float32, no block over Triton's tensor size limit), num_warps a power of two <= 32,
+    TMA / CUBLAS / GLUON 0 or 1, CUBLAS 0 at float32, GLUON only per channel and without
+    DEQUANT, no block over Triton's tensor size limit), num_warps a power of two <= 32,
     1 <= num_stages <= 8, GROUP_M >= 1; optional "ms" a finite number >= 0 and "tried" an int
     >= 0."""
     if not _key_ok(key) or not isinstance(entry, dict) or "config" not in entry:
@@ -172,8 +187,12 @@ def valid_entry(key: object, entry: object) -> bool:
         return False
     if cfg.get("CUBLAS") and key.split("|")[4] == "float32":
         return False  # torch.mm is the 16-bit backward's (fp32 keeps the IEEE Triton dot)
-    # DEQUANT is the per-group forward's: a per-channel key ("fwd|...|", no g<size>) cannot run it
-    return not (kernel == "fwd" and cfg["DEQUANT"] and not key.rsplit("|", 1)[1].startswith("g"))
+    # DEQUANT is the per-group forward's: a per-channel key ("fwd|...|", no g<size>) cannot run
+    # it; GLUON the per-channel forward's: a per-group key cannot
+    per_group = key.rsplit("|", 1)[1].startswith("g")
+    return not (
+        kernel == "fwd" and (cfg["DEQUANT"] and not per_group or cfg["GLUON"] and per_group)
+    )
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import itertools
 import triton
 
 from triton_qat.kernels.gemm_int8 import fwd_mode
+from triton_qat.kernels.gemm_int8_gluon import gluon_available
 
 # Shared memory one block may use when the device cannot be asked (bytes): the smallest of the
 # GPUs this targets (sm_86 / sm_89: 99 KiB). tune.py passes the device's own limit.
@@ -21,11 +22,13 @@ SMEM_FALLBACK = 99 * 1024
 
 _GEMM_FWD = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s,
-     "DEQUANT": dq, "TMA": tma}
-    for bm, bn, bk, w, s, dq, tma in itertools.product(
-        (64, 128, 256), (64, 128, 256), (32, 64, 128, 256), (4, 8), (3, 4, 5), (0, 1), (0, 1)
+     "DEQUANT": dq, "TMA": tma, "GLUON": glu}
+    for bm, bn, bk, w, s, dq, tma, glu in itertools.product(
+        (64, 128, 256), (64, 128, 256), (32, 64, 128, 256), (4, 8), (3, 4, 5), (0, 1), (0, 1),
+        (0, 1),
     )
-    if bk >= 64 or dq  # the int8 path's BLOCK_K >= 64 (32 only where a group fits no larger)
+    if (bk >= 64 or dq)  # the int8 path's BLOCK_K >= 64 (32 only where a group fits no larger)
+    and not (glu and (dq or tma))  # the Gluon kernel (TMA loads its own): int8 path, TMA key 0
 ]  # fmt: skip
 _GEMM_BWD = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w, "num_stages": s,
@@ -51,7 +54,7 @@ SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": 
 # whose loop it does not shorten, it is a tuner candidate.
 DEFAULTS = {
     "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-            "num_stages": 3, "DEQUANT": 0, "TMA": 0},
+            "num_stages": 3, "DEQUANT": 0, "TMA": 0, "GLUON": 0},
     "dgrad": {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 3, "TMA": 0, "CUBLAS": 0},
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
@@ -64,7 +67,7 @@ DEFAULTS = {
 # per shape. Hopper: the persistent-matmul tutorial's tile (144 KiB of shared memory); others the
 # bf16 dgrad's (96 KiB, within the 99 KiB of sm_86 / sm_89).
 FWD_DEQUANT_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
-                       "num_stages": 3, "DEQUANT": 1, "TMA": 1}  # fmt: skip
+                       "num_stages": 3, "DEQUANT": 1, "TMA": 1, "GLUON": 0}  # fmt: skip
 FWD_DEQUANT_DEFAULT_SM80 = {**FWD_DEQUANT_DEFAULT, "BLOCK_N": 128, "TMA": 0}
 # Hopper's defaults at 16-bit dtypes, measured: what the curated lists' tuning picked on an NVIDIA
 # H200 (torch 2.11, Triton 3.6; make gpu-report at 2133f21, perf/results/nvidia-h200/). The same
@@ -75,7 +78,7 @@ FWD_DEQUANT_DEFAULT_SM80 = {**FWD_DEQUANT_DEFAULT, "BLOCK_N": 128, "TMA": 0}
 # (0.64 vs 0.29 per 1024 MACs of the per-channel forward, tests/test_kernel_static.py).
 HOPPER_DEFAULTS = {
     "fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4,
-            "num_stages": 4, "DEQUANT": 0, "TMA": 0},
+            "num_stages": 4, "DEQUANT": 0, "TMA": 0, "GLUON": 0},
     "dgrad": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 256, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 3, "TMA": 1, "CUBLAS": 0},
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
@@ -86,7 +89,8 @@ HOPPER_DEFAULTS = {
 # (128x128 / 8 warps: 255 registers, 44 B spilled) and measure 0.9 non-MMA instructions per 1024
 # MACs against 1.1 (sm_90a, Triton 3.9, perf/kernel_static.py).
 FWD_GROUP_INT8_DEFAULT = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8,
-                          "num_warps": 4, "num_stages": 3, "DEQUANT": 0, "TMA": 0}  # fmt: skip
+                          "num_warps": 4, "num_stages": 3, "DEQUANT": 0, "TMA": 0,
+                          "GLUON": 0}  # fmt: skip
 # fp32 wgrad on sm_80-family GPUs (an IEEE fp32 FMA dot, no tensor cores): DEFAULTS' 64-row
 # reduction tile (the wgrad reduces over the tokens, BLOCK_M) spilled 9460 B at 32 registers
 # (ptxas 12.9 and 13.4 alike, sm_80), a 32-row one compiles to 170 registers and no spill at the
@@ -168,7 +172,7 @@ def _gemm_tiles(kernel: str, rows: int, cols: int, red: int, warps: int, stages:
                   "wgrad": (red, rows, cols)}[kernel]  # fmt: skip
     cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
            "num_stages": stages, "TMA": 1}  # fmt: skip
-    return cfg if kernel == "fwd" else {**cfg, "CUBLAS": 0}
+    return {**cfg, "GLUON": 0} if kernel == "fwd" else {**cfg, "CUBLAS": 0}
 
 
 # Quantize: (BLOCK_R, BLOCK_C, num_warps). Wide rows (per token, per channel) stream 256-4096
@@ -183,6 +187,23 @@ _QUANTIZE_CURATED = [
     (32, 32, 2), (64, 32, 4), (128, 32, 4),
 ]  # fmt: skip
 
+
+# The Gluon forward (kernels/gemm_int8_gluon.py: TMA ring, async int32 wgmma with one group in
+# flight; per-channel symmetric weights on sm_90, GLUON 1), a tuner candidate, not a default
+# (speed not measured): the tiles that compile for sm_90a without a spill under both Triton 3.6
+# and 3.9 at 8192x4096x4096, every output dtype (perf/kernel_static.py's compile path; 128x256
+# and 64x256 spill 16-20 B under 3.9, as the Triton kernel's epilogue does at those tiles).
+# Their TMA key is 0: where a launch cannot take the Gluon kernel (torch.compile's traced
+# launches, asymmetric weights, GPUs other than sm_90) the Triton kernel runs with cp.async.
+_GLUON_TILES = [
+    (128, 128, 64, 4, 4),  # the Triton default's tile (perf/RESULTS.md compares them there)
+    (128, 128, 128, 4, 4),
+    (128, 128, 128, 4, 3),
+    (128, 128, 64, 8, 4),
+    (256, 128, 64, 8, 3),
+    (256, 128, 128, 8, 3),
+    (64, 128, 128, 4, 4),
+]
 
 # The forward's dequantized path (per-group weights) is a plain 16-bit GEMM: the bf16 tiles of
 # the same tutorials (the dgrad list's, in the forward's M x N x K terms).
@@ -210,9 +231,14 @@ def _curated_gemm(kernel: str) -> list[dict]:
         # the defaults of both paths early (a tuning deadline cuts the list's tail), each with
         # and without TMA, then the dequantized path's tiles (per-group weights only), then the
         # int8 tutorial tiles (cp.async: with TMA the int8 loop measured no shorter on sm_90a)
+        # the Gluon tiles after the defaults (per channel; candidates() drops them elsewhere)
         configs = (
             [configs[0], {**configs[0], "TMA": 1}, dict(HOPPER_DEFAULTS["fwd"])]
             + [dict(FWD_GROUP_INT8_DEFAULT)]
+            + [
+                {**_gemm_tiles(kernel, *t), "DEQUANT": 0, "TMA": 0, "GLUON": 1}
+                for t in _GLUON_TILES
+            ]
             + [dict(FWD_DEQUANT_DEFAULT), {**FWD_DEQUANT_DEFAULT, "TMA": 0}]
             + [{**_gemm_tiles(kernel, *t), "DEQUANT": 1} for t in _DEQUANT_TILES]
             + [{**c, "DEQUANT": 0, "TMA": 0} for c in configs[1:]]
@@ -261,7 +287,7 @@ def default_config(
         per_group = group_size not in (0, shape[2])
         dequant = per_group and elem_bytes == 2
         if interpret:
-            return {**_INTERPRET_GEMM, "DEQUANT": int(dequant)}
+            return {**_INTERPRET_GEMM, "DEQUANT": int(dequant), "GLUON": 0}
         if per_group and not dequant:  # cp.async: with TMA the int8 loop is no shorter on sm_90a
             return dict(FWD_GROUP_INT8_DEFAULT)
         if not dequant:
@@ -286,6 +312,7 @@ def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
         return {**cfg, "TMA": cfg.get("TMA", 0), "CUBLAS": cfg.get("CUBLAS", 0)}
     mode = fwd_mode(K, group_size)
     cfg = {**cfg, "DEQUANT": cfg.get("DEQUANT", 0) if mode else 0}  # per-channel: int8 only
+    cfg["GLUON"] = cfg.get("GLUON", 0) if mode == 0 else 0  # the Gluon kernel is MODE 0's
     # MODE 2 (int8 path, fp32 operand tiles dequantized per element) loads by pointer
     cfg["TMA"] = cfg.get("TMA", 0) if cfg["DEQUANT"] or mode != 2 else 0
     if cfg["DEQUANT"]:  # a plain 16-bit GEMM: any tile fits
@@ -369,6 +396,12 @@ def candidates(
     first = fit_config(kernel, default, K, group_size or K)
     if kernel == "fwd" and fwd_mode(K, group_size or K) == 0:  # DEQUANT is for per-group weights
         kept = [c for c in kept if not c.get("DEQUANT")]
+    # GLUON: per-channel weights on Hopper, where this Triton has Gluon's Hopper API (the kernel
+    # is sm_90's; a launch elsewhere would time the Triton kernel again)
+    if kernel == "fwd" and (
+        fwd_mode(K, group_size or K) or capability < 9 or not gluon_available()
+    ):
+        kept = [c for c in kept if not c.get("GLUON")]
     # TMA is Hopper's, and for 16-bit or int8 operands: the fp32 plain GEMM's (no tensor cores)
     # compiles to scalar loads that spill
     fp32_plain = elem_bytes != 2 and (kernel != "fwd" or group_size not in (0, K))

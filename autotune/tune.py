@@ -174,7 +174,7 @@ def tune(
     for name in todo:
         prob = registry[name]
         best, best_ms, tried, default_ms, complete = None, float("inf"), 0, None, True
-        by_path: dict[str, float] = {}  # the forward's two paths, each at its fastest config
+        by_path: dict[str, float] = {}  # the forward's paths, each at its fastest config
         for i, cfg in enumerate(spaces[name]):
             if i and deadline is not None and time.monotonic() > deadline:
                 complete = False
@@ -196,7 +196,7 @@ def tune(
             if ms < best_ms:
                 best, best_ms = cfg, ms
             if "DEQUANT" in cfg and ms < float("inf"):
-                path = "dequant" if cfg["DEQUANT"] else "int8"
+                path = "dequant" if cfg["DEQUANT"] else "gluon" if cfg.get("GLUON") else "int8"
                 by_path[path] = min(by_path.get(path, ms), ms)
         if best is None:
             warnings.warn(f"triton_qat.autotune: no config of {name} ran at {prob.key}; "

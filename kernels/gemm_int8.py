@@ -32,6 +32,14 @@ no tile size amortizes; docs/numerics.md "Forward GEMM").
 descriptors (Hopper's TMA) where the operands allow it (K-contiguous, 16-byte aligned rows);
 otherwise, and in MODE 2, through per-thread pointers (cp.async).
 
+``GLUON`` (MODE 0 with symmetric weights, a tuner candidate): the same product and epilogue by
+:mod:`.gemm_int8_gluon`, a Gluon kernel whose int32 wgmma keeps one group in flight (Triton's
+pipeliner waits for every int32 one). It runs only where it can: compiled Triton with Gluon's
+Hopper API on an sm_90 GPU (the caller says so: :func:`plan_int8_linear`'s ``gluon``), operands
+that fit tensor descriptors, and an eager launch (``kernels`` None: ``torch.compile`` cannot
+trace a Gluon kernel, so its launches take this kernel). Elsewhere the config runs this kernel
+with its other keys; the outputs are the same bits either way.
+
 Layouts: q_x int8 [M, K] (row stride given), s_x fp32 [M], zp_x int32 [M]; q_w int8 [N, K]
 (row stride given), s_w fp32 [N, G] and colsum_w int32 [N, G] with the same (any) strides: stored
 group-major ([G, N] memory, as the forward's weight quantize writes them) a group's scales for a
@@ -54,6 +62,14 @@ from .gemm_float import (
     launch_float_mm,
     plan_float_mm,
     tiles_of,
+)
+from .gemm_int8_gluon import (
+    GluonPlan,
+    check_gluon_config,
+    gluon_device,
+    gluon_operands_fit,
+    launch_int8_linear_gluon,
+    plan_int8_linear_gluon,
 )
 
 
@@ -244,8 +260,14 @@ def check_fwd_config(config: dict, K: int, group_size: int) -> None:
     """ValueError unless ``config`` can run the forward at this K / group size: MODE 1 needs
     BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages;
     ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM);
-    ``TMA`` (tensor-descriptor operand loads, where the operands allow) 0 or 1, 0 in MODE 2."""
+    ``TMA`` (tensor-descriptor operand loads, where the operands allow) 0 or 1, 0 in MODE 2;
+    ``GLUON`` 0 or 1, 1 only in MODE 0 (not DEQUANT) with a tile the Gluon kernel takes."""
     mode, bk, dq = fwd_mode(K, group_size), config["BLOCK_K"], config.get("DEQUANT", 0)
+    glu = config.get("GLUON", 0)
+    if glu not in (0, 1) or (glu and (mode != 0 or dq)):
+        raise ValueError(f"config: GLUON is 0 or 1, and 1 only per channel (MODE 0), got {config}")
+    if glu and (why := check_gluon_config(config)) is not None:
+        raise ValueError(f"config: GLUON: {why}, got {config}")
     if dq not in (0, 1) or (dq and mode == 0):
         raise ValueError(f"config: DEQUANT={dq} needs per-group weights (0 or 1), got {config}")
     if config.get("TMA", 0) not in (0, 1) or (config.get("TMA", 0) and mode == 2 and not dq):
@@ -278,6 +300,7 @@ class Int8LinearPlan(NamedTuple):
     tma: bool  # try tensor descriptors (per launch: the operands must allow them)
     dequant: tuple | None  # DEQUANT: (x's DequantizePlan, w's DequantizePlan, FloatMMPlan)
     meta: dict  # constexprs and launch options but TMA
+    gluon: GluonPlan | None = None  # GLUON, where the device runs it (per launch: the operands)
 
 
 def plan_int8_linear(
@@ -293,10 +316,13 @@ def plan_int8_linear(
     w_dtype: torch.dtype | None = None,
     dequant_config: dict | None = None,
     w_code_offset: int = 0,
+    gluon: bool = False,
 ) -> Int8LinearPlan:
     """The plan of :func:`int8_linear` for a weight [N, K] scaled in ``n_groups`` groups per row
     (arguments as there; ``w_asym``: the launch gets the weight's zero points). Checks the config
-    against the mode (ValueError), so a plan that exists can run."""
+    against the mode (ValueError), so a plan that exists can run. ``gluon``: the launches run
+    on a device that runs the Gluon kernel (:func:`.gemm_int8_gluon.gluon_device`), which a
+    ``GLUON`` config then takes for symmetric weights (module doc)."""
     group_size = K // n_groups if K else 0
     mode = fwd_mode(K, group_size) if K else 0
     dequant = None
@@ -327,8 +353,12 @@ def plan_int8_linear(
         num_stages=config["num_stages"],
     )
     tma = bool(config.get("TMA", 0)) and mode != 2
+    glu = None
+    if gluon and config.get("GLUON", 0) and K and mode == 0 and not w_asym:
+        glu = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
+                                     has_bias=has_bias)  # fmt: skip
     return Int8LinearPlan(N, K, out_dtype, n_groups, mode, w_asym, config["BLOCK_M"],
-                          config["BLOCK_N"], tma, dequant, meta)  # fmt: skip
+                          config["BLOCK_N"], tma, dequant, meta, glu)  # fmt: skip
 
 
 def launch_int8_linear(
@@ -346,7 +376,8 @@ def launch_int8_linear(
 ) -> torch.Tensor:
     """Run plan ``p`` (:func:`plan_int8_linear`): ``x_fq @ w_fq.T + bias`` [M, N] from the codes
     (layouts as :func:`int8_linear`). ``kernels``: (int8 GEMM, dequantize, float GEMM) kernel
-    objects to launch (default these modules'; traced wrappers under ``torch.compile``)."""
+    objects to launch (default these modules'; traced wrappers under ``torch.compile``, which
+    launch the Triton kernel of a ``GLUON`` config: torch's ``wrap_triton`` cannot trace Gluon)."""
     M, K, N = x_codes.shape[0], p.K, p.N
     if p.dequant is not None and M and N:
         x_plan, w_plan, mm_plan = p.dequant
@@ -359,6 +390,12 @@ def launch_int8_linear(
         return out
     if K == 0:
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
+    if p.gluon is not None and kernels is None and gluon_operands_fit(x_codes, w_codes):
+        if N * p.block_m >= 2**31 or M + p.block_m >= 2**31 or N * w_scale.stride(0) >= 2**31:
+            check_offsets(M, N, p.block_m, w_scale, None)  # its 32-bit offsets are the same
+        if launch_int8_linear_gluon(p.gluon, x_codes, x_scale, x_zero_point, w_codes, w_scale,
+                                    w_code_sum, bias, out) is not None:  # fmt: skip
+            return out  # (None: it could not be built here; the Triton kernel runs, same bits)
     sx, sw = x_codes.stride(), w_codes.stride()
     if sx[1] != 1:
         x_codes = x_codes.contiguous()
@@ -427,7 +464,8 @@ def int8_linear(
     x_codes int8 [M, K], x_scale fp32 [M] or [M, 1], x_zero_point int32 [M] or [M, 1] (stored
     shifted like the codes); w_codes int8 [N, K], w_scale fp32 [N, G], w_code_sum int32 [N, G]
     (G groups of K // G along K); bias [N] or None. Returns [M, N] in ``out_dtype``. ``config``:
-    BLOCK_M/N/K, GROUP_M, num_warps, num_stages, fitting :func:`check_fwd_config`.
+    BLOCK_M/N/K, GROUP_M, num_warps, num_stages, fitting :func:`check_fwd_config` (``GLUON``:
+    the Gluon kernel where x's device runs it, module doc).
     Asymmetric weights: ``w_zero_point`` int32 [N, G], and ``x_code_sum`` int32 [M, G] the sums of
     x's codes over each weight group (what the activation quantize writes with ``sum_group``;
     computed here from the codes when not given, a pass over them).
@@ -441,6 +479,7 @@ def int8_linear(
     plan = plan_int8_linear(K, w_codes.shape[0], w_scale.shape[1] if K else 0, out_dtype,
                             config=config, asymmetric=asymmetric, has_bias=bias is not None,
                             w_asym=w_zero_point is not None, w_dtype=w_dtype,
-                            dequant_config=dequant_config, w_code_offset=w_code_offset)  # fmt: skip
+                            dequant_config=dequant_config, w_code_offset=w_code_offset,
+                            gluon=gluon_device(x_codes.device))  # fmt: skip
     return launch_int8_linear(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum,
                               bias, w_zero_point, x_code_sum)  # fmt: skip

@@ -271,12 +271,15 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
     """Every GEMM code path a tuned config may pick, each against fp64 products of the same
     fake-quantized values (tests/test_gemm.py): the forward's int8 path (per channel; int4 group
     32) and its dequantized path, and dgrad / wgrad, each with TMA loads and with pointer loads,
-    and (16-bit) as torch.mm + the mask pass."""
+    and (16-bit) as torch.mm + the mask pass. On an sm_90 GPU also the Gluon int8 forward (per
+    channel, ``GLUON``), which must give the Triton kernel's bits at the same tile (with and
+    without a bias, both activation kinds)."""
     from triton_qat import autotune
-    from triton_qat.autotune.space import fit_config
+    from triton_qat.autotune.space import CURATED, fit_config
     from triton_qat.dispatch import quantize_rows
     from triton_qat.kernels import gemm_backward
     from triton_qat.kernels.gemm_int8 import int8_linear
+    from triton_qat.kernels.gemm_int8_gluon import gluon_device
     from triton_qat.kernels.quantize_torch import unpack_bits
 
     M, K, N = sizes.linear_shapes[-1]
@@ -302,6 +305,20 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
                                   dequant_config=dq)  # fmt: skip
                 what = f"fwd g{group} {'dequant' if dequant else 'int8'} tma{tma}"
                 errs[what] = _rel_err(out, ref, dtype, what)
+        if group == K and gluon_device(device):
+            gcfg = next(c for c in CURATED["fwd"] if c.get("GLUON"))
+            bias = torch.randn(N, device=device, generator=g).to(dtype)
+            for sym in (False, True):
+                qs = quantize_rows(x, -128, 127, K, sym, pack_mask=True, with_y=True)
+                args = (qs.codes, qs.scale, qs.zero_point, qw.codes, qw.scale, qw.code_sum)
+                for b in (None, bias):
+                    got, want = (int8_linear(*args, b, dtype, asymmetric=not sym,
+                                             config={**gcfg, "GLUON": glu}) for glu in (1, 0))  # fmt: skip
+                    if not _same(got, want):
+                        raise AssertionError(f"Gluon forward (sym={sym}, bias={b is not None}) "
+                                             "differs from the Triton kernel's bits")  # fmt: skip
+            errs["fwd gluon"] = _rel_err(got, qs.y.double() @ qw.y.double().T + bias.double(),
+                                         dtype, "fwd gluon")  # fmt: skip
     qw = quantize_rows(w, -128, 127, K, True, pack_mask=False, with_y=True)
     keep_x = unpack_bits(qa.mask, K).double()
     keep_w = qw.mask.bool()

@@ -224,13 +224,17 @@ def summary_text(run: Run, sizes: Sizes, files: list[Path] | None = None) -> str
             g = f"{t['gain']:.2f}x" if t["gain"] else "-"
             lines.append(f"| {t['shape']} | {t['kernel']} | {d} | {t['ms']:.4f} | {g} | "
                          f"{t['tried']}/{t['candidates']}{'' if t['complete'] else ' (cut)'} |")  # fmt: skip
-        for t in run.tuning:  # the per-group forward: int8 tensor cores vs dequantized 16-bit
+        # the forward's paths: per group int8 tensor cores vs dequantized 16-bit, per channel
+        # the Triton int8 kernel vs the Gluon one
+        names = {"int8": "int8", "dequant": "dequantized", "gluon": "Gluon int8"}
+        for t in run.tuning:
             bp = t.get("by_path") or {}
-            if len(bp) == 2:
-                lines.append(f"- forward paths at {t['shape']}: int8 {bp['int8']:.4f} ms, "
-                             f"dequantized {bp['dequant']:.4f} ms (each at its fastest config): "
-                             f"{'dequantized' if bp['dequant'] < bp['int8'] else 'int8'} wins "
-                             f"by {max(bp.values()) / min(bp.values()):.2f}x")  # fmt: skip
+            if len(bp) >= 2:
+                won = min(bp, key=bp.get)
+                each = ", ".join(f"{names.get(p, p)} {ms:.4f} ms" for p, ms in bp.items())
+                lines.append(f"- forward paths at {t['shape']}: {each} (each at its fastest "
+                             f"config): {names.get(won, won)} wins by "
+                             f"{sorted(bp.values())[1] / bp[won]:.2f}x")  # fmt: skip
         for c in run.compile_stats:
             par = c["sum_s"] / c["wall_s"] if c["wall_s"] > 0 else float("nan")
             lines.append(f"- compile {c['shape']}: {c['launches']} first launches on {c['workers']} "

@@ -188,7 +188,17 @@ def specialize(launch: Launch, arch: int):
     names = [p.name for p in fn.params]
     info = {"one": sorted(names[p[0]] for p in consts if not fn.params[p[0]].is_constexpr),
             "div16": sorted(names[p[0]] for p, a in attrs.items() if a)}  # fmt: skip
-    return ASTSource(fn, sig, consts, attrs), target, options.__dict__, info
+    return _source_class(fn)(fn, sig, consts, attrs), target, options.__dict__, info
+
+
+def _source_class(fn):
+    """ASTSource, or for a Gluon kernel Gluon's (it sets the module's warps and target, which
+    Gluon's explicit layouts are checked against), as the JIT's binder picks it."""
+    if fn.is_gluon():
+        from triton.experimental.gluon._runtime import GluonASTSource  # 3.6 exports it here only
+
+        return GluonASTSource
+    return ASTSource
 
 
 def _specialize_by_hand(fn, args, kwargs):
@@ -262,7 +272,7 @@ def call_by_name(launcher: Callable, pool: dict):
 
 
 def _cfg_label(c: dict, tile: tuple) -> str:
-    tma = " tma" if c.get("TMA") else ""
+    tma = " tma" if c.get("TMA") and not c.get("GLUON") else ""  # Gluon: TMA is its own
     return f"{'x'.join(map(str, tile))} w{c['num_warps']} s{c['num_stages']}{tma}"
 
 
@@ -279,8 +289,15 @@ def variants() -> list[Variant]:
     if _VARIANTS:
         return _VARIANTS
     from triton_qat import autotune
-    from triton_qat.autotune.space import default_config, fit_config, fit_quantize
-    from triton_qat.kernels import dequantize, gemm_backward, gemm_int8, quantize, ste_mask
+    from triton_qat.autotune.space import CURATED, default_config, fit_config, fit_quantize
+    from triton_qat.kernels import (
+        dequantize,
+        gemm_backward,
+        gemm_int8,
+        gemm_int8_gluon,
+        quantize,
+        ste_mask,
+    )
 
     out: list[Variant] = []
     anchors: dict[tuple, str] = {}
@@ -435,6 +452,27 @@ def variants() -> list[Variant]:
                     _cfg_label(cfg, tile), call, head,
                     anchor(operand, tile, cfg, "fwd") if head else None, tile=tile, config=cfg)  # fmt: skip
 
+    # the Gluon MODE 0 kernel (kernels/gemm_int8_gluon.py), a tuner candidate on sm_90 where this
+    # Triton has Gluon's Hopper API: at the first curated GLUON tile, the Triton default's own,
+    # so its row compares with "fwd MODE 0 int8 per-channel" (bf16) tile for tile; fp16 / fp32
+    # outputs with --all. Launched as int8_linear launches it on an sm_90 GPU.
+    if major == 9 and gemm_int8_gluon.gluon_available():
+        gcfg = next(c for c in CURATED["fwd"] if c.get("GLUON"))
+        gtile = (gcfg["BLOCK_M"], gcfg["BLOCK_N"], gcfg["BLOCK_K"])
+        for dt in (BF16, F16, F32):
+
+            def call_g(dt=dt):
+                qa, qw = act(dt)[1](), weight(dt, K, sums=True)[1]()
+                pool = dict(x_codes=qa.codes, x_scale=qa.scale, x_zero_point=qa.zero_point,
+                            w_codes=qw.codes, w_scale=qw.scale, w_code_sum=qw.code_sum,
+                            bias=T(((N,), dt)), out_dtype=dt, asymmetric=True, config=gcfg)  # fmt: skip
+                call_by_name(gemm_int8.int8_linear, pool)
+
+            head = dt == BF16
+            add("fwd gluon int8 per-channel" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
+                _cfg_label(gcfg, gtile), call_g, head, anchor(I8, gtile, gcfg, "fwd") if head else None,
+                tile=gtile, config=gcfg)  # fmt: skip
+
     # STE backward: dgrad's output tile is [BM, BK] (reduction over N), wgrad's [BN, BK] (over M).
     # The Triton kernels at the default tiles (CUBLAS off: at 16-bit dtypes the default runs
     # torch.mm and then the mask pass below; the Triton kernels stay the tuner's candidates)
@@ -516,6 +554,7 @@ CLASSES = [("mma", r"^[HIQ]GMMA|^HMMA|^IMMA"), ("gld", r"^LDG(?!DEPBAR)|^UTMALDG
            ("ialu", r"^(IADD3|IMAD|IMUL|LOP3|SHF|LEA|ISETP|SEL|IMNMX|VIADD|VIMNMX|MOV|PRMT|IABS|POPC|"
                     r"FLO|BMSK|SGXT|PLOP3|P2R|R2P|CS2R|S2R|BREV|IDP|IADD|LOP)")]  # fmt: skip
 CLASS_NAMES = [c for c, _ in CLASSES] + ["other"]
+FP_OPS = r"^(FMUL|FADD|FFMA|FSEL|I2FP|F2FP)\b"  # a row's "fp_ops": fp32 arithmetic, its rounding
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Za-z0-9_.]+)([^;]*);")
 
 
@@ -607,11 +646,12 @@ def hot_loop(insns, labels):
 
 
 def _load_names(src_file: str) -> dict[str, str]:
-    """{'file:line': pointer name} for each source line holding a tl.load."""
+    """{'file:line': pointer name} for each source line holding a tl.load / gl.load, or the
+    descriptor of a Gluon kernel's TMA load."""
     out = {}
     for i, t in enumerate(open(src_file).read().splitlines(), 1):
-        if m := re.search(r"tl\.load\(\s*([A-Za-z_]\w*)", t):
-            out[f"{os.path.basename(src_file)}:{i}"] = m.group(1)
+        if m := re.search(r"(?:tl|gl)\.load\(\s*([A-Za-z_]\w*)|_tma_load\(\s*([A-Za-z_]\w*)", t):
+            out[f"{os.path.basename(src_file)}:{i}"] = m.group(1) or m.group(2)
     return out
 
 
@@ -676,9 +716,13 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         "spill_load": g(r"(\d+) bytes spill loads"), "smem": k.metadata.shared,
         "local_insns": sum(o.startswith(("STL", "LDL")) for _, o, _, _ in insns),
         "loop_insns": len(ops), "classes": {c: cls[c] for c in CLASS_NAMES},
-        "mac": mac, "warps": warps,
+        "mac": mac, "warps": warps, "tile": list(tile) if tile else None,
         "ni_kmac": round((len(ops) - cls["mma"]) * warps / (mac / 1024), 2) if mac and ops else None,
         "fma": ptx.count("fma.rn.f32"), "div_rn": ptx.count("div.rn.f32"),
+        # the kernel's float arithmetic by opcode (an epilogue's: int32 -> fp32, products,
+        # selects, adds, the output's rounding), over the whole kernel
+        "fp_ops": dict(sorted(collections.Counter(o.split(".")[0] for _, o, _, _ in insns
+                                                  if re.match(FP_OPS, o)).items())),
         # where ptxas put FFMAs (its own mul + add contractions would show here; an IEEE
         # division's Newton steps are FFMAs too, at the div_rn's line)
         "ffma_at": sorted({f"{os.path.basename(inner[a][0])}:{inner[a][1]}"

@@ -86,6 +86,7 @@ def test_malformed_entries_are_skipped_with_a_warning(cache_dir):
         "num_stages": 1,
         "DEQUANT": 0,
         "TMA": 0,
+        "GLUON": 0,
     }
     entries = {
         make_key("fwd", 64, 24, 40, "float32"): {"config": good},
@@ -115,7 +116,7 @@ def test_newest_shipped_version_wins():
 
 def _writer(path: str, worker: int, n: int) -> None:
     cfg = {"BLOCK_M": 16 * worker, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1,
-           "num_stages": 1, "DEQUANT": 0, "TMA": 0}  # fmt: skip
+           "num_stages": 1, "DEQUANT": 0, "TMA": 0, "GLUON": 0}  # fmt: skip
     for i in range(n):
         key = f"fwd|M16|N{worker}|K{i}|float32|"
         write_entries(Path(path), "interpreter", {key: {"config": cfg}})
@@ -166,6 +167,7 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
         "num_stages": 1,
         "DEQUANT": 0,
         "TMA": 0,
+        "GLUON": 0,
     }
     large = {
         "BLOCK_M": 32,
@@ -176,6 +178,7 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
         "num_stages": 1,
         "DEQUANT": 0,
         "TMA": 0,
+        "GLUON": 0,
     }
     k_small, k_large = (make_key("fwd", m, 24, 64, "float32") for m in (16, 128))
     autotune.get_cache(torch.device("cpu")).store({k_small: {"config": small},
@@ -198,6 +201,7 @@ def test_compiled_model_uses_per_shape_configs(cache_dir):
 
 def test_curated_candidates_are_short_start_with_the_default_and_fit():
     from triton_qat.autotune.space import (
+        _GLUON_TILES,
         CURATED,
         DEFAULTS,
         FWD_DEQUANT_DEFAULT,
@@ -207,6 +211,7 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
         quantize_default,
         smem_bytes,
     )
+    from triton_qat.kernels.gemm_int8_gluon import gluon_available
 
     hopper = 227 * 1024
     for kernel in ("fwd", "dgrad", "wgrad"):
@@ -220,6 +225,13 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
         assert HOPPER_DEFAULTS[kernel] in CURATED[kernel]
         for K, N in ((4096, 4096), (4096, 14336), (14336, 4096)):
             got = candidates(kernel, (8192, N, K), 9, 2, hopper, curated=True)
+            # the forward's Gluon tiles (per channel, Hopper, where this Triton has Gluon's
+            # Hopper API) beside the Triton ones
+            gluon = [c for c in got if c.get("GLUON")]
+            assert len(gluon) == (len(_GLUON_TILES) if kernel == "fwd" and gluon_available() else 0)
+            assert all(not c["DEQUANT"] and not c["TMA"] for c in gluon)
+            assert all(smem_bytes(kernel, c, 2) <= hopper for c in gluon)
+            got = [c for c in got if not c.get("GLUON")]
             assert 10 <= len(got) <= 17
             assert got[0] == (cublas[0] if cublas else HOPPER_DEFAULTS[kernel])
             assert got[1:3] == [first, second] and HOPPER_DEFAULTS[kernel] in got
@@ -227,12 +239,14 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
             ampere = candidates(kernel, (8192, N, K), 8, 2, 99 * 1024, curated=True)
             ampere_default = {**DEFAULTS[kernel], **({"TMA": 0, "CUBLAS": 1} if cublas else {})}
             assert ampere[0] == ampere_default and not any(c["TMA"] for c in ampere)
+            assert not any(c.get("GLUON") for c in ampere)  # the Gluon kernel is sm_90's
             assert all(smem_bytes(kernel, c, 2) <= hopper for c in got)
             assert len({tuple(sorted(c.items())) for c in got}) == len(got)
             fp32 = candidates(kernel, (8192, N, K), 9, 4, hopper, curated=True)
             assert fp32 and not any(c.get("CUBLAS") for c in fp32)  # IEEE dots: no torch.mm
     g128 = candidates("fwd", (8192, 4096, 4096), 9, 2, hopper, 128, curated=True)
     int8 = [c for c in g128 if not c["DEQUANT"]]
+    assert not any(c["GLUON"] for c in g128)  # the Gluon kernel is the per-channel forward's
     assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in int8)
     # per-group weights: both forward paths are timed, the 16-bit default (DEQUANT) first
     assert g128[0] == FWD_DEQUANT_DEFAULT and 6 <= len(g128) - len(int8) < len(int8) <= 16

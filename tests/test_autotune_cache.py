@@ -25,7 +25,7 @@ FKEY = "fwd|M32|N64|K64|float32|"
 QUANT = {"BLOCK_R": 4, "BLOCK_C": 64, "num_warps": 1}
 GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1, "num_stages": 1,
         "TMA": 0}  # fmt: skip
-FWD = {**GEMM, "DEQUANT": 0}  # the forward's configs also choose its path
+FWD = {**GEMM, "DEQUANT": 0, "GLUON": 0}  # the forward's configs also choose its path
 BWD = {**GEMM, "CUBLAS": 0}  # the backward GEMMs' choose torch.mm + the mask pass or not
 # a valid entry of another shape that must survive next to the bad one
 GOOD_KEY = make_key("fwd", 64, 24, 40, "float32")
@@ -84,6 +84,16 @@ BAD = {
         {"config": {**FWD, "DEQUANT": 1}},
     ),
     "TMA=2": ("wgrad|M16|N16|K16|bfloat16|", {"config": {**BWD, "TMA": 2}}),
+    "GLUON=2": (FKEY, {"config": {**FWD, "GLUON": 2}}),
+    "GLUON on a per-group forward": (
+        "fwd|M32|N64|K128|bfloat16|g32",
+        {"config": {**FWD, "GLUON": 1}},
+    ),
+    "GLUON with DEQUANT": (
+        "fwd|M32|N64|K256|bfloat16|g32",
+        {"config": {**FWD, "GLUON": 1, "DEQUANT": 1}},
+    ),
+    "dgrad with GLUON": ("dgrad|M16|N16|K64|bfloat16|", {"config": {**BWD, "GLUON": 0}}),
 }
 
 
@@ -132,6 +142,7 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
         ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "TMA": 1}),
         ("wgrad|M4096|N64|K64|bfloat16|", {**BWD, "TMA": 1}),
         ("fwd|M32|N64|K64|float32|", {**FWD, "TMA": 1}),  # the int8 path loads codes by TMA too
+        ("fwd|M8192|N64|K64|bfloat16|", {**FWD, "GLUON": 1}),  # the Gluon int8 kernel
     ],
 )
 def test_launchable_entries_are_kept(cache_dir, key, cfg):
@@ -146,11 +157,13 @@ def test_version_2_file_keeps_all_but_its_backward_entries(cache_dir):
     """A format-2 file (before the backward GEMMs' CUBLAS) still serves its forward and quantize
     entries; its dgrad / wgrad ones, tuned without torch.mm, are dropped without a warning."""
     path = cache_dir / file_name("interpreter")
-    old = {FKEY: {"config": FWD}, QKEY: {"config": QUANT},
+    pre_gluon = {k: v for k, v in FWD.items() if k != "GLUON"}  # what version 2 wrote
+    old = {FKEY: {"config": pre_gluon}, QKEY: {"config": QUANT},
            "dgrad|M16|N32|K32|bfloat16|": {"config": GEMM}}  # fmt: skip
     path.write_text(json.dumps({"version": 2, "entries": old}))
     cache, msgs = _load(path)
     assert msgs == [] and set(cache.entries) == {FKEY, QKEY}
+    assert cache.lookup(FKEY) == {**pre_gluon, "GLUON": 0}  # the Triton kernel it ran
     write_entries(path, "interpreter", {})
     assert json.loads(path.read_text())["version"] == FORMAT_VERSION
 

@@ -163,6 +163,84 @@ def test_tma_and_pointer_loops_agree(dtype, device):
     assert_close_rel(got, ref, dtype, "dgrad, unaligned grad_y")
 
 
+def test_gluon_config_runs_the_triton_kernel_where_gluon_cannot(device):
+    """``GLUON`` is a per-channel tuner candidate for sm_90 GPUs (kernels/gemm_int8_gluon.py).
+    Where a launch cannot take the Gluon kernel (here: the interpreter / a CPU, which Gluon
+    lacks) the config runs the Triton kernel with its other keys: no Gluon plan, the same bits as
+    GLUON 0. A GLUON config the Gluon kernel could not run raises, on any device."""
+    from triton_qat import dispatch
+    from triton_qat.kernels import gemm_int8_gluon as gg
+    from triton_qat.kernels.gemm_int8 import check_fwd_config, plan_int8_linear
+    from triton_qat.kernels.gemm_int8 import int8_linear as launch
+
+    dev, dt = torch.device(device), torch.bfloat16
+    M, K, N = 37, 96, 40
+    if INTERPRET:  # never under the interpreter, whatever the device
+        assert not gg.gluon_device(dev) and not gg.gluon_device(torch.device("cuda", 0))
+    cfg = autotune.gemm_config("fwd", M, N, K, dev, dt)
+    # a warpgroup and two stages: what the Gluon kernel needs (on an sm_90 GPU it runs, and
+    # must give the same bits)
+    glu = {**cfg, "GLUON": 1, "num_warps": 4, "num_stages": max(2, cfg["num_stages"])}
+    for sym in (False, True):
+        qa, qw = _quantized(M, K, N, K, 8, sym, dt, device)
+        args = (qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum,
+                torch.randn(N, device=device).to(dt), dt)  # fmt: skip
+        want = launch(*args, asymmetric=not sym, config=cfg)
+        assert torch.equal(launch(*args, asymmetric=not sym, config=glu), want)
+    f = dispatch.int8_linear_launch(M, K, N, 1, dt, dev, has_bias=True, config=glu)
+    assert (f.args[0].gluon is not None) == gg.gluon_device(dev)  # planned for this device
+    plan = plan_int8_linear(K, N, 1, dt, config=glu, asymmetric=True, has_bias=True, gluon=True)
+    assert (plan.gluon is not None) == gg.gluon_available()  # an sm_90 GPU's plan
+    bad = [({**glu, "GLUON": 2}, K), (glu, 32), ({**glu, "num_warps": 2}, K),
+           ({**glu, "BLOCK_K": 48}, K), ({**glu, "num_stages": 1}, K)]  # fmt: skip
+    for c, group in bad:
+        with pytest.raises(ValueError, match="GLUON"):
+            check_fwd_config(c, K, group)
+    if gg.gluon_available():  # the wgmma layout: 4 warps along M (16 rows each), then along N
+        for (bm, bn, w), want in (((128, 128, 4), (4, 1, 128)), ((128, 128, 8), (8, 1, 128)),
+                                  ((64, 128, 8), (4, 2, 64)), ((256, 128, 8), (8, 1, 128))):  # fmt: skip
+            c = {**glu, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w}
+            meta = gg.plan_int8_linear_gluon(K, N, dt, config=c, asymmetric=True,
+                                             has_bias=False).meta  # fmt: skip
+            assert (meta["WARPS_M"], meta["WARPS_N"], meta["INSTR_N"]) == want
+
+
+def test_gluon_kernel_that_cannot_build_falls_back_to_the_triton_kernel(monkeypatch):
+    """A Triton whose Gluon has the API's names but cannot build the kernel: the first launch
+    warns, returns None (the caller then runs the Triton kernel) and turns Gluon off for the
+    process (no sm_90 plan picks it any more); the direct Gluon launcher raises instead."""
+    from triton_qat.kernels import gemm_int8_gluon as gg
+
+    if not gg.gluon_available():
+        pytest.skip(f"no Gluon Hopper API here: {gg.gluon_unavailable_reason()}")
+
+    class Broken:
+        def run(self, *args, **kwargs):
+            raise RuntimeError("PassManager::run failed")
+
+    monkeypatch.setattr(gg, "_int8_linear_gluon_kernel", Broken())
+    monkeypatch.setattr(gg, "_FAILED", [])
+    monkeypatch.setattr(gg, "INTERPRET", False)
+    monkeypatch.setattr(gg, "device_major", lambda device: 9)  # an sm_90 GPU, as far as it asks
+    cuda = torch.device("cuda", 0)
+    assert gg.gluon_device(cuda)
+    cfg = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": 2}  # fmt: skip
+    p = gg.plan_int8_linear_gluon(64, 32, torch.float32, config=cfg, asymmetric=True,
+                                  has_bias=False)  # fmt: skip
+    i8, f32, i32 = torch.int8, torch.float32, torch.int32
+    args = (torch.zeros(8, 64, dtype=i8), torch.ones(8), torch.zeros(8, dtype=i32),
+            torch.zeros(32, 64, dtype=i8), torch.ones(32, 1), torch.zeros(32, 1, dtype=i32), None)  # fmt: skip
+    out = torch.empty(8, 32, dtype=f32)
+    with pytest.raises(RuntimeError, match="PassManager"):
+        gg.launch_int8_linear_gluon(p, *args, out, fallback=False)
+    assert gg.gluon_device(cuda)  # the direct launcher raised: nothing turned off
+    with pytest.warns(UserWarning, match="Triton kernel from now on"):
+        assert gg.launch_int8_linear_gluon(p, *args, out) is None
+    assert gg._FAILED and not gg.gluon_device(cuda)
+    assert gg.launch_int8_linear_gluon(p, *args, out) is None  # no second try, no second warning
+
+
 def test_forward_default_path_by_group_and_dtype():
     """Untuned defaults: per-group weights at 16-bit dtypes take the dequantized path, fp32 and
     per-channel weights the int8 one (the tuner times both where both run)."""

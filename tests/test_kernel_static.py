@@ -38,9 +38,10 @@ def _x_128bit(r):
 
 
 def _mma_in_flight(r):
-    """An fp32-accumulator wgmma (HGMMA) loop keeps a group in flight while the next is issued
-    (WARPGROUP.DEPBAR.LE 1 or deeper) and ptxas did not serialize it (C7514: an epilogue select
-    on the accumulator did, until gemm_float's ``_keep_where``)."""
+    """An fp32-accumulator wgmma (HGMMA) loop, and the Gluon int8 forward's int32 one (IGMMA),
+    keeps a group in flight while the next is issued (WARPGROUP.DEPBAR.LE 1 or deeper) and ptxas
+    did not serialize it (C7514: an epilogue select on the accumulator did, until gemm_float's
+    ``_keep_where``)."""
     return bool(r["wait"]) and min(r["wait"]) >= 1 and not r.get("wgmma_serialized")
 
 
@@ -70,8 +71,10 @@ def applies(check: str, r: dict) -> bool:
         return True
     if check == "near_anchor":
         return gemm and r["headline"]
-    if check == "mma_in_flight":  # int32 accumulators: Triton keeps no IGMMA in flight (its limit)
-        return gemm and bool(r["mma"]) and all(m.startswith("HGMMA") for m in r["mma"])
+    if check == "mma_in_flight":  # int32 accumulators: Triton keeps no IGMMA in flight (its
+        # limit), the Gluon kernel does (kernels/gemm_int8_gluon.py)
+        hgmma = bool(r["mma"]) and all(m.startswith("HGMMA") for m in r["mma"])
+        return gemm and (hgmma or r["key"].startswith("fwd gluon"))
     return r["family"] == "quantize" and r["headline"]  # x_128bit, lean_quantize
 
 
@@ -195,3 +198,51 @@ def test_per_group_forward_default_is_as_lean_as_per_channel(rows, what):
     got = rows[f"fwd DEQUANT {what}"]
     assert _wgmma(got) and _no_spill(got)
     assert got["ni_kmac"] <= LEAN_BOUND[what] * base, (got["ni_kmac"], base)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Gluon int8 forward (issue 28 item 3): a tuner candidate where this Triton builds it
+
+
+def _gluon_rows(rows):
+    got = {k: r for k, r in rows.items() if k.startswith("fwd gluon")}
+    if not got:
+        from triton_qat.kernels.gemm_int8_gluon import gluon_available, gluon_unavailable_reason
+
+        assert not gluon_available()  # the variants exist wherever Gluon's Hopper API does
+        pytest.skip(f"no Gluon Hopper API in this Triton: {gluon_unavailable_reason()}")
+    return got
+
+
+def test_gluon_forward_keeps_an_igmma_group_in_flight_from_tma_tiles(rows):
+    """Its hot loop: IGMMA fed by TMA (UTMALDG) through a multi-stage mbarrier ring, a wait that
+    leaves 1+ groups outstanding, no spill; every output dtype. Triton's own int8 forward waits
+    to 0 at the same tile (the gap this kernel exists for)."""
+    gluon = _gluon_rows(rows)
+    assert len(gluon) == 3, sorted(gluon)  # bf16 (headline), fp16, fp32
+    for k, r in gluon.items():
+        assert "error" not in r, (k, r.get("error"))
+        assert _wgmma(r) and _mma_in_flight(r) and _no_spill(r), (k, _evidence(r), r["wait"])
+        assert r["operands"] == "TMA" and int(r["stages"]) >= 2, (k, r["operands"], r["stages"])
+    triton = rows["fwd MODE 0 int8 per-channel"]
+    assert triton["wait"] == [0] and gluon["fwd gluon int8 per-channel"]["wait"] == [1]
+
+
+def _per_element(r):
+    """The row's float arithmetic per output element (the whole kernel per thread, over the
+    elements a thread owns)."""
+    bm, bn, _ = r["tile"]
+    return {op: n * r["warps"] * 32 / (bm * bn) for op, n in r["fp_ops"].items()}
+
+
+def test_gluon_forward_epilogue_is_the_triton_kernels(rows):
+    """The same fp32 operations per output element as the Triton kernel's MODE 0 epilogue at
+    the same output dtype (I2FP int32 -> fp32, two FMULs by the scales, three FSELs, the bias
+    FADD, the rounding F2FP; no FFMA: nothing contracted; the exact widening of 16-bit bias
+    values is not counted), so the two round identically (docs/numerics.md "How the kernels
+    reproduce it")."""
+    gluon = _gluon_rows(rows)
+    for dt in ("", " fp16", " fp32"):
+        g, t = gluon[f"fwd gluon int8 per-channel{dt}"], rows[f"fwd MODE 0 int8 per-channel{dt}"]
+        assert "FFMA" not in g["fp_ops"] and "FFMA" not in t["fp_ops"], (g["fp_ops"], t["fp_ops"])
+        assert _per_element(g) == _per_element(t), (dt, g["fp_ops"], t["fp_ops"])

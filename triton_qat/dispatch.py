@@ -40,6 +40,7 @@ from triton_qat.kernels.gemm_int8 import (
     launch_int8_linear,
     plan_int8_linear,
 )
+from triton_qat.kernels.gemm_int8_gluon import gluon_device
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
 from triton_qat.kernels.quantize import (
     Quantized,
@@ -94,7 +95,9 @@ DIRECT = Kernels()
 
 def traced_kernels() -> Kernels:
     """Every kernel wrapped by ``torch.library.wrap_triton`` (the kernel itself where wrapping is
-    off, as in an op's eager call), for the launches of a ``triton_op`` body."""
+    off, as in an op's eager call), for the launches of a ``triton_op`` body. The forward's is
+    the Triton kernel even for a ``GLUON`` config: ``wrap_triton`` cannot trace a Gluon kernel
+    (its analysis compiles a plain Triton source), and the outputs are the same bits."""
     wrap = torch.library.wrap_triton
     dq, mm = wrap(_dequantize_kernel), wrap(_float_mm_kernel)
     return Kernels(wrap(_quantize_rows_kernel), (wrap(_int8_linear_kernel), dq, mm), dq, mm,
@@ -296,9 +299,13 @@ def _make_int8_linear(rows, K, N, n_groups, out_dtype, device, asymmetric, has_b
     if config is None:
         config = forward_config(rows, N, K, w_group, out_dtype, device)
     dq_config = autotune.dequantize_config(rows, K, device, out_dtype)
+    # a GLUON config runs the Gluon kernel only on an sm_90 GPU with compiled Triton (never under
+    # the interpreter: Gluon has none), and in eager launches: traced ones (kernels= under
+    # torch.compile) take the Triton kernel, which wrap_triton can trace (kernels/gemm_int8.py)
     plan = plan_int8_linear(K, N, n_groups, out_dtype, config=config, asymmetric=asymmetric,
                             has_bias=has_bias, w_asym=w_asym, w_dtype=w_dtype,
-                            dequant_config=dq_config, w_code_offset=w_code_offset)  # fmt: skip
+                            dequant_config=dq_config, w_code_offset=w_code_offset,
+                            gluon=gluon_device(device))  # fmt: skip
     return _on_device(functools.partial(launch_int8_linear, plan), device)
 
 

@@ -1,0 +1,399 @@
+"""Forward GEMM, MODE 0 (per-channel / per-tensor symmetric weights), in Gluon for Hopper (sm_90).
+
+    out[m, n] = s_x[m] * s_w[n] * (sum_k q_x[m, k] q_w[n, k] - zp_x[m] * colsum_w[n]) + bias[n]
+
+The same product and the same epilogue as :mod:`.gemm_int8`'s MODE 0 (``W_ASYM`` off), written
+in Triton's Gluon dialect (``triton.experimental.gluon``) so that the int32 wgmma (IGMMA) stays
+in flight: Triton's own pipeliner makes a dot asynchronous only when its accumulator is fp32,
+so every int8 ``tl.dot`` waits for its wgmma group to finish (``WARPGROUP.DEPBAR.LE 0``) before
+the next one issues. Here the K loop is explicit:
+
+* the int8 tiles of x [M, K] and of the weight codes [N, K] (K-major) come by TMA into a ring of
+  ``STAGES`` NVMMA-swizzled shared-memory buffers, one mbarrier per buffer (expect-tx, then a
+  wait on its phase);
+* ``warpgroup_mma(..., is_async=True)`` accumulates into an int32 register tile and
+  ``warpgroup_mma_wait(num_outstanding=1)`` leaves that group in flight while the next tile's
+  TMA lands; the buffer the previous group read is then refilled, ``STAGES - 1`` steps ahead;
+* the epilogue is the Triton kernel's, operation for operation in fp32: ``acc - zp_x * colsum``
+  in int32, then ``(acc * lo) * hi`` with the smaller scale first, NaN rows for non-finite
+  token scales, ``+ bias`` in fp32, one rounding to the output dtype. The int32 accumulator is
+  exact, so the output is bit-identical to the Triton kernel's (docs/numerics.md "How the
+  kernels reproduce it").
+
+What it needs (elsewhere a ``GLUON`` config runs the Triton kernel, :mod:`.gemm_int8`): a
+Triton whose Gluon has the Hopper API (:func:`gluon_available`; compiled for sm_90a under 3.5.1,
+3.6.0, 3.7.1, 3.8.0 and 3.9.0, whose TMA load changed name; 3.4.0 has no ``warpgroup_mma``; a
+release where the kernel still fails to build turns it off for the process at its first
+launch, with a warning), an NVIDIA GPU of compute capability 9 and compiled Triton
+(:func:`gluon_device`; never the interpreter: Gluon has none), symmetric weights in one group
+per row (MODE 0 without ``W_ASYM``), operands that fit tensor descriptors (16-byte aligned rows,
+:func:`gluon_operands_fit`) and an eager launch (``torch.compile`` traces user kernels with
+``torch.library.wrap_triton``, whose analysis compiles a plain Triton source: a Gluon kernel
+fails there, "Could not determine the number of warps per CTA", so traced launches take the
+Triton kernel). Out-of-range rows, columns and the K tail read as zeros (TMA's padding), so the
+loop has no masks.
+
+Layouts as :func:`.gemm_int8.int8_linear`: x_codes int8 [M, K], x_scale fp32 [M], x_zero_point
+int32 [M]; w_codes int8 [N, K], w_scale fp32 [N, 1] and w_code_sum int32 [N, 1] (any strides:
+one column); bias [N] or None; out [M, N] contiguous in fp32 / fp16 / bf16.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+import triton
+
+from ._common import INTERPRET, cdiv, device_major, dtype_code, empty
+from .gemm_float import k_major_descriptors_fit
+
+try:  # Gluon's Hopper API (triton.experimental: it moves between releases)
+    import triton.experimental.gluon.language as gl
+    from triton.experimental import gluon
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    # the TMA tile load: ``async_load`` in Triton 3.9, ``async_copy_global_to_shared`` in 3.6
+    # (3.9 keeps that name only to raise), same arguments (descriptor, coordinates, barrier,
+    # destination, pred)
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _GLUON_ERROR = None
+except (ImportError, AttributeError) as e:  # an older or reshaped Gluon: the Triton kernel runs
+    gluon = None
+    _GLUON_ERROR = f"{type(e).__name__}: {e}"
+
+
+def gluon_available() -> bool:
+    """Whether this Triton has the Gluon Hopper API the kernel is written in (TMA loads,
+    mbarriers, asynchronous warpgroup MMA, Gluon tensor descriptors)."""
+    return gluon is not None
+
+
+def gluon_unavailable_reason() -> str | None:
+    """Why :func:`gluon_available` is False (the import's error), else None."""
+    return _GLUON_ERROR
+
+
+# Set when a launch failed to build or run the kernel (a Triton release whose Gluon has the API's
+# names but not its behaviour: built and checked here under 3.5.1, 3.6.0, 3.7.1, 3.8.0 and 3.9.0;
+# 3.4.0 lacks warpgroup_mma and is gated off above): the process then runs the Triton kernel.
+_FAILED: list[str] = []
+
+
+def _failed(e: Exception) -> None:
+    why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    _FAILED.append(why)
+    warnings.warn(f"triton_qat: the Gluon int8 forward failed under Triton {triton.__version__} "
+                  f"({why[:300]}); GLUON configs run the Triton kernel from now on", stacklevel=4)  # fmt: skip
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _int8_linear_gluon_kernel(
+        x_desc,
+        w_desc,
+        sx_ptr,
+        zpx_ptr,
+        sw_ptr,
+        wsum_ptr,
+        bias_ptr,
+        out_ptr,
+        M,
+        N,
+        K,
+        stride_sn,
+        stride_om,
+        HAS_BIAS: gl.constexpr,
+        ASYM: gl.constexpr,
+        DT: gl.constexpr,
+        BLOCK_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        BLOCK_K: gl.constexpr,
+        GROUP_M: gl.constexpr,
+        STAGES: gl.constexpr,
+        WARPS_M: gl.constexpr,
+        WARPS_N: gl.constexpr,
+        INSTR_N: gl.constexpr,
+        OUT_VEC: gl.constexpr,
+        OUT_TPW_N: gl.constexpr,
+    ):
+        """One [BLOCK_M, BLOCK_N] tile of out per program (grouped ordering, as the Triton
+        kernel's ``swizzle``); x_desc / w_desc: int8 [M, K] / [N, K] descriptors with
+        [BLOCK_M, BLOCK_K] / [BLOCK_N, BLOCK_K] tiles; WARPS_M x WARPS_N warps share the
+        accumulator (m16 x INSTR_N x k32 IGMMA instructions); OUT_VEC x OUT_TPW_N: the store's
+        coalesced layout (elements per thread x threads along a row)."""
+        # grouped program ordering (kernels/_common.py swizzle)
+        pid = gl.program_id(0)
+        n_pid_m = gl.cdiv(M, BLOCK_M)
+        n_pid_n = gl.cdiv(N, BLOCK_N)
+        n_in_group = GROUP_M * n_pid_n
+        first_m = (pid // n_in_group) * GROUP_M
+        size_m = gl.minimum(n_pid_m - first_m, GROUP_M)
+        pid_m = first_m + ((pid % n_in_group) % size_m)
+        pid_n = (pid % n_in_group) // size_m
+        m0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[WARPS_M, WARPS_N], instr_shape=[16, INSTR_N, 32]
+        )
+        # the ring: STAGES x (x tile, w tile), one mbarrier each (TMA's transaction count)
+        a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+        b_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        TILE_BYTES: gl.constexpr = (BLOCK_M + BLOCK_N) * BLOCK_K  # int8: one byte an element
+        n_k = gl.cdiv(K, BLOCK_K)
+        # prologue: the first STAGES - 1 steps in flight (predicated off past the last step)
+        for i in gl.static_range(STAGES - 1):
+            on = i < n_k
+            mbarrier.expect(bars.index(i), TILE_BYTES, pred=on)
+            _tma_load(x_desc, [m0, i * BLOCK_K], bars.index(i), a_bufs.index(i), pred=on)
+            _tma_load(w_desc, [n0, i * BLOCK_K], bars.index(i), b_bufs.index(i), pred=on)
+
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=acc_layout)  # [BM, BN]
+        for ki in range(n_k):
+            s = ki % STAGES
+            mbarrier.wait(bars.index(s), (ki // STAGES) & 1)
+            # B as the [BK, BN] view of the K-major [BN, BK] tile (wgmma reads it transposed)
+            acc = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc,
+                                is_async=True)  # fmt: skip
+            # one group in flight: step ki - 1's group is done, so its buffer takes step
+            # ki + STAGES - 1 (the same slot modulo STAGES)
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=1,
+                                           deps=(acc, a_bufs.index(s), b_bufs.index(s)))  # fmt: skip
+            kn = ki + STAGES - 1
+            sn = kn % STAGES
+            on = kn < n_k
+            mbarrier.expect(bars.index(sn), TILE_BYTES, pred=on)
+            _tma_load(x_desc, [m0, kn * BLOCK_K], bars.index(sn), a_bufs.index(sn), pred=on)
+            _tma_load(w_desc, [n0, kn * BLOCK_K], bars.index(sn), b_bufs.index(sn), pred=on)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(i))
+
+        # epilogue: _int8_linear_kernel's MODE 0, operation for operation (W_ASYM off); rows /
+        # columns past the edge read row / column 0 (in bounds) and are never stored
+        row_layout: gl.constexpr = gl.SliceLayout(1, acc_layout)
+        col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
+        o_mw = (m0 + gl.arange(0, BLOCK_M, layout=row_layout)) % M  # [BM]
+        o_nw = (n0 + gl.arange(0, BLOCK_N, layout=col_layout)) % N  # [BN]
+        b_sx = gl.load(sx_ptr + o_mw)  # [BM]
+        if ASYM:
+            b_zp = gl.load(zpx_ptr + o_mw)  # [BM]
+            acc -= b_zp[:, None] * gl.load(wsum_ptr + o_nw * stride_sn)[None, :]
+        b_sw = gl.load(sw_ptr + o_nw * stride_sn)  # [BN]
+        # _scale: the smaller scale first (False for a NaN scale: it is then used first)
+        row_first = b_sx[:, None] < b_sw[None, :]
+        lo = gl.where(row_first, b_sx[:, None], b_sw[None, :])
+        hi = gl.where(row_first, b_sw[None, :], b_sx[:, None])
+        b_out = (acc.to(gl.float32) * lo) * hi  # [BM, BN]
+        m_finite = (b_sx == b_sx) & (gl.abs(b_sx) < float("inf"))  # [BM]
+        b_out = gl.where(m_finite[:, None], b_out, float("nan"))
+        if HAS_BIAS:
+            b_out += gl.load(bias_ptr + o_nw).to(gl.float32)[None, :]
+        # cast_to_dt (round to nearest even), then a coalesced layout for the store
+        if DT == 1:
+            b_out = b_out.to(gl.float16)
+        elif DT == 2:
+            b_out = b_out.to(gl.bfloat16)
+        out_layout: gl.constexpr = gl.BlockedLayout(
+            size_per_thread=[1, OUT_VEC], threads_per_warp=[32 // OUT_TPW_N, OUT_TPW_N],
+            warps_per_cta=[WARPS_M * WARPS_N, 1], order=[1, 0],
+        )  # fmt: skip
+        b_out = gl.convert_layout(b_out, out_layout)
+        o_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))  # [BM]
+        o_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))  # [BN]
+        # the tile's corner as one 64-bit offset, the elements as 32-bit offsets from it
+        p_o = out_ptr + (pid_m.to(gl.int64) * BLOCK_M * stride_om + pid_n.to(gl.int64) * BLOCK_N)
+        m_o = ((m0 + o_m) < M)[:, None] & ((n0 + o_n) < N)[None, :]
+        gl.store(p_o + (o_m[:, None] * stride_om + o_n[None, :]), b_out, mask=m_o)
+
+else:
+    _int8_linear_gluon_kernel = None
+
+
+def _warps(block_m: int, num_warps: int) -> tuple[int, int]:
+    """(WARPS_M, WARPS_N): wgmma's atom is 4 warps along M (16 rows each); double along M while
+    the tile has rows for it, then along N."""
+    wm, wn = 4, 1
+    while wm * wn < num_warps:
+        if block_m > 16 * wm:
+            wm *= 2
+        else:
+            wn *= 2
+    return wm, wn
+
+
+def _instr_n(block_m: int, block_n: int, num_warps: int) -> int:
+    """The N of the m16 x N x k32 IGMMA instruction: the columns one warp column owns, at most 128
+    (int8 wgmma takes multiples of 16 up to 224; the tiles are powers of two)."""
+    _, wn = _warps(block_m, num_warps)
+    return min(128, max(16, block_n // wn))
+
+
+def check_gluon_config(config: dict) -> str | None:
+    """Why ``config`` cannot run the Gluon kernel (None if it can): at least 4 warps (a
+    warpgroup), BLOCK_M >= 64 rows per 4 warps, BLOCK_K a multiple of 32 (the IGMMA's k),
+    2+ stages (one group in flight while the next tile lands)."""
+    bm, bn, bk, w = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
+    wm, wn = _warps(bm, w) if w >= 4 else (0, 0)
+    if w < 4 or w & (w - 1) or bm < 16 * wm or bn // wn < 16:
+        return f"BLOCK_M={bm} x BLOCK_N={bn} over {w} warps: no wgmma warpgroup layout"
+    if bk < 32 or bk % 32:
+        return f"BLOCK_K={bk}: the int8 wgmma steps K by 32"
+    if config["num_stages"] < 2:
+        return "num_stages < 2: one MMA group stays in flight while the next tile lands"
+    return None
+
+
+class GluonPlan(NamedTuple):
+    """What a Gluon launch decides once per key (:func:`plan_int8_linear_gluon`)."""
+
+    N: int
+    K: int
+    out_dtype: torch.dtype
+    block_m: int
+    block_n: int
+    block_k: int
+    x_layout: object  # NVMMASharedLayout of the [BLOCK_M, BLOCK_K] int8 tile
+    w_layout: object  # and of the [BLOCK_N, BLOCK_K] one
+    meta: dict  # constexprs and launch options
+
+
+def plan_int8_linear_gluon(
+    K: int, N: int, out_dtype: torch.dtype, *, config: dict, asymmetric: bool, has_bias: bool
+) -> GluonPlan:
+    """The plan of a Gluon MODE 0 launch (arguments as :func:`.gemm_int8.plan_int8_linear` for
+    per-channel symmetric weights). ValueError where Gluon is missing or the config cannot run
+    it (:func:`check_gluon_config`)."""
+    if not gluon_available():
+        raise ValueError(f"int8_linear: no Gluon Hopper API in this Triton ({_GLUON_ERROR})")
+    why = check_gluon_config(config)
+    if why is not None:
+        raise ValueError(f"config: {why}, got {config}")
+    bm, bn, bk, w = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
+    wm, wn = _warps(bm, w)
+    vec = 16 // out_dtype.itemsize  # 16-byte stores
+    meta = dict(
+        HAS_BIAS=has_bias,
+        ASYM=asymmetric,
+        DT=dtype_code(out_dtype),
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        GROUP_M=config["GROUP_M"],
+        STAGES=config["num_stages"],
+        WARPS_M=wm,
+        WARPS_N=wn,
+        INSTR_N=_instr_n(bm, bn, w),
+        OUT_VEC=min(vec, bn),
+        OUT_TPW_N=max(1, min(32, bn // min(vec, bn))),
+        num_warps=w,
+    )
+    x_layout = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.int8)
+    w_layout = gl.NVMMASharedLayout.get_default_for([bn, bk], gl.int8)
+    return GluonPlan(N, K, out_dtype, bm, bn, bk, x_layout, w_layout, meta)
+
+
+def _descriptor(view: torch.Tensor, strides: tuple, block: list, layout) -> object:
+    """A Gluon ``TensorDescriptor`` of ``view`` without its constructor's checks (alignment and
+    strides are checked by :func:`.gemm_float.k_major_descriptors_fit`; they cost host time, and
+    fake tensors of a compile-only capture have no data pointer)."""
+    desc = object.__new__(GluonDescriptor)
+    desc.base, desc.shape, desc.strides, desc.block_shape = view, list(view.shape), strides, block
+    desc.layout, desc.padding, desc.round_f32_to_tf32 = layout, "zero", False
+    return desc
+
+
+def gluon_device(device: torch.device) -> bool:
+    """Whether launches on ``device`` can run the Gluon kernel: an NVIDIA GPU of compute
+    capability 9 (wgmma is sm_90a's; later GPUs run the Triton kernel), compiled Triton (never
+    the interpreter: Gluon has none) with Gluon's Hopper API."""
+    return (gluon is not None and not _FAILED and not INTERPRET and device.type == "cuda"
+            and torch.version.hip is None and device_major(device) == 9)  # fmt: skip
+
+
+def gluon_operands_fit(x_codes: torch.Tensor, w_codes: torch.Tensor) -> bool:
+    """Whether int8 x [M, K] and w [N, K] can be the kernel's K-major tensor descriptors (unit
+    column strides, 16-byte aligned bases and rows)."""
+    sx, sw = x_codes.stride(), w_codes.stride()
+    return sx[1] == 1 and sw[1] == 1 and k_major_descriptors_fit(x_codes, sx, w_codes, sw)
+
+
+def launch_int8_linear_gluon(
+    p: GluonPlan,
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero_point: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor | None = None,
+    fallback: bool = True,
+) -> torch.Tensor | None:
+    """Run plan ``p``: ``x_fq @ w_fq.T + bias`` [M, N] in the plan's dtype, into ``out`` (a
+    contiguous [M, N] tensor) if given (layouts as the module doc; the caller has checked
+    :func:`gluon_device`, :func:`gluon_operands_fit` and M, N, K > 0). With ``fallback``, None
+    where the kernel cannot be built or launched (once, with a warning; then every time): the
+    caller runs the Triton kernel; without, the error is raised."""
+    if fallback and _FAILED:
+        return None
+    M, N, K = x_codes.shape[0], p.N, p.K
+    if out is None:
+        out = empty((M, N), dtype=p.out_dtype, device=x_codes.device)
+    x_desc = _descriptor(x_codes, (x_codes.stride(0), 1), [p.block_m, p.block_k], p.x_layout)
+    w_desc = _descriptor(w_codes, (w_codes.stride(0), 1), [p.block_n, p.block_k], p.w_layout)
+    if w_code_sum.stride(0) != w_scale.stride(0):
+        w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()
+    args = (x_desc, w_desc, x_scale.contiguous(), x_zero_point.contiguous(), w_scale, w_code_sum,
+            out if bias is None else bias.contiguous(), out, M, N, K, w_scale.stride(0), N)  # fmt: skip
+    grid = (cdiv(M, p.block_m) * cdiv(N, p.block_n),)
+    try:
+        _int8_linear_gluon_kernel.run(*args, grid=grid, warmup=False, **p.meta)
+    except Exception as e:  # noqa: BLE001 - a compile / launch failure: the Triton kernel runs
+        if not fallback:
+            raise
+        _failed(e)
+        return None
+    return out
+
+
+def int8_linear_gluon(
+    x_codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero_point: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    *,
+    asymmetric: bool,
+    config: dict,
+) -> torch.Tensor:
+    """``x_fq @ w_fq.T + bias`` [M, N] by the Gluon kernel, for per-channel symmetric weights
+    (layouts as :func:`.gemm_int8.int8_linear`; ``config``: BLOCK_M/N/K, GROUP_M, num_warps,
+    num_stages fitting :func:`check_gluon_config`). ValueError where the operands or the device
+    cannot run it (:func:`gluon_device`, :func:`gluon_operands_fit`).
+    :func:`plan_int8_linear_gluon` then :func:`launch_int8_linear_gluon`."""
+    K, N = x_codes.shape[1], w_codes.shape[0]
+    if not (gluon_device(x_codes.device) and gluon_operands_fit(x_codes, w_codes)):
+        raise ValueError("int8_linear_gluon: needs compiled Triton on an sm_90 GPU and K-major "
+                         "int8 operands with 16-byte aligned rows")  # fmt: skip
+    if x_codes.shape[0] == 0 or N == 0 or K == 0:
+        raise ValueError("int8_linear_gluon: empty operands (int8_linear handles them)")
+    plan = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
+                                  has_bias=bias is not None)  # fmt: skip
+    return launch_int8_linear_gluon(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale,
+                                    w_code_sum, bias, fallback=False)  # fmt: skip
