@@ -19,6 +19,22 @@ from triton_qat.functional import ao_fake_quantize, check_configs, fused_linear
 from triton_qat.spec import ao_spec, spec_for
 
 
+class _Float8Linear:
+    """A float8 layer's forward, called as the fused int linears are:
+    ``f(x, weight, bias, w_scale=None)`` (``w_scale`` unused: float8 scales are dynamic)."""
+
+    __slots__ = ("activation", "weight_config")
+
+    def __init__(self, activation: object, weight_config: Float8Config) -> None:
+        self.activation, self.weight_config = activation, weight_config
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None, w_scale=None) -> Tensor:
+        from triton_qat.float8 import float8_linear
+
+        check_linear_inputs(x, weight, bias)
+        return float8_linear(x, weight, bias, self.activation, self.weight_config)
+
+
 class Linear(nn.Linear):
     """Linear layer with dynamic fake quantization of its input and weight (QAT).
 
@@ -91,13 +107,7 @@ class Linear(nn.Linear):
         return self.qconfig is not None
 
     def forward(self, input: Tensor) -> Tensor:
-        if self._fake_quant_on and isinstance(self.weight_config, Float8Config):
-            from triton_qat.float8 import float8_linear  # the dequantized path (no fp8 GEMM yet)
-
-            weight, bias = self.weight, self.bias
-            check_linear_inputs(input, weight, bias)
-            out = float8_linear(input, weight, bias, self.activation_config, self.weight_config)
-        elif self._fake_quant_on and self.qconfig is None:  # torchao numerics: the hot path
+        if self._fake_quant_on and self.qconfig is None:  # torchao numerics: the hot path
             fused, wcfg = self._fused, self.weight_config
             if fused is None or self._fused_for != (self.activation_config, wcfg):
                 fused = self._new_fused()
@@ -121,8 +131,11 @@ class Linear(nn.Linear):
         against the layer (configs may be replaced after construction)."""
         check_configs(self.activation_config, self.weight_config, self.in_features)
         act = self.activation_config
-        a_spec = None if act is NOT_QUANTIZED else spec_for(act)
-        self._fused = fused_linear(a_spec, spec_for(self.weight_config))
+        if isinstance(self.weight_config, Float8Config):  # the dequantized path (no fp8 GEMM yet)
+            self._fused = _Float8Linear(act, self.weight_config)
+        else:
+            a_spec = None if act is NOT_QUANTIZED else spec_for(act)
+            self._fused = fused_linear(a_spec, spec_for(self.weight_config))
         self._fused_for = (act, self.weight_config)
         return self._fused
 
