@@ -80,6 +80,11 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
     cfg_dq = dequantize_config(s.M, s.K, device, s.dtype)
     x_fq = dequantize_rows(qa.codes, qa.scale, qa.zero_point, s.dtype, config=cfg_dq)
     w_t = qw.codes.t()  # [K, N] column-major: the layout torch._int_mm wants
+    # the backward's weight mask as the op layer writes it: bits per channel (16-bit), else bytes
+    w_bits_mask = s.group == s.K and s.dtype != torch.float32
+    cfg_mask = quantize_config(s.N, s.group, device, s.dtype, pack_mask=w_bits_mask)
+    w_mask = quantize_rows(w, wq[0], wq[1], s.group, True, pack_mask=w_bits_mask,
+                           config=cfg_mask, write_codes=False).mask  # fmt: skip
     gemm = 2.0 * s.M * s.N * s.K
     esize = x.element_size()
     mnk = (s.M, s.N, s.K)
@@ -126,7 +131,7 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
         ),
         "wgrad": Problem(
             "wgrad", "wgrad", gemm_key("wgrad", *mnk, s.dtype, s.group), mnk, s.group,
-            lambda c: wgrad(dy, x_fq, qw.mask, config=c),
+            lambda c: wgrad(dy, x_fq, w_mask, config=c, mask_bits=w_bits_mask),
             gemm_config("wgrad", *mnk, device, s.dtype),
             lambda: torch.mm(dy.t(), x), "torch.mm", gemm, gemm,
         ),

@@ -14,7 +14,7 @@ accumulation; fp32 inputs use IEEE-precision dots, not TF32).
 A config with ``CUBLAS`` runs the same product as a plain ``torch.mm`` (cuBLAS on a GPU) and then
 zeroes the masked elements in place (:mod:`.ste_mask`): the mask applies elementwise to the GEMM's
 output, so ``torch.where(mask, A @ B, 0)`` may be computed in two steps, and the second reads one
-bit (dgrad) or byte (wgrad) per element and writes only the few elements that clip
+bit (dgrad; wgrad of per-channel / per-tensor weights) or byte (per-group wgrad) per element and writes only the few elements that clip
 (docs/numerics.md "Which configs clip"). For 16-bit operands only: an fp32 ``torch.mm`` follows
 ``torch.backends.cuda.matmul.allow_tf32``, the Triton kernel never uses TF32. The product is then
 cuBLAS's, reductions included (torch's ``allow_bf16/fp16_reduced_precision_reduction``, as for
@@ -67,13 +67,15 @@ def plan_dgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan | CublasPlan:
     return plan_float_mm(dtype, tiles=tiles, mask=MASK_BITS, tma=bool(config.get("TMA")))
 
 
-def plan_wgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan | CublasPlan:
-    """The plan of :func:`wgrad` without a scale gradient, in ``dtype`` (run it with
-    ``launch_backward(plan, grad_y.t(), x_fq, w_mask)``)."""
+def plan_wgrad(dtype: torch.dtype, config: dict, mask_bits: bool = False) -> FloatMMPlan | CublasPlan:
+    """The plan of :func:`wgrad` without a scale gradient, in ``dtype``, for a weight mask of bits
+    [N, ceil(K/8)] (``mask_bits``: per-channel / per-tensor weights, whose quantize packs them)
+    or bytes [N, K] (run it with ``launch_backward(plan, grad_y.t(), x_fq, w_mask)``)."""
     if uses_cublas(config, dtype):
-        return CublasPlan(plan_zero_masked(False, INTERPRET))
+        return CublasPlan(plan_zero_masked(mask_bits, INTERPRET))
     tiles = tiles_of(config, "BLOCK_N", "BLOCK_K", "BLOCK_M")
-    return plan_float_mm(dtype, tiles=tiles, mask=MASK_BYTES, tma=bool(config.get("TMA")))
+    mask = MASK_BITS if mask_bits else MASK_BYTES
+    return plan_float_mm(dtype, tiles=tiles, mask=mask, tma=bool(config.get("TMA")))
 
 
 def launch_backward(
@@ -140,10 +142,12 @@ def wgrad(
     qmin: int = -128,
     qmax: int = 127,
     kernel=None,
+    mask_bits: bool = False,
 ):
     """grad_w [N, K] = (grad_y^T [N, M] @ x_fq [M, K]) * w_mask, in grad_y's dtype.
 
-    x_fq [M, K] in grad_y's dtype, w_mask uint8 [N, K] (0/1, contiguous rows). ``config`` tiles
+    x_fq [M, K] in grad_y's dtype, w_mask uint8 [N, K] (0/1, contiguous rows), or bits
+    [N, ceil(K/8)] with ``mask_bits`` (no scale gradient). ``config`` tiles
     the linear's M, N, K: the output tile is [BLOCK_N, BLOCK_K] and BLOCK_M steps the reduction
     over tokens; ``CUBLAS`` runs ``torch.mm`` and then the mask pass (16-bit dtypes, no scale
     gradient). With ``weight`` [N, K] and its learned symmetric scales ``w_scale`` fp32 [N, G]
@@ -154,7 +158,10 @@ def wgrad(
     tiles = tiles_of(c, "BLOCK_N", "BLOCK_K", "BLOCK_M")
     a, tma = grad_y.t(), bool(c.get("TMA"))
     if weight is None:
-        return launch_backward(plan_wgrad(grad_y.dtype, c), a, x_fq, w_mask, kernel=kernel)
+        plan = plan_wgrad(grad_y.dtype, c, mask_bits)
+        return launch_backward(plan, a, x_fq, w_mask, kernel=kernel)
+    if mask_bits:
+        raise ValueError("mask_bits: the scale-gradient epilogue reads a byte mask")
     N, K = weight.shape
     G = w_scale.shape[1]
     sg_group, tiles = scale_grad_tiles(tiles, K, G)

@@ -21,11 +21,12 @@ def wgrad_torch(
     w_scale: torch.Tensor | None = None,
     qmin: int = -128,
     qmax: int = 127,
+    mask_bits: bool = False,
 ):
     """Twin of :func:`.gemm_backward.wgrad` (with ``weight`` and ``w_scale``: also the scale
-    gradient)."""
+    gradient; ``mask_bits``: w_mask holds bits [N, ceil(K/8)])."""
     dw = grad_y.to(torch.float32).T @ x_fq.to(torch.float32)
-    keep = w_mask.to(torch.bool)
+    keep = unpack_bits(w_mask, x_fq.shape[1]) if mask_bits else w_mask.to(torch.bool)
     grad_w = (dw * keep).to(grad_y.dtype)
     if weight is None:
         return grad_w

@@ -342,7 +342,9 @@ def variants() -> list[Variant]:
         bits = 8 if group == K else 4
         cfg = fit_quantize(default_config("quantize", (N, group), interpret=False), backward, True)
         pool = dict(x=T(((N, K), dt)), qmin=-(1 << (bits - 1)), qmax=(1 << (bits - 1)) - 1,
-                    group_size=group, symmetric=True, pack_mask=False, config=cfg)  # fmt: skip
+                    group_size=group, symmetric=True,
+                    pack_mask=backward and group == K and dt != F32,
+                    config=cfg)  # fmt: skip
         if sums is None:
             fwd = default_config("fwd", (M, N, K), False, group, dt.itemsize, major)
             sums = not fwd.get("DEQUANT", 0)
@@ -479,8 +481,9 @@ def variants() -> list[Variant]:
     def bwd_triton(cfg: dict) -> dict:
         return {**cfg, "CUBLAS": 0}
 
-    # the mask pass after torch.mm (kernels/ste_mask.py): x's bit mask (dgrad), w's bytes (wgrad)
-    for kern, bits, (rows, cols) in (("dgrad", True, (M, K)), ("wgrad", False, (N, K))):
+    # the mask pass after torch.mm (kernels/ste_mask.py): x's bit mask (dgrad), w's (wgrad; bits
+    # per channel, the headline)
+    for kern, bits, (rows, cols) in (("dgrad", True, (M, K)), ("wgrad", True, (N, K))):
         zp = ste_mask.plan_zero_masked(bits)
         mask_cols = -(-cols // 8) if bits else cols
 
@@ -504,7 +507,8 @@ def variants() -> list[Variant]:
         def call_w(dt=dt):
             cfg = bwd_triton(default_config("wgrad", (M, N, K), False, 0, dt.itemsize, major))
             xf, qw = x_fq(dt), weight(dt, K, backward=True)[1]()
-            pool = dict(grad_y=T(((M, N), dt)), x_fq=xf, w_mask=qw.mask, config=cfg)
+            pool = dict(grad_y=T(((M, N), dt)), x_fq=xf, w_mask=qw.mask, config=cfg,
+                        mask_bits=dt != F32)  # per channel: bits (fp32: bytes)  # fmt: skip
             call_by_name(gemm_backward.wgrad, pool)
 
         for kern, call, layout in (("dgrad", call_d, (0, 2, 1)), ("wgrad", call_w, (1, 2, 0))):
@@ -523,6 +527,7 @@ def variants() -> list[Variant]:
 
         def call_sg(group=group, cfg=cfg):
             wpool, _ = weight(BF16, group, backward=True)
+            wpool = {**wpool, "pack_mask": False}  # the scale-gradient epilogue reads bytes
             xf, qw = x_fq(BF16), call_by_name(quantize.quantize_rows, wpool)
             pool = dict(grad_y=T(((M, N), BF16)), x_fq=xf, w_mask=qw.mask, config=cfg,
                         weight=T(((N, K), BF16)), w_scale=T(((N, K // group), F32)),

@@ -191,7 +191,7 @@ def _backward_steps(layer, x: torch.Tensor, device: torch.device, dtype: torch.d
         layer(xg).backward(dy)
 
     return {
-        "backward: weight quantize (y + byte mask)": lambda: plan.quantize_w_bwd[True, True](w),
+        "backward: weight quantize (y + mask)": lambda: plan.quantize_w_bwd[True, True](w),
         "backward: dgrad launch": lambda: plan.dgrad(dy, wq.y, mask),
         "backward: dequantize launch": lambda: plan.dequantize_x(codes, scale, zp),
         "backward: wgrad launch": lambda: plan.wgrad(dy.t(), x, wq.mask),

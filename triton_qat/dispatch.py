@@ -322,19 +322,23 @@ def dgrad_launch(rows: int, N: int, K: int, dtype, device) -> Callable[..., torc
     return _kept(key, lambda: _make_backward_gemm("dgrad", *key[1:]))
 
 
-def wgrad_launch(rows: int, N: int, K: int, dtype, device) -> Callable[..., torch.Tensor]:
-    """``f(grad_y.t() [N, M], x_fq [M, K], w_mask bytes [N, K]) -> grad_w [N, K]`` (see
-    :func:`triton_qat.kernels.gemm_backward.wgrad`; without a scale gradient; grad_y comes
-    transposed, as the GEMM reads it)."""
-    key = ("wgrad", rows_key(rows), N, K, dtype, device)
+def wgrad_launch(
+    rows: int, N: int, K: int, dtype, device, mask_bits: bool = False
+) -> Callable[..., torch.Tensor]:
+    """``f(grad_y.t() [N, M], x_fq [M, K], w_mask) -> grad_w [N, K]``, w_mask bytes [N, K] or
+    (``mask_bits``) bits [N, ceil(K/8)] (see :func:`triton_qat.kernels.gemm_backward.wgrad`;
+    without a scale gradient; grad_y comes transposed, as the GEMM reads it)."""
+    key = ("wgrad", rows_key(rows), N, K, dtype, device, mask_bits)
     return _kept(key, lambda: _make_backward_gemm("wgrad", *key[1:]))
 
 
-def _make_backward_gemm(kernel, rows, N, K, dtype, device):
+def _make_backward_gemm(kernel, rows, N, K, dtype, device, mask_bits=True):
     if backend(device) == "torch":
-        return _dgrad_torch if kernel == "dgrad" else _wgrad_torch
+        if kernel == "dgrad":
+            return _dgrad_torch
+        return functools.partial(_wgrad_torch, mask_bits=mask_bits)
     config = autotune.gemm_config(kernel, rows, N, K, device, dtype)
-    plan = plan_dgrad(dtype, config) if kernel == "dgrad" else plan_wgrad(dtype, config)
+    plan = plan_dgrad(dtype, config) if kernel == "dgrad" else plan_wgrad(dtype, config, mask_bits)
     # f(a, b, mask): launch_backward's own order (dgrad: grad_y, w_fq; wgrad: grad_y.t(), x_fq)
     return _on_device(functools.partial(launch_backward, plan), device)
 
@@ -343,8 +347,8 @@ def _dgrad_torch(grad_y, w_fq, x_mask, kernel=None, mask_kernel=None):
     return dgrad_torch(grad_y, w_fq, x_mask)
 
 
-def _wgrad_torch(grad_y_t, x_fq, w_mask, kernel=None, mask_kernel=None):
-    return wgrad_torch(grad_y_t.t(), x_fq, w_mask)
+def _wgrad_torch(grad_y_t, x_fq, w_mask, kernel=None, mask_kernel=None, *, mask_bits):
+    return wgrad_torch(grad_y_t.t(), x_fq, w_mask, mask_bits=mask_bits)
 
 
 def dequantize_launch(
@@ -506,7 +510,9 @@ class LinearPlan(NamedTuple):
     w_qmin: int
     w_qmax: int
     w_group: int  # the weight's scale group along K (K: per channel / tensor)
-    quantize_w_bwd: dict  # (values, mask) -> the backward's weight re-derivation
+    quantize_w_bwd: dict  # (values, mask) -> the backward's weight re-derivation (mask "bytes":
+    # a byte mask for the learned-scale wgrad; True: bits where w_mask_bits, else bytes)
+    w_mask_bits: bool  # the weight's backward mask is bits (per channel / per tensor)
     dgrad: Callable
     dequantize_x: Callable | None  # x_fq from its codes (None: weight-only keeps x)
     wgrad: Callable
@@ -544,16 +550,22 @@ def _make_linear_plan(rows, K, N, dtype, w_dtype, device, a_spec, w_spec, has_bi
     w_qparams = "given" if w_scale_given else "per_tensor" if w_spec.per_tensor else "computed"
     bwd = {}
     w_kind = dict(has_qparams=w_scale_given, per_tensor=w_qparams == "per_tensor")
-    for values, mask in ((True, True), (True, False), (False, True)):
+    # the weight's mask as bits where the quantize kernel packs them (one group per row): the
+    # backward keeps N K / 8 bytes instead of N K, and the mask pass reads as much. Not at fp32:
+    # sm_80's fp32 wgrad tile spills 4 B with a bit mask (perf/kernel_static.py --arch 80)
+    w_mask_bits = w_group == K and dtype != torch.float32
+    for values, mask in ((True, True), (True, False), (False, True), (True, "bytes"),
+                         (False, "bytes")):  # fmt: skip
         bwd[values, mask] = quantize_launch(
-            *w_rows, pack_mask=False, with_y=values, write_codes=False, asym_weight=not w_sym,
-            write_mask=mask, write_zero_point=False, **w_kind,
+            *w_rows, pack_mask=w_mask_bits and mask is True, with_y=values, write_codes=False,
+            asym_weight=not w_sym, write_mask=bool(mask), write_zero_point=False, **w_kind,
         )  # fmt: skip
-    wgrad = wgrad_launch(rows, N, K, dtype, device)
+    wgrad = wgrad_launch(rows, N, K, dtype, device, w_mask_bits)
     dgrad = dgrad_launch(rows, N, K, dtype, device)
     common = dict(N=N, K=K, dtype=dtype, device_type=device.type, w_qparams=w_qparams,
                   w_symmetric=w_sym,
                   w_qmin=w_spec.qmin, w_qmax=w_spec.qmax, w_group=w_group, quantize_w_bwd=bwd,
+                  w_mask_bits=w_mask_bits,
                   dgrad=dgrad, wgrad=wgrad)  # fmt: skip
     if a_spec is None:  # weight-only: a float GEMM on the fake-quantized weight
         quantize_w = quantize_launch(

@@ -110,13 +110,14 @@ def backward(plan: LinearPlan, dy: Tensor, x_codes: Tensor, x_scale: Tensor,
     the forward's), x_fq dequantized from its codes, then the masked GEMMs."""
     grad_x = grad_w = grad_s = None
     if need_x or need_w or need_w_scale:
-        quantize_w = plan.quantize_w_bwd[need_x, need_w or need_w_scale]
+        # the learned-scale wgrad's epilogue reads a byte mask; the plain wgrad the plan's
+        quantize_w = plan.quantize_w_bwd[need_x, "bytes" if need_w_scale else need_w]
         qw = quantize_w(weight, w_scale, kernel=kernels.quantize)
         w_fq = None
         if need_x:
             w_fq = qw.y if qw.y.dtype == dy.dtype else qw.y.to(dy.dtype)
         if need_w or need_w_scale:
-            # wgrad first: x_fq [M, K] and w's byte mask are freed before dgrad allocates grad_x
+            # wgrad first: x_fq [M, K] and w's mask are freed before dgrad allocates grad_x
             # [M, K], so the two M x K buffers never coexist (peak memory of the step)
             x_fq = plan.dequantize_x(x_codes, x_scale, x_zero_point, kernel=kernels.dequantize)
             grad_w, grad_s = _weight_grads(plan, dy, x_fq, qw, weight, w_scale, need_w_scale,
@@ -137,7 +138,8 @@ def _weight_grads(plan, dy, x_in, qw, weight, w_scale, need_w_scale, kernels):
     if not need_w_scale:
         wgrad = plan.wgrad
         if dy.dtype != plan.dtype:
-            wgrad = dispatch.wgrad_launch(dy.shape[0], plan.N, plan.K, dy.dtype, dy.device)
+            wgrad = dispatch.wgrad_launch(dy.shape[0], plan.N, plan.K, dy.dtype, dy.device,
+                                          plan.w_mask_bits)  # fmt: skip
         grad_w = wgrad(dy.t(), x_in, qw.mask, kernel=kernels.float_mm,
                        mask_kernel=kernels.zero_masked)  # fmt: skip
         return grad_w, None
@@ -160,7 +162,8 @@ def weight_only_backward(plan: LinearPlan, dy: Tensor, x2d: Tensor, weight: Tens
     masked wgrad GEMM of x itself."""
     grad_x = grad_w = grad_s = None
     if need_x or need_w or need_w_scale:
-        quantize_w = plan.quantize_w_bwd[need_x, need_w or need_w_scale]
+        # the learned-scale wgrad's epilogue reads a byte mask; the plain wgrad the plan's
+        quantize_w = plan.quantize_w_bwd[need_x, "bytes" if need_w_scale else need_w]
         qw = quantize_w(weight, w_scale, kernel=kernels.quantize)
         if need_x:
             grad_x = torch.mm(dy, qw.y.to(dy.dtype))
