@@ -21,7 +21,7 @@ from triton_qat.embedding import Embedding, QuantizedEmbedding
 from triton_qat.functional import fake_quantize, qat_linear
 from triton_qat.linear import Linear
 from triton_qat.model import convert, prepare, weight_nbytes
-from triton_qat.quantized import QuantizedLinear
+from triton_qat.quantized import QuantizedFloat8Linear, QuantizedLinear
 from triton_qat.torchao_compat import from_torchao, to_torchao
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "qat_linear",
     "Linear",
     "QuantizedLinear",
+    "QuantizedFloat8Linear",
     "Embedding",
     "QuantizedEmbedding",
     "prepare",
