@@ -8,7 +8,8 @@ y = tq.fake_quantize(x, tq.QuantConfig())
 
 model = tq.prepare(model)       # every nn.Linear -> tq.Linear, parameters shared
 ...train...
-model = tq.convert(model)       # tq.Linear -> tq.QuantizedLinear (int8 weights, int8 GEMM)
+model = tq.convert(model)       # tq.Linear -> tq.QuantizedLinear (int8 weights, int8 GEMM);
+                                # float8 layers -> tq.QuantizedFloat8Linear (e4m3 weights)
 
 model = tq.prepare(model, QATConfig(...))  # a torchao QAT config, one line (torchao optional)
 model = tq.from_torchao(model)  # a torchao-prepared model -> triton_qat; tq.to_torchao back
