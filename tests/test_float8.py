@@ -1,9 +1,14 @@
 """Float8 (e4m3) QAT, issue 30 part A: bit-identical to torchao's own Float8FakeQuantizer /
 FakeQuantizedLinear objects (values and gradients), kernel vs twin vs reference, the library
-paths (prepare through QATConfig, from/to_torchao, compile fullgraph, opcheck), bad configs."""
+paths (prepare through QATConfig, from/to_torchao, compile fullgraph, opcheck), bad configs;
+``tq.convert`` to ``QuantizedFloat8Linear`` (bit-identical to the prepared layer in eval mode) and
+what a converted module supports (state dicts, safetensors, casts, autocast, meta, compile)."""
+
+import copy
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import triton_qat as tq
@@ -164,8 +169,10 @@ def test_prepare_qatconfig_and_torchao_round_trip():
     tq.from_torchao(model)
     assert isinstance(model[2], tq.Linear) and model[2].weight_config == tq.Float8Config()
     _exact(model(x), twin(x))
-    with pytest.raises(NotImplementedError, match=r"0: converting a float8"):
-        tq.convert(model)
+    want = model.eval()(x)
+    tq.convert(model)
+    assert isinstance(model[0], tq.QuantizedFloat8Linear)
+    _exact(model(x), want)
 
 
 def test_compile_fullgraph_and_opcheck():
@@ -210,3 +217,194 @@ def test_bad_configs_name_the_argument():
             activation=tq.Float8Config(),
             weight=tq.QuantConfig(granularity="per_channel", symmetric=True),
         )
+
+
+# -- convert: QuantizedFloat8Linear ----------------------------------------------------------
+
+F8_LINEARS = {  # tq.Linear keyword arguments
+    "row-row": dict(activation=tq.Float8Config(hp_value_lb=1e-12), weight=tq.Float8Config()),
+    "tensor-tensor": dict(
+        activation=tq.Float8Config("per_tensor"), weight=tq.Float8Config("per_tensor")
+    ),
+    "row-tensor-bounds": dict(
+        activation=tq.Float8Config(hp_value_lb=0.01, hp_value_ub=2.0),
+        weight=tq.Float8Config("per_tensor", hp_value_lb=0.5),
+    ),
+    "tensor-row-bounds": dict(
+        activation=tq.Float8Config("per_tensor"), weight=tq.Float8Config(hp_value_ub=0.05)
+    ),
+    "weight-only": dict(activation=tq.NOT_QUANTIZED, weight=tq.Float8Config()),
+}
+
+
+def _codes_equal(a, b) -> bool:
+    """Float8 buffers compared by their bits (torch.equal has no float8 CPU kernel)."""
+    if a.dtype == torch.float8_e4m3fn:
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+    return a.dtype == b.dtype and torch.equal(a, b)
+
+
+def _f8_linear(name, dtype=torch.float32, K=37, N=19, bias=True, device="cpu"):
+    return tq.Linear(K, N, bias, device=device, dtype=dtype, **F8_LINEARS[name]).eval()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(F8_LINEARS))
+def test_convert_equals_prepared_eval(name, dtype):
+    """Converted == prepared eval, bit for bit (NaN rows too): the stored codes dequantize to
+    the bits of the fake-quantized weight the QAT forward used."""
+    torch.manual_seed(0)
+    for K, N, bias in ((67, 13, True), (8, 1, False)):
+        lin = _f8_linear(name, dtype, K, N, bias)
+        with torch.no_grad():  # a zero row (NaN without a lower bound), a huge and a tiny row
+            lin.weight[0] = 0
+            lin.weight[-1] *= 1e3 if N > 1 else 1
+        conv = tq.convert(lin)
+        assert isinstance(conv, tq.QuantizedFloat8Linear)
+        assert conv.weight_codes.dtype == torch.float8_e4m3fn and conv.weight_codes.shape == (N, K)
+        rows = 1 if lin.weight_config.per_tensor else N
+        assert conv.weight_scale.shape == (rows, 1) and conv.weight_scale.dtype == torch.float32
+        _exact(conv.dequantized_weight(), tq.fake_quantize(lin.weight, lin.weight_config))
+        for shape in ((3, 5, K), (K,)):
+            x = torch.randn(shape, dtype=dtype)
+            _exact(conv(x), lin(x), f"{name} {dtype} {shape}")
+
+
+def _on_e4m3_grid(weight):
+    """Rows of e4m3 values times 2^-e with a row max of 448 * 2^-e: fake quantization gives the
+    same codes and scales (and values) in fp32, fp16 and bf16."""
+    N, K = weight.shape
+    q = (torch.randn(N, K) * 60).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    q[:, 0] = 448.0
+    step = 2.0 ** -torch.randint(2, 8, (N, 1)).float()
+    with torch.no_grad():
+        weight.copy_(q * step)
+
+
+_CASTS = {
+    "to-bf16": (torch.float32, lambda m: m.to(torch.bfloat16)),
+    "half": (torch.float32, lambda m: m.half()),
+    "bf16-trained-float": (torch.bfloat16, lambda m: m.float()),
+}
+
+
+@pytest.mark.parametrize("cast", list(_CASTS))
+def test_convert_cast_autocast_and_empty_inputs(cast):
+    """As the int family (tests/test_converted.py): a dtype cast casts the dtype w_fq is formed
+    in and the bias, not the codes or scales; on weights every dtype quantizes alike, the cast
+    converted layer equals the prepared layer cast the same way. Autocast gives the autocast
+    dtype, as tq.Linear; empty inputs give empty outputs."""
+    dtype, fn = _CASTS[cast]
+    torch.manual_seed(0)
+    lin = _f8_linear("row-row", dtype, K=32, N=24)
+    _on_e4m3_grid(lin.weight)
+    conv = tq.convert(copy.deepcopy(lin))
+    codes, scale = conv.weight_codes.clone(), conv.weight_scale.clone()
+    assert fn(conv) is conv
+    fn(lin)
+    new = lin.weight.dtype
+    assert conv.weight_dtype == new and conv.bias.dtype == new
+    assert _codes_equal(conv.weight_codes, codes) and torch.equal(conv.weight_scale, scale)
+    x = torch.randn(3, 5, 32, dtype=new)
+    _exact(conv(x), lin(x))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got, want = conv(x.float()), lin(x.float())
+    assert want.dtype == torch.bfloat16
+    _exact(got, want)
+    for shape in [(0, 32), (2, 0, 32)]:
+        x = torch.randn(shape, dtype=new)
+        got, want = conv(x), lin(x)
+        assert got.shape == want.shape == (*shape[:-1], 24) and got.dtype == want.dtype == new
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = conv(torch.randn(0, 32))
+    assert got.shape == (0, 24) and got.dtype == torch.bfloat16
+    conv.double()
+    with pytest.raises(TypeError, match=r"QuantizedFloat8Linear.*float64"):
+        conv(torch.randn(2, 32))
+
+
+@pytest.mark.parametrize("name", ["row-row", "tensor-row-bounds", "weight-only"])
+def test_convert_state_dict_safetensors_and_meta_skeleton(name, tmp_path):
+    """State dicts hold tensors only: a strict load into a fresh skeleton (built directly, or a
+    prepared layer converted on the meta device then ``to_empty``), safetensors save / load."""
+    torch.manual_seed(0)
+    lin = _f8_linear(name, torch.bfloat16, K=32, N=24)
+    conv = tq.convert(copy.deepcopy(lin))
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    want = conv(x)
+    state = conv.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    save_file(state, tmp_path / "f8.safetensors")
+    loaded = load_file(tmp_path / "f8.safetensors")
+    assert loaded["weight_codes"].dtype == torch.float8_e4m3fn
+    cfg = F8_LINEARS[name]
+    fresh = tq.QuantizedFloat8Linear(32, 24, **cfg)
+    meta = tq.convert(tq.Linear(32, 24, **cfg).to("meta"))
+    built_meta = tq.QuantizedFloat8Linear(32, 24, device="meta", **cfg)
+    for m in (meta, built_meta):
+        assert all(b.is_meta for b in m.buffers())
+        m.to_empty(device="cpu")
+    for other, sd in ((fresh, state), (meta, loaded), (built_meta, loaded)):
+        other.load_state_dict(sd, strict=True)
+        assert other.weight_dtype == torch.bfloat16
+        for k, v in conv.state_dict().items():
+            assert _codes_equal(other.state_dict()[k].to(v.dtype), v), k
+        _exact(other.to(torch.bfloat16)(x), want)
+
+
+def test_convert_compile_fullgraph_equals_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    conv = tq.convert(_f8_linear("row-tensor-bounds", torch.bfloat16, K=24, N=8))
+    x = torch.randn(5, 24, dtype=torch.bfloat16)
+    _exact(torch.compile(conv, fullgraph=True)(x), conv(x))
+
+
+def test_mixed_int_and_float8_model_converts_all_or_nothing():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        tq.Linear(32, 48, **F8_LINEARS["row-row"]),
+        nn.ReLU(),
+        tq.Linear(48, 16),
+        tq.Linear(16, 16, **F8_LINEARS["tensor-tensor"]),
+    ).eval()
+    x = torch.randn(3, 32)
+    want = model(x)
+    broken = copy.deepcopy(model)
+    broken[3].double()  # a float64 weight: the float8 op refuses it
+    with pytest.raises(TypeError, match=r"^3: dtype: expected float32"):
+        tq.convert(broken)
+    assert [type(m) for m in broken] == [tq.Linear, nn.ReLU, tq.Linear, tq.Linear]
+    tq.convert(model)
+    assert [type(m) for m in model] == [
+        tq.QuantizedFloat8Linear, nn.ReLU, tq.QuantizedLinear, tq.QuantizedFloat8Linear,
+    ]  # fmt: skip
+    assert torch.equal(model(x), want)
+    stored = tq.weight_nbytes(model)["stored"]
+    f8_row = 48 * 32 + 4 * 48 + 4 * 48  # 1-byte codes, fp32 scales per row, fp32 bias
+    int8 = 16 * 48 + 3 * 4 * 16  # codes, scales, code sums, bias
+    f8_tensor = 16 * 16 + 4 + 4 * 16
+    assert stored == f8_row + int8 + f8_tensor
+
+
+def test_tied_float8_linears_share_their_codes():
+    lin = tq.Linear(16, 16, **F8_LINEARS["row-row"])
+    model = nn.Sequential(lin, nn.Linear(16, 16))
+    model[1] = tq.Linear(16, 16, **F8_LINEARS["row-row"])
+    model[1].weight = lin.weight
+    tq.convert(model)
+    assert model[1].weight_codes is model[0].weight_codes
+    assert model[1].weight_scale is model[0].weight_scale
+
+
+def test_quantized_float8_linear_arguments_are_checked():
+    with pytest.raises(ValueError, match="in_features: expected a positive int"):
+        tq.QuantizedFloat8Linear(0, 8)
+    with pytest.raises(ValueError, match="out_features: expected a positive int"):
+        tq.QuantizedFloat8Linear(8, 0)
+    with pytest.raises(TypeError, match="dtype: expected float32, float16 or bfloat16"):
+        tq.QuantizedFloat8Linear(8, 8, dtype=torch.float64)
+    with pytest.raises(TypeError, match="weight: expected a triton_qat.Float8Config"):
+        tq.QuantizedFloat8Linear(8, 8, weight=tq.QuantConfig())
+    with pytest.raises(TypeError, match="activation: expected a triton_qat.Float8Config"):
+        tq.QuantizedFloat8Linear(8, 8, activation=tq.QuantConfig())

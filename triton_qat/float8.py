@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat.checks import check_float_input
-from triton_qat.config import NOT_QUANTIZED, Float8Config
+from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config
 from triton_qat.dispatch import use_kernels
 from triton_qat.kernels import quantize_float8 as _k
 from triton_qat.kernels.quantize_float8_torch import (
@@ -111,6 +111,32 @@ def float8_linear(
     """``F.linear(fq(x), fq(weight), bias)`` (torchao's ``FakeQuantizedLinear`` with float8
     configs); the weight is fake-quantized in its own dtype, then cast to x's, as the int layers
     do. ``activation=NOT_QUANTIZED``: weight-only."""
+    return linear_on_weight(x, float8_fake_quantize(weight, weight_config), bias, activation)
+
+
+def linear_on_weight(x: Tensor, w_fq: Tensor, bias: Tensor | None, activation: object) -> Tensor:
+    """``F.linear(fq(x), w_fq, bias)`` with ``w_fq`` (the fake-quantized weight, in the weight's
+    dtype) and ``bias`` cast to x's dtype: the prepared layer's forward and the converted one's
+    (:class:`triton_qat.quantized.QuantizedFloat8Linear`), the same ops in the same order."""
     x_fq = x if activation is NOT_QUANTIZED else float8_fake_quantize(x, activation)
-    w_fq = float8_fake_quantize(weight, weight_config).to(x.dtype)
-    return F.linear(x_fq, w_fq, None if bias is None else bias.to(x.dtype))
+    return F.linear(x_fq, w_fq.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+@torch.no_grad()
+def float8_weight_codes(weight: Tensor, config: Float8Config) -> tuple[Tensor, Tensor]:
+    """(e4m3 codes [N, K] float8_e4m3fn, fp32 scale [N, 1] / [1, 1]) of a weight [N, K]: the
+    scale the QAT forward's op computes (bounds applied), the codes ``e4m3(clamp(fp32(w) / s,
+    -448, 448))`` (docs/numerics.md "Float8"), so that :func:`float8_dequantize` gives the bits
+    of the fake-quantized weight the QAT forward used."""
+    check_float_input(weight, "weight")
+    _, scale = torch.ops.triton_qat.float8_fake_quantize(
+        weight, config.per_tensor, config.hp_value_lb, config.hp_value_ub
+    )
+    t = torch.clamp(weight.to(torch.float32) / scale, -FLOAT8_MAX, FLOAT8_MAX)
+    return t.to(torch.float8_e4m3fn), scale
+
+
+def float8_dequantize(codes: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``dt(fp32(q) * s)``: the fake-quantized values from e4m3 codes and fp32 scales (the last
+    step of the float8 fake quantization, in the same dtypes)."""
+    return (codes.to(torch.float32) * scale).to(dtype)

@@ -1,5 +1,6 @@
 """Model-level API: ``prepare`` (nn.Linear -> tq.Linear, nn.Embedding -> tq.Embedding) and
-``convert`` (tq.Linear -> QuantizedLinear, tq.Embedding -> QuantizedEmbedding)."""
+``convert`` (tq.Linear -> QuantizedLinear or, float8, QuantizedFloat8Linear; tq.Embedding ->
+QuantizedEmbedding)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from triton_qat.embedding import (
     prepare_embeddings,
 )
 from triton_qat.linear import Linear
-from triton_qat.quantized import QuantizedLinear
+from triton_qat.quantized import QuantizedFloat8Linear, QuantizedLinear
 from triton_qat.spec import spec_for
 from triton_qat.swap import SwapPlan, find_modules, module_path, swap_selected
 
@@ -209,13 +210,16 @@ def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         x, y = a[name], b[name]
         if (x.shape, x.dtype, x.device) != (y.shape, y.dtype, y.device):
             return False
+        if x.dtype == torch.float8_e4m3fn:  # torch.equal has no float8 kernel on CPU
+            x, y = x.view(torch.uint8), y.view(torch.uint8)
         if not x.is_meta and not torch.equal(x, y):
             return False
     return True
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Swap every :class:`triton_qat.Linear` for a :class:`QuantizedLinear` (int8 inference) and
+    """Swap every :class:`triton_qat.Linear` for a :class:`QuantizedLinear` (int8 inference; a
+    float8 layer, :class:`Float8Config`: a :class:`QuantizedFloat8Linear`, e4m3 codes) and
     every :class:`triton_qat.Embedding` for a :class:`QuantizedEmbedding`, in place; returns the
     model (or the new module when ``model`` itself is one of them).
 
@@ -232,16 +236,11 @@ def convert(model: nn.Module) -> nn.Module:
     untied = []
 
     def make(mod: nn.Module, fqn: str) -> nn.Module:
-        if isinstance(getattr(mod, "weight_config", None), Float8Config):
-            raise NotImplementedError(
-                f"{module_path(fqn)}: converting a float8 (e4m3, Float8Config) layer is not "
-                "done yet (no fp8 inference linear); use tq.to_torchao(model) and torchao's "
-                "convert step, or keep the prepared model"
-            )
         if isinstance(mod, Embedding):
             new = QuantizedEmbedding.from_qat(mod)
         else:
-            new = QuantizedLinear.from_qat(mod)
+            float8 = isinstance(mod.weight_config, Float8Config)
+            new = (QuantizedFloat8Linear if float8 else QuantizedLinear).from_qat(mod)
             if mod.bias is not None:
                 new.bias = biases.setdefault(id(mod.bias), (mod.bias, new.bias))[1]
         # the quantized weight: codes, scales (linears: code sums, zero points), by name
@@ -274,7 +273,7 @@ def weight_nbytes(model: nn.Module) -> dict[str, int]:
     what the same layers take as plain bf16 ``nn.Linear`` weights and biases."""
     stored = bf16 = 0
     for mod in model.modules():
-        if isinstance(mod, QuantizedLinear):
+        if isinstance(mod, (QuantizedLinear, QuantizedFloat8Linear)):
             stored += mod.weight_nbytes()
             bf16 += 2 * mod.out_features * (mod.in_features + (mod.bias is not None))
         elif isinstance(mod, nn.Linear):

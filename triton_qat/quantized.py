@@ -1,4 +1,5 @@
-"""``QuantizedLinear``: real int8 inference after QAT (what ``tq.convert`` swaps in).
+"""``QuantizedLinear``: real int8 inference after QAT (what ``tq.convert`` swaps in);
+``QuantizedFloat8Linear``: the same for float8 (e4m3) layers.
 
 Weights are stored as int8 codes (bits <= 4: two codes packed per byte) with fp32 scales; the input
 is quantized per token (or per tensor) at run time and multiplied on the int8 GEMM of the training
@@ -24,8 +25,15 @@ from torch import Tensor, nn
 from triton_qat import ao
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
 from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_input, check_range
-from triton_qat.config import DEFAULT_ACTIVATION, DEFAULT_WEIGHT, NOT_QUANTIZED, QuantConfig
+from triton_qat.config import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_WEIGHT,
+    NOT_QUANTIZED,
+    Float8Config,
+    QuantConfig,
+)
 from triton_qat.dispatch import activation_sum_group
+from triton_qat.float8 import float8_dequantize, float8_weight_codes, linear_on_weight
 from triton_qat.functional import check_configs
 from triton_qat.linear import _autocast_output  # the prepared layer's autocast rule, shared
 from triton_qat.ops import float_linear
@@ -120,7 +128,8 @@ def recorded_dtype(state: object, key: str, owner: str) -> torch.dtype:
 
 
 class QuantizedModule(nn.Module):
-    """Base of the converted modules (:class:`QuantizedLinear`, ``QuantizedEmbedding``).
+    """Base of the converted modules (:class:`QuantizedLinear`, :class:`QuantizedFloat8Linear`,
+    ``QuantizedEmbedding``).
 
     Their quantized buffers (int codes, fp32 scales, ...) keep their dtypes under dtype casts of
     the module; device moves move them, and a buffer shared with another module (tied weights
@@ -373,6 +382,106 @@ class QuantizedLinear(QuantizedModule):
             w_dtype=self.weight_dtype,  # w_fq formed in the weight's dtype, as in training
         )
         return out.reshape(*input.shape[:-1], N)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, weight={self.weight_config}, "
+            f"activation={self.activation_config}"
+        )
+
+
+class QuantizedFloat8Linear(QuantizedModule):
+    """Float8 (e4m3) inference linear layer (no gradients): what ``tq.convert`` makes of a
+    :class:`triton_qat.Linear` with :class:`Float8Config` configs.
+
+    Buffers: ``weight_codes`` float8_e4m3fn [N, K], ``weight_scale`` fp32 [N, 1] (``"per_row"``)
+    or [1, 1] (``"per_tensor"``), the scale of the trained weight with the config's bounds
+    applied, and ``bias`` [N] in ``dtype`` or None. The forward fake-quantizes the input with the
+    ``activation`` :class:`Float8Config` (the QAT layer's op and kernel; ``NOT_QUANTIZED``:
+    weight-only), forms ``w_fq = dt(fp32(q) * s)`` in ``weight_dtype`` and runs the QAT layer's
+    ``F.linear`` (docs/numerics.md "Converting"), so its output is bit-identical to the prepared
+    layer's in eval mode. Input [..., K] fp32 / fp16 / bf16 (empty too) -> output [..., N] in the
+    input's dtype; under autocast the autocast dtype. Dtype casts, ``weight_dtype`` and the state
+    dict follow :class:`QuantizedLinear`'s rules (codes and scales keep their dtypes).
+    The GEMM is the dequantized one (the fp8 tensor-core GEMM is not done yet).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        activation: Float8Config | object = None,
+        weight: Float8Config | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """``activation`` (default ``Float8Config()``; ``NOT_QUANTIZED``: weight-only) /
+        ``weight`` (default ``Float8Config()``): the prepared layer's configs; ``dtype``: the
+        prepared weight's dtype."""
+        super().__init__()
+        check_count(in_features, "in_features")
+        check_count(out_features, "out_features")
+        check_float_dtype(dtype, "dtype")
+        activation = Float8Config() if activation is None else activation
+        weight = Float8Config() if weight is None else weight
+        if not isinstance(weight, Float8Config):
+            raise TypeError(f"weight: expected a triton_qat.Float8Config, got {weight!r}")
+        if activation is not NOT_QUANTIZED and not isinstance(activation, Float8Config):
+            raise TypeError(
+                f"activation: expected a triton_qat.Float8Config or NOT_QUANTIZED, got "
+                f"{activation!r}"
+            )
+        self.in_features, self.out_features = in_features, out_features
+        self.activation_config, self.weight_config = activation, weight
+        self.weight_only = activation is NOT_QUANTIZED
+        self.weight_dtype = dtype
+        rows = 1 if weight.per_tensor else out_features
+        self.register_buffer(
+            "weight_codes",
+            torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn, device=device),
+        )
+        self.register_buffer("weight_scale", torch.ones(rows, 1, device=device))
+        self.register_buffer(
+            "bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None
+        )
+
+    @classmethod
+    @torch.no_grad()
+    def from_qat(cls, lin: nn.Module) -> QuantizedFloat8Linear:
+        """Freeze a trained float8 :class:`triton_qat.Linear` into e4m3 codes + fp32 scales."""
+        w = lin.weight.detach()
+        new = cls(
+            lin.in_features,
+            lin.out_features,
+            lin.bias is not None,
+            activation=lin.activation_config,
+            weight=lin.weight_config,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        codes, scale = float8_weight_codes(w, lin.weight_config)
+        new.weight_codes.copy_(codes)
+        new.weight_scale.copy_(scale)
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias.detach())
+        return new
+
+    def keeps_dtype(self, buffer_name: str) -> bool:
+        """Dtype casts cast the bias only; the codes and scales keep their dtypes."""
+        return buffer_name in _QUANT_BUFFERS
+
+    def dequantized_weight(self) -> Tensor:
+        """The fake-quantized weight [N, K] in ``weight_dtype``: ``dt(fp32(q) * s)``."""
+        return float8_dequantize(self.weight_codes, self.weight_scale, self.weight_dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        check_input(input, self.in_features, self.weight_codes.device)
+        self._check_float_dtype()
+        w_fq = self.dequantized_weight()
+        return _autocast_output(linear_on_weight(input, w_fq, self.bias, self.activation_config))
 
     def extra_repr(self) -> str:
         return (
