@@ -43,11 +43,12 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "fwd": _GEMM_KEYS + ("DEQUANT", "TMA", "GLUON"),
     "dgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
     "wgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
+    "f8fwd": _GEMM_KEYS + ("TMA",),  # the float8 forward (kernels/gemm_float8.py)
 }
 DTYPES = ("float32", "float16", "bfloat16", "any")  # the dtype field of a key ("any": unknown)
 # Elements of one block tensor Triton accepts (tl.TRITON_MAX_TENSOR_NUMEL; 2**20 in 3.6-3.9).
 _MAX_NUMEL = getattr(triton.language, "TRITON_MAX_TENSOR_NUMEL", 1 << 20)
-_KEY_RE = re.compile(r"([a-z]+)\|M([0-9]+)\|N([0-9]+)\|K([0-9]+)\|([a-z0-9]+)\|([^|]*)")
+_KEY_RE = re.compile(r"([a-z][a-z0-9]*)\|M([0-9]+)\|N([0-9]+)\|K([0-9]+)\|([a-z0-9]+)\|([^|]*)")
 
 
 def _version_of(path: Path) -> tuple[int, ...]:
@@ -160,6 +161,8 @@ def _config_ok(kernel: str, cfg: object) -> bool:
         return False
     if cfg["TMA"] not in (0, 1) or cfg.get("CUBLAS", 0) not in (0, 1):
         return False
+    if kernel == "f8fwd" and bk != 128:
+        return False  # the fp8 GEMM promotes its accumulator every 128 products (numerics)
     if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and bk < 32):
         return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands); flags are 0/1
     if kernel == "fwd" and (cfg["GLUON"] not in (0, 1) or cfg["GLUON"] and cfg["DEQUANT"]):

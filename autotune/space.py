@@ -42,7 +42,17 @@ _QUANTIZE = [
     for r, c, w in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (2, 4, 8))
 ]
 
-SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": _QUANTIZE}
+# the float8 forward (kernels/gemm_float8.py): e4m3 operands, fp32 accumulator promoted every
+# BLOCK_K products, which the numerics fix at 128 (kernels/gemm_float8.py's F8_BLOCK_K)
+_GEMM_F8 = [
+    {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": w, "num_stages": s,
+     "TMA": tma}
+    for bm, bn, w, s, tma in itertools.product((64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5),
+                                               (0, 1))
+]  # fmt: skip
+
+SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": _QUANTIZE,
+          "f8fwd": _GEMM_F8}  # fmt: skip
 
 
 # Untuned defaults (speed not measured), used until a tuned config exists for a shape. Sized so
@@ -59,7 +69,18 @@ DEFAULTS = {
               "num_stages": 3, "TMA": 0, "CUBLAS": 0},
     "wgrad": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8,
               "num_stages": 2, "TMA": 0, "CUBLAS": 0},
+    # the float8 forward off Hopper (sm_89): 96 KiB of operand buffers, within sm_89's 99 KiB
+    "f8fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+              "num_stages": 3, "TMA": 0},
 }  # fmt: skip
+# The float8 forward on Hopper, chosen from the compiled code (sm_90a, Triton 3.9,
+# perf/kernel_static.py; speed not measured): 128x128x128, 8 warps, 4 stages, TMA loads: 143
+# registers, no spill, fp8 wgmma (QGMMA E4M3) with one group in flight inside each BLOCK_K step
+# (the promotion into the fp32 accumulator waits for the step's group). Triton's fp8 tutorial
+# tile, 128x256x128, needs a second 128x256 accumulator for the promotion: 255 registers and
+# 212 B spilled.
+F8_HOPPER_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
+                     "num_stages": 4, "TMA": 1}  # fmt: skip
 # The per-group forward's default at 16-bit dtypes: the dequantized path (module doc of
 # kernels/gemm_int8.py), a plain 16-bit GEMM. Chosen from the compiled code, speed not measured:
 # the int8 path's per-group flush costs 64 / group_size non-MMA instructions per 1024 MACs
@@ -246,12 +267,29 @@ def _curated_gemm(kernel: str) -> list[dict]:
     return list({tuple(sorted(c.items())): c for c in configs}.values())  # deduplicated, in order
 
 
+# the float8 forward's short list: Hopper's default, then the fp8 tiles of Triton's matmul
+# tutorial (03's CUDA list) at BLOCK_K 128, each with and without TMA
+_F8_TILES = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
+             (256, 64, 128, 4, 4), (64, 256, 128, 4, 4), (128, 64, 128, 4, 4),
+             (64, 128, 128, 4, 4)]  # fmt: skip
+
+
+def _curated_f8() -> list[dict]:
+    configs = [dict(F8_HOPPER_DEFAULT), dict(DEFAULTS["f8fwd"])]
+    for bm, bn, bk, w, s in _F8_TILES:
+        for tma in (1, 0):
+            configs.append({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                            "num_warps": w, "num_stages": s, "TMA": tma})  # fmt: skip
+    return list({tuple(sorted(c.items())): c for c in configs}.values())  # deduplicated
+
+
 # The short candidate lists of a GPU window (``candidates(..., curated=True)``; the tuner's default).
 # Each GEMM list starts with the untuned default, so "what tuning bought" is measured against it.
 CURATED = {
     "fwd": _curated_gemm("fwd"),
     "dgrad": _curated_gemm("dgrad"),
     "wgrad": _curated_gemm("wgrad"),
+    "f8fwd": _curated_f8(),
     "quantize": [{"BLOCK_R": r, "BLOCK_C": c, "num_warps": w} for r, c, w in _QUANTIZE_CURATED],
 }
 
@@ -283,6 +321,10 @@ def default_config(
             block_c = max(16, min(1 << max(0, (group - 1).bit_length()), 64))
             return {"BLOCK_R": 64, "BLOCK_C": block_c, "num_warps": 1}
         return quantize_default(rows, group)
+    if kernel == "f8fwd":
+        if interpret:
+            return {**_INTERPRET_GEMM, "BLOCK_K": 128}
+        return dict(F8_HOPPER_DEFAULT if capability >= 9 else DEFAULTS["f8fwd"])
     if kernel == "fwd":
         per_group = group_size not in (0, shape[2])
         dequant = per_group and elem_bytes == 2
@@ -308,6 +350,8 @@ def default_config(
 def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
     """``cfg`` made runnable for the forward's mode at this K / weight group size (the kernel's
     ``check_fwd_config`` states the rules); other kernels' configs are returned unchanged."""
+    if kernel == "f8fwd":
+        return {**cfg, "TMA": cfg.get("TMA", 0)}
     if kernel != "fwd":
         return {**cfg, "TMA": cfg.get("TMA", 0), "CUBLAS": cfg.get("CUBLAS", 0)}
     mode = fwd_mode(K, group_size)
@@ -344,6 +388,8 @@ def smem_bytes(kernel: str, cfg: dict, elem_bytes: int) -> int:
     ``DEQUANT``, x_fq and w_fq in the input dtype), the backward GEMMs two operands in the input
     dtype (grad_y with the dequantized w_fq or x_fq)."""
     bm, bn, bk, s = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["num_stages"]
+    if kernel == "f8fwd":  # A [BM, BK] and B [BK, BN], e4m3
+        return s * (bm * bk + bk * bn)
     if kernel == "fwd":  # A [BM, BK] and B [BK, BN]: int8, or the input dtype
         return s * (bm * bk + bk * bn) * (elem_bytes if cfg.get("DEQUANT") else 1)
     if kernel == "dgrad":  # dy [BM, BN] and w_fq [BN, BK]
@@ -379,6 +425,14 @@ def candidates(
                 and c["BLOCK_R"] * c["BLOCK_C"] <= 16384] or [quantize_default(rows, group)]  # fmt: skip
     M, N, K = shape
     limit = smem_limit
+    if kernel == "f8fwd":  # fp8 tensor cores: sm_89 and up; TMA on Hopper only
+        default = default_config(kernel, shape, False, 0, elem_bytes, capability)
+        mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
+        pool = [default, *(CURATED if curated else SPACES)[kernel]]
+        kept = [{**c, "TMA": c["TMA"] if capability >= 9 else 0} for c in pool
+                if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 64)
+                and c["BLOCK_K"] <= max(kk, 64) and smem_bytes(kernel, c, 1) <= limit]  # fmt: skip
+        return _dedupe(kept) or [default]
     # every GEMM kernel tiles the linear's M, N and K with BLOCK_M, BLOCK_N and BLOCK_K
     mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
     max_stages = 5 if capability >= 9 else 4  # Hopper's larger shared memory fits deeper pipelines
@@ -392,7 +446,9 @@ def candidates(
     ]  # fmt: skip
     if kernel != "fwd" and elem_bytes == 2:  # torch.mm + the mask pass: one candidate at any
         # shape (its tiles are never used, so no tile or shared-memory filter applies)
-        kept = [default if default.get("CUBLAS") else next(c for c in pool if c.get("CUBLAS"))] + kept
+        kept = [
+            default if default.get("CUBLAS") else next(c for c in pool if c.get("CUBLAS"))
+        ] + kept
     first = fit_config(kernel, default, K, group_size or K)
     if kernel == "fwd" and fwd_mode(K, group_size or K) == 0:  # DEQUANT is for per-group weights
         kept = [c for c in kept if not c.get("DEQUANT")]

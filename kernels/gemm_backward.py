@@ -67,7 +67,9 @@ def plan_dgrad(dtype: torch.dtype, config: dict) -> FloatMMPlan | CublasPlan:
     return plan_float_mm(dtype, tiles=tiles, mask=MASK_BITS, tma=bool(config.get("TMA")))
 
 
-def plan_wgrad(dtype: torch.dtype, config: dict, mask_bits: bool = False) -> FloatMMPlan | CublasPlan:
+def plan_wgrad(
+    dtype: torch.dtype, config: dict, mask_bits: bool = False
+) -> FloatMMPlan | CublasPlan:
     """The plan of :func:`wgrad` without a scale gradient, in ``dtype``, for a weight mask of bits
     [N, ceil(K/8)] (``mask_bits``: per-channel / per-tensor weights, whose quantize packs them)
     or bytes [N, K] (run it with ``launch_backward(plan, grad_y.t(), x_fq, w_mask)``)."""

@@ -3,7 +3,10 @@ bit for bit (docs/numerics.md "Float8"). Its plain-torch twin is kernels/quantiz
 
 Two kernels: ``_f8_amax_kernel`` takes each row's max |x| (per tensor: launched again on the row
 maxima), ``_f8_quantize_kernel`` turns a row's max into its scale and writes the fake-quantized
-row. Like everything in ``kernels/``, this imports nothing from ``triton_qat``.
+row, or (``CODES``, for the fp8 tensor-core GEMM of :mod:`.gemm_float8`) the row's e4m3 codes and
+its GEMM scale: the scale, or NaN where a code is NaN (a zero element over a zero scale), so the
+GEMM's epilogue makes the rows the reference makes NaN. Like everything in ``kernels/``, this
+imports nothing from ``triton_qat``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,21 @@ def _to_e4m3(t):
 
 
 @triton.jit
+def _e4m3_code(r):
+    """The float8_e4m3fn byte (uint8) of ``r``, an e4m3 value as fp32 (:func:`_to_e4m3`'s result:
+    |r| <= 448 or NaN), at the bit level: normals (|r| >= 2**-6) re-bias the exponent (127 -> 7)
+    and keep 3 mantissa bits, subnormals are r * 2**9 (0..7), NaN is 0x7F; the sign on top."""
+    bits = r.to(tl.uint32, bitcast=True)
+    a = bits & 0x7FFFFFFF
+    normal = (((a >> 23) - 120) << 3) | ((a >> 20) & 7)
+    small = a < 0x3C800000
+    sub = (tl.where(small, a, 0).to(tl.float32, bitcast=True) * 512.0).to(tl.uint32)  # exact
+    code = tl.where(small, sub, normal)
+    code = tl.where(r != r, 0x7F, code) | ((bits >> 24) & 0x80)
+    return code.to(tl.uint8)
+
+
+@triton.jit
 def _f8_amax_kernel(
     x_ptr, out_ptr, K, stride_x, DT: tl.constexpr, BLOCK_K: tl.constexpr
 ):  # fmt: skip
@@ -57,11 +75,12 @@ def _f8_amax_kernel(
 def _f8_quantize_kernel(
     x_ptr, y_ptr, amax_ptr, scale_ptr, K, stride_x, stride_y, stride_amax, LB, UB,
     HAS_LB: tl.constexpr, HAS_UB: tl.constexpr, DT: tl.constexpr, DIV_BY_RECIP: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    CODES: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y[row] = fp8(clamp(x / s, +-448)) * s in x's dtype, s = clamp(amax, LB, UB) / 448 in x's
     dtype then fp32 (LB / UB already rounded to x's dtype by the launcher, as torch.clamp does);
-    scale_ptr[row * stride_amax] = s."""
+    scale_ptr[row * stride_amax] = s. ``CODES``: y_ptr (uint8) gets the e4m3 codes and
+    scale_ptr[row] the GEMM scale (s, or NaN if a code of the row is NaN)."""
     row = tl.program_id(0).to(tl.int64)
     b_m = tl.load(amax_ptr + row * stride_amax)
     if HAS_LB:  # torch.clamp keeps NaN; tl.maximum would drop it
@@ -69,16 +88,24 @@ def _f8_quantize_kernel(
     if HAS_UB:
         b_m = tl.where(b_m != b_m, b_m, tl.minimum(b_m, UB))
     b_s = round_to_dt(div_scalar(b_m, 448.0, DIV_BY_RECIP), DT)
-    if stride_amax != 0 or row == 0:
+    if not CODES and (stride_amax != 0 or row == 0):
         tl.store(scale_ptr + row * stride_amax, b_s)
     o_k = tl.arange(0, BLOCK_K)  # [BK]
+    b_nan = tl.zeros([BLOCK_K], dtype=tl.int32)  # CODES: a NaN code seen in this lane
     for k0 in range(0, K, BLOCK_K):
         m_k = (k0 + o_k) < K
         b_x = _to_f32(tl.load(x_ptr + row * stride_x + k0 + o_k, mask=m_k, other=0.0), DT)
         b_t = tl.div_rn(b_x, tl.full([BLOCK_K], 1.0, tl.float32) * b_s)
         b_t = tl.where(b_t != b_t, b_t, tl.minimum(tl.maximum(b_t, -448.0), 448.0))
-        b_y = cast_to_dt(_to_e4m3(b_t) * b_s, DT)
-        tl.store(y_ptr + row * stride_y + k0 + o_k, b_y, mask=m_k)
+        if CODES:
+            b_r = _to_e4m3(b_t)
+            b_nan = tl.maximum(b_nan, ((b_r != b_r) & m_k).to(tl.int32))
+            tl.store(y_ptr + row * stride_y + k0 + o_k, _e4m3_code(b_r), mask=m_k)
+        else:
+            b_y = cast_to_dt(_to_e4m3(b_t) * b_s, DT)
+            tl.store(y_ptr + row * stride_y + k0 + o_k, b_y, mask=m_k)
+    if CODES:
+        tl.store(scale_ptr + row, tl.where(tl.max(b_nan, axis=0) > 0, float("nan"), b_s))
 
 
 class Float8Plan(NamedTuple):
@@ -134,9 +161,34 @@ def launch_float8_quantize(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tens
         x2d, y, amax, scale, K, x2d.stride(0), y.stride(0), 0 if p.per_tensor else 1,
         0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
         HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt,
-        DIV_BY_RECIP=p.div_by_recip, BLOCK_K=p.block_k, num_warps=p.num_warps,
+        DIV_BY_RECIP=p.div_by_recip, CODES=False, BLOCK_K=p.block_k, num_warps=p.num_warps,
     )  # fmt: skip
     return y, scale
+
+
+def launch_float8_codes(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run plan ``p`` on ``x2d`` [R, K] (unit column stride, R, K >= 1) for the fp8 GEMM:
+    (codes [R, K] float8_e4m3fn, GEMM scale fp32 [R]: the row's scale, per tensor the tensor's,
+    or NaN where a code of the row is NaN). ``dequantize(codes) * scale`` is the fake-quantized
+    row before its rounding to x's dtype."""
+    R, K = x2d.shape
+    dev = x2d.device
+    codes = new_empty((R, K), torch.uint8, dev)
+    amax = new_empty((R,), torch.float32, dev)
+    _f8_amax_kernel[(R,)](x2d, amax, K, x2d.stride(0), DT=p.dt, BLOCK_K=p.block_k,
+                          num_warps=p.num_warps)  # fmt: skip
+    if p.per_tensor:
+        rows, amax = amax, new_empty((1,), torch.float32, dev)
+        bk = min(triton.next_power_of_2(max(R, 16)), 4096 if INTERPRET else 1024)
+        _f8_amax_kernel[(1,)](rows, amax, R, R, DT=0, BLOCK_K=bk, num_warps=4)
+    scale = new_empty((R,), torch.float32, dev)
+    _f8_quantize_kernel[(R,)](
+        x2d, codes, amax, scale, K, x2d.stride(0), codes.stride(0), 0 if p.per_tensor else 1,
+        0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
+        HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt,
+        DIV_BY_RECIP=p.div_by_recip, CODES=True, BLOCK_K=p.block_k, num_warps=p.num_warps,
+    )  # fmt: skip
+    return codes.view(torch.float8_e4m3fn), scale
 
 
 def float8_quantize(

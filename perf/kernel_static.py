@@ -293,9 +293,11 @@ def variants() -> list[Variant]:
     from triton_qat.kernels import (
         dequantize,
         gemm_backward,
+        gemm_float8,
         gemm_int8,
         gemm_int8_gluon,
         quantize,
+        quantize_float8,
         ste_mask,
     )
 
@@ -474,6 +476,29 @@ def variants() -> list[Variant]:
             add("fwd gluon int8 per-channel" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
                 _cfg_label(gcfg, gtile), call_g, head, anchor(I8, gtile, gcfg, "fwd") if head else None,
                 tile=gtile, config=gcfg)  # fmt: skip
+
+    # float8 (e4m3) forward: the codes quantize (per row) and the fp8 tensor-core GEMM at its
+    # default config, x per row and w per row (the layer's launches, triton_qat/float8.py)
+    def f8_codes(dt, rows):
+        plan = quantize_float8.plan_float8_quantize(K, dt, False, None, None, True)
+        return quantize_float8.launch_float8_codes(plan, fake((rows, K), dt))
+
+    f8q = quantize_float8.plan_float8_quantize(K, BF16, False, None, None, True)
+    add("quantize float8 codes per-row", "quantize", f"K{f8q.block_k} w{f8q.num_warps}",
+        lambda: f8_codes(BF16, M), config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k})  # fmt: skip
+    # fp8 tensor cores: sm_89 and up (sm_80 has none; the layer takes the dequantized path there)
+    for dt in (BF16, F16) if major >= 9 else ():
+        f8cfg = default_config("f8fwd", (M, N, K), False, 0, dt.itemsize, major)
+        f8tile = (f8cfg["BLOCK_M"], f8cfg["BLOCK_N"], f8cfg["BLOCK_K"])
+
+        def call_f8(dt=dt, cfg=f8cfg):
+            (xc, xs), (wc, ws) = f8_codes(dt, M), f8_codes(dt, N)
+            gemm_float8.float8_linear(xc, xs, wc, ws, fake((N,), dt), dt, config=cfg)
+
+        head = dt == BF16
+        add("fwd float8 e4m3 per-row" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
+            _cfg_label(f8cfg, f8tile), call_f8, head,
+            anchor(BF16, f8tile, f8cfg, "fwd") if head else None, tile=f8tile, config=f8cfg)  # fmt: skip
 
     # STE backward: dgrad's output tile is [BM, BK] (reduction over N), wgrad's [BN, BK] (over M).
     # The Triton kernels at the default tiles (CUBLAS off: at 16-bit dtypes the default runs

@@ -137,7 +137,13 @@ def _pair(dtype, a_gran="per_row", w_gran="per_row", lb=1e-12):
 @pytest.mark.parametrize(
     "grans", [("per_row", "per_row"), ("per_tensor", "per_row"), ("per_row", "per_tensor")]
 )
-def test_linear_equals_torchao_fake_quantized_linear(dtype, grans):
+def test_linear_equals_torchao_fake_quantized_linear(dtype, grans, monkeypatch):
+    """The dequantized path (fp32, weight-only, the torch backend, GPUs without fp8 tensor
+    cores): bit-identical to torchao's module. The fp8 GEMM path at 16-bit dtypes is held to the
+    fp64 bound in tests/test_float8_gemm.py."""
+    import triton_qat.float8 as f8
+
+    monkeypatch.setattr(f8, "fp8_gemm_runs", lambda x, activation: False)
     torch.manual_seed(0)
     lin, ref = _pair(dtype, *grans)
     x = torch.randn(3, 5, 37, dtype=dtype, requires_grad=True)

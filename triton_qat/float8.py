@@ -6,8 +6,16 @@ kernel (kernels/quantize_float8.py) on the kernel backends, its plain-torch twin
 ``"torch"`` backend; its backward ``triton_qat::float8_fake_quantize_backward`` computes
 torchao's gradient from x and the scale (plain torch on every backend: no Triton backward kernel
 yet). Both are opaque custom ops with fake implementations, so ``torch.compile(fullgraph=True)``
-keeps them as single nodes. The linear is ``F.linear(fq(x), fq(w), bias)``, what torchao's
-``FakeQuantizedLinear`` computes (the fp8 tensor-core GEMM is not done yet).
+keeps them as single nodes.
+
+The linear: where fp8 tensor cores run (:func:`fp8_gemm_runs`: a CUDA GPU of compute capability
+8.9+ with compiled Triton, or the interpreter; 16-bit inputs with a float8 activation config),
+``triton_qat::float8_linear`` quantizes x and w to e4m3 codes and runs the fp8 GEMM
+(kernels/gemm_float8.py: the products of the same fake-quantized values, accumulated in fp32);
+its STE backward re-derives x_fq and w_fq from the saved x and w (nothing weight-sized is kept)
+and applies torchao's float8 gradient to ``grad_y @ w_fq`` and ``grad_y.T @ x_fq``. Elsewhere
+(fp32 inputs, weight-only, the torch backend, older GPUs) the dequantized path:
+``F.linear(fq(x), fq(w), bias)``, bit-identical to torchao's ``FakeQuantizedLinear``.
 """
 
 from __future__ import annotations
@@ -16,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from triton_qat import autotune
 from triton_qat.checks import check_float_input
 from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config
-from triton_qat.dispatch import use_kernels
+from triton_qat.dispatch import rows_key, use_kernels
+from triton_qat.kernels import gemm_float8 as _g
 from triton_qat.kernels import quantize_float8 as _k
+from triton_qat.kernels._common import INTERPRET
 from triton_qat.kernels.quantize_float8_torch import (
     float8_fake_quantize_backward_torch,
     float8_fake_quantize_torch,
@@ -108,18 +119,188 @@ def check_float8_configs(activation: object, weight: object) -> None:
 def float8_linear(
     x: Tensor, weight: Tensor, bias: Tensor | None, activation: object, weight_config: Float8Config
 ) -> Tensor:
-    """``F.linear(fq(x), fq(weight), bias)`` (torchao's ``FakeQuantizedLinear`` with float8
-    configs); the weight is fake-quantized in its own dtype, then cast to x's, as the int layers
-    do. ``activation=NOT_QUANTIZED``: weight-only."""
+    """``fq(x) @ fq(weight).T + bias`` (torchao's ``FakeQuantizedLinear`` with float8 configs):
+    on fp8 tensor cores where :func:`fp8_gemm_runs`, else ``F.linear`` on the fake-quantized
+    values (the weight fake-quantized in its own dtype, then cast to x's, as the int layers do).
+    ``activation=NOT_QUANTIZED``: weight-only (always the dequantized path)."""
+    if fp8_gemm_runs(x, activation):
+        x2d = x.reshape(-1, x.shape[-1])
+        y = torch.ops.triton_qat.float8_linear(
+            x2d, weight, bias, *_args(activation), *_args(weight_config)
+        )
+        return y.reshape(*x.shape[:-1], weight.shape[0])
     return linear_on_weight(x, float8_fake_quantize(weight, weight_config), bias, activation)
 
 
 def linear_on_weight(x: Tensor, w_fq: Tensor, bias: Tensor | None, activation: object) -> Tensor:
     """``F.linear(fq(x), w_fq, bias)`` with ``w_fq`` (the fake-quantized weight, in the weight's
-    dtype) and ``bias`` cast to x's dtype: the prepared layer's forward and the converted one's
-    (:class:`triton_qat.quantized.QuantizedFloat8Linear`), the same ops in the same order."""
+    dtype) and ``bias`` cast to x's dtype: the prepared layer's dequantized forward and the
+    converted one's (:class:`triton_qat.quantized.QuantizedFloat8Linear`), the same ops in the
+    same order."""
     x_fq = x if activation is NOT_QUANTIZED else float8_fake_quantize(x, activation)
     return F.linear(x_fq, w_fq.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def linear_on_codes(
+    x: Tensor, w_codes: Tensor, w_scale: Tensor, bias: Tensor | None, activation: Float8Config
+) -> Tensor:
+    """The converted layer's fp8 forward (where :func:`fp8_gemm_runs`): x quantized to e4m3
+    codes as the prepared layer quantizes it, then the same fp8 GEMM on the stored weight codes
+    [N, K] and their fp32 scale ([N, 1] / [1, 1]), so the output is the prepared layer's bits."""
+    x2d = x.reshape(-1, x.shape[-1])
+    y = torch.ops.triton_qat.float8_linear_codes(x2d, w_codes, w_scale, bias, *_args(activation))
+    return y.reshape(*x.shape[:-1], w_codes.shape[0])
+
+
+def _args(config: Float8Config) -> tuple:
+    return config.per_tensor, config.hp_value_lb, config.hp_value_ub
+
+
+def _config(per_tensor: bool, lb: float | None, ub: float | None) -> Float8Config:
+    return Float8Config("per_tensor" if per_tensor else "per_row", lb, ub)
+
+
+def fp8_gemm_runs(x: Tensor, activation: object) -> bool:
+    """Whether a float8 layer's forward on ``x`` runs the fp8 tensor-core GEMM: a float8
+    activation config, a 16-bit x (fp32 models keep fp32 GEMMs: Hopper's fp8 accumulation, even
+    promoted every 128 products, is not fp32-exact), and kernels on fp8 tensor cores (CUDA of
+    compute capability 8.9+ with compiled Triton on NVIDIA) or the interpreter."""
+    if activation is NOT_QUANTIZED or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if not use_kernels(x):
+        return False
+    return INTERPRET or (torch.version.hip is None and _fp8_capable(x.device))
+
+
+_FP8_CAPABLE: dict = {}
+
+
+def _fp8_capable(device: torch.device) -> bool:
+    """Compute capability 8.9+ (asked once per device; a patched query is asked afresh)."""
+    query = torch.cuda.get_device_capability
+    key = (device.index, query)
+    if key not in _FP8_CAPABLE:
+        _FP8_CAPABLE[key] = tuple(query(device)) >= (8, 9)
+    return _FP8_CAPABLE[key]
+
+
+# -- the fp8 tensor-core forward -------------------------------------------------------------------
+_PLANS: dict = {}
+
+
+def _plans(x2d: Tensor, N: int, K: int, has_bias: bool, a: tuple, w: tuple | None):
+    """(x's quantize plan, w's quantize plan or None, the GEMM plan), decided once per key and
+    tuned-config generation (:data:`triton_qat.autotune.GENERATION`)."""
+    key = (rows_key(x2d.shape[0]), N, K, x2d.dtype, x2d.device, has_bias, a, w,
+           autotune.GENERATION[0])  # fmt: skip
+    plans = _PLANS.get(key)
+    if plans is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        cuda = x2d.is_cuda
+        qa = _k.plan_float8_quantize(K, x2d.dtype, *a, cuda, INTERPRET)
+        qw = None if w is None else _k.plan_float8_quantize(K, w[3], *w[:3], cuda, INTERPRET)
+        cfg = autotune.gemm_config("f8fwd", rows_key(x2d.shape[0]), N, K, x2d.device, x2d.dtype)
+        mm = _g.plan_float8_linear(K, N, x2d.dtype, config=cfg, has_bias=has_bias)
+        plans = _PLANS[key] = (qa, qw, mm)
+    return plans
+
+
+def _fp8_forward(x2d: Tensor, w_codes: Tensor, w_gscale: Tensor, bias, qa, mm) -> Tensor:
+    """x2d's codes, then the GEMM; the bias rounded to x's dtype first, as ``F.linear(...,
+    bias.to(x.dtype))`` of the dequantized path rounds it."""
+    x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
+    x_codes, x_gscale = _k.launch_float8_codes(qa, x2d)
+    bias = None if bias is None else bias.to(x2d.dtype)
+    return _g.launch_float8_linear(mm, x_codes, x_gscale, w_codes, w_gscale, bias)
+
+
+@torch.library.custom_op("triton_qat::float8_linear", mutates_args=())
+def float8_linear_op(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    a_per_tensor: bool,
+    a_lb: float | None,
+    a_ub: float | None,
+    w_per_tensor: bool,
+    w_lb: float | None,
+    w_ub: float | None,
+) -> Tensor:
+    """x [M, K] (bf16 / fp16), weight [N, K] (any float dtype), bias [N] or None ->
+    ``fq(x) @ fq(w).T + bias`` [M, N] in x's dtype on fp8 tensor cores (module doc)."""
+    M, K, N = x.shape[0], x.shape[1], weight.shape[0]
+    if M == 0 or N == 0 or K == 0:  # no codes to make: the dequantized path's result
+        w_fq = float8_fake_quantize(weight, _config(w_per_tensor, w_lb, w_ub))
+        return linear_on_weight(x, w_fq, bias, _config(a_per_tensor, a_lb, a_ub))
+    a = (a_per_tensor, a_lb, a_ub)
+    w = (w_per_tensor, w_lb, w_ub, weight.dtype)
+    qa, qw, mm = _plans(x, N, K, bias is not None, a, w)
+    w2d = weight if weight.stride(-1) == 1 else weight.contiguous()
+    w_codes, w_gscale = _k.launch_float8_codes(qw, w2d)
+    return _fp8_forward(x, w_codes, w_gscale, bias, qa, mm)
+
+
+@float8_linear_op.register_fake
+def _(x, weight, bias, a_per_tensor, a_lb, a_ub, w_per_tensor, w_lb, w_ub) -> Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _linear_setup(ctx, inputs, output) -> None:
+    x, weight, bias, *args = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args, ctx.bias_dtype = args, None if bias is None else bias.dtype
+
+
+def _linear_backward(ctx, grad_y: Tensor):
+    """torchao's gradients through ``F.linear(fq(x), fq(w).to(x.dtype), bias)``: x_fq and w_fq
+    re-derived from the saved x and w by the forward's quantize (same bits), the GEMMs
+    ``F.linear``'s backward runs, then torchao's float8 gradient of each fake quantization."""
+    x, weight = ctx.saved_tensors
+    a_pt, a_lb, a_ub, w_pt, w_lb, w_ub = ctx.args
+    fq = torch.ops.triton_qat.float8_fake_quantize
+    x_fq, sx = fq(x, a_pt, a_lb, a_ub)
+    w_fq, sw = fq(weight, w_pt, w_lb, w_ub)
+    grad_y = grad_y.to(x.dtype)
+    grad_x = grad_w = grad_b = None
+    bwd = torch.ops.triton_qat.float8_fake_quantize_backward
+    if ctx.needs_input_grad[0]:
+        grad_x = bwd(grad_y.mm(w_fq.to(x.dtype)), x, sx, a_pt, a_lb, a_ub)
+    if ctx.needs_input_grad[1]:
+        grad_w = bwd(grad_y.t().mm(x_fq).to(weight.dtype), weight, sw, w_pt, w_lb, w_ub)
+    if ctx.needs_input_grad[2]:
+        grad_b = grad_y.sum(0).to(ctx.bias_dtype)
+    return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+float8_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+@torch.library.custom_op("triton_qat::float8_linear_codes", mutates_args=())
+def float8_linear_codes_op(
+    x: Tensor,
+    w_codes: Tensor,
+    w_scale: Tensor,
+    bias: Tensor | None,
+    a_per_tensor: bool,
+    a_lb: float | None,
+    a_ub: float | None,
+) -> Tensor:
+    """x [M, K] (bf16 / fp16), w_codes float8_e4m3fn [N, K], w_scale fp32 [N, 1] / [1, 1],
+    bias [N] or None -> [M, N] in x's dtype: the converted layer's fp8 GEMM (no gradient)."""
+    M, K, N = x.shape[0], x.shape[1], w_codes.shape[0]
+    if M == 0 or N == 0 or K == 0:
+        w_fq = float8_dequantize(w_codes, w_scale, x.dtype)
+        return linear_on_weight(x, w_fq, bias, _config(a_per_tensor, a_lb, a_ub))
+    qa, _, mm = _plans(x, N, K, bias is not None, (a_per_tensor, a_lb, a_ub), None)
+    nan_row = (w_codes.view(torch.uint8) & 0x7F).eq(0x7F).any(1)  # a NaN code: a NaN w_fq row
+    w_gscale = torch.where(nan_row, float("nan"), w_scale.to(torch.float32).reshape(-1).expand(N))
+    return _fp8_forward(x, w_codes, w_gscale.contiguous(), bias, qa, mm)
+
+
+@float8_linear_codes_op.register_fake
+def _(x, w_codes, w_scale, bias, a_per_tensor, a_lb, a_ub) -> Tensor:
+    return x.new_empty((x.shape[0], w_codes.shape[0]))
 
 
 @torch.no_grad()

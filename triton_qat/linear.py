@@ -131,7 +131,7 @@ class Linear(nn.Linear):
         against the layer (configs may be replaced after construction)."""
         check_configs(self.activation_config, self.weight_config, self.in_features)
         act = self.activation_config
-        if isinstance(self.weight_config, Float8Config):  # the dequantized path (no fp8 GEMM yet)
+        if isinstance(self.weight_config, Float8Config):  # fp8 GEMM or the dequantized path
             self._fused = _Float8Linear(act, self.weight_config)
         else:
             a_spec = None if act is NOT_QUANTIZED else spec_for(act)

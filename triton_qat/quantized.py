@@ -33,7 +33,13 @@ from triton_qat.config import (
     QuantConfig,
 )
 from triton_qat.dispatch import activation_sum_group
-from triton_qat.float8 import float8_dequantize, float8_weight_codes, linear_on_weight
+from triton_qat.float8 import (
+    float8_dequantize,
+    float8_weight_codes,
+    fp8_gemm_runs,
+    linear_on_codes,
+    linear_on_weight,
+)
 from triton_qat.functional import check_configs
 from triton_qat.linear import _autocast_output  # the prepared layer's autocast rule, shared
 from triton_qat.ops import float_linear
@@ -404,7 +410,8 @@ class QuantizedFloat8Linear(QuantizedModule):
     layer's in eval mode. Input [..., K] fp32 / fp16 / bf16 (empty too) -> output [..., N] in the
     input's dtype; under autocast the autocast dtype. Dtype casts, ``weight_dtype`` and the state
     dict follow :class:`QuantizedLinear`'s rules (codes and scales keep their dtypes).
-    The GEMM is the dequantized one (the fp8 tensor-core GEMM is not done yet).
+    Where the prepared layer runs the fp8 tensor-core GEMM (:func:`triton_qat.float8.fp8_gemm_runs`)
+    this runs the same GEMM on the stored codes; elsewhere the dequantized one.
     """
 
     def __init__(
@@ -480,8 +487,12 @@ class QuantizedFloat8Linear(QuantizedModule):
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
         self._check_float_dtype()
+        act = self.activation_config
+        if fp8_gemm_runs(input, act):  # the prepared layer's fp8 GEMM on the stored codes
+            out = linear_on_codes(input, self.weight_codes, self.weight_scale, self.bias, act)
+            return _autocast_output(out)
         w_fq = self.dequantized_weight()
-        return _autocast_output(linear_on_weight(input, w_fq, self.bias, self.activation_config))
+        return _autocast_output(linear_on_weight(input, w_fq, self.bias, act))
 
     def extra_repr(self) -> str:
         return (
