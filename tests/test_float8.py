@@ -414,3 +414,80 @@ def test_quantized_float8_linear_arguments_are_checked():
         tq.QuantizedFloat8Linear(8, 8, weight=tq.QuantConfig())
     with pytest.raises(TypeError, match="activation: expected a triton_qat.Float8Config"):
         tq.QuantizedFloat8Linear(8, 8, activation=tq.QuantConfig())
+
+
+# -- float8 activations, int4 weights (torchao's Float8DynamicActivationInt4WeightConfig) ------
+def _int4_weight_fq(group_size=128):
+    from torchao.quantization.qat.fake_quantize_config import Int4WeightFakeQuantizeConfig
+    from torchao.quantization.qat.fake_quantizer import Int4WeightFakeQuantizer
+
+    return Int4WeightFakeQuantizer(
+        Int4WeightFakeQuantizeConfig(group_size=group_size, activation_dtype=torch.float8_e4m3fn)
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group_size", [128, 32])
+def test_float8_int4_weight_values_and_gradients_are_torchaos(dtype, group_size):
+    """Bit-identical values and gradients with torchao's Int4WeightFakeQuantizer (fp8
+    activations): zero, tiny, huge and NaN rows, a row whose groups clamp at the scale floor."""
+    g = torch.Generator().manual_seed(group_size)
+    w = torch.randn(7, 256, generator=g)
+    w[1] = 0
+    w[2] *= 1e-7  # group scales at the 1e-6 floor
+    w[3] *= 1e3
+    w[4, 5] = float("nan")
+    w = w.to(dtype).requires_grad_(True)
+    cfg = tq.Float8Int4WeightConfig(group_size)
+    got = tq.fake_quantize(w, cfg)
+    want = _int4_weight_fq(group_size)(w)
+    _exact(got, want)
+    gy = torch.randn_like(got)
+    (g_got,) = torch.autograd.grad(got, w, gy)
+    (g_want,) = torch.autograd.grad(want, w, gy)
+    _exact(g_got, g_want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_float8_int4_linear_prepare_round_trip_and_convert_error(dtype):
+    from torchao.quantization import Float8DynamicActivationInt4WeightConfig, quantize_
+
+    torch.manual_seed(0)
+    base = Float8DynamicActivationInt4WeightConfig()
+    model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 8)).to(dtype)
+    twin = copy.deepcopy(model)
+    tq.prepare(model, QATConfig(base), filter_fn=lambda m, fqn: fqn == "0")
+    quantize_(twin, QATConfig(base, step="prepare"), filter_fn=lambda m, fqn: fqn == "0")
+    assert isinstance(model[0], tq.Linear) and isinstance(model[2], nn.Linear)
+    assert model[0].weight_config == tq.Float8Int4WeightConfig(128)
+    assert model[0].activation_config == tq.Float8Config("per_row")
+    x = torch.randn(5, 256, dtype=dtype, requires_grad=True)
+    y, y_ref = model(x), twin(x)
+    _exact(y, y_ref)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, model[0].weight], gy)
+    want = torch.autograd.grad(y_ref, [x, twin[0].weight], gy)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)
+    tq.to_torchao(model)
+    assert isinstance(model[0], ao_qat.FakeQuantizedLinear)
+    _exact(model(x), y_ref)
+    tq.from_torchao(model)
+    assert model[0].weight_config == tq.Float8Int4WeightConfig(128)
+    before = copy.deepcopy(model)
+    with pytest.raises(NotImplementedError, match=r"Float8Int4WeightConfig.*\n?.*0|0.*Float8Int4"):
+        tq.convert(model)
+    _exact(model(x), before(x))  # all or nothing: unchanged
+    assert isinstance(model[0], tq.Linear)
+
+
+def test_float8_int4_bad_configs_name_the_argument():
+    with pytest.raises(ValueError, match="group_size"):
+        tq.Float8Int4WeightConfig(0)
+    with pytest.raises(ValueError, match="group_size=128 does not divide in_features=96"):
+        tq.Linear(96, 8, activation=tq.Float8Config(), weight=tq.Float8Int4WeightConfig())
+    with pytest.raises(ValueError, match="activation"):
+        tq.Linear(128, 8, activation=tq.Float8Int4WeightConfig(),
+                  weight=tq.Float8Int4WeightConfig())  # fmt: skip
+    with pytest.raises(ValueError, match="weight"):
+        tq.fake_quantize(torch.randn(4, 96), tq.Float8Int4WeightConfig())

@@ -16,7 +16,7 @@ model = tq.from_torchao(model)  # a torchao-prepared model -> triton_qat; tq.to_
 """
 
 from triton_qat import float8, ops  # noqa: F401  (registers the torch.library ops)
-from triton_qat.config import NOT_QUANTIZED, Float8Config, QuantConfig
+from triton_qat.config import NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig, QuantConfig
 from triton_qat.dispatch import backend
 from triton_qat.embedding import Embedding, QuantizedEmbedding
 from triton_qat.functional import fake_quantize, qat_linear
@@ -29,6 +29,7 @@ __all__ = [
     "backend",
     "QuantConfig",
     "Float8Config",
+    "Float8Int4WeightConfig",
     "NOT_QUANTIZED",
     "fake_quantize",
     "qat_linear",

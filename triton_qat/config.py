@@ -180,3 +180,43 @@ class Float8Config:
 
     def check_role(self, role: str) -> None:
         """Both granularities fit both roles (torchao's PerRow / PerTensor)."""
+
+
+@dataclass(frozen=True)
+class Float8Int4WeightConfig:
+    """int4 per-group weights for float8 activations: torchao's
+    ``Int4WeightFakeQuantizeConfig(group_size, activation_dtype=torch.float8_e4m3fn)``, the weight
+    half of ``Float8DynamicActivationInt4WeightConfig`` (docs/numerics.md "Float8 activations,
+    int4 weights"). The weight is fake-quantized to e4m3 per row (``hp_value_lb=1e-12``), then to
+    symmetric int4 codes [-8, 7] per group of ``group_size`` with scale
+    ``max(amax / 8, 1e-6)``, in the weight's dtype. A weight config only; the activation is a
+    :class:`Float8Config` (torchao's: per row).
+
+    Args:
+        group_size: columns per int4 group (torchao's default and its base config's: 128); must
+            divide the layer's in_features.
+    """
+
+    group_size: int = 128
+
+    def __post_init__(self) -> None:
+        g = self.group_size
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ValueError(f"group_size: expected an int >= 1, got {g!r}")
+
+    @property
+    def range_learning(self) -> bool:
+        """Its scales are dynamic."""
+        return False
+
+    def check_role(self, role: str) -> None:
+        if role != "weight":
+            raise ValueError(
+                f"{role}: Float8Int4WeightConfig is a weight config (torchao's "
+                "Int4WeightFakeQuantizeConfig); the activation takes a Float8Config"
+            )
+
+
+# the configs whose layers run triton_qat.float8 (a float8 weight, or int4 weights for float8
+# activations)
+FLOAT8_FAMILY = (Float8Config, Float8Int4WeightConfig)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from triton_qat import autotune
 from triton_qat.checks import check_float_input
-from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config
+from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig
 from triton_qat.dispatch import rows_key, use_kernels
 from triton_qat.kernels import gemm_float8 as _g
 from triton_qat.kernels import quantize_float8 as _k
@@ -101,10 +101,70 @@ def float8_fake_quantize(x: Tensor, config: Float8Config) -> Tensor:
     return y.reshape(x.shape)
 
 
-def check_float8_configs(activation: object, weight: object) -> None:
-    """ValueError naming the argument unless the pair is float8 weights with float8 or no
-    activation quantization (int and float8 halves are not mixed)."""
-    if not isinstance(weight, Float8Config):
+class _RoundSTE(torch.autograd.Function):
+    """``torch.round`` with a straight-through gradient (torchao's ``_Round``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        return g
+
+
+# the e4m3 step of torchao's Int4WeightFakeQuantizer (fp8 activations): per row, lb 1e-12
+_INT4_WEIGHT_F8 = Float8Config("per_row", hp_value_lb=1e-12)
+
+
+def float8_int4_weight_fake_quantize(weight: Tensor, config: Float8Int4WeightConfig) -> Tensor:
+    """torchao's ``Int4WeightFakeQuantizer(Int4WeightFakeQuantizeConfig(group_size,
+    activation_dtype=torch.float8_e4m3fn))`` op for op, so values and gradients are its bits
+    (docs/numerics.md "Float8 activations, int4 weights"): e4m3 per row (``hp_value_lb=1e-12``,
+    the float8 op), then symmetric int4 per group in the weight's dtype,
+    ``clamp(round(w8 * (1 / s)), -8, 7) * s`` with ``s = clamp(amax_group(|w8|) / 8, min=1e-6)``
+    and a straight-through round (the scale's own gradient flows, as in torchao).
+
+    Args:
+        weight: [N, K] fp32 / fp16 / bf16, K a multiple of ``config.group_size``.
+    Returns: [N, K] in the weight's dtype."""
+    check_float_input(weight, "weight")
+    if weight.dim() != 2 or weight.shape[1] % config.group_size:
+        raise ValueError(
+            f"weight: expected [N, K] with K a multiple of group_size={config.group_size}, got "
+            f"{tuple(weight.shape)}"
+        )
+    N, K = weight.shape
+    w8 = float8_fake_quantize(weight, _INT4_WEIGHT_F8)
+    grouped = w8.view(N, -1, config.group_size)
+    scale = torch.clamp(torch.amax(torch.abs(grouped), dim=-1, keepdim=False) / 8, min=1e-6)
+    scale = scale.view(N, -1, 1)
+    zero = torch.zeros_like(scale)
+    q = torch.clamp(_RoundSTE.apply(grouped * (1.0 / scale)) + zero, -8, 7)
+    dq = (q.to(weight.dtype, copy=True) - zero.to(weight.dtype)) * scale
+    return dq.view(N, K).to(weight.dtype)
+
+
+def weight_fake_quantize(weight: Tensor, config: object) -> Tensor:
+    """The fake-quantized weight of a float8-family layer (:class:`Float8Config` or
+    :class:`Float8Int4WeightConfig`), in the weight's dtype."""
+    if isinstance(config, Float8Int4WeightConfig):
+        return float8_int4_weight_fake_quantize(weight, config)
+    return float8_fake_quantize(weight, config)
+
+
+def check_float8_configs(activation: object, weight: object, in_features: int = 0) -> None:
+    """ValueError naming the argument unless the pair is float8 weights (:class:`Float8Config`,
+    or :class:`Float8Int4WeightConfig` with a group dividing ``in_features``) with float8 or
+    no activation quantization (int and float8 halves are not mixed)."""
+    if isinstance(weight, Float8Int4WeightConfig):
+        if in_features and in_features % weight.group_size:
+            raise ValueError(
+                f"weight: group_size={weight.group_size} does not divide in_features={in_features}"
+            )
+        if isinstance(activation, Float8Int4WeightConfig):
+            weight.check_role("activation")
+    elif not isinstance(weight, Float8Config):
         raise ValueError(
             f"activation: a Float8Config activation needs a Float8Config weight, got "
             f"weight={weight!r}"
@@ -117,12 +177,21 @@ def check_float8_configs(activation: object, weight: object) -> None:
 
 
 def float8_linear(
-    x: Tensor, weight: Tensor, bias: Tensor | None, activation: object, weight_config: Float8Config
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    activation: object,
+    weight_config: Float8Config | Float8Int4WeightConfig,
 ) -> Tensor:
     """``fq(x) @ fq(weight).T + bias`` (torchao's ``FakeQuantizedLinear`` with float8 configs):
     on fp8 tensor cores where :func:`fp8_gemm_runs`, else ``F.linear`` on the fake-quantized
     values (the weight fake-quantized in its own dtype, then cast to x's, as the int layers do).
-    ``activation=NOT_QUANTIZED``: weight-only (always the dequantized path)."""
+    ``activation=NOT_QUANTIZED``: weight-only (always the dequantized path). A
+    :class:`Float8Int4WeightConfig` weight: the dequantized path (its per-group int4 scales vary
+    along K, which the fp8 GEMM's per-row epilogue does not take)."""
+    if isinstance(weight_config, Float8Int4WeightConfig):
+        return linear_on_weight(x, float8_int4_weight_fake_quantize(weight, weight_config), bias,
+                                activation)  # fmt: skip
     if fp8_gemm_runs(x, activation):
         x2d = x.reshape(-1, x.shape[-1])
         y = torch.ops.triton_qat.float8_linear(

@@ -12,6 +12,7 @@ from triton_qat.checks import check_float_input, check_group, check_linear_input
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
     DEFAULT_WEIGHT,
+    FLOAT8_FAMILY,
     NOT_QUANTIZED,
     Float8Config,
     QuantConfig,
@@ -48,18 +49,20 @@ def fake_quantize(x: Tensor, config: QuantConfig | Float8Config) -> Tensor:
     Args:
         x: fp32 / fp16 / bf16 tensor of any shape. Rows are the last dim (per_token, per_group,
             per_tensor) or dim 0 (per_channel, rows = dim 0 with the rest flattened).
-        config: a :class:`QuantConfig`, or a :class:`Float8Config` (e4m3, torchao's
-            ``Float8FakeQuantizer``: :func:`triton_qat.float8.float8_fake_quantize`).
+        config: a :class:`QuantConfig`, a :class:`Float8Config` (e4m3, torchao's
+            ``Float8FakeQuantizer``: :func:`triton_qat.float8.float8_fake_quantize`), or a
+            :class:`Float8Int4WeightConfig` (a weight [N, K]: torchao's
+            ``Int4WeightFakeQuantizer`` for float8 activations).
 
     Returns:
         ``dequantize(quantize(x))`` in x's dtype and shape, bit-identical to the plain-torch
         reference. Gradient: straight-through, zero where the rounded value fell outside the code
         range.
     """
-    if isinstance(config, Float8Config):
-        from triton_qat.float8 import float8_fake_quantize
+    if isinstance(config, FLOAT8_FAMILY):
+        from triton_qat.float8 import weight_fake_quantize
 
-        return float8_fake_quantize(x, config)
+        return weight_fake_quantize(x, config)
     check_float_input(x, "x")
     if not isinstance(config, QuantConfig):
         raise TypeError(
@@ -99,7 +102,7 @@ def qat_linear(
     check_linear_inputs(x, weight, bias)
     activation = NOT_QUANTIZED if activation is None else activation
     check_configs(activation, weight_config, weight.shape[1])
-    if isinstance(weight_config, Float8Config):  # the dequantized path: F.linear(fq(x), fq(w))
+    if isinstance(weight_config, FLOAT8_FAMILY):  # triton_qat.float8's linear
         from triton_qat.float8 import float8_linear
 
         return float8_linear(x, weight, bias, activation, weight_config)
@@ -110,10 +113,10 @@ def qat_linear(
 def check_configs(activation: object, weight: object, in_features: int) -> None:
     """TypeError / ValueError naming the argument unless both configs fit a linear
     (``activation`` may be ``NOT_QUANTIZED``: weight-only)."""
-    if isinstance(weight, Float8Config) or isinstance(activation, Float8Config):
+    if isinstance(weight, FLOAT8_FAMILY) or isinstance(activation, FLOAT8_FAMILY):
         from triton_qat.float8 import check_float8_configs
 
-        return check_float8_configs(activation, weight)
+        return check_float8_configs(activation, weight, in_features)
     roles = [("weight", weight)]
     if activation is not NOT_QUANTIZED:
         roles.insert(0, ("activation", activation))

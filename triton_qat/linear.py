@@ -11,6 +11,7 @@ from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_linear_inpu
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
     DEFAULT_WEIGHT,
+    FLOAT8_FAMILY,
     NOT_QUANTIZED,
     Float8Config,
     QuantConfig,
@@ -70,8 +71,10 @@ class Linear(nn.Linear):
         weight: QuantConfig | Float8Config | None = None,
     ) -> None:
         """``activation`` / ``weight``: :class:`QuantConfig` (None: the default), or both
-        :class:`Float8Config` (e4m3 on the dequantized path, torchao's float8 QAT);
-        ``activation=NOT_QUANTIZED``: weight-only QAT."""
+        :class:`Float8Config` (e4m3, torchao's float8 QAT), or a :class:`Float8Config`
+        activation with a :class:`Float8Int4WeightConfig` weight (torchao's
+        ``Float8DynamicActivationInt4WeightConfig``); ``activation=NOT_QUANTIZED``: weight-only
+        QAT."""
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
@@ -131,7 +134,7 @@ class Linear(nn.Linear):
         against the layer (configs may be replaced after construction)."""
         check_configs(self.activation_config, self.weight_config, self.in_features)
         act = self.activation_config
-        if isinstance(self.weight_config, Float8Config):  # fp8 GEMM or the dequantized path
+        if isinstance(self.weight_config, FLOAT8_FAMILY):  # fp8 GEMM or the dequantized path
             self._fused = _Float8Linear(act, self.weight_config)
         else:
             a_spec = None if act is NOT_QUANTIZED else spec_for(act)

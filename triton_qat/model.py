@@ -13,7 +13,7 @@ from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizat
 
 from triton_qat import ao, torchao_compat
 from triton_qat.checks import MAX_IN_FEATURES
-from triton_qat.config import Float8Config, QuantConfig
+from triton_qat.config import Float8Config, Float8Int4WeightConfig, QuantConfig
 from triton_qat.embedding import (
     Embedding,
     QuantizedEmbedding,
@@ -239,6 +239,13 @@ def convert(model: nn.Module) -> nn.Module:
         if isinstance(mod, Embedding):
             new = QuantizedEmbedding.from_qat(mod)
         else:
+            if isinstance(mod.weight_config, Float8Int4WeightConfig):
+                raise NotImplementedError(
+                    "convert of a Float8Int4WeightConfig layer (torchao's "
+                    "Float8DynamicActivationInt4WeightConfig) is not supported: convert with "
+                    "torchao after tq.to_torchao(model): quantize_(model, QATConfig("
+                    "Float8DynamicActivationInt4WeightConfig(), step='convert'))"
+                )
             float8 = isinstance(mod.weight_config, Float8Config)
             new = (QuantizedFloat8Linear if float8 else QuantizedLinear).from_qat(mod)
             if mod.bias is not None:

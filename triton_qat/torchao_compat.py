@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
-from triton_qat.config import NOT_QUANTIZED, Float8Config, QuantConfig
+from triton_qat.config import NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig, QuantConfig
 from triton_qat.embedding import Embedding
 from triton_qat.linear import Linear
 from triton_qat.swap import find_modules, module_path, swap_modules, swap_selected
@@ -71,6 +71,7 @@ def _torchao() -> SimpleNamespace:
         PerRow=granularity.PerRow,
         PerTensor=granularity.PerTensor,
         Float8FakeQuantizeConfig=qat.Float8FakeQuantizeConfig,
+        Int4WeightFakeQuantizeConfig=fq_config.Int4WeightFakeQuantizeConfig,
         FakeQuantizedEmbedding=qat.FakeQuantizedEmbedding,
         FakeQuantizedLinear=qat.FakeQuantizedLinear,
         IntxFakeQuantizeConfig=qat.IntxFakeQuantizeConfig,
@@ -124,6 +125,8 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
         )
     if isinstance(config, ao.Float8FakeQuantizeConfig):
         return _to_float8_config(config, name)
+    if isinstance(config, ao.Int4WeightFakeQuantizeConfig):
+        return _to_float8_int4_config(config, role, name)
     if not isinstance(config, ao.IntxFakeQuantizeConfig):
         raise NotImplementedError(
             f"{name}: {type(config).__name__} is not supported; triton_qat reproduces torchao's "
@@ -206,6 +209,20 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
     )
 
 
+def _to_float8_int4_config(config: object, role: str, name: str) -> Float8Int4WeightConfig:
+    """torchao's ``Int4WeightFakeQuantizeConfig`` (fp8 activations) -> :class:`Float8Int4WeightConfig`;
+    its bf16-activation form (``Int4WeightOnlyConfig``'s QAT) is not emulated."""
+    if role != "weight":
+        raise NotImplementedError(f"{name}: Int4WeightFakeQuantizeConfig is a weight config")
+    if config.activation_dtype != torch.float8_e4m3fn:
+        raise NotImplementedError(
+            f"{name}.activation_dtype={config.activation_dtype}: triton_qat emulates "
+            "Int4WeightFakeQuantizeConfig for float8 activations only "
+            "(Float8DynamicActivationInt4WeightConfig)"
+        )
+    return Float8Int4WeightConfig(config.group_size)
+
+
 def _to_float8_config(config: object, name: str) -> Float8Config:
     """torchao's ``Float8FakeQuantizeConfig`` -> :class:`Float8Config` (e4m3, PerRow(dim=-1) or
     PerTensor(), the bounds)."""
@@ -233,6 +250,8 @@ def to_torchao_config(config: QuantConfig | object, role: str) -> object | None:
     ao = _torchao()
     if config is NOT_QUANTIZED and role == "activation":
         return None
+    if isinstance(config, Float8Int4WeightConfig):
+        return ao.Int4WeightFakeQuantizeConfig(config.group_size, torch.float8_e4m3fn)
     if isinstance(config, Float8Config):
         gran = ao.PerTensor() if config.per_tensor else ao.PerRow()
         return ao.Float8FakeQuantizeConfig(
