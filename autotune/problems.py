@@ -13,15 +13,29 @@ from dataclasses import dataclass
 
 import torch
 
+from triton_qat.kernels._common import INTERPRET
 from triton_qat.kernels.dequantize import dequantize_rows
 from triton_qat.kernels.gemm_backward import dgrad, wgrad
+from triton_qat.kernels.gemm_float8 import float8_linear
 from triton_qat.kernels.gemm_int8 import int8_linear
 from triton_qat.kernels.quantize import quantize_rows
+from triton_qat.kernels.quantize_float8 import launch_float8_codes, plan_float8_quantize
 
 from . import dequantize_config, gemm_config, gemm_key, quantize_config, quantize_key
 
-KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad")  # the tuned ones
-UNTUNED = ("dequantize_x",)  # benchmarked against their ceiling, one fixed config
+# the tuned ones; "f8fwd" (the float8 forward's fp8 GEMM) only where fp8 tensor cores run it
+KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad", "f8fwd")
+UNTUNED = ("dequantize_x", "quantize_f8")  # benchmarked against their ceiling, one fixed config
+
+
+def fp8_problems_run(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the float8 problems exist: 16-bit layers (the layer's fp8 path) on a GPU with fp8
+    tensor cores (compute capability 8.9+), or the interpreter."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if device.type != "cuda":
+        return INTERPRET
+    return torch.version.hip is None and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,7 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
                            None, s.dtype, asymmetric=True, config=c, w_dtype=w.dtype,
                            dequant_config=cfg_dq)  # fmt: skip
 
-    return {
+    out = {
         "dequantize_x": Problem(
             "dequantize_x", "dequantize", "", (s.M, s.K), s.group,
             lambda c: dequantize_rows(qa.codes, qa.scale, qa.zero_point, s.dtype, config=c),
@@ -134,5 +148,34 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
             lambda c: wgrad(dy, x_fq, w_mask, config=c, mask_bits=w_bits_mask),
             gemm_config("wgrad", *mnk, device, s.dtype),
             lambda: torch.mm(dy.t(), x), "torch.mm", gemm, gemm,
+        ),
+    }  # fmt: skip
+    if fp8_problems_run(s.dtype, device):
+        out.update(_float8_problems(s, device, x, w))
+    return out
+
+
+def _float8_problems(s: LinearShape, device: torch.device, x, w) -> dict[str, Problem]:
+    """The float8 layer's forward launches: x's e4m3 codes (per row, against a copy of x) and the
+    fp8 GEMM (against ``F.linear``'s ``torch.mm`` in the layer's dtype: the issue's ceiling is
+    the 16-bit GEMM it replaces)."""
+    plan_x = plan_float8_quantize(s.K, s.dtype, False, 1e-12, None, device.type == "cuda",
+                                  INTERPRET)  # fmt: skip
+    plan_w = plan_float8_quantize(s.K, s.dtype, False, None, None, device.type == "cuda",
+                                  INTERPRET)  # fmt: skip
+    xc, xs = launch_float8_codes(plan_x, x)
+    wc, ws = launch_float8_codes(plan_w, w)
+    mnk, gemm, esize = (s.M, s.N, s.K), 2.0 * s.M * s.N * s.K, x.element_size()
+    return {
+        "quantize_f8": Problem(
+            "quantize_f8", "quantize_f8", "", (s.M, s.K), s.K,
+            lambda c: launch_float8_codes(plan_x, x), {"BLOCK_K": plan_x.block_k},
+            lambda: x.clone(), "copy", s.M * s.K * (esize + 1) + s.M * 8, 2 * s.M * s.K * esize,
+        ),
+        "f8fwd": Problem(
+            "f8fwd", "f8fwd", gemm_key("f8fwd", *mnk, s.dtype, s.K), mnk, s.K,
+            lambda c: float8_linear(xc, xs, wc, ws, None, s.dtype, config=c),
+            gemm_config("f8fwd", *mnk, device, s.dtype),
+            lambda: torch.mm(x, w.t()), "torch.mm", gemm, gemm,
         ),
     }  # fmt: skip

@@ -49,7 +49,9 @@ FIELDS = ["kernel", "provider", "backend", "mode", "metric", "M", "K", "N", "dty
           "p20", "p80", "gpu", "torch", "triton", "commit", "utc"]  # fmt: skip
 # make gpu-report's report.csv (perf/gpu_report_run.py) and perf/train_step.py's CSV: one format
 REPORT_FIELDS = ["phase", "item", "status", "detail", *FIELDS, "config"]
-KERNEL_ROWS = ("quantize_x", "quantize_w", "fwd", "dequantize_x", "dgrad", "wgrad")
+# (quantize_f8 and f8fwd only where the float8 layer's fp8 GEMM runs: 16-bit, fp8 tensor cores)
+KERNEL_ROWS = ("quantize_x", "quantize_w", "fwd", "dequantize_x", "dgrad", "wgrad",
+               "quantize_f8", "f8fwd")  # fmt: skip
 PROVIDERS = [
     "F.linear",
     "torch ref eager",
@@ -287,9 +289,9 @@ def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
     registry = problems(LinearShape(M, K, N, dtype), device)
     timer = Timer(timer.device, timer.warmup, timer.reps, hide_host=True)  # device time only
     rows = []
-    for name in KERNEL_ROWS:
+    for name in (k for k in KERNEL_ROWS if k in registry):
         prob = registry[name]
-        unit = "gb_per_s" if prob.kernel in ("quantize", "dequantize") else "tflops"
+        unit = "gb_per_s" if prob.kernel in ("quantize", "dequantize", "quantize_f8") else "tflops"
         medians = {}
         for provider, fn in (("triton_qat", lambda p=prob: p.launch(p.config)),
                              (prob.ceiling_name, prob.ceiling)):  # fmt: skip
@@ -312,8 +314,8 @@ def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
                              backend=backend))  # fmt: skip
         for r in rows:
             if "kernel" not in r:  # this kernel's rows (earlier kernels' rows are labelled)
-                r.update(kernel=name, mode="fwd" if name in ("quantize_x", "quantize_w", "fwd")
-                         else "bwd", M=M, K=K, N=N)  # fmt: skip
+                r.update(kernel=name, mode="fwd" if name in ("quantize_x", "quantize_w", "fwd",
+                         "quantize_f8", "f8fwd") else "bwd", M=M, K=K, N=N)  # fmt: skip
     return rows
 
 

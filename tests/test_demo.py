@@ -16,7 +16,8 @@ TINY = ["--config", "tiny", "--steps", "40", "--qat-steps", "3", "--quiet"]
 def test_demo_tiny_run(tmp_path, capsys):
     torch._dynamo.reset()
     r = demo.main([*TINY, "--check-batches", "0", "--out", str(tmp_path)])
-    losses = ("unigram", "float", "float_finetuned", "ptq", "qat_converted", "reloaded")
+    losses = ("unigram", "float", "float_finetuned", "ptq", "float8_ptq", "qat_converted",
+              "reloaded")  # fmt: skip
     for key in (*losses, "recovered", "recovered_vs_float_finetuned"):
         assert math.isfinite(r[key]), key
     assert r["float"] < r["unigram"]  # 40 steps already beat character frequencies
@@ -36,7 +37,10 @@ def test_demo_tiny_run(tmp_path, capsys):
     assert all(math.isfinite(v) and v > 0 for v in r["ms_per_step"].values())
     assert (tmp_path / "qat_demo.png").stat().st_size > 10_000
     out = capsys.readouterr().out
-    assert "PTQ gap recovered by QAT" in out
+    assert "PTQ gap recovered by QAT" in out and "float8 e4m3 W8A8, PTQ" in out
+    # e4m3 keeps 3 mantissa bits per value, int3 per-group weights far fewer: the float8 line
+    # stays much closer to the float model than the low-bit PTQ
+    assert abs(r["float8_ptq"] - r["float"]) < abs(r["ptq"] - r["float"])
     last = out.rstrip().splitlines()[-1]  # the table is the last thing printed
     assert last.startswith("time per step") and ("CPU time" in last) == (r["device"] == "cpu")
 

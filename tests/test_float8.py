@@ -491,3 +491,22 @@ def test_float8_int4_bad_configs_name_the_argument():
                   weight=tq.Float8Int4WeightConfig())  # fmt: skip
     with pytest.raises(ValueError, match="weight"):
         tq.fake_quantize(torch.randn(4, 96), tq.Float8Int4WeightConfig())
+
+
+def test_prepare_with_float8_configs_directly():
+    """tq.prepare(model, activation=, weight=) with float8 configs (not only through QATConfig);
+    a layer whose in_features the int4 group does not divide is left float and named."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 96), nn.ReLU(), nn.Linear(96, 8))
+    ref = copy.deepcopy(model)
+    f8 = tq.prepare(copy.deepcopy(model), activation=tq.Float8Config(hp_value_lb=1e-12),
+                    weight=tq.Float8Config())  # fmt: skip
+    assert isinstance(f8[0], tq.Linear) and isinstance(f8[2], tq.Linear)
+    x = torch.randn(3, 256)
+    lin = f8[0]
+    _exact(lin(x), tq.qat_linear(x, ref[0].weight, ref[0].bias, lin.activation_config,
+                                 lin.weight_config))  # fmt: skip
+    with pytest.warns(UserWarning, match="group_size=128 does not divide"):
+        i4 = tq.prepare(copy.deepcopy(model), activation=tq.Float8Config(),
+                        weight=tq.Float8Int4WeightConfig())  # fmt: skip
+    assert isinstance(i4[0], tq.Linear) and type(i4[2]) is nn.Linear

@@ -275,3 +275,39 @@ def test_model_trains_on_the_fp8_path():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+# -- autotuning: the fp8 GEMM is a tuned kernel like the others --------------------------------
+def test_every_candidate_is_a_valid_cache_entry_and_runs_the_kernel_checks():
+    from triton_qat.autotune.cache import valid_entry
+    from triton_qat.autotune.space import CURATED, candidates, default_config
+
+    hopper = 227 * 1024
+    got = candidates("f8fwd", (8192, 4096, 4096), 9, 2, hopper, curated=True)
+    assert got[0] == default_config("f8fwd", (8192, 4096, 4096), False, 0, 2, 9)
+    assert 8 <= len(got) <= len(CURATED["f8fwd"]) + 1
+    ada = candidates("f8fwd", (8192, 4096, 4096), 8, 2, 99 * 1024, curated=True)
+    assert ada and all(c["TMA"] == 0 for c in ada)  # TMA is Hopper's
+    key = "f8fwd|M8192|N4096|K4096|bfloat16|"
+    for c in got + ada + candidates("f8fwd", (8192, 4096, 4096), 9, 2, hopper):
+        check_float8_config(c)
+        assert valid_entry(key, {"config": c}), c
+    assert not valid_entry(key, {"config": {**got[0], "BLOCK_K": 64}})  # the numerics' 128
+    assert not valid_entry(key, {"config": {**got[0], "DEQUANT": 0}})  # not its keys
+
+
+@needs_kernels
+def test_tuning_stores_the_fp8_gemm_for_16_bit_layers_only(tmp_path, monkeypatch):
+    from triton_qat import autotune
+    from triton_qat.autotune.tune import LinearShape, tune
+
+    monkeypatch.setenv("TRITON_QAT_CACHE_DIR", str(tmp_path))
+    autotune._cache_for.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        res = tune(LinearShape(32, 128, 48, torch.bfloat16), cpu, ("f8fwd",), store=False)
+        assert set(res) == {"f8fwd"} and res["f8fwd"]["key"] == "f8fwd|M32|N48|K128|bfloat16|"
+        assert res["f8fwd"]["config"]["BLOCK_K"] == F8_BLOCK_K and res["f8fwd"]["ms"] > 0
+        assert tune(LinearShape(32, 128, 48, torch.float32), cpu, ("f8fwd",), store=False) == {}
+    finally:
+        autotune._cache_for.cache_clear()

@@ -80,6 +80,6 @@ def test_compiled_with_launch_specialization(rows):
         if r["family"] == "anchor":
             continue
         assert any(p.endswith("_ptr") for p in r["div16"]), (k, r["div16"])
-        if r["family"] == "quantize":
+        if r["family"] == "quantize" and "float8" not in k:  # (float8: unit columns by design)
             assert "stride_xc" in r["constexpr_one"], (k, r["constexpr_one"])
     assert rows["quantize act per-token, bit mask"]["ld_bits"] == [128]

@@ -19,10 +19,15 @@ MEASURED_WITH = "3.9."
 
 
 def _wgmma(r):
-    """The GEMM's MMA is wgmma: IGMMA for the int8 forward, HGMMA for 16-bit operands (the
-    backward, and the forward's dequantized path)."""
+    """The GEMM's MMA is wgmma: IGMMA for the int8 forward, QGMMA with e4m3 operands for the
+    float8 forward, HGMMA for 16-bit operands (the backward, and the forward's dequantized
+    path)."""
     want = "IGMMA" if r["family"] == "fwd" and "DEQUANT" not in r["key"] else "HGMMA"
-    return r["tc"] == "wgmma" and bool(r["mma"]) and all(m.startswith(want) for m in r["mma"])
+    want = "QGMMA.64x" if r["key"].startswith("fwd float8") else want
+    fp8 = all("E4M3.E4M3" in m for m in r["mma"]) or not r["key"].startswith("fwd float8")
+    return (
+        r["tc"] == "wgmma" and bool(r["mma"]) and fp8 and all(m.startswith(want) for m in r["mma"])
+    )
 
 
 def _no_spill(r):
@@ -73,8 +78,8 @@ def applies(check: str, r: dict) -> bool:
         return gemm and r["headline"]
     if check == "mma_in_flight":  # int32 accumulators: Triton keeps no IGMMA in flight (its
         # limit), the Gluon kernel does (kernels/gemm_int8_gluon.py)
-        hgmma = bool(r["mma"]) and all(m.startswith("HGMMA") for m in r["mma"])
-        return gemm and (hgmma or r["key"].startswith("fwd gluon"))
+        fp32_acc = bool(r["mma"]) and all(m.startswith(("HGMMA", "QGMMA")) for m in r["mma"])
+        return gemm and (fp32_acc or r["key"].startswith("fwd gluon"))
     return r["family"] == "quantize" and r["headline"]  # x_128bit, lean_quantize
 
 
@@ -95,6 +100,17 @@ KNOWN_GAPS = {
     ("fwd MODE 2 int4 group 8 fp16", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8 fp32", "wgmma"): "no MMA: 2048 FFMA per iteration",
     ("fwd MODE 2 int4 group 8", "near_anchor"): "2474 SASS/iter vs 58: 42.7x",
+    # the float8 forward promotes each BLOCK_K step's fp8 partial sum into the fp32 accumulator
+    # (kernels/gemm_float8.py: Hopper's fp8 accumulation keeps ~14 bits), which reads the step's
+    # wgmma result: its group is waited for (DEPBAR 0) before the next step's is issued. Without
+    # the promotion the loop keeps one group in flight (wait 1, 87 SASS/iter), at fp8-accumulation
+    # precision. Measured at git 1e2661e (128x128x128 w8 s4 TMA).
+    # the float8 quantize divides x by the scale per element (torchao divides; x * (1 / s) is not
+    # the same bits): an IEEE division (MUFU.RCP, FCHK, 5 FFMA, a slow-path call) per element,
+    # then the bit-level e4m3 rounding and the code byte
+    ("quantize float8 codes per-row", "lean_quantize"): "54.88 SASS per element vs 12",
+    ("fwd float8 e4m3 per-row", "mma_in_flight"): "waits [0, 1], 151 SASS/iter",
+    ("fwd float8 e4m3 per-row fp16", "mma_in_flight"): "waits [0, 1], 151 SASS/iter",
 }
 
 

@@ -6,7 +6,8 @@
 1. Train a float decoder-only transformer on ``triton_qat/data/keeper_logs.txt`` until its eval loss
    is far below the unigram (character frequency) loss.
 2. PTQ: ``tq.convert(tq.prepare(copy))`` with no training, at a low-bit config (default: int3
-   weights per group of 32, int8 per-token activations): the eval loss jumps.
+   weights per group of 32, int8 per-token activations): the eval loss jumps. The float8 line:
+   the same at e4m3 weights and activations (``tq.Float8Config``), whose loss barely moves.
 3. QAT: ``tq.prepare`` the float model with the same config, fine-tune it, ``tq.convert`` it, save
    the converted state dict and reload it. A copy of the float model is fine-tuned for the same
    steps on the same batches, so the gap QAT recovers is not an effect of extra training.
@@ -505,6 +506,16 @@ def main(argv: list[str] | None = None) -> dict:
         f"float eval loss {float_eval:.4f} (unigram {unigram:.4f}); "
         f"PTQ at {quant}: {ptq_eval:.4f} (+{ptq_eval - float_eval:.4f})"
     )
+    # 2b. The float8 line: e4m3 weights and activations (torchao's float8 QAT numerics; on a
+    #     Hopper GPU in bf16 the converted layers run the fp8 tensor-core GEMM), PTQ alone
+    f8 = tq.Float8Config(hp_value_lb=1e-12)
+    f8_model = tq.convert(
+        tq.prepare(copy.deepcopy(model), activation=f8, weight=tq.Float8Config(),
+                   filter_fn=keep_head_float).eval()
+    )  # fmt: skip
+    f8_eval = eval_loss(f8_model, ev)
+    del f8_model
+    say(f"PTQ at float8 e4m3 W8A8 (per-row scales): {f8_eval:.4f} (+{f8_eval - float_eval:.4f})")
 
     # 3. QAT: prepare swaps every nn.Linear but the head for tq.Linear (fake-quantized forward at
     #    exactly the int8 arithmetic convert will run, straight-through backward), parameters shared
@@ -537,6 +548,7 @@ def main(argv: list[str] | None = None) -> dict:
         "float": float_eval,
         "float_finetuned": float_ft["eval"],
         "ptq": ptq_eval,
+        "float8_ptq": f8_eval,
         "qat_converted": qat_eval,
         "recovered": recovered(ptq_eval, qat_eval, float_eval),
         "recovered_vs_float_finetuned": recovered(ptq_eval, qat_eval, float_ft["eval"]),
@@ -619,6 +631,11 @@ def print_table(r: dict) -> None:
             f"QAT: {r['qat_steps']} steps, convert",
             r["qat_converted"],
             f"{r['qat_converted'] - r['float']:+.4f}",
+        ),
+        (
+            "float8 e4m3 W8A8, PTQ (convert, no training)",
+            r["float8_ptq"],
+            f"{r['float8_ptq'] - r['float']:+.4f}",
         ),
     ]
     ms, tps = r["ms_per_step"], r["tokens_per_s"]

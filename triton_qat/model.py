@@ -191,14 +191,19 @@ def _warn_parametrized_embeddings_left(
         )
 
 
-def _unquantizable(mod: nn.Linear, weight: QuantConfig | None) -> str | None:
+def _unquantizable(mod: nn.Linear, weight: object | None) -> str | None:
     """Why a tq.Linear with the weight config ``weight`` cannot take ``mod``'s shape (None: it
     can)."""
     if mod.in_features < 1 or mod.out_features < 1:
         return f"in_features={mod.in_features}, out_features={mod.out_features}: empty"
     if mod.in_features > MAX_IN_FEATURES:
         return f"in_features={mod.in_features}: more than the int8 GEMM's {MAX_IN_FEATURES}"
-    group = spec_for(weight).group_size if weight is not None else None
+    if isinstance(weight, Float8Config):  # per row / per tensor: any in_features
+        group = None
+    elif isinstance(weight, Float8Int4WeightConfig):
+        group = weight.group_size
+    else:
+        group = spec_for(weight).group_size if weight is not None else None
     if group is not None and mod.in_features % group:
         return f"in_features={mod.in_features}: group_size={group} does not divide it"
     return None
