@@ -1,5 +1,6 @@
 """Data-parallel training: 2 CPU processes (gloo) under DDP and FSDP2 give the gradients and
-parameters of a single-process run on the full batch."""
+parameters of a single-process run on the full batch (int8 layers; float8 layers under FSDP2, in
+fp32 and in bf16, where the kernel backends run the fp8 GEMM)."""
 
 import os
 import socket
@@ -17,23 +18,36 @@ WORLD = 2
 STEPS = 3
 
 
-def _model() -> nn.Module:
+# the model each run trains: int8 (the default configs), float8 e4m3 in fp32 (the dequantized
+# path), float8 in bf16 (on the kernel backends the fp8 GEMM path, docs/numerics.md "Float8")
+KINDS = {
+    "int8": (torch.float32, {}),
+    "float8": (torch.float32, {"activation": tq.Float8Config(hp_value_lb=1e-12),
+                               "weight": tq.Float8Config()}),
+    "float8-bf16": (torch.bfloat16, {"activation": tq.Float8Config(hp_value_lb=1e-12),
+                                     "weight": tq.Float8Config("per_tensor")}),
+}  # fmt: skip
+
+
+def _model(kind: str = "int8") -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16))
-    return tq.prepare(model)
+    dtype, configs = KINDS[kind]
+    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16)).to(dtype)
+    return tq.prepare(model, **configs)
 
 
-def _batches():
+def _batches(dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
     return [
-        (torch.randn(8, 32, generator=g), torch.randn(8, 16, generator=g)) for _ in range(STEPS)
+        (torch.randn(8, 32, generator=g).to(dtype), torch.randn(8, 16, generator=g).to(dtype))
+        for _ in range(STEPS)
     ]
 
 
 def _train(model, params_of, grads_of, shard=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     first_grads = None
-    for x, y in _batches():
+    for x, y in _batches(next(model.parameters()).dtype):
         if shard is not None:
             x, y = x.chunk(WORLD)[shard], y.chunk(WORLD)[shard]
         loss = (model(x) - y).square().mean()
@@ -49,11 +63,11 @@ def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def _worker(rank: int, port: int, mode: str, out: str) -> None:
+def _worker(rank: int, port: int, mode: str, kind: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model = _model()
+        model = _model(kind)
         if mode == "ddp":
             wrapped = nn.parallel.DistributedDataParallel(model)
         else:
@@ -85,18 +99,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_data_parallel_matches_single_process(mode):
+@pytest.mark.parametrize(
+    "mode,kind", [("ddp", "int8"), ("fsdp2", "int8"), ("fsdp2", "float8"),
+                  ("fsdp2", "float8-bf16")],
+)  # fmt: skip
+def test_data_parallel_matches_single_process(mode, kind):
     grads_ref, params_ref = _train(
-        _model(),
+        _model(kind),
         lambda m: [p.detach().clone() for p in m.parameters()],
         lambda m: [p.grad.detach().clone() for p in m.parameters()],
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rank0.pt")
-        mp.spawn(_worker, args=(_free_port(), mode, out), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(_free_port(), mode, kind, out), nprocs=WORLD, join=True)
         got = torch.load(out)
+    # bf16: the halves' gradients are summed in another order than the full batch's
+    tol = dict(rtol=2e-2, atol=2e-3) if kind.endswith("bf16") else dict(rtol=1e-5, atol=1e-6)
     for g, r in zip(got["grads"], grads_ref, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g, r, **tol)
     for p, r in zip(got["params"], params_ref, strict=True):
-        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p, r, **tol)
