@@ -384,3 +384,14 @@ def test_bad_configs_and_inputs_name_the_argument():
     fp6 = MXFakeQuantizeConfig("fp6_e2m3")
     with pytest.raises(NotImplementedError, match="^weight_config.dtype:"):
         to_quant_config(fp6, "weight")
+
+
+def test_prepare_with_mx_configs_leaves_indivisible_linears():
+    model = nn.Sequential(nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 8))
+    cfg = tq.MXConfig(torch.float8_e4m3fn)
+    with pytest.warns(UserWarning, match=r"2 \(in_features=40: block_size=32 does not divide"):
+        tq.prepare(model, activation=cfg, weight=cfg)
+    assert type(model[0]) is tq.Linear and type(model[2]) is nn.Linear
+    x = torch.randn(3, 64)
+    _exact(model[0](x), torch.addmm(model[0].bias, tq.fake_quantize(x, cfg),
+                                    tq.fake_quantize(model[0].weight, cfg).t()))  # fmt: skip
