@@ -395,3 +395,22 @@ def test_prepare_with_mx_configs_leaves_indivisible_linears():
     x = torch.randn(3, 64)
     _exact(model[0](x), torch.addmm(model[0].bias, tq.fake_quantize(x, cfg),
                                     tq.fake_quantize(model[0].weight, cfg).t()))  # fmt: skip
+
+
+def test_ops_check_their_arguments():
+    op, nv = torch.ops.triton_qat.mx_fake_quantize, torch.ops.triton_qat.nvfp4_fake_quantize
+    x = torch.randn(2, 32)
+    with pytest.raises(ValueError, match="^elem:"):
+        op(x, "fp6_e2m3", 32, "rceil")
+    with pytest.raises(ValueError, match="^scaling_mode:"):
+        op(x, "float8_e4m3fn", 32, "RCEIL")
+    with pytest.raises(ValueError, match="^block_size:"):
+        op(x, "float8_e4m3fn", 0, "rceil")
+    with pytest.raises(ValueError, match="^x: expected 2 dims"):
+        op(x.reshape(2, 2, 16), "float8_e4m3fn", 16, "rceil")
+    with pytest.raises(ValueError, match=r"^x: the last dim \(32\) must be a multiple"):
+        op(x, "float8_e4m3fn", 64, "rceil")
+    with pytest.raises(ValueError, match="^x: MX / NVFP4 .* float16"):
+        nv(x.half(), True)
+    with pytest.raises(ValueError, match=r"^x: the last dim \(8\)"):
+        nv(x[:, :8], False)

@@ -21,11 +21,20 @@ autograd, and the functional forms ``tq.fake_quantize`` / ``tq.Linear`` call for
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import Tensor
 
-from triton_qat.checks import check_float_input, check_linear_inputs
-from triton_qat.config import NOT_QUANTIZED, MXConfig, NVFP4Config
+from triton_qat.checks import check_dims, check_float_input, check_linear_inputs
+from triton_qat.config import (
+    MX_ELEM_NAMES,
+    MX_SCALING_MODES,
+    NOT_QUANTIZED,
+    NVFP4_BLOCK_SIZE,
+    MXConfig,
+    NVFP4Config,
+)
 from triton_qat.dispatch import use_kernels
 from triton_qat.kernels import quantize_mx as _k
 from triton_qat.kernels.quantize_mx_torch import (
@@ -36,10 +45,25 @@ from triton_qat.kernels.quantize_mx_torch import (
 MX_CONFIGS = (MXConfig, NVFP4Config)
 
 
+def _check_op_args(x: Tensor, block_size: int, elem: str = MX_ELEM_NAMES[2],
+                   scaling_mode: str = "rceil") -> None:  # fmt: skip
+    """The ops' argument checks (real and fake implementations alike), naming the argument."""
+    check_float_input(x, "x")
+    check_dims(x, "x", 2, "[rows, cols]")
+    if elem not in MX_ELEM_NAMES:
+        raise ValueError(f"elem: expected one of {MX_ELEM_NAMES}, got {elem!r}")
+    if scaling_mode not in MX_SCALING_MODES:
+        raise ValueError(f"scaling_mode: expected one of {MX_SCALING_MODES}, got {scaling_mode!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size: expected a positive int, got {block_size}")
+    check_mx_input(x, SimpleNamespace(block_size=block_size))
+
+
 @torch.library.custom_op("triton_qat::mx_fake_quantize", mutates_args=())
 def mx_fake_quantize_op(x: Tensor, elem: str, block_size: int, scaling_mode: str) -> Tensor:
     """x [R, K] fp32 / bf16 (K a multiple of block_size) -> the MX fake-quantized x, [R, K]
     in x's dtype."""
+    _check_op_args(x, block_size, elem, scaling_mode)
     x = x.contiguous()
     if use_kernels(x):
         return _k.mx_quantize(x, elem, block_size, scaling_mode)
@@ -48,6 +72,7 @@ def mx_fake_quantize_op(x: Tensor, elem: str, block_size: int, scaling_mode: str
 
 @mx_fake_quantize_op.register_fake
 def _(x: Tensor, elem: str, block_size: int, scaling_mode: str) -> Tensor:
+    _check_op_args(x, block_size, elem, scaling_mode)
     return x.new_empty(x.shape)
 
 
@@ -55,6 +80,7 @@ def _(x: Tensor, elem: str, block_size: int, scaling_mode: str) -> Tensor:
 def nvfp4_fake_quantize_op(x: Tensor, per_tensor: bool) -> Tensor:
     """x [R, K] fp32 / bf16 (K a multiple of 16) -> the NVFP4 fake-quantized x, [R, K] in x's
     dtype (``per_tensor``: with the per-tensor scale of all of x)."""
+    _check_op_args(x, NVFP4_BLOCK_SIZE)
     x = x.contiguous()
     if use_kernels(x):
         return _k.nvfp4_quantize(x, per_tensor)
@@ -63,6 +89,7 @@ def nvfp4_fake_quantize_op(x: Tensor, per_tensor: bool) -> Tensor:
 
 @nvfp4_fake_quantize_op.register_fake
 def _(x: Tensor, per_tensor: bool) -> Tensor:
+    _check_op_args(x, NVFP4_BLOCK_SIZE)
     return x.new_empty(x.shape)
 
 
@@ -78,7 +105,7 @@ mx_fake_quantize_op.register_autograd(_straight_through_mx)
 nvfp4_fake_quantize_op.register_autograd(_straight_through_nvfp4)
 
 
-def check_mx_input(x: object, config: MXConfig | NVFP4Config, name: str = "x") -> None:
+def check_mx_input(x: object, config: MXConfig | NVFP4Config | object, name: str = "x") -> None:
     """TypeError / ValueError naming ``name`` unless ``x`` is an fp32 / bf16 tensor whose last
     dim is a multiple of the config's block size (torchao's ``to_mx`` / ``to_nvfp4`` take
     these only: they reject fp16 and pad nothing)."""
