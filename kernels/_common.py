@@ -125,8 +125,10 @@ def cast_to_dt(v, DT: tl.constexpr):
     elif DT == 2:
         if NATIVE_BF16_CAST:
             return v.to(tl.bfloat16)
-        else:  # bf16-exact after rounding, so the (truncating) interpreter cast is exact too
-            return round_to_bf16(v).to(tl.bfloat16)
+        else:  # the interpreter's fp32 -> bf16 cast truncates and mangles subnormals: the top
+            # half of the rounded bits is the bf16
+            b = round_to_bf16(v).to(tl.uint32, bitcast=True) >> 16
+            return b.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return v
 

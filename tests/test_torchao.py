@@ -207,7 +207,7 @@ def test_mapping_and_its_inverse(config, role, expected):
         (None, "weight", "weight_config=None"),
         (IntxFakeQuantizeConfig(torch.int8, "per_channel"), "activation", "granularity"),
         (Float8FakeQuantizeConfig(dtype=torch.float8_e5m2), "weight", "dtype"),  # e4m3 only
-        (Int4WeightFakeQuantizeConfig(), "weight", "Int4WeightFakeQuantizeConfig"),
+        (Int4WeightFakeQuantizeConfig(activation_dtype=torch.bfloat16), "weight", "activation_dtype"),
     ],
 )  # fmt: skip
 def test_unsupported_fake_quantize_configs_name_the_field(config, role, match):

@@ -15,8 +15,15 @@ model = tq.prepare(model, QATConfig(...))  # a torchao QAT config, one line (tor
 model = tq.from_torchao(model)  # a torchao-prepared model -> triton_qat; tq.to_torchao back
 """
 
-from triton_qat import float8, ops  # noqa: F401  (registers the torch.library ops)
-from triton_qat.config import NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig, QuantConfig
+from triton_qat import float8, mx, ops  # noqa: F401  (registers the torch.library ops)
+from triton_qat.config import (
+    NOT_QUANTIZED,
+    Float8Config,
+    Float8Int4WeightConfig,
+    MXConfig,
+    NVFP4Config,
+    QuantConfig,
+)
 from triton_qat.dispatch import backend
 from triton_qat.embedding import Embedding, QuantizedEmbedding
 from triton_qat.functional import fake_quantize, qat_linear
@@ -30,6 +37,8 @@ __all__ = [
     "QuantConfig",
     "Float8Config",
     "Float8Int4WeightConfig",
+    "MXConfig",
+    "NVFP4Config",
     "NOT_QUANTIZED",
     "fake_quantize",
     "qat_linear",

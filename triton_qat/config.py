@@ -220,3 +220,119 @@ class Float8Int4WeightConfig:
 # the configs whose layers run triton_qat.float8 (a float8 weight, or int4 weights for float8
 # activations)
 FLOAT8_FAMILY = (Float8Config, Float8Int4WeightConfig)
+
+
+MX_SCALING_MODES = ("floor", "rceil", "ceil", "even")
+MX_ELEM_NAMES = ("float8_e4m3fn", "float8_e5m2", "float4_e2m1fn_x2")
+NVFP4_BLOCK_SIZE = 16
+
+
+def _mode_name(mode: object) -> object:
+    """torchao's ``ScaleCalculationMode.RCEIL`` -> ``"rceil"`` (its ``.value``); strings as they
+    are (lower-cased)."""
+    value = getattr(mode, "value", mode)
+    return value.lower() if isinstance(value, str) else mode
+
+
+@dataclass(frozen=True)
+class MXConfig:
+    """OCP Microscaling (MX) fake-quantization settings for one tensor: torchao 0.18's
+    ``MXFakeQuantizeConfig`` (docs/numerics.md, "MX and NVFP4").
+
+    Every ``block_size`` consecutive elements of a row (the last dim) share one power-of-two
+    (e8m0) scale; each element is rounded to ``dtype``.
+
+    Args:
+        dtype: the element format: ``torch.float8_e4m3fn`` (MXFP8), ``torch.float8_e5m2``, or
+            ``torch.float4_e2m1fn_x2`` (MXFP4, values 0, 0.5, 1, 1.5, 2, 3, 4, 6; torchao's
+            default).
+        block_size: elements per scale along the last dim (default 32, the OCP standard); the
+            last dim must be a multiple of it (torchao pads nothing).
+        scaling_mode: how a block's scale is taken from its max |x|: ``"rceil"`` (default),
+            ``"floor"``, ``"ceil"`` or ``"even"`` (torchao's ``ScaleCalculationMode``; its enum
+            members are accepted and stored as these names).
+
+    torchao's ``kernel_preference`` has no counterpart: triton_qat always runs the GEMM on the
+    dequantized values (torchao's ``KernelPreference.EMULATED``); the MX tensor-core GEMM needs
+    Blackwell.
+    """
+
+    dtype: object = None  # torch.float4_e2m1fn_x2 (set in __post_init__; torch not imported here)
+    block_size: int = 32
+    scaling_mode: str = "rceil"
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.dtype is None:
+            object.__setattr__(self, "dtype", torch.float4_e2m1fn_x2)
+        allowed = tuple(getattr(torch, n) for n in MX_ELEM_NAMES)
+        if not isinstance(self.dtype, torch.dtype) or self.dtype not in allowed:
+            raise ValueError(
+                f"dtype: MX elements are torch.float8_e4m3fn, torch.float8_e5m2 or "
+                f"torch.float4_e2m1fn_x2 (torchao's fp6 formats are not supported), "
+                f"got {self.dtype!r}"
+            )
+        b = self.block_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"block_size: expected a positive int, got {b!r}")
+        mode = _mode_name(self.scaling_mode)
+        if mode not in MX_SCALING_MODES:
+            raise ValueError(
+                f"scaling_mode: expected one of {MX_SCALING_MODES} (or torchao's "
+                f"ScaleCalculationMode), got {self.scaling_mode!r}"
+            )
+        object.__setattr__(self, "scaling_mode", mode)
+
+    @property
+    def elem(self) -> str:
+        """The element format's name: ``"float8_e4m3fn"``, ``"float8_e5m2"`` or
+        ``"float4_e2m1fn_x2"`` (what the ops take)."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def range_learning(self) -> bool:
+        """MX scales are dynamic (torchao has no learned MX scales)."""
+        return False
+
+    def check_role(self, role: str) -> None:
+        """MX configs fit both roles (activations and weights)."""
+
+
+@dataclass(frozen=True)
+class NVFP4Config:
+    """NVIDIA NVFP4 fake-quantization settings for one tensor: torchao 0.18's
+    ``NVFP4FakeQuantizeConfig`` (docs/numerics.md, "MX and NVFP4").
+
+    Every 16 consecutive elements of a row (the last dim, which must be a multiple of 16) share
+    an e4m3 scale; elements are rounded to e2m1 (0, 0.5, 1, 1.5, 2, 3, 4, 6).
+
+    Args:
+        use_per_tensor_scale: also scale by the fp32 per-tensor ``amax / (448 * 6)``, computed
+            from the whole tensor on every call (torchao's two-level scaling; default True, as
+            torchao's).
+
+    torchao's ``use_swizzled_scales`` / ``use_triton_kernel`` choose a scale layout and a kernel,
+    not numerics, and have no counterpart here.
+    """
+
+    use_per_tensor_scale: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.use_per_tensor_scale, bool):
+            raise ValueError(
+                f"use_per_tensor_scale: expected a bool, got {self.use_per_tensor_scale!r}"
+            )
+
+    @property
+    def block_size(self) -> int:
+        """16 (fixed by the format)."""
+        return NVFP4_BLOCK_SIZE
+
+    @property
+    def range_learning(self) -> bool:
+        """NVFP4 scales are dynamic."""
+        return False
+
+    def check_role(self, role: str) -> None:
+        """NVFP4 configs fit both roles (activations and weights)."""

@@ -15,10 +15,13 @@ from triton_qat.config import (
     FLOAT8_FAMILY,
     NOT_QUANTIZED,
     Float8Config,
+    MXConfig,
+    NVFP4Config,
     QuantConfig,
 )
 from triton_qat.dispatch import activation_sum_group
 from triton_qat.fused import FusedLinear
+from triton_qat.mx import check_mx_configs, mx_fake_quantize, mx_linear
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
 
 _FUNC_GRAD_MSG = (
@@ -43,16 +46,18 @@ def check_no_grad_transform(what: str) -> None:
         raise RuntimeError(_FUNC_GRAD_MSG.format(what=what))
 
 
-def fake_quantize(x: Tensor, config: QuantConfig | Float8Config) -> Tensor:
+def fake_quantize(x: Tensor, config: QuantConfig | Float8Config | MXConfig | NVFP4Config) -> Tensor:
     """Differentiable fake quantization of any float tensor (docs/numerics.md, family 1).
 
     Args:
         x: fp32 / fp16 / bf16 tensor of any shape. Rows are the last dim (per_token, per_group,
             per_tensor) or dim 0 (per_channel, rows = dim 0 with the rest flattened).
         config: a :class:`QuantConfig`, a :class:`Float8Config` (e4m3, torchao's
-            ``Float8FakeQuantizer``: :func:`triton_qat.float8.float8_fake_quantize`), or a
+            ``Float8FakeQuantizer``: :func:`triton_qat.float8.float8_fake_quantize`), a
             :class:`Float8Int4WeightConfig` (a weight [N, K]: torchao's
-            ``Int4WeightFakeQuantizer`` for float8 activations).
+            ``Int4WeightFakeQuantizer`` for float8 activations), or an :class:`MXConfig` /
+            :class:`NVFP4Config` (torchao's MX / NVFP4 fake quantization, fp32 / bf16 only,
+            gradient straight through: :func:`triton_qat.mx.mx_fake_quantize`).
 
     Returns:
         ``dequantize(quantize(x))`` in x's dtype and shape, bit-identical to the plain-torch
@@ -63,10 +68,13 @@ def fake_quantize(x: Tensor, config: QuantConfig | Float8Config) -> Tensor:
         from triton_qat.float8 import weight_fake_quantize
 
         return weight_fake_quantize(x, config)
+    if isinstance(config, (MXConfig, NVFP4Config)):
+        return mx_fake_quantize(x, config)
     check_float_input(x, "x")
     if not isinstance(config, QuantConfig):
         raise TypeError(
-            f"config: expected a triton_qat.QuantConfig or Float8Config, got {type(config).__name__}"
+            "config: expected a triton_qat.QuantConfig, Float8Config, MXConfig or NVFP4Config, "
+            f"got {type(config).__name__}"
         )
     spec = spec_for(config)
     x2d = rows_2d(x, spec)
@@ -106,6 +114,8 @@ def qat_linear(
         from triton_qat.float8 import float8_linear
 
         return float8_linear(x, weight, bias, activation, weight_config)
+    if isinstance(weight_config, (MXConfig, NVFP4Config)):  # the GEMM on dequantized values
+        return mx_linear(x, weight, bias, activation, weight_config)
     a_spec = None if activation is NOT_QUANTIZED else spec_for(activation)
     return _shared_fused_linear(a_spec, spec_for(weight_config))(x, weight, bias)
 
@@ -117,6 +127,10 @@ def check_configs(activation: object, weight: object, in_features: int) -> None:
         from triton_qat.float8 import check_float8_configs
 
         return check_float8_configs(activation, weight, in_features)
+    if isinstance(weight, (MXConfig, NVFP4Config)) or isinstance(
+        activation, (MXConfig, NVFP4Config)
+    ):
+        return check_mx_configs(activation, weight, in_features)
     roles = [("weight", weight)]
     if activation is not NOT_QUANTIZED:
         roles.insert(0, ("activation", activation))

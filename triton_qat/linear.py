@@ -14,9 +14,12 @@ from triton_qat.config import (
     FLOAT8_FAMILY,
     NOT_QUANTIZED,
     Float8Config,
+    MXConfig,
+    NVFP4Config,
     QuantConfig,
 )
 from triton_qat.functional import ao_fake_quantize, check_configs, fused_linear
+from triton_qat.mx import MXLinear
 from triton_qat.spec import ao_spec, spec_for
 
 
@@ -73,8 +76,9 @@ class Linear(nn.Linear):
         """``activation`` / ``weight``: :class:`QuantConfig` (None: the default), or both
         :class:`Float8Config` (e4m3, torchao's float8 QAT), or a :class:`Float8Config`
         activation with a :class:`Float8Int4WeightConfig` weight (torchao's
-        ``Float8DynamicActivationInt4WeightConfig``); ``activation=NOT_QUANTIZED``: weight-only
-        QAT."""
+        ``Float8DynamicActivationInt4WeightConfig``), or both :class:`MXConfig` / both
+        :class:`NVFP4Config` (torchao's MX / NVFP4 QAT, a GEMM on the dequantized fp32 / bf16
+        values); ``activation=NOT_QUANTIZED``: weight-only QAT."""
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
@@ -136,6 +140,8 @@ class Linear(nn.Linear):
         act = self.activation_config
         if isinstance(self.weight_config, FLOAT8_FAMILY):  # fp8 GEMM or the dequantized path
             self._fused = _Float8Linear(act, self.weight_config)
+        elif isinstance(self.weight_config, (MXConfig, NVFP4Config)):  # dequantized (Blackwell: no)
+            self._fused = MXLinear(act, self.weight_config)
         else:
             a_spec = None if act is NOT_QUANTIZED else spec_for(act)
             self._fused = fused_linear(a_spec, spec_for(self.weight_config))

@@ -13,7 +13,13 @@ from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizat
 
 from triton_qat import ao, torchao_compat
 from triton_qat.checks import MAX_IN_FEATURES
-from triton_qat.config import Float8Config, Float8Int4WeightConfig, QuantConfig
+from triton_qat.config import (
+    Float8Config,
+    Float8Int4WeightConfig,
+    MXConfig,
+    NVFP4Config,
+    QuantConfig,
+)
 from triton_qat.embedding import (
     Embedding,
     QuantizedEmbedding,
@@ -198,6 +204,12 @@ def _unquantizable(mod: nn.Linear, weight: object | None) -> str | None:
         return f"in_features={mod.in_features}, out_features={mod.out_features}: empty"
     if mod.in_features > MAX_IN_FEATURES:
         return f"in_features={mod.in_features}: more than the int8 GEMM's {MAX_IN_FEATURES}"
+    if isinstance(weight, (MXConfig, NVFP4Config)):
+        if mod.in_features % weight.block_size:
+            return (
+                f"in_features={mod.in_features}: block_size={weight.block_size} does not divide it"
+            )
+        return None
     if isinstance(weight, Float8Config):  # per row / per tensor: any in_features
         group = None
     elif isinstance(weight, Float8Int4WeightConfig):
@@ -222,11 +234,23 @@ def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return True
 
 
+_NO_MX_CONVERT = (
+    "tq.convert has no inference module for {kind} layers (an MX / NVFP4 GEMM needs Blackwell "
+    "tensor cores, which triton_qat does not target; nothing was converted). Keep the prepared "
+    "layer for evaluation (its eval forward is the fake-quantized model), or hand the model to "
+    "torchao: tq.to_torchao(model), then quantize_(model, QATConfig(base_config, "
+    "step='convert')) with the MXDynamicActivationMXWeightConfig / "
+    "NVFP4DynamicActivationNVFP4WeightConfig it was prepared with"
+)
+
+
 def convert(model: nn.Module) -> nn.Module:
     """Swap every :class:`triton_qat.Linear` for a :class:`QuantizedLinear` (int8 inference; a
     float8 layer, :class:`Float8Config`: a :class:`QuantizedFloat8Linear`, e4m3 codes) and
     every :class:`triton_qat.Embedding` for a :class:`QuantizedEmbedding`, in place; returns the
-    model (or the new module when ``model`` itself is one of them).
+    model (or the new module when ``model`` itself is one of them). An MX / NVFP4 layer
+    (:class:`MXConfig` / :class:`NVFP4Config`) has no converted module: NotImplementedError
+    naming it and saying what to do instead.
 
     Hooks (with their handles) and the training flag carry over, as in :func:`prepare`; a
     parametrized layer's weight is frozen as its parametrization computes it in eval mode. All
@@ -250,6 +274,10 @@ def convert(model: nn.Module) -> nn.Module:
                     "Float8DynamicActivationInt4WeightConfig) is not supported: convert with "
                     "torchao after tq.to_torchao(model): quantize_(model, QATConfig("
                     "Float8DynamicActivationInt4WeightConfig(), step='convert'))"
+                )
+            if isinstance(mod.weight_config, (MXConfig, NVFP4Config)):
+                raise NotImplementedError(
+                    _NO_MX_CONVERT.format(kind=type(mod.weight_config).__name__)
                 )
             float8 = isinstance(mod.weight_config, Float8Config)
             new = (QuantizedFloat8Linear if float8 else QuantizedLinear).from_qat(mod)

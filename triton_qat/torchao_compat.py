@@ -38,7 +38,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
-from triton_qat.config import NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig, QuantConfig
+from triton_qat.config import (
+    NOT_QUANTIZED,
+    Float8Config,
+    Float8Int4WeightConfig,
+    MXConfig,
+    NVFP4Config,
+    QuantConfig,
+)
 from triton_qat.embedding import Embedding
 from triton_qat.linear import Linear
 from triton_qat.swap import find_modules, module_path, swap_modules, swap_selected
@@ -56,12 +63,15 @@ def is_torchao_config(obj: object) -> bool:
 def _torchao() -> SimpleNamespace:
     """The torchao names this module uses, imported on first use."""
     try:
+        import torchao.prototype.mx_formats.config as mx_config
+        import torchao.prototype.qat as prototype_qat
         import torchao.quantization.granularity as granularity
         import torchao.quantization.qat as qat
         import torchao.quantization.qat.api as qat_api
         import torchao.quantization.qat.fake_quantize_config as fq_config
         import torchao.quantization.quant_api as quant_api
         import torchao.quantization.quant_primitives as primitives
+        from torchao.quantization.quantize_.common.kernel_preference import KernelPreference
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(f"triton_qat's torchao interop needs torchao: {_INSTALL}") from e
     return SimpleNamespace(
@@ -82,6 +92,12 @@ def _torchao() -> SimpleNamespace:
         DTYPE_TO_BIT_WIDTH=primitives._DTYPE_TO_BIT_WIDTH,
         DTYPE_TO_QVALUE_BOUNDS=primitives._DTYPE_TO_QVALUE_BOUNDS,
         ZeroPointDomain=primitives.ZeroPointDomain,
+        MXFakeQuantizeConfig=prototype_qat.MXFakeQuantizeConfig,
+        MXFakeQuantizedLinear=prototype_qat.MXFakeQuantizedLinear,
+        NVFP4FakeQuantizeConfig=prototype_qat.NVFP4FakeQuantizeConfig,
+        NVFP4FakeQuantizedLinear=prototype_qat.NVFP4FakeQuantizedLinear,
+        ScaleCalculationMode=mx_config.ScaleCalculationMode,
+        KernelPreference=KernelPreference,
     )
 
 
@@ -127,10 +143,15 @@ def to_quant_config(config: object, role: str, name: str | None = None) -> Quant
         return _to_float8_config(config, name)
     if isinstance(config, ao.Int4WeightFakeQuantizeConfig):
         return _to_float8_int4_config(config, role, name)
+    if isinstance(config, ao.MXFakeQuantizeConfig):
+        return _to_mx_config(config, name)
+    if isinstance(config, ao.NVFP4FakeQuantizeConfig):
+        return NVFP4Config(use_per_tensor_scale=bool(config.use_per_tensor_scale))
     if not isinstance(config, ao.IntxFakeQuantizeConfig):
         raise NotImplementedError(
             f"{name}: {type(config).__name__} is not supported; triton_qat reproduces torchao's "
-            "integer fake quantization, IntxFakeQuantizeConfig, and Float8FakeQuantizeConfig"
+            "integer fake quantization, IntxFakeQuantizeConfig, Float8FakeQuantizeConfig, "
+            "MXFakeQuantizeConfig and NVFP4FakeQuantizeConfig"
         )
     bits = ao.DTYPE_TO_BIT_WIDTH.get(config.dtype)
     bounds = ao.DTYPE_TO_QVALUE_BOUNDS.get(config.dtype)
@@ -242,6 +263,22 @@ def _to_float8_config(config: object, name: str) -> Float8Config:
     return Float8Config(granularity, config.hp_value_lb, config.hp_value_ub)
 
 
+def _to_mx_config(config: object, name: str) -> MXConfig:
+    """torchao's ``MXFakeQuantizeConfig`` -> :class:`MXConfig` (its dtype, block size and scaling
+    mode). ``kernel_preference`` picks torchao's GEMM, not the fake-quantized values:
+    ``EMULATED`` is what triton_qat computes, ``AUTO`` (the Blackwell MX GEMM) is run emulated."""
+    ao = _torchao()
+    if config.kernel_preference not in (ao.KernelPreference.EMULATED, ao.KernelPreference.AUTO):
+        raise NotImplementedError(
+            f"{name}.kernel_preference={config.kernel_preference}: torchao's MX QAT takes "
+            "EMULATED (what triton_qat computes) or AUTO"
+        )
+    try:
+        return MXConfig(config.dtype, config.block_size, config.scaling_mode)
+    except ValueError as e:
+        raise NotImplementedError(f"{name}.{e}") from e
+
+
 def to_torchao_config(config: QuantConfig | object, role: str) -> object | None:
     """The torchao ``IntxFakeQuantizeConfig`` with ``config``'s numerics (the inverse of
     :func:`to_quant_config`): ``NOT_QUANTIZED`` activations -> None (weight-only), learned ranges
@@ -256,6 +293,14 @@ def to_torchao_config(config: QuantConfig | object, role: str) -> object | None:
         gran = ao.PerTensor() if config.per_tensor else ao.PerRow()
         return ao.Float8FakeQuantizeConfig(
             config.dtype, gran, hp_value_lb=config.hp_value_lb, hp_value_ub=config.hp_value_ub
+        )
+    if isinstance(config, MXConfig):  # EMULATED: the GEMM triton_qat runs (and runs anywhere)
+        mode = ao.ScaleCalculationMode(config.scaling_mode)
+        return ao.MXFakeQuantizeConfig(config.dtype, config.block_size, mode,
+                                       ao.KernelPreference.EMULATED)  # fmt: skip
+    if isinstance(config, NVFP4Config):  # scale layouts as torchao's QATConfig picks them
+        return ao.NVFP4FakeQuantizeConfig(
+            config.use_per_tensor_scale, use_swizzled_scales=role == "weight"
         )
     if not isinstance(config, QuantConfig):
         raise NotImplementedError(f"{role}={config!r}: no torchao IntxFakeQuantizeConfig for it")
@@ -373,6 +418,11 @@ def _torchao_module(mod: nn.Module, act_cfg, w_cfg, where: str) -> nn.Module:
         if act_cfg is not None:  # torchao's own error
             raise ValueError("Activation fake quantization is not supported for embedding")
         w = to_quant_config(w_cfg, "weight")
+        if not isinstance(w, QuantConfig):
+            raise NotImplementedError(
+                f"{where}: weight_config={type(w_cfg).__name__}: triton_qat's embeddings are "
+                "fake-quantized with integer configs (IntxFakeQuantizeConfig) only"
+            )
         if not w.symmetric or w.range_learning:
             field = (
                 "range_learning=True" if w.range_learning else f"mapping_type={w_cfg.mapping_type}"
@@ -447,14 +497,16 @@ def from_torchao(model: nn.Module) -> nn.Module:
     :class:`triton_qat.Linear` / :class:`triton_qat.Embedding` sharing their parameters (an
     optimizer built before keeps training them; tied weights stay tied), with the numerics of
     their fake quantizers' configs (:func:`to_quant_config`) and their ``enabled`` flags. Returns
-    the model (or the new module when ``model`` itself is one). Other torchao QAT modules
-    (legacy quantizer subclasses, MX / NVFP4) raise NotImplementedError; nothing is swapped when
-    anything raises. :func:`to_torchao` swaps back. A range-learning weight fake quantizer's
+    the model (or the new module when ``model`` itself is one). torchao's ``MXFakeQuantizedLinear``
+    / ``NVFP4FakeQuantizedLinear`` become :class:`triton_qat.Linear` with :class:`MXConfig` /
+    :class:`NVFP4Config` configs. Other torchao QAT modules (legacy quantizer subclasses) raise
+    NotImplementedError; nothing is swapped when anything raises. :func:`to_torchao` swaps back. A range-learning weight fake quantizer's
     ``scale`` parameter becomes the ``tq.Linear``'s ``weight_scale`` (the same parameter; before
     ``initialize_fake_quantizers`` the scales are initialized from the weight, as that call
     would). Hooks and parametrizations carry over (:mod:`triton_qat.swap`)."""
     ao = _torchao()
-    kinds = (ao.FakeQuantizedLinear, ao.FakeQuantizedEmbedding)
+    mx_kinds = (ao.MXFakeQuantizedLinear, ao.NVFP4FakeQuantizedLinear)
+    kinds = (ao.FakeQuantizedLinear, ao.FakeQuantizedEmbedding, *mx_kinds)
 
     def select(mod: nn.Module, fqn: str) -> bool:
         kind = type_before_parametrizations(mod)
@@ -463,12 +515,15 @@ def from_torchao(model: nn.Module) -> nn.Module:
         if issubclass(kind, kinds) or "FakeQuantized" in kind.__name__:
             raise NotImplementedError(
                 f"{module_path(fqn)}: {kind.__name__} is not supported (from_torchao swaps "
-                "FakeQuantizedLinear and FakeQuantizedEmbedding, what QATConfig prepares)"
+                "FakeQuantizedLinear, FakeQuantizedEmbedding, MXFakeQuantizedLinear and "
+                "NVFP4FakeQuantizedLinear, what QATConfig prepares)"
             )
         return False
 
     def make(mod: nn.Module, fqn: str) -> nn.Module | None:
         where = module_path(fqn)
+        if isinstance(mod, mx_kinds):  # configs, no fake quantizers (nothing to disable)
+            return _torchao_module(mod, mod.activation_config, mod.weight_config, where)
         w_cfg, w_on = _quantizer_state(mod.weight_fake_quantizer)
         if isinstance(mod, ao.FakeQuantizedEmbedding):
             if w_cfg is None:
@@ -584,6 +639,8 @@ def to_torchao(model: nn.Module) -> nn.Module:
                     "counterpart"
                 )
             act_cfg, w_cfg = _configs_for(mod, True)
+            if isinstance(mod.weight_config, (MXConfig, NVFP4Config)):
+                return _to_torchao_mx(mod, act_cfg, w_cfg, where)
             new = ao.FakeQuantizedLinear.from_linear(mod.to_float(), act_cfg, w_cfg)
             new.weight, new.bias = mod.weight, mod.bias  # (torchao's: not on the meta device)
             quantizers = [new.activation_fake_quantizer, new.weight_fake_quantizer]
@@ -595,3 +652,20 @@ def to_torchao(model: nn.Module) -> nn.Module:
         return new
 
     return swap_selected(model, lambda mod, fqn: isinstance(mod, (Linear, Embedding)), make)
+
+
+def _to_torchao_mx(mod: Linear, act_cfg: object, w_cfg: object, where: str) -> nn.Module:
+    """torchao's ``MXFakeQuantizedLinear`` / ``NVFP4FakeQuantizedLinear`` sharing ``mod``'s
+    parameters; NotImplementedError when ``mod``'s fake quantization is off (torchao's MX /
+    NVFP4 modules always fake-quantize)."""
+    ao = _torchao()
+    if not mod.fake_quant_enabled:
+        raise NotImplementedError(
+            f"{where}: fake quantization is disabled, and torchao's MX / NVFP4 QAT linears "
+            "cannot disable it; enable_fake_quant() first"
+        )
+    mx = isinstance(mod.weight_config, MXConfig)
+    kind = ao.MXFakeQuantizedLinear if mx else ao.NVFP4FakeQuantizedLinear
+    new = kind.from_linear(mod.to_float(), act_cfg, w_cfg)
+    new.weight, new.bias = mod.weight, mod.bias
+    return new

@@ -1,0 +1,115 @@
+"""Plain-torch twin of kernels/quantize_mx.py (the ``"torch"`` backend): MX and NVFP4 fake
+quantization, the same bits as the kernels and as torchao 0.18's ``MXTensor.to_mx(...)
+.dequantize()`` / ``NVFP4Tensor.to_nvfp4(...).dequantize()`` (docs/numerics.md "MX and NVFP4").
+
+``x2d`` is a contiguous [R, K] tensor in fp32 / bf16 whose rows are cut into blocks of
+``block_size`` (K a multiple of it); the result is [R, K] in x's dtype. The steps are torchao's,
+except two computed from bits as the kernels do (the same values): RCEIL's
+``ceil(log2(amax / max))`` and the e2m1 rounding. Like everything in ``kernels/``, this imports
+nothing from ``triton_qat``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .quantize_mx import ELEM_CODES, ELEM_MAX, ELEM_MAX_POW2, ELEM_MBITS, NVFP4_PER_TENSOR_DIV
+
+_F8 = {0: torch.float8_e4m3fn, 1: torch.float8_e5m2}
+_THRESHOLDS = (1, 1, 2, 3, 6, 12, 23)  # _log2_threshold by p = 0..6 (p < 0 reads p = 0)
+E4M3_TINY = 2.0**-6  # torch.finfo(torch.float8_e4m3fn).tiny, NVFP4's least block scale
+
+
+def _f32(bits: torch.Tensor) -> torch.Tensor:
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def pow2_e8m0(e: torch.Tensor) -> torch.Tensor:
+    """2**(e - 127) fp32 for biased exponents e (int32) in [0, 255]: 0 -> 2**-127, 255 -> NaN."""
+    bits = torch.where(e == 0, 0x400000, torch.where(e == 255, 0x7FC00000, e << 23))
+    return _f32(bits)
+
+
+def rceil_exponent(d: torch.Tensor) -> torch.Tensor:
+    """torchao's RCEIL biased exponent (int32) of ``d`` (fp32 >= 0 or NaN): 255 NaN, 254 inf,
+    else ``clamp(ceil(log2(d)), -127, 127) + 127`` with a correctly rounded fp32 log2 (see the
+    kernel's ``_rceil_exponent``)."""
+    bits = d.view(torch.int32)
+    ex = (bits >> 23) & 0xFF
+    k = torch.where(ex == 0, -127, ex - 127)
+    j = torch.where(ex == 0, torch.clamp(bits - 0x400000, min=0) * 2, bits & 0x7FFFFF)
+    u = torch.where(k > 0, k, -k - 1)
+    p = ((u.to(torch.float32).view(torch.int32) >> 23) & 0xFF) - 127
+    thr = torch.tensor(_THRESHOLDS, dtype=torch.int32, device=d.device)[p.clamp(0, 6)]
+    e = torch.clamp(k + (j >= thr).to(torch.int32), -127, 127) + 127
+    return torch.where(d.isnan(), 255, torch.where(bits == 0x7F800000, 254, e)).to(torch.int32)
+
+
+def to_e2m1(t: torch.Tensor) -> torch.Tensor:
+    """fp32 -> the nearest-even e2m1 value as fp32, saturating at 6 (the kernel's ``_to_e2m1``,
+    torchao's ``f32_to_f4_unpacked`` then ``f4_unpacked_to_f32``); NaN passes."""
+    bits = t.view(torch.int32)
+    sign = bits & -0x80000000
+    a = bits & 0x7FFFFFFF
+    v = a.view(torch.float32)
+    normal = _f32((a + 0x1FFFFF + ((a >> 22) & 1)) & -0x400000)
+    sub = (v + 4194304.0) - 4194304.0
+    r = torch.where(v >= 6.0, 6.0, torch.where(v < 1.0, sub, normal))
+    r = _f32(r.view(torch.int32) | sign)
+    return torch.where(t.isnan(), t, r)
+
+
+def _round_elem(t: torch.Tensor, elem: int) -> torch.Tensor:
+    if elem in _F8:
+        return t.to(_F8[elem]).to(torch.float32)  # t is clamped: torch's nearest-even cast
+    return to_e2m1(t)
+
+
+def mx_fake_quantize_torch(
+    x2d: torch.Tensor, elem: str, block_size: int, scaling_mode: str
+) -> torch.Tensor:
+    """MX fake quantization: ``elem`` an element format name (``"float8_e4m3fn"``,
+    ``"float8_e5m2"``, ``"float4_e2m1fn_x2"``), ``scaling_mode`` ``"floor"`` / ``"ceil"`` /
+    ``"even"`` / ``"rceil"``. Returns [R, K] in x's dtype."""
+    R, K = x2d.shape
+    code = ELEM_CODES[elem]
+    maxv = ELEM_MAX[code]
+    xb = x2d.reshape(R, K // block_size, block_size).to(torch.float32)
+    m = (xb.view(torch.int32) & 0x7FFFFFFF).amax(-1, keepdim=True)  # NaN above inf
+    if scaling_mode == "rceil":
+        d = m.view(torch.float32) / maxv
+        e = rceil_exponent(d)
+        r = torch.where(e == 0, 1.0, pow2_e8m0(torch.clamp(254 - e, min=0)))
+        r = torch.where(e == 255, d, r)
+        t = torch.clamp(xb * r, -maxv, maxv)
+    else:
+        k = m + (1 << (22 - ELEM_MBITS[code])) if scaling_mode == "even" else m
+        p = ((k >> 23) & 0xFF) - 127
+        if scaling_mode == "ceil":
+            p = p + ((m & 0x7FFFFF) != 0).to(torch.int32)
+        e = torch.clamp(p - ELEM_MAX_POW2[code], -127, 128) + 127
+        e = torch.where(m > 0x7F800000, 255, e)
+        t = xb / _f32(torch.where(e == 0, 0x800000, e << 23))  # divisor at least 2**-126
+        if code in _F8:
+            t = torch.clamp(t, -maxv, maxv)
+    q = _round_elem(t, code)
+    return (q * pow2_e8m0(e)).to(x2d.dtype).reshape(R, K)
+
+
+def nvfp4_fake_quantize_torch(x2d: torch.Tensor, per_tensor: bool) -> torch.Tensor:
+    """NVFP4 fake quantization (blocks of 16, e4m3 block scales, with the per-tensor scale
+    ``amax(|x|) / 2688`` of all of ``x2d`` when ``per_tensor``). Returns [R, K] in x's dtype."""
+    R, K = x2d.shape
+    xb = x2d.to(torch.float32).reshape(R, K // 16, 16)
+    bs = xb.abs().amax(-1, keepdim=True) / 6.0
+    if per_tensor:
+        pts = x2d.abs().max().to(torch.float32) / NVFP4_PER_TENSOR_DIV
+        s8 = torch.clamp(bs / pts, E4M3_TINY, 448.0).to(torch.float8_e4m3fn).to(torch.float32)
+        r = (1.0 / pts) / s8
+        sd = pts * s8
+    else:
+        s8 = torch.clamp(bs, E4M3_TINY, 448.0).to(torch.float8_e4m3fn).to(torch.float32)
+        r = 1.0 / s8
+        sd = s8
+    q = to_e2m1(torch.clamp(xb * r, -6.0, 6.0))
+    return (q * sd).to(x2d.dtype).reshape(R, K)
