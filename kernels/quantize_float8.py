@@ -17,7 +17,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cast_to_dt, div_scalar, dtype_code, new_empty, round_to_dt
+from ._common import (
+    INTERPRET,
+    cast_to_dt,
+    div_scalar,
+    dtype_code,
+    mul_rn,
+    new_empty,
+    round_to_dt,
+)
 from .quantize import _to_f32
 
 F8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
@@ -108,6 +116,98 @@ def _f8_quantize_kernel(
         tl.store(scale_ptr + row, tl.where(tl.max(b_nan, axis=0) > 0, float("nan"), b_s))
 
 
+@triton.jit
+def _f8_grad_terms(b_g, b_x, b_s):
+    """Per element of a row: (g_direct before its rounding to dt, g * q, -gt * (x / s) / s),
+    fp32, the terms of torchao's float8 gradient (docs/numerics.md "Float8", backward): t = x / s,
+    q = e4m3(clamp(t)), gt = e4m3(clamp(g * s)) where |t| <= 448 (else 0), g_direct = gt / s.
+    Every product rounded on its own (mul_rn), every quotient IEEE, as torch computes them."""
+    b_t = tl.div_rn(b_x, b_s)
+    b_in = (b_t >= -448.0) & (b_t <= 448.0)  # NaN: out
+    b_q = _to_e4m3(tl.where(b_t != b_t, b_t, tl.minimum(tl.maximum(b_t, -448.0), 448.0)))
+    b_v = mul_rn(b_g, b_s)
+    b_gt = _to_e4m3(tl.where(b_v != b_v, b_v, tl.minimum(tl.maximum(b_v, -448.0), 448.0)))
+    b_gt = tl.where(b_in, b_gt, 0.0)
+    return tl.div_rn(b_gt, b_s), mul_rn(b_g, b_q), mul_rn(-b_gt, tl.div_rn(b_t, b_s))
+
+
+@triton.jit
+def _f8_backward_kernel(
+    g_ptr, x_ptr, s_ptr, m_ptr, share_ptr, out_ptr, sums_ptr, K, stride_g, stride_x, stride_o,
+    stride_s, LB, UB, HAS_LB: tl.constexpr, HAS_UB: tl.constexpr, DT: tl.constexpr,
+    DIV_BY_RECIP: tl.constexpr, PHASE: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """torchao's float8 gradient of one row of x [R, K] (g, x, out in dt; s fp32 per row, or
+    one per tensor with ``stride_s`` 0). ``PHASE`` 0 (per row): one pass over the row for the
+    row's max |x| m, how many elements equal it, and the scale gradient's two sums; the share
+    ``g_m / count`` with ``g_m = dt(dt(sum) / 448)`` (0 where the bounds clamped m); a second
+    pass writes ``dt(dt(g_direct) + dt(dt(share * [|x| == m]) * sgn(x)))``. Per tensor: ``PHASE``
+    1 writes the row's sums and count (against the tensor's max at ``m_ptr``) to ``sums_ptr``
+    [R, 3], the launcher reduces them and computes the share (``share_ptr``), ``PHASE`` 2 writes
+    the row."""
+    row = tl.program_id(0).to(tl.int64)
+    o_k = tl.arange(0, BLOCK_K)  # [BK]
+    b_s = tl.load(s_ptr + row * stride_s)
+    p_g, p_x = g_ptr + row * stride_g, x_ptr + row * stride_x
+    if PHASE != 2:
+        b_max = tl.zeros([BLOCK_K], dtype=tl.int32)  # per lane: the largest |x| bits seen
+        b_cnt = tl.zeros([BLOCK_K], dtype=tl.int32)  # and how often
+        b_s1 = tl.zeros([BLOCK_K], dtype=tl.float32)
+        b_s2 = tl.zeros([BLOCK_K], dtype=tl.float32)
+        if PHASE == 1:
+            m_bits = tl.load(m_ptr).to(tl.int32, bitcast=True)
+        for k0 in range(0, K, BLOCK_K):
+            m_k = (k0 + o_k) < K
+            b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
+            b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
+            _, b_gq, b_gts = _f8_grad_terms(b_g, b_x, b_s)
+            b_s1 += tl.where(m_k, b_gq, 0.0)
+            b_s2 += tl.where(m_k, b_gts, 0.0)
+            b_a = b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+            if PHASE == 1:
+                b_cnt += (m_k & (b_a == m_bits)).to(tl.int32)
+            else:
+                b_new = m_k & (b_a > b_max)
+                b_cnt = tl.where(b_new, 1, b_cnt + (m_k & (b_a == b_max)).to(tl.int32))
+                b_max = tl.where(b_new, b_a, b_max)
+        if PHASE == 0:
+            m_bits = tl.max(b_max, axis=0)
+            cnt = tl.sum(tl.where(b_max == m_bits, b_cnt, 0), axis=0)
+        else:
+            cnt = tl.sum(b_cnt, axis=0)
+        m = m_bits.to(tl.float32, bitcast=True)
+        cnt = tl.where(m != m, 0, cnt)  # |x| == NaN holds nowhere
+        b_s1, b_s2 = tl.sum(b_s1, axis=0), tl.sum(b_s2, axis=0)
+        if PHASE == 1:
+            tl.store(sums_ptr + row * 3, b_s1)
+            tl.store(sums_ptr + row * 3 + 1, b_s2)
+            tl.store(sums_ptr + row * 3 + 2, cnt.to(tl.float32))
+            return
+        b_gm = round_to_dt(div_scalar(round_to_dt(b_s1 + b_s2, DT), 448.0, DIV_BY_RECIP), DT)
+        keep = m == m
+        if HAS_LB:
+            keep &= m >= LB
+        if HAS_UB:
+            keep &= m <= UB
+        if HAS_LB or HAS_UB:
+            b_gm = tl.where(keep, b_gm, 0.0)
+        b_share = round_to_dt(tl.div_rn(b_gm, cnt.to(tl.float32)), DT)
+    else:
+        m = tl.load(m_ptr)
+        b_share = tl.load(share_ptr)
+    p_o = out_ptr + row * stride_o
+    for k0 in range(0, K, BLOCK_K):
+        m_k = (k0 + o_k) < K
+        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_d, _, _ = _f8_grad_terms(b_g, b_x, b_s)
+        b_at = (tl.abs(b_x) == m).to(tl.float32)
+        b_abs = round_to_dt(b_share * b_at, DT)
+        b_sgn = (b_x > 0).to(tl.float32) - (b_x < 0).to(tl.float32)
+        b_out = round_to_dt(b_d, DT) + round_to_dt(b_abs * b_sgn, DT)
+        tl.store(p_o + k0 + o_k, cast_to_dt(b_out, DT), mask=m_k)
+
+
 class Float8Plan(NamedTuple):
     """What a :func:`launch_float8_quantize` launch decides once per key."""
 
@@ -189,6 +289,58 @@ def launch_float8_codes(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor,
         DIV_BY_RECIP=p.div_by_recip, CODES=True, BLOCK_K=p.block_k, num_warps=p.num_warps,
     )  # fmt: skip
     return codes.view(torch.float8_e4m3fn), scale
+
+
+def launch_float8_backward(
+    p: Float8Plan, grad: torch.Tensor, x2d: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Run plan ``p``'s gradient (the plan of the forward's quantize) on ``grad`` and ``x2d``
+    [R, K] (x's dtype, unit column strides, R, K >= 1) with the forward's fp32 ``scale`` [R, 1] /
+    [1, 1]: torchao's float8 gradient [R, K] in x's dtype (:func:`_f8_backward_kernel`)."""
+    R, K = x2d.shape
+    dev = x2d.device
+    out = new_empty((R, K), x2d.dtype, dev)
+    scale = scale.reshape(-1)
+    args = (0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub)
+    # 8 warps on 1024-column blocks: 4 elements per thread (at 4 warps, 8 per thread spilled 4 B
+    # on sm_90a: its terms hold three IEEE quotients per element)
+    warps = 8 if p.block_k >= 1024 and not INTERPRET else p.num_warps
+    meta = dict(HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt,
+                DIV_BY_RECIP=p.div_by_recip, BLOCK_K=p.block_k, num_warps=warps)  # fmt: skip
+    strides = (K, grad.stride(0), x2d.stride(0), out.stride(0), 0 if p.per_tensor else 1)
+    if not p.per_tensor:
+        _f8_backward_kernel[(R,)](grad, x2d, scale, scale, scale, out, scale, *strides, *args,
+                                  PHASE=0, **meta)  # fmt: skip
+        return out
+    # per tensor: the tensor's max |x|, each row's sums and count, their totals, the share
+    rows = new_empty((R,), torch.float32, dev)
+    _f8_amax_kernel[(R,)](x2d, rows, K, x2d.stride(0), DT=p.dt, BLOCK_K=p.block_k,
+                          num_warps=p.num_warps)  # fmt: skip
+    m = new_empty((1,), torch.float32, dev)
+    bk = min(triton.next_power_of_2(max(R, 16)), 4096 if INTERPRET else 1024)
+    _f8_amax_kernel[(1,)](rows, m, R, R, DT=0, BLOCK_K=bk, num_warps=4)
+    sums = new_empty((R, 3), torch.float32, dev)
+    _f8_backward_kernel[(R,)](grad, x2d, scale, m, scale, out, sums, *strides, *args, PHASE=1,
+                              **meta)  # fmt: skip
+    share = _share(sums.sum(0), m, x2d.dtype, p)
+    _f8_backward_kernel[(R,)](grad, x2d, scale, m, share, out, sums, *strides, *args, PHASE=2,
+                              **meta)  # fmt: skip
+    return out
+
+
+def _share(totals: torch.Tensor, m: torch.Tensor, dtype: torch.dtype, p: Float8Plan):
+    """``g_m / count`` in ``dtype`` (as fp32 [1]) from the tensor's totals (sum of g * q, sum of
+    -gt * x / s^2, count of |x| == m) and its max |x| ``m``, torch's ops in torch's order."""
+    g_m = (totals[0] + totals[1]).to(dtype) / 448.0
+    mt = m.to(dtype)
+    keep = mt == mt
+    if p.lb is not None:
+        keep &= mt >= p.lb
+    if p.ub is not None:
+        keep &= mt <= p.ub
+    if p.lb is not None or p.ub is not None:
+        g_m = torch.where(keep, g_m, torch.zeros((), dtype=dtype, device=m.device))
+    return (g_m / totals[2].to(torch.int64)).to(torch.float32)
 
 
 def float8_quantize(

@@ -1,5 +1,5 @@
-"""Plain-torch twin of kernels/quantize_float8.py (the ``"torch"`` backend), and the float8
-backward every backend runs (no Triton backward kernel yet).
+"""Plain-torch twin of kernels/quantize_float8.py (the ``"torch"`` backend): the float8 fake
+quantization and its backward (the twin of ``_f8_backward_kernel``).
 
 ``x2d`` is [R, K] (rows = the last dim of the caller's tensor) in fp32 / fp16 / bf16; per-tensor
 scales are [1, 1], per-row [R, 1], fp32. Bounds ``lb`` / ``ub`` are torchao's ``hp_value_lb`` /

@@ -60,6 +60,8 @@ PROVIDERS = [
     "triton_qat compiled",
     "triton_qat i4g32 compiled",  # int4 per-group weights, to compare with per-channel int8
     "triton_qat i4g128 compiled",
+    "triton_qat float8 eager",  # e4m3 W8A8 (Float8Config per row): the fp8 GEMM where it runs
+    "triton_qat float8 compiled",
 ]
 MODES = ["fwd", "bwd", "fwd+bwd"]
 FLOPS_PER_MODE = {"fwd": 2, "bwd": 4, "fwd+bwd": 6}  # x M*N*K
@@ -174,6 +176,9 @@ def make_layer(provider: str, K: int, N: int, device, dtype) -> nn.Module:
         layer = nn.Linear(K, N, device=device, dtype=dtype)
     elif provider.startswith("torch ref"):
         layer = ReferenceLinear(K, N, device=device, dtype=dtype)
+    elif " float8" in provider:
+        act, weight = tq.Float8Config(hp_value_lb=1e-12), tq.Float8Config()
+        layer = tq.Linear(K, N, device=device, dtype=dtype, activation=act, weight=weight)
     elif " i4g" in provider:
         group = int(provider.split(" i4g")[1].split()[0])
         weight = tq.QuantConfig(bits=4, granularity="per_group", group_size=group, symmetric=True)

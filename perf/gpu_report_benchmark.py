@@ -18,6 +18,7 @@ from triton_qat import autotune
 
 FULL_PROVIDERS = ["F.linear", "triton_qat eager", "torch ref eager", "triton_qat compiled",
                   "torch ref compiled", "triton_qat i4g128 compiled",
+                  "triton_qat float8 eager", "triton_qat float8 compiled",
                   "triton_qat compiled cudagraphs"]  # fmt: skip
 CORE_PROVIDERS = ["F.linear", "triton_qat eager", "triton_qat compiled"]
 MODES = ["fwd", "fwd+bwd"]

@@ -344,6 +344,83 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
     return f"{M}x{K}->{N}: {len(errs)} paths, worst {worst} {errs[worst]:.2e} (tol {REL_TOL[dtype]:.1e})"
 
 
+UNIT = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def check_float8_gemm(dtype, shape, device, sizes: Sizes) -> str:
+    """The float8 layer on fp8 tensor cores (triton_qat.float8, docs/numerics.md "Float8"):
+    its output against the fp64 product of the fake-quantized values within the element-wise
+    bound ``(2u + u^2 + K 2^-24) (|x_fq| @ |w_fq|.T) + u |ref|``, NaN nowhere (finite data), and
+    its gradients against the same layer's dequantized path (``F.linear`` on the fake-quantized
+    values: the same GEMMs on the same values, so equal up to torch.mm's own rounding)."""
+    from triton_qat import float8
+
+    M, K, N = shape
+    cfg = tq.Float8Config(hp_value_lb=1e-12)
+    lin = tq.Linear(K, N, activation=cfg, weight=tq.Float8Config(), device=device, dtype=dtype)
+    x = (torch.randn(M, K, device=device, generator=_gen(device, 5)) * 2).to(dtype)
+    if not float8.fp8_gemm_runs(x, cfg):
+        raise Skipped("no fp8 tensor cores here (compute capability < 8.9): dequantized path")
+    x.requires_grad_()
+    out = lin(x)
+    dy = torch.randn(out.shape, device=device, generator=_gen(device, 6)).to(dtype)
+    gx, gw, gb = torch.autograd.grad(out, [x, lin.weight, lin.bias], dy)
+    x_fq = tq.fake_quantize(x.detach(), cfg).double()
+    w_fq = tq.fake_quantize(lin.weight.detach(), tq.Float8Config()).double()
+    ref = x_fq @ w_fq.T + lin.bias.detach().double()
+    u = UNIT[dtype]
+    bound = (2 * u + u * u + K * 2.0**-24) * (x_fq.abs() @ w_fq.abs().T) + u * ref.abs()
+    err = (out.double() - ref).abs()
+    if not torch.isfinite(out).all() or (err > bound + 1e-30).any():
+        raise AssertionError(f"fp8 GEMM output: max err / bound {(err / bound).max().item():.3g}")
+    real = float8.fp8_gemm_runs
+    float8.fp8_gemm_runs = lambda x, activation: False
+    try:
+        ref_grads = torch.autograd.grad(lin(x), [x, lin.weight, lin.bias], dy)
+    finally:
+        float8.fp8_gemm_runs = real
+    errs = [_rel_err(g, r, dtype, what) for g, r, what in
+            zip((gx, gw, gb), ref_grads, ("grad_x", "grad_w", "grad_bias"), strict=True)]  # fmt: skip
+    worst = (err / bound).max().item()
+    return (
+        f"{M}x{K}->{N} output err/bound max {worst:.2f}; grads vs dequantized path {max(errs):.1e}"
+    )
+
+
+def check_mx_kernels(device, sizes: Sizes) -> str:
+    """The MX / NVFP4 kernels on the device bit-exact against their plain-torch twins on the same
+    device tensors (blocks with a zero, an inf, subnormals; every element format and scaling
+    mode): a GPU that flushed subnormals would differ in blocks of scale 2^-127."""
+    from triton_qat.kernels.quantize_mx import mx_quantize, nvfp4_quantize
+    from triton_qat.kernels.quantize_mx_torch import (
+        mx_fake_quantize_torch,
+        nvfp4_fake_quantize_torch,
+    )
+
+    n = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        x = _data((67, 256), dtype, device, _gen(device, 7))
+        x[3, :32] = 0
+        x[4, 5] = float("inf")
+        x[5, :64] *= 1e-38
+        for elem in ("float8_e4m3fn", "float8_e5m2", "float4_e2m1fn_x2"):
+            for mode in ("floor", "rceil", "ceil", "even"):
+                got, want = (
+                    mx_quantize(x, elem, 32, mode),
+                    mx_fake_quantize_torch(x, elem, 32, mode),
+                )
+                if not _same(got, want):
+                    raise AssertionError(
+                        f"mx {elem} {mode} {rel(str(dtype))}: differs from the twin"
+                    )
+                n += 1
+        for per_tensor in (False, True):
+            if not _same(nvfp4_quantize(x, per_tensor), nvfp4_fake_quantize_torch(x, per_tensor)):
+                raise AssertionError(f"nvfp4 per_tensor={per_tensor} {rel(str(dtype))}: differs")
+            n += 1
+    return f"{n} kernel launches bit-exact with the twins"
+
+
 def check_division(device, sizes: Sizes) -> str:
     """What CUDA torch computes for ``x / c`` with a Python-float c (the scale's division by
     qmax - qmin), against the kernels' assumption: a multiply by the fp32 reciprocal on CUDA
@@ -570,6 +647,10 @@ def correctness_checks(device, sizes: Sizes, folder: Path) -> tuple[list, list]:
          for n in ("dynamic_default", "per_channel_weight")],
         [(f"gemm_paths_vs_fp64[{d(dt)}]", lambda t=dt: check_gemm_paths(t, device, sizes))
          for dt in sizes.dtypes],
+        [(f"float8_fp8_gemm[{d(dt)},{M}x{K}->{N}]",
+          lambda t=dt, sh=(M, K, N): check_float8_gemm(t, sh, device, sizes))
+         for (M, K, N) in sizes.linear_shapes for dt in sizes.dtypes if dt != torch.float32],
+        [("mx_nvfp4_kernels_vs_twins", lambda: check_mx_kernels(device, sizes))],
     ]  # fmt: skip
     calls: dict = {}
 

@@ -40,6 +40,9 @@ TARGETS_TEXT = [
     "training-step peak memory <= bf16's",
     "dgrad >= 97% of torch.mm",
     "wgrad >= 97% of torch.mm",
+    # float8 (issue 30): e4m3 W8A8 on fp8 tensor cores
+    "float8 forward >= 1.6x F.linear",
+    "float8 fwd+bwd compiled >= 1.1x nn.Linear",
 ]
 
 
@@ -146,6 +149,12 @@ def targets(run: Run, sizes: Sizes) -> list[dict]:
             add(text, f"{M0}x{K}->{N}", v, lambda v: v >= 0.97,
                 f"torch.mm ms / {kernel} ms (the default config: torch.mm + the mask pass at "
                 "16-bit dtypes), device time", "{:.0%}")  # fmt: skip
+    for text, ours, mode, bound in ((TARGETS_TEXT[14], "triton_qat float8 eager", "fwd", 1.6),
+                                    (TARGETS_TEXT[15], "triton_qat float8 compiled", "fwd+bwd",
+                                     1.1)):  # fmt: skip
+        K, N = sizes.pairs[0]
+        add(text, f"{M0}x{K}->{N}", _ratio(ms("F.linear", mode, M0, K, N), ms(ours, mode, M0, K, N)),
+            lambda v, b=bound: v >= b, f"F.linear ms / {ours} ms, {mode}")  # fmt: skip
     return out
 
 

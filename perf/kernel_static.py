@@ -298,6 +298,7 @@ def variants() -> list[Variant]:
         gemm_int8_gluon,
         quantize,
         quantize_float8,
+        quantize_mx,
         ste_mask,
     )
 
@@ -486,6 +487,28 @@ def variants() -> list[Variant]:
     f8q = quantize_float8.plan_float8_quantize(K, BF16, False, None, None, True)
     add("quantize float8 codes per-row", "quantize", f"K{f8q.block_k} w{f8q.num_warps}",
         lambda: f8_codes(BF16, M), config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k})  # fmt: skip
+
+    # the float8 backward (torchao's gradient of the fake quantization), per row, bf16
+    def f8_bwd():
+        plan = quantize_float8.plan_float8_quantize(K, BF16, False, None, None, True)
+        return quantize_float8.launch_float8_backward(plan, fake((M, K), BF16),
+                                                      fake((M, K), BF16), fake((M, 1), F32))  # fmt: skip
+
+    add("quantize float8 backward per-row", "quantize", f"K{f8q.block_k} w8",
+        f8_bwd, config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k})  # fmt: skip
+    # MX / NVFP4 fake quantization (kernels/quantize_mx.py), bf16, blocks of 32 / 16 along K
+    for elem, mode, what in (("float8_e4m3fn", "rceil", "mxfp8 e4m3 rceil"),
+                             ("float4_e2m1fn_x2", "rceil", "mxfp4 rceil"),
+                             ("float4_e2m1fn_x2", "nvfp4", "nvfp4 per-tensor")):  # fmt: skip
+        mxp = quantize_mx.plan_mx_quantize(BF16, elem, 16 if mode == "nvfp4" else 32, mode, True)
+
+        def call_mx(mxp=mxp):
+            if mxp.mode == -1:
+                return quantize_mx.launch_nvfp4_quantize(mxp, fake((M, K), BF16), True)
+            return quantize_mx.launch_mx_quantize(mxp, fake((M, K), BF16))
+
+        add(f"quantize {what}", "quantize", f"B{mxp.blocks}x{mxp.block_size} w{mxp.num_warps}",
+            call_mx, config={"BLOCK_R": mxp.blocks, "BLOCK_C": mxp.bsp})  # fmt: skip
     # fp8 tensor cores: sm_89 and up (sm_80 has none; the layer takes the dequantized path there)
     for dt in (BF16, F16) if major >= 9 else ():
         f8cfg = default_config("f8fwd", (M, N, K), False, 0, dt.itemsize, major)

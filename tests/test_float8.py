@@ -51,6 +51,37 @@ def _hard_input(dtype, R=9, K=37, seed=0):
     return x.to(dtype)
 
 
+def _grad_match(got, want, x, g, per_tensor, lb=None, ub=None, what=""):
+    """The gradient against torchao's: bit-exact in bf16 / fp16 and everywhere on the torch
+    backend. fp32 on the kernel backends: bit-exact but at the elements whose |x| is the row's
+    (tensor's) max, which carry the scale's gradient, whose two fp32 sums the kernel adds in
+    another order than torch: there within 2 K 2^-24 (sum |g q| + sum |gt x / s^2|) / 448 /
+    count + one fp32 ulp (docs/numerics.md "Float8", backward)."""
+    from triton_qat.dispatch import backend
+
+    if got.dtype != torch.float32 or backend(got.device) == "torch":
+        return _exact(got, want, what)
+    x2d, g2d = x.detach().reshape(-1, x.shape[-1]), g.reshape(-1, x.shape[-1]).float()
+    dims = (0, 1) if per_tensor else (1,)
+    m = x2d.abs().amax(dim=dims, keepdim=True)
+    at_max = (x2d.abs() == m).reshape(got.shape)
+    _exact(got[~at_max], want[~at_max], what)
+    _, s = float8_fake_quantize_torch(x2d, per_tensor, lb, ub)
+    t = x2d.float() / s
+    q = torch.clamp(t, -448, 448).to(torch.float8_e4m3fn).float()
+    gt = (g2d * s).to(torch.float8_e4m3fn).float()
+    size = (g2d * q).abs().sum(dims, keepdim=True) + (gt * t / s).abs().sum(dims, keepdim=True)
+    size = size.nan_to_num(nan=float("inf"))  # a non-finite row: its values are NaN (checked)
+    cnt = (x2d.abs() == m).sum(dims, keepdim=True).clamp_min(1)
+    bound = (2 * x2d.numel() * 2.0**-24 * size / 448 / cnt).expand(x2d.shape).reshape(got.shape)
+    a, b = got[at_max].double(), want[at_max].double()
+    fin = ~b.isnan()
+    assert torch.equal(a.isnan(), b.isnan()), what
+    err = (a - b).abs()[fin]
+    ulp = b[fin].abs() * 2.0**-23
+    assert (err <= bound[at_max][fin].double() + ulp).all(), f"{what}: {err.max()}"
+
+
 def _ao(granularity, lb, ub):
     g = PerTensor() if granularity == "per_tensor" else PerRow()
     return Float8FakeQuantizer(
@@ -73,7 +104,8 @@ def test_fake_quantize_bit_identical_to_torchao(dtype, granularity):
             g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
             (gx_ao,) = torch.autograd.grad(y_ao, x, g)
             (gx,) = torch.autograd.grad(y, x, g)
-            _exact(gx, gx_ao, f"grad {dtype} {granularity} {lb} {ub}")
+            _grad_match(gx, gx_ao, x, g, granularity == "per_tensor", lb, ub,
+                        f"grad {dtype} {granularity} {lb} {ub}")  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -445,7 +477,15 @@ def test_float8_int4_weight_values_and_gradients_are_torchaos(dtype, group_size)
     gy = torch.randn_like(got)
     (g_got,) = torch.autograd.grad(got, w, gy)
     (g_want,) = torch.autograd.grad(want, w, gy)
-    _exact(g_got, g_want)
+    # fp32 on the kernel backends: the float8 step's scale gradient (at each row's max |w|) sums
+    # in another order than torch (_grad_match); elsewhere bit-exact
+    at_max = w.detach().abs() == w.detach().abs().amax(1, keepdim=True)
+    if dtype == torch.float32:
+        _exact(g_got[~at_max], g_want[~at_max])
+        torch.testing.assert_close(g_got[at_max], g_want[at_max], rtol=1e-5, atol=1e-6,
+                                   equal_nan=True)  # fmt: skip
+    else:
+        _exact(g_got, g_want)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -510,3 +550,24 @@ def test_prepare_with_float8_configs_directly():
         i4 = tq.prepare(copy.deepcopy(model), activation=tq.Float8Config(),
                         weight=tq.Float8Int4WeightConfig())  # fmt: skip
     assert isinstance(i4[0], tq.Linear) and type(i4[2]) is nn.Linear
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_backward_kernel_equals_twin(dtype, per_tensor):
+    """_f8_backward_kernel (launch_float8_backward) against the twin on the hard rows and a
+    wide random block, every bound: bit-exact in bf16 / fp16; fp32 bit-exact but at the max
+    elements (the scale gradient's sums, _grad_match's bound)."""
+    from triton_qat.dispatch import backend
+    from triton_qat.kernels.quantize_float8 import launch_float8_backward, plan_float8_quantize
+
+    if backend("cpu") == "torch":
+        pytest.skip("the kernel runs on the kernel backends")
+    for lb, ub in BOUNDS:
+        for x in (_hard_input(dtype), (torch.randn(5, 300) * 3).to(dtype)):
+            g = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+            _, s = float8_fake_quantize_torch(x, per_tensor, lb, ub)
+            want = float8_fake_quantize_backward_torch(g, x, s, per_tensor, lb, ub)
+            plan = plan_float8_quantize(x.shape[1], dtype, per_tensor, lb, ub, False, True)
+            got = launch_float8_backward(plan, g, x, s)
+            _grad_match(got, want, x, g, per_tensor, lb, ub, f"{dtype} {per_tensor} {lb} {ub}")

@@ -109,6 +109,18 @@ KNOWN_GAPS = {
     # the same bits): an IEEE division (MUFU.RCP, FCHK, 5 FFMA, a slow-path call) per element,
     # then the bit-level e4m3 rounding and the code byte
     ("quantize float8 codes per-row", "lean_quantize"): "54.88 SASS per element vs 12",
+    # the float8 backward: two passes over the row (the scale gradient's sums first), each
+    # element's terms with two IEEE quotients per pass; 8 warps on 1024 columns (4 warps spilled)
+    # load 4 bf16 per thread
+    ("quantize float8 backward per-row", "lean_quantize"): "189 SASS per element vs 12",
+    ("quantize float8 backward per-row", "x_128bit"): "64-bit loads",
+    # MX / NVFP4 (kernels/quantize_mx.py): each block's scale from its max's exponent bits, then
+    # the element rounding at the bit level (e2m1 / e4m3 grids) and the bf16 store from the
+    # rounded bits; nvfp4's per-tensor scale is one 32-bit load per program
+    ("quantize mxfp8 e4m3 rceil", "lean_quantize"): "31.0 SASS per element vs 12",
+    ("quantize mxfp4 rceil", "lean_quantize"): "33.0 SASS per element vs 12",
+    ("quantize nvfp4 per-tensor", "lean_quantize"): "33.12 SASS per element vs 12",
+    ("quantize nvfp4 per-tensor", "x_128bit"): "loads of 32 and 128 bits",
     ("fwd float8 e4m3 per-row", "mma_in_flight"): "waits [0, 1], 151 SASS/iter",
     ("fwd float8 e4m3 per-row fp16", "mma_in_flight"): "waits [0, 1], 151 SASS/iter",
 }

@@ -22,6 +22,8 @@ def test_bench_quick_and_plot(tmp_path):
         "triton_qat eager",
         "triton_qat compiled",
         "triton_qat i4g32 compiled",
+        "triton_qat float8 eager",
+        "triton_qat float8 compiled",
     }  # g128 does not divide K=64
     assert {r["mode"] for r in rows if r["kernel"] == "qat_linear"} == {"fwd", "bwd", "fwd+bwd"}
     queued = {(r["provider"], r["mode"], r["metric"]) for r in rows

@@ -1,11 +1,12 @@
-"""Float8 (e4m3) QAT on the dequantized path: the ``torch.library`` ops, their autograd, and the
-functional forms ``tq.fake_quantize`` / ``tq.Linear`` call for a :class:`Float8Config`.
+"""Float8 (e4m3) QAT: the ``torch.library`` ops, their autograd, and the functional forms
+``tq.fake_quantize`` / ``tq.Linear`` call for a :class:`Float8Config` (and a
+:class:`Float8Int4WeightConfig` weight).
 
 ``triton_qat::float8_fake_quantize(x2d, per_tensor, lb, ub) -> (y, scale)`` runs the Triton
 kernel (kernels/quantize_float8.py) on the kernel backends, its plain-torch twin on the
 ``"torch"`` backend; its backward ``triton_qat::float8_fake_quantize_backward`` computes
-torchao's gradient from x and the scale (plain torch on every backend: no Triton backward kernel
-yet). Both are opaque custom ops with fake implementations, so ``torch.compile(fullgraph=True)``
+torchao's gradient from x and the scale (the Triton kernel on the kernel backends, the twin on
+``"torch"``). Both are opaque custom ops with fake implementations, so ``torch.compile(fullgraph=True)``
 keeps them as single nodes.
 
 The linear: where fp8 tensor cores run (:func:`fp8_gemm_runs`: a CUDA GPU of compute capability
@@ -58,8 +59,16 @@ def _(x: Tensor, per_tensor: bool, lb: float | None, ub: float | None) -> tuple[
 def float8_fake_quantize_backward_op(
     grad: Tensor, x: Tensor, scale: Tensor, per_tensor: bool, lb: float | None, ub: float | None
 ) -> Tensor:
-    """torchao's gradient of its float8 fake quantization (docs/numerics.md "Float8")."""
-    return float8_fake_quantize_backward_torch(grad.to(x.dtype), x, scale, per_tensor, lb, ub)
+    """torchao's gradient of its float8 fake quantization (docs/numerics.md "Float8"): the
+    Triton kernel on the kernel backends (its scale-gradient sums in another order than torch's:
+    see the docs), the plain-torch twin on the torch backend."""
+    grad = grad.to(x.dtype)
+    if not use_kernels(x) or x.numel() == 0:
+        return float8_fake_quantize_backward_torch(grad, x, scale, per_tensor, lb, ub)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+    plan = _k.plan_float8_quantize(x.shape[1], x.dtype, per_tensor, lb, ub, x.is_cuda, INTERPRET)
+    return _k.launch_float8_backward(plan, grad, x, scale)
 
 
 @float8_fake_quantize_backward_op.register_fake
@@ -192,7 +201,7 @@ def float8_linear(
     if isinstance(weight_config, Float8Int4WeightConfig):
         return linear_on_weight(x, float8_int4_weight_fake_quantize(weight, weight_config), bias,
                                 activation)  # fmt: skip
-    if fp8_gemm_runs(x, activation):
+    if fp8_gemm_runs(x, activation) and x.numel() and weight.numel():
         x2d = x.reshape(-1, x.shape[-1])
         y = torch.ops.triton_qat.float8_linear(
             x2d, weight, bias, *_args(activation), *_args(weight_config)
