@@ -43,7 +43,7 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "fwd": _GEMM_KEYS + ("DEQUANT", "TMA", "GLUON"),
     "dgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
     "wgrad": _GEMM_KEYS + ("TMA", "CUBLAS"),
-    "f8fwd": _GEMM_KEYS + ("TMA",),  # the float8 forward (kernels/gemm_float8.py)
+    "f8fwd": _GEMM_KEYS + ("TMA", "GLUON"),  # the float8 forward (kernels/gemm_float8.py)
 }
 DTYPES = ("float32", "float16", "bfloat16", "any")  # the dtype field of a key ("any": unknown)
 # Elements of one block tensor Triton accepts (tl.TRITON_MAX_TENSOR_NUMEL; 2**20 in 3.6-3.9).
@@ -161,7 +161,7 @@ def _config_ok(kernel: str, cfg: object) -> bool:
         return False
     if cfg["TMA"] not in (0, 1) or cfg.get("CUBLAS", 0) not in (0, 1):
         return False
-    if kernel == "f8fwd" and bk != 128:
+    if kernel == "f8fwd" and (bk != 128 or cfg["GLUON"] not in (0, 1)):
         return False  # the fp8 GEMM promotes its accumulator every 128 products (numerics)
     if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and bk < 32):
         return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands); flags are 0/1

@@ -46,9 +46,10 @@ _QUANTIZE = [
 # BLOCK_K products, which the numerics fix at 128 (kernels/gemm_float8.py's F8_BLOCK_K)
 _GEMM_F8 = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": w, "num_stages": s,
-     "TMA": tma}
-    for bm, bn, w, s, tma in itertools.product((64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5),
-                                               (0, 1))
+     "TMA": tma, "GLUON": glu}
+    for bm, bn, w, s, tma, glu in itertools.product((64, 128, 256), (64, 128, 256), (4, 8),
+                                                    (3, 4, 5), (0, 1), (0, 1))
+    if not (glu and not tma)  # the Gluon kernel loads by TMA (its TMA key 1)
 ]  # fmt: skip
 
 SPACES = {"fwd": _GEMM_FWD, "dgrad": _GEMM_BWD, "wgrad": _GEMM_BWD, "quantize": _QUANTIZE,
@@ -71,7 +72,7 @@ DEFAULTS = {
               "num_stages": 2, "TMA": 0, "CUBLAS": 0},
     # the float8 forward off Hopper (sm_89): 96 KiB of operand buffers, within sm_89's 99 KiB
     "f8fwd": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-              "num_stages": 3, "TMA": 0},
+              "num_stages": 3, "TMA": 0, "GLUON": 0},
 }  # fmt: skip
 # The float8 forward on Hopper, chosen from the compiled code (sm_90a, Triton 3.9,
 # perf/kernel_static.py; speed not measured): 128x128x128, 8 warps, 4 stages, TMA loads: 143
@@ -80,7 +81,7 @@ DEFAULTS = {
 # tile, 128x256x128, needs a second 128x256 accumulator for the promotion: 255 registers and
 # 212 B spilled.
 F8_HOPPER_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8,
-                     "num_stages": 4, "TMA": 1}  # fmt: skip
+                     "num_stages": 4, "TMA": 1, "GLUON": 0}  # fmt: skip
 # The per-group forward's default at 16-bit dtypes: the dequantized path (module doc of
 # kernels/gemm_int8.py), a plain 16-bit GEMM. Chosen from the compiled code, speed not measured:
 # the int8 path's per-group flush costs 64 / group_size non-MMA instructions per 1024 MACs
@@ -275,11 +276,16 @@ _F8_TILES = [(128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3)
 
 
 def _curated_f8() -> list[dict]:
-    configs = [dict(F8_HOPPER_DEFAULT), dict(DEFAULTS["f8fwd"])]
+    """Hopper's default, its Gluon form (one partial sum in flight while the other is promoted:
+    sm_90a, 206 registers, no spill, wait 1), sm_89's default, then the tutorial tiles with TMA,
+    without, and (8 warps) in Gluon."""
+    configs = [dict(F8_HOPPER_DEFAULT), {**F8_HOPPER_DEFAULT, "GLUON": 1}, dict(DEFAULTS["f8fwd"])]
     for bm, bn, bk, w, s in _F8_TILES:
-        for tma in (1, 0):
+        for tma, glu in ((1, 0), (0, 0), (1, 1)):
+            if glu and (w != 8 or bm * bn > 128 * 128):  # the Gluon kernel's two partial sums
+                continue  # beside the accumulator: larger tiles per warp spill
             configs.append({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-                            "num_warps": w, "num_stages": s, "TMA": tma})  # fmt: skip
+                            "num_warps": w, "num_stages": s, "TMA": tma, "GLUON": glu})  # fmt: skip
     return list({tuple(sorted(c.items())): c for c in configs}.values())  # deduplicated
 
 
@@ -351,7 +357,7 @@ def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
     """``cfg`` made runnable for the forward's mode at this K / weight group size (the kernel's
     ``check_fwd_config`` states the rules); other kernels' configs are returned unchanged."""
     if kernel == "f8fwd":
-        return {**cfg, "TMA": cfg.get("TMA", 0)}
+        return {**cfg, "TMA": cfg.get("TMA", 0), "GLUON": cfg.get("GLUON", 0)}
     if kernel != "fwd":
         return {**cfg, "TMA": cfg.get("TMA", 0), "CUBLAS": cfg.get("CUBLAS", 0)}
     mode = fwd_mode(K, group_size)
@@ -429,9 +435,11 @@ def candidates(
         default = default_config(kernel, shape, False, 0, elem_bytes, capability)
         mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))
         pool = [default, *(CURATED if curated else SPACES)[kernel]]
+        gluon = capability == 9 and gluon_available()  # the Gluon kernel is sm_90's
         kept = [{**c, "TMA": c["TMA"] if capability >= 9 else 0} for c in pool
                 if c["BLOCK_M"] <= max(mm, 64) and c["BLOCK_N"] <= max(nn, 64)
-                and c["BLOCK_K"] <= max(kk, 64) and smem_bytes(kernel, c, 1) <= limit]  # fmt: skip
+                and c["BLOCK_K"] <= max(kk, 64) and smem_bytes(kernel, c, 1) <= limit
+                and (gluon or not c["GLUON"])]  # fmt: skip
         return _dedupe(kept) or [default]
     # every GEMM kernel tiles the linear's M, N and K with BLOCK_M, BLOCK_N and BLOCK_K
     mm, nn, kk = (_pow2_at_least(v, 16) for v in (M, N, K))

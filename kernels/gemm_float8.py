@@ -14,8 +14,10 @@ while adding), so ``tl.dot`` with ``max_num_imprecise_acc=BLOCK_K`` promotes eac
 sum of ``BLOCK_K`` products into the fp32 accumulator (Triton's default on sm_90 never promotes),
 and ``BLOCK_K`` is fixed at :data:`F8_BLOCK_K` = 128 (DeepSeek-V3's interval): the numerics do not
 depend on the tuned config. The promotion reads each step's wgmma result, so the step's group
-is waited for (wait 0) while the TMA loads of later steps stay in flight; within a step one
-group stays in flight (perf/kernel_static.py reads the waits). Operands: x [M, K] and w [N, K], both K-major (what fp8 wgmma needs), through tensor
+is waited for (wait 0) while the TMA loads of later steps stay in flight (perf/kernel_static.py
+reads the waits). A ``GLUON`` config (a tuner candidate on sm_90) runs :mod:`.gemm_float8_gluon`
+instead: the same operations with step k's group in flight while step k - 1's partial is
+promoted. Operands: x [M, K] and w [N, K], both K-major (what fp8 wgmma needs), through tensor
 descriptors (``TMA``) where they fit, else per-thread pointers. Like everything in ``kernels/``,
 this imports nothing from ``triton_qat``.
 """
@@ -30,6 +32,13 @@ import triton.language as tl
 
 from ._common import cast_to_dt, cdiv, dtype_code, empty, swizzle
 from .gemm_float import descriptor, k_major_descriptors_fit
+from .gemm_float8_gluon import (
+    Float8GluonPlan,
+    check_gluon_config,
+    float8_gluon_device,
+    launch_float8_linear_gluon,
+    plan_float8_linear_gluon,
+)
 from .gemm_int8 import _scale
 
 
@@ -81,6 +90,7 @@ class Float8LinearPlan(NamedTuple):
     block_k: int
     tma: bool  # try tensor descriptors (per launch: the operands must allow them)
     meta: dict  # constexprs and launch options but TMA
+    gluon: Float8GluonPlan | None = None  # GLUON, where the device runs it (module doc)
 
 
 F8_BLOCK_K = 128  # products per fp32 promotion: part of the numerics (module doc)
@@ -100,18 +110,27 @@ def check_float8_config(config: dict) -> None:
         )
     if config.get("TMA", 0) not in (0, 1):
         raise ValueError(f"config: TMA is 0 or 1, got {config}")
+    glu = config.get("GLUON", 0)
+    if glu not in (0, 1) or (glu and (why := check_gluon_config(config)) is not None):
+        raise ValueError(f"config: GLUON is 0 or 1, and 1 only with a tile the Gluon kernel "
+                         f"takes ({why if glu in (0, 1) else 'not 0 or 1'}), got {config}")  # fmt: skip
 
 
 def plan_float8_linear(
-    K: int, N: int, out_dtype: torch.dtype, *, config: dict, has_bias: bool
+    K: int, N: int, out_dtype: torch.dtype, *, config: dict, has_bias: bool, gluon: bool = False
 ) -> Float8LinearPlan:
-    """The plan of :func:`float8_linear` for a weight [N, K] (checks ``config``: ValueError)."""
+    """The plan of :func:`float8_linear` for a weight [N, K] (checks ``config``: ValueError).
+    ``gluon``: the launches run on a device that runs the Gluon kernel
+    (:func:`.gemm_float8_gluon.float8_gluon_device`), which a ``GLUON`` config then takes."""
     check_float8_config(config)
     meta = dict(HAS_BIAS=has_bias, DT=dtype_code(out_dtype), BLOCK_M=config["BLOCK_M"],
                 BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"], GROUP_M=config["GROUP_M"],
                 num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
+    glu = None
+    if gluon and config.get("GLUON", 0):
+        glu = plan_float8_linear_gluon(K, N, out_dtype, config=config, has_bias=has_bias)
     return Float8LinearPlan(N, K, out_dtype, config["BLOCK_M"], config["BLOCK_N"],
-                            config["BLOCK_K"], bool(config.get("TMA", 0)), meta)  # fmt: skip
+                            config["BLOCK_K"], bool(config.get("TMA", 0)), meta, glu)  # fmt: skip
 
 
 def launch_float8_linear(
@@ -138,8 +157,14 @@ def launch_float8_linear(
     sx, sw = x_codes.stride(), w_codes.stride()
     if max(M, N) + max(p.block_m, p.block_n) >= 2**31 or N * p.block_m >= 2**31:
         raise ValueError(f"x_codes: {M} x {N} outputs pass the fp8 GEMM's 32-bit offsets")
+    fits = k_major_descriptors_fit(x_codes, sx, w_codes, sw)
+    if p.gluon is not None and kernel is None and fits:
+        sx_c, sw_c = x_scale.contiguous(), w_scale.contiguous()
+        b = None if bias is None else bias.contiguous()
+        if launch_float8_linear_gluon(p.gluon, x_codes, sx_c, w_codes, sw_c, b, out) is not None:
+            return out  # (None: it could not be built here; the Triton kernel runs, same bits)
     x_desc, w_desc = x_codes, w_codes
-    tma = p.tma and k_major_descriptors_fit(x_codes, sx, w_codes, sw)
+    tma = p.tma and fits
     if tma:
         x_desc = descriptor(x_codes, sx, [p.block_m, p.block_k])
         w_desc = descriptor(w_codes, sw, [p.block_n, p.block_k])
@@ -163,7 +188,8 @@ def float8_linear(
     *,
     config: dict,
 ) -> torch.Tensor:
-    """``(q_x @ q_w.T) * s_x * s_w + bias`` on fp8 tensor cores.
+    """``(q_x @ q_w.T) * s_x * s_w + bias`` on fp8 tensor cores (a ``GLUON`` config: the Gluon
+    kernel where x's device runs it, :mod:`.gemm_float8_gluon`).
 
     x_codes float8_e4m3fn [M, K], x_scale fp32 [M]; w_codes float8_e4m3fn [N, K], w_scale fp32
     [N] (the GEMM scales of :func:`.quantize_float8.launch_float8_codes`); bias [N] (any float
@@ -171,5 +197,6 @@ def float8_linear(
     num_warps, num_stages, TMA (:func:`check_float8_config`).
     :func:`plan_float8_linear` then :func:`launch_float8_linear`."""
     plan = plan_float8_linear(x_codes.shape[1], w_codes.shape[0], out_dtype, config=config,
-                              has_bias=bias is not None)  # fmt: skip
+                              has_bias=bias is not None,
+                              gluon=float8_gluon_device(x_codes.device))  # fmt: skip
     return launch_float8_linear(plan, x_codes, x_scale, w_codes, w_scale, bias)

@@ -382,9 +382,30 @@ def check_float8_gemm(dtype, shape, device, sizes: Sizes) -> str:
     errs = [_rel_err(g, r, dtype, what) for g, r, what in
             zip((gx, gw, gb), ref_grads, ("grad_x", "grad_w", "grad_bias"), strict=True)]  # fmt: skip
     worst = (err / bound).max().item()
-    return (
-        f"{M}x{K}->{N} output err/bound max {worst:.2f}; grads vs dequantized path {max(errs):.1e}"
-    )
+    gluon = _float8_gluon_same_bits(x.detach(), lin.weight.detach(), lin.bias.detach(), dtype)
+    return (f"{M}x{K}->{N} output err/bound max {worst:.2f}; grads vs dequantized path "
+            f"{max(errs):.1e}; {gluon}")  # fmt: skip
+
+
+def _float8_gluon_same_bits(x, w, bias, dtype) -> str:
+    """The Gluon fp8 GEMM (a GLUON tuner candidate) against the Triton kernel on the same codes:
+    the same bits (kernels/gemm_float8_gluon.py), or why it was not compared."""
+    from triton_qat.autotune.space import F8_HOPPER_DEFAULT
+    from triton_qat.kernels.gemm_float8 import float8_linear
+    from triton_qat.kernels.gemm_float8_gluon import float8_gluon_device
+    from triton_qat.kernels.quantize_float8 import launch_float8_codes, plan_float8_quantize
+
+    if not float8_gluon_device(x.device):
+        return "Gluon kernel not compared (not an sm_90 GPU with Gluon's Hopper API)"
+    K = x.shape[1]
+    xc, xs = launch_float8_codes(plan_float8_quantize(K, dtype, False, 1e-12, None, True), x)
+    wc, ws = launch_float8_codes(plan_float8_quantize(K, w.dtype, False, None, None, True), w)
+    outs = [float8_linear(xc, xs, wc, ws, bias, dtype, config={**F8_HOPPER_DEFAULT, "GLUON": g})
+            for g in (0, 1)]  # fmt: skip
+    if not _same(*outs):
+        raise AssertionError(f"Gluon float8 GEMM: {(outs[0] != outs[1]).sum().item()} outputs "
+                             "differ from the Triton kernel's")  # fmt: skip
+    return "Gluon kernel: the Triton kernel's bits"
 
 
 def check_mx_kernels(device, sizes: Sizes) -> str:

@@ -522,6 +522,12 @@ def variants() -> list[Variant]:
         add("fwd float8 e4m3 per-row" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
             _cfg_label(f8cfg, f8tile), call_f8, head,
             anchor(BF16, f8tile, f8cfg, "fwd") if head else None, tile=f8tile, config=f8cfg)  # fmt: skip
+        if gemm_int8_gluon.gluon_available():  # the Gluon candidate at the same tile
+            gcfg = {**f8cfg, "GLUON": 1}
+            add("fwd float8 gluon e4m3 per-row" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
+                _cfg_label(gcfg, f8tile), lambda dt=dt, cfg=gcfg: call_f8(dt, cfg), head,
+                anchor(BF16, f8tile, f8cfg, "fwd") if head else None, tile=f8tile, config=gcfg,
+                k_steps=2)  # its loop takes two K steps (two partial sums in turn)  # fmt: skip
 
     # STE backward: dgrad's output tile is [BM, BK] (reduction over N), wgrad's [BN, BK] (over M).
     # The Triton kernels at the default tiles (CUBLAS off: at 16-bit dtypes the default runs
@@ -743,7 +749,8 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
     waits = sorted({int(r.split(",")[-1], 16) for _, o, r, _ in loop if o.startswith("WARPGROUP.DEPBAR")})  # fmt: skip
     opts = launch.kwargs
     tile = v.meta.get("tile")
-    mac = tile[0] * tile[1] * tile[2] if tile else 0
+    # MACs one hot-loop iteration covers: the tile, times the K steps an unrolled loop takes
+    mac = tile[0] * tile[1] * tile[2] * v.meta.get("k_steps", 1) if tile else 0
     warps = opts.get("num_warps", 4)
     src = inspect.getsourcefile(launch.fn.fn)
     names = _load_names(src)

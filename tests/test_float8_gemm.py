@@ -311,3 +311,18 @@ def test_tuning_stores_the_fp8_gemm_for_16_bit_layers_only(tmp_path, monkeypatch
         assert tune(LinearShape(32, 128, 48, torch.float32), cpu, ("f8fwd",), store=False) == {}
     finally:
         autotune._cache_for.cache_clear()
+
+
+@needs_kernels
+def test_gluon_config_runs_the_triton_kernel_where_gluon_cannot():
+    """A GLUON config (the sm_90 Gluon kernel, kernels/gemm_float8_gluon.py) off an sm_90 GPU
+    (here the interpreter) runs the Triton kernel: the same bits as the config without it."""
+    torch.manual_seed(1)
+    x, w = torch.randn(40, 256, dtype=torch.bfloat16), torch.randn(24, 256, dtype=torch.bfloat16)
+    (xc, xs), (wc, ws) = _codes(x), _codes(w)
+    cfg = {**CFG, "BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "TMA": 1}
+    outs = [float8_linear(xc, xs, wc, ws, None, torch.bfloat16, config={**cfg, "GLUON": g})
+            for g in (0, 1)]  # fmt: skip
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="GLUON"):
+        check_float8_config({**CFG, "GLUON": 1})  # 1 warp: no wgmma warpgroup
