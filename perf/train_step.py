@@ -3,7 +3,7 @@ compiled, on identical data and seed.
 
     python perf/train_step.py                 # CUDA: Llama-3-8B layer dims, 4 layers, 4 x 2048 tokens
     python perf/train_step.py --dry-run       # CPU: a tiny model (numbers say nothing about GPU speed)
-    python perf/train_step.py --weights int8,int4g128 --layers 8 --steps 20
+    python perf/train_step.py --weights int8,int4g128,float8 --layers 8 --steps 20
 
 The model: token embedding, ``layers`` blocks (RMSNorm, attention with RoPE and grouped-query
 heads through ``F.scaled_dot_product_attention(enable_gqa=True)``, RMSNorm, SwiGLU MLP), a final
@@ -174,18 +174,23 @@ class Settings:
 
 
 def weight_group(weights: str) -> int:
-    """0 for ``int8`` (per channel), the group size for ``int4g<group>``; else a ValueError."""
-    if weights == "int8":
+    """0 for ``int8`` (per channel) and ``float8`` (e4m3 per row), the group size for
+    ``int4g<group>``; else a ValueError."""
+    if weights in ("int8", "float8"):
         return 0
     if weights.startswith("int4g") and weights[5:].isdigit() and int(weights[5:]) > 0:
         return int(weights[5:])
-    raise ValueError(f"weights: expected 'int8' or 'int4g<group>' (e.g. int4g128), got {weights!r}")
+    raise ValueError(f"weights: expected 'int8', 'float8' or 'int4g<group>' (e.g. int4g128), "
+                     f"got {weights!r}")  # fmt: skip
 
 
 def config_label(provider: str, weights: str) -> str:
-    """The quantization a row measured: none for bf16, else 8da8w / 8da4w-g<group>."""
+    """The quantization a row measured: none for bf16, else 8da8w / 8da4w-g<group> / fp8-row
+    (e4m3 activations and weights, per-row scales)."""
     if provider == "bf16":
         return "none"
+    if weights == "float8":
+        return "fp8-row"
     group = weight_group(weights)
     return f"8da4w-g{group}" if group else "8da8w"
 
@@ -322,6 +327,12 @@ def torchao_qat_config(weights: str):
         from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
     except ImportError as e:
         raise NotMeasured(f"torchao is not installed ({e})") from e
+    if weights == "float8":  # torchao's float8 QAT: e4m3 activations and weights, per row
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+        from torchao.quantization.granularity import PerRow
+
+        base = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        return QATConfig(base, step="prepare")
     group = weight_group(weights)
     act = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
     if group:
@@ -331,9 +342,12 @@ def torchao_qat_config(weights: str):
     return QATConfig(activation_config=act, weight_config=weight, step="prepare")
 
 
-def triton_qat_configs(weights: str) -> tuple[tq.QuantConfig, tq.QuantConfig]:
+def triton_qat_configs(weights: str) -> tuple[object, object]:
     """The same numerics as :func:`torchao_qat_config` in triton_qat's own terms (the defaults:
-    int8 per-token asymmetric activations; symmetric weights)."""
+    int8 per-token asymmetric activations; symmetric weights; float8: e4m3 per row, as
+    torchao's Float8DynamicActivationFloat8WeightConfig maps)."""
+    if weights == "float8":
+        return tq.Float8Config("per_row"), tq.Float8Config("per_row")
     group = weight_group(weights)
     if group:
         weight = tq.QuantConfig(bits=4, granularity="per_group", group_size=group, symmetric=True)
@@ -654,7 +668,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, to
                    help="CPU, a tiny model (Triton interpreter if TRITON_INTERPRET=1)")  # fmt: skip
     p.add_argument("--providers", default=",".join(PROVIDERS))
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--weights", default="int8", help="int8 and / or int4g<group>, comma-separated")
+    p.add_argument("--weights", default="int8",
+                   help="int8, float8 and / or int4g<group>, comma-separated")  # fmt: skip
     p.add_argument("--layers", type=int, default=None, help="blocks (default 4; dry run 2)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seq", type=int, default=None)

@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
 
 import train_step as ts  # noqa: E402
 
+import triton_qat as tq  # noqa: E402
+
 CPU = torch.device("cpu")
 
 
@@ -173,3 +175,20 @@ def test_relative_to_bf16_and_headline():
     assert (
         ts.headline([]) == "training step, triton_qat: eager: not measured; compiled: not measured"
     )
+
+
+def test_float8_weights_measure_triton_qat_and_torchao_on_the_same_numerics():
+    """--weights float8: torchao's Float8DynamicActivationFloat8WeightConfig QAT and triton_qat's
+    prepare of the same config; both models' first losses agree (e4m3 per row on both sides) and
+    the rows are labelled fp8-row."""
+    pytest.importorskip("torchao.quantization.qat")
+    s = replace(ts.Settings.dry(), weights=("float8",))
+    s.check()
+    data = ts.batches(s.dims, 1, CPU, s.seed)
+    losses = {}
+    for provider in ("torchao", "triton_qat"):
+        model, _, how = ts.build(provider, "eager", "float8", s, CPU)
+        assert any(isinstance(m, tq.Linear) for m in model.modules()) == (provider == "triton_qat")
+        losses[provider] = model.loss(*data[0]).item()
+    assert abs(losses["torchao"] - losses["triton_qat"]) < 1e-2, losses
+    assert ts.config_label("triton_qat", "float8") == "fp8-row"
