@@ -1,9 +1,9 @@
 """Float8 (e4m3) fake quantization: per-row or per-tensor scales, torchao's ``Float8FakeQuantizer``
 bit for bit (docs/numerics.md "Float8"). Its plain-torch twin is kernels/quantize_float8_torch.py.
 
-Two kernels: ``_f8_amax_kernel`` takes each row's max |x| (per tensor: launched again on the row
-maxima), ``_f8_quantize_kernel`` turns a row's max into its scale and writes the fake-quantized
-row, or (``CODES``, for the fp8 tensor-core GEMM of :mod:`.gemm_float8`) the row's e4m3 codes and
+Two kernels: ``_f8_amax_kernel`` takes each row's max |x| (per tensor only: launched again on the
+row maxima), ``_f8_quantize_kernel`` takes a row's max (per row: itself, in a first pass over the
+row), turns it into its scale and writes the fake-quantized row, or (``CODES``, for the fp8 tensor-core GEMM of :mod:`.gemm_float8`) the row's e4m3 codes and
 its GEMM scale: the scale, or NaN where a code is NaN (a zero element over a zero scale), so the
 GEMM's epilogue makes the rows the reference makes NaN. Like everything in ``kernels/``, this
 imports nothing from ``triton_qat``.
@@ -83,14 +83,25 @@ def _f8_amax_kernel(
 def _f8_quantize_kernel(
     x_ptr, y_ptr, amax_ptr, scale_ptr, K, stride_x, stride_y, stride_amax, LB, UB,
     HAS_LB: tl.constexpr, HAS_UB: tl.constexpr, DT: tl.constexpr, DIV_BY_RECIP: tl.constexpr,
-    CODES: tl.constexpr, BLOCK_K: tl.constexpr,
+    CODES: tl.constexpr, ROW_AMAX: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y[row] = fp8(clamp(x / s, +-448)) * s in x's dtype, s = clamp(amax, LB, UB) / 448 in x's
     dtype then fp32 (LB / UB already rounded to x's dtype by the launcher, as torch.clamp does);
     scale_ptr[row * stride_amax] = s. ``CODES``: y_ptr (uint8) gets the e4m3 codes and
-    scale_ptr[row] the GEMM scale (s, or NaN if a code of the row is NaN)."""
+    scale_ptr[row] the GEMM scale (s, or NaN if a code of the row is NaN). ``ROW_AMAX`` (per
+    row): the row's max |x| taken here in a first pass over the row (the row is then read again
+    from cache), not read from ``amax_ptr``: one launch instead of two."""
     row = tl.program_id(0).to(tl.int64)
-    b_m = tl.load(amax_ptr + row * stride_amax)
+    if ROW_AMAX:
+        o_k = tl.arange(0, BLOCK_K)  # [BK]
+        b_max = tl.zeros([BLOCK_K], dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            m_k = (k0 + o_k) < K
+            b_x = _to_f32(tl.load(x_ptr + row * stride_x + k0 + o_k, mask=m_k, other=0.0), DT)
+            b_max = tl.maximum(b_max, b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+        b_m = tl.max(b_max, axis=0).to(tl.float32, bitcast=True)
+    else:
+        b_m = tl.load(amax_ptr + row * stride_amax)
     if HAS_LB:  # torch.clamp keeps NaN; tl.maximum would drop it
         b_m = tl.where(b_m != b_m, b_m, tl.maximum(b_m, LB))
     if HAS_UB:
@@ -249,21 +260,29 @@ def launch_float8_quantize(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tens
     R, K = x2d.shape
     dev = x2d.device
     y = new_empty((R, K), x2d.dtype, dev)
-    amax = new_empty((R,), torch.float32, dev)
-    _f8_amax_kernel[(R,)](x2d, amax, K, x2d.stride(0), DT=p.dt, BLOCK_K=p.block_k,
-                          num_warps=p.num_warps)  # fmt: skip
-    if p.per_tensor:
-        rows, amax = amax, new_empty((1,), torch.float32, dev)
-        bk = min(triton.next_power_of_2(max(R, 16)), 4096 if INTERPRET else 1024)
-        _f8_amax_kernel[(1,)](rows, amax, R, R, DT=0, BLOCK_K=bk, num_warps=4)
     scale = new_empty((1, 1) if p.per_tensor else (R, 1), torch.float32, dev)
     _f8_quantize_kernel[(R,)](
-        x2d, y, amax, scale, K, x2d.stride(0), y.stride(0), 0 if p.per_tensor else 1,
-        0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
-        HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt,
-        DIV_BY_RECIP=p.div_by_recip, CODES=False, BLOCK_K=p.block_k, num_warps=p.num_warps,
+        x2d, y, _tensor_amax(p, x2d), scale, K, x2d.stride(0), y.stride(0),
+        0 if p.per_tensor else 1, 0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
+        HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt, DIV_BY_RECIP=p.div_by_recip,
+        CODES=False, ROW_AMAX=not p.per_tensor, BLOCK_K=p.block_k, num_warps=p.num_warps,
     )  # fmt: skip
     return y, scale
+
+
+def _tensor_amax(p: Float8Plan, x2d: torch.Tensor) -> torch.Tensor:
+    """Per tensor: max |x| of all of ``x2d`` (fp32 [1]; each row's, then theirs). Per row: an
+    unused placeholder (the quantize kernel takes each row's max itself, ``ROW_AMAX``)."""
+    R, K = x2d.shape
+    if not p.per_tensor:
+        return x2d
+    rows = new_empty((R,), torch.float32, x2d.device)
+    _f8_amax_kernel[(R,)](x2d, rows, K, x2d.stride(0), DT=p.dt, BLOCK_K=p.block_k,
+                          num_warps=p.num_warps)  # fmt: skip
+    amax = new_empty((1,), torch.float32, x2d.device)
+    bk = min(triton.next_power_of_2(max(R, 16)), 4096 if INTERPRET else 1024)
+    _f8_amax_kernel[(1,)](rows, amax, R, R, DT=0, BLOCK_K=bk, num_warps=4)
+    return amax
 
 
 def launch_float8_codes(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,19 +293,12 @@ def launch_float8_codes(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor,
     R, K = x2d.shape
     dev = x2d.device
     codes = new_empty((R, K), torch.uint8, dev)
-    amax = new_empty((R,), torch.float32, dev)
-    _f8_amax_kernel[(R,)](x2d, amax, K, x2d.stride(0), DT=p.dt, BLOCK_K=p.block_k,
-                          num_warps=p.num_warps)  # fmt: skip
-    if p.per_tensor:
-        rows, amax = amax, new_empty((1,), torch.float32, dev)
-        bk = min(triton.next_power_of_2(max(R, 16)), 4096 if INTERPRET else 1024)
-        _f8_amax_kernel[(1,)](rows, amax, R, R, DT=0, BLOCK_K=bk, num_warps=4)
     scale = new_empty((R,), torch.float32, dev)
     _f8_quantize_kernel[(R,)](
-        x2d, codes, amax, scale, K, x2d.stride(0), codes.stride(0), 0 if p.per_tensor else 1,
-        0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
-        HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt,
-        DIV_BY_RECIP=p.div_by_recip, CODES=True, BLOCK_K=p.block_k, num_warps=p.num_warps,
+        x2d, codes, _tensor_amax(p, x2d), scale, K, x2d.stride(0), codes.stride(0),
+        0 if p.per_tensor else 1, 0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
+        HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt, DIV_BY_RECIP=p.div_by_recip,
+        CODES=True, ROW_AMAX=not p.per_tensor, BLOCK_K=p.block_k, num_warps=p.num_warps,
     )  # fmt: skip
     return codes.view(torch.float8_e4m3fn), scale
 
@@ -313,12 +325,7 @@ def launch_float8_backward(
                                   PHASE=0, **meta)  # fmt: skip
         return out
     # per tensor: the tensor's max |x|, each row's sums and count, their totals, the share
-    rows = new_empty((R,), torch.float32, dev)
-    _f8_amax_kernel[(R,)](x2d, rows, K, x2d.stride(0), DT=p.dt, BLOCK_K=p.block_k,
-                          num_warps=p.num_warps)  # fmt: skip
-    m = new_empty((1,), torch.float32, dev)
-    bk = min(triton.next_power_of_2(max(R, 16)), 4096 if INTERPRET else 1024)
-    _f8_amax_kernel[(1,)](rows, m, R, R, DT=0, BLOCK_K=bk, num_warps=4)
+    m = _tensor_amax(p, x2d)
     sums = new_empty((R, 3), torch.float32, dev)
     _f8_backward_kernel[(R,)](grad, x2d, scale, m, scale, out, sums, *strides, *args, PHASE=1,
                               **meta)  # fmt: skip
