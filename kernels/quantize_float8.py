@@ -213,9 +213,9 @@ def _f8_backward_kernel(
         b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
         b_d, _, _ = _f8_grad_terms(b_g, b_x, b_s)
         b_at = (tl.abs(b_x) == m).to(tl.float32)
-        b_abs = round_to_dt(b_share * b_at, DT)
+        b_abs = round_to_dt(mul_rn(b_share, b_at), DT)  # (exact products, never contracted)
         b_sgn = (b_x > 0).to(tl.float32) - (b_x < 0).to(tl.float32)
-        b_out = round_to_dt(b_d, DT) + round_to_dt(b_abs * b_sgn, DT)
+        b_out = round_to_dt(b_d, DT) + round_to_dt(mul_rn(b_abs, b_sgn), DT)
         tl.store(p_o + k0 + o_k, cast_to_dt(b_out, DT), mask=m_k)
 
 

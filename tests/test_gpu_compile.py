@@ -66,11 +66,19 @@ def test_quantize_has_no_fma_and_ieee_division(rows):
     for k, r in quantize.items():
         for at in r["ffma_at"]:
             name, line = at.split(":")
+            if not (kernels / name).exists():
+                # a Triton library line (tl.sum's): the line table attributes the instructions
+                # after a reduction to it until the next marker (the float8 backward's IEEE
+                # division of the share: RCP, FCHK, FFMA Newton steps); the PTX has no fma at
+                # all (r["fma"] == 0, asserted above), so nothing was contracted
+                continue
             text = (kernels / name).read_text().splitlines()[int(line) - 1]
             if "div_rn" not in text:
                 contracted.setdefault(k, []).append(f"{at}: {text.strip()}")
     assert not contracted
-    assert all(r["div_rn"] > 0 for r in quantize.values())  # the qparams use IEEE division
+    # the qparams use IEEE division (MX scales are powers of two taken from exponent bits: no
+    # division there)
+    assert all(r["div_rn"] > 0 for k, r in quantize.items() if "quantize mx" not in k)
 
 
 def test_compiled_with_launch_specialization(rows):
