@@ -41,6 +41,8 @@ LAYERS = {
         "activation": tq.NOT_QUANTIZED,
         "weight": tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True),
     },
+    # e4m3 per row (the fp8 GEMM path: through the float8_linear custom op, not a fused plan)
+    "float8 e4m3 per-row": {"activation": tq.Float8Config(), "weight": tq.Float8Config()},
 }
 
 

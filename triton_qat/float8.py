@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from triton_qat import autotune
+from triton_qat import autotune, calls
 from triton_qat.checks import check_float_input
 from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig
 from triton_qat.dispatch import rows_key, use_kernels
@@ -43,6 +43,11 @@ def float8_fake_quantize_op(
     x: Tensor, per_tensor: bool, lb: float | None, ub: float | None
 ) -> tuple[Tensor, Tensor]:
     """x [R, K] (R, K >= 1) -> (y [R, K] in x's dtype, fp32 scale [R, 1] / [1, 1])."""
+    return _fq_impl(x, per_tensor, lb, ub)
+
+
+def _fq_impl(x: Tensor, per_tensor: bool, lb, ub) -> tuple[Tensor, Tensor]:
+    """The fake-quantize op's implementation (the eager direct path calls it too)."""
     x = x if x.stride(-1) == 1 else x.contiguous()
     if use_kernels(x):
         return _k.float8_quantize(x, per_tensor, lb, ub)
@@ -62,6 +67,11 @@ def float8_fake_quantize_backward_op(
     """torchao's gradient of its float8 fake quantization (docs/numerics.md "Float8"): the
     Triton kernel on the kernel backends (its scale-gradient sums in another order than torch's:
     see the docs), the plain-torch twin on the torch backend."""
+    return _fq_backward_impl(grad, x, scale, per_tensor, lb, ub)
+
+
+def _fq_backward_impl(grad, x, scale, per_tensor, lb, ub) -> Tensor:
+    """The fake-quantize backward op's implementation."""
     grad = grad.to(x.dtype)
     if not use_kernels(x) or x.numel() == 0:
         return float8_fake_quantize_backward_torch(grad, x, scale, per_tensor, lb, ub)
@@ -203,9 +213,11 @@ def float8_linear(
                                 activation)  # fmt: skip
     if fp8_gemm_runs(x, activation) and x.numel() and weight.numel():
         x2d = x.reshape(-1, x.shape[-1])
-        y = torch.ops.triton_qat.float8_linear(
-            x2d, weight, bias, *_args(activation), *_args(weight_config)
-        )
+        args = (x2d, weight, bias, *_args(activation), *_args(weight_config))
+        if calls.usable(x2d, weight, bias):
+            y = _Float8LinearDirect.apply(*args)
+        else:
+            y = torch.ops.triton_qat.float8_linear(*args)
         return y.reshape(*x.shape[:-1], weight.shape[0])
     return linear_on_weight(x, float8_fake_quantize(weight, weight_config), bias, activation)
 
@@ -307,6 +319,11 @@ def float8_linear_op(
 ) -> Tensor:
     """x [M, K] (bf16 / fp16), weight [N, K] (any float dtype), bias [N] or None ->
     ``fq(x) @ fq(w).T + bias`` [M, N] in x's dtype on fp8 tensor cores (module doc)."""
+    return _linear_impl(x, weight, bias, a_per_tensor, a_lb, a_ub, w_per_tensor, w_lb, w_ub)
+
+
+def _linear_impl(x, weight, bias, a_per_tensor, a_lb, a_ub, w_per_tensor, w_lb, w_ub) -> Tensor:
+    """The float8 linear op's implementation (the eager direct path calls it too)."""
     M, K, N = x.shape[0], x.shape[1], weight.shape[0]
     if M == 0 or N == 0 or K == 0:  # no codes to make: the dequantized path's result
         w_fq = float8_fake_quantize(weight, _config(w_per_tensor, w_lb, w_ub))
@@ -331,17 +348,22 @@ def _linear_setup(ctx, inputs, output) -> None:
 
 
 def _linear_backward(ctx, grad_y: Tensor):
+    """The op's backward: :func:`_linear_grads` through the ops (traced by torch.compile)."""
+    ops = torch.ops.triton_qat
+    return _linear_grads(ctx, grad_y, ops.float8_fake_quantize, ops.float8_fake_quantize_backward)
+
+
+def _linear_grads(ctx, grad_y: Tensor, fq, bwd):
     """torchao's gradients through ``F.linear(fq(x), fq(w).to(x.dtype), bias)``: x_fq and w_fq
     re-derived from the saved x and w by the forward's quantize (same bits), the GEMMs
-    ``F.linear``'s backward runs, then torchao's float8 gradient of each fake quantization."""
+    ``F.linear``'s backward runs, then torchao's float8 gradient of each fake quantization
+    (``fq`` / ``bwd``: the ops, or their implementations on the eager direct path)."""
     x, weight = ctx.saved_tensors
     a_pt, a_lb, a_ub, w_pt, w_lb, w_ub = ctx.args
-    fq = torch.ops.triton_qat.float8_fake_quantize
     x_fq, sx = fq(x, a_pt, a_lb, a_ub)
     w_fq, sw = fq(weight, w_pt, w_lb, w_ub)
     grad_y = grad_y.to(x.dtype)
     grad_x = grad_w = grad_b = None
-    bwd = torch.ops.triton_qat.float8_fake_quantize_backward
     if ctx.needs_input_grad[0]:
         grad_x = bwd(grad_y.mm(w_fq.to(x.dtype)), x, sx, a_pt, a_lb, a_ub)
     if ctx.needs_input_grad[1]:
@@ -352,6 +374,22 @@ def _linear_backward(ctx, grad_y: Tensor):
 
 
 float8_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+class _Float8LinearDirect(torch.autograd.Function):
+    """The eager direct path (:func:`triton_qat.calls.usable`): the op's implementation, setup
+    and gradients without the dispatcher (the same functions, so the same bits)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _linear_impl(*inputs)
+        _linear_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        with torch.no_grad():
+            return _linear_grads(ctx, grad_y, _fq_impl, _fq_backward_impl)
 
 
 @torch.library.custom_op("triton_qat::float8_linear_codes", mutates_args=())
