@@ -20,12 +20,14 @@ from triton_qat.kernels.gemm_float8 import float8_linear
 from triton_qat.kernels.gemm_int8 import int8_linear
 from triton_qat.kernels.quantize import quantize_rows
 from triton_qat.kernels.quantize_float8 import launch_float8_codes, plan_float8_quantize
+from triton_qat.kernels.quantize_mx import mx_quantize, nvfp4_quantize
 
 from . import dequantize_config, gemm_config, gemm_key, quantize_config, quantize_key
 
 # the tuned ones; "f8fwd" (the float8 forward's fp8 GEMM) only where fp8 tensor cores run it
 KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad", "f8fwd")
-UNTUNED = ("dequantize_x", "quantize_f8")  # benchmarked against their ceiling, one fixed config
+# benchmarked against their ceiling, one fixed config (the MX / NVFP4 ones at fp32 / bf16)
+UNTUNED = ("dequantize_x", "quantize_f8", "quantize_mxfp8", "quantize_mxfp4", "quantize_nvfp4")
 
 
 def fp8_problems_run(dtype: torch.dtype, device: torch.device) -> bool:
@@ -152,7 +154,35 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
     }  # fmt: skip
     if fp8_problems_run(s.dtype, device):
         out.update(_float8_problems(s, device, x, w))
+    if s.dtype != torch.float16 and (device.type == "cuda" or INTERPRET) and s.K % 32 == 0:
+        out.update(_mx_problems(s, x))
     return out
+
+
+def _mx_problems(s: LinearShape, x) -> dict[str, Problem]:
+    """The MX / NVFP4 activation fake quantizations (kernels/quantize_mx.py) against a copy of x:
+    the dequantized path's whole cost beside its GEMM (tensor-core MX / FP4 needs Blackwell)."""
+    esize = x.element_size()
+    moved, copy = 2 * s.M * s.K * esize, 2 * s.M * s.K * esize  # x read, x_fq written
+    kinds = {"quantize_mxfp8": lambda: mx_quantize(x, "float8_e4m3fn", 32, "rceil"),
+             "quantize_mxfp4": lambda: mx_quantize(x, "float4_e2m1fn_x2", 32, "rceil"),
+             "quantize_nvfp4": lambda: nvfp4_quantize(x, True)}  # fmt: skip
+    return {
+        name: Problem(
+            name,
+            name,
+            "",
+            (s.M, s.K),
+            s.K,
+            lambda c, fn=fn: fn(),
+            {},
+            lambda: x.clone(),
+            "copy",
+            moved,
+            copy,
+        )  # fmt: skip
+        for name, fn in kinds.items()
+    }
 
 
 def _float8_problems(s: LinearShape, device: torch.device, x, w) -> dict[str, Problem]:

@@ -51,7 +51,10 @@ FIELDS = ["kernel", "provider", "backend", "mode", "metric", "M", "K", "N", "dty
 REPORT_FIELDS = ["phase", "item", "status", "detail", *FIELDS, "config"]
 # (quantize_f8 and f8fwd only where the float8 layer's fp8 GEMM runs: 16-bit, fp8 tensor cores)
 KERNEL_ROWS = ("quantize_x", "quantize_w", "fwd", "dequantize_x", "dgrad", "wgrad",
-               "quantize_f8", "f8fwd")  # fmt: skip
+               "quantize_f8", "f8fwd", "quantize_mxfp8", "quantize_mxfp4",
+               "quantize_nvfp4")  # fmt: skip
+_QUANTIZE_KINDS = ("quantize", "dequantize", "quantize_f8", "quantize_mxfp8", "quantize_mxfp4",
+                   "quantize_nvfp4")  # GB/s rows (the rest: TFLOP/s)  # fmt: skip
 PROVIDERS = [
     "F.linear",
     "torch ref eager",
@@ -296,7 +299,7 @@ def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
     rows = []
     for name in (k for k in KERNEL_ROWS if k in registry):
         prob = registry[name]
-        unit = "gb_per_s" if prob.kernel in ("quantize", "dequantize", "quantize_f8") else "tflops"
+        unit = "gb_per_s" if prob.kernel in _QUANTIZE_KINDS else "tflops"
         medians = {}
         for provider, fn in (("triton_qat", lambda p=prob: p.launch(p.config)),
                              (prob.ceiling_name, prob.ceiling)):  # fmt: skip
@@ -319,8 +322,8 @@ def bench_kernels(M, K, N, device, dtype, timer, n_rot) -> list[dict]:
                              backend=backend))  # fmt: skip
         for r in rows:
             if "kernel" not in r:  # this kernel's rows (earlier kernels' rows are labelled)
-                r.update(kernel=name, mode="fwd" if name in ("quantize_x", "quantize_w", "fwd",
-                         "quantize_f8", "f8fwd") else "bwd", M=M, K=K, N=N)  # fmt: skip
+                r.update(kernel=name, mode="bwd" if name in ("dgrad", "wgrad", "dequantize_x")
+                         else "fwd", M=M, K=K, N=N)  # fmt: skip
     return rows
 
 

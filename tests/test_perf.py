@@ -38,7 +38,17 @@ def test_bench_quick_and_plot(tmp_path):
         r["provider"]: float(r["value"]) for r in rows if r["metric"] == "saved_act_bytes_per_elem"
     }
     assert saved["triton_qat eager"] <= 1.25 < saved["torch ref eager"]
-    kernels = {"quantize_x", "quantize_w", "fwd", "dequantize_x", "dgrad", "wgrad"}
+    kernels = {
+        "quantize_x",
+        "quantize_w",
+        "fwd",
+        "dequantize_x",
+        "dgrad",
+        "wgrad",
+        "quantize_mxfp8",
+        "quantize_mxfp4",
+        "quantize_nvfp4",
+    }  # (fp32: no fp8 GEMM rows)
     assert {r["kernel"] for r in rows} == {"qat_linear"} | kernels
     fractions = {r["kernel"] for r in rows if r["metric"] == "fraction_of_ceiling"}
     assert fractions == kernels  # each kernel timed against its ceiling on the same operands
