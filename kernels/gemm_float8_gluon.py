@@ -34,7 +34,18 @@ import torch
 import triton
 
 from ._common import cdiv, dtype_code, empty
-from .gemm_int8_gluon import _descriptor, _instr_n, _warps, check_gluon_config, gluon_available
+from .gemm_int8_gluon import (
+    _descriptor,
+    _grouped_tile,
+    _instr_n,
+    _load_step,
+    _scale_tile,
+    _store_tile,
+    _tma_ring,
+    _warps,
+    check_gluon_config,
+    gluon_available,
+)
 from .gemm_int8_gluon import gluon_device as _int8_gluon_device
 
 if gluon_available():
@@ -58,16 +69,6 @@ if gluon_available():
                              use_acc=False, is_async=True)  # fmt: skip
 
     @gluon.jit
-    def _refill(a_bufs, b_bufs, bars, x_desc, w_desc, kn, n_k, m0, n0, STAGES: gl.constexpr,
-                BLOCK_K: gl.constexpr, TILE_BYTES: gl.constexpr):  # fmt: skip
-        """Load step kn's tiles into its slot (predicated off past the last step)."""
-        sn = kn % STAGES
-        on = kn < n_k
-        mbarrier.expect(bars.index(sn), TILE_BYTES, pred=on)
-        _tma_load(x_desc, [m0, kn * BLOCK_K], bars.index(sn), a_bufs.index(sn), pred=on)
-        _tma_load(w_desc, [n0, kn * BLOCK_K], bars.index(sn), b_bufs.index(sn), pred=on)
-
-    @gluon.jit
     def _float8_linear_gluon_kernel(
         x_desc, w_desc, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, K, stride_om,
         HAS_BIAS: gl.constexpr, DT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -79,38 +80,25 @@ if gluon_available():
         x_desc / w_desc: e4m3 [M, K] / [N, K] descriptors with [BLOCK_M, BLOCK_K] /
         [BLOCK_N, BLOCK_K] tiles; WARPS_M x WARPS_N warps share the accumulator (m16 x INSTR_N
         x k32 QGMMA instructions)."""
-        pid = gl.program_id(0)
-        n_pid_m = gl.cdiv(M, BLOCK_M)
-        n_pid_n = gl.cdiv(N, BLOCK_N)
-        n_in_group = GROUP_M * n_pid_n
-        first_m = (pid // n_in_group) * GROUP_M
-        size_m = gl.minimum(n_pid_m - first_m, GROUP_M)
-        pid_m = first_m + ((pid % n_in_group) % size_m)
-        pid_n = (pid % n_in_group) // size_m
+        pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
         m0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
-
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[WARPS_M, WARPS_N], instr_shape=[16, INSTR_N, 32]
         )
-        a_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
-        b_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(bars.index(i), count=1)
+        a_bufs, b_bufs, bars = _tma_ring(x_desc, w_desc, gl.float8e4nv, STAGES, BLOCK_M,
+                                         BLOCK_N, BLOCK_K)  # fmt: skip
         TILE_BYTES: gl.constexpr = (BLOCK_M + BLOCK_N) * BLOCK_K  # e4m3: one byte an element
         n_k = gl.cdiv(K, BLOCK_K)
         for i in gl.static_range(STAGES - 1):
-            on = i < n_k
-            mbarrier.expect(bars.index(i), TILE_BYTES, pred=on)
-            _tma_load(x_desc, [m0, i * BLOCK_K], bars.index(i), a_bufs.index(i), pred=on)
-            _tma_load(w_desc, [n0, i * BLOCK_K], bars.index(i), b_bufs.index(i), pred=on)
+            _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, i, n_k, m0, n0, STAGES, BLOCK_K,
+                       TILE_BYTES)  # fmt: skip
 
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)  # [BM, BN]
         zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
         # step 0 starts its partial sum; the slot the prologue left empty takes step STAGES - 1
         part = _step(a_bufs, b_bufs, bars, zero, 0, STAGES)
-        _refill(a_bufs, b_bufs, bars, x_desc, w_desc, STAGES - 1, n_k, m0, n0, STAGES, BLOCK_K,
+        _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, STAGES - 1, n_k, m0, n0, STAGES, BLOCK_K,
                 TILE_BYTES)  # fmt: skip
         # then two partial sums in turn (part: even steps, part_b: odd ones), so that no
         # register copy reads a group in flight (ptxas serializes every wgmma where one does,
@@ -119,12 +107,12 @@ if gluon_available():
             part_b = _step(a_bufs, b_bufs, bars, zero, ki, STAGES)
             done = warpgroup_mma_wait(num_outstanding=1, deps=(part,))
             acc = acc + done
-            _refill(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES - 1, n_k, m0, n0, STAGES,
+            _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES - 1, n_k, m0, n0, STAGES,
                     BLOCK_K, TILE_BYTES)  # fmt: skip
             part = _step(a_bufs, b_bufs, bars, zero, ki + 1, STAGES)
             done = warpgroup_mma_wait(num_outstanding=1, deps=(part_b,))
             acc = acc + done
-            _refill(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES, n_k, m0, n0, STAGES,
+            _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES, n_k, m0, n0, STAGES,
                     BLOCK_K, TILE_BYTES)  # fmt: skip
         if n_k % 2 == 0:  # one step left after the pairs
             part_b = _step(a_bufs, b_bufs, bars, zero, n_k - 1, STAGES)
@@ -145,26 +133,11 @@ if gluon_available():
         o_nw = (n0 + gl.arange(0, BLOCK_N, layout=col_layout)) % N  # [BN]
         b_sx = gl.load(sx_ptr + o_mw)  # [BM]
         b_sw = gl.load(sw_ptr + o_nw)  # [BN]
-        row_first = b_sx[:, None] < b_sw[None, :]
-        lo = gl.where(row_first, b_sx[:, None], b_sw[None, :])
-        hi = gl.where(row_first, b_sw[None, :], b_sx[:, None])
-        b_out = (acc * lo) * hi  # [BM, BN]
+        b_out = _scale_tile(acc, b_sx, b_sw)  # [BM, BN]
         if HAS_BIAS:
             b_out += gl.load(bias_ptr + o_nw).to(gl.float32)[None, :]
-        if DT == 1:
-            b_out = b_out.to(gl.float16)
-        elif DT == 2:
-            b_out = b_out.to(gl.bfloat16)
-        out_layout: gl.constexpr = gl.BlockedLayout(
-            size_per_thread=[1, OUT_VEC], threads_per_warp=[32 // OUT_TPW_N, OUT_TPW_N],
-            warps_per_cta=[WARPS_M * WARPS_N, 1], order=[1, 0],
-        )  # fmt: skip
-        b_out = gl.convert_layout(b_out, out_layout)
-        o_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))  # [BM]
-        o_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))  # [BN]
-        p_o = out_ptr + (pid_m.to(gl.int64) * BLOCK_M * stride_om + pid_n.to(gl.int64) * BLOCK_N)
-        m_o = ((m0 + o_m) < M)[:, None] & ((n0 + o_n) < N)[None, :]
-        gl.store(p_o + (o_m[:, None] * stride_om + o_n[None, :]), b_out, mask=m_o)
+        _store_tile(b_out, out_ptr, pid_m, pid_n, M, N, stride_om, DT, BLOCK_M, BLOCK_N,
+                    WARPS_M * WARPS_N, OUT_VEC, OUT_TPW_N)  # fmt: skip
 
 else:
     _float8_linear_gluon_kernel = None

@@ -95,6 +95,71 @@ def _failed(e: Exception) -> None:
 
 
 if gluon is not None:
+    # -- the pieces both Gluon forwards share (this one and kernels/gemm_float8_gluon.py) -------
+    @gluon.jit
+    def _grouped_tile(M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+        """(pid_m, pid_n) of this program in grouped ordering (kernels/_common.py ``swizzle``)."""
+        pid = gl.program_id(0)
+        n_pid_m = gl.cdiv(M, BLOCK_M)
+        n_pid_n = gl.cdiv(N, BLOCK_N)
+        n_in_group = GROUP_M * n_pid_n
+        first_m = (pid // n_in_group) * GROUP_M
+        size_m = gl.minimum(n_pid_m - first_m, GROUP_M)
+        return first_m + ((pid % n_in_group) % size_m), (pid % n_in_group) // size_m
+
+    @gluon.jit
+    def _tma_ring(x_desc, w_desc, ELEM: gl.constexpr, STAGES: gl.constexpr,
+                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr):  # fmt: skip
+        """The ring: STAGES x (x tile [BLOCK_M, BLOCK_K], w tile [BLOCK_N, BLOCK_K]) of 8-bit
+        ``ELEM`` in the descriptors' swizzled layouts, one initialized mbarrier each."""
+        a_bufs = gl.allocate_shared_memory(ELEM, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+        b_bufs = gl.allocate_shared_memory(ELEM, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        return a_bufs, b_bufs, bars
+
+    @gluon.jit
+    def _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, k, n_k, m0, n0, STAGES: gl.constexpr,
+                   BLOCK_K: gl.constexpr, TILE_BYTES: gl.constexpr):  # fmt: skip
+        """TMA loads of K step k's two tiles into slot k % STAGES, counted on its mbarrier
+        (predicated off past the last step)."""
+        s = k % STAGES
+        on = k < n_k
+        mbarrier.expect(bars.index(s), TILE_BYTES, pred=on)
+        _tma_load(x_desc, [m0, k * BLOCK_K], bars.index(s), a_bufs.index(s), pred=on)
+        _tma_load(w_desc, [n0, k * BLOCK_K], bars.index(s), b_bufs.index(s), pred=on)
+
+    @gluon.jit
+    def _scale_tile(acc, b_sx, b_sw):
+        """``acc * s_x[:, None] * s_w[None, :]`` as ``(acc * lo) * hi``, the smaller scale first
+        (a NaN scale, never smaller, is then used first): kernels/gemm_int8.py ``_scale``."""
+        row_first = b_sx[:, None] < b_sw[None, :]
+        lo = gl.where(row_first, b_sx[:, None], b_sw[None, :])
+        hi = gl.where(row_first, b_sw[None, :], b_sx[:, None])
+        return (acc * lo) * hi
+
+    @gluon.jit
+    def _store_tile(b_out, out_ptr, pid_m, pid_n, M, N, stride_om, DT: gl.constexpr,
+                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr,
+                    OUT_VEC: gl.constexpr, OUT_TPW_N: gl.constexpr):  # fmt: skip
+        """cast_to_dt (round to nearest even) of the fp32 tile, then a coalesced layout
+        (OUT_VEC elements per thread x OUT_TPW_N threads along a row) for the masked store;
+        the tile's corner as one 64-bit offset, the elements as 32-bit offsets from it."""
+        if DT == 1:
+            b_out = b_out.to(gl.float16)
+        elif DT == 2:
+            b_out = b_out.to(gl.bfloat16)
+        out_layout: gl.constexpr = gl.BlockedLayout(
+            size_per_thread=[1, OUT_VEC], threads_per_warp=[32 // OUT_TPW_N, OUT_TPW_N],
+            warps_per_cta=[WARPS, 1], order=[1, 0],
+        )  # fmt: skip
+        b_out = gl.convert_layout(b_out, out_layout)
+        o_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))  # [BM]
+        o_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))  # [BN]
+        p_o = out_ptr + (pid_m.to(gl.int64) * BLOCK_M * stride_om + pid_n.to(gl.int64) * BLOCK_N)
+        m_o = ((pid_m * BLOCK_M + o_m) < M)[:, None] & ((pid_n * BLOCK_N + o_n) < N)[None, :]
+        gl.store(p_o + (o_m[:, None] * stride_om + o_n[None, :]), b_out, mask=m_o)
 
     @gluon.jit
     def _int8_linear_gluon_kernel(
@@ -130,35 +195,21 @@ if gluon is not None:
         [BLOCK_M, BLOCK_K] / [BLOCK_N, BLOCK_K] tiles; WARPS_M x WARPS_N warps share the
         accumulator (m16 x INSTR_N x k32 IGMMA instructions); OUT_VEC x OUT_TPW_N: the store's
         coalesced layout (elements per thread x threads along a row)."""
-        # grouped program ordering (kernels/_common.py swizzle)
-        pid = gl.program_id(0)
-        n_pid_m = gl.cdiv(M, BLOCK_M)
-        n_pid_n = gl.cdiv(N, BLOCK_N)
-        n_in_group = GROUP_M * n_pid_n
-        first_m = (pid // n_in_group) * GROUP_M
-        size_m = gl.minimum(n_pid_m - first_m, GROUP_M)
-        pid_m = first_m + ((pid % n_in_group) % size_m)
-        pid_n = (pid % n_in_group) // size_m
+        pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
         m0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
 
         acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[WARPS_M, WARPS_N], instr_shape=[16, INSTR_N, 32]
         )
-        # the ring: STAGES x (x tile, w tile), one mbarrier each (TMA's transaction count)
-        a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
-        b_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(bars.index(i), count=1)
+        a_bufs, b_bufs, bars = _tma_ring(x_desc, w_desc, gl.int8, STAGES, BLOCK_M, BLOCK_N,
+                                         BLOCK_K)  # fmt: skip
         TILE_BYTES: gl.constexpr = (BLOCK_M + BLOCK_N) * BLOCK_K  # int8: one byte an element
         n_k = gl.cdiv(K, BLOCK_K)
         # prologue: the first STAGES - 1 steps in flight (predicated off past the last step)
         for i in gl.static_range(STAGES - 1):
-            on = i < n_k
-            mbarrier.expect(bars.index(i), TILE_BYTES, pred=on)
-            _tma_load(x_desc, [m0, i * BLOCK_K], bars.index(i), a_bufs.index(i), pred=on)
-            _tma_load(w_desc, [n0, i * BLOCK_K], bars.index(i), b_bufs.index(i), pred=on)
+            _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, i, n_k, m0, n0, STAGES, BLOCK_K,
+                       TILE_BYTES)  # fmt: skip
 
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=acc_layout)  # [BM, BN]
         for ki in range(n_k):
@@ -171,12 +222,8 @@ if gluon is not None:
             # ki + STAGES - 1 (the same slot modulo STAGES)
             acc, _, _ = warpgroup_mma_wait(num_outstanding=1,
                                            deps=(acc, a_bufs.index(s), b_bufs.index(s)))  # fmt: skip
-            kn = ki + STAGES - 1
-            sn = kn % STAGES
-            on = kn < n_k
-            mbarrier.expect(bars.index(sn), TILE_BYTES, pred=on)
-            _tma_load(x_desc, [m0, kn * BLOCK_K], bars.index(sn), a_bufs.index(sn), pred=on)
-            _tma_load(w_desc, [n0, kn * BLOCK_K], bars.index(sn), b_bufs.index(sn), pred=on)
+            _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES - 1, n_k, m0, n0,
+                       STAGES, BLOCK_K, TILE_BYTES)  # fmt: skip
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(i))
@@ -192,31 +239,13 @@ if gluon is not None:
             b_zp = gl.load(zpx_ptr + o_mw)  # [BM]
             acc -= b_zp[:, None] * gl.load(wsum_ptr + o_nw * stride_sn)[None, :]
         b_sw = gl.load(sw_ptr + o_nw * stride_sn)  # [BN]
-        # _scale: the smaller scale first (False for a NaN scale: it is then used first)
-        row_first = b_sx[:, None] < b_sw[None, :]
-        lo = gl.where(row_first, b_sx[:, None], b_sw[None, :])
-        hi = gl.where(row_first, b_sw[None, :], b_sx[:, None])
-        b_out = (acc.to(gl.float32) * lo) * hi  # [BM, BN]
+        b_out = _scale_tile(acc.to(gl.float32), b_sx, b_sw)  # [BM, BN]
         m_finite = (b_sx == b_sx) & (gl.abs(b_sx) < float("inf"))  # [BM]
         b_out = gl.where(m_finite[:, None], b_out, float("nan"))
         if HAS_BIAS:
             b_out += gl.load(bias_ptr + o_nw).to(gl.float32)[None, :]
-        # cast_to_dt (round to nearest even), then a coalesced layout for the store
-        if DT == 1:
-            b_out = b_out.to(gl.float16)
-        elif DT == 2:
-            b_out = b_out.to(gl.bfloat16)
-        out_layout: gl.constexpr = gl.BlockedLayout(
-            size_per_thread=[1, OUT_VEC], threads_per_warp=[32 // OUT_TPW_N, OUT_TPW_N],
-            warps_per_cta=[WARPS_M * WARPS_N, 1], order=[1, 0],
-        )  # fmt: skip
-        b_out = gl.convert_layout(b_out, out_layout)
-        o_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_layout))  # [BM]
-        o_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_layout))  # [BN]
-        # the tile's corner as one 64-bit offset, the elements as 32-bit offsets from it
-        p_o = out_ptr + (pid_m.to(gl.int64) * BLOCK_M * stride_om + pid_n.to(gl.int64) * BLOCK_N)
-        m_o = ((m0 + o_m) < M)[:, None] & ((n0 + o_n) < N)[None, :]
-        gl.store(p_o + (o_m[:, None] * stride_om + o_n[None, :]), b_out, mask=m_o)
+        _store_tile(b_out, out_ptr, pid_m, pid_n, M, N, stride_om, DT, BLOCK_M, BLOCK_N,
+                    WARPS_M * WARPS_N, OUT_VEC, OUT_TPW_N)  # fmt: skip
 
 else:
     _int8_linear_gluon_kernel = None

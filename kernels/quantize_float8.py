@@ -64,19 +64,25 @@ def _e4m3_code(r):
 
 
 @triton.jit
-def _f8_amax_kernel(
-    x_ptr, out_ptr, K, stride_x, DT: tl.constexpr, BLOCK_K: tl.constexpr
-):  # fmt: skip
-    """out[row] = max |x[row, :]| as fp32 (NaN if the row holds one): the int32 order of the
-    sign-cleared fp32 bits is the float order, a NaN above +inf."""
-    row = tl.program_id(0).to(tl.int64)
+def _row_amax(p_x, K, DT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """max |x| of the row at ``p_x`` (K elements) as fp32, NaN if the row holds one: the int32
+    order of the sign-cleared fp32 bits is the float order, a NaN above +inf."""
     o_k = tl.arange(0, BLOCK_K)  # [BK]
     b_max = tl.zeros([BLOCK_K], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         m_k = (k0 + o_k) < K
-        b_x = _to_f32(tl.load(x_ptr + row * stride_x + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
         b_max = tl.maximum(b_max, b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-    tl.store(out_ptr + row, tl.max(b_max, axis=0).to(tl.float32, bitcast=True))
+    return tl.max(b_max, axis=0).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _f8_amax_kernel(
+    x_ptr, out_ptr, K, stride_x, DT: tl.constexpr, BLOCK_K: tl.constexpr
+):  # fmt: skip
+    """out[row] = max |x[row, :]| as fp32 (:func:`_row_amax`)."""
+    row = tl.program_id(0).to(tl.int64)
+    tl.store(out_ptr + row, _row_amax(x_ptr + row * stride_x, K, DT, BLOCK_K))
 
 
 @triton.jit
@@ -93,13 +99,7 @@ def _f8_quantize_kernel(
     from cache), not read from ``amax_ptr``: one launch instead of two."""
     row = tl.program_id(0).to(tl.int64)
     if ROW_AMAX:
-        o_k = tl.arange(0, BLOCK_K)  # [BK]
-        b_max = tl.zeros([BLOCK_K], dtype=tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            m_k = (k0 + o_k) < K
-            b_x = _to_f32(tl.load(x_ptr + row * stride_x + k0 + o_k, mask=m_k, other=0.0), DT)
-            b_max = tl.maximum(b_max, b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-        b_m = tl.max(b_max, axis=0).to(tl.float32, bitcast=True)
+        b_m = _row_amax(x_ptr + row * stride_x, K, DT, BLOCK_K)
     else:
         b_m = tl.load(amax_ptr + row * stride_amax)
     if HAS_LB:  # torch.clamp keeps NaN; tl.maximum would drop it
