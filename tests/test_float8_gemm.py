@@ -326,3 +326,28 @@ def test_gluon_config_runs_the_triton_kernel_where_gluon_cannot():
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="GLUON"):
         check_float8_config({**CFG, "GLUON": 1})  # 1 warp: no wgmma warpgroup
+
+
+def test_layer_plans_take_a_gluon_config_where_the_device_runs_gluon(monkeypatch):
+    """The layer's plan passes the device's Gluon capability on: with a GLUON config on a device
+    that runs Gluon (faked here) the plan holds the Gluon kernel's plan; elsewhere none."""
+    from triton_qat import autotune
+    from triton_qat.autotune.space import F8_HOPPER_DEFAULT
+    from triton_qat.kernels.gemm_int8_gluon import gluon_available
+
+    if not gluon_available():
+        pytest.skip("this Triton has no Gluon Hopper API")
+    looked_up = autotune.gemm_config
+
+    def gluon_cfg(kernel, *args, **kwargs):
+        cfg = looked_up(kernel, *args, **kwargs)
+        return {**F8_HOPPER_DEFAULT, "GLUON": 1} if kernel == "f8fwd" else cfg
+
+    monkeypatch.setattr(autotune, "gemm_config", gluon_cfg)
+    x = torch.randn(16, 256, dtype=torch.bfloat16)
+    for runs in (False, True):
+        monkeypatch.setattr(f8, "float8_gluon_device", lambda device, r=runs: r)
+        f8._PLANS.clear()
+        plan = f8._plans(x, 32, 256, False, (False, None, None), None)[2]
+        assert (plan.gluon is not None) == runs
+    f8._PLANS.clear()

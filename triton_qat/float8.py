@@ -32,6 +32,7 @@ from triton_qat.dispatch import rows_key, use_kernels
 from triton_qat.kernels import gemm_float8 as _g
 from triton_qat.kernels import quantize_float8 as _k
 from triton_qat.kernels._common import INTERPRET
+from triton_qat.kernels.gemm_float8_gluon import float8_gluon_device
 from triton_qat.kernels.quantize_float8_torch import (
     float8_fake_quantize_backward_torch,
     float8_fake_quantize_torch,
@@ -291,7 +292,8 @@ def _plans(x2d: Tensor, N: int, K: int, has_bias: bool, a: tuple, w: tuple | Non
         qa = _k.plan_float8_quantize(K, x2d.dtype, *a, cuda, INTERPRET)
         qw = None if w is None else _k.plan_float8_quantize(K, w[3], *w[:3], cuda, INTERPRET)
         cfg = autotune.gemm_config("f8fwd", rows_key(x2d.shape[0]), N, K, x2d.device, x2d.dtype)
-        mm = _g.plan_float8_linear(K, N, x2d.dtype, config=cfg, has_bias=has_bias)
+        mm = _g.plan_float8_linear(K, N, x2d.dtype, config=cfg, has_bias=has_bias,
+                                   gluon=float8_gluon_device(x2d.device))  # fmt: skip
         plans = _PLANS[key] = (qa, qw, mm)
     return plans
 
