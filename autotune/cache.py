@@ -23,6 +23,8 @@ from pathlib import Path
 
 import triton
 
+from triton_qat.kernels.gemm_int8_gluon import check_gluon_config
+
 # 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS and the
 # forward's GLUON. A version-2 file is read without its dgrad / wgrad entries (tuned without
 # torch.mm among the candidates), and a forward config without GLUON (version 2, or version 3
@@ -163,6 +165,8 @@ def _config_ok(kernel: str, cfg: object) -> bool:
         return False
     if kernel == "f8fwd" and (bk != 128 or cfg["GLUON"] not in (0, 1)):
         return False  # the fp8 GEMM promotes its accumulator every 128 products (numerics)
+    if kernel in ("fwd", "f8fwd") and cfg["GLUON"] == 1 and check_gluon_config(cfg) is not None:
+        return False  # a tile the Gluon kernel cannot take (warps, rows per warpgroup, stages)
     if kernel == "fwd" and (cfg["DEQUANT"] not in (0, 1) or not cfg["DEQUANT"] and bk < 32):
         return False  # the int8 path: BLOCK_K >= 32 (int8 dot operands); flags are 0/1
     if kernel == "fwd" and (cfg["GLUON"] not in (0, 1) or cfg["GLUON"] and cfg["DEQUANT"]):

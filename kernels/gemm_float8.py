@@ -3,8 +3,8 @@
     out[m, n] = (sum_k q_x[m, k] q_w[n, k]) * s_x[m] * s_w[n] + bias[n]
 
 q_x / q_w are the e4m3 codes the float8 quantize writes (:func:`.quantize_float8.launch_float8_codes`)
-and s_x / s_w their GEMM scales (per row, a per-tensor scale repeated; NaN for a row the
-reference makes NaN). Every product of two e4m3 values is exact in fp32, so this is
+and s_x / s_w their GEMM scales (per row, a per-tensor scale repeated; NaN for a row whose
+reference values are not all finite, so the output is non-finite exactly where the reference's). Every product of two e4m3 values is exact in fp32, so this is
 ``x_fq @ w_fq.T + bias`` computed from the fake-quantized values before their rounding to the
 output dtype, within the dtype's bound of an fp64 product of the rounded ones
 (docs/numerics.md "Float8", forward GEMM).

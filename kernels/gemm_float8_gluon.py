@@ -45,8 +45,8 @@ from .gemm_int8_gluon import (
     _warps,
     check_gluon_config,
     gluon_available,
+    hopper_gluon_device,
 )
-from .gemm_int8_gluon import gluon_device as _int8_gluon_device
 
 if gluon_available():
     import triton.experimental.gluon.language as gl
@@ -149,7 +149,7 @@ _FAILED: list[str] = []  # a launch that failed to build or run: the Triton kern
 def float8_gluon_device(device: torch.device) -> bool:
     """Whether float8 launches on ``device`` can run the Gluon kernel (an sm_90 GPU with
     compiled Triton and Gluon's Hopper API, and no failed launch of it in this process)."""
-    return not _FAILED and _int8_gluon_device(device)
+    return not _FAILED and hopper_gluon_device(device)
 
 
 class Float8GluonPlan(NamedTuple):

@@ -344,12 +344,18 @@ def _descriptor(view: torch.Tensor, strides: tuple, block: list, layout) -> obje
     return desc
 
 
-def gluon_device(device: torch.device) -> bool:
-    """Whether launches on ``device`` can run the Gluon kernel: an NVIDIA GPU of compute
-    capability 9 (wgmma is sm_90a's; later GPUs run the Triton kernel), compiled Triton (never
-    the interpreter: Gluon has none) with Gluon's Hopper API."""
-    return (gluon is not None and not _FAILED and not INTERPRET and device.type == "cuda"
+def hopper_gluon_device(device: torch.device) -> bool:
+    """Whether ``device`` runs Gluon's Hopper kernels: an NVIDIA GPU of compute capability 9
+    (wgmma is sm_90a's; later GPUs run the Triton kernels), compiled Triton (never the
+    interpreter: Gluon has none) with Gluon's Hopper API."""
+    return (gluon is not None and not INTERPRET and device.type == "cuda"
             and torch.version.hip is None and device_major(device) == 9)  # fmt: skip
+
+
+def gluon_device(device: torch.device) -> bool:
+    """Whether launches on ``device`` can run this Gluon kernel: :func:`hopper_gluon_device`,
+    and no failed launch of it in this process."""
+    return not _FAILED and hopper_gluon_device(device)
 
 
 def gluon_operands_fit(x_codes: torch.Tensor, w_codes: torch.Tensor) -> bool:

@@ -89,12 +89,14 @@ def _f8_amax_kernel(
 def _f8_quantize_kernel(
     x_ptr, y_ptr, amax_ptr, scale_ptr, K, stride_x, stride_y, stride_amax, LB, UB,
     HAS_LB: tl.constexpr, HAS_UB: tl.constexpr, DT: tl.constexpr, DIV_BY_RECIP: tl.constexpr,
-    CODES: tl.constexpr, ROW_AMAX: tl.constexpr, BLOCK_K: tl.constexpr,
+    CODES: tl.constexpr, OUT_DT: tl.constexpr, ROW_AMAX: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y[row] = fp8(clamp(x / s, +-448)) * s in x's dtype, s = clamp(amax, LB, UB) / 448 in x's
     dtype then fp32 (LB / UB already rounded to x's dtype by the launcher, as torch.clamp does);
     scale_ptr[row * stride_amax] = s. ``CODES``: y_ptr (uint8) gets the e4m3 codes and
-    scale_ptr[row] the GEMM scale (s, or NaN if a code of the row is NaN). ``ROW_AMAX`` (per
+    scale_ptr[row] the GEMM scale: s, or NaN where the reference's row is not finite: a NaN
+    code, or a fake-quantized value that overflows to inf in x's dtype and then in ``OUT_DT``
+    (the dtype the GEMM's reference computes in: a weight's values are cast to x's). ``ROW_AMAX`` (per
     row): the row's max |x| taken here in a first pass over the row (the row is then read again
     from cache), not read from ``amax_ptr``: one launch instead of two."""
     row = tl.program_id(0).to(tl.int64)
@@ -118,7 +120,9 @@ def _f8_quantize_kernel(
         b_t = tl.where(b_t != b_t, b_t, tl.minimum(tl.maximum(b_t, -448.0), 448.0))
         if CODES:
             b_r = _to_e4m3(b_t)
-            b_nan = tl.maximum(b_nan, ((b_r != b_r) & m_k).to(tl.int32))
+            b_v = round_to_dt(round_to_dt(mul_rn(b_r, b_s), DT), OUT_DT)  # the reference's value
+            b_bad = (b_r != b_r) | ((b_v == float("inf")) | (b_v == -float("inf")))
+            b_nan = tl.maximum(b_nan, (b_bad & m_k).to(tl.int32))
             tl.store(y_ptr + row * stride_y + k0 + o_k, _e4m3_code(b_r), mask=m_k)
         else:
             b_y = cast_to_dt(_to_e4m3(b_t) * b_s, DT)
@@ -202,7 +206,9 @@ def _f8_backward_kernel(
             keep &= m <= UB
         if HAS_LB or HAS_UB:
             b_gm = tl.where(keep, b_gm, 0.0)
-        b_share = round_to_dt(tl.div_rn(b_gm, cnt.to(tl.float32)), DT)
+        # torch divides by the count converted to x's dtype (257 elements at the max are 256
+        # in bf16, 2049 are 2048 in fp16)
+        b_share = round_to_dt(tl.div_rn(b_gm, round_to_dt(cnt.to(tl.float32), DT)), DT)
     else:
         m = tl.load(m_ptr)
         b_share = tl.load(share_ptr)
@@ -229,6 +235,7 @@ class Float8Plan(NamedTuple):
     div_by_recip: bool
     block_k: int
     num_warps: int
+    out_dt: int = -1  # codes: the dtype code the reference's GEMM casts the values to (-1: dt)
 
 
 def _round_bound(v: float | None, dtype: torch.dtype) -> float | None:
@@ -243,14 +250,17 @@ def plan_float8_quantize(
     ub: float | None,
     is_cuda: bool,
     interpret: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> Float8Plan:
     """One program per row over blocks of up to 1024 columns (4096 under the interpreter, where
-    each loop step costs host time)."""
+    each loop step costs host time). ``out_dtype`` (codes only): the dtype the GEMM's reference
+    casts the fake-quantized values to (a weight's: the input's; default ``dtype``)."""
     cap = 4096 if interpret else 1024
     block_k = min(triton.next_power_of_2(max(K, 16)), cap)
+    out_dt = dtype_code(out_dtype if out_dtype is not None else dtype)
     return Float8Plan(
         per_tensor, _round_bound(lb, dtype), _round_bound(ub, dtype), dtype_code(dtype),
-        is_cuda, block_k, 4 if block_k >= 1024 else 2,
+        is_cuda, block_k, 4 if block_k >= 1024 else 2, out_dt,
     )  # fmt: skip
 
 
@@ -265,7 +275,8 @@ def launch_float8_quantize(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tens
         x2d, y, _tensor_amax(p, x2d), scale, K, x2d.stride(0), y.stride(0),
         0 if p.per_tensor else 1, 0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
         HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt, DIV_BY_RECIP=p.div_by_recip,
-        CODES=False, ROW_AMAX=not p.per_tensor, BLOCK_K=p.block_k, num_warps=p.num_warps,
+        CODES=False, OUT_DT=p.dt, ROW_AMAX=not p.per_tensor, BLOCK_K=p.block_k,
+        num_warps=p.num_warps,
     )  # fmt: skip
     return y, scale
 
@@ -288,7 +299,8 @@ def _tensor_amax(p: Float8Plan, x2d: torch.Tensor) -> torch.Tensor:
 def launch_float8_codes(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run plan ``p`` on ``x2d`` [R, K] (unit column stride, R, K >= 1) for the fp8 GEMM:
     (codes [R, K] float8_e4m3fn, GEMM scale fp32 [R]: the row's scale, per tensor the tensor's,
-    or NaN where a code of the row is NaN). ``dequantize(codes) * scale`` is the fake-quantized
+    or NaN where the reference's row is not finite: a NaN code, or a value overflowing the
+    plan's ``out_dt``). ``dequantize(codes) * scale`` is the fake-quantized
     row before its rounding to x's dtype."""
     R, K = x2d.shape
     dev = x2d.device
@@ -298,7 +310,8 @@ def launch_float8_codes(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor,
         x2d, codes, _tensor_amax(p, x2d), scale, K, x2d.stride(0), codes.stride(0),
         0 if p.per_tensor else 1, 0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
         HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt, DIV_BY_RECIP=p.div_by_recip,
-        CODES=True, ROW_AMAX=not p.per_tensor, BLOCK_K=p.block_k, num_warps=p.num_warps,
+        CODES=True, OUT_DT=p.dt if p.out_dt < 0 else p.out_dt, ROW_AMAX=not p.per_tensor,
+        BLOCK_K=p.block_k, num_warps=p.num_warps,
     )  # fmt: skip
     return codes.view(torch.float8_e4m3fn), scale
 

@@ -94,6 +94,16 @@ BAD = {
         {"config": {**FWD, "GLUON": 1, "DEQUANT": 1}},
     ),
     "dgrad with GLUON": ("dgrad|M16|N16|K64|bfloat16|", {"config": {**BWD, "GLUON": 0}}),
+    # GLUON with a tile the Gluon kernel cannot take (every launch would raise)
+    "GLUON on one warp": (FKEY, {"config": {**FWD, "GLUON": 1}}),
+    "float8 GLUON on one warp": (
+        "f8fwd|M32|N64|K128|bfloat16|",
+        {"config": {**GEMM, "BLOCK_K": 128, "TMA": 1, "GLUON": 1}},
+    ),
+    "float8 BLOCK_K 64": (
+        "f8fwd|M32|N80|K128|bfloat16|",
+        {"config": {**GEMM, "BLOCK_K": 64, "TMA": 1, "GLUON": 0}},
+    ),
 }
 
 
@@ -142,7 +152,11 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
         ("fwd|M32|N64|K64|bfloat16|g32", {**FWD, "DEQUANT": 1, "TMA": 1}),
         ("wgrad|M4096|N64|K64|bfloat16|", {**BWD, "TMA": 1}),
         ("fwd|M32|N64|K64|float32|", {**FWD, "TMA": 1}),  # the int8 path loads codes by TMA too
-        ("fwd|M8192|N64|K64|bfloat16|", {**FWD, "GLUON": 1}),  # the Gluon int8 kernel
+        (
+            "fwd|M8192|N64|K64|bfloat16|",
+            {**FWD, "GLUON": 1, "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 4},
+        ),  # the Gluon kernel
+        ("f8fwd|M8192|N64|K128|bfloat16|", {**GEMM, "BLOCK_K": 128, "TMA": 1, "GLUON": 0}),
     ],
 )
 def test_launchable_entries_are_kept(cache_dir, key, cfg):

@@ -43,11 +43,14 @@ def _check_bound(out, x_fq, w_fq, bias, what=""):
     rounding to dt (each within dt's unit roundoff u of the rounded one), accumulates in fp32 and
     rounds once to the output dtype, so |out - ref| <= (2u + u^2 + K 2^-24) (|x_fq| @ |w_fq|.T)
     + u_out |ref|, plus half a subnormal step e per rounding where values are subnormal
-    (e (|x_fq| @ 1 + 1 @ |w_fq|.T) + e_out; docs/numerics.md "Float8", forward GEMM). NaN
-    exactly where the reference has it."""
+    (e (|x_fq| @ 1 + 1 @ |w_fq|.T) + e_out; docs/numerics.md "Float8", forward GEMM).
+    Non-finite exactly where the reference is (a row or column holding a NaN or an overflowed
+    fake-quantized value: there NaN, or the reference's own inf)."""
     xd, wd = x_fq.double(), w_fq.double()
     ref = xd @ wd.T + (0 if bias is None else bias.double())
-    assert torch.equal(out.isnan(), ref.isnan()), f"{what}: NaN positions"
+    bad = ~torch.isfinite(ref)  # elsewhere out is finite, or inf past the dtype's range (below)
+    assert (out[bad].isnan() | (out[bad].double() == ref[bad])).all(), f"{what}: non-finite"
+    ref = torch.where(bad, torch.full_like(ref, float("nan")), ref)
     u, u_out, K = UNIT[x_fq.dtype], UNIT[out.dtype], x_fq.shape[1]
     size = xd.abs().nan_to_num() @ wd.abs().nan_to_num().T
     e, e_out = HALF_SUBNORMAL[x_fq.dtype], HALF_SUBNORMAL[out.dtype]
@@ -59,7 +62,7 @@ def _check_bound(out, x_fq, w_fq, bias, what=""):
     fin = ~ref.isnan() & ~over
     err = (out.double() - ref).abs()
     assert (err[fin] <= bound[fin]).all(), f"{what}: max err / bound {(err / bound)[fin].max()}"
-    return ref
+    return torch.where(bad, xd @ wd.T, ref)  # the reference, its non-finite values kept
 
 
 def _poisoned(dtype, R, K, seed):
@@ -87,7 +90,8 @@ def test_codes_are_torchs_e4m3_cast_and_gemm_scale_marks_nan_rows(dtype, bounds,
     want = torch.clamp(x.float() / s, -448, 448).to(torch.float8_e4m3fn)
     assert codes.dtype == torch.float8_e4m3fn and codes.shape == x.shape
     assert torch.equal(codes.view(torch.uint8), want.view(torch.uint8))
-    nan_row = want.float().isnan().any(1)
+    # NaN where the reference row is not finite: a NaN code, or a value overflowing x's dtype
+    nan_row = want.float().isnan().any(1) | y.isinf().any(1)
     expect = torch.where(nan_row, float("nan"), s.expand(x.shape[0], 1)[:, 0])
     assert torch.equal(gscale.isnan(), expect.isnan())
     assert torch.equal(gscale[~nan_row], expect[~nan_row])
@@ -130,6 +134,39 @@ def test_gemm_nan_rows_and_columns_are_the_references(dtype):
         ref = _check_bound(out, x_fq, w_fq, None, f"ub={a_ub}")
         assert (~ref.isnan()).any() and ref.isnan().any()
         assert not ref[2].isnan().all() if a_ub else ref[2].isnan().all()  # the inf row
+
+
+@needs_kernels
+def test_values_overflowing_the_dtype_give_non_finite_outputs_where_the_reference_does():
+    """fp16 x at its largest value: its fake-quantized value dt(448 * dt(m / 448)) overflows to
+    inf in the reference, so that row is inf / NaN there; the GEMM (which multiplies q * s in
+    fp32) gives NaN on such rows, finite values elsewhere. The same for an fp32 weight whose
+    fake-quantized row overflows fp16 when the layer casts it to x's dtype."""
+    x = torch.randn(4, 128, dtype=torch.float16)
+    x[0, 0] = 65504.0
+    w = torch.randn(6, 128, dtype=torch.float16)
+    w[1, 0] = 0
+    (xc, xs), (wc, ws) = _codes(x), _codes(w)
+    out = float8_linear(xc, xs, wc, ws, None, torch.float16, config=CFG)
+    x_fq, _ = float8_fake_quantize_torch(x, False, None, None)
+    w_fq, _ = float8_fake_quantize_torch(w, False, None, None)
+    assert x_fq[0].isinf().any()  # the reference's own overflow
+    ref = _check_bound(out, x_fq, w_fq, None)
+    assert (~torch.isfinite(ref[0])).all() and torch.isfinite(ref[1:]).all()
+    # an fp32 weight row of values beyond fp16's range: the layer's column goes non-finite
+    torch.manual_seed(3)
+    lin, _ = _layers(torch.float16, "per_row", "per_row")
+    lin.weight.data = lin.weight.data.float()
+    with torch.no_grad():
+        lin.weight[5] *= 1e6
+    xs16 = torch.randn(3, 72, dtype=torch.float16)
+    got = lin(xs16)
+    w_ref = tq.fake_quantize(lin.weight.detach(), lin.weight_config).to(torch.float16)
+    x_ref = tq.fake_quantize(xs16, lin.activation_config)
+    assert w_ref[5].isinf().any()
+    _check_bound(got, x_ref, w_ref, lin.bias.detach().to(torch.float16))
+    conv = tq.convert(lin.eval())
+    torch.testing.assert_close(conv(xs16), lin(xs16), rtol=0, atol=0, equal_nan=True)
 
 
 def test_config_is_checked():
@@ -253,7 +290,7 @@ def test_compile_fullgraph_and_opcheck():
     # which has no CPU kernel ("mul_cpu_reduced_float" not implemented for Float8_e4m3fn)
     torch.library.opcheck(
         torch.ops.triton_qat.float8_linear_codes,
-        (xs, codes, scale, None, True, None, 8.0),
+        (xs, codes, scale, None, True, None, 8.0, torch.float32),
         test_utils=("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"),
     )
 
@@ -293,6 +330,8 @@ def test_every_candidate_is_a_valid_cache_entry_and_runs_the_kernel_checks():
         check_float8_config(c)
         assert valid_entry(key, {"config": c}), c
     assert not valid_entry(key, {"config": {**got[0], "BLOCK_K": 64}})  # the numerics' 128
+    for bad in ({"num_warps": 2}, {"num_stages": 1}, {"BLOCK_M": 16}):  # no Gluon tile: a cache
+        assert not valid_entry(key, {"config": {**got[0], "GLUON": 1, **bad}}), bad  # rejects it
     assert not valid_entry(key, {"config": {**got[0], "DEQUANT": 0}})  # not its keys
 
 

@@ -233,13 +233,20 @@ def linear_on_weight(x: Tensor, w_fq: Tensor, bias: Tensor | None, activation: o
 
 
 def linear_on_codes(
-    x: Tensor, w_codes: Tensor, w_scale: Tensor, bias: Tensor | None, activation: Float8Config
+    x: Tensor,
+    w_codes: Tensor,
+    w_scale: Tensor,
+    bias: Tensor | None,
+    activation: Float8Config,
+    w_dtype: torch.dtype,
 ) -> Tensor:
     """The converted layer's fp8 forward (where :func:`fp8_gemm_runs`): x quantized to e4m3
     codes as the prepared layer quantizes it, then the same fp8 GEMM on the stored weight codes
-    [N, K] and their fp32 scale ([N, 1] / [1, 1]), so the output is the prepared layer's bits."""
+    [N, K] and their fp32 scale ([N, 1] / [1, 1]) of a weight of dtype ``w_dtype``, so the output
+    is the prepared layer's bits."""
     x2d = x.reshape(-1, x.shape[-1])
-    y = torch.ops.triton_qat.float8_linear_codes(x2d, w_codes, w_scale, bias, *_args(activation))
+    y = torch.ops.triton_qat.float8_linear_codes(x2d, w_codes, w_scale, bias,
+                                                 *_args(activation), w_dtype)  # fmt: skip
     return y.reshape(*x.shape[:-1], w_codes.shape[0])
 
 
@@ -290,7 +297,8 @@ def _plans(x2d: Tensor, N: int, K: int, has_bias: bool, a: tuple, w: tuple | Non
             _PLANS.clear()
         cuda = x2d.is_cuda
         qa = _k.plan_float8_quantize(K, x2d.dtype, *a, cuda, INTERPRET)
-        qw = None if w is None else _k.plan_float8_quantize(K, w[3], *w[:3], cuda, INTERPRET)
+        qw = None if w is None else _k.plan_float8_quantize(K, w[3], *w[:3], cuda, INTERPRET,
+                                                             out_dtype=x2d.dtype)  # fmt: skip
         cfg = autotune.gemm_config("f8fwd", rows_key(x2d.shape[0]), N, K, x2d.device, x2d.dtype)
         mm = _g.plan_float8_linear(K, N, x2d.dtype, config=cfg, has_bias=has_bias,
                                    gluon=float8_gluon_device(x2d.device))  # fmt: skip
@@ -403,21 +411,26 @@ def float8_linear_codes_op(
     a_per_tensor: bool,
     a_lb: float | None,
     a_ub: float | None,
+    w_dtype: torch.dtype,
 ) -> Tensor:
-    """x [M, K] (bf16 / fp16), w_codes float8_e4m3fn [N, K], w_scale fp32 [N, 1] / [1, 1],
-    bias [N] or None -> [M, N] in x's dtype: the converted layer's fp8 GEMM (no gradient)."""
+    """x [M, K] (bf16 / fp16), w_codes float8_e4m3fn [N, K], w_scale fp32 [N, 1] / [1, 1] of a
+    weight of dtype ``w_dtype``, bias [N] or None -> [M, N] in x's dtype: the converted layer's
+    fp8 GEMM (no gradient)."""
     M, K, N = x.shape[0], x.shape[1], w_codes.shape[0]
     if M == 0 or N == 0 or K == 0:
-        w_fq = float8_dequantize(w_codes, w_scale, x.dtype)
+        w_fq = float8_dequantize(w_codes, w_scale, w_dtype)
         return linear_on_weight(x, w_fq, bias, _config(a_per_tensor, a_lb, a_ub))
     qa, _, mm = _plans(x, N, K, bias is not None, (a_per_tensor, a_lb, a_ub), None)
-    nan_row = (w_codes.view(torch.uint8) & 0x7F).eq(0x7F).any(1)  # a NaN code: a NaN w_fq row
-    w_gscale = torch.where(nan_row, float("nan"), w_scale.to(torch.float32).reshape(-1).expand(N))
+    scale = w_scale.to(torch.float32).reshape(-1).expand(N)
+    # the GEMM scale the prepared layer's quantize writes: NaN for a row whose values are not
+    # finite in the reference (a NaN code; the largest value overflowing w's dtype, then x's)
+    top = (w_codes.to(torch.float32).abs().amax(1) * scale).to(w_dtype).to(x.dtype)
+    w_gscale = torch.where(top.isnan() | top.isinf(), float("nan"), scale)
     return _fp8_forward(x, w_codes, w_gscale.contiguous(), bias, qa, mm)
 
 
 @float8_linear_codes_op.register_fake
-def _(x, w_codes, w_scale, bias, a_per_tensor, a_lb, a_ub) -> Tensor:
+def _(x, w_codes, w_scale, bias, a_per_tensor, a_lb, a_ub, w_dtype) -> Tensor:
     return x.new_empty((x.shape[0], w_codes.shape[0]))
 
 

@@ -489,7 +489,8 @@ class QuantizedFloat8Linear(QuantizedModule):
         self._check_float_dtype()
         act = self.activation_config
         if fp8_gemm_runs(input, act):  # the prepared layer's fp8 GEMM on the stored codes
-            out = linear_on_codes(input, self.weight_codes, self.weight_scale, self.bias, act)
+            out = linear_on_codes(input, self.weight_codes, self.weight_scale, self.bias, act,
+                                  self.weight_dtype)  # fmt: skip
             return _autocast_output(out)
         w_fq = self.dequantized_weight()
         return _autocast_output(linear_on_weight(input, w_fq, self.bias, act))
