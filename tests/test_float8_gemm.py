@@ -390,3 +390,17 @@ def test_layer_plans_take_a_gluon_config_where_the_device_runs_gluon(monkeypatch
         plan = f8._plans(x, 32, 256, False, (False, None, None), None)[2]
         assert (plan.gluon is not None) == runs
     f8._PLANS.clear()
+
+
+def test_fp8_capability_query_compiles_without_a_graph_break(monkeypatch):
+    """fp8_gemm_runs asks the GPU's compute capability inside the layer's forward, which
+    torch.compile traces (fullgraph): the query is a constant to Dynamo (faked GPU here)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    torch._dynamo.reset()
+
+    def fn(x):
+        return x + 1 if f8._fp8_capable(torch.device("cuda", 0)) else x - 1
+
+    assert torch.equal(torch.compile(fn, fullgraph=True, backend="eager")(torch.zeros(2)),
+                       torch.ones(2))  # fmt: skip
+    torch._dynamo.reset()

@@ -273,6 +273,7 @@ def fp8_gemm_runs(x: Tensor, activation: object) -> bool:
 _FP8_CAPABLE: dict = {}
 
 
+@torch.compiler.assume_constant_result  # a device property: no graph break under torch.compile
 def _fp8_capable(device: torch.device) -> bool:
     """Compute capability 8.9+ (asked once per device; a patched query is asked afresh)."""
     query = torch.cuda.get_device_capability
