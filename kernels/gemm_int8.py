@@ -77,7 +77,9 @@ from .gemm_int8_gluon import (
 def _scale(acc, s_row, s_col):
     """acc * s_row[:, None] * s_col[None, :], multiplying by the smaller scale first: acc is an
     integer, so this overflows only where the exact product does (left to right, 1e36 inputs
-    gave inf where the reference is 7e35), and never underflows (scales >= the smallest normal)."""
+    gave inf where the reference is 7e35), and never underflows for the int8 scales (>= the
+    smallest normal). The float8 GEMM's scales can be subnormal (an fp32 row of tiny values):
+    there a product may lose low bits, within its fp64 bound (kernels/gemm_float8.py)."""
     row_first = s_row[:, None] < s_col[None, :]  # False for a NaN scale: it is then used first
     lo = tl.where(row_first, s_row[:, None], s_col[None, :])  # (tl.minimum would drop a NaN)
     hi = tl.where(row_first, s_col[None, :], s_row[:, None])
