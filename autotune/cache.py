@@ -23,7 +23,8 @@ from pathlib import Path
 
 import triton
 
-from triton_qat.kernels.gemm_int8_gluon import check_gluon_config
+from triton_qat.kernels.gemm_int8 import fwd_mode
+from triton_qat.kernels.gemm_int8_gluon import GLUON_GROUP_SIZES, check_gluon_config
 
 # 2: GEMM configs carry DEQUANT (the forward) and TMA; 3: the backward GEMMs' carry CUBLAS and the
 # forward's GLUON. A version-2 file is read without its dgrad / wgrad entries (tuned without
@@ -178,7 +179,7 @@ def valid_entry(key: object, entry: object) -> bool:
     """A well-formed key (:func:`make_key`'s layout, known kernel and dtype) and an entry whose
     config the kernel can launch: exactly its :data:`CONFIG_KEYS`, every BLOCK_* a power of two
     (quantize BLOCK_C >= 8, GEMM tiles >= 16, fwd BLOCK_K >= 32 unless DEQUANT, flags DEQUANT /
-    TMA / CUBLAS / GLUON 0 or 1, CUBLAS 0 at float32, GLUON only per channel and without
+    TMA / CUBLAS / GLUON 0 or 1, CUBLAS 0 at float32, GLUON only in MODE 0 / 1 and without
     DEQUANT, no block over Triton's tensor size limit), num_warps a power of two <= 32,
     1 <= num_stages <= 8, GROUP_M >= 1; optional "ms" a finite number >= 0 and "tried" an int
     >= 0."""
@@ -195,11 +196,21 @@ def valid_entry(key: object, entry: object) -> bool:
     if cfg.get("CUBLAS") and key.split("|")[4] == "float32":
         return False  # torch.mm is the 16-bit backward's (fp32 keeps the IEEE Triton dot)
     # DEQUANT is the per-group forward's: a per-channel key ("fwd|...|", no g<size>) cannot run
-    # it; GLUON the per-channel forward's: a per-group key cannot
-    per_group = key.rsplit("|", 1)[1].startswith("g")
-    return not (
-        kernel == "fwd" and (cfg["DEQUANT"] and not per_group or cfg["GLUON"] and per_group)
-    )
+    # it; GLUON runs MODE 0 / 1: a per-group key's only where the group makes MODE 1 (a multiple
+    # of 32 dividing K) with a BLOCK_K dividing the group and a tile that fits its partial sums
+    if kernel != "fwd":
+        return True
+    extra = key.rsplit("|", 1)[1]
+    if not extra.startswith("g"):
+        return not cfg["DEQUANT"]
+    if not cfg["GLUON"]:
+        return True
+    if not extra[1:].isdigit():
+        return False
+    group, k = int(extra[1:]), int(key.split("|")[3][1:])
+    return (0 < group < k and k % group == 0 and fwd_mode(k, group) == 1
+            and group in GLUON_GROUP_SIZES and group == cfg["BLOCK_K"]
+            and check_gluon_config(cfg, per_group=True) is None)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -14,7 +14,11 @@ import itertools
 import triton
 
 from triton_qat.kernels.gemm_int8 import fwd_mode
-from triton_qat.kernels.gemm_int8_gluon import gluon_available
+from triton_qat.kernels.gemm_int8_gluon import (
+    GLUON_GROUP_SIZES,
+    check_gluon_config,
+    gluon_available,
+)
 
 # Shared memory one block may use when the device cannot be asked (bytes): the smallest of the
 # GPUs this targets (sm_86 / sm_89: 99 KiB). tune.py passes the device's own limit.
@@ -226,6 +230,18 @@ _GLUON_TILES = [
     (256, 128, 128, 8, 3),
     (64, 128, 128, 4, 4),
 ]
+# ... and per-group symmetric weights (MODE 1, groups of 32 / 64 / 128: two int32 partial sums
+# beside the fp32 accumulator, at most 64 accumulator elements a thread, and one K step per
+# group, BLOCK_K = the group, which fit_config sets): the tiles that compile for sm_90a with
+# wait 1 and no spill at int4 g128 / g32, bf16 and fp32, under Triton 3.6 and 3.9 (236-247
+# registers; two K steps per group spilled 60-96 B at 128x128x64)
+GLUON_GROUP_TILES = [
+    (128, 128, 128, 8, 4),
+    (128, 128, 128, 8, 3),
+    (64, 256, 128, 8, 3),
+    (64, 128, 128, 4, 4),
+    (128, 64, 128, 4, 4),
+]
 
 # The forward's dequantized path (per-group weights) is a plain 16-bit GEMM: the bf16 tiles of
 # the same tutorials (the dgrad list's, in the forward's M x N x K terms).
@@ -259,7 +275,7 @@ def _curated_gemm(kernel: str) -> list[dict]:
             + [dict(FWD_GROUP_INT8_DEFAULT)]
             + [
                 {**_gemm_tiles(kernel, *t), "DEQUANT": 0, "TMA": 0, "GLUON": 1}
-                for t in _GLUON_TILES
+                for t in _GLUON_TILES + GLUON_GROUP_TILES
             ]
             + [dict(FWD_DEQUANT_DEFAULT), {**FWD_DEQUANT_DEFAULT, "TMA": 0}]
             + [{**_gemm_tiles(kernel, *t), "DEQUANT": 1} for t in _DEQUANT_TILES]
@@ -362,11 +378,15 @@ def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
         return {**cfg, "TMA": cfg.get("TMA", 0), "CUBLAS": cfg.get("CUBLAS", 0)}
     mode = fwd_mode(K, group_size)
     cfg = {**cfg, "DEQUANT": cfg.get("DEQUANT", 0) if mode else 0}  # per-channel: int8 only
-    cfg["GLUON"] = cfg.get("GLUON", 0) if mode == 0 else 0  # the Gluon kernel is MODE 0's
+    cfg["GLUON"] = cfg.get("GLUON", 0) if mode < 2 else 0  # the Gluon kernel: MODE 0 / 1
     # MODE 2 (int8 path, fp32 operand tiles dequantized per element) loads by pointer
     cfg["TMA"] = cfg.get("TMA", 0) if cfg["DEQUANT"] or mode != 2 else 0
     if cfg["DEQUANT"]:  # a plain 16-bit GEMM: any tile fits
         return cfg
+    if mode == 1 and cfg["GLUON"]:  # the Gluon kernel: one K step per group of 32 / 64 / 128
+        if group_size in GLUON_GROUP_SIZES:
+            return {**cfg, "BLOCK_K": group_size}
+        cfg["GLUON"] = 0
     if mode == 1:  # BLOCK_K must divide the group: its largest power-of-two factor at most
         return {**cfg, "BLOCK_K": min(cfg["BLOCK_K"], group_size & -group_size)}
     if mode == 2:  # fp32 operand tiles: BLOCK_K 128 x 3 stages needs 256 KiB of shared memory
@@ -460,12 +480,26 @@ def candidates(
     first = fit_config(kernel, default, K, group_size or K)
     if kernel == "fwd" and fwd_mode(K, group_size or K) == 0:  # DEQUANT is for per-group weights
         kept = [c for c in kept if not c.get("DEQUANT")]
-    # GLUON: per-channel weights on Hopper, where this Triton has Gluon's Hopper API (the kernel
-    # is sm_90's; a launch elsewhere would time the Triton kernel again)
-    if kernel == "fwd" and (
-        fwd_mode(K, group_size or K) or capability < 9 or not gluon_available()
-    ):
-        kept = [c for c in kept if not c.get("GLUON")]
+    # GLUON: MODE 0 / 1 on Hopper, where this Triton has Gluon's Hopper API (the kernel is
+    # sm_90's; a launch elsewhere would time the Triton kernel again), with a tile it takes in
+    # that mode (per group: the tiles whose two partial sums fit beside the accumulator)
+    if kernel == "fwd":
+        mode = fwd_mode(K, group_size or K)
+        if (mode == 2 or mode == 1 and group_size not in GLUON_GROUP_SIZES or capability != 9
+                or not gluon_available()):  # fmt: skip
+            kept = [c for c in kept if not c.get("GLUON")]
+        else:  # each mode's own curated tiles (the full space: any tile the kernel takes;
+            # per group BLOCK_K is the group's, fit_config sets it)
+            own = {t if mode == 0 else (*t[:2], 0, *t[3:])
+                   for t in (_GLUON_TILES if mode == 0 else GLUON_GROUP_TILES)}  # fmt: skip
+
+            def curated_tile(c: dict) -> bool:
+                bk = c["BLOCK_K"] if mode == 0 else 0
+                return (c["BLOCK_M"], c["BLOCK_N"], bk, c["num_warps"], c["num_stages"]) in own
+
+            kept = [c for c in kept if not c.get("GLUON")
+                    or check_gluon_config(c, per_group=mode == 1) is None
+                    and (not curated or curated_tile(c))]  # fmt: skip
     # TMA is Hopper's, and for 16-bit or int8 operands: the fp32 plain GEMM's (no tensor cores)
     # compiles to scalar loads that spill
     fp32_plain = elem_bytes != 2 and (kernel != "fwd" or group_size not in (0, K))

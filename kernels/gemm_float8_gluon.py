@@ -39,6 +39,7 @@ from .gemm_int8_gluon import (
     _grouped_tile,
     _instr_n,
     _load_step,
+    _mma_step,
     _scale_tile,
     _store_tile,
     _tma_ring,
@@ -54,19 +55,10 @@ if gluon_available():
     from triton.experimental.gluon.language.nvidia.hopper import (
         mbarrier,
         tma,
-        warpgroup_mma,
         warpgroup_mma_wait,
     )
 
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-
-    @gluon.jit
-    def _step(a_bufs, b_bufs, bars, zero, ki, STAGES: gl.constexpr):
-        """Step ki: wait for its tiles and start its partial sum (async, from zero)."""
-        s = ki % STAGES
-        mbarrier.wait(bars.index(s), (ki // STAGES) & 1)
-        return warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), zero,
-                             use_acc=False, is_async=True)  # fmt: skip
 
     @gluon.jit
     def _float8_linear_gluon_kernel(
@@ -97,25 +89,25 @@ if gluon_available():
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)  # [BM, BN]
         zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
         # step 0 starts its partial sum; the slot the prologue left empty takes step STAGES - 1
-        part = _step(a_bufs, b_bufs, bars, zero, 0, STAGES)
+        part = _mma_step(a_bufs, b_bufs, bars, zero, 0, STAGES, False)
         _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, STAGES - 1, n_k, m0, n0, STAGES, BLOCK_K,
                 TILE_BYTES)  # fmt: skip
         # then two partial sums in turn (part: even steps, part_b: odd ones), so that no
         # register copy reads a group in flight (ptxas serializes every wgmma where one does,
         # C7514); after each wait step k - 1's sum is promoted and its slot refilled
         for ki in range(1, n_k - 1, 2):
-            part_b = _step(a_bufs, b_bufs, bars, zero, ki, STAGES)
+            part_b = _mma_step(a_bufs, b_bufs, bars, zero, ki, STAGES, False)
             done = warpgroup_mma_wait(num_outstanding=1, deps=(part,))
             acc = acc + done
             _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES - 1, n_k, m0, n0, STAGES,
                     BLOCK_K, TILE_BYTES)  # fmt: skip
-            part = _step(a_bufs, b_bufs, bars, zero, ki + 1, STAGES)
+            part = _mma_step(a_bufs, b_bufs, bars, zero, ki + 1, STAGES, False)
             done = warpgroup_mma_wait(num_outstanding=1, deps=(part_b,))
             acc = acc + done
             _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES, n_k, m0, n0, STAGES,
                     BLOCK_K, TILE_BYTES)  # fmt: skip
         if n_k % 2 == 0:  # one step left after the pairs
-            part_b = _step(a_bufs, b_bufs, bars, zero, n_k - 1, STAGES)
+            part_b = _mma_step(a_bufs, b_bufs, bars, zero, n_k - 1, STAGES, False)
             done = warpgroup_mma_wait(num_outstanding=1, deps=(part,))
             acc = acc + done
             done = warpgroup_mma_wait(num_outstanding=0, deps=(part_b,))

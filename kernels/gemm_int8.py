@@ -32,9 +32,10 @@ no tile size amortizes; docs/numerics.md "Forward GEMM").
 descriptors (Hopper's TMA) where the operands allow it (K-contiguous, 16-byte aligned rows);
 otherwise, and in MODE 2, through per-thread pointers (cp.async).
 
-``GLUON`` (MODE 0 with symmetric weights, a tuner candidate): the same product and epilogue by
-:mod:`.gemm_int8_gluon`, a Gluon kernel whose int32 wgmma keeps one group in flight (Triton's
-pipeliner waits for every int32 one). It runs only where it can: compiled Triton with Gluon's
+``GLUON`` (MODE 0 / 1 with symmetric weights, a tuner candidate): the same product and epilogue
+by :mod:`.gemm_int8_gluon`, a Gluon kernel whose int32 wgmma keeps one group in flight (Triton's
+pipeliner waits for every int32 one; in MODE 1 the flush of one group's partial sum overlaps the
+next group's MMAs). It runs only where it can: compiled Triton with Gluon's
 Hopper API on an sm_90 GPU (the caller says so: :func:`plan_int8_linear`'s ``gluon``), operands
 that fit tensor descriptors, and an eager launch (``kernels`` None: ``torch.compile`` cannot
 trace a Gluon kernel, so its launches take this kernel). Elsewhere the config runs this kernel
@@ -64,6 +65,7 @@ from .gemm_float import (
     tiles_of,
 )
 from .gemm_int8_gluon import (
+    GLUON_GROUP_SIZES,
     GluonPlan,
     check_gluon_config,
     gluon_device,
@@ -263,13 +265,19 @@ def check_fwd_config(config: dict, K: int, group_size: int) -> None:
     BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages;
     ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM);
     ``TMA`` (tensor-descriptor operand loads, where the operands allow) 0 or 1, 0 in MODE 2;
-    ``GLUON`` 0 or 1, 1 only in MODE 0 (not DEQUANT) with a tile the Gluon kernel takes."""
+    ``GLUON`` 0 or 1, 1 only in MODE 0 / 1 (not DEQUANT) with a tile the Gluon kernel takes
+    (MODE 1: groups of 32 / 64 / 128 with BLOCK_K = the group)."""
     mode, bk, dq = fwd_mode(K, group_size), config["BLOCK_K"], config.get("DEQUANT", 0)
     glu = config.get("GLUON", 0)
-    if glu not in (0, 1) or (glu and (mode != 0 or dq)):
-        raise ValueError(f"config: GLUON is 0 or 1, and 1 only per channel (MODE 0), got {config}")
-    if glu and (why := check_gluon_config(config)) is not None:
+    if glu not in (0, 1) or (glu and (mode == 2 or dq)):
+        raise ValueError(
+            f"config: GLUON is 0 or 1, and 1 only on the int8 path's MODE 0 / 1, got {config}"
+        )
+    if glu and (why := check_gluon_config(config, per_group=mode == 1)) is not None:
         raise ValueError(f"config: GLUON: {why}, got {config}")
+    if glu and mode == 1 and (group_size not in GLUON_GROUP_SIZES or bk != group_size):
+        raise ValueError(f"config: GLUON per group needs groups of {GLUON_GROUP_SIZES} and "
+                         f"BLOCK_K = group_size={group_size}, got {config}")  # fmt: skip
     if dq not in (0, 1) or (dq and mode == 0):
         raise ValueError(f"config: DEQUANT={dq} needs per-group weights (0 or 1), got {config}")
     if config.get("TMA", 0) not in (0, 1) or (config.get("TMA", 0) and mode == 2 and not dq):
@@ -356,9 +364,9 @@ def plan_int8_linear(
     )
     tma = bool(config.get("TMA", 0)) and mode != 2
     glu = None
-    if gluon and config.get("GLUON", 0) and K and mode == 0 and not w_asym:
+    if gluon and config.get("GLUON", 0) and K and mode < 2 and not w_asym:
         glu = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
-                                     has_bias=has_bias)  # fmt: skip
+                                     has_bias=has_bias, group_size=group_size if mode else 0)  # fmt: skip
     return Int8LinearPlan(N, K, out_dtype, n_groups, mode, w_asym, config["BLOCK_M"],
                           config["BLOCK_N"], tma, dequant, meta, glu)  # fmt: skip
 
@@ -393,7 +401,8 @@ def launch_int8_linear(
     if K == 0:
         return out.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(out))
     if p.gluon is not None and kernels is None and gluon_operands_fit(x_codes, w_codes):
-        if N * p.block_m >= 2**31 or M + p.block_m >= 2**31 or N * w_scale.stride(0) >= 2**31:
+        ss = w_scale.stride()
+        if max(N * p.block_m, M + p.block_m, N * ss[0] + p.n_groups * ss[1]) >= 2**31:
             check_offsets(M, N, p.block_m, w_scale, None)  # its 32-bit offsets are the same
         if launch_int8_linear_gluon(p.gluon, x_codes, x_scale, x_zero_point, w_codes, w_scale,
                                     w_code_sum, bias, out) is not None:  # fmt: skip

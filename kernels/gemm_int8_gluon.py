@@ -1,4 +1,5 @@
-"""Forward GEMM, MODE 0 (per-channel / per-tensor symmetric weights), in Gluon for Hopper (sm_90).
+"""Forward GEMM for symmetric int8 / int4 weights in Gluon for Hopper (sm_90): MODE 0 (per
+channel / per tensor) and MODE 1 (per group, groups of 32 / 64 / 128 = BLOCK_K).
 
     out[m, n] = s_x[m] * s_w[n] * (sum_k q_x[m, k] q_w[n, k] - zp_x[m] * colsum_w[n]) + bias[n]
 
@@ -36,6 +37,14 @@ loop has no masks.
 Layouts as :func:`.gemm_int8.int8_linear`: x_codes int8 [M, K], x_scale fp32 [M], x_zero_point
 int32 [M]; w_codes int8 [N, K], w_scale fp32 [N, 1] and w_code_sum int32 [N, 1] (any strides:
 one column); bias [N] or None; out [M, N] contiguous in fp32 / fp16 / bf16.
+
+MODE 1 (:func:`_int8_linear_group_gluon_kernel`, per-group symmetric weights in groups of 32,
+64 or 128 = BLOCK_K, the int4 g128 / g32 forward): the Triton kernel's MODE 1 waits for each group's int32 dot before flushing it
+into fp32 with the group's scales (an I2F and an FFMA per accumulator element per group), so no
+MMA overlaps a flush. Here two int32 partial sums take turns group by group: group g's wgmmas
+are issued into one, and while they run group g - 1's finished partial is flushed from the
+other, operation for operation as the Triton kernel's flush (zero-point term included), so the
+bits are its. w_scale and w_code_sum are [N, G] with one pair of strides.
 """
 
 from __future__ import annotations
@@ -131,6 +140,16 @@ if gluon is not None:
         _tma_load(w_desc, [n0, k * BLOCK_K], bars.index(s), b_bufs.index(s), pred=on)
 
     @gluon.jit
+    def _mma_step(a_bufs, b_bufs, bars, acc, ki, STAGES: gl.constexpr, USE_ACC: gl.constexpr):
+        """K step ki: wait for its tiles (slot ki % STAGES), then start its asynchronous wgmma
+        into ``acc`` (``USE_ACC`` False: a fresh sum, ``acc`` only gives the registers' layout).
+        B is the [BK, BN] view of the K-major [BN, BK] tile (wgmma reads it transposed)."""
+        s = ki % STAGES
+        mbarrier.wait(bars.index(s), (ki // STAGES) & 1)
+        return warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc,
+                             use_acc=USE_ACC, is_async=True)  # fmt: skip
+
+    @gluon.jit
     def _scale_tile(acc, b_sx, b_sw):
         """``acc * s_x[:, None] * s_w[None, :]`` as ``(acc * lo) * hi``, the smaller scale first
         (a NaN scale, never smaller, is then used first): kernels/gemm_int8.py ``_scale``."""
@@ -214,10 +233,7 @@ if gluon is not None:
         acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=acc_layout)  # [BM, BN]
         for ki in range(n_k):
             s = ki % STAGES
-            mbarrier.wait(bars.index(s), (ki // STAGES) & 1)
-            # B as the [BK, BN] view of the K-major [BN, BK] tile (wgmma reads it transposed)
-            acc = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc,
-                                is_async=True)  # fmt: skip
+            acc = _mma_step(a_bufs, b_bufs, bars, acc, ki, STAGES, True)
             # one group in flight: step ki - 1's group is done, so its buffer takes step
             # ki + STAGES - 1 (the same slot modulo STAGES)
             acc, _, _ = warpgroup_mma_wait(num_outstanding=1,
@@ -247,8 +263,140 @@ if gluon is not None:
         _store_tile(b_out, out_ptr, pid_m, pid_n, M, N, stride_om, DT, BLOCK_M, BLOCK_N,
                     WARPS_M * WARPS_N, OUT_VEC, OUT_TPW_N)  # fmt: skip
 
+    # -- MODE 1: per-group weights, an int32 partial sum per group flushed into fp32 ------------
+    @gluon.jit
+    def _flush_group(acc_f, b_corr, part, g, sw_ptr, wsum_ptr, o_nv, stride_sn, stride_sg, b_zp,
+                     ASYM: gl.constexpr, EXACT_ZP: gl.constexpr):  # fmt: skip
+        """Group g's finished int32 partial sum into the fp32 accumulator with the group's weight
+        scales: _int8_linear_kernel's MODE 1 flush, operation for operation (EXACT_ZP: the
+        zero-point term in int32; else, ASYM, its rank-1 sum ``b_corr`` for after the loop).
+        The [BN] vectors load one element a thread (``o_nv``'s layout, where ``b_corr`` stays)
+        and move to the accumulator's column layout through shared memory: held in that layout
+        across the loop they would take 32 registers each (a thread's columns)."""
+        col_layout: gl.constexpr = gl.SliceLayout(0, part.type.layout)
+        o_s = o_nv * stride_sn + g * stride_sg  # [BN]
+        b_sw = gl.load(sw_ptr + o_s)  # [BN]
+        if EXACT_ZP:
+            b_ws = gl.convert_layout(gl.load(wsum_ptr + o_s), col_layout)
+            part = part - b_zp[:, None] * b_ws[None, :]
+        elif ASYM:
+            b_corr = b_corr + gl.load(wsum_ptr + o_s).to(gl.float32) * b_sw
+        acc_f = acc_f + part.to(gl.float32) * gl.convert_layout(b_sw, col_layout)[None, :]
+        return acc_f, b_corr
+
+    @gluon.jit
+    def _group_steps(a_bufs, b_bufs, bars, x_desc, w_desc, zero, prev, acc_f, b_corr, g, n_k, m0,
+                     n0, sw_ptr, wsum_ptr, o_nv, stride_sn, stride_sg, b_zp,
+                     FLUSH: gl.constexpr, R: gl.constexpr, STAGES: gl.constexpr,
+                     BLOCK_K: gl.constexpr, ASYM: gl.constexpr, EXACT_ZP: gl.constexpr):  # fmt: skip
+        """Start group g: its R K steps into a fresh int32 partial sum, each wgmma asynchronous
+        and waited for down to one group in flight, its slot refilled STAGES - 1 steps ahead.
+        ``FLUSH``: once step 0 is in flight, group g - 1's partial ``prev`` (the other register
+        tile) is complete and is flushed into acc_f while step 0 runs. Returns (group g's
+        partial, still in flight; acc_f; b_corr)."""
+        TILE_BYTES: gl.constexpr = (a_bufs.type.shape[1] + b_bufs.type.shape[1]) * BLOCK_K
+        ki = g * R
+        part = _mma_step(a_bufs, b_bufs, bars, zero, ki, STAGES, False)
+        if FLUSH:
+            done = warpgroup_mma_wait(num_outstanding=1, deps=(prev,))
+        _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, ki + STAGES - 1, n_k, m0, n0, STAGES,
+                   BLOCK_K, TILE_BYTES)  # fmt: skip
+        if FLUSH:
+            acc_f, b_corr = _flush_group(acc_f, b_corr, done, g - 1, sw_ptr, wsum_ptr, o_nv,
+                                         stride_sn, stride_sg, b_zp, ASYM, EXACT_ZP)  # fmt: skip
+        for j in gl.static_range(1, R):
+            part = _mma_step(a_bufs, b_bufs, bars, part, ki + j, STAGES, True)
+            part = warpgroup_mma_wait(num_outstanding=1, deps=(part,))
+            _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, ki + j + STAGES - 1, n_k, m0, n0,
+                       STAGES, BLOCK_K, TILE_BYTES)  # fmt: skip
+        return part, acc_f, b_corr
+
+    @gluon.jit
+    def _int8_linear_group_gluon_kernel(
+        x_desc, w_desc, sx_ptr, zpx_ptr, sw_ptr, wsum_ptr, bias_ptr, out_ptr, M, N, K,
+        stride_sn, stride_om, stride_sg, GROUP: gl.constexpr, HAS_BIAS: gl.constexpr,
+        ASYM: gl.constexpr, DT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+        BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+        WARPS_M: gl.constexpr, WARPS_N: gl.constexpr, INSTR_N: gl.constexpr,
+        OUT_VEC: gl.constexpr, OUT_TPW_N: gl.constexpr,
+    ):  # fmt: skip
+        """MODE 1 (symmetric weights in groups of GROUP = BLOCK_K along K): as :func:`_int8_linear_gluon_kernel`, with two int32 partial sums taking
+        turns group by group, so group g's wgmma group stays in flight while group g - 1's sum
+        is flushed into fp32 with its scales (s_w and the code sums [N, G] with strides
+        (stride_sn, stride_sg)). The flush and the epilogue are _int8_linear_kernel's MODE 1,
+        operation for operation, so the bits are its."""
+        pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        m0 = pid_m * BLOCK_M
+        n0 = pid_n * BLOCK_N
+        acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[WARPS_M, WARPS_N], instr_shape=[16, INSTR_N, 32]
+        )
+        a_bufs, b_bufs, bars = _tma_ring(x_desc, w_desc, gl.int8, STAGES, BLOCK_M, BLOCK_N,
+                                         BLOCK_K)  # fmt: skip
+        R: gl.constexpr = GROUP // BLOCK_K  # K steps per group
+        EXACT_ZP: gl.constexpr = ASYM and DT == 0  # fp32 outputs: the zero point in int32
+        n_k = K // BLOCK_K
+        n_g = K // GROUP
+        for i in gl.static_range(STAGES - 1):
+            _load_step(a_bufs, b_bufs, bars, x_desc, w_desc, i, n_k, m0, n0, STAGES, BLOCK_K,
+                       (BLOCK_M + BLOCK_N) * BLOCK_K)  # fmt: skip
+
+        # the [BN] vectors (scales, code sums, b_corr) one element a thread (see _flush_group)
+        vec_layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS_M * WARPS_N], [0])
+        o_nv = (n0 + gl.arange(0, BLOCK_N, layout=vec_layout)) % N  # [BN]
+        o_mw = (m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))) % M  # [BM]
+        b_zp = gl.load(zpx_ptr + o_mw)  # [BM]
+        acc_f = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)  # [BM, BN]
+        b_corr = gl.zeros([BLOCK_N], gl.float32, layout=vec_layout)  # [BN]
+        zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=acc_layout)
+        part, acc_f, b_corr = _group_steps(a_bufs, b_bufs, bars, x_desc, w_desc, zero, zero,
+                                           acc_f, b_corr, 0, n_k, m0, n0, sw_ptr, wsum_ptr, o_nv,
+                                           stride_sn, stride_sg, b_zp, False, R, STAGES, BLOCK_K,
+                                           ASYM, EXACT_ZP)  # fmt: skip
+        # then two partial sums in turn (part: even groups, part_b: odd ones), so that no
+        # register copy reads a group in flight (ptxas serializes every wgmma where one does)
+        for g in range(1, n_g - 1, 2):
+            part_b, acc_f, b_corr = _group_steps(a_bufs, b_bufs, bars, x_desc, w_desc, zero,
+                                                 part, acc_f, b_corr, g, n_k, m0, n0, sw_ptr,
+                                                 wsum_ptr, o_nv, stride_sn, stride_sg, b_zp, True,
+                                                 R, STAGES, BLOCK_K, ASYM, EXACT_ZP)  # fmt: skip
+            part, acc_f, b_corr = _group_steps(a_bufs, b_bufs, bars, x_desc, w_desc, zero,
+                                               part_b, acc_f, b_corr, g + 1, n_k, m0, n0, sw_ptr,
+                                               wsum_ptr, o_nv, stride_sn, stride_sg, b_zp, True,
+                                               R, STAGES, BLOCK_K, ASYM, EXACT_ZP)  # fmt: skip
+        if n_g % 2 == 0:  # one group left after the pairs
+            part_b, acc_f, b_corr = _group_steps(a_bufs, b_bufs, bars, x_desc, w_desc, zero,
+                                                 part, acc_f, b_corr, n_g - 1, n_k, m0, n0,
+                                                 sw_ptr, wsum_ptr, o_nv, stride_sn, stride_sg,
+                                                 b_zp, True, R, STAGES, BLOCK_K, ASYM,
+                                                 EXACT_ZP)  # fmt: skip
+            done = warpgroup_mma_wait(num_outstanding=0, deps=(part_b,))
+        else:  # (each branch waits for its own tile: a tile in flight copied into a common one
+            # where the branches join would serialize every wgmma, ptxas C7514)
+            done = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
+        acc_f, b_corr = _flush_group(acc_f, b_corr, done, n_g - 1, sw_ptr, wsum_ptr, o_nv,
+                                     stride_sn, stride_sg, b_zp, ASYM, EXACT_ZP)  # fmt: skip
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(i))
+
+        # epilogue: _int8_linear_kernel's MODE 1 (W_ASYM off), operation for operation
+        col_layout: gl.constexpr = gl.SliceLayout(0, acc_layout)
+        if ASYM and not EXACT_ZP:
+            b_corr = gl.convert_layout(b_corr, col_layout)
+            acc_f = acc_f - b_zp.to(gl.float32)[:, None] * b_corr[None, :]
+        b_sx = gl.load(sx_ptr + o_mw)  # [BM]
+        b_out = acc_f * b_sx[:, None]
+        m_finite = (b_sx == b_sx) & (gl.abs(b_sx) < float("inf"))  # [BM]
+        b_out = gl.where(m_finite[:, None], b_out, float("nan"))
+        if HAS_BIAS:
+            o_nw = (n0 + gl.arange(0, BLOCK_N, layout=col_layout)) % N  # [BN]
+            b_out += gl.load(bias_ptr + o_nw).to(gl.float32)[None, :]
+        _store_tile(b_out, out_ptr, pid_m, pid_n, M, N, stride_om, DT, BLOCK_M, BLOCK_N,
+                    WARPS_M * WARPS_N, OUT_VEC, OUT_TPW_N)  # fmt: skip
+
 else:
     _int8_linear_gluon_kernel = None
+    _int8_linear_group_gluon_kernel = None
 
 
 def _warps(block_m: int, num_warps: int) -> tuple[int, int]:
@@ -270,10 +418,17 @@ def _instr_n(block_m: int, block_n: int, num_warps: int) -> int:
     return min(128, max(16, block_n // wn))
 
 
-def check_gluon_config(config: dict) -> str | None:
+# MODE 1's group sizes: one K step (BLOCK_K) per group; two steps per group spill (60-96 B at
+# 128x128x64, g128, sm_90a)
+GLUON_GROUP_SIZES = (32, 64, 128)
+
+
+def check_gluon_config(config: dict, per_group: bool = False) -> str | None:
     """Why ``config`` cannot run the Gluon kernel (None if it can): at least 4 warps (a
     warpgroup), BLOCK_M >= 64 rows per 4 warps, BLOCK_K a multiple of 32 (the IGMMA's k),
-    2+ stages (one group in flight while the next tile lands)."""
+    2+ stages (one group in flight while the next tile lands). ``per_group`` (MODE 1): at most
+    BLOCK_M x BLOCK_N = 2048 x num_warps, 64 accumulator elements a thread (its two int32
+    partial sums beside the fp32 accumulator: 192 registers; larger tiles spill)."""
     bm, bn, bk, w = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
     wm, wn = _warps(bm, w) if w >= 4 else (0, 0)
     if w < 4 or w & (w - 1) or bm < 16 * wm or bn // wn < 16:
@@ -282,6 +437,9 @@ def check_gluon_config(config: dict) -> str | None:
         return f"BLOCK_K={bk}: the int8 wgmma steps K by 32"
     if config["num_stages"] < 2:
         return "num_stages < 2: one MMA group stays in flight while the next tile lands"
+    if per_group and bm * bn > 2048 * w:
+        return (f"BLOCK_M={bm} x BLOCK_N={bn} over {w} warps: per-group weights keep two int32 "
+                "partial sums beside the fp32 accumulator, at most 64 elements a thread")  # fmt: skip
     return None
 
 
@@ -297,17 +455,30 @@ class GluonPlan(NamedTuple):
     x_layout: object  # NVMMASharedLayout of the [BLOCK_M, BLOCK_K] int8 tile
     w_layout: object  # and of the [BLOCK_N, BLOCK_K] one
     meta: dict  # constexprs and launch options
+    group: int = 0  # MODE 1: the weight's group size (its kernel); 0: MODE 0
 
 
 def plan_int8_linear_gluon(
-    K: int, N: int, out_dtype: torch.dtype, *, config: dict, asymmetric: bool, has_bias: bool
+    K: int,
+    N: int,
+    out_dtype: torch.dtype,
+    *,
+    config: dict,
+    asymmetric: bool,
+    has_bias: bool,
+    group_size: int = 0,
 ) -> GluonPlan:
-    """The plan of a Gluon MODE 0 launch (arguments as :func:`.gemm_int8.plan_int8_linear` for
-    per-channel symmetric weights). ValueError where Gluon is missing or the config cannot run
+    """The plan of a Gluon launch (arguments as :func:`.gemm_int8.plan_int8_linear` for
+    symmetric weights): MODE 0 (per channel), or with ``group_size`` MODE 1 (per group, a
+    multiple of BLOCK_K dividing K). ValueError where Gluon is missing or the config cannot run
     it (:func:`check_gluon_config`)."""
     if not gluon_available():
         raise ValueError(f"int8_linear: no Gluon Hopper API in this Triton ({_GLUON_ERROR})")
-    why = check_gluon_config(config)
+    if group_size and (group_size not in GLUON_GROUP_SIZES or config["BLOCK_K"] != group_size
+                       or K % group_size):  # fmt: skip
+        raise ValueError(f"config: GLUON per group needs groups of {GLUON_GROUP_SIZES} and "
+                         f"BLOCK_K = group_size={group_size}, got {config}")  # fmt: skip
+    why = check_gluon_config(config, per_group=bool(group_size))
     if why is not None:
         raise ValueError(f"config: {why}, got {config}")
     bm, bn, bk, w = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
@@ -329,9 +500,11 @@ def plan_int8_linear_gluon(
         OUT_TPW_N=max(1, min(32, bn // min(vec, bn))),
         num_warps=w,
     )
+    if group_size:
+        meta["GROUP"] = group_size
     x_layout = gl.NVMMASharedLayout.get_default_for([bm, bk], gl.int8)
     w_layout = gl.NVMMASharedLayout.get_default_for([bn, bk], gl.int8)
-    return GluonPlan(N, K, out_dtype, bm, bn, bk, x_layout, w_layout, meta)
+    return GluonPlan(N, K, out_dtype, bm, bn, bk, x_layout, w_layout, meta, group_size)
 
 
 def _descriptor(view: torch.Tensor, strides: tuple, block: list, layout) -> object:
@@ -393,9 +566,12 @@ def launch_int8_linear_gluon(
         w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()
     args = (x_desc, w_desc, x_scale.contiguous(), x_zero_point.contiguous(), w_scale, w_code_sum,
             out if bias is None else bias.contiguous(), out, M, N, K, w_scale.stride(0), N)  # fmt: skip
+    kernel = _int8_linear_gluon_kernel
+    if p.group:  # MODE 1: the scales' group stride too
+        kernel, args = _int8_linear_group_gluon_kernel, (*args, w_scale.stride(1))
     grid = (cdiv(M, p.block_m) * cdiv(N, p.block_n),)
     try:
-        _int8_linear_gluon_kernel.run(*args, grid=grid, warmup=False, **p.meta)
+        kernel.run(*args, grid=grid, warmup=False, **p.meta)
     except Exception as e:  # noqa: BLE001 - a compile / launch failure: the Triton kernel runs
         if not fallback:
             raise
@@ -417,9 +593,10 @@ def int8_linear_gluon(
     asymmetric: bool,
     config: dict,
 ) -> torch.Tensor:
-    """``x_fq @ w_fq.T + bias`` [M, N] by the Gluon kernel, for per-channel symmetric weights
-    (layouts as :func:`.gemm_int8.int8_linear`; ``config``: BLOCK_M/N/K, GROUP_M, num_warps,
-    num_stages fitting :func:`check_gluon_config`). ValueError where the operands or the device
+    """``x_fq @ w_fq.T + bias`` [M, N] by the Gluon kernel, for symmetric weights per channel
+    (w_scale [N, 1]) or in G groups (w_scale / w_code_sum [N, G], MODE 1; layouts as
+    :func:`.gemm_int8.int8_linear`; ``config``: BLOCK_M/N/K, GROUP_M, num_warps, num_stages
+    fitting :func:`check_gluon_config`). ValueError where the operands or the device
     cannot run it (:func:`gluon_device`, :func:`gluon_operands_fit`).
     :func:`plan_int8_linear_gluon` then :func:`launch_int8_linear_gluon`."""
     K, N = x_codes.shape[1], w_codes.shape[0]
@@ -428,7 +605,8 @@ def int8_linear_gluon(
                          "int8 operands with 16-byte aligned rows")  # fmt: skip
     if x_codes.shape[0] == 0 or N == 0 or K == 0:
         raise ValueError("int8_linear_gluon: empty operands (int8_linear handles them)")
+    G = w_scale.shape[1]
     plan = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
-                                  has_bias=bias is not None)  # fmt: skip
+                                  has_bias=bias is not None, group_size=K // G if G > 1 else 0)  # fmt: skip
     return launch_int8_linear_gluon(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale,
                                     w_code_sum, bias, fallback=False)  # fmt: skip

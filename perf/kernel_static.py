@@ -289,7 +289,13 @@ def variants() -> list[Variant]:
     if _VARIANTS:
         return _VARIANTS
     from triton_qat import autotune
-    from triton_qat.autotune.space import CURATED, default_config, fit_config, fit_quantize
+    from triton_qat.autotune.space import (
+        CURATED,
+        GLUON_GROUP_TILES,
+        default_config,
+        fit_config,
+        fit_quantize,
+    )
     from triton_qat.kernels import (
         dequantize,
         gemm_backward,
@@ -477,6 +483,27 @@ def variants() -> list[Variant]:
             add("fwd gluon int8 per-channel" + ("" if head else f" {DT_NAME[dt]}"), "fwd",
                 _cfg_label(gcfg, gtile), call_g, head, anchor(I8, gtile, gcfg, "fwd") if head else None,
                 tile=gtile, config=gcfg)  # fmt: skip
+        # MODE 1 (per-group symmetric weights): int4 group 128 at its first curated tile (two
+        # groups per loop iteration: k_steps), fp32 (the zero point in int32) and g32 with --all
+        bm, bn, bk, w, st = GLUON_GROUP_TILES[0]
+        g1cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": w,
+                 "num_stages": st, "DEQUANT": 0, "TMA": 0, "GLUON": 1}  # fmt: skip
+        for dt, group in ((BF16, 128), (F32, 128), (BF16, 32)):
+            cfg1 = fit_config("fwd", g1cfg, K, group)
+            tile1 = (cfg1["BLOCK_M"], cfg1["BLOCK_N"], cfg1["BLOCK_K"])
+
+            def call_g1(dt=dt, group=group, cfg=cfg1):
+                qa, qw = act(dt)[1](), weight(dt, group, sums=True)[1]()
+                pool = dict(x_codes=qa.codes, x_scale=qa.scale, x_zero_point=qa.zero_point,
+                            w_codes=qw.codes, w_scale=qw.scale, w_code_sum=qw.code_sum,
+                            bias=T(((N,), dt)), out_dtype=dt, asymmetric=True, config=cfg)  # fmt: skip
+                call_by_name(gemm_int8.int8_linear, pool)
+
+            head = dt == BF16 and group == 128
+            sfx = "" if dt == BF16 else f" {DT_NAME[dt]}"
+            add(f"fwd gluon int4 group {group}{sfx}", "fwd", _cfg_label(cfg1, tile1), call_g1,
+                head, anchor(I8, tile1, cfg1, "fwd") if head else None, tile=tile1, config=cfg1,
+                k_steps=2 * (group // cfg1["BLOCK_K"]))  # two groups per iteration  # fmt: skip
 
     # float8 (e4m3) forward: the codes quantize (per row) and the fp8 tensor-core GEMM at its
     # default config, x per row and w per row (the layer's launches, triton_qat/float8.py)

@@ -206,12 +206,13 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
         DEFAULTS,
         FWD_DEQUANT_DEFAULT,
         FWD_GROUP_INT8_DEFAULT,
+        GLUON_GROUP_TILES,
         HOPPER_DEFAULTS,
         fit_config,
         quantize_default,
         smem_bytes,
     )
-    from triton_qat.kernels.gemm_int8_gluon import gluon_available
+    from triton_qat.kernels.gemm_int8_gluon import check_gluon_config, gluon_available
 
     hopper = 227 * 1024
     for kernel in ("fwd", "dgrad", "wgrad"):
@@ -245,12 +246,19 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
             fp32 = candidates(kernel, (8192, N, K), 9, 4, hopper, curated=True)
             assert fp32 and not any(c.get("CUBLAS") for c in fp32)  # IEEE dots: no torch.mm
     g128 = candidates("fwd", (8192, 4096, 4096), 9, 2, hopper, 128, curated=True)
-    int8 = [c for c in g128 if not c["DEQUANT"]]
-    assert not any(c["GLUON"] for c in g128)  # the Gluon kernel is the per-channel forward's
+    int8 = [c for c in g128 if not c["DEQUANT"] and not c["GLUON"]]  # the Triton kernel's
+    # the Gluon kernel's MODE 1 (where this Triton has Gluon's Hopper API): one K step per group
+    gluon = [c for c in g128 if c["GLUON"]]
+    assert len(gluon) == (len(GLUON_GROUP_TILES) if gluon_available() else 0), gluon
+    assert all(c["BLOCK_K"] == 128 and check_gluon_config(c, per_group=True) is None
+               for c in gluon)  # fmt: skip
+    for group in (8, 96, 256):  # MODE 2; MODE 1 groups other than 32 / 64 / 128: Triton only
+        other = candidates("fwd", (8192, 4096, 3072), 9, 2, hopper, group, curated=True)
+        assert not any(c["GLUON"] for c in other), group
     assert all(128 % c["BLOCK_K"] == 0 and c["BLOCK_K"] >= 32 for c in int8)
     # per-group weights: both forward paths are timed, the 16-bit default (DEQUANT) first
     assert g128[0] == FWD_DEQUANT_DEFAULT and 6 <= len(g128) - len(int8) < len(int8) <= 16
-    assert len(g128) <= 24 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
+    assert len(g128) - len(gluon) <= 24 and all(smem_bytes("fwd", c, 2) <= hopper for c in g128)
     assert {**FWD_DEQUANT_DEFAULT, "TMA": 0} in g128  # TMA or not, timed at the default tile
     int8_default = fit_config("fwd", DEFAULTS["fwd"], 4096, 128)
     hopper_int8 = fit_config("fwd", HOPPER_DEFAULTS["fwd"], 4096, 128)

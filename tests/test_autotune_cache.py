@@ -26,6 +26,8 @@ QUANT = {"BLOCK_R": 4, "BLOCK_C": 64, "num_warps": 1}
 GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 1, "num_stages": 1,
         "TMA": 0}  # fmt: skip
 FWD = {**GEMM, "DEQUANT": 0, "GLUON": 0}  # the forward's configs also choose its path
+G1 = {**FWD, "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3,
+      "GLUON": 1}  # a Gluon tile for per-group weights in groups of 32  # fmt: skip
 BWD = {**GEMM, "CUBLAS": 0}  # the backward GEMMs' choose torch.mm + the mask pass or not
 # a valid entry of another shape that must survive next to the bad one
 GOOD_KEY = make_key("fwd", 64, 24, 40, "float32")
@@ -85,9 +87,14 @@ BAD = {
     ),
     "TMA=2": ("wgrad|M16|N16|K16|bfloat16|", {"config": {**BWD, "TMA": 2}}),
     "GLUON=2": (FKEY, {"config": {**FWD, "GLUON": 2}}),
-    "GLUON on a per-group forward": (
+    # GLUON per group (MODE 1): groups of 32 / 64 / 128 with BLOCK_K = the group, at most 64
+    # accumulator elements a thread
+    "GLUON per group, two K steps a group": ("fwd|M32|N64|K256|bfloat16|g64", {"config": G1}),
+    "GLUON per group of 96": ("fwd|M32|N64|K192|bfloat16|g96", {"config": G1}),
+    "GLUON per group of 8 (MODE 2)": ("fwd|M32|N64|K64|bfloat16|g8", {"config": G1}),
+    "GLUON per group, 128 elements a thread": (
         "fwd|M32|N64|K128|bfloat16|g32",
-        {"config": {**FWD, "GLUON": 1}},
+        {"config": {**G1, "BLOCK_M": 128}},
     ),
     "GLUON with DEQUANT": (
         "fwd|M32|N64|K256|bfloat16|g32",
@@ -156,6 +163,8 @@ def test_unlaunchable_entry_is_dropped_with_a_warning(cache_dir, key, entry):
             "fwd|M8192|N64|K64|bfloat16|",
             {**FWD, "GLUON": 1, "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 4},
         ),  # the Gluon kernel
+        ("fwd|M8192|N64|K128|bfloat16|g32", G1),  # its per-group form (MODE 1)
+        ("fwd|M8192|N64|K256|float32|g128", {**G1, "BLOCK_K": 128}),
         ("f8fwd|M8192|N64|K128|bfloat16|", {**GEMM, "BLOCK_K": 128, "TMA": 1, "GLUON": 0}),
     ],
 )

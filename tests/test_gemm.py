@@ -191,7 +191,7 @@ def test_gluon_config_runs_the_triton_kernel_where_gluon_cannot(device):
     assert (f.args[0].gluon is not None) == gg.gluon_device(dev)  # planned for this device
     plan = plan_int8_linear(K, N, 1, dt, config=glu, asymmetric=True, has_bias=True, gluon=True)
     assert (plan.gluon is not None) == gg.gluon_available()  # an sm_90 GPU's plan
-    bad = [({**glu, "GLUON": 2}, K), (glu, 32), ({**glu, "num_warps": 2}, K),
+    bad = [({**glu, "GLUON": 2}, K), (glu, 8), ({**glu, "num_warps": 2}, K),
            ({**glu, "BLOCK_K": 48}, K), ({**glu, "num_stages": 1}, K)]  # fmt: skip
     for c, group in bad:
         with pytest.raises(ValueError, match="GLUON"):
@@ -203,6 +203,49 @@ def test_gluon_config_runs_the_triton_kernel_where_gluon_cannot(device):
             meta = gg.plan_int8_linear_gluon(K, N, dt, config=c, asymmetric=True,
                                              has_bias=False).meta  # fmt: skip
             assert (meta["WARPS_M"], meta["WARPS_N"], meta["INSTR_N"]) == want
+
+
+def test_gluon_per_group_configs_plan_mode_1_and_run_the_triton_kernel_elsewhere(device):
+    """``GLUON`` on per-group symmetric weights (MODE 1, kernels/gemm_int8_gluon.py's
+    ``_int8_linear_group_gluon_kernel``): groups of 32 / 64 / 128 with BLOCK_K = the group and a
+    tile whose two int32 partial sums fit beside the fp32 accumulator (<= 64 elements a
+    thread). Such a config plans the Gluon kernel for an sm_90 GPU (its group in the plan),
+    the Triton kernel for asymmetric weights and everywhere Gluon cannot run (here: the same
+    bits as GLUON 0, x asymmetric and symmetric, 16-bit and fp32); any other GLUON config on
+    per-group weights raises, naming GLUON."""
+    from triton_qat.kernels import gemm_int8_gluon as gg
+    from triton_qat.kernels.gemm_int8 import check_fwd_config, plan_int8_linear
+    from triton_qat.kernels.gemm_int8 import int8_linear as launch
+
+    M, K, N = 37, 128, 40
+    glu = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4,
+           "num_stages": 3, "DEQUANT": 0, "TMA": 0, "GLUON": 1}  # fmt: skip
+    check_fwd_config(glu, K, 32)
+    check_fwd_config({**glu, "BLOCK_K": 64}, K, 64)
+    bad = [
+        ({**glu, "BLOCK_K": 64}, 256, 128),  # two K steps per group (spills)
+        (glu, K, 64),
+        ({**glu, "BLOCK_M": 128}, K, 32),  # 128 x 128 over 4 warps: 128 elements a thread
+        (glu, 192, 96),  # MODE 1, but no power-of-two group
+        ({**glu, "DEQUANT": 1}, K, 32),
+        ({**glu, "BLOCK_K": 32}, 64, 8),  # MODE 2
+    ]
+    for c, k, group in bad:
+        with pytest.raises(ValueError, match="GLUON"):
+            check_fwd_config(c, k, group)
+    plan = plan_int8_linear(K, N, 4, torch.bfloat16, config=glu, asymmetric=True,
+                            has_bias=True, gluon=True)  # fmt: skip
+    if gg.gluon_available():
+        assert plan.gluon is not None and plan.gluon.group == 32 and plan.gluon.meta["GROUP"] == 32
+    asym_w = plan_int8_linear(K, N, 4, torch.bfloat16, config=glu, asymmetric=True,
+                              has_bias=True, gluon=True, w_asym=True)  # fmt: skip
+    assert asym_w.gluon is None  # the Triton kernel's W_ASYM path
+    for dt, sym in ((torch.bfloat16, False), (torch.float32, False), (torch.float16, True)):
+        qa, qw = _quantized(M, K, N, 32, 4, sym, dt, device)
+        args = (qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum,
+                torch.randn(N, device=device).to(dt), dt)  # fmt: skip
+        want = launch(*args, asymmetric=not sym, config={**glu, "GLUON": 0})
+        assert torch.equal(launch(*args, asymmetric=not sym, config=glu), want)
 
 
 def test_gluon_kernel_that_cannot_build_falls_back_to_the_triton_kernel(monkeypatch):
@@ -382,3 +425,19 @@ def test_scale_grad_tiles_cap_the_accumulator_per_thread():
                 assert (sg, t[1]) == scale_grad_layout(4096, n_groups, t[1])  # still fits
                 assert t[0] * t[1] <= SCALE_GRAD_ACC * 32 * warps or t[0] == 16, (warps, t)
                 assert t[0] >= min(rows, 64) or t[1] == 16 or sg > 0, (n_groups, warps, t)
+
+
+def test_gpu_reports_gluon_per_group_check_runs(device):
+    """make gpu-report's Gluon MODE 1 bits check (perf/gpu_report_correctness.py) runs end to end
+    here too, where GLUON configs run the Triton kernel (so it must pass), and its error
+    against fp64 is an int8 GEMM's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+    import gpu_report_correctness as grc
+
+    g = torch.Generator(device=device).manual_seed(3)
+    x = torch.randn(24, 64, device=device, generator=g).to(torch.bfloat16)
+    w = torch.randn(40, 64, device=device, generator=g).to(torch.bfloat16)
+    assert grc._gluon_group_same_bits(x, w, 32, torch.bfloat16, g) < 2**-7

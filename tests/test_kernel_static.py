@@ -94,6 +94,11 @@ KNOWN_GAPS = {
         "near_anchor",
     ): "242 SASS/iter vs 124 (anchor 64x128x128 w4): 1.9x",
     ("fwd MODE 1 int4 group 32", "near_anchor"): "202 SASS/iter vs 58 (anchor 64x128x32 w4): 3.5x",
+    # ... and its Gluon form (kernels/gemm_int8_gluon.py MODE 1): the same flush per group, now
+    # overlapped with the next group's IGMMA (wait 1), so over the anchor's count but not its time
+    ("fwd gluon int4 group 128", "near_anchor"): (
+        "468 SASS per iteration of two groups vs 100 per K step (anchor 128x128x128 w8): 2.3x"
+    ),
     # MODE 2 (groups not a multiple of 32) dequantizes into an IEEE fp32 dot: FFMA, no tensor cores
     # (at 16-bit dtypes the dequantized path, with wgmma, is the default for these groups)
     ("fwd MODE 2 int4 group 8", "wgmma"): "no MMA: 2048 FFMA per iteration",
@@ -247,7 +252,7 @@ def test_gluon_forward_keeps_an_igmma_group_in_flight_from_tma_tiles(rows):
     """Its hot loop: IGMMA fed by TMA (UTMALDG) through a multi-stage mbarrier ring, a wait that
     leaves 1+ groups outstanding, no spill; every output dtype. Triton's own int8 forward waits
     to 0 at the same tile (the gap this kernel exists for)."""
-    gluon = _gluon_rows(rows)
+    gluon = {k: r for k, r in _gluon_rows(rows).items() if k.startswith("fwd gluon int8")}
     assert len(gluon) == 3, sorted(gluon)  # bf16 (headline), fp16, fp32
     for k, r in gluon.items():
         assert "error" not in r, (k, r.get("error"))
@@ -255,6 +260,33 @@ def test_gluon_forward_keeps_an_igmma_group_in_flight_from_tma_tiles(rows):
         assert r["operands"] == "TMA" and int(r["stages"]) >= 2, (k, r["operands"], r["stages"])
     triton = rows["fwd MODE 0 int8 per-channel"]
     assert triton["wait"] == [0] and gluon["fwd gluon int8 per-channel"]["wait"] == [1]
+
+
+def test_gluon_per_group_forward_overlaps_the_flush_with_the_next_groups_mma(rows):
+    """The Gluon MODE 1 kernel (int4 per-group weights, issue 28 item 4): IGMMA from TMA tiles
+    with a group in flight (wait 1; the Triton MODE 1 kernel waits to 0 before every flush), no
+    spill, at bf16 (x asymmetric: the rank-1 zero-point sum), fp32 (the zero point in int32)
+    and group 32. Its arithmetic is the Triton kernel's: the same epilogue operations (FMUL,
+    FSEL, FADD, F2FP: the same 64 accumulator elements a thread at both tiles), and per flush
+    site the Triton kernel's I2FP and FFMA per element (4 sites against 1: the loop's two, the
+    last group's two branches), so the two round identically (the GPU run compares bits)."""
+    gluon = {k: r for k, r in _gluon_rows(rows).items() if k.startswith("fwd gluon int4")}
+    assert sorted(gluon) == ["fwd gluon int4 group 128", "fwd gluon int4 group 128 fp32",
+                             "fwd gluon int4 group 32"], sorted(gluon)  # fmt: skip
+    for k, r in gluon.items():
+        assert "error" not in r, (k, r.get("error"))
+        assert _wgmma(r) and _mma_in_flight(r) and _no_spill(r), (k, _evidence(r), r["wait"])
+        assert r["operands"] == "TMA" and r["wait"] == [1], (k, r["operands"], r["wait"])
+    for dt in ("", " fp32"):
+        g, t = gluon[f"fwd gluon int4 group 128{dt}"], rows[f"fwd MODE 1 int4 group 128{dt}"]
+        assert t["wait"] == [0]
+        gops, tops = g["fp_ops"], t["fp_ops"]
+        assert {op: gops.get(op) for op in ("FMUL", "FSEL", "FADD", "F2FP")} == {
+            op: tops.get(op) for op in ("FMUL", "FSEL", "FADD", "F2FP")}, (gops, tops)  # fmt: skip
+        epilogue = {"FFMA": 64, "I2FP": 2} if not dt else {"FFMA": 0, "I2FP": 0}  # b_corr, zp
+        for op in ("FFMA", "I2FP"):
+            per_site = tops[op] - epilogue[op]
+            assert gops[op] == epilogue[op] + 4 * per_site and per_site >= 64, (dt, op, gops, tops)
 
 
 def _per_element(r):
