@@ -229,7 +229,7 @@ def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         x, y = a[name], b[name]
         if (x.shape, x.dtype, x.device) != (y.shape, y.dtype, y.device):
             return False
-        if x.is_floating_point() and x.element_size() == 1:  # no float8 torch.equal on CPU
+        if x.is_floating_point() and x.element_size() == 1:  # float8 by bits: NaN codes too
             x, y = x.view(torch.uint8), y.view(torch.uint8)
         if not x.is_meta and not torch.equal(x, y):
             return False
