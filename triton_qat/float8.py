@@ -154,7 +154,7 @@ def float8_int4_weight_fake_quantize(weight: Tensor, config: Float8Int4WeightCon
 def _int4_groups(weight: Tensor, config: Float8Int4WeightConfig) -> tuple[Tensor, Tensor]:
     """(q [N, G, g], s [N, G, 1]), both in the weight's dtype: torchao's int4 codes (NaN where
     ``w8 * (1 / s)`` is: a group whose s is NaN or inf, or a zero of a group whose ``1 / s``
-    overflows, fp16's s < 2^-16) and group scales, with their gradients."""
+    overflows, fp16's s below about 2^-16) and group scales, with their gradients."""
     check_float_input(weight, "weight")
     if weight.dim() != 2 or weight.shape[1] % config.group_size:
         raise ValueError(

@@ -152,7 +152,7 @@ def recorded_dtype(state: object, key: str, owner: str) -> torch.dtype:
 
 class QuantizedModule(nn.Module):
     """Base of the converted modules (:class:`QuantizedLinear`, :class:`QuantizedFloat8Linear`,
-    ``QuantizedEmbedding``).
+    ``QuantizedMXLinear``, ``QuantizedEmbedding``).
 
     Their quantized buffers (int codes, fp32 scales, ...) keep their dtypes under dtype casts of
     the module; device moves move them, and a buffer shared with another module (tied weights
