@@ -54,8 +54,9 @@ def _to_e2m1(t):
     """fp32 -> the nearest-even e2m1 value (0, 0.5, 1, 1.5, 2, 3, 4, 6) as fp32, saturating at
     6 (inf too), as torchao's ``f32_to_f4_unpacked``: |t| < 1 rounds to a multiple of 0.5 (add
     and subtract 2**22), [1, 6) keeps 1 mantissa bit (round at bit 22). NaN passes (torchao's
-    code for NaN is arbitrary, but its block scale is NaN then, so the value is NaN either way);
-    -0.0 keeps its sign."""
+    code for NaN is +-1.5; its block scale is NaN then, so the value is NaN either way, except
+    NVFP4's zeros times an overflowed multiplier: docs/numerics.md "MX and NVFP4", a known
+    difference); -0.0 keeps its sign."""
     bits = t.to(tl.uint32, bitcast=True)
     sign = bits & 0x80000000
     a = bits & 0x7FFFFFFF

@@ -5,7 +5,10 @@ quantization, the same bits as the kernels and as torchao 0.18's ``MXTensor.to_m
 ``x2d`` is a contiguous [R, K] tensor in fp32 / bf16 whose rows are cut into blocks of
 ``block_size`` (K a multiple of it); the result is [R, K] in x's dtype. The steps are torchao's,
 except two computed from bits as the kernels do (the same values): RCEIL's
-``ceil(log2(amax / max))`` and the e2m1 rounding. Like everything in ``kernels/``, this imports
+``ceil(log2(amax / max))`` and the e2m1 rounding. Each fake quantization is two halves:
+``*_codes_torch`` (the element values and block scales) and ``*_dequantize_torch`` (the last
+multiplication and cast), which ``tq.convert``'s MX / NVFP4 modules run on their stored codes, so
+their weight has the fake-quantized weight's bits. Like everything in ``kernels/``, this imports
 nothing from ``triton_qat``.
 """
 
@@ -65,12 +68,14 @@ def _round_elem(t: torch.Tensor, elem: int) -> torch.Tensor:
     return to_e2m1(t)
 
 
-def mx_fake_quantize_torch(
+def mx_codes_torch(
     x2d: torch.Tensor, elem: str, block_size: int, scaling_mode: str
-) -> torch.Tensor:
-    """MX fake quantization: ``elem`` an element format name (``"float8_e4m3fn"``,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MX codes of ``x2d`` [R, K]: ``elem`` an element format name (``"float8_e4m3fn"``,
     ``"float8_e5m2"``, ``"float4_e2m1fn_x2"``), ``scaling_mode`` ``"floor"`` / ``"ceil"`` /
-    ``"even"`` / ``"rceil"``. Returns [R, K] in x's dtype."""
+    ``"even"`` / ``"rceil"``. Returns (q fp32 [R, K / B, B]: the element values, each exactly
+    representable in ``elem``, NaN only in blocks whose e is 255; e int32 [R, K / B, 1]: the
+    blocks' e8m0 biased exponents in [0, 255])."""
     R, K = x2d.shape
     code = ELEM_CODES[elem]
     maxv = ELEM_MAX[code]
@@ -92,24 +97,79 @@ def mx_fake_quantize_torch(
         t = xb / _f32(torch.where(e == 0, 0x800000, e << 23))  # divisor at least 2**-126
         if code in _F8:
             t = torch.clamp(t, -maxv, maxv)
-    q = _round_elem(t, code)
-    return (q * pow2_e8m0(e)).to(x2d.dtype).reshape(R, K)
+    return _round_elem(t, code), e
 
 
-def nvfp4_fake_quantize_torch(x2d: torch.Tensor, per_tensor: bool) -> torch.Tensor:
-    """NVFP4 fake quantization (blocks of 16, e4m3 block scales, with the per-tensor scale
-    ``amax(|x|) / 2688`` of all of ``x2d`` when ``per_tensor``). Returns [R, K] in x's dtype."""
+def mx_dequantize_torch(q: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``dt(q * 2**(e - 127))``: q fp32 [R, G, B], e int32 [R, G, 1] (:func:`mx_codes_torch`)
+    -> [R, G * B] in ``dtype``."""
+    return (q * pow2_e8m0(e)).to(dtype).reshape(q.shape[0], -1)
+
+
+def mx_fake_quantize_torch(
+    x2d: torch.Tensor, elem: str, block_size: int, scaling_mode: str
+) -> torch.Tensor:
+    """MX fake quantization (:func:`mx_codes_torch`, then :func:`mx_dequantize_torch`). Returns
+    [R, K] in x's dtype."""
+    q, e = mx_codes_torch(x2d, elem, block_size, scaling_mode)
+    return mx_dequantize_torch(q, e, x2d.dtype)
+
+
+def nvfp4_multiplier(s8: torch.Tensor, pts: torch.Tensor | None) -> torch.Tensor:
+    """r, what NVFP4 multiplies x by before the e2m1 rounding: ``1 / s8``, or ``(1 / pts) / s8``
+    with the per-tensor scale (fp32, torchao's reciprocals in its order)."""
+    return 1.0 / s8 if pts is None else (1.0 / pts) / s8
+
+
+def nvfp4_codes_torch(
+    x2d: torch.Tensor, per_tensor: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The NVFP4 codes of ``x2d`` [R, K] (blocks of 16, with the per-tensor scale
+    ``amax(|x|) / 2688`` of all of ``x2d`` when ``per_tensor``). Returns (q fp32 [R, K / 16, 16]:
+    e2m1 values, NaN where ``x * r`` is, e.g. x = 0 where r overflows to inf; s8 fp32
+    [R, K / 16, 1]: the e4m3 block scales, NaN possible; pts: fp32 0-dim, or None)."""
     R, K = x2d.shape
     xb = x2d.to(torch.float32).reshape(R, K // 16, 16)
     bs = xb.abs().amax(-1, keepdim=True) / 6.0
+    pts = None
     if per_tensor:
         pts = x2d.abs().max().to(torch.float32) / NVFP4_PER_TENSOR_DIV
-        s8 = torch.clamp(bs / pts, E4M3_TINY, 448.0).to(torch.float8_e4m3fn).to(torch.float32)
-        r = (1.0 / pts) / s8
-        sd = pts * s8
-    else:
-        s8 = torch.clamp(bs, E4M3_TINY, 448.0).to(torch.float8_e4m3fn).to(torch.float32)
-        r = 1.0 / s8
-        sd = s8
-    q = to_e2m1(torch.clamp(xb * r, -6.0, 6.0))
-    return (q * sd).to(x2d.dtype).reshape(R, K)
+        bs = bs / pts
+    s8 = torch.clamp(bs, E4M3_TINY, 448.0).to(torch.float8_e4m3fn).to(torch.float32)
+    q = to_e2m1(torch.clamp(xb * nvfp4_multiplier(s8, pts), -6.0, 6.0))
+    return q, s8, pts
+
+
+def nvfp4_dequantize_torch(
+    q: torch.Tensor, s8: torch.Tensor, pts: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """``dt(q * s8)`` or ``dt(q * (pts * s8))``: q fp32 [R, G, 16], s8 fp32 [R, G, 1], pts fp32
+    0-dim or None (:func:`nvfp4_codes_torch`) -> [R, G * 16] in ``dtype``."""
+    sd = s8 if pts is None else pts * s8
+    return (q * sd).to(dtype).reshape(q.shape[0], -1)
+
+
+def nvfp4_fake_quantize_torch(x2d: torch.Tensor, per_tensor: bool) -> torch.Tensor:
+    """NVFP4 fake quantization (:func:`nvfp4_codes_torch`, then :func:`nvfp4_dequantize_torch`).
+    Returns [R, K] in x's dtype."""
+    return nvfp4_dequantize_torch(*nvfp4_codes_torch(x2d, per_tensor), x2d.dtype)
+
+
+# e2m1's magnitudes by code (bits 0-2; bit 3 is the sign), torchao's f4 unpacked layout
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def e2m1_codes(q: torch.Tensor) -> torch.Tensor:
+    """e2m1 values (fp32, as :func:`to_e2m1` gives them) -> their 4-bit codes, uint8 in 0..15
+    (sign in bit 3, so -0.0 is 8); NaN -> 0 (e2m1 has no NaN: the caller knows where it was)."""
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=q.device)
+    mag = torch.bucketize(q.abs(), table).to(torch.uint8)  # exact values: their index
+    codes = mag | (torch.signbit(q).to(torch.uint8) << 3)
+    return torch.where(q.isnan(), torch.zeros((), dtype=torch.uint8, device=q.device), codes)
+
+
+def e2m1_values(codes: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`e2m1_codes`: uint8 codes in 0..15 -> fp32 values (8 -> -0.0)."""
+    signed = E2M1_VALUES + tuple(-v for v in E2M1_VALUES)
+    table = torch.tensor(signed, dtype=torch.float32, device=codes.device)
+    return table[codes.long()]

@@ -489,7 +489,7 @@ def test_float8_int4_weight_values_and_gradients_are_torchaos(dtype, group_size)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_float8_int4_linear_prepare_round_trip_and_convert_error(dtype):
+def test_float8_int4_linear_prepare_round_trip_and_convert(dtype):
     from torchao.quantization import Float8DynamicActivationInt4WeightConfig, quantize_
 
     torch.manual_seed(0)
@@ -514,11 +514,10 @@ def test_float8_int4_linear_prepare_round_trip_and_convert_error(dtype):
     _exact(model(x), y_ref)
     tq.from_torchao(model)
     assert model[0].weight_config == tq.Float8Int4WeightConfig(128)
-    before = copy.deepcopy(model)
-    with pytest.raises(NotImplementedError, match=r"Float8Int4WeightConfig.*\n?.*0|0.*Float8Int4"):
-        tq.convert(model)
-    _exact(model(x), before(x))  # all or nothing: unchanged
-    assert isinstance(model[0], tq.Linear)
+    want = model.eval()(x)
+    tq.convert(model)  # bit-identical (more in tests/test_convert_fp.py)
+    assert isinstance(model[0], tq.QuantizedFloat8Linear) and model[0].int4
+    _exact(model(x), want)
 
 
 def test_float8_int4_bad_configs_name_the_argument():

@@ -2,7 +2,8 @@
 0.18's own objects (``MXTensor.to_mx(...).dequantize()``, ``NVFP4Tensor.to_nvfp4(...)
 .dequantize()``, the ``MXFakeQuantizedLinear`` modules QATConfig makes, the NVFP4 module's
 backward), kernel (TRITON_INTERPRET) and plain-torch backends, on odd shapes and poison values;
-gradients, compile fullgraph, opcheck, prepare / from / to torchao, convert's refusal, bad input.
+gradients, compile fullgraph, opcheck, prepare / from / to torchao, convert (more in
+tests/test_convert_fp.py), bad input.
 
 torchao's NVFP4FakeQuantizedLinear forward is a Blackwell fp4 ``_scaled_mm`` (it raises on a
 CPU), so the NVFP4 layer is held to torchao's dequantized values (forward: the same ``mm`` on
@@ -333,18 +334,21 @@ def test_prepare_qatconfig_nvfp4_and_torchao_round_trip():
     assert own.weight_config == NVFP4FakeQuantizeConfig(False, use_swizzled_scales=True)
 
 
-def test_convert_refuses_mx_layers_all_or_nothing():
+def test_convert_mx_layers_and_to_torchao_of_a_disabled_layer():
     cfg = tq.MXConfig(torch.float8_e4m3fn)
+    nv = tq.NVFP4Config()
     model = nn.Sequential(
-        tq.Linear(64, 32), nn.ReLU(), tq.Linear(32, 32, activation=cfg, weight=cfg)
-    )
-    with pytest.raises(NotImplementedError, match=r"^2: tq.convert has no inference module for "
-                       r"MXConfig.*tq.to_torchao"):  # fmt: skip
-        tq.convert(model)
-    assert [type(m) for m in model] == [tq.Linear, nn.ReLU, tq.Linear]
-    nv = tq.Linear(32, 8, activation=tq.NVFP4Config(), weight=tq.NVFP4Config())
-    with pytest.raises(NotImplementedError, match="NVFP4Config"):
-        tq.convert(nn.Sequential(nv))
+        tq.Linear(64, 32), nn.ReLU(), tq.Linear(32, 32, activation=cfg, weight=cfg),
+        tq.Linear(32, 16, activation=nv, weight=nv),
+    ).eval()  # fmt: skip
+    x = torch.randn(3, 64)
+    want = model(x)
+    tq.convert(model)
+    assert [type(m) for m in model] == [
+        tq.QuantizedLinear, nn.ReLU, tq.QuantizedMXLinear, tq.QuantizedMXLinear,
+    ]  # fmt: skip
+    _exact(model(x), want)
+    assert tq.to_torchao(model)[2] is model[2]  # converted layers stay (no torchao module)
     off = tq.Linear(32, 8, activation=cfg, weight=cfg).disable_fake_quant()
     with pytest.raises(NotImplementedError, match="disabled"):
         tq.to_torchao(off)

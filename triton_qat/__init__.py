@@ -9,7 +9,8 @@ y = tq.fake_quantize(x, tq.QuantConfig())
 model = tq.prepare(model)       # every nn.Linear -> tq.Linear, parameters shared
 ...train...
 model = tq.convert(model)       # tq.Linear -> tq.QuantizedLinear (int8 weights, int8 GEMM);
-                                # float8 layers -> tq.QuantizedFloat8Linear (e4m3 weights)
+                                # float8 layers -> tq.QuantizedFloat8Linear (e4m3 / int4 weights);
+                                # MX / NVFP4 layers -> tq.QuantizedMXLinear (their codes)
 
 model = tq.prepare(model, QATConfig(...))  # a torchao QAT config, one line (torchao optional)
 model = tq.from_torchao(model)  # a torchao-prepared model -> triton_qat; tq.to_torchao back
@@ -30,6 +31,7 @@ from triton_qat.functional import fake_quantize, qat_linear
 from triton_qat.linear import Linear
 from triton_qat.model import convert, prepare, weight_nbytes
 from triton_qat.quantized import QuantizedFloat8Linear, QuantizedLinear
+from triton_qat.quantized_mx import QuantizedMXLinear
 from triton_qat.torchao_compat import from_torchao, to_torchao
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "Linear",
     "QuantizedLinear",
     "QuantizedFloat8Linear",
+    "QuantizedMXLinear",
     "Embedding",
     "QuantizedEmbedding",
     "prepare",

@@ -148,21 +148,61 @@ def float8_int4_weight_fake_quantize(weight: Tensor, config: Float8Int4WeightCon
     Args:
         weight: [N, K] fp32 / fp16 / bf16, K a multiple of ``config.group_size``.
     Returns: [N, K] in the weight's dtype."""
+    return int4_dequantize(*_int4_groups(weight, config))
+
+
+def _int4_groups(weight: Tensor, config: Float8Int4WeightConfig) -> tuple[Tensor, Tensor]:
+    """(q [N, G, g], s [N, G, 1]), both in the weight's dtype: torchao's int4 codes (NaN where
+    ``w8 * (1 / s)`` is: a group whose s is NaN or inf, or a zero of a group whose ``1 / s``
+    overflows, fp16's s below about 2^-16) and group scales, with their gradients."""
     check_float_input(weight, "weight")
     if weight.dim() != 2 or weight.shape[1] % config.group_size:
         raise ValueError(
             f"weight: expected [N, K] with K a multiple of group_size={config.group_size}, got "
             f"{tuple(weight.shape)}"
         )
-    N, K = weight.shape
+    N = weight.shape[0]
     w8 = float8_fake_quantize(weight, _INT4_WEIGHT_F8)
     grouped = w8.view(N, -1, config.group_size)
     scale = torch.clamp(torch.amax(torch.abs(grouped), dim=-1, keepdim=False) / 8, min=1e-6)
     scale = scale.view(N, -1, 1)
     zero = torch.zeros_like(scale)
-    q = torch.clamp(_RoundSTE.apply(grouped * (1.0 / scale)) + zero, -8, 7)
-    dq = (q.to(weight.dtype, copy=True) - zero.to(weight.dtype)) * scale
-    return dq.view(N, K).to(weight.dtype)
+    return torch.clamp(_RoundSTE.apply(grouped * (1.0 / scale)) + zero, -8, 7), scale
+
+
+def int4_dequantize(q: Tensor, scale: Tensor) -> Tensor:
+    """``(dt(q) - 0) * s`` [N, G * g] in ``dt`` = the scale's dtype: the last step of
+    :func:`float8_int4_weight_fake_quantize` (torchao's), on its codes q [N, G, g] (in ``dt``, or
+    the int codes a converted layer stores) and group scales s [N, G, 1]."""
+    dt = scale.dtype
+    dq = (q.to(dt, copy=True) - torch.zeros_like(scale)) * scale
+    return dq.view(q.shape[0], -1).to(dt)
+
+
+@torch.no_grad()
+def float8_int4_weight_codes(
+    weight: Tensor, config: Float8Int4WeightConfig
+) -> tuple[Tensor, Tensor]:
+    """(int8 codes [N, K] in [-8, 7], fp32 group scales [N, K / g]) of a weight [N, K]: the
+    codes and scales of :func:`float8_int4_weight_fake_quantize` (fp32 holds a bf16 / fp16 scale
+    exactly); a NaN code is stored as 0, which :func:`float8_int4_dequantize` reads back."""
+    q, scale = _int4_groups(weight, config)
+    codes = torch.nan_to_num(q, nan=0.0).to(torch.int8).view(weight.shape)
+    return codes, scale.view(weight.shape[0], -1).to(torch.float32)
+
+
+def float8_int4_dequantize(codes: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """The fake-quantized weight [N, K] in ``dtype`` from int codes [N, K] and fp32 group scales
+    [N, G] (:func:`float8_int4_weight_codes`): :func:`int4_dequantize` with the scales in
+    ``dtype``, the bits of :func:`float8_int4_weight_fake_quantize` of a weight of that dtype.
+    A code 0 in a group whose ``1 / s`` is inf stands for the NaN the reference has there (its
+    nonzero values saturate to -8 / 7; ``w8 = 0`` gives ``0 * inf``); groups whose s is NaN or
+    inf come out NaN from the product."""
+    N, K = codes.shape
+    s = scale.to(dtype).reshape(N, -1, 1)
+    q = codes.reshape(N, s.shape[1], -1).to(dtype)
+    q = torch.where((q == 0) & (1.0 / s).isinf(), float("nan"), q)
+    return int4_dequantize(q, s)
 
 
 def weight_fake_quantize(weight: Tensor, config: object) -> Tensor:

@@ -1,6 +1,6 @@
 """Model-level API: ``prepare`` (nn.Linear -> tq.Linear, nn.Embedding -> tq.Embedding) and
-``convert`` (tq.Linear -> QuantizedLinear or, float8, QuantizedFloat8Linear; tq.Embedding ->
-QuantizedEmbedding)."""
+``convert`` (tq.Linear -> QuantizedLinear, or QuantizedFloat8Linear for float8 / float8-int4
+layers, or QuantizedMXLinear for MX / NVFP4 layers; tq.Embedding -> QuantizedEmbedding)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizat
 from triton_qat import ao, torchao_compat
 from triton_qat.checks import MAX_IN_FEATURES
 from triton_qat.config import (
+    FLOAT8_FAMILY,
     Float8Config,
     Float8Int4WeightConfig,
     MXConfig,
@@ -28,6 +29,7 @@ from triton_qat.embedding import (
 )
 from triton_qat.linear import Linear
 from triton_qat.quantized import QuantizedFloat8Linear, QuantizedLinear
+from triton_qat.quantized_mx import QuantizedMXLinear
 from triton_qat.spec import spec_for
 from triton_qat.swap import SwapPlan, find_modules, module_path, swap_selected
 
@@ -227,30 +229,22 @@ def _same_codes(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         x, y = a[name], b[name]
         if (x.shape, x.dtype, x.device) != (y.shape, y.dtype, y.device):
             return False
-        if x.dtype == torch.float8_e4m3fn:  # torch.equal has no float8 kernel on CPU
+        if x.is_floating_point() and x.element_size() == 1:  # float8 by bits: NaN codes too
             x, y = x.view(torch.uint8), y.view(torch.uint8)
         if not x.is_meta and not torch.equal(x, y):
             return False
     return True
 
 
-_NO_MX_CONVERT = (
-    "tq.convert has no inference module for {kind} layers (an MX / NVFP4 GEMM needs Blackwell "
-    "tensor cores, which triton_qat does not target; nothing was converted). Keep the prepared "
-    "layer for evaluation (its eval forward is the fake-quantized model), or hand the model to "
-    "torchao: tq.to_torchao(model), then quantize_(model, QATConfig(base_config, "
-    "step='convert')) with the MXDynamicActivationMXWeightConfig / "
-    "NVFP4DynamicActivationNVFP4WeightConfig it was prepared with"
-)
-
-
 def convert(model: nn.Module) -> nn.Module:
     """Swap every :class:`triton_qat.Linear` for a :class:`QuantizedLinear` (int8 inference; a
-    float8 layer, :class:`Float8Config`: a :class:`QuantizedFloat8Linear`, e4m3 codes) and
-    every :class:`triton_qat.Embedding` for a :class:`QuantizedEmbedding`, in place; returns the
-    model (or the new module when ``model`` itself is one of them). An MX / NVFP4 layer
-    (:class:`MXConfig` / :class:`NVFP4Config`) has no converted module: NotImplementedError
-    naming it and saying what to do instead.
+    float8 layer, :class:`Float8Config` or :class:`Float8Int4WeightConfig` weight: a
+    :class:`QuantizedFloat8Linear`, e4m3 or packed int4 codes; an MX / NVFP4 layer: a
+    :class:`QuantizedMXLinear`, its element codes and block scales) and every
+    :class:`triton_qat.Embedding` for a :class:`QuantizedEmbedding`, in place; returns the model
+    (or the new module when ``model`` itself is one of them). Each converted layer computes
+    what the prepared one computes in eval mode (torchao numerics: bit for bit;
+    docs/numerics.md "Converting").
 
     Hooks (with their handles) and the training flag carry over, as in :func:`prepare`; a
     parametrized layer's weight is frozen as its parametrization computes it in eval mode. All
@@ -268,19 +262,7 @@ def convert(model: nn.Module) -> nn.Module:
         if isinstance(mod, Embedding):
             new = QuantizedEmbedding.from_qat(mod)
         else:
-            if isinstance(mod.weight_config, Float8Int4WeightConfig):
-                raise NotImplementedError(
-                    "convert of a Float8Int4WeightConfig layer (torchao's "
-                    "Float8DynamicActivationInt4WeightConfig) is not supported: convert with "
-                    "torchao after tq.to_torchao(model): quantize_(model, QATConfig("
-                    "Float8DynamicActivationInt4WeightConfig(), step='convert'))"
-                )
-            if isinstance(mod.weight_config, (MXConfig, NVFP4Config)):
-                raise NotImplementedError(
-                    _NO_MX_CONVERT.format(kind=type(mod.weight_config).__name__)
-                )
-            float8 = isinstance(mod.weight_config, Float8Config)
-            new = (QuantizedFloat8Linear if float8 else QuantizedLinear).from_qat(mod)
+            new = _quantized_linear_class(mod.weight_config).from_qat(mod)
             if mod.bias is not None:
                 new.bias = biases.setdefault(id(mod.bias), (mod.bias, new.bias))[1]
         # the quantized weight: codes, scales (linears: code sums, zero points), by name
@@ -308,12 +290,21 @@ def convert(model: nn.Module) -> nn.Module:
     return model
 
 
+def _quantized_linear_class(weight_config: object) -> type[nn.Module]:
+    """The converted module class of a tq.Linear with this weight config (None: torch.ao)."""
+    if isinstance(weight_config, (MXConfig, NVFP4Config)):
+        return QuantizedMXLinear
+    if isinstance(weight_config, FLOAT8_FAMILY):
+        return QuantizedFloat8Linear
+    return QuantizedLinear
+
+
 def weight_nbytes(model: nn.Module) -> dict[str, int]:
     """Weight bytes of a model's linear layers: ``{"stored": ..., "bf16": ...}`` where ``bf16`` is
     what the same layers take as plain bf16 ``nn.Linear`` weights and biases."""
     stored = bf16 = 0
     for mod in model.modules():
-        if isinstance(mod, (QuantizedLinear, QuantizedFloat8Linear)):
+        if isinstance(mod, (QuantizedLinear, QuantizedFloat8Linear, QuantizedMXLinear)):
             stored += mod.weight_nbytes()
             bf16 += 2 * mod.out_features * (mod.in_features + (mod.bias is not None))
         elif isinstance(mod, nn.Linear):

@@ -194,14 +194,26 @@ def mx_linear(
             then cast to x's (torchao needs one dtype for both). bias: [N] or None.
     Returns: [..., N] in x's dtype.
     """
-    k = weight.shape[1]
+    w_fq = mx_fake_quantize(weight, weight_config, "weight")
+    return mx_linear_on_weight(x, w_fq, bias, activation)
+
+
+def mx_linear_on_weight(
+    x: Tensor, w_fq: Tensor, bias: Tensor | None, activation: MXConfig | NVFP4Config
+) -> Tensor:
+    """``addmm(bias, fq(x), w_fq^T)`` (``mm`` without a bias) with ``w_fq`` [N, K] (the
+    fake-quantized weight, fp32 / bf16) and ``bias`` cast to x's dtype: the prepared MX / NVFP4
+    layer's GEMM (:func:`mx_linear`) and the converted one's
+    (:class:`triton_qat.quantized_mx.QuantizedMXLinear`), the same ops in the same order.
+    x: [..., K] fp32 / bf16 -> [..., N] in x's dtype."""
+    k = w_fq.shape[1]
     x_fq = mx_fake_quantize(x, activation, "input").reshape(-1, k)
-    w_fq = mx_fake_quantize(weight, weight_config, "weight").to(x.dtype)
+    w_fq = w_fq.to(x.dtype)
     if bias is None:
         out = torch.mm(x_fq, w_fq.t())
     else:
         out = torch.addmm(bias.to(x.dtype), x_fq, w_fq.t())
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return out.reshape(*x.shape[:-1], w_fq.shape[0])
 
 
 class MXLinear:

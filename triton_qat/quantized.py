@@ -1,5 +1,6 @@
 """``QuantizedLinear``: real int8 inference after QAT (what ``tq.convert`` swaps in);
-``QuantizedFloat8Linear``: the same for float8 (e4m3) layers.
+``QuantizedFloat8Linear``: the same for float8 (e4m3) layers, and for float8-activation layers
+with int4 weights (``Float8Int4WeightConfig``). MX / NVFP4: triton_qat/quantized_mx.py.
 
 Weights are stored as int8 codes (bits <= 4: two codes packed per byte) with fp32 scales; the input
 is quantized per token (or per tensor) at run time and multiplied on the int8 GEMM of the training
@@ -24,17 +25,26 @@ from torch import Tensor, nn
 
 from triton_qat import ao
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
-from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_input, check_range
+from triton_qat.checks import (
+    FLOAT_DTYPES,
+    check_group,
+    check_in_features,
+    check_input,
+    check_range,
+)
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
     DEFAULT_WEIGHT,
     NOT_QUANTIZED,
     Float8Config,
+    Float8Int4WeightConfig,
     QuantConfig,
 )
 from triton_qat.dispatch import activation_sum_group
 from triton_qat.float8 import (
     float8_dequantize,
+    float8_int4_dequantize,
+    float8_int4_weight_codes,
     float8_weight_codes,
     fp8_gemm_runs,
     linear_on_codes,
@@ -47,7 +57,8 @@ from triton_qat.spec import ao_spec, spec_for
 
 
 def pack_int4(codes: Tensor) -> Tensor:
-    """int8 codes in [-8, 7], [N, K] -> uint8 [N, ceil(K/2)]: element 2j in the low nibble."""
+    """int8 codes in [-8, 7] (or 4-bit codes in 0..15), [N, K] -> uint8 [N, ceil(K/2)]: element
+    2j in the low nibble."""
     N, K = codes.shape
     u = (codes.to(torch.int16) & 0xF).to(torch.uint8)
     if K % 2:
@@ -55,16 +66,22 @@ def pack_int4(codes: Tensor) -> Tensor:
     return u[:, 0::2] | (u[:, 1::2] << 4)
 
 
+def unpack_nibbles(packed: Tensor, K: int) -> Tensor:
+    """Inverse of :func:`pack_int4` for 4-bit codes: uint8 [N, ceil(K/2)] -> uint8 [N, K] in
+    0..15."""
+    codes = torch.stack([packed & 0xF, packed >> 4], dim=-1)
+    return codes.reshape(packed.shape[0], 2 * packed.shape[1])[:, :K]
+
+
 def unpack_int4(packed: Tensor, K: int) -> Tensor:
     """Inverse of :func:`pack_int4`: uint8 [N, ceil(K/2)] -> int8 [N, K] (sign-extended)."""
-    lo = (packed & 0xF).to(torch.int8)
-    hi = (packed >> 4).to(torch.int8)
-    codes = torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], 2 * packed.shape[1])[:, :K]
+    codes = unpack_nibbles(packed, K).to(torch.int8)
     return torch.where(codes > 7, codes - 16, codes)
 
 
 # buffers holding the quantized weight: dtype casts of the module leave them as they are
-_QUANT_BUFFERS = frozenset(("weight_codes", "weight_scale", "weight_code_sum", "weight_zero_point"))
+_QUANT_BUFFERS = frozenset(("weight_codes", "weight_scale", "weight_code_sum", "weight_zero_point",
+                            "weight_tensor_scale"))  # fmt: skip
 # per ``_apply`` function (one per ``.to`` / ``.cuda`` / ``to_empty`` ... call): id(buffer) ->
 # weak refs to (buffer, result), so a buffer shared by several modules stays shared
 _APPLY_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -135,7 +152,7 @@ def recorded_dtype(state: object, key: str, owner: str) -> torch.dtype:
 
 class QuantizedModule(nn.Module):
     """Base of the converted modules (:class:`QuantizedLinear`, :class:`QuantizedFloat8Linear`,
-    ``QuantizedEmbedding``).
+    ``QuantizedMXLinear``, ``QuantizedEmbedding``).
 
     Their quantized buffers (int codes, fp32 scales, ...) keep their dtypes under dtype casts of
     the module; device moves move them, and a buffer shared with another module (tied weights
@@ -399,19 +416,26 @@ class QuantizedLinear(QuantizedModule):
 
 class QuantizedFloat8Linear(QuantizedModule):
     """Float8 (e4m3) inference linear layer (no gradients): what ``tq.convert`` makes of a
-    :class:`triton_qat.Linear` with :class:`Float8Config` configs.
+    :class:`triton_qat.Linear` with :class:`Float8Config` configs, or with a
+    :class:`Float8Int4WeightConfig` weight (float8 activations, int4 weights).
 
-    Buffers: ``weight_codes`` float8_e4m3fn [N, K], ``weight_scale`` fp32 [N, 1] (``"per_row"``)
-    or [1, 1] (``"per_tensor"``), the scale of the trained weight with the config's bounds
-    applied, and ``bias`` [N] in ``dtype`` or None. The forward fake-quantizes the input with the
-    ``activation`` :class:`Float8Config` (the QAT layer's op and kernel; ``NOT_QUANTIZED``:
-    weight-only), forms ``w_fq = dt(fp32(q) * s)`` in ``weight_dtype`` and runs the QAT layer's
-    ``F.linear`` (docs/numerics.md "Converting"), so its output is bit-identical to the prepared
-    layer's in eval mode. Input [..., K] fp32 / fp16 / bf16 (empty too) -> output [..., N] in the
-    input's dtype; under autocast the autocast dtype. Dtype casts, ``weight_dtype`` and the state
-    dict follow :class:`QuantizedLinear`'s rules (codes and scales keep their dtypes).
-    Where the prepared layer runs the fp8 tensor-core GEMM (:func:`triton_qat.float8.fp8_gemm_runs`)
-    this runs the same GEMM on the stored codes; elsewhere the dequantized one.
+    Buffers, :class:`Float8Config` weight: ``weight_codes`` float8_e4m3fn [N, K],
+    ``weight_scale`` fp32 [N, 1] (``"per_row"``) or [1, 1] (``"per_tensor"``), the scale of the
+    trained weight with the config's bounds applied. :class:`Float8Int4WeightConfig` weight:
+    ``weight_codes`` uint8 [N, ceil(K/2)] (int4 codes in [-8, 7], two per byte, element 2j in
+    the low nibble), ``weight_scale`` fp32 [N, K / group_size] (the group scales, computed in
+    the trained weight's dtype, which fp32 holds exactly). Both: ``bias`` [N] in ``dtype`` or
+    None. The forward fake-quantizes the input with the ``activation`` :class:`Float8Config`
+    (the QAT layer's op and kernel; ``NOT_QUANTIZED``: weight-only), forms ``w_fq`` in
+    ``weight_dtype`` with the fake quantization's last step (``dt(fp32(q) * s)``; int4:
+    ``(dt(q) - 0) * dt(s)``) and runs the QAT layer's ``F.linear`` (docs/numerics.md
+    "Converting"), so its output is bit-identical to the prepared layer's in eval mode. Input
+    [..., K] fp32 / fp16 / bf16 (empty too) -> output [..., N] in the input's dtype; under
+    autocast the autocast dtype. Dtype casts, ``weight_dtype`` and the state dict follow
+    :class:`QuantizedLinear`'s rules (codes and scales keep their dtypes). Where the prepared
+    e4m3-weight layer runs the fp8 tensor-core GEMM (:func:`triton_qat.float8.fp8_gemm_runs`)
+    this runs the same GEMM on the stored codes; elsewhere (and always for int4 weights, as the
+    prepared layer) the dequantized one.
     """
 
     def __init__(
@@ -421,12 +445,13 @@ class QuantizedFloat8Linear(QuantizedModule):
         bias: bool = True,
         *,
         activation: Float8Config | object = None,
-        weight: Float8Config | None = None,
+        weight: Float8Config | Float8Int4WeightConfig | None = None,
         device=None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         """``activation`` (default ``Float8Config()``; ``NOT_QUANTIZED``: weight-only) /
-        ``weight`` (default ``Float8Config()``): the prepared layer's configs; ``dtype``: the
+        ``weight`` (default ``Float8Config()``; or a :class:`Float8Int4WeightConfig` whose
+        group size divides ``in_features``): the prepared layer's configs; ``dtype``: the
         prepared weight's dtype."""
         super().__init__()
         check_count(in_features, "in_features")
@@ -434,8 +459,11 @@ class QuantizedFloat8Linear(QuantizedModule):
         check_float_dtype(dtype, "dtype")
         activation = Float8Config() if activation is None else activation
         weight = Float8Config() if weight is None else weight
-        if not isinstance(weight, Float8Config):
-            raise TypeError(f"weight: expected a triton_qat.Float8Config, got {weight!r}")
+        if not isinstance(weight, (Float8Config, Float8Int4WeightConfig)):
+            raise TypeError(
+                f"weight: expected a triton_qat.Float8Config or Float8Int4WeightConfig, got "
+                f"{weight!r}"
+            )
         if activation is not NOT_QUANTIZED and not isinstance(activation, Float8Config):
             raise TypeError(
                 f"activation: expected a triton_qat.Float8Config or NOT_QUANTIZED, got "
@@ -443,22 +471,35 @@ class QuantizedFloat8Linear(QuantizedModule):
             )
         self.in_features, self.out_features = in_features, out_features
         self.activation_config, self.weight_config = activation, weight
+        if self.int4:
+            check_group(weight.group_size, in_features, "weight.group_size")
         self.weight_only = activation is NOT_QUANTIZED
         self.weight_dtype = dtype
-        rows = 1 if weight.per_tensor else out_features
-        self.register_buffer(
-            "weight_codes",
-            torch.zeros(out_features, in_features, dtype=torch.float8_e4m3fn, device=device),
-        )
-        self.register_buffer("weight_scale", torch.ones(rows, 1, device=device))
+        codes, scale = self._buffer_shapes()
+        code_dtype = torch.uint8 if self.int4 else torch.float8_e4m3fn
+        self.register_buffer("weight_codes", torch.zeros(codes, dtype=code_dtype, device=device))
+        self.register_buffer("weight_scale", torch.ones(scale, device=device))
         self.register_buffer(
             "bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None
         )
 
+    @property
+    def int4(self) -> bool:
+        """Whether the weight is int4 (a :class:`Float8Int4WeightConfig`), not e4m3."""
+        return isinstance(self.weight_config, Float8Int4WeightConfig)
+
+    def _buffer_shapes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The shapes of ``weight_codes`` and ``weight_scale`` (see the class docstring)."""
+        N, K, cfg = self.out_features, self.in_features, self.weight_config
+        if self.int4:
+            return (N, (K + 1) // 2), (N, K // cfg.group_size)
+        return (N, K), (1 if cfg.per_tensor else N, 1)
+
     @classmethod
     @torch.no_grad()
     def from_qat(cls, lin: nn.Module) -> QuantizedFloat8Linear:
-        """Freeze a trained float8 :class:`triton_qat.Linear` into e4m3 codes + fp32 scales."""
+        """Freeze a trained float8 :class:`triton_qat.Linear` into e4m3 codes + fp32 scales
+        (int4 weights: packed int4 codes + fp32 group scales)."""
         w = lin.weight.detach()
         new = cls(
             lin.in_features,
@@ -469,7 +510,11 @@ class QuantizedFloat8Linear(QuantizedModule):
             device=w.device,
             dtype=w.dtype,
         )
-        codes, scale = float8_weight_codes(w, lin.weight_config)
+        if new.int4:
+            codes, scale = float8_int4_weight_codes(w, lin.weight_config)
+            codes = pack_int4(codes)
+        else:
+            codes, scale = float8_weight_codes(w, lin.weight_config)
         new.weight_codes.copy_(codes)
         new.weight_scale.copy_(scale)
         if lin.bias is not None:
@@ -481,14 +526,18 @@ class QuantizedFloat8Linear(QuantizedModule):
         return buffer_name in _QUANT_BUFFERS
 
     def dequantized_weight(self) -> Tensor:
-        """The fake-quantized weight [N, K] in ``weight_dtype``: ``dt(fp32(q) * s)``."""
+        """The fake-quantized weight [N, K] in ``weight_dtype``: ``dt(fp32(q) * s)`` (int4:
+        ``(dt(q) - 0) * dt(s)``)."""
+        if self.int4:
+            codes = unpack_int4(self.weight_codes, self.in_features)
+            return float8_int4_dequantize(codes, self.weight_scale, self.weight_dtype)
         return float8_dequantize(self.weight_codes, self.weight_scale, self.weight_dtype)
 
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
         self._check_float_dtype()
         act = self.activation_config
-        if fp8_gemm_runs(input, act):  # the prepared layer's fp8 GEMM on the stored codes
+        if not self.int4 and fp8_gemm_runs(input, act):  # the prepared layer's fp8 GEMM
             out = linear_on_codes(input, self.weight_codes, self.weight_scale, self.bias, act,
                                   self.weight_dtype)  # fmt: skip
             return _autocast_output(out)
