@@ -53,19 +53,20 @@ def _to_e5m2(t):
 def _to_e2m1(t):
     """fp32 -> the nearest-even e2m1 value (0, 0.5, 1, 1.5, 2, 3, 4, 6) as fp32, saturating at
     6 (inf too), as torchao's ``f32_to_f4_unpacked``: |t| < 1 rounds to a multiple of 0.5 (add
-    and subtract 2**22), [1, 6) keeps 1 mantissa bit (round at bit 22). NaN passes (torchao's
-    code for NaN is +-1.5; its block scale is NaN then, so the value is NaN either way, except
-    NVFP4's zeros times an overflowed multiplier: docs/numerics.md "MX and NVFP4", a known
-    difference); -0.0 keeps its sign."""
+    and subtract 2**22), [1, 6) keeps 1 mantissa bit (round at bit 22); -0.0 keeps its sign.
+    A NaN takes torchao's code too, which its bit arithmetic makes of the NaN's bits (+-1, 1.5
+    or 2; the NaN ``0 * inf`` gives is -1.5 on x86 CPUs, +2 on NVIDIA GPUs): where the block
+    scale is finite (NVFP4's zeros times a multiplier that overflowed) that is the value."""
     bits = t.to(tl.uint32, bitcast=True)
     sign = bits & 0x80000000
     a = bits & 0x7FFFFFFF
     v = a.to(tl.float32, bitcast=True)
     normal = ((a + 0x1FFFFF + ((a >> 22) & 1)) & 0xFFC00000).to(tl.float32, bitcast=True)
     sub = (v + 4194304.0) - 4194304.0
-    r = tl.where(v >= 6.0, 6.0, tl.where(v < 1.0, sub, normal))
-    r = (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
-    return tl.where(t != t, t, r)
+    # torchao's normal branch on a NaN's bits: its exponent wraps to the e2m1 code 2, 3 or 4
+    nan = ((((a - 0x3F000000 + 0x1FFFFF + ((a >> 22) & 1)) >> 22) & 0xFF).to(tl.float32)) * 0.5
+    r = tl.where(v != v, nan, tl.where(v >= 6.0, 6.0, tl.where(v < 1.0, sub, normal)))
+    return (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit

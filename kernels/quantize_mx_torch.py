@@ -50,16 +50,17 @@ def rceil_exponent(d: torch.Tensor) -> torch.Tensor:
 
 def to_e2m1(t: torch.Tensor) -> torch.Tensor:
     """fp32 -> the nearest-even e2m1 value as fp32, saturating at 6 (the kernel's ``_to_e2m1``,
-    torchao's ``f32_to_f4_unpacked`` then ``f4_unpacked_to_f32``); NaN passes."""
+    torchao's ``f32_to_f4_unpacked`` then ``f4_unpacked_to_f32``); a NaN takes the code
+    torchao's bit arithmetic makes of its bits (+-1, 1.5 or 2), as the kernel's."""
     bits = t.view(torch.int32)
     sign = bits & -0x80000000
     a = bits & 0x7FFFFFFF
     v = a.view(torch.float32)
     normal = _f32((a + 0x1FFFFF + ((a >> 22) & 1)) & -0x400000)
     sub = (v + 4194304.0) - 4194304.0
-    r = torch.where(v >= 6.0, 6.0, torch.where(v < 1.0, sub, normal))
-    r = _f32(r.view(torch.int32) | sign)
-    return torch.where(t.isnan(), t, r)
+    nan = (((a - 0x3F000000 + 0x1FFFFF + ((a >> 22) & 1)) >> 22) & 0xFF).to(torch.float32) * 0.5
+    r = torch.where(v.isnan(), nan, torch.where(v >= 6.0, 6.0, torch.where(v < 1.0, sub, normal)))
+    return _f32(r.view(torch.int32) | sign)
 
 
 def _round_elem(t: torch.Tensor, elem: int) -> torch.Tensor:
@@ -126,7 +127,8 @@ def nvfp4_codes_torch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The NVFP4 codes of ``x2d`` [R, K] (blocks of 16, with the per-tensor scale
     ``amax(|x|) / 2688`` of all of ``x2d`` when ``per_tensor``). Returns (q fp32 [R, K / 16, 16]:
-    e2m1 values, NaN where ``x * r`` is, e.g. x = 0 where r overflows to inf; s8 fp32
+    e2m1 values, never NaN (a NaN ``x * r``, e.g. x = 0 where r overflows to inf, takes
+    torchao's code for its bits, :func:`to_e2m1`); s8 fp32
     [R, K / 16, 1]: the e4m3 block scales, NaN possible; pts: fp32 0-dim, or None)."""
     R, K = x2d.shape
     xb = x2d.to(torch.float32).reshape(R, K // 16, 16)
@@ -161,7 +163,7 @@ E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 def e2m1_codes(q: torch.Tensor) -> torch.Tensor:
     """e2m1 values (fp32, as :func:`to_e2m1` gives them) -> their 4-bit codes, uint8 in 0..15
-    (sign in bit 3, so -0.0 is 8); NaN -> 0 (e2m1 has no NaN: the caller knows where it was)."""
+    (sign in bit 3, so -0.0 is 8); NaN (which :func:`to_e2m1` never gives) -> 0."""
     table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=q.device)
     mag = torch.bucketize(q.abs(), table).to(torch.uint8)  # exact values: their index
     codes = mag | (torch.signbit(q).to(torch.uint8) << 3)

@@ -136,6 +136,43 @@ def test_nvfp4_fake_quantize_bit_identical_to_torchao(dtype, per_tensor):
         per_tensor_amax_to_scale(x3.abs().max()) if per_tensor else None)).dequantize(dtype))  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nvfp4_tiny_tensor_matches_torchao(dtype):
+    """A tensor below ~5e-34 with the per-tensor scale: ``(1 / pts) / s8`` overflows to inf,
+    so ``x * r`` is NaN at the zeros (0 * inf) and e2m1 has no NaN; torchao's bit arithmetic
+    gives that NaN a code (this CPU's ``0 * inf`` NaN: -1.5), and the kernel and the twin give
+    the same value (a tiny nonzero), nonzero elements saturating as torchao's do."""
+    x = torch.randn(4, 32) * 1e-35
+    x[1] *= 1e-4  # small blocks: s8 < 0.3, so (1 / pts) / s8 > 1e38 / 0.3 overflows
+    x[1, :3] = 0
+    x[0, :3] = 0  # a block whose multiplier is finite: zeros stay zeros
+    x = x.to(dtype)
+    want = _ao_nvfp4(x, True)
+    assert (want[1, :3] != 0).all() and want.isfinite().all() and (want[0, :3] == 0).all()
+    _exact(nvfp4_quantize(x, True), want, "kernel")
+    _exact(nvfp4_fake_quantize_torch(x, True), want, "twin")
+    _exact(tq.fake_quantize(x, tq.NVFP4Config(True)), want)
+
+
+def test_e2m1_rounding_of_nans_is_torchaos():
+    """torchao's f32_to_f4_unpacked on NaN bits (quiet, signalling, either sign, all payloads
+    up to 0x7FFFFFFF) -> codes 2 / 3 / 4 by the top mantissa bits: the twin's to_e2m1 and the
+    kernel (through the rceil MX path: clamped NaN, scale NaN) agree on those values."""
+    from torchao.prototype.custom_fp_utils import (
+        _f32_to_floatx_unpacked,
+        _floatx_unpacked_to_f32,
+    )
+
+    from kernels.quantize_mx_torch import to_e2m1
+
+    mags = [0x7F800001, 0x7FA00000, 0x7FBFFFFF, 0x7FC00000, 0x7FDFFFFF, 0x7FE00000, 0x7FFFFFFF]
+    bits = torch.tensor(mags + [m | -0x80000000 for m in mags], dtype=torch.int64)
+    t = bits.to(torch.int32).view(torch.float32)
+    want = _floatx_unpacked_to_f32(_f32_to_floatx_unpacked(t, 2, 1), 2, 1)
+    assert set(want.abs().tolist()) == {1.0, 1.5, 2.0}
+    _exact(to_e2m1(t), want, "twin")
+
+
 def test_rceil_exponent_is_torchs_ceil_log2():
     """RCEIL's exponent from bits (no log2 call) == torchao's clamp(ceil(log2(d))) + 127 for
     every fp32 d = 2**k (1 + j 2**-23), j < 64 (where log2 rounds to the integer k or not),

@@ -22,7 +22,6 @@ from triton_qat.kernels.quantize_mx_torch import (
     mx_dequantize_torch,
     nvfp4_codes_torch,
     nvfp4_dequantize_torch,
-    nvfp4_multiplier,
 )
 from triton_qat.linear import _autocast_output  # the prepared layer's autocast rule, shared
 from triton_qat.mx import MX_CONFIGS, check_mx_configs, mx_linear_on_weight
@@ -57,8 +56,7 @@ def mx_weight_codes(
     MX: codes in the element dtype [N, K] (float8) or uint8 [N, ceil(K/2)] (e2m1, element 2j in
     the low nibble), scales uint8 [N, K / block_size] (e8m0 biased exponents). NVFP4: uint8
     e2m1 codes [N, ceil(K/2)], float8_e4m3fn scales [N, K / 16], the fp32 0-dim per-tensor scale
-    when the config uses one. An e2m1 NaN (no such code) is stored as 0; see
-    :func:`mx_dequantize`."""
+    when the config uses one (the rounding gives no e2m1 NaN; see :func:`mx_dequantize`)."""
     N, K = weight.shape
     if isinstance(config, NVFP4Config):
         q, s8, pts = nvfp4_codes_torch(weight, config.use_per_tensor_scale)
@@ -82,17 +80,12 @@ def mx_dequantize(
     twin's last step (``dt(q * 2^(e - 127))``; NVFP4 ``dt(q * s8)`` / ``dt(q * (pts * s8))``),
     the bits of the fake quantization of a weight of that dtype.
 
-    e2m1 NaNs: MX's are in blocks whose e8m0 scale is NaN, which makes any code NaN; NVFP4's
-    without a NaN scale are the zeros of blocks whose multiplier ``(1 / pts) / s8`` overflows
-    (a whole tensor below about 5e-34: its nonzero values saturate to +-6, ``0 * inf`` is NaN),
-    so a 0 code there reads back as NaN."""
+    e2m1 has no NaN and the rounding gives none (a NaN scaled value takes torchao's code for
+    its bits); MX float8 codes keep their NaNs, and a block whose e8m0 scale is NaN is NaN."""
     N = codes.shape[0]
     if isinstance(config, NVFP4Config):
         q = e2m1_values(unpack_nibbles(codes, K)).reshape(N, -1, 16)
         s8 = scale.to(torch.float32).unsqueeze(-1)
-        if tensor_scale is not None:
-            unscaled = nvfp4_multiplier(s8, tensor_scale).isinf()
-            q = torch.where((q == 0) & unscaled, float("nan"), q)
         return nvfp4_dequantize_torch(q, s8, tensor_scale, dtype)
     if config.dtype == _FP4:
         q = e2m1_values(unpack_nibbles(codes, K))
