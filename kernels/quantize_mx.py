@@ -61,10 +61,12 @@ def _to_e2m1(t):
     sign = bits & 0x80000000
     a = bits & 0x7FFFFFFF
     v = a.to(tl.float32, bitcast=True)
-    normal = ((a + 0x1FFFFF + ((a >> 22) & 1)) & 0xFFC00000).to(tl.float32, bitcast=True)
+    rounded = (a + 0x1FFFFF + ((a >> 22) & 1)) & 0xFFC00000
+    normal = rounded.to(tl.float32, bitcast=True)
     sub = (v + 4194304.0) - 4194304.0
-    # torchao's normal branch on a NaN's bits: its exponent wraps to the e2m1 code 2, 3 or 4
-    nan = ((((a - 0x3F000000 + 0x1FFFFF + ((a >> 22) & 1)) >> 22) & 0xFF).to(tl.float32)) * 0.5
+    # torchao's normal branch on a NaN's bits: its 8-bit exponent wraps to the e2m1 code 2, 3
+    # or 4 (1, 1.5, 2), the fp32 whose bits are the rounded NaN's minus 2**30
+    nan = (rounded - 0x40000000).to(tl.float32, bitcast=True)
     r = tl.where(v != v, nan, tl.where(v >= 6.0, 6.0, tl.where(v < 1.0, sub, normal)))
     return (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 

@@ -56,9 +56,10 @@ def to_e2m1(t: torch.Tensor) -> torch.Tensor:
     sign = bits & -0x80000000
     a = bits & 0x7FFFFFFF
     v = a.view(torch.float32)
-    normal = _f32((a + 0x1FFFFF + ((a >> 22) & 1)) & -0x400000)
+    rounded = (a + 0x1FFFFF + ((a >> 22) & 1)) & -0x400000  # int32, wrapping for a NaN
+    normal = _f32(rounded)
     sub = (v + 4194304.0) - 4194304.0
-    nan = (((a - 0x3F000000 + 0x1FFFFF + ((a >> 22) & 1)) >> 22) & 0xFF).to(torch.float32) * 0.5
+    nan = _f32(rounded - 0x40000000)  # torchao's code for a NaN's bits: 1, 1.5 or 2
     r = torch.where(v.isnan(), nan, torch.where(v >= 6.0, 6.0, torch.where(v < 1.0, sub, normal)))
     return _f32(r.view(torch.int32) | sign)
 
