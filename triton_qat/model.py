@@ -28,7 +28,7 @@ from triton_qat.embedding import (
     prepare_embeddings,
 )
 from triton_qat.linear import Linear
-from triton_qat.quantized import QuantizedFloat8Linear, QuantizedLinear
+from triton_qat.quantized import QuantizedFloat8Linear, QuantizedLinear, QuantizedLinearModule
 from triton_qat.quantized_mx import QuantizedMXLinear
 from triton_qat.spec import spec_for
 from triton_qat.swap import SwapPlan, find_modules, module_path, swap_selected
@@ -304,7 +304,7 @@ def weight_nbytes(model: nn.Module) -> dict[str, int]:
     what the same layers take as plain bf16 ``nn.Linear`` weights and biases."""
     stored = bf16 = 0
     for mod in model.modules():
-        if isinstance(mod, (QuantizedLinear, QuantizedFloat8Linear, QuantizedMXLinear)):
+        if isinstance(mod, QuantizedLinearModule):
             stored += mod.weight_nbytes()
             bf16 += 2 * mod.out_features * (mod.in_features + (mod.bias is not None))
         elif isinstance(mod, nn.Linear):

@@ -233,7 +233,24 @@ def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, d
     return (q * scale.reshape(N, G, 1)).to(dtype).reshape(N, K)
 
 
-class QuantizedLinear(QuantizedModule):
+class QuantizedLinearModule(QuantizedModule):
+    """Base of the converted linear layers: dtype casts cast the bias only (the quantized
+    weight's buffers keep their dtypes); ``in_features``, ``out_features``, ``weight_config``,
+    ``activation_config`` and ``bias`` set by the subclass."""
+
+    def keeps_dtype(self, buffer_name: str) -> bool:
+        """Dtype casts cast the bias only; the quantized weight's buffers keep their dtypes."""
+        return buffer_name in _QUANT_BUFFERS
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, weight={self.weight_config}, "
+            f"activation={self.activation_config}"
+        )
+
+
+class QuantizedLinear(QuantizedLinearModule):
     """Int8 inference linear layer (no gradients).
 
     Buffers: ``weight_codes`` int8 [N, K] (or uint8 [N, ceil(K/2)] when ``weight_bits <= 4``),
@@ -356,10 +373,6 @@ class QuantizedLinear(QuantizedModule):
             new.bias.copy_(lin.bias.detach())
         return new
 
-    def keeps_dtype(self, buffer_name: str) -> bool:
-        """Dtype casts cast the bias only; the quantized weight's buffers keep their dtypes."""
-        return buffer_name in _QUANT_BUFFERS
-
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
         self._check_float_dtype()
@@ -406,15 +419,8 @@ class QuantizedLinear(QuantizedModule):
         )
         return out.reshape(*input.shape[:-1], N)
 
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, weight={self.weight_config}, "
-            f"activation={self.activation_config}"
-        )
 
-
-class QuantizedFloat8Linear(QuantizedModule):
+class QuantizedFloat8Linear(QuantizedLinearModule):
     """Float8 (e4m3) inference linear layer (no gradients): what ``tq.convert`` makes of a
     :class:`triton_qat.Linear` with :class:`Float8Config` configs, or with a
     :class:`Float8Int4WeightConfig` weight (float8 activations, int4 weights).
@@ -521,10 +527,6 @@ class QuantizedFloat8Linear(QuantizedModule):
             new.bias.copy_(lin.bias.detach())
         return new
 
-    def keeps_dtype(self, buffer_name: str) -> bool:
-        """Dtype casts cast the bias only; the codes and scales keep their dtypes."""
-        return buffer_name in _QUANT_BUFFERS
-
     def dequantized_weight(self) -> Tensor:
         """The fake-quantized weight [N, K] in ``weight_dtype``: ``dt(fp32(q) * s)`` (int4:
         ``(dt(q) - 0) * dt(s)``)."""
@@ -543,10 +545,3 @@ class QuantizedFloat8Linear(QuantizedModule):
             return _autocast_output(out)
         w_fq = self.dequantized_weight()
         return _autocast_output(linear_on_weight(input, w_fq, self.bias, act))
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, weight={self.weight_config}, "
-            f"activation={self.activation_config}"
-        )

@@ -26,8 +26,7 @@ from triton_qat.kernels.quantize_mx_torch import (
 from triton_qat.linear import _autocast_output  # the prepared layer's autocast rule, shared
 from triton_qat.mx import MX_CONFIGS, check_mx_configs, mx_linear_on_weight
 from triton_qat.quantized import (
-    _QUANT_BUFFERS,
-    QuantizedModule,
+    QuantizedLinearModule,
     check_count,
     check_float_dtype,
     pack_int4,
@@ -95,7 +94,7 @@ def mx_dequantize(
     return mx_dequantize_torch(q.reshape(N, -1, config.block_size), e, dtype)
 
 
-class QuantizedMXLinear(QuantizedModule):
+class QuantizedMXLinear(QuantizedLinearModule):
     """MX / NVFP4 inference linear layer (no gradients): what ``tq.convert`` makes of a
     :class:`triton_qat.Linear` with :class:`MXConfig` or :class:`NVFP4Config` configs.
 
@@ -195,10 +194,6 @@ class QuantizedMXLinear(QuantizedModule):
             new.bias.copy_(lin.bias.detach())
         return new
 
-    def keeps_dtype(self, buffer_name: str) -> bool:
-        """Dtype casts cast the bias only; the codes and scales keep their dtypes."""
-        return buffer_name in _QUANT_BUFFERS
-
     def _check_float_dtype(self) -> None:
         """As :class:`QuantizedModule`'s, and ValueError for fp16 (the prepared layer cast to
         fp16 cannot fake-quantize its weight either)."""
@@ -220,10 +215,3 @@ class QuantizedMXLinear(QuantizedModule):
         out = mx_linear_on_weight(input, self.dequantized_weight(), self.bias,
                                   self.activation_config)  # fmt: skip
         return _autocast_output(out)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, weight={self.weight_config}, "
-            f"activation={self.activation_config}"
-        )
