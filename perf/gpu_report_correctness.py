@@ -267,20 +267,26 @@ def check_ao_parity(name: str, device, sizes: Sizes) -> str:
     return "3 steps: outputs/grads close, observer state bit-identical"
 
 
-def _gluon_group_same_bits(x, w, group, dtype, g) -> float:
-    """The Gluon MODE 1 forward (int4 per-group weights, kernels/gemm_int8_gluon.py) against
-    the Triton kernel at the same config (GLUON 0): the same bits for both activation kinds,
-    with and without a bias, else AssertionError; returns its error against fp64."""
-    from triton_qat.autotune.space import GLUON_GROUP_TILES, fit_config
+def _gluon_same_bits(x, w, group, dtype, g) -> float:
+    """The Gluon int8 forward (kernels/gemm_int8_gluon.py: per channel, ``group`` = K, int8
+    weights at the first curated GLUON tile; per group, MODE 1, int4 weights at the first
+    per-group tile) against the Triton kernel at the same config (GLUON 0): the same bits for
+    both activation kinds, with and without a bias, else AssertionError; returns its error
+    against fp64."""
+    from triton_qat.autotune.space import CURATED, GLUON_GROUP_TILES, fit_config
     from triton_qat.dispatch import quantize_rows
     from triton_qat.kernels.gemm_int8 import int8_linear
 
     M, K = x.shape
-    bm, bn, bk, nw, st = GLUON_GROUP_TILES[0]
-    cfg = fit_config("fwd", {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-                             "num_warps": nw, "num_stages": st, "DEQUANT": 0, "TMA": 0,
-                             "GLUON": 1}, K, group)  # fmt: skip
-    qw = quantize_rows(w, -8, 7, group, True, pack_mask=False, with_y=True, group_major=True)
+    if group == K:
+        cfg, lo, hi = next(c for c in CURATED["fwd"] if c.get("GLUON")), -128, 127
+    else:
+        bm, bn, bk, nw, st = GLUON_GROUP_TILES[0]
+        cfg = fit_config("fwd", {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                                 "num_warps": nw, "num_stages": st, "DEQUANT": 0, "TMA": 0,
+                                 "GLUON": 1}, K, group)  # fmt: skip
+        lo, hi = -8, 7
+    qw = quantize_rows(w, lo, hi, group, True, pack_mask=False, with_y=True, group_major=True)
     bias = torch.randn(w.shape[0], device=x.device, generator=g).to(dtype)
     for sym in (False, True):
         qs = quantize_rows(x, -128, 127, K, sym, pack_mask=True, with_y=True)
@@ -289,7 +295,7 @@ def _gluon_group_same_bits(x, w, group, dtype, g) -> float:
             got, want = (int8_linear(*args, b, dtype, asymmetric=not sym,
                                      config={**cfg, "GLUON": glu}) for glu in (1, 0))  # fmt: skip
             if not _same(got, want):
-                raise AssertionError(f"Gluon per-group forward (g{group}, sym={sym}, bias="
+                raise AssertionError(f"Gluon forward (group {group}, sym={sym}, bias="
                                      f"{b is not None}) differs from the Triton kernel's bits")  # fmt: skip
     ref = qs.y.double() @ qw.y.double().T + bias.double()
     return _rel_err(got, ref, dtype, f"fwd gluon g{group}")
@@ -303,7 +309,7 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
     channel, ``GLUON``; and per group of 32 / 128, MODE 1), which must give the Triton kernel's
     bits at the same tile (with and without a bias, both activation kinds)."""
     from triton_qat import autotune
-    from triton_qat.autotune.space import CURATED, fit_config
+    from triton_qat.autotune.space import fit_config
     from triton_qat.dispatch import quantize_rows
     from triton_qat.kernels import gemm_backward
     from triton_qat.kernels.gemm_int8 import int8_linear
@@ -333,23 +339,10 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
                                   dequant_config=dq)  # fmt: skip
                 what = f"fwd g{group} {'dequant' if dequant else 'int8'} tma{tma}"
                 errs[what] = _rel_err(out, ref, dtype, what)
-        if group == K and gluon_device(device):
-            gcfg = next(c for c in CURATED["fwd"] if c.get("GLUON"))
-            bias = torch.randn(N, device=device, generator=g).to(dtype)
-            for sym in (False, True):
-                qs = quantize_rows(x, -128, 127, K, sym, pack_mask=True, with_y=True)
-                args = (qs.codes, qs.scale, qs.zero_point, qw.codes, qw.scale, qw.code_sum)
-                for b in (None, bias):
-                    got, want = (int8_linear(*args, b, dtype, asymmetric=not sym,
-                                             config={**gcfg, "GLUON": glu}) for glu in (1, 0))  # fmt: skip
-                    if not _same(got, want):
-                        raise AssertionError(f"Gluon forward (sym={sym}, bias={b is not None}) "
-                                             "differs from the Triton kernel's bits")  # fmt: skip
-            errs["fwd gluon"] = _rel_err(got, qs.y.double() @ qw.y.double().T + bias.double(),
-                                         dtype, "fwd gluon")  # fmt: skip
-        if group == 32 and gluon_device(device):
-            for gsize in (32, 128) if K % 128 == 0 and K > 128 else (32,):
-                errs[f"fwd gluon g{gsize}"] = _gluon_group_same_bits(x, w, gsize, dtype, g)
+    if gluon_device(device):  # the Gluon forward per channel and per group (MODE 0 / 1)
+        for group in [K, 32] + ([128] if K % 128 == 0 and K > 128 else []):
+            what = "fwd gluon" if group == K else f"fwd gluon g{group}"
+            errs[what] = _gluon_same_bits(x, w, group, dtype, g)
     qw = quantize_rows(w, -128, 127, K, True, pack_mask=False, with_y=True)
     keep_x = unpack_bits(qa.mask, K).double()
     keep_w = qw.mask.bool()

@@ -428,9 +428,9 @@ def test_scale_grad_tiles_cap_the_accumulator_per_thread():
 
 
 def test_gpu_reports_gluon_per_group_check_runs(device):
-    """make gpu-report's Gluon MODE 1 bits check (perf/gpu_report_correctness.py) runs end to end
-    here too, where GLUON configs run the Triton kernel (so it must pass), and its error
-    against fp64 is an int8 GEMM's."""
+    """make gpu-report's Gluon bits check (perf/gpu_report_correctness.py, per channel and per
+    group) runs end to end here too, where GLUON configs run the Triton kernel (so it must
+    pass), and its error against fp64 is an int8 GEMM's."""
     import sys
     from pathlib import Path
 
@@ -440,4 +440,5 @@ def test_gpu_reports_gluon_per_group_check_runs(device):
     g = torch.Generator(device=device).manual_seed(3)
     x = torch.randn(24, 64, device=device, generator=g).to(torch.bfloat16)
     w = torch.randn(40, 64, device=device, generator=g).to(torch.bfloat16)
-    assert grc._gluon_group_same_bits(x, w, 32, torch.bfloat16, g) < 2**-7
+    for group in (64, 32):  # per channel (K) and per group
+        assert grc._gluon_same_bits(x, w, group, torch.bfloat16, g) < 2**-7
