@@ -17,7 +17,9 @@ from triton_qat.kernels._common import INTERPRET
 from triton_qat.kernels.dequantize import dequantize_rows
 from triton_qat.kernels.gemm_backward import dgrad, wgrad
 from triton_qat.kernels.gemm_float8 import float8_linear
+from triton_qat.kernels.gemm_float8_gluon import float8_linear_gluon
 from triton_qat.kernels.gemm_int8 import int8_linear
+from triton_qat.kernels.gemm_int8_gluon import hopper_gluon_device, int8_linear_gluon
 from triton_qat.kernels.quantize import quantize_rows
 from triton_qat.kernels.quantize_float8 import launch_float8_codes, plan_float8_quantize
 from triton_qat.kernels.quantize_mx import mx_quantize, nvfp4_quantize
@@ -28,6 +30,14 @@ from . import dequantize_config, gemm_config, gemm_key, quantize_config, quantiz
 KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad", "f8fwd")
 # benchmarked against their ceiling, one fixed config (the MX / NVFP4 ones at fp32 / bf16)
 UNTUNED = ("dequantize_x", "quantize_f8", "quantize_mxfp8", "quantize_mxfp4", "quantize_nvfp4")
+
+
+def _f8_gemm(*args, config: dict) -> torch.Tensor:
+    """The float8 GEMM at ``config``; a GLUON config on a Gluon device runs the Gluon kernel
+    itself, whose failure raises (float8_linear would time the Triton kernel as GLUON)."""
+    if config.get("GLUON") and hopper_gluon_device(args[0].device):
+        return float8_linear_gluon(*args, config=config)
+    return float8_linear(*args, config=config)
 
 
 def fp8_problems_run(dtype: torch.dtype, device: torch.device) -> bool:
@@ -106,6 +116,10 @@ def problems(s: LinearShape, device: torch.device) -> dict[str, Problem]:
     mnk = (s.M, s.N, s.K)
 
     def fwd(c):
+        if c.get("GLUON") and hopper_gluon_device(device):  # the Gluon kernel itself: a failure
+            # raises (int8_linear would run the Triton kernel instead, and time it as GLUON)
+            return int8_linear_gluon(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale,
+                                     qw.code_sum, None, s.dtype, asymmetric=True, config=c)  # fmt: skip
         return int8_linear(qa.codes, qa.scale, qa.zero_point, qw.codes, qw.scale, qw.code_sum,
                            None, s.dtype, asymmetric=True, config=c, w_dtype=w.dtype,
                            dequant_config=cfg_dq)  # fmt: skip
@@ -204,7 +218,7 @@ def _float8_problems(s: LinearShape, device: torch.device, x, w) -> dict[str, Pr
         ),
         "f8fwd": Problem(
             "f8fwd", "f8fwd", gemm_key("f8fwd", *mnk, s.dtype, s.K), mnk, s.K,
-            lambda c: float8_linear(xc, xs, wc, ws, None, s.dtype, config=c),
+            lambda c: _f8_gemm(xc, xs, wc, ws, None, s.dtype, config=c),
             gemm_config("f8fwd", *mnk, device, s.dtype),
             lambda: torch.mm(x, w.t()), "torch.mm", gemm, gemm,
         ),

@@ -68,8 +68,9 @@ from .gemm_int8_gluon import (
     GLUON_GROUP_SIZES,
     GluonPlan,
     check_gluon_config,
-    gluon_device,
+    gluon_failed,
     gluon_operands_fit,
+    hopper_gluon_device,
     launch_int8_linear_gluon,
     plan_int8_linear_gluon,
 )
@@ -331,7 +332,7 @@ def plan_int8_linear(
     """The plan of :func:`int8_linear` for a weight [N, K] scaled in ``n_groups`` groups per row
     (arguments as there; ``w_asym``: the launch gets the weight's zero points). Checks the config
     against the mode (ValueError), so a plan that exists can run. ``gluon``: the launches run
-    on a device that runs the Gluon kernel (:func:`.gemm_int8_gluon.gluon_device`), which a
+    on a device that runs Gluon kernels (:func:`.gemm_int8_gluon.hopper_gluon_device`), which a
     ``GLUON`` config then takes for symmetric weights (module doc)."""
     group_size = K // n_groups if K else 0
     mode = fwd_mode(K, group_size) if K else 0
@@ -364,7 +365,14 @@ def plan_int8_linear(
     )
     tma = bool(config.get("TMA", 0)) and mode != 2
     glu = None
-    if gluon and config.get("GLUON", 0) and K and mode < 2 and not w_asym:
+    if (
+        gluon
+        and config.get("GLUON", 0)
+        and K
+        and mode < 2
+        and not w_asym
+        and not gluon_failed(mode)
+    ):
         glu = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
                                      has_bias=has_bias, group_size=group_size if mode else 0)  # fmt: skip
     return Int8LinearPlan(N, K, out_dtype, n_groups, mode, w_asym, config["BLOCK_M"],
@@ -491,6 +499,6 @@ def int8_linear(
                             config=config, asymmetric=asymmetric, has_bias=bias is not None,
                             w_asym=w_zero_point is not None, w_dtype=w_dtype,
                             dequant_config=dequant_config, w_code_offset=w_code_offset,
-                            gluon=gluon_device(x_codes.device))  # fmt: skip
+                            gluon=hopper_gluon_device(x_codes.device))  # fmt: skip
     return launch_int8_linear(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum,
                               bias, w_zero_point, x_code_sum)  # fmt: skip

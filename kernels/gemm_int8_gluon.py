@@ -24,10 +24,10 @@ the next one issues. Here the K loop is explicit:
 What it needs (elsewhere a ``GLUON`` config runs the Triton kernel, :mod:`.gemm_int8`): a
 Triton whose Gluon has the Hopper API (:func:`gluon_available`; compiled for sm_90a under 3.5.1,
 3.6.0, 3.7.1, 3.8.0 and 3.9.0, whose TMA load changed name; 3.4.0 has no ``warpgroup_mma``; a
-release where the kernel still fails to build turns it off for the process at its first
-launch, with a warning), an NVIDIA GPU of compute capability 9 and compiled Triton
-(:func:`gluon_device`; never the interpreter: Gluon has none), symmetric weights in one group
-per row (MODE 0 without ``W_ASYM``), operands that fit tensor descriptors (16-byte aligned rows,
+release where a kernel still fails to build turns that kernel (per channel or per group) off
+for the process at its first launch, with a warning), an NVIDIA GPU of compute capability 9
+and compiled Triton (:func:`gluon_device`; never the interpreter: Gluon has none), symmetric
+weights per row (MODE 0 without ``W_ASYM``) or in groups of 32 / 64 / 128 (MODE 1), operands that fit tensor descriptors (16-byte aligned rows,
 :func:`gluon_operands_fit`) and an eager launch (``torch.compile`` traces user kernels with
 ``torch.library.wrap_triton``, whose analysis compiles a plain Triton source: a Gluon kernel
 fails there, "Could not determine the number of warps per CTA", so traced launches take the
@@ -90,17 +90,19 @@ def gluon_unavailable_reason() -> str | None:
     return _GLUON_ERROR
 
 
-# Set when a launch failed to build or run the kernel (a Triton release whose Gluon has the API's
-# names but not its behaviour: built and checked here under 3.5.1, 3.6.0, 3.7.1, 3.8.0 and 3.9.0;
-# 3.4.0 lacks warpgroup_mma and is gated off above): the process then runs the Triton kernel.
-_FAILED: list[str] = []
+# mode (0: per channel, 1: per group) -> why, set when a launch of that mode's kernel failed to
+# build or run (a Triton release whose Gluon has the API's names but not its behaviour: built and
+# checked here under 3.5.1, 3.6.0, 3.7.1, 3.8.0 and 3.9.0; 3.4.0 lacks warpgroup_mma and is gated
+# off above): the process then runs the Triton kernel for that mode's GLUON configs.
+_FAILED: dict[int, str] = {}
 
 
-def _failed(e: Exception) -> None:
+def _failed(e: Exception, mode: int) -> None:
     why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    _FAILED.append(why)
-    warnings.warn(f"triton_qat: the Gluon int8 forward failed under Triton {triton.__version__} "
-                  f"({why[:300]}); GLUON configs run the Triton kernel from now on", stacklevel=4)  # fmt: skip
+    _FAILED[mode] = why
+    warnings.warn(f"triton_qat: the Gluon int8 forward (MODE {mode}) failed under Triton "
+                  f"{triton.__version__} ({why[:300]}); its GLUON configs run the Triton kernel "
+                  "from now on", stacklevel=4)  # fmt: skip
 
 
 if gluon is not None:
@@ -525,10 +527,16 @@ def hopper_gluon_device(device: torch.device) -> bool:
             and torch.version.hip is None and device_major(device) == 9)  # fmt: skip
 
 
-def gluon_device(device: torch.device) -> bool:
-    """Whether launches on ``device`` can run this Gluon kernel: :func:`hopper_gluon_device`,
-    and no failed launch of it in this process."""
-    return not _FAILED and hopper_gluon_device(device)
+def gluon_failed(mode: int) -> bool:
+    """Whether a launch of the Gluon kernel of ``mode`` (0: per channel, 1: per group) failed in
+    this process (its GLUON configs then run the Triton kernel)."""
+    return mode in _FAILED
+
+
+def gluon_device(device: torch.device, mode: int = 0) -> bool:
+    """Whether launches on ``device`` can run the Gluon kernel of ``mode`` (0: per channel, 1:
+    per group): :func:`hopper_gluon_device`, and no failed launch of it in this process."""
+    return mode not in _FAILED and hopper_gluon_device(device)
 
 
 def gluon_operands_fit(x_codes: torch.Tensor, w_codes: torch.Tensor) -> bool:
@@ -555,14 +563,15 @@ def launch_int8_linear_gluon(
     :func:`gluon_device`, :func:`gluon_operands_fit` and M, N, K > 0). With ``fallback``, None
     where the kernel cannot be built or launched (once, with a warning; then every time): the
     caller runs the Triton kernel; without, the error is raised."""
-    if fallback and _FAILED:
+    mode = 1 if p.group else 0
+    if fallback and mode in _FAILED:
         return None
     M, N, K = x_codes.shape[0], p.N, p.K
     if out is None:
         out = empty((M, N), dtype=p.out_dtype, device=x_codes.device)
     x_desc = _descriptor(x_codes, (x_codes.stride(0), 1), [p.block_m, p.block_k], p.x_layout)
     w_desc = _descriptor(w_codes, (w_codes.stride(0), 1), [p.block_n, p.block_k], p.w_layout)
-    if w_code_sum.stride(0) != w_scale.stride(0):
+    if w_code_sum.stride() != w_scale.stride():  # one pair of strides reads both
         w_scale, w_code_sum = w_scale.contiguous(), w_code_sum.contiguous()
     args = (x_desc, w_desc, x_scale.contiguous(), x_zero_point.contiguous(), w_scale, w_code_sum,
             out if bias is None else bias.contiguous(), out, M, N, K, w_scale.stride(0), N)  # fmt: skip
@@ -575,7 +584,7 @@ def launch_int8_linear_gluon(
     except Exception as e:  # noqa: BLE001 - a compile / launch failure: the Triton kernel runs
         if not fallback:
             raise
-        _failed(e)
+        _failed(e, mode)
         return None
     return out
 
@@ -599,13 +608,12 @@ def int8_linear_gluon(
     fitting :func:`check_gluon_config`). ValueError where the operands or the device
     cannot run it (:func:`gluon_device`, :func:`gluon_operands_fit`).
     :func:`plan_int8_linear_gluon` then :func:`launch_int8_linear_gluon`."""
-    K, N = x_codes.shape[1], w_codes.shape[0]
-    if not (gluon_device(x_codes.device) and gluon_operands_fit(x_codes, w_codes)):
+    K, N, G = x_codes.shape[1], w_codes.shape[0], w_scale.shape[1]
+    if not (gluon_device(x_codes.device, int(G > 1)) and gluon_operands_fit(x_codes, w_codes)):
         raise ValueError("int8_linear_gluon: needs compiled Triton on an sm_90 GPU and K-major "
                          "int8 operands with 16-byte aligned rows")  # fmt: skip
     if x_codes.shape[0] == 0 or N == 0 or K == 0:
         raise ValueError("int8_linear_gluon: empty operands (int8_linear handles them)")
-    G = w_scale.shape[1]
     plan = plan_int8_linear_gluon(K, N, out_dtype, config=config, asymmetric=asymmetric,
                                   has_bias=bias is not None, group_size=K // G if G > 1 else 0)  # fmt: skip
     return launch_int8_linear_gluon(plan, x_codes, x_scale, x_zero_point, w_codes, w_scale,

@@ -276,6 +276,7 @@ def _gluon_same_bits(x, w, group, dtype, g) -> float:
     from triton_qat.autotune.space import CURATED, GLUON_GROUP_TILES, fit_config
     from triton_qat.dispatch import quantize_rows
     from triton_qat.kernels.gemm_int8 import int8_linear
+    from triton_qat.kernels.gemm_int8_gluon import hopper_gluon_device, int8_linear_gluon
 
     M, K = x.shape
     if group == K:
@@ -292,8 +293,11 @@ def _gluon_same_bits(x, w, group, dtype, g) -> float:
         qs = quantize_rows(x, -128, 127, K, sym, pack_mask=True, with_y=True)
         args = (qs.codes, qs.scale, qs.zero_point, qw.codes, qw.scale, qw.code_sum)
         for b in (None, bias):
-            got, want = (int8_linear(*args, b, dtype, asymmetric=not sym,
-                                     config={**cfg, "GLUON": glu}) for glu in (1, 0))  # fmt: skip
+            want = int8_linear(*args, b, dtype, asymmetric=not sym, config={**cfg, "GLUON": 0})
+            # on an sm_90 GPU the Gluon kernel itself (int8_linear would fall back to the
+            # Triton kernel if it failed to build, and compare it with itself)
+            run = int8_linear_gluon if hopper_gluon_device(x.device) else int8_linear
+            got = run(*args, b, dtype, asymmetric=not sym, config=cfg)
             if not _same(got, want):
                 raise AssertionError(f"Gluon forward (group {group}, sym={sym}, bias="
                                      f"{b is not None}) differs from the Triton kernel's bits")  # fmt: skip
@@ -339,10 +343,12 @@ def check_gemm_paths(dtype, device, sizes: Sizes) -> str:
                                   dequant_config=dq)  # fmt: skip
                 what = f"fwd g{group} {'dequant' if dequant else 'int8'} tma{tma}"
                 errs[what] = _rel_err(out, ref, dtype, what)
-    if gluon_device(device):  # the Gluon forward per channel and per group (MODE 0 / 1)
-        for group in [K, 32] + ([128] if K % 128 == 0 and K > 128 else []):
-            what = "fwd gluon" if group == K else f"fwd gluon g{group}"
-            errs[what] = _gluon_same_bits(x, w, group, dtype, g)
+    if gluon_device(device) or gluon_device(device, 1):  # the Gluon forward (MODE 0 / 1)
+        for group in (K, 32, 64, 128):  # per group: an even count of groups, then an odd one
+            for k in (K, 3 * group) if group < K and K % (2 * group) == 0 else (K,):
+                if k <= K and k % group == 0 and gluon_device(device, int(group < k)):
+                    what = "fwd gluon" + (f" g{group} K{k}" if group < k else "")
+                    errs[what] = _gluon_same_bits(x[:, :k], w[:, :k], group, dtype, g)
     qw = quantize_rows(w, -128, 127, K, True, pack_mask=False, with_y=True)
     keep_x = unpack_bits(qa.mask, K).double()
     keep_w = qw.mask.bool()

@@ -293,20 +293,43 @@ def test_compile_fullgraph_equals_eager():
         _same_bits(torch.compile(conv, fullgraph=True)(x), conv(x), str(cfg["weight"]))
 
 
+def test_state_dict_of_another_format_raises_naming_the_key():
+    """Formats whose buffers share names and shapes (e4m3 / e5m2 codes; MXFP4 blocks of 16 /
+    NVFP4 without the per-tensor scale: e8m0 / e4m3 scales) must not load into each other: a
+    copy would convert the codes by value into other weights."""
+    e4m3, e5m2, fp4 = torch.float8_e4m3fn, torch.float8_e5m2, torch.float4_e2m1fn_x2
+    pairs = (
+        (tq.MXConfig(e4m3), tq.MXConfig(e5m2), "weight_codes"),
+        (tq.MXConfig(fp4, 16), tq.NVFP4Config(False), "weight_scale"),
+    )
+    for src, dst, key in pairs:
+        state = tq.convert(_prepared(64, 8, torch.float32, activation=src, weight=src)).state_dict()
+        other = tq.QuantizedMXLinear(64, 8, activation=dst, weight=dst)
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(ValueError, match=key):
+            other.load_state_dict(state)
+        for k, v in other.state_dict().items():  # nothing of it was loaded
+            assert torch.equal(_bytes(v), _bytes(before[k])), k
+
+
 def test_tied_layers_share_their_buffers():
     for cfg in (
         dict(activation=MX_CASES["e5m2-ceil-32"][0], weight=MX_CASES["e5m2-ceil-32"][1]),
         dict(activation=tq.NVFP4Config(), weight=tq.NVFP4Config()),
+        dict(activation=tq.NVFP4Config(True), weight=tq.NVFP4Config(True)),
         INT4,
     ):
         a, b = tq.Linear(64, 64, **cfg), tq.Linear(64, 64, **cfg)
         b.weight = a.weight
+        with torch.no_grad():  # a NaN: NaN codes / scales must still compare equal to themselves
+            a.weight[0, 0] = float("nan")
         model = nn.Sequential(a, b)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no "quantized differently" warning
             tq.convert(model)
         names = [k for k, v in model[0].named_buffers() if k.startswith("weight_")]
-        assert len(names) == (3 if isinstance(cfg["weight"], tq.NVFP4Config) else 2)
+        pts = isinstance(cfg["weight"], tq.NVFP4Config) and cfg["weight"].use_per_tensor_scale
+        assert len(names) == (3 if pts else 2)
         for k in names:
             assert getattr(model[1], k) is getattr(model[0], k), (cfg["weight"], k)
 

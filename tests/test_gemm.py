@@ -262,7 +262,7 @@ def test_gluon_kernel_that_cannot_build_falls_back_to_the_triton_kernel(monkeypa
             raise RuntimeError("PassManager::run failed")
 
     monkeypatch.setattr(gg, "_int8_linear_gluon_kernel", Broken())
-    monkeypatch.setattr(gg, "_FAILED", [])
+    monkeypatch.setattr(gg, "_FAILED", {})
     monkeypatch.setattr(gg, "INTERPRET", False)
     monkeypatch.setattr(gg, "device_major", lambda device: 9)  # an sm_90 GPU, as far as it asks
     cuda = torch.device("cuda", 0)
@@ -281,7 +281,37 @@ def test_gluon_kernel_that_cannot_build_falls_back_to_the_triton_kernel(monkeypa
     with pytest.warns(UserWarning, match="Triton kernel from now on"):
         assert gg.launch_int8_linear_gluon(p, *args, out) is None
     assert gg._FAILED and not gg.gluon_device(cuda)
+    assert gg.gluon_device(cuda, 1)  # the per-group kernel is another: still on
     assert gg.launch_int8_linear_gluon(p, *args, out) is None  # no second try, no second warning
+
+
+def test_gluon_per_group_launch_reads_scales_and_code_sums_with_one_pair_of_strides(monkeypatch):
+    """The per-group Gluon kernel reads s_w and the code sums [N, G] with one pair of strides:
+    its launcher makes both contiguous unless their strides agree in both dims (an expanded
+    per-row scale next to group-major code sums agree in neither)."""
+    from triton_qat.kernels import gemm_int8_gluon as gg
+
+    if not gg.gluon_available():
+        pytest.skip(f"no Gluon Hopper API here: {gg.gluon_unavailable_reason()}")
+    seen = {}
+
+    class Recorder:
+        def run(self, *args, grid, warmup, **meta):
+            seen.update(scale=args[4], sums=args[5], stride_sn=args[11], stride_sg=args[13])
+
+    monkeypatch.setattr(gg, "_int8_linear_group_gluon_kernel", Recorder())
+    N, K, G = 32, 128, 4
+    cfg = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4,
+           "num_stages": 3}  # fmt: skip
+    p = gg.plan_int8_linear_gluon(K, N, torch.bfloat16, config=cfg, asymmetric=True,
+                                  has_bias=False, group_size=32)  # fmt: skip
+    scale = torch.rand(N, 1).expand(N, G)  # strides (1, 0)
+    sums = torch.randint(-99, 99, (G, N), dtype=torch.int32).t()  # group-major: (1, N)
+    args = (torch.zeros(8, K, dtype=torch.int8), torch.ones(8), torch.zeros(8, dtype=torch.int32),
+            torch.zeros(N, K, dtype=torch.int8), scale, sums, None)  # fmt: skip
+    gg.launch_int8_linear_gluon(p, *args, torch.empty(8, N, dtype=torch.bfloat16))
+    assert seen["scale"].stride() == seen["sums"].stride() == (seen["stride_sn"], seen["stride_sg"])
+    assert torch.equal(seen["scale"], scale) and torch.equal(seen["sums"], sums)
 
 
 def test_forward_default_path_by_group_and_dtype():
@@ -438,7 +468,7 @@ def test_gpu_reports_gluon_per_group_check_runs(device):
     import gpu_report_correctness as grc
 
     g = torch.Generator(device=device).manual_seed(3)
-    x = torch.randn(24, 64, device=device, generator=g).to(torch.bfloat16)
-    w = torch.randn(40, 64, device=device, generator=g).to(torch.bfloat16)
-    for group in (64, 32):  # per channel (K) and per group
-        assert grc._gluon_same_bits(x, w, group, torch.bfloat16, g) < 2**-7
+    x = torch.randn(24, 96, device=device, generator=g).to(torch.bfloat16)
+    w = torch.randn(40, 96, device=device, generator=g).to(torch.bfloat16)
+    for group, k in ((64, 64), (32, 64), (32, 96)):  # per channel; per group, even and odd
+        assert grc._gluon_same_bits(x[:, :k], w[:, :k], group, torch.bfloat16, g) < 2**-7

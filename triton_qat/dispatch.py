@@ -40,7 +40,7 @@ from triton_qat.kernels.gemm_int8 import (
     launch_int8_linear,
     plan_int8_linear,
 )
-from triton_qat.kernels.gemm_int8_gluon import gluon_device
+from triton_qat.kernels.gemm_int8_gluon import hopper_gluon_device
 from triton_qat.kernels.gemm_int8_torch import int8_linear_torch
 from triton_qat.kernels.quantize import (
     Quantized,
@@ -305,7 +305,7 @@ def _make_int8_linear(rows, K, N, n_groups, out_dtype, device, asymmetric, has_b
     plan = plan_int8_linear(K, N, n_groups, out_dtype, config=config, asymmetric=asymmetric,
                             has_bias=has_bias, w_asym=w_asym, w_dtype=w_dtype,
                             dequant_config=dq_config, w_code_offset=w_code_offset,
-                            gluon=gluon_device(device))  # fmt: skip
+                            gluon=hopper_gluon_device(device))  # fmt: skip
     return _on_device(functools.partial(launch_int8_linear, plan), device)
 
 

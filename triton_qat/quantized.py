@@ -211,10 +211,27 @@ class QuantizedModule(nn.Module):
         key = prefix + "_extra_state"
         if key in state_dict:  # checked before anything of this module is loaded
             recorded_dtype(state_dict[key], key, type(self).__name__)
+        self._check_quantized_dtypes(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)  # fmt: skip
         if key not in state_dict and key in missing_keys:  # no record: the module keeps its own
             missing_keys.remove(key)
+
+    def _check_quantized_dtypes(self, state_dict: dict, prefix: str) -> None:
+        """ValueError naming the key where the state dict's quantized buffer (codes, scales, ...:
+        those dtype casts keep) has another dtype than this module's: a layer of another format
+        (e4m3 codes against e5m2, e8m0 scales against e4m3 ones) whose values a copy would
+        convert into different weights instead of failing."""
+        for name, buf in self._buffers.items():
+            got = state_dict.get(prefix + name)
+            if buf is None or not self.keeps_dtype(name) or not isinstance(got, Tensor):
+                continue
+            if got.dtype != buf.dtype:
+                raise ValueError(
+                    f"{prefix + name}: the state dict holds {got.dtype}, this "
+                    f"{type(self).__name__} stores {buf.dtype} (a layer of another format or "
+                    "config; build the module with the config the state dict was saved from)"
+                )
 
     def weight_nbytes(self) -> int:
         """Bytes of weight storage (every buffer: codes, scales, ..., a linear's bias)."""
