@@ -27,10 +27,17 @@ def _f32(bits: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int32).view(torch.float32)
 
 
+# 2**(e - 127) for e = 0..254 (0: the subnormal 2**-127; Python's float holds each exactly, and
+# so does fp32), NaN for 255: e8m0's values, looked up rather than built from bits, so that
+# torch.jit.trace can record a converted layer's dequantize (it has no dtype-view op)
+_E8M0_VALUES = tuple(2.0 ** (e - 127) for e in range(255)) + (float("nan"),)
+
+
 def pow2_e8m0(e: torch.Tensor) -> torch.Tensor:
-    """2**(e - 127) fp32 for biased exponents e (int32) in [0, 255]: 0 -> 2**-127, 255 -> NaN."""
-    bits = torch.where(e == 0, 0x400000, torch.where(e == 255, 0x7FC00000, e << 23))
-    return _f32(bits)
+    """2**(e - 127) fp32 for biased exponents e (int32 / uint8) in [0, 255]: 0 -> 2**-127,
+    255 -> NaN."""
+    table = torch.tensor(_E8M0_VALUES, dtype=torch.float32, device=e.device)
+    return table[e.long()]
 
 
 def rceil_exponent(d: torch.Tensor) -> torch.Tensor:

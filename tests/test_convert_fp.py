@@ -332,6 +332,28 @@ def test_tied_layers_share_their_buffers():
         assert len(names) == (3 if pts else 2)
         for k in names:
             assert getattr(model[1], k) is getattr(model[0], k), (cfg["weight"], k)
+        held = {id(b): b.numel() * b.element_size() for b in model.buffers()}  # once each
+        assert tq.weight_nbytes(model) == {
+            "stored": sum(held.values()),
+            "bf16": 2 * (64 * 64 + 2 * 64),
+        }
+
+
+def test_jit_trace_of_converted_layers_equals_eager():
+    """torch.jit.trace records a converted layer (the e8m0 scales looked up, not bit-cast: the
+    tracer has no dtype view) and the trace computes the eager bits."""
+    for cfg in (
+        dict(activation=tq.MXConfig(), weight=tq.MXConfig()),
+        dict(activation=tq.MXConfig(torch.float8_e4m3fn), weight=tq.MXConfig(torch.float8_e4m3fn)),
+        dict(activation=tq.NVFP4Config(), weight=tq.NVFP4Config()),
+        INT4,
+    ):
+        conv = tq.convert(_prepared(64, 16, torch.float32, **cfg))
+        x = torch.randn(3, 64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python control flow
+            traced = torch.jit.trace(conv, (x,), check_trace=False)
+        _same_bits(traced(torch.randn(3, 64).mul_(0).add_(x)), conv(x), str(cfg["weight"]))
 
 
 @torch.no_grad()

@@ -302,14 +302,28 @@ def _quantized_linear_class(weight_config: object) -> type[nn.Module]:
 
 def weight_nbytes(model: nn.Module) -> dict[str, int]:
     """Weight bytes of a model's linear layers: ``{"stored": ..., "bf16": ...}`` where ``bf16`` is
-    what the same layers take as plain bf16 ``nn.Linear`` weights and biases."""
+    what the same layers take as plain bf16 ``nn.Linear`` weights and biases. A tensor shared
+    by several layers (tied weights; after ``convert`` their shared codes and scales) counts
+    once, on both sides."""
+    seen: set[int] = set()
+
+    def new(t: torch.Tensor | None) -> bool:
+        fresh = t is not None and id(t) not in seen
+        if fresh:
+            seen.add(id(t))
+        return fresh
+
     stored = bf16 = 0
     for mod in model.modules():
         if isinstance(mod, QuantizedLinearModule):
-            stored += mod.weight_nbytes()
-            bf16 += 2 * mod.out_features * (mod.in_features + (mod.bias is not None))
+            weight = id(mod.weight_codes) not in seen  # before the buffers are marked seen
+            bias = mod.bias is not None and id(mod.bias) not in seen
+            bf16 += 2 * mod.out_features * (mod.in_features * weight + bias)
+            stored += sum(b.numel() * b.element_size() for b in mod.buffers(recurse=False)
+                          if new(b))  # fmt: skip
         elif isinstance(mod, nn.Linear):
-            n = mod.weight.numel() + (mod.bias.numel() if mod.bias is not None else 0)
-            stored += n * mod.weight.element_size()
-            bf16 += 2 * n
+            for t in (mod.weight, mod.bias):
+                if new(t):
+                    stored += t.numel() * t.element_size()
+                    bf16 += 2 * t.numel()
     return {"stored": stored, "bf16": bf16}
