@@ -92,6 +92,9 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     assert ("32x256x48 i4g128 fwd", "dequant path (fastest)") in paths
     assert any(r["phase"] == "benchmark" and r["status"] == "done" and r["metric"] == "ms"
                for r in rows)  # fmt: skip
+    # medians within their p20 / p80 over the dry run's reps (tests/test_perf.py times one rep)
+    timed = [r for r in rows if r["phase"] == "benchmark" and r["metric"] == "ms"]
+    assert all(float(r["p20"]) <= float(r["value"]) <= float(r["p80"]) for r in timed), timed
     assert all(r["gpu"] and r["torch"] and r["triton"] for r in rows)
     # the training step: every provider x mode with its five metrics, measured on the CPU (torchao's
     # "not measured" where it is not installed), after the benchmark and before the report
