@@ -20,9 +20,7 @@ def test_bench_quick_and_plot(tmp_path):
     import plot
 
     out = tmp_path / "bench.csv"
-    bench.main(
-        ["--quick", "--reps", "1", "--tokens", "16", "--features", "64x16", "--out", str(out)]
-    )
+    bench.main(["--quick", "--reps", "1", "--tokens", "8", "--features", "64x8", "--out", str(out)])
     rows = list(csv.DictReader(out.open()))
     providers = {r["provider"] for r in rows if r["kernel"] == "qat_linear"}
     assert providers == {
