@@ -1,6 +1,7 @@
 """The main job (python -m triton_qat.demo): float -> PTQ -> QAT -> convert -> save, on a tiny budget;
 the kernels against the plain-torch backend; torchrun with two processes."""
 
+import dataclasses
 import math
 import socket
 import subprocess
@@ -13,9 +14,15 @@ from triton_qat import demo
 TINY = ["--config", "tiny", "--steps", "40", "--qat-steps", "3", "--quiet"]
 
 
-def test_demo_tiny_run(tmp_path, capsys):
+def test_demo_tiny_run(tmp_path, capsys, monkeypatch):
+    """The whole job in this process, i.e. through the kernels in the interpreter, whose time
+    goes with the rows it quantizes: 8 held-out windows (the tiny config's 16 halved; the float8
+    PTQ eval launches a kernel per row) and 2 QAT steps (each evaluated)."""
+    tiny = dataclasses.replace(demo.CONFIGS["tiny"], eval_windows=8)
+    monkeypatch.setitem(demo.CONFIGS, "tiny", tiny)
     torch._dynamo.reset()
-    r = demo.main([*TINY, "--check-batches", "0", "--out", str(tmp_path)])
+    r = demo.main(["--config", "tiny", "--steps", "40", "--qat-steps", "2", "--quiet",
+                   "--check-batches", "0", "--out", str(tmp_path)])  # fmt: skip
     losses = ("unigram", "float", "float_finetuned", "ptq", "float8_ptq", "qat_converted",
               "reloaded")  # fmt: skip
     for key in (*losses, "recovered", "recovered_vs_float_finetuned"):
@@ -32,7 +39,8 @@ def test_demo_tiny_run(tmp_path, capsys):
     # and ends at the converted model
     assert abs(r["curves"]["qat"][0][1] - r["ptq"]) < 1e-5
     assert abs(r["curves"]["qat"][-1][1] - r["qat_converted"]) < 1e-5
-    assert r["steps"] == 40 and r["qat_steps"] == 3
+    assert r["steps"] == 40 and r["qat_steps"] == 2
+    assert len(r["curves"]["qat"]) == 3  # before the first step and after each
     assert r["backend"] == demo.tq.backend(r["device"])
     assert all(math.isfinite(v) and v > 0 for v in r["ms_per_step"].values())
     assert (tmp_path / "qat_demo.png").stat().st_size > 10_000

@@ -28,12 +28,16 @@ KINDS = {
     "float8-bf16": (torch.bfloat16, {"activation": tq.Float8Config(hp_value_lb=1e-12),
                                      "weight": tq.Float8Config("per_tensor")}),
 }  # fmt: skip
+# the hidden width: the float8 kernels launch a program per row (of x, and of each weight) and the
+# interpreter's time goes with the programs, so the float8 model is the narrower one
+HIDDEN = {"int8": 48, "float8": 16, "float8-bf16": 16}
 
 
 def _model(kind: str = "int8") -> nn.Module:
     torch.manual_seed(0)
     dtype, configs = KINDS[kind]
-    model = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 16)).to(dtype)
+    hidden = HIDDEN[kind]
+    model = nn.Sequential(nn.Linear(32, hidden), nn.ReLU(), nn.Linear(hidden, 16)).to(dtype)
     return tq.prepare(model, **configs)
 
 
@@ -64,34 +68,45 @@ def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def _worker(rank: int, port: int, mode: str, kind: str, out: str) -> None:
+# every (mode, kind) run by the same two processes, one after the other: a pair of processes costs
+# more to start (each imports torch and triton_qat) than a run costs
+CASES = [("ddp", "int8"), ("fsdp2", "int8"), ("fsdp2", "float8-bf16")]
+
+
+def _wrap(model: nn.Module, mode: str) -> nn.Module:
+    if mode == "ddp":
+        return nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, tq.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model = _model(kind)
-        if mode == "ddp":
-            wrapped = nn.parallel.DistributedDataParallel(model)
-        else:
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in model:
-                if isinstance(layer, tq.Linear):
-                    fully_shard(layer)
-            wrapped = fully_shard(model)
-        grads, params = _train(
-            wrapped,
-            lambda m: [_full(p).detach().clone() for p in m.parameters()],
-            lambda m: [_full(p.grad).detach().clone() for p in m.parameters()],
-            shard=rank,
-        )
-        if rank == 0:
-            torch.save({"grads": grads, "params": params}, out)
-        dist.barrier()  # no rank tears gloo down while the other still has work in flight
+        for mode, kind in CASES:
+            grads, params = _train(
+                _wrap(_model(kind), mode),
+                lambda m: [_full(p).detach().clone() for p in m.parameters()],
+                lambda m: [_full(p.grad).detach().clone() for p in m.parameters()],
+                shard=rank,
+            )
+            if rank == 0:
+                torch.save({"grads": grads, "params": params}, _result(out, mode, kind))
+            dist.barrier()  # no rank tears gloo down while the other still has work in flight
     finally:
         dist.destroy_process_group()
     # Skip interpreter teardown: a gloo worker thread occasionally aborts the process at exit
     # ("terminate called without an active exception") after all work is done and checked.
     os._exit(0)
+
+
+def _result(folder: str, mode: str, kind: str) -> str:
+    return os.path.join(folder, f"{mode}-{kind}.pt")
 
 
 def _free_port() -> int:
@@ -100,19 +115,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize(
-    "mode,kind", [("ddp", "int8"), ("fsdp2", "int8"), ("fsdp2", "float8-bf16")],
-)  # fmt: skip
-def test_data_parallel_matches_single_process(mode, kind):
+@pytest.fixture(scope="module")
+def parallel_runs():
+    """Rank 0's first gradients and final parameters of every case in CASES, from one spawn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+        yield {(mode, kind): torch.load(_result(tmp, mode, kind)) for mode, kind in CASES}
+
+
+@pytest.mark.parametrize("mode,kind", CASES)
+def test_data_parallel_matches_single_process(mode, kind, parallel_runs):
     grads_ref, params_ref = _train(
         _model(kind),
         lambda m: [p.detach().clone() for p in m.parameters()],
         lambda m: [p.grad.detach().clone() for p in m.parameters()],
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rank0.pt")
-        mp.spawn(_worker, args=(_free_port(), mode, kind, out), nprocs=WORLD, join=True)
-        got = torch.load(out)
+    got = parallel_runs[(mode, kind)]
     # bf16: the halves' gradients are summed in another order than the full batch's
     tol = dict(rtol=2e-2, atol=2e-3) if kind.endswith("bf16") else dict(rtol=1e-5, atol=1e-6)
     for g, r in zip(got["grads"], grads_ref, strict=True):

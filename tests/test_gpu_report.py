@@ -78,6 +78,12 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     # compile with CUDA graphs (reduce-overhead) is checked beside the plain compile
     assert {"compile_fullgraph[fp32]", "compile_cudagraphs[bf16]"} <= {
         r["item"] for r in checks if r["status"] == "pass"}  # fmt: skip
+    # the GPU check of every GEMM path (int8 / dequantized forward, TMA / pointer loads, dgrad,
+    # wgrad, and at 16-bit dtypes torch.mm + the mask pass) ran at each dtype and named each path
+    # it judged: fp32 keeps the Triton backward (no torch.mm)
+    detail = {r["item"]: r["detail"] for r in checks}
+    for dt, paths in (("fp32", 10), ("fp16", 12), ("bf16", 12)):
+        assert f": {paths} paths, worst " in detail[f"gemm_paths_vs_fp64[{dt}]"], detail
     # what needs CUDA is recorded as skipped, never faked
     cuda_only = {r["item"]: r for r in checks if r["item"].endswith("_cuda")}
     assert len(cuda_only) == 2 and all(
@@ -92,6 +98,9 @@ def test_dry_run_writes_the_whole_report(tmp_path):
     assert ("32x256x48 i4g128 fwd", "dequant path (fastest)") in paths
     assert any(r["phase"] == "benchmark" and r["status"] == "done" and r["metric"] == "ms"
                for r in rows)  # fmt: skip
+    # medians within their p20 / p80 over the dry run's reps (tests/test_perf.py times one rep)
+    timed = [r for r in rows if r["phase"] == "benchmark" and r["metric"] == "ms"]
+    assert all(float(r["p20"]) <= float(r["value"]) <= float(r["p80"]) for r in timed), timed
     assert all(r["gpu"] and r["torch"] and r["triton"] for r in rows)
     # the training step: every provider x mode with its five metrics, measured on the CPU (torchao's
     # "not measured" where it is not installed), after the benchmark and before the report
@@ -315,15 +324,3 @@ def test_watchdog_writes_the_summary_when_an_item_overruns_the_budget(tmp_path):
     assert f"skipped phases: {', '.join(PHASES)}" in summary
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [r["item"] for r in rows] == ["first_check"]  # what was written before stays
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_gemm_paths_check_runs_every_path(dtype):
-    """The GPU check of every GEMM path (int8 / dequantized forward, TMA / pointer loads, dgrad,
-    wgrad, and at 16-bit dtypes torch.mm + the mask pass) runs here at the dry-run shape, and
-    names each path it judged."""
-    detail = gpu_report_correctness.check_gemm_paths(
-        dtype, torch.device("cpu"), gpu_report_run.Sizes.dry()
-    )
-    paths = 10 if dtype == torch.float32 else 12  # fp32 keeps the Triton backward (no torch.mm)
-    assert f"{paths} paths" in detail and "worst" in detail

@@ -312,8 +312,10 @@ _CASTS = {
 @pytest.mark.parametrize("cast", list(_CASTS), ids=list(_CASTS))
 def test_quantized_linear_dtype_casts_keep_quantization_buffers(cast, weight, device):
     torch.manual_seed(0)
-    m = tq.convert(tq.prepare(nn.Linear(64, 512).to(device), weight=weight)).eval()
+    m = tq.convert(tq.prepare(nn.Linear(64, 64).to(device), weight=weight)).eval()
     m.weight_scale.mul_(1 + 2**-12)  # scales that bf16 / fp16 cannot hold exactly
+    s = m.weight_scale
+    assert (s.to(torch.bfloat16).to(s.dtype) != s).all() and (s.half().to(s.dtype) != s).all()
     ref = copy.deepcopy(m)
     dtypes = {k: v.dtype for k, v in m.named_buffers()}
     out = _CASTS[cast](m)
