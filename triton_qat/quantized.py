@@ -259,6 +259,15 @@ class QuantizedLinearModule(QuantizedModule):
         """Dtype casts cast the bias only; the quantized weight's buffers keep their dtypes."""
         return buffer_name in _QUANT_BUFFERS
 
+    @classmethod
+    def _empty_like(cls, lin: nn.Module):
+        """A module of this class for the prepared layer ``lin`` (its shape, bias, configs,
+        device and weight dtype), its buffers still to be filled."""
+        w = lin.weight
+        return cls(lin.in_features, lin.out_features, lin.bias is not None,
+                   activation=lin.activation_config, weight=lin.weight_config, device=w.device,
+                   dtype=w.dtype)  # fmt: skip
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -524,15 +533,7 @@ class QuantizedFloat8Linear(QuantizedLinearModule):
         """Freeze a trained float8 :class:`triton_qat.Linear` into e4m3 codes + fp32 scales
         (int4 weights: packed int4 codes + fp32 group scales)."""
         w = lin.weight.detach()
-        new = cls(
-            lin.in_features,
-            lin.out_features,
-            lin.bias is not None,
-            activation=lin.activation_config,
-            weight=lin.weight_config,
-            device=w.device,
-            dtype=w.dtype,
-        )
+        new = cls._empty_like(lin)
         if new.int4:
             codes, scale = float8_int4_weight_codes(w, lin.weight_config)
             codes = pack_int4(codes)

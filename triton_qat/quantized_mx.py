@@ -176,15 +176,7 @@ class QuantizedMXLinear(QuantizedLinearModule):
     def from_qat(cls, lin: nn.Module) -> QuantizedMXLinear:
         """Freeze a trained MX / NVFP4 :class:`triton_qat.Linear` into its codes and scales."""
         w = lin.weight.detach()
-        new = cls(
-            lin.in_features,
-            lin.out_features,
-            lin.bias is not None,
-            activation=lin.activation_config,
-            weight=lin.weight_config,
-            device=w.device,
-            dtype=w.dtype,
-        )
+        new = cls._empty_like(lin)
         codes, scale, tensor_scale = mx_weight_codes(w, lin.weight_config)
         new.weight_codes.copy_(codes)
         new.weight_scale.copy_(scale)
