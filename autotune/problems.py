@@ -21,7 +21,11 @@ from triton_qat.kernels.gemm_float8_gluon import float8_linear_gluon
 from triton_qat.kernels.gemm_int8 import int8_linear
 from triton_qat.kernels.gemm_int8_gluon import hopper_gluon_device, int8_linear_gluon
 from triton_qat.kernels.quantize import quantize_rows
-from triton_qat.kernels.quantize_float8 import launch_float8_codes, plan_float8_quantize
+from triton_qat.kernels.quantize_float8 import (
+    e4m3_cvt_device,
+    launch_float8_codes,
+    plan_float8_quantize,
+)
 from triton_qat.kernels.quantize_mx import mx_quantize, nvfp4_quantize
 
 from . import dequantize_config, gemm_config, gemm_key, quantize_config, quantize_key
@@ -203,10 +207,11 @@ def _float8_problems(s: LinearShape, device: torch.device, x, w) -> dict[str, Pr
     """The float8 layer's forward launches: x's e4m3 codes (per row, against a copy of x) and the
     fp8 GEMM (against ``F.linear``'s ``torch.mm`` in the layer's dtype: the issue's ceiling is
     the 16-bit GEMM it replaces)."""
+    cvt = e4m3_cvt_device(device)
     plan_x = plan_float8_quantize(s.K, s.dtype, False, 1e-12, None, device.type == "cuda",
-                                  INTERPRET)  # fmt: skip
+                                  INTERPRET, e4m3_cvt=cvt)  # fmt: skip
     plan_w = plan_float8_quantize(s.K, s.dtype, False, None, None, device.type == "cuda",
-                                  INTERPRET)  # fmt: skip
+                                  INTERPRET, e4m3_cvt=cvt)  # fmt: skip
     xc, xs = launch_float8_codes(plan_x, x)
     wc, ws = launch_float8_codes(plan_w, w)
     mnk, gemm, esize = (s.M, s.N, s.K), 2.0 * s.M * s.N * s.K, x.element_size()

@@ -53,20 +53,25 @@ def capability_major(t: torch.Tensor) -> int:
 
 
 def device_major(device: torch.device) -> int:
-    """The major compute capability of a device (0 unless CUDA). Asked once per GPU (each launch
-    asked, ~25 us on an H200 host); a patched query (perf/kernel_static.py's fake GPU) is asked
-    afresh."""
+    """The major compute capability of a device (0 unless CUDA)."""
+    return device_capability(device)[0]
+
+
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability (major, minor) of a device ((0, 0) unless CUDA). Asked once per GPU
+    (each launch asked, ~25 us on an H200 host); a patched query (perf/kernel_static.py's fake
+    GPU) is asked afresh."""
     if device.type != "cuda":
-        return 0
+        return (0, 0)
     query = torch.cuda.get_device_capability
     key = (device.index, query)
-    major = _CAPABILITY_MAJOR.get(key)
-    if major is None:
-        major = _CAPABILITY_MAJOR[key] = query(device)[0]
-    return major
+    cap = _CAPABILITY.get(key)
+    if cap is None:
+        cap = _CAPABILITY[key] = tuple(query(device))
+    return cap
 
 
-_CAPABILITY_MAJOR: dict[tuple, int] = {}
+_CAPABILITY: dict[tuple, tuple[int, int]] = {}
 
 
 def cdiv(a: int, b: int) -> int:

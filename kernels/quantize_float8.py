@@ -20,6 +20,7 @@ import triton.language as tl
 from ._common import (
     INTERPRET,
     cast_to_dt,
+    device_capability,
     div_scalar,
     dtype_code,
     mul_rn,
@@ -64,6 +65,55 @@ def _e4m3_code(r):
 
 
 @triton.jit
+def _fast_division(m_raw, s, r):
+    """Whether :func:`_div_by_scale` computes IEEE ``x / s`` for every x of a row (scalars: the
+    row's max |x| before any bound clamped it, its scale s, r = RN(1 / s)): s finite and at least
+    2**-90 (every residual of a quotient that can reach an e4m3 rounding boundary is then exact),
+    max |x| * r at most 2**100 (no product overflows). NaN and inf fail every comparison
+    (docs/numerics.md "Float8", "Division without a divide")."""
+    ok = (s >= 8.077935669463161e-28) & (s <= 3.4028234663852886e38)  # [2**-90, FLT_MAX]
+    return ok & (m_raw * r <= 1.2676506002282294e30)  # 2**100
+
+
+@triton.jit
+def _div_by_scale(x, s, r, NARROW: tl.constexpr):
+    """IEEE ``x / s`` (fp32) without a division: q = x * r, r = RN(1 / s), corrected by its exact
+    FMA residual ``x - q * s``, then x's sign on top (a zero or tiny quotient keeps it, as the
+    division does). ``NARROW``: x and s are fp16 / bf16 values (at most 11 significant bits):
+    one correction, exact for every such pair (tests/test_float8.py checks every significand
+    pair); else two, the second starting within one ulp (Markstein's theorem). Exact where
+    :func:`_fast_division` holds for the row: 3 or 5 FMA-pipe instructions and a LOP3 per element
+    where the IEEE division takes ~15 and a slow path (docs/numerics.md "Float8")."""
+    q = x * r
+    q = tl.fma(tl.fma(-q, s, x), r, q)
+    if not NARROW:
+        q = tl.fma(tl.fma(-q, s, x), r, q)
+    sign = x.to(tl.uint32, bitcast=True) & 0x80000000
+    return (q.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e4m3_value(t, E4M3_CVT: tl.constexpr):
+    """e4m3(clamp(t, +-448)) as fp32 for a NaN-free t: the hardware's saturating conversion where
+    ``E4M3_CVT`` (sm_89+, compiled: ``cvt.rn.satfinite.e4m3x2.f32``, which clamps and rounds to
+    nearest even as torch's cast of the clamped value does), else the bit-level :func:`_to_e4m3`."""
+    if E4M3_CVT:
+        return t.to(tl.float8e4nv).to(tl.float32)
+    else:
+        return _to_e4m3(tl.minimum(tl.maximum(t, -448.0), 448.0))
+
+
+@triton.jit
+def _e4m3_byte(t, E4M3_CVT: tl.constexpr):
+    """The float8_e4m3fn byte (uint8) of e4m3(clamp(t, +-448)) for a NaN-free t, as
+    :func:`_e4m3_value` computes it."""
+    if E4M3_CVT:
+        return t.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    else:
+        return _e4m3_code(_to_e4m3(tl.minimum(tl.maximum(t, -448.0), 448.0)))
+
+
+@triton.jit
 def _row_amax(p_x, K, DT: tl.constexpr, BLOCK_K: tl.constexpr):
     """max |x| of the row at ``p_x`` (K elements) as fp32, NaN if the row holds one: the int32
     order of the sign-cleared fp32 bits is the float order, a NaN above +inf."""
@@ -89,7 +139,8 @@ def _f8_amax_kernel(
 def _f8_quantize_kernel(
     x_ptr, y_ptr, amax_ptr, scale_ptr, K, stride_x, stride_y, stride_amax, LB, UB,
     HAS_LB: tl.constexpr, HAS_UB: tl.constexpr, DT: tl.constexpr, DIV_BY_RECIP: tl.constexpr,
-    CODES: tl.constexpr, OUT_DT: tl.constexpr, ROW_AMAX: tl.constexpr, BLOCK_K: tl.constexpr,
+    CODES: tl.constexpr, OUT_DT: tl.constexpr, ROW_AMAX: tl.constexpr, E4M3_CVT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """y[row] = fp8(clamp(x / s, +-448)) * s in x's dtype, s = clamp(amax, LB, UB) / 448 in x's
     dtype then fp32 (LB / UB already rounded to x's dtype by the launcher, as torch.clamp does);
@@ -98,12 +149,17 @@ def _f8_quantize_kernel(
     code, or a fake-quantized value that overflows to inf in x's dtype and then in ``OUT_DT``
     (the dtype the GEMM's reference computes in: a weight's values are cast to x's). ``ROW_AMAX`` (per
     row): the row's max |x| taken here in a first pass over the row (the row is then read again
-    from cache), not read from ``amax_ptr``: one launch instead of two."""
+    from cache), not read from ``amax_ptr``: one launch instead of two. A row that
+    :func:`_fast_division` admits (every finite row of a sane scale) divides by the product and
+    corrections of :func:`_div_by_scale`, converts with ``E4M3_CVT``'s hardware conversion, and
+    (``CODES``) checks only its largest value for overflow; any other row takes the IEEE
+    division and the bit-level conversion element by element."""
     row = tl.program_id(0).to(tl.int64)
     if ROW_AMAX:
-        b_m = _row_amax(x_ptr + row * stride_x, K, DT, BLOCK_K)
+        b_raw = _row_amax(x_ptr + row * stride_x, K, DT, BLOCK_K)
     else:
-        b_m = tl.load(amax_ptr + row * stride_amax)
+        b_raw = tl.load(amax_ptr + row * stride_amax)
+    b_m = b_raw
     if HAS_LB:  # torch.clamp keeps NaN; tl.maximum would drop it
         b_m = tl.where(b_m != b_m, b_m, tl.maximum(b_m, LB))
     if HAS_UB:
@@ -111,11 +167,50 @@ def _f8_quantize_kernel(
     b_s = round_to_dt(div_scalar(b_m, 448.0, DIV_BY_RECIP), DT)
     if not CODES and (stride_amax != 0 or row == 0):
         tl.store(scale_ptr + row * stride_amax, b_s)
+    b_inv = tl.div_rn(tl.full([], 1.0, tl.float32), b_s)
+    p_x, p_y = x_ptr + row * stride_x, y_ptr + row * stride_y
+    if _fast_division(b_raw, b_s, b_inv):  # no NaN and no inf quotient in this row
+        _f8_row_fast(p_x, p_y, scale_ptr + row, K, b_s, b_inv, DT, OUT_DT, CODES, E4M3_CVT, BLOCK_K)
+    else:
+        _f8_row_ieee(p_x, p_y, scale_ptr + row, K, b_s, DT, OUT_DT, CODES, BLOCK_K)
+
+
+@triton.jit
+def _f8_row_fast(p_x, p_y, p_scale, K, b_s, b_inv, DT: tl.constexpr, OUT_DT: tl.constexpr,
+                 CODES: tl.constexpr, E4M3_CVT: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """:func:`_f8_quantize_kernel`'s row where :func:`_fast_division` holds (no x / s is NaN or
+    inf): the division of :func:`_div_by_scale`, the conversion of :func:`_e4m3_byte` /
+    :func:`_e4m3_value`; ``CODES``: the GEMM scale NaN only where the row's largest value
+    overflows (every value is monotone in |x / s|)."""
+    o_k = tl.arange(0, BLOCK_K)  # [BK]
+    b_tmax = tl.zeros([BLOCK_K], dtype=tl.float32)  # CODES: the largest |x / s| in this lane
+    for k0 in range(0, K, BLOCK_K):
+        m_k = (k0 + o_k) < K
+        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_t = _div_by_scale(b_x, b_s, b_inv, DT != 0)
+        if CODES:
+            b_tmax = tl.maximum(b_tmax, tl.abs(b_t))
+            tl.store(p_y + k0 + o_k, _e4m3_byte(b_t, E4M3_CVT), mask=m_k)
+        else:
+            tl.store(p_y + k0 + o_k, cast_to_dt(_e4m3_value(b_t, E4M3_CVT) * b_s, DT), mask=m_k)
+    if CODES:
+        b_big = _e4m3_value(tl.max(b_tmax, axis=0), False)
+        b_v = round_to_dt(round_to_dt(mul_rn(b_big, b_s), DT), OUT_DT)
+        b_inf = (b_v == float("inf")) | (b_v == -float("inf"))
+        tl.store(p_scale, tl.where(b_inf, float("nan"), b_s))
+
+
+@triton.jit
+def _f8_row_ieee(p_x, p_y, p_scale, K, b_s, DT: tl.constexpr, OUT_DT: tl.constexpr,
+                 CODES: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """:func:`_f8_quantize_kernel`'s other rows (a NaN, an inf, a scale of 0, inf or below
+    2**-90): torch's ops element by element, the IEEE division and the bit-level e4m3 rounding;
+    ``CODES``: the GEMM scale NaN where any code is NaN or any value overflows."""
     o_k = tl.arange(0, BLOCK_K)  # [BK]
     b_nan = tl.zeros([BLOCK_K], dtype=tl.int32)  # CODES: a NaN code seen in this lane
     for k0 in range(0, K, BLOCK_K):
         m_k = (k0 + o_k) < K
-        b_x = _to_f32(tl.load(x_ptr + row * stride_x + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
         b_t = tl.div_rn(b_x, tl.full([BLOCK_K], 1.0, tl.float32) * b_s)
         b_t = tl.where(b_t != b_t, b_t, tl.minimum(tl.maximum(b_t, -448.0), 448.0))
         if CODES:
@@ -123,12 +218,11 @@ def _f8_quantize_kernel(
             b_v = round_to_dt(round_to_dt(mul_rn(b_r, b_s), DT), OUT_DT)  # the reference's value
             b_bad = (b_r != b_r) | ((b_v == float("inf")) | (b_v == -float("inf")))
             b_nan = tl.maximum(b_nan, (b_bad & m_k).to(tl.int32))
-            tl.store(y_ptr + row * stride_y + k0 + o_k, _e4m3_code(b_r), mask=m_k)
+            tl.store(p_y + k0 + o_k, _e4m3_code(b_r), mask=m_k)
         else:
-            b_y = cast_to_dt(_to_e4m3(b_t) * b_s, DT)
-            tl.store(y_ptr + row * stride_y + k0 + o_k, b_y, mask=m_k)
+            tl.store(p_y + k0 + o_k, cast_to_dt(_to_e4m3(b_t) * b_s, DT), mask=m_k)
     if CODES:
-        tl.store(scale_ptr + row, tl.where(tl.max(b_nan, axis=0) > 0, float("nan"), b_s))
+        tl.store(p_scale, tl.where(tl.max(b_nan, axis=0) > 0, float("nan"), b_s))
 
 
 @triton.jit
@@ -236,6 +330,7 @@ class Float8Plan(NamedTuple):
     block_k: int
     num_warps: int
     out_dt: int = -1  # codes: the dtype code the reference's GEMM casts the values to (-1: dt)
+    e4m3_cvt: bool = False  # the hardware's fp32 -> e4m3 conversion (:func:`e4m3_cvt_device`)
 
 
 def _round_bound(v: float | None, dtype: torch.dtype) -> float | None:
@@ -251,17 +346,28 @@ def plan_float8_quantize(
     is_cuda: bool,
     interpret: bool = False,
     out_dtype: torch.dtype | None = None,
+    e4m3_cvt: bool = False,
 ) -> Float8Plan:
     """One program per row over blocks of up to 1024 columns (4096 under the interpreter, where
     each loop step costs host time). ``out_dtype`` (codes only): the dtype the GEMM's reference
-    casts the fake-quantized values to (a weight's: the input's; default ``dtype``)."""
+    casts the fake-quantized values to (a weight's: the input's; default ``dtype``).
+    ``e4m3_cvt``: convert with the hardware's saturating fp32 -> e4m3 instruction
+    (:func:`e4m3_cvt_device` of the tensor's device)."""
     cap = 4096 if interpret else 1024
     block_k = min(triton.next_power_of_2(max(K, 16)), cap)
     out_dt = dtype_code(out_dtype if out_dtype is not None else dtype)
     return Float8Plan(
         per_tensor, _round_bound(lb, dtype), _round_bound(ub, dtype), dtype_code(dtype),
-        is_cuda, block_k, 4 if block_k >= 1024 else 2, out_dt,
+        is_cuda, block_k, 4 if block_k >= 1024 else 2, out_dt, e4m3_cvt,
     )  # fmt: skip
+
+
+def e4m3_cvt_device(device: torch.device) -> bool:
+    """Whether compiled kernels on ``device`` convert fp32 to e4m3 in hardware
+    (``cvt.rn.satfinite.e4m3x2.f32``: NVIDIA compute capability 8.9+; never under the
+    interpreter, whose fp8 cast differs from torch's for tiny values)."""
+    return (not INTERPRET and torch.version.hip is None
+            and device_capability(device) >= (8, 9))  # fmt: skip
 
 
 def launch_float8_quantize(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,8 +381,8 @@ def launch_float8_quantize(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tens
         x2d, y, _tensor_amax(p, x2d), scale, K, x2d.stride(0), y.stride(0),
         0 if p.per_tensor else 1, 0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
         HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt, DIV_BY_RECIP=p.div_by_recip,
-        CODES=False, OUT_DT=p.dt, ROW_AMAX=not p.per_tensor, BLOCK_K=p.block_k,
-        num_warps=p.num_warps,
+        CODES=False, OUT_DT=p.dt, ROW_AMAX=not p.per_tensor, E4M3_CVT=p.e4m3_cvt,
+        BLOCK_K=p.block_k, num_warps=p.num_warps,
     )  # fmt: skip
     return y, scale
 
@@ -311,7 +417,7 @@ def launch_float8_codes(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor,
         0 if p.per_tensor else 1, 0.0 if p.lb is None else p.lb, 0.0 if p.ub is None else p.ub,
         HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt, DIV_BY_RECIP=p.div_by_recip,
         CODES=True, OUT_DT=p.dt if p.out_dt < 0 else p.out_dt, ROW_AMAX=not p.per_tensor,
-        BLOCK_K=p.block_k, num_warps=p.num_warps,
+        E4M3_CVT=p.e4m3_cvt, BLOCK_K=p.block_k, num_warps=p.num_warps,
     )  # fmt: skip
     return codes.view(torch.float8_e4m3fn), scale
 
@@ -369,5 +475,6 @@ def float8_quantize(
     """e4m3 fake quantization of ``x2d`` [R, K] (fp32 / fp16 / bf16, unit column stride):
     (y in x's dtype, fp32 scale [R, 1] / [1, 1]). :func:`plan_float8_quantize` then
     :func:`launch_float8_quantize`."""
-    p = plan_float8_quantize(x2d.shape[1], x2d.dtype, per_tensor, lb, ub, x2d.is_cuda, INTERPRET)
+    p = plan_float8_quantize(x2d.shape[1], x2d.dtype, per_tensor, lb, ub, x2d.is_cuda, INTERPRET,
+                             e4m3_cvt=e4m3_cvt_device(x2d.device))  # fmt: skip
     return launch_float8_quantize(p, x2d)

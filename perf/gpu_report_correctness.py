@@ -423,19 +423,90 @@ def _float8_gluon_same_bits(x, w, bias, dtype) -> str:
     from triton_qat.autotune.space import F8_HOPPER_DEFAULT
     from triton_qat.kernels.gemm_float8 import float8_linear
     from triton_qat.kernels.gemm_float8_gluon import float8_gluon_device
-    from triton_qat.kernels.quantize_float8 import launch_float8_codes, plan_float8_quantize
+    from triton_qat.kernels.quantize_float8 import (
+        e4m3_cvt_device,
+        launch_float8_codes,
+        plan_float8_quantize,
+    )
 
     if not float8_gluon_device(x.device):
         return "Gluon kernel not compared (not an sm_90 GPU with Gluon's Hopper API)"
-    K = x.shape[1]
-    xc, xs = launch_float8_codes(plan_float8_quantize(K, dtype, False, 1e-12, None, True), x)
-    wc, ws = launch_float8_codes(plan_float8_quantize(K, w.dtype, False, None, None, True), w)
+    K, cvt = x.shape[1], e4m3_cvt_device(x.device)
+    xc, xs = launch_float8_codes(
+        plan_float8_quantize(K, dtype, False, 1e-12, None, True, e4m3_cvt=cvt), x
+    )
+    wc, ws = launch_float8_codes(
+        plan_float8_quantize(K, w.dtype, False, None, None, True, e4m3_cvt=cvt), w
+    )
     outs = [float8_linear(xc, xs, wc, ws, bias, dtype, config={**F8_HOPPER_DEFAULT, "GLUON": g})
             for g in (0, 1)]  # fmt: skip
     if not _same(*outs):
         raise AssertionError(f"Gluon float8 GEMM: {(outs[0] != outs[1]).sum().item()} outputs "
                              "differ from the Triton kernel's")  # fmt: skip
     return "Gluon kernel: the Triton kernel's bits"
+
+
+def _float8_rows(dtype, device, gen, shape: tuple[int, int]) -> torch.Tensor:
+    """Rows either side of each bound of the float8 quantize's fast division
+    (kernels/quantize_float8.py ``_fast_division``; tests/test_float8.py ``_boundary_rows``), then
+    ``shape``'s random rows of magnitudes 1e-20 to 1e20."""
+    R, K = shape
+    x = torch.randn(R + 9, K, device=device, generator=gen)
+    x[1, :6] = torch.tensor([0.0, -0.0, -1e-30, 1e-30, -3e-39, 2.0**-20])
+    x[2] = x[2] / x[2].abs().max() * 448 * 2.0**-90  # a scale of 2**-90: the smallest fast one
+    x[2, 0] = 448 * 2.0**-90
+    x[3] = x[3] / x[3].abs().max() * 440 * 2.0**-90  # just below: the IEEE rows
+    x[4] = 0
+    x[5, 7] = float("-inf")
+    x[6] *= 1e30
+    x[7] *= torch.finfo(dtype).max / 8
+    x[7, 3] = torch.finfo(dtype).max  # fp16: its fake-quantized value overflows
+    x[8, 9] = float("nan")
+    x[9:] *= torch.logspace(-20, 20, R, device=device)[:, None]
+    return x.to(dtype)
+
+
+def check_float8_kernels(device, sizes: Sizes) -> str:
+    """The float8 quantize kernel on the device bit-exact against its plain-torch twin on the
+    same device tensors: values, scales, e4m3 codes and GEMM scales, every bound kind, per row
+    and per tensor, on rows either side of the fast division's bounds. Its fast rows use the
+    sm_89+ conversion ``cvt.rn.satfinite.e4m3x2.f32`` and a division by FMA corrections that
+    only the GPU runs compiled (the CPU suite runs the same division in the interpreter)."""
+    from triton_qat.kernels.quantize_float8 import (
+        e4m3_cvt_device,
+        float8_quantize,
+        launch_float8_codes,
+        plan_float8_quantize,
+    )
+    from triton_qat.kernels.quantize_float8_torch import float8_fake_quantize_torch
+
+    n, cvt = 0, e4m3_cvt_device(device)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = _float8_rows(dtype, device, _gen(device, 8), sizes.quant_shape)
+        bounds_kinds = ((None, None), (None, 1e-10), (1e-12, None), (None, 1.0))
+        for bounds in bounds_kinds if device.type == "cuda" else bounds_kinds[:2]:  # dry: 2
+            for per_tensor in (False, True):
+                for rows in (x, x[[0, 1, 2, 4, 6, 9, 10]]):  # per tensor: an IEEE and a fast one
+                    what = f"float8 {rel(str(dtype))} {bounds} per_tensor={per_tensor}"
+                    y, s = float8_quantize(rows, per_tensor, *bounds)
+                    y_t, s_t = float8_fake_quantize_torch(rows, per_tensor, *bounds)
+                    fin = ~y_t.isnan()  # -0.0 kept (a NaN's sign is the device's)
+                    if not (_same(y, y_t) and _same(s, s_t)
+                            and torch.equal(y[fin].signbit(), y_t[fin].signbit())):  # fmt: skip
+                        raise AssertionError(f"{what}: values differ from the twin's")
+                    plan = plan_float8_quantize(rows.shape[1], dtype, per_tensor, *bounds,
+                                                rows.is_cuda, e4m3_cvt=cvt)  # fmt: skip
+                    codes, gscale = launch_float8_codes(plan, rows)
+                    want = torch.clamp(rows.float() / s_t, -448, 448).to(torch.float8_e4m3fn)
+                    nan_row = want.float().isnan().any(1) | y_t.isinf().any(1)
+                    fin = ~want.float().isnan()  # a NaN's code: 0x7F or 0xFF, either is NaN
+                    if not torch.equal(codes.view(torch.uint8)[fin], want.view(torch.uint8)[fin]):
+                        raise AssertionError(f"{what}: e4m3 codes differ from torch's cast")
+                    expect = torch.where(nan_row, float("nan"), s_t.expand(rows.shape[0], 1)[:, 0])
+                    if not _same(gscale, expect):
+                        raise AssertionError(f"{what}: GEMM scales differ")
+                    n += 2
+    return f"{n} launches bit-exact with the twin (hardware e4m3 conversion: {cvt})"
 
 
 def check_mx_kernels(device, sizes: Sizes) -> str:
@@ -702,6 +773,7 @@ def correctness_checks(device, sizes: Sizes, folder: Path) -> tuple[list, list]:
           lambda t=dt, sh=(M, K, N): check_float8_gemm(t, sh, device, sizes))
          for (M, K, N) in sizes.linear_shapes for dt in sizes.dtypes if dt != torch.float32],
         [("mx_nvfp4_kernels_vs_twins", lambda: check_mx_kernels(device, sizes))],
+        [("float8_quantize_kernels_vs_twin", lambda: check_float8_kernels(device, sizes))],
     ]  # fmt: skip
     calls: dict = {}
 

@@ -508,16 +508,35 @@ def variants() -> list[Variant]:
     # float8 (e4m3) forward: the codes quantize (per row) and the fp8 tensor-core GEMM at its
     # default config, x per row and w per row (the layer's launches, triton_qat/float8.py)
     def f8_codes(dt, rows):
-        plan = quantize_float8.plan_float8_quantize(K, dt, False, None, None, True)
+        plan = quantize_float8.plan_float8_quantize(K, dt, False, None, None, True,
+                                                    e4m3_cvt=f8_cvt())  # fmt: skip
         return quantize_float8.launch_float8_codes(plan, fake((rows, K), dt))
+
+    def f8_cvt():  # asked inside the launch, where the fake GPU answers the capability
+        return quantize_float8.e4m3_cvt_device(torch.device("cuda"))
 
     f8q = quantize_float8.plan_float8_quantize(K, BF16, False, None, None, True)
     add("quantize float8 codes per-row", "quantize", f"K{f8q.block_k} w{f8q.num_warps}",
-        lambda: f8_codes(BF16, M), config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k})  # fmt: skip
+        lambda: f8_codes(BF16, M), config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k},
+        cold="_f8_row_ieee", row_elems=K, elem_bits=16)  # fmt: skip
+
+    # the float8 fake quantization's values (torchao's Float8FakeQuantizer: fp32 layers, the
+    # weight-only and int4 paths), per row, each dtype
+    def f8_values(dt):
+        plan = quantize_float8.plan_float8_quantize(K, dt, False, None, None, True,
+                                                    e4m3_cvt=f8_cvt())  # fmt: skip
+        return quantize_float8.launch_float8_quantize(plan, fake((M, K), dt))
+
+    for dt in (BF16, F16, F32):
+        add(f"quantize float8 values per-row {DT_NAME[dt]}", "quantize",
+            f"K{f8q.block_k} w{f8q.num_warps}", lambda dt=dt: f8_values(dt), headline=False,
+            config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k}, cold="_f8_row_ieee", row_elems=K,
+            elem_bits=torch.finfo(dt).bits)  # fmt: skip
 
     # the float8 backward (torchao's gradient of the fake quantization), per row, bf16
     def f8_bwd():
-        plan = quantize_float8.plan_float8_quantize(K, BF16, False, None, None, True)
+        plan = quantize_float8.plan_float8_quantize(K, BF16, False, None, None, True,
+                                                    e4m3_cvt=f8_cvt())  # fmt: skip
         return quantize_float8.launch_float8_backward(plan, fake((M, K), BF16),
                                                       fake((M, K), BF16), fake((M, 1), F32))  # fmt: skip
 
@@ -704,13 +723,16 @@ def sass(cubin_path: str):
     return insns, labels, inner, out_of_line
 
 
-def hot_loop(insns, labels):
+def hot_loop(insns, labels, cold: str | None = None):
     """(hot loop body, sizes of loops nested in it, other loop bodies); loops = backward branches.
     With MMA: the outermost loop with the most MMA (MODE 1's group loop is its K step). Without:
     the innermost loop that loads from global memory, else any loop that does (a group loop
-    whose group fits one tile), else the biggest loop; a kernel without loops is its own body."""
+    whose group fits one tile), else the biggest loop; a kernel without loops is its own body.
+    ``cold``: the kernel's source location ('file:line') of a call whose loops are a rare path
+    (the float8 quantize's rows of IEEE divisions): never the hot loop."""
     loops = [(labels[t.group(1)], a) for a, op, rest, _ in insns if op.startswith("BRA")
              and (t := re.search(r"(\.L_x_\d+)", rest)) and labels.get(t.group(1), a) < a]  # fmt: skip
+    loops = [lp for lp in loops if not any(a == lp[1] and lc == cold for a, _, _, lc in insns)]
     # a TMA pipeline's mbarrier retry stubs sit after the kernel's end and branch back into the
     # loop: the "loop" they close spans the epilogue and its unguarded EXIT, so it is no loop (a
     # real loop may hold a guarded "@P0 EXIT")
@@ -724,8 +746,12 @@ def hot_loop(insns, labels):
     inner = {
         lp: not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops) for lp in loops
     }
+    # with a rare path named: the common path's writing loop (not its first pass over the row)
+    writes = {
+        lp: cold is not None and any(classify(i[1]) == "gst" for i in b) for lp, b in body.items()
+    }
     best = max(loops, key=lambda lp: (nmma[lp], len(body[lp])) if nmma[lp]
-               else (0, ngld[lp] > 0, inner[lp], len(body[lp])))  # fmt: skip
+               else (0, writes[lp], ngld[lp] > 0, inner[lp], len(body[lp])))  # fmt: skip
     nested = [len(body[lp]) for lp in loops if lp != best and best[0] <= lp[0] and lp[1] <= best[1]]
     others = [b for lp, b in body.items() if not (best[0] <= lp[0] and lp[1] <= best[1])]
     return body[best], nested, others
@@ -762,7 +788,9 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
     with open(base + ".sass", "w") as f:
         f.write("\n".join(f"{a:05x} {o}{r}  // {lc}" for a, o, r, lc in insns))
     g = lambda rx: int(m.group(1)) if (m := re.search(rx, log)) else -1  # noqa: E731
-    loop, nested, others = hot_loop(insns, labels)
+    src = inspect.getsourcefile(launch.fn.fn)
+    cold = _cold_call(src, launch.fn.fn.__name__, v.meta["cold"]) if "cold" in v.meta else None
+    loop, nested, others = hot_loop(insns, labels, cold)
     ops = [op for _, op, _, _ in loop]
     cls = collections.Counter(classify(op) for op in ops)
     mma = sorted({o for o in ops if classify(o) == "mma"} or {o for _, o, _, _ in insns if classify(o) == "mma"})  # fmt: skip
@@ -779,7 +807,6 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
     # MACs one hot-loop iteration covers: the tile, times the K steps an unrolled loop takes
     mac = tile[0] * tile[1] * tile[2] * v.meta.get("k_steps", 1) if tile else 0
     warps = opts.get("num_warps", 4)
-    src = inspect.getsourcefile(launch.fn.fn)
     names = _load_names(src)
     loads = collections.defaultdict(collections.Counter)  # hot loop: pointer -> {bits: count}
     for _, o, _, lc in loop:
@@ -806,6 +833,7 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         "mac": mac, "warps": warps, "tile": list(tile) if tile else None,
         "ni_kmac": round((len(ops) - cls["mma"]) * warps / (mac / 1024), 2) if mac and ops else None,
         "fma": ptx.count("fma.rn.f32"), "div_rn": ptx.count("div.rn.f32"),
+        "ptx_fma_at": _ptx_fma_at(ptx),
         # the kernel's float arithmetic by opcode (an epilogue's: int32 -> fp32, products,
         # selects, adds, the output's rounding), over the whole kernel
         "fp_ops": dict(sorted(collections.Counter(o.split(".")[0] for _, o, _, _ in insns
@@ -830,7 +858,54 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         # out-of-line division slow path left out), over the elements it owns
         c = v.meta["config"]
         row["insns_per_elem"] = round(len(insns) * warps * 32 / (c["BLOCK_R"] * c["BLOCK_C"]), 2)
+    if cold:
+        row["insns_per_elem"], row["cold_insns"] = common_path_per_elem(
+            insns, labels, cold, v.meta["row_elems"] / (warps * 32), v.meta["elem_bits"]
+        )
     return row
+
+
+def _ptx_fma_at(ptx: str) -> list[str]:
+    """'file:line' (innermost frame) of each PTX ``fma.rn.f32``: an explicit ``tl.fma`` there is
+    the kernel's own, anything else LLVM's contraction of a multiply and an add."""
+    at, out = "?", set()
+    for ln in ptx.splitlines():
+        if ln.lstrip().startswith(".loc") and (m := re.search(r"//\s*([\w.]+:\d+)", ln)):
+            at = m.group(1)
+        elif "fma.rn.f32" in ln:
+            out.add(at)
+    return sorted(out)
+
+
+def _cold_call(src_file: str, kernel: str, helper: str) -> str:
+    """'file:line' of the call of ``helper`` in ``kernel``'s body (the line every inlined
+    instruction of that call is attributed to, its outermost frame)."""
+    lines = open(src_file).read().splitlines()
+    start = next(i for i, t in enumerate(lines) if re.match(rf"def {kernel}\(", t))
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"(@|def |class )", lines[i])),
+               len(lines))  # fmt: skip
+    hit = next(i for i in range(start, end) if f"{helper}(" in lines[i])
+    return f"{os.path.basename(src_file)}:{hit + 1}"
+
+
+def common_path_per_elem(insns, labels, cold: str, elems_per_thread: float, elem_bits: int):
+    """(thread-instructions per element of x on a kernel's common path, the rare path's static
+    instruction count) for a one-program-per-row kernel with a rare path (``cold``, as for
+    :func:`hot_loop`): each of the common path's loops counts its instructions over the elements
+    of x its global loads bring per iteration (an unrolled loop brings several tiles), the
+    straight-line rest counts over the row's ``elems_per_thread`` at the headline shape."""
+    common = [i for i in insns if i[3] != cold]
+    loops = [(labels[t.group(1)], a) for a, op, rest, lc in common if op.startswith("BRA")
+             and (t := re.search(r"(\.L_x_\d+)", rest)) and labels.get(t.group(1), a) < a]  # fmt: skip
+    per_elem, in_loops = 0.0, set()
+    for lo, hi in loops:
+        body = [i for i in common if lo <= i[0] <= hi]
+        bits = sum(load_bits(o) for _, o, _, _ in body if classify(o) == "gld")
+        if bits:
+            per_elem += len(body) / (bits / elem_bits)
+            in_loops.update(i[0] for i in body)
+    rest = sum(1 for i in common if i[0] not in in_loops)
+    return round(per_elem + rest / elems_per_thread, 2), len(insns) - len(common)
 
 
 def _work(label: str, arch: int, dump: str) -> dict:
@@ -906,7 +981,11 @@ def _note(r: dict) -> str:
         parts.append("no loop: the counts are the whole kernel (one tile per program)"
                      + (f" without its {r['out_of_line']}-instruction out-of-line division slow"
                         " path" if r.get("out_of_line") else ""))  # fmt: skip
-    if "insns_per_elem" in r:
+    if "cold_insns" in r:
+        parts.append(f"{r['insns_per_elem']} thread-instructions per element on the common path"
+                     " (each loop over the elements it loads, the rest over the row's; the"
+                     f" {r['cold_insns']} instructions of the rare rows' path left out)")  # fmt: skip
+    elif "insns_per_elem" in r:
         parts.append(f"{r['insns_per_elem']} thread-instructions per element (the whole kernel"
                      " per thread over its elements)")  # fmt: skip
     if r["nested"]:

@@ -8,11 +8,13 @@ import copy
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import triton_qat as tq
-from kernels.quantize_float8 import float8_quantize
+from kernels.quantize_float8 import _div_by_scale, float8_quantize
 from kernels.quantize_float8_torch import (
     float8_fake_quantize_backward_torch,
     float8_fake_quantize_torch,
@@ -573,3 +575,119 @@ def test_backward_kernel_equals_twin(dtype, per_tensor):
             plan = plan_float8_quantize(x.shape[1], dtype, per_tensor, lb, ub, False, True)
             got = launch_float8_backward(plan, g, x, s)
             _grad_match(got, want, x, g, per_tensor, lb, ub, f"{dtype} {per_tensor} {lb} {ub}")
+
+
+# -- the fast rows of the quantize kernel: x / s without a divide (docs/numerics.md "Float8") ----
+SMALLEST_FAST_SCALE = 2.0**-90  # kernels/quantize_float8.py _fast_division
+
+
+@triton.jit
+def _div_kernel(x_ptr, s_ptr, out_ptr, N, NARROW: tl.constexpr, BS: tl.constexpr,
+                BN: tl.constexpr):  # fmt: skip
+    """out[i, j] = _div_by_scale(x[j], s[i], RN(1 / s[i])), fp32."""
+    o_s = tl.program_id(0) * BS + tl.arange(0, BS)
+    o_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    x = tl.load(x_ptr + o_n, mask=o_n < N, other=0.0)[None, :]
+    s = tl.load(s_ptr + o_s)[:, None]
+    r = tl.div_rn(tl.full([BS, 1], 1.0, tl.float32), s)
+    q = _div_by_scale(x, s, r, NARROW)
+    tl.store(out_ptr + o_s[:, None] * N + o_n[None, :], q, mask=(o_n < N)[None, :])
+
+
+def _check_division(x: torch.Tensor, s: torch.Tensor, narrow: bool, what: str) -> int:
+    """``_div_by_scale`` of every x by every s (fp32 values) against torch's IEEE x / s: the
+    same bits where |x / s| >= 2**-11 (every quotient that can reach an e4m3 rounding boundary),
+    elsewhere below 2**-10 (e4m3 zero) with x's sign; pairs whose quotient passes 2**99 (the
+    fast rows' bound) are left out. Returns the number of pairs compared bit for bit."""
+    BS, BN = 64, 1 << 14
+    N = x.numel()
+    got = torch.empty(s.numel(), N)
+    _div_kernel[(s.numel() // BS, -(-N // BN))](x, s, got, N, NARROW=narrow, BS=BS, BN=BN)
+    want = x[None, :] / s[:, None]
+    inside = want.abs() <= 2.0**99
+    exact = inside & (want.abs() >= 2.0**-11)
+    diff = exact & (got.view(torch.int32) != want.view(torch.int32))
+    assert not diff.any(), f"{what}: {diff.sum().item()} quotients differ, e.g. " + str(
+        [(x[j].item(), s[i].item()) for i, j in diff.nonzero()[:3].tolist()]
+    )
+    tiny = inside & ~exact
+    assert (got[tiny].abs() < 2.0**-10).all(), what
+    assert torch.equal(got[tiny].signbit(), want[tiny].signbit()), what
+    return int(exact.sum())
+
+
+@pytest.mark.skipif(__import__("os").environ.get("TRITON_INTERPRET") != "1",
+                    reason="runs the jit helper through Triton's interpreter")  # fmt: skip
+def test_division_without_a_divide_is_ieee_for_every_half_precision_pair():
+    """The quantize kernel's fast rows divide by the row's scale with one product and one FMA
+    correction for bf16 / fp16 rows: exact for every pair of a finite x and a scale's
+    significand: every bf16 / fp16 value against every bf16 significand, and every 8th fp16
+    one and the 16 just below 2 (all 1024 passed once, 13 s), at 2**0 and at the smallest scale
+    (the residual's exactness depends on the exponents only through underflow, which the bound
+    rules out; 2**-90 for bf16, fp16's subnormal scales). fp32 rows take two corrections
+    (Markstein's theorem), checked on random and adversarial pairs (significands just below
+    2)."""
+    for dt, bits, exps in ((torch.bfloat16, 7, (-90, 0)), (torch.float16, 10, (-24, 0))):
+        x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dt).float()
+        x = x[x.isfinite()]
+        m = torch.arange(2**bits, dtype=torch.float64)
+        if dt == torch.float16:  # every 8th significand and the last 16 (1024: 13 s, run once)
+            m = torch.cat([m[::8], m[-16:]])
+        s = torch.cat([((1 + m / 2**bits) * 2.0**e).to(dt).float() for e in exps]).unique()
+        s = s[s >= SMALLEST_FAST_SCALE]
+        s = torch.cat([s, s[: (-s.numel()) % 64]])  # whole blocks of 64 scales
+        assert _check_division(x, s, True, str(dt)) > 100 * 2**14
+    g = torch.Generator().manual_seed(0)
+    below_two = 2 - torch.randint(1, 64, (1024,), generator=g).double() * 2.0**-23
+    s = torch.cat([torch.rand(1024, generator=g).double() + 1, below_two])
+    s = (s * 2.0 ** torch.randint(-90, 100, (2048,), generator=g)).float()
+    x = torch.cat([torch.randn(2048, generator=g).double(), below_two])
+    x = (x * 2.0 ** torch.randint(-120, 120, (3072,), generator=g)).float()
+    assert _check_division(x, s, False, "fp32") > 10**6
+
+
+def _boundary_rows(dtype):
+    """Rows at the fast division's bounds: a plain row; signed zeros and tiny values in a normal
+    row; a scale of exactly 2**-90 (fast) and just below (the IEEE rows); a zero row; an inf; a
+    row whose max over the bound's scale passes 2**100; a row at the dtype's largest value."""
+    x = torch.randn(10, 40, generator=torch.Generator().manual_seed(4))
+    x[1, :6] = torch.tensor([0.0, -0.0, -1e-30, 1e-30, -3e-39, 2.0**-20])
+    x[2] = x[2] / x[2].abs().max() * 448 * 2.0**-90  # s = 2**-90 where the max is exact
+    x[2, 0] = 448 * 2.0**-90
+    x[3] = x[3] / x[3].abs().max() * 440 * 2.0**-90
+    x[4] = 0
+    x[5, 7] = float("-inf")
+    x[6] = x[6] * 1e30
+    x[7] = x[7] * torch.finfo(dtype).max / 8
+    x[7, 3] = torch.finfo(dtype).max
+    x[8] *= 1e-3
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bounds", [(None, None), (1e-12, None), (None, 1e-10), (None, 1.0)],
+                         ids=str)  # fmt: skip
+def test_rows_on_both_sides_of_the_fast_division_bounds(dtype, bounds):
+    """The kernel's fast rows (product, correction, hardware-style conversion) and its IEEE rows
+    agree with the twin bit for bit, values, scales and e4m3 codes, on rows either side of each
+    bound of _fast_division, per row and per tensor."""
+    from triton_qat.dispatch import backend
+    from triton_qat.kernels.quantize_float8 import launch_float8_codes, plan_float8_quantize
+
+    if backend("cpu") == "torch":
+        pytest.skip("the kernel runs on the kernel backends")
+    x = _boundary_rows(dtype)
+    for per_tensor in (False, True):
+        for rows in (x, x[[0, 1, 2, 8]], x[[3, 5]]):  # per tensor: fast and IEEE tensors
+            what = f"{dtype} {bounds} per_tensor={per_tensor} rows={rows.shape[0]}"
+            y_k, s_k = float8_quantize(rows, per_tensor, *bounds)
+            y_t, s_t = float8_fake_quantize_torch(rows, per_tensor, *bounds)
+            _exact(y_k, y_t, what)
+            _exact(s_k, s_t, what)
+            plan = plan_float8_quantize(rows.shape[1], dtype, per_tensor, *bounds, False, True)
+            codes, gscale = launch_float8_codes(plan, rows)
+            want = torch.clamp(rows.float() / s_t, -448, 448).to(torch.float8_e4m3fn)
+            assert torch.equal(codes.view(torch.uint8), want.view(torch.uint8)), what
+            bad = want.float().isnan().any(1) | y_t.isinf().any(1)
+            expect = torch.where(bad, float("nan"), s_t.expand(rows.shape[0], 1)[:, 0])
+            _exact(gscale, expect, what)

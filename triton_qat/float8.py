@@ -78,7 +78,8 @@ def _fq_backward_impl(grad, x, scale, per_tensor, lb, ub) -> Tensor:
         return float8_fake_quantize_backward_torch(grad, x, scale, per_tensor, lb, ub)
     x = x if x.stride(-1) == 1 else x.contiguous()
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-    plan = _k.plan_float8_quantize(x.shape[1], x.dtype, per_tensor, lb, ub, x.is_cuda, INTERPRET)
+    plan = _k.plan_float8_quantize(x.shape[1], x.dtype, per_tensor, lb, ub, x.is_cuda, INTERPRET,
+                                   e4m3_cvt=_k.e4m3_cvt_device(x.device))  # fmt: skip
     return _k.launch_float8_backward(plan, grad, x, scale)
 
 
@@ -337,9 +338,10 @@ def _plans(x2d: Tensor, N: int, K: int, has_bias: bool, a: tuple, w: tuple | Non
         if len(_PLANS) > 4096:
             _PLANS.clear()
         cuda = x2d.is_cuda
-        qa = _k.plan_float8_quantize(K, x2d.dtype, *a, cuda, INTERPRET)
+        cvt = _k.e4m3_cvt_device(x2d.device)
+        qa = _k.plan_float8_quantize(K, x2d.dtype, *a, cuda, INTERPRET, e4m3_cvt=cvt)
         qw = None if w is None else _k.plan_float8_quantize(K, w[3], *w[:3], cuda, INTERPRET,
-                                                             out_dtype=x2d.dtype)  # fmt: skip
+                                                             out_dtype=x2d.dtype, e4m3_cvt=cvt)  # fmt: skip
         cfg = autotune.gemm_config("f8fwd", rows_key(x2d.shape[0]), N, K, x2d.device, x2d.dtype)
         mm = _g.plan_float8_linear(K, N, x2d.dtype, config=cfg, has_bias=has_bias,
                                    gluon=float8_gluon_device(x2d.device))  # fmt: skip
