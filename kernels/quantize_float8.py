@@ -241,52 +241,134 @@ def _f8_grad_terms(b_g, b_x, b_s):
 
 
 @triton.jit
+def _f8_grad_terms_fast(b_g, b_x, b_s, b_inv, NARROW: tl.constexpr, E4M3_CVT: tl.constexpr):
+    """:func:`_f8_grad_terms` for a row whose divisions :func:`_f8_backward_fast` admits: each
+    quotient by :func:`_div_by_scale` (``NARROW``: x and s are bf16 / fp16 values; gt, an e4m3
+    value, always is; t / s takes two corrections), each e4m3 rounding by the hardware's
+    conversion where ``E4M3_CVT`` (it keeps NaN and saturates inf, as the clamp does)."""
+    b_t = _div_by_scale(b_x, b_s, b_inv, NARROW)  # finite: x is, s is normal
+    b_in = (b_t >= -448.0) & (b_t <= 448.0)
+    b_q = _e4m3_value(b_t, E4M3_CVT)
+    b_v = mul_rn(b_g, b_s)  # g may be NaN or inf
+    if E4M3_CVT:
+        b_gt = b_v.to(tl.float8e4nv).to(tl.float32)
+    else:
+        b_gt = _to_e4m3(tl.where(b_v != b_v, b_v, tl.minimum(tl.maximum(b_v, -448.0), 448.0)))
+    b_gt = tl.where(b_in, b_gt, 0.0)
+    b_d = _div_by_scale(b_gt, b_s, b_inv, True)
+    return b_d, mul_rn(b_g, b_q), mul_rn(-b_gt, _div_by_scale(b_t, b_s, b_inv, False))
+
+
+@triton.jit
+def _f8_backward_fast(m, nz_min, s, r, SUMS: tl.constexpr):
+    """Whether a row's quotients may take :func:`_div_by_scale` (scalars: the row's (tensor's)
+    max |x| m before any bound, its smallest nonzero |x|, the scale s, r = RN(1 / s)): the
+    output pass needs x / s only against 448 and gt / s (gt 0 or at least 2**-9), exact for s in
+    [2**-90, 2**100] and m * r <= 2**100; the sums (``SUMS``) need x / s and (x / s) / s exact at
+    every magnitude, which holds where every nonzero |x| >= 2**-100 max(1, s * s) (each residual's
+    lowest bit >= 2**-149, no quotient subnormal) and m * r * r <= 2**100
+    (docs/numerics.md "Float8", backward)."""
+    ok = (s >= 8.077935669463161e-28) & (s <= 1.2676506002282294e30)  # [2**-90, 2**100]
+    ok &= m * r <= 1.2676506002282294e30
+    if SUMS:
+        ok &= (m * r) * r <= 1.2676506002282294e30
+        ok &= nz_min >= 7.888609052210118e-31 * tl.maximum(1.0, s * s)  # 2**-100
+    return ok
+
+
+@triton.jit
+def _row_max_and_min_nonzero(p_x, K, DT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(max |x|, smallest nonzero |x|) of the row at ``p_x`` as fp32 bits (int32; NaN above inf,
+    the minimum 0x7FFFFFFF for a row of zeros), in one pass."""
+    o_k = tl.arange(0, BLOCK_K)  # [BK]
+    b_max = tl.zeros([BLOCK_K], dtype=tl.int32)
+    b_min = tl.full([BLOCK_K], 0x7FFFFFFF, dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        m_k = (k0 + o_k) < K
+        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_a = b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        b_max = tl.maximum(b_max, b_a)
+        b_min = tl.minimum(b_min, tl.where(b_a == 0, 0x7FFFFFFF, b_a))
+    return tl.max(b_max, axis=0), tl.min(b_min, axis=0)
+
+
+@triton.jit
+def _f8_row_sums(p_x, p_g, K, b_s, b_inv, m_bits, DT: tl.constexpr, FAST: tl.constexpr,
+                 E4M3_CVT: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """(how many |x| of the row have the bits ``m_bits``, sum g * q, sum -gt * (x / s) / s): the
+    scale gradient's pass over a row, its terms by :func:`_f8_grad_terms_fast` (``FAST``) or
+    :func:`_f8_grad_terms`, summed per lane in the same order either way."""
+    o_k = tl.arange(0, BLOCK_K)  # [BK]
+    b_cnt = tl.zeros([BLOCK_K], dtype=tl.int32)
+    b_s1 = tl.zeros([BLOCK_K], dtype=tl.float32)
+    b_s2 = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        m_k = (k0 + o_k) < K
+        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
+        if FAST:
+            _, b_gq, b_gts = _f8_grad_terms_fast(b_g, b_x, b_s, b_inv, DT != 0, E4M3_CVT)
+        else:
+            _, b_gq, b_gts = _f8_grad_terms(b_g, b_x, b_s)
+        b_s1 += tl.where(m_k, b_gq, 0.0)
+        b_s2 += tl.where(m_k, b_gts, 0.0)
+        b_cnt += (m_k & ((b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF) == m_bits)).to(tl.int32)
+    return tl.sum(b_cnt, axis=0), tl.sum(b_s1, axis=0), tl.sum(b_s2, axis=0)
+
+
+@triton.jit
+def _f8_row_grad(p_x, p_g, p_o, K, b_s, b_inv, m, b_share, DT: tl.constexpr,
+                 FAST: tl.constexpr, E4M3_CVT: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """The gradient's pass over a row: ``dt(dt(g_direct) + dt(dt(share * [|x| == m]) *
+    sgn(x)))``, g_direct by :func:`_f8_grad_terms_fast` (``FAST``) or :func:`_f8_grad_terms`."""
+    o_k = tl.arange(0, BLOCK_K)  # [BK]
+    for k0 in range(0, K, BLOCK_K):
+        m_k = (k0 + o_k) < K
+        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
+        b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
+        if FAST:
+            b_d, _, _ = _f8_grad_terms_fast(b_g, b_x, b_s, b_inv, DT != 0, E4M3_CVT)
+        else:
+            b_d, _, _ = _f8_grad_terms(b_g, b_x, b_s)
+        b_at = (tl.abs(b_x) == m).to(tl.float32)
+        b_abs = round_to_dt(mul_rn(b_share, b_at), DT)  # (exact products, never contracted)
+        b_sgn = (b_x > 0).to(tl.float32) - (b_x < 0).to(tl.float32)
+        b_out = round_to_dt(b_d, DT) + round_to_dt(mul_rn(b_abs, b_sgn), DT)
+        tl.store(p_o + k0 + o_k, cast_to_dt(b_out, DT), mask=m_k)
+
+
+@triton.jit
 def _f8_backward_kernel(
     g_ptr, x_ptr, s_ptr, m_ptr, share_ptr, out_ptr, sums_ptr, K, stride_g, stride_x, stride_o,
     stride_s, LB, UB, HAS_LB: tl.constexpr, HAS_UB: tl.constexpr, DT: tl.constexpr,
-    DIV_BY_RECIP: tl.constexpr, PHASE: tl.constexpr, BLOCK_K: tl.constexpr,
+    DIV_BY_RECIP: tl.constexpr, PHASE: tl.constexpr, E4M3_CVT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """torchao's float8 gradient of one row of x [R, K] (g, x, out in dt; s fp32 per row, or
-    one per tensor with ``stride_s`` 0). ``PHASE`` 0 (per row): one pass over the row for the
-    row's max |x| m, how many elements equal it, and the scale gradient's two sums; the share
-    ``g_m / count`` with ``g_m = dt(dt(sum) / 448)`` (0 where the bounds clamped m); a second
-    pass writes ``dt(dt(g_direct) + dt(dt(share * [|x| == m]) * sgn(x)))``. Per tensor: ``PHASE``
-    1 writes the row's sums and count (against the tensor's max at ``m_ptr``) to ``sums_ptr``
-    [R, 3], the launcher reduces them and computes the share (``share_ptr``), ``PHASE`` 2 writes
-    the row."""
+    one per tensor with ``stride_s`` 0). ``PHASE`` 0 (per row): a first pass for the row's max
+    |x| m (and its smallest nonzero |x|), a second for how many elements equal m and the scale
+    gradient's two sums (:func:`_f8_row_sums`); the share ``g_m / count`` with ``g_m =
+    dt(dt(sum) / 448)`` (0 where the bounds clamped m); a third pass writes the gradient
+    (:func:`_f8_row_grad`). Per tensor: ``PHASE`` 1 writes the row's sums and count (against the
+    tensor's max at ``m_ptr``) to ``sums_ptr`` [R, 3], the launcher reduces them and computes the
+    share (``share_ptr``), ``PHASE`` 2 writes the row. Each pass takes the fast divisions and
+    conversions on a row that :func:`_f8_backward_fast` admits, torch's operations elsewhere."""
     row = tl.program_id(0).to(tl.int64)
-    o_k = tl.arange(0, BLOCK_K)  # [BK]
     b_s = tl.load(s_ptr + row * stride_s)
+    b_inv = tl.div_rn(tl.full([], 1.0, tl.float32), b_s)
     p_g, p_x = g_ptr + row * stride_g, x_ptr + row * stride_x
     if PHASE != 2:
-        b_max = tl.zeros([BLOCK_K], dtype=tl.int32)  # per lane: the largest |x| bits seen
-        b_cnt = tl.zeros([BLOCK_K], dtype=tl.int32)  # and how often
-        b_s1 = tl.zeros([BLOCK_K], dtype=tl.float32)
-        b_s2 = tl.zeros([BLOCK_K], dtype=tl.float32)
-        if PHASE == 1:
-            m_bits = tl.load(m_ptr).to(tl.int32, bitcast=True)
-        for k0 in range(0, K, BLOCK_K):
-            m_k = (k0 + o_k) < K
-            b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
-            b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
-            _, b_gq, b_gts = _f8_grad_terms(b_g, b_x, b_s)
-            b_s1 += tl.where(m_k, b_gq, 0.0)
-            b_s2 += tl.where(m_k, b_gts, 0.0)
-            b_a = b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-            if PHASE == 1:
-                b_cnt += (m_k & (b_a == m_bits)).to(tl.int32)
-            else:
-                b_new = m_k & (b_a > b_max)
-                b_cnt = tl.where(b_new, 1, b_cnt + (m_k & (b_a == b_max)).to(tl.int32))
-                b_max = tl.where(b_new, b_a, b_max)
-        if PHASE == 0:
-            m_bits = tl.max(b_max, axis=0)
-            cnt = tl.sum(tl.where(b_max == m_bits, b_cnt, 0), axis=0)
+        row_bits, nz_bits = _row_max_and_min_nonzero(p_x, K, DT, BLOCK_K)
+        m_bits = row_bits if PHASE == 0 else tl.load(m_ptr).to(tl.int32, bitcast=True)
+        m = m_bits.to(tl.float32, bitcast=True)  # per tensor: at least the row's max
+        nz_min = nz_bits.to(tl.float32, bitcast=True)
+        if _f8_backward_fast(m, nz_min, b_s, b_inv, True):
+            cnt, b_s1, b_s2 = _f8_row_sums(p_x, p_g, K, b_s, b_inv, m_bits, DT, True, E4M3_CVT,
+                                           BLOCK_K)  # fmt: skip
         else:
-            cnt = tl.sum(b_cnt, axis=0)
-        m = m_bits.to(tl.float32, bitcast=True)
+            cnt, b_s1, b_s2 = _f8_row_sums(p_x, p_g, K, b_s, b_inv, m_bits, DT, False, E4M3_CVT,
+                                           BLOCK_K)  # fmt: skip
         cnt = tl.where(m != m, 0, cnt)  # |x| == NaN holds nowhere
-        b_s1, b_s2 = tl.sum(b_s1, axis=0), tl.sum(b_s2, axis=0)
         if PHASE == 1:
             tl.store(sums_ptr + row * 3, b_s1)
             tl.store(sums_ptr + row * 3 + 1, b_s2)
@@ -307,16 +389,10 @@ def _f8_backward_kernel(
         m = tl.load(m_ptr)
         b_share = tl.load(share_ptr)
     p_o = out_ptr + row * stride_o
-    for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
-        b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
-        b_d, _, _ = _f8_grad_terms(b_g, b_x, b_s)
-        b_at = (tl.abs(b_x) == m).to(tl.float32)
-        b_abs = round_to_dt(mul_rn(b_share, b_at), DT)  # (exact products, never contracted)
-        b_sgn = (b_x > 0).to(tl.float32) - (b_x < 0).to(tl.float32)
-        b_out = round_to_dt(b_d, DT) + round_to_dt(mul_rn(b_abs, b_sgn), DT)
-        tl.store(p_o + k0 + o_k, cast_to_dt(b_out, DT), mask=m_k)
+    if _f8_backward_fast(m, m, b_s, b_inv, False):
+        _f8_row_grad(p_x, p_g, p_o, K, b_s, b_inv, m, b_share, DT, True, E4M3_CVT, BLOCK_K)
+    else:
+        _f8_row_grad(p_x, p_g, p_o, K, b_s, b_inv, m, b_share, DT, False, E4M3_CVT, BLOCK_K)
 
 
 class Float8Plan(NamedTuple):
@@ -437,7 +513,8 @@ def launch_float8_backward(
     # on sm_90a: its terms hold three IEEE quotients per element)
     warps = 8 if p.block_k >= 1024 and not INTERPRET else p.num_warps
     meta = dict(HAS_LB=p.lb is not None, HAS_UB=p.ub is not None, DT=p.dt,
-                DIV_BY_RECIP=p.div_by_recip, BLOCK_K=p.block_k, num_warps=warps)  # fmt: skip
+                DIV_BY_RECIP=p.div_by_recip, E4M3_CVT=p.e4m3_cvt, BLOCK_K=p.block_k,
+                num_warps=warps)  # fmt: skip
     strides = (K, grad.stride(0), x2d.stride(0), out.stride(0), 0 if p.per_tensor else 1)
     if not p.per_tensor:
         _f8_backward_kernel[(R,)](grad, x2d, scale, scale, scale, out, scale, *strides, *args,

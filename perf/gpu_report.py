@@ -109,7 +109,7 @@ PHASE_LIMITS_S = {"correctness": 100.0, "tuning": 100.0, "benchmark": 90.0, "tra
 # the rehearsal runs every correctness check (about 10 s of tiny shapes on a 2-core CPU) and every
 # training-step item (about 20 s): those limits only guard against a hang, so a slow CI machine
 # does not skip the last ones
-DRY_PHASE_LIMITS_S = {"correctness": 60.0, "tuning": 6.0, "benchmark": 10.0, "train_step": 60.0}
+DRY_PHASE_LIMITS_S = {"correctness": 60.0, "tuning": 6.0, "benchmark": 5.0, "train_step": 60.0}
 DEFAULT_BUDGET_S = 480.0
 # of BUDGET_S: a smaller budget scales every phase down alike (the limits at the default budget)
 PHASE_SHARES = {name: limit / DEFAULT_BUDGET_S for name, limit in PHASE_LIMITS_S.items()}

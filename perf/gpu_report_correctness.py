@@ -468,8 +468,9 @@ def _float8_rows(dtype, device, gen, shape: tuple[int, int]) -> torch.Tensor:
 
 def check_float8_kernels(device, sizes: Sizes) -> str:
     """The float8 quantize kernel on the device bit-exact against its plain-torch twin on the
-    same device tensors: values, scales, e4m3 codes and GEMM scales, every bound kind, per row
-    and per tensor, on rows either side of the fast division's bounds. Its fast rows use the
+    same device tensors: values, scales, e4m3 codes and GEMM scales, and the backward kernel's
+    gradient, every bound kind, per row and per tensor, on rows either side of the fast
+    division's bounds. Its fast rows use the
     sm_89+ conversion ``cvt.rn.satfinite.e4m3x2.f32`` and a division by FMA corrections that
     only the GPU runs compiled (the CPU suite runs the same division in the interpreter)."""
     from triton_qat.kernels.quantize_float8 import (
@@ -482,7 +483,8 @@ def check_float8_kernels(device, sizes: Sizes) -> str:
 
     n, cvt = 0, e4m3_cvt_device(device)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        x = _float8_rows(dtype, device, _gen(device, 8), sizes.quant_shape)
+        R, K = sizes.quant_shape
+        x = _float8_rows(dtype, device, _gen(device, 8), (R if device.type == "cuda" else 3, K))
         bounds_kinds = ((None, None), (None, 1e-10), (1e-12, None), (None, 1.0))
         for bounds in bounds_kinds if device.type == "cuda" else bounds_kinds[:2]:  # dry: 2
             for per_tensor in (False, True):
@@ -506,7 +508,28 @@ def check_float8_kernels(device, sizes: Sizes) -> str:
                     if not _same(gscale, expect):
                         raise AssertionError(f"{what}: GEMM scales differ")
                     n += 2
+                    n += _float8_backward_same(rows, plan, s_t, per_tensor, bounds, what)
     return f"{n} launches bit-exact with the twin (hardware e4m3 conversion: {cvt})"
+
+
+def _float8_backward_same(x, plan, scale, per_tensor: bool, bounds, what: str) -> int:
+    """The float8 backward kernel against its twin on the device: bit-exact, but in fp32 at the
+    max elements (the scale gradient's sums in another order: tests/test_float8.py _grad_match
+    holds their bound on the CPU). Returns the launches compared (1)."""
+    from triton_qat.kernels.quantize_float8 import launch_float8_backward
+    from triton_qat.kernels.quantize_float8_torch import float8_fake_quantize_backward_torch
+
+    g = torch.randn(x.shape, device=x.device, generator=_gen(x.device, 9)).to(x.dtype)
+    got = launch_float8_backward(plan, g, x, scale)
+    want = float8_fake_quantize_backward_torch(g, x, scale, per_tensor, *bounds)
+    if x.dtype == torch.float32:
+        m = x.abs().amax(dim=(0, 1) if per_tensor else 1, keepdim=True)
+        keep = (x.abs() != m) & ~want.isnan()
+        got, want = got[keep], want[keep]
+    if not (_same(got, want) and torch.equal(got[~want.isnan()].signbit(),
+                                             want[~want.isnan()].signbit())):  # fmt: skip
+        raise AssertionError(f"{what}: the backward differs from the twin's")
+    return 1
 
 
 def check_mx_kernels(device, sizes: Sizes) -> str:

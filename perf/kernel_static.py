@@ -518,7 +518,7 @@ def variants() -> list[Variant]:
     f8q = quantize_float8.plan_float8_quantize(K, BF16, False, None, None, True)
     add("quantize float8 codes per-row", "quantize", f"K{f8q.block_k} w{f8q.num_warps}",
         lambda: f8_codes(BF16, M), config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k},
-        cold="_f8_row_ieee", row_elems=K, elem_bits=16)  # fmt: skip
+        cold=r"_f8_row_ieee\(", row_elems=K, elem_bits=16)  # fmt: skip
 
     # the float8 fake quantization's values (torchao's Float8FakeQuantizer: fp32 layers, the
     # weight-only and int4 paths), per row, each dtype
@@ -530,7 +530,7 @@ def variants() -> list[Variant]:
     for dt in (BF16, F16, F32):
         add(f"quantize float8 values per-row {DT_NAME[dt]}", "quantize",
             f"K{f8q.block_k} w{f8q.num_warps}", lambda dt=dt: f8_values(dt), headline=False,
-            config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k}, cold="_f8_row_ieee", row_elems=K,
+            config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k}, cold=r"_f8_row_ieee\(", row_elems=K,
             elem_bits=torch.finfo(dt).bits)  # fmt: skip
 
     # the float8 backward (torchao's gradient of the fake quantization), per row, bf16
@@ -541,7 +541,8 @@ def variants() -> list[Variant]:
                                                       fake((M, K), BF16), fake((M, 1), F32))  # fmt: skip
 
     add("quantize float8 backward per-row", "quantize", f"K{f8q.block_k} w8",
-        f8_bwd, config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k})  # fmt: skip
+        f8_bwd, config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k}, cold=r", False, E4M3_CVT",
+        row_elems=K, elem_bits=32)  # x and g: two bf16 per element  # fmt: skip
     # MX / NVFP4 fake quantization (kernels/quantize_mx.py), bf16, blocks of 32 / 16 along K
     for elem, mode, what in (("float8_e4m3fn", "rceil", "mxfp8 e4m3 rceil"),
                              ("float4_e2m1fn_x2", "rceil", "mxfp4 rceil"),
@@ -728,11 +729,12 @@ def hot_loop(insns, labels, cold: str | None = None):
     With MMA: the outermost loop with the most MMA (MODE 1's group loop is its K step). Without:
     the innermost loop that loads from global memory, else any loop that does (a group loop
     whose group fits one tile), else the biggest loop; a kernel without loops is its own body.
-    ``cold``: the kernel's source location ('file:line') of a call whose loops are a rare path
-    (the float8 quantize's rows of IEEE divisions): never the hot loop."""
+    ``cold``: the kernel's source locations ('file:line') of the calls whose loops are a rare
+    path (the float8 kernels' rows of IEEE divisions): never the hot loop."""
     loops = [(labels[t.group(1)], a) for a, op, rest, _ in insns if op.startswith("BRA")
              and (t := re.search(r"(\.L_x_\d+)", rest)) and labels.get(t.group(1), a) < a]  # fmt: skip
-    loops = [lp for lp in loops if not any(a == lp[1] and lc == cold for a, _, _, lc in insns)]
+    cold = cold or set()
+    loops = [lp for lp in loops if not any(a == lp[1] and lc in cold for a, _, _, lc in insns)]
     # a TMA pipeline's mbarrier retry stubs sit after the kernel's end and branch back into the
     # loop: the "loop" they close spans the epilogue and its unguarded EXIT, so it is no loop (a
     # real loop may hold a guarded "@P0 EXIT")
@@ -747,9 +749,7 @@ def hot_loop(insns, labels, cold: str | None = None):
         lp: not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops) for lp in loops
     }
     # with a rare path named: the common path's writing loop (not its first pass over the row)
-    writes = {
-        lp: cold is not None and any(classify(i[1]) == "gst" for i in b) for lp, b in body.items()
-    }
+    writes = {lp: bool(cold) and any(classify(i[1]) == "gst" for i in b) for lp, b in body.items()}
     best = max(loops, key=lambda lp: (nmma[lp], len(body[lp])) if nmma[lp]
                else (0, writes[lp], ngld[lp] > 0, inner[lp], len(body[lp])))  # fmt: skip
     nested = [len(body[lp]) for lp in loops if lp != best and best[0] <= lp[0] and lp[1] <= best[1]]
@@ -789,7 +789,7 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         f.write("\n".join(f"{a:05x} {o}{r}  // {lc}" for a, o, r, lc in insns))
     g = lambda rx: int(m.group(1)) if (m := re.search(rx, log)) else -1  # noqa: E731
     src = inspect.getsourcefile(launch.fn.fn)
-    cold = _cold_call(src, launch.fn.fn.__name__, v.meta["cold"]) if "cold" in v.meta else None
+    cold = _cold_calls(src, launch.fn.fn.__name__, v.meta["cold"]) if "cold" in v.meta else None
     loop, nested, others = hot_loop(insns, labels, cold)
     ops = [op for _, op, _, _ in loop]
     cls = collections.Counter(classify(op) for op in ops)
@@ -877,24 +877,28 @@ def _ptx_fma_at(ptx: str) -> list[str]:
     return sorted(out)
 
 
-def _cold_call(src_file: str, kernel: str, helper: str) -> str:
-    """'file:line' of the call of ``helper`` in ``kernel``'s body (the line every inlined
-    instruction of that call is attributed to, its outermost frame)."""
+def _cold_calls(src_file: str, kernel: str, pattern: str) -> set[str]:
+    """'file:line' of each line of ``kernel``'s body matching the regex ``pattern``: the calls of
+    its rare path (each inlined instruction of a call is attributed to its line, the outermost
+    frame)."""
     lines = open(src_file).read().splitlines()
     start = next(i for i, t in enumerate(lines) if re.match(rf"def {kernel}\(", t))
     end = next((i for i in range(start + 1, len(lines)) if re.match(r"(@|def |class )", lines[i])),
                len(lines))  # fmt: skip
-    hit = next(i for i in range(start, end) if f"{helper}(" in lines[i])
-    return f"{os.path.basename(src_file)}:{hit + 1}"
+    hits = {f"{os.path.basename(src_file)}:{i + 1}" for i in range(start, end)
+            if re.search(pattern, lines[i])}  # fmt: skip
+    if not hits:
+        raise ValueError(f"no line of {kernel} matches the rare path's pattern {pattern!r}")
+    return hits
 
 
-def common_path_per_elem(insns, labels, cold: str, elems_per_thread: float, elem_bits: int):
+def common_path_per_elem(insns, labels, cold: set, elems_per_thread: float, elem_bits: int):
     """(thread-instructions per element of x on a kernel's common path, the rare path's static
     instruction count) for a one-program-per-row kernel with a rare path (``cold``, as for
     :func:`hot_loop`): each of the common path's loops counts its instructions over the elements
     of x its global loads bring per iteration (an unrolled loop brings several tiles), the
     straight-line rest counts over the row's ``elems_per_thread`` at the headline shape."""
-    common = [i for i in insns if i[3] != cold]
+    common = [i for i in insns if i[3] not in cold]
     loops = [(labels[t.group(1)], a) for a, op, rest, lc in common if op.startswith("BRA")
              and (t := re.search(r"(\.L_x_\d+)", rest)) and labels.get(t.group(1), a) < a]  # fmt: skip
     per_elem, in_loops = 0.0, set()

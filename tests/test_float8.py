@@ -691,3 +691,46 @@ def test_rows_on_both_sides_of_the_fast_division_bounds(dtype, bounds):
             bad = want.float().isnan().any(1) | y_t.isinf().any(1)
             expect = torch.where(bad, float("nan"), s_t.expand(rows.shape[0], 1)[:, 0])
             _exact(gscale, expect, what)
+
+
+def _backward_boundary_rows(dtype):
+    """Rows either side of each bound of the backward's fast divisions (_f8_backward_fast): a
+    plain row; one whose smallest nonzero |x| is below 2**-100 (IEEE sums, fast output); a scale
+    of 2**61 (s * s past 2**120: IEEE sums) and of 2**101 (both IEEE); scales of 2**-90 and just
+    below; zero, inf and NaN rows; signed zeros."""
+    x = torch.randn(10, 40, generator=torch.Generator().manual_seed(5))
+    x[1, 5] = 2.0**-110
+    x[2] = x[2] / x[2].abs().max() * 448 * 2.0**61
+    x[3] = x[3] / x[3].abs().max() * 448 * 2.0**101
+    x[4] = x[4] / x[4].abs().max() * 448 * 2.0**-90
+    x[5] = x[5] / x[5].abs().max() * 440 * 2.0**-90
+    x[6] = 0
+    x[7, 2] = float("inf")
+    x[8, 3] = float("nan")
+    x[9, :3] = torch.tensor([0.0, -0.0, -(2.0**-100)])
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_backward_rows_on_both_sides_of_the_fast_division_bounds(dtype, per_tensor):
+    """_f8_backward_kernel's fast passes (sums and output) and its IEEE ones agree with the
+    twin (_grad_match: bit-exact in bf16 / fp16, fp32 but at the max elements) on rows either
+    side of each bound, with NaN / inf / huge gradient elements in fast rows too."""
+    from triton_qat.dispatch import backend
+    from triton_qat.kernels.quantize_float8 import launch_float8_backward, plan_float8_quantize
+
+    if backend("cpu") == "torch":
+        pytest.skip("the kernel runs on the kernel backends")
+    x = _backward_boundary_rows(dtype)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+    g[0, :3] = torch.tensor([float("nan"), float("inf"), -1e30])
+    g = g.to(dtype)
+    for bounds in ((None, None), (1e-12, None), (None, 1.0)):
+        for rows in ((x, g), (x[[0, 1, 2, 9]], g[[0, 1, 2, 9]]), (x[[0, 4]], g[[0, 4]])):
+            _, s = float8_fake_quantize_torch(rows[0], per_tensor, *bounds)
+            want = float8_fake_quantize_backward_torch(rows[1], rows[0], s, per_tensor, *bounds)
+            plan = plan_float8_quantize(x.shape[1], dtype, per_tensor, *bounds, False, True)
+            got = launch_float8_backward(plan, rows[1], rows[0], s)
+            _grad_match(got, want, rows[0], rows[1], per_tensor, *bounds,
+                        f"{dtype} {per_tensor} {bounds} rows={rows[0].shape[0]}")  # fmt: skip

@@ -78,9 +78,18 @@ def _fq_backward_impl(grad, x, scale, per_tensor, lb, ub) -> Tensor:
         return float8_fake_quantize_backward_torch(grad, x, scale, per_tensor, lb, ub)
     x = x if x.stride(-1) == 1 else x.contiguous()
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-    plan = _k.plan_float8_quantize(x.shape[1], x.dtype, per_tensor, lb, ub, x.is_cuda, INTERPRET,
-                                   e4m3_cvt=_k.e4m3_cvt_device(x.device))  # fmt: skip
+    key = (x.shape[1], x.dtype, x.device, per_tensor, lb, ub)
+    plan = _BACKWARD_PLANS.get(key)
+    if plan is None:  # everything the plan reads is in the key (INTERPRET is fixed at import)
+        if len(_BACKWARD_PLANS) > 4096:
+            _BACKWARD_PLANS.clear()
+        plan = _BACKWARD_PLANS[key] = _k.plan_float8_quantize(
+            x.shape[1], x.dtype, per_tensor, lb, ub, x.is_cuda, INTERPRET,
+            e4m3_cvt=_k.e4m3_cvt_device(x.device))  # fmt: skip
     return _k.launch_float8_backward(plan, grad, x, scale)
+
+
+_BACKWARD_PLANS: dict = {}
 
 
 @float8_fake_quantize_backward_op.register_fake
