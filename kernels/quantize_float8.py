@@ -439,7 +439,7 @@ def plan_float8_quantize(
 
 
 def e4m3_cvt_device(device: torch.device) -> bool:
-    """Whether compiled kernels on ``device`` convert fp32 to e4m3 in hardware
+    """Whether compiled kernels on ``device`` convert fp32 to e4m3 (and e5m2) in hardware
     (``cvt.rn.satfinite.e4m3x2.f32``: NVIDIA compute capability 8.9+; never under the
     interpreter, whose fp8 cast differs from torch's for tiny values)."""
     return (not INTERPRET and torch.version.hip is None

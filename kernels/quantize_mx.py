@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ._common import INTERPRET, cast_to_dt, div_scalar, dtype_code, new_empty
 from .quantize import _to_f32
-from .quantize_float8 import _f8_amax_kernel, _to_e4m3
+from .quantize_float8 import _f8_amax_kernel, _to_e4m3, e4m3_cvt_device
 
 # element formats: (code, largest value, log2 of its largest power of two, mantissa bits)
 ELEM_CODES = {"float8_e4m3fn": 0, "float8_e5m2": 1, "float4_e2m1fn_x2": 2}
@@ -72,11 +72,21 @@ def _to_e2m1(t):
 
 
 @triton.jit
-def _round_elem(t, ELEM: tl.constexpr):
+def _round_elem(t, ELEM: tl.constexpr, FP8_CVT: tl.constexpr):
+    """t (clamped to the format's range, NaN kept) rounded to nearest even on the element grid,
+    as fp32: e4m3 / e5m2 by the hardware's saturating conversion where ``FP8_CVT`` (sm_89+,
+    compiled: ``cvt.rn.satfinite.e4m3x2 / e5m2x2.f32``, NaN kept, the clamp already done), else
+    at the bit level; e2m1 always at the bit level."""
     if ELEM == 0:
-        return _to_e4m3(t)
+        if FP8_CVT:
+            return t.to(tl.float8e4nv).to(tl.float32)
+        else:
+            return _to_e4m3(t)
     elif ELEM == 1:
-        return _to_e5m2(t)
+        if FP8_CVT:
+            return t.to(tl.float8e5).to(tl.float32)
+        else:
+            return _to_e5m2(t)
     else:
         return _to_e2m1(t)
 
@@ -126,10 +136,12 @@ def _pow2_f32(e):
 def _mx_kernel(
     x_ptr, y_ptr, n_blocks, BS: tl.constexpr, BSP: tl.constexpr, BLOCKS: tl.constexpr,
     ELEM: tl.constexpr, MODE: tl.constexpr, DT: tl.constexpr, DIV_BY_RECIP: tl.constexpr,
+    FP8_CVT: tl.constexpr,
 ):  # fmt: skip
     """``BLOCKS`` blocks of ``BS`` elements per program (tile [BLOCKS, BSP], BSP = BS rounded
     up to a power of two): y = dt(e(x / s) * s') per block, s from the block's max |x| by
-    ``MODE`` (0 floor, 1 ceil, 2 even, 3 rceil), e the element rounding ``ELEM``."""
+    ``MODE`` (0 floor, 1 ceil, 2 even, 3 rceil), e the element rounding ``ELEM``
+    (:func:`_round_elem`, ``FP8_CVT``: the hardware's fp8 conversion)."""
     MAXV: tl.constexpr = 448.0 if ELEM == 0 else (57344.0 if ELEM == 1 else 6.0)
     TARGET: tl.constexpr = 8 if ELEM == 0 else (15 if ELEM == 1 else 2)
     MBITS: tl.constexpr = 3 if ELEM == 0 else (2 if ELEM == 1 else 1)
@@ -161,7 +173,7 @@ def _mx_kernel(
         b_t = tl.div_rn(b_x, tl.zeros([BLOCKS, BSP], tl.float32) + b_s[:, None])
         if ELEM != 2:
             b_t = _clamp_keep_nan(b_t, -MAXV, MAXV)
-    b_q = _round_elem(b_t, ELEM)
+    b_q = _round_elem(b_t, ELEM, FP8_CVT)
     # dequantize: q * 2**(e-127) (NaN for e = 255) is exact in fp32 (or overflows to inf)
     b_y = cast_to_dt(b_q * _pow2_f32(b_e)[:, None], DT)
     tl.store(y_ptr + p_x, b_y, mask=m_x)
@@ -212,6 +224,7 @@ class MXPlan(NamedTuple):
     dt: int
     div_by_recip: bool
     num_warps: int
+    fp8_cvt: bool = False  # e4m3 / e5m2 elements by the hardware's conversion (sm_89+)
 
 
 def plan_mx_quantize(
@@ -221,16 +234,18 @@ def plan_mx_quantize(
     scaling_mode: str,
     is_cuda: bool,
     interpret: bool = False,
+    fp8_cvt: bool = False,
 ) -> MXPlan:
     """About 1024 elements per program (4096 under the interpreter, where each program costs
     host time). ``elem``: an ``ELEM_CODES`` name; ``scaling_mode``: a ``MODE_CODES`` name, or
-    ``"nvfp4"`` (block_size 16, e4m3 scales)."""
+    ``"nvfp4"`` (block_size 16, e4m3 scales). ``fp8_cvt``: round e4m3 / e5m2 elements with the
+    hardware's conversion (:func:`~.quantize_float8.e4m3_cvt_device` of the tensor's device)."""
     bsp = triton.next_power_of_2(block_size)
     blocks = max(1, (4096 if interpret else 1024) // bsp)
     mode = -1 if scaling_mode == "nvfp4" else MODE_CODES[scaling_mode]
     warps = 4 if blocks * bsp >= 1024 else 2
     return MXPlan(ELEM_CODES[elem], mode, block_size, bsp, blocks, dtype_code(dtype), is_cuda,
-                  warps)  # fmt: skip
+                  warps, fp8_cvt)  # fmt: skip
 
 
 def launch_mx_quantize(p: MXPlan, x2d: torch.Tensor) -> torch.Tensor:
@@ -241,7 +256,8 @@ def launch_mx_quantize(p: MXPlan, x2d: torch.Tensor) -> torch.Tensor:
     grid = (triton.cdiv(n_blocks, p.blocks),)
     _mx_kernel[grid](
         x2d, y, n_blocks, BS=p.block_size, BSP=p.bsp, BLOCKS=p.blocks, ELEM=p.elem,
-        MODE=p.mode, DT=p.dt, DIV_BY_RECIP=p.div_by_recip, num_warps=p.num_warps,
+        MODE=p.mode, DT=p.dt, DIV_BY_RECIP=p.div_by_recip, FP8_CVT=p.fp8_cvt,
+        num_warps=p.num_warps,
     )  # fmt: skip
     return y
 
@@ -276,7 +292,8 @@ def launch_nvfp4_quantize(p: MXPlan, x2d: torch.Tensor, per_tensor: bool) -> tor
 def mx_quantize(x2d: torch.Tensor, elem: str, block_size: int, scaling_mode: str) -> torch.Tensor:
     """MX fake quantization of a contiguous ``x2d`` [R, K] (fp32 / bf16; K a multiple of
     ``block_size``): :func:`plan_mx_quantize` then :func:`launch_mx_quantize`."""
-    p = plan_mx_quantize(x2d.dtype, elem, block_size, scaling_mode, x2d.is_cuda, INTERPRET)
+    p = plan_mx_quantize(x2d.dtype, elem, block_size, scaling_mode, x2d.is_cuda, INTERPRET,
+                         e4m3_cvt_device(x2d.device))  # fmt: skip
     return launch_mx_quantize(p, x2d)
 
 

@@ -552,7 +552,9 @@ def variants() -> list[Variant]:
         def call_mx(mxp=mxp):
             if mxp.mode == -1:
                 return quantize_mx.launch_nvfp4_quantize(mxp, fake((M, K), BF16), True)
-            return quantize_mx.launch_mx_quantize(mxp, fake((M, K), BF16))
+            return quantize_mx.launch_mx_quantize(
+                mxp._replace(fp8_cvt=f8_cvt()), fake((M, K), BF16)
+            )
 
         add(f"quantize {what}", "quantize", f"B{mxp.blocks}x{mxp.block_size} w{mxp.num_warps}",
             call_mx, config={"BLOCK_R": mxp.blocks, "BLOCK_C": mxp.bsp})  # fmt: skip
