@@ -79,9 +79,10 @@ def _fast_division(m_raw, s, r):
 def _div_by_scale(x, s, r, NARROW: tl.constexpr):
     """IEEE ``x / s`` (fp32) without a division: q = x * r, r = RN(1 / s), corrected by its exact
     FMA residual ``x - q * s``, then x's sign on top (a zero or tiny quotient keeps it, as the
-    division does). ``NARROW``: x and s are fp16 / bf16 values (at most 11 significant bits):
-    one correction, exact for every such pair (tests/test_float8.py checks every significand
-    pair); else two, the second starting within one ulp (Markstein's theorem). Exact where
+    division does). ``NARROW``: x and s are fp16 / bf16 values (at most 11 significant bits),
+    or x is an e4m3 value (at most 4) and s any fp32 value: one correction, exact for every such
+    pair of significands (tests/test_float8.py); else two, the second starting within one ulp
+    (Markstein's theorem). Exact where
     :func:`_fast_division` holds for the row: 3 or 5 FMA-pipe instructions and a LOP3 per element
     where the IEEE division takes ~15 and a slow path (docs/numerics.md "Float8")."""
     q = x * r
@@ -243,9 +244,10 @@ def _f8_grad_terms(b_g, b_x, b_s):
 @triton.jit
 def _f8_grad_terms_fast(b_g, b_x, b_s, b_inv, NARROW: tl.constexpr, E4M3_CVT: tl.constexpr):
     """:func:`_f8_grad_terms` for a row whose divisions :func:`_f8_backward_fast` admits: each
-    quotient by :func:`_div_by_scale` (``NARROW``: x and s are bf16 / fp16 values; gt, an e4m3
-    value, always is; t / s takes two corrections), each e4m3 rounding by the hardware's
-    conversion where ``E4M3_CVT`` (it keeps NaN and saturates inf, as the clamp does)."""
+    quotient by :func:`_div_by_scale` (x / s: one correction where ``NARROW``, x and s bf16 /
+    fp16 values; gt / s: one, gt an e4m3 value; t / s: two), each e4m3 rounding by the
+    hardware's conversion where ``E4M3_CVT`` (it keeps NaN and saturates inf, as the clamp
+    does)."""
     b_t = _div_by_scale(b_x, b_s, b_inv, NARROW)  # finite: x is, s is normal
     b_in = (b_t >= -448.0) & (b_t <= 448.0)
     b_q = _e4m3_value(b_t, E4M3_CVT)

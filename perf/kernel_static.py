@@ -542,7 +542,7 @@ def variants() -> list[Variant]:
 
     add("quantize float8 backward per-row", "quantize", f"K{f8q.block_k} w8",
         f8_bwd, config={"BLOCK_R": 1, "BLOCK_C": f8q.block_k}, cold=r", False, E4M3_CVT",
-        row_elems=K, elem_bits=32)  # x and g: two bf16 per element  # fmt: skip
+        row_elems=K, elem_bits=16, x_ptr="p_x")  # elements counted by x's loads  # fmt: skip
     # MX / NVFP4 fake quantization (kernels/quantize_mx.py), bf16, blocks of 32 / 16 along K
     for elem, mode, what in (("float8_e4m3fn", "rceil", "mxfp8 e4m3 rceil"),
                              ("float4_e2m1fn_x2", "rceil", "mxfp4 rceil"),
@@ -861,8 +861,14 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
         c = v.meta["config"]
         row["insns_per_elem"] = round(len(insns) * warps * 32 / (c["BLOCK_R"] * c["BLOCK_C"]), 2)
     if cold:
+        x_ptr = v.meta.get("x_ptr", ".*")
+
+        def loads_x(a):  # the load's pointer, named at its innermost frame
+            at = f"{os.path.basename(inner[a][0])}:{inner[a][1]}"
+            return re.fullmatch(x_ptr, names.get(at, "")) is not None
+
         row["insns_per_elem"], row["cold_insns"] = common_path_per_elem(
-            insns, labels, cold, v.meta["row_elems"] / (warps * 32), v.meta["elem_bits"]
+            insns, labels, cold, v.meta["row_elems"] / (warps * 32), v.meta["elem_bits"], loads_x
         )
     return row
 
@@ -894,19 +900,21 @@ def _cold_calls(src_file: str, kernel: str, pattern: str) -> set[str]:
     return hits
 
 
-def common_path_per_elem(insns, labels, cold: set, elems_per_thread: float, elem_bits: int):
+def common_path_per_elem(insns, labels, cold: set, elems_per_thread: float, elem_bits: int,
+                         loads_x=lambda a: True):  # fmt: skip
     """(thread-instructions per element of x on a kernel's common path, the rare path's static
     instruction count) for a one-program-per-row kernel with a rare path (``cold``, as for
     :func:`hot_loop`): each of the common path's loops counts its instructions over the elements
-    of x its global loads bring per iteration (an unrolled loop brings several tiles), the
-    straight-line rest counts over the row's ``elems_per_thread`` at the headline shape."""
+    of x its global loads of x (``loads_x(address)``) bring per iteration (an unrolled loop
+    brings several tiles), the straight-line rest counts over the row's ``elems_per_thread`` at
+    the headline shape."""
     common = [i for i in insns if i[3] not in cold]
     loops = [(labels[t.group(1)], a) for a, op, rest, lc in common if op.startswith("BRA")
              and (t := re.search(r"(\.L_x_\d+)", rest)) and labels.get(t.group(1), a) < a]  # fmt: skip
     per_elem, in_loops = 0.0, set()
     for lo, hi in loops:
         body = [i for i in common if lo <= i[0] <= hi]
-        bits = sum(load_bits(o) for _, o, _, _ in body if classify(o) == "gld")
+        bits = sum(load_bits(o) for a, o, _, _ in body if classify(o) == "gld" and loads_x(a))
         if bits:
             per_elem += len(body) / (bits / elem_bits)
             in_loops.update(i[0] for i in body)

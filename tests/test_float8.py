@@ -626,7 +626,8 @@ def test_division_without_a_divide_is_ieee_for_every_half_precision_pair():
     (the residual's exactness depends on the exponents only through underflow, which the bound
     rules out; 2**-90 for bf16, fp16's subnormal scales). fp32 rows take two corrections
     (Markstein's theorem), checked on random and adversarial pairs (significands just below
-    2)."""
+    2); the backward's e4m3 gradient over an fp32 scale takes one, checked on the same
+    scales."""
     for dt, bits, exps in ((torch.bfloat16, 7, (-90, 0)), (torch.float16, 10, (-24, 0))):
         x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dt).float()
         x = x[x.isfinite()]
@@ -644,6 +645,10 @@ def test_division_without_a_divide_is_ieee_for_every_half_precision_pair():
     x = torch.cat([torch.randn(2048, generator=g).double(), below_two])
     x = (x * 2.0 ** torch.randint(-120, 120, (3072,), generator=g)).float()
     assert _check_division(x, s, False, "fp32") > 10**6
+    # the backward's gt / s: gt an e4m3 value (at most 4 significant bits), s any fp32 scale:
+    # one correction (every e4m3 significand against every fp32 one passed once, in C)
+    e4m3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    assert _check_division(e4m3[e4m3.isfinite()], s, True, "e4m3 / fp32") > 10**5
 
 
 def _boundary_rows(dtype):
@@ -694,13 +699,17 @@ def test_rows_on_both_sides_of_the_fast_division_bounds(dtype, bounds):
 
 
 def _backward_boundary_rows(dtype):
-    """Rows either side of each bound of the backward's fast divisions (_f8_backward_fast): a
-    plain row; one whose smallest nonzero |x| is below 2**-100 (IEEE sums, fast output); a scale
-    of 2**61 (s * s past 2**120: IEEE sums) and of 2**101 (both IEEE); scales of 2**-90 and just
-    below; zero, inf and NaN rows; signed zeros."""
-    x = torch.randn(10, 40, generator=torch.Generator().manual_seed(5))
+    """Rows either side of each bound of the backward's fast divisions (_f8_backward_fast), in
+    fp32 / bf16 (fp16's range reaches none of the sums' bounds: its rows there are inf or
+    zero): a plain row; one whose smallest nonzero |x| is below 2**-100 (IEEE sums, fast
+    output) and one just above it (fast sums); a scale of 2**61 with an element of 2**20, below
+    2**-100 s^2 (IEEE sums); a scale of 2**101 (both IEEE); scales of 2**-90 and just below;
+    zero, inf and NaN rows; signed zeros; a max of 2**90, whose m / s^2 passes 2**100 under an
+    upper bound of 1 while m / s does not (IEEE sums, fast output)."""
+    x = torch.randn(12, 40, generator=torch.Generator().manual_seed(5))
     x[1, 5] = 2.0**-110
     x[2] = x[2] / x[2].abs().max() * 448 * 2.0**61
+    x[2, 7] = 2.0**20
     x[3] = x[3] / x[3].abs().max() * 448 * 2.0**101
     x[4] = x[4] / x[4].abs().max() * 448 * 2.0**-90
     x[5] = x[5] / x[5].abs().max() * 440 * 2.0**-90
@@ -708,6 +717,9 @@ def _backward_boundary_rows(dtype):
     x[7, 2] = float("inf")
     x[8, 3] = float("nan")
     x[9, :3] = torch.tensor([0.0, -0.0, -(2.0**-100)])
+    x[10] = x[10] / x[10].abs().max() * 2.0**90
+    x[11] = x[11] / x[11].abs().max() * 448
+    x[11, 4] = -1.5 * 2.0**-100
     return x.to(dtype)
 
 
@@ -727,7 +739,7 @@ def test_backward_rows_on_both_sides_of_the_fast_division_bounds(dtype, per_tens
     g[0, :3] = torch.tensor([float("nan"), float("inf"), -1e30])
     g = g.to(dtype)
     for bounds in ((None, None), (1e-12, None), (None, 1.0)):
-        for rows in ((x, g), (x[[0, 1, 2, 9]], g[[0, 1, 2, 9]]), (x[[0, 4]], g[[0, 4]])):
+        for rows in ((x, g), (x[[0, 1, 2, 9, 11]], g[[0, 1, 2, 9, 11]]), (x[[0, 4]], g[[0, 4]])):
             _, s = float8_fake_quantize_torch(rows[0], per_tensor, *bounds)
             want = float8_fake_quantize_backward_torch(rows[1], rows[0], s, per_tensor, *bounds)
             plan = plan_float8_quantize(x.shape[1], dtype, per_tensor, *bounds, False, True)

@@ -78,9 +78,11 @@ def _fq_backward_impl(grad, x, scale, per_tensor, lb, ub) -> Tensor:
         return float8_fake_quantize_backward_torch(grad, x, scale, per_tensor, lb, ub)
     x = x if x.stride(-1) == 1 else x.contiguous()
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-    key = (x.shape[1], x.dtype, x.device, per_tensor, lb, ub)
+    # everything the plan reads is in the key (INTERPRET is fixed at import; the capability
+    # query, which a fake GPU patches, decides the hardware conversion)
+    key = (x.shape[1], x.dtype, x.device, per_tensor, lb, ub, torch.cuda.get_device_capability)
     plan = _BACKWARD_PLANS.get(key)
-    if plan is None:  # everything the plan reads is in the key (INTERPRET is fixed at import)
+    if plan is None:
         if len(_BACKWARD_PLANS) > 4096:
             _BACKWARD_PLANS.clear()
         plan = _BACKWARD_PLANS[key] = _k.plan_float8_quantize(
@@ -341,7 +343,7 @@ def _plans(x2d: Tensor, N: int, K: int, has_bias: bool, a: tuple, w: tuple | Non
     """(x's quantize plan, w's quantize plan or None, the GEMM plan), decided once per key and
     tuned-config generation (:data:`triton_qat.autotune.GENERATION`)."""
     key = (rows_key(x2d.shape[0]), N, K, x2d.dtype, x2d.device, has_bias, a, w,
-           autotune.GENERATION[0])  # fmt: skip
+           autotune.GENERATION[0], torch.cuda.get_device_capability)  # fmt: skip
     plans = _PLANS.get(key)
     if plans is None:
         if len(_PLANS) > 4096:
