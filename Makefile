@@ -9,6 +9,9 @@ PIP := PIP_ROOT_USER_ACTION=ignore PYTHONWARNINGS="ignore:Editable installation"
 	$(VPY) -m pip install -q --disable-pip-version-check
 # CPU machines run the Triton kernels through Triton's interpreter; a CUDA machine runs them natively.
 INTERPRET = $$($(VPY) -c 'import torch; print(0 if torch.cuda.is_available() else 1)')
+# pytest worker processes (pytest-xdist; CI's machine has 2 cores); the readers of the GPU compile
+# passes share one worker (their xdist_group), so each pass compiles once
+TEST_WORKERS ?= 2
 
 .PHONY: all venv test demo lint clean gpu-report gpu-report-dry
 all: test
@@ -27,7 +30,7 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m ruff check .
-	TRITON_INTERPRET=$(INTERPRET) $(VPY) -m pytest -q -p no:cacheprovider tests
+	TRITON_INTERPRET=$(INTERPRET) $(VPY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup tests
 
 # The demo picks its backend itself: the kernels on a GPU; on a CPU the plain-torch backend for
 # training (bit-identical fake quantization) plus a short check against the interpreted kernels.

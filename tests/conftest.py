@@ -31,6 +31,8 @@ COMPILE_PASS_READERS = {"test_gpu_compile.py", "test_kernel_static.py"}
 
 
 def pytest_collection_finish(session):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: the readers' worker compiles on demand
+        return
     if COMPILE_PASS_READERS & {item.path.name for item in session.items}:
         from _compile_for_gpu import start
 

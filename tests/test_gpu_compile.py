@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from _compile_for_gpu import compiled
 
+# one worker runs every reader of the compile passes (pytest -n: they compile once)
+pytestmark = pytest.mark.xdist_group("compile_pass")
+
 # every launcher family at the headline shape, plus the dtype / flag matrix (kernel_static --all)
 HEADLINE = [
     "quantize act per-token, bit mask",

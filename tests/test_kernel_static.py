@@ -11,6 +11,9 @@ until its entry is removed here (and the number in perf/RESULTS.md updated)."""
 import pytest
 from _compile_for_gpu import compiled
 
+# one worker runs every reader of the compile passes (pytest -n: they compile once)
+pytestmark = pytest.mark.xdist_group("compile_pass")
+
 ANCHOR_RATIO = 1.5  # hot-loop SASS instructions per MAC, over the anchor's at the same tile
 # The Triton release whose compiler (and its ptxas, 13.4 for sm_90a) KNOWN_GAPS was measured with:
 # register allocation differs between releases (Triton 3.6's ptxas 12.9 spills other quantize
