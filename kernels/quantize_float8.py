@@ -119,12 +119,21 @@ def _row_amax(p_x, K, DT: tl.constexpr, BLOCK_K: tl.constexpr):
     """max |x| of the row at ``p_x`` (K elements) as fp32, NaN if the row holds one: the int32
     order of the sign-cleared fp32 bits is the float order, a NaN above +inf."""
     o_k = tl.arange(0, BLOCK_K)  # [BK]
-    b_max = tl.zeros([BLOCK_K], dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
-        b_max = tl.maximum(b_max, b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-    return tl.max(b_max, axis=0).to(tl.float32, bitcast=True)
+    if DT == 0:
+        b_max = tl.zeros([BLOCK_K], dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            m_k = (k0 + o_k) < K
+            b_x = tl.load(p_x + k0 + o_k, mask=m_k, other=0.0)
+            b_max = tl.maximum(b_max, b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+        return tl.max(b_max, axis=0).to(tl.float32, bitcast=True)
+    else:  # 16-bit: the sign-cleared bits order the same way, reduced before widening
+        b_max16 = tl.zeros([BLOCK_K], dtype=tl.int16)
+        for k0 in range(0, K, BLOCK_K):
+            m_k = (k0 + o_k) < K
+            b_h = tl.load(p_x + k0 + o_k, mask=m_k, other=0.0).to(tl.int16, bitcast=True)
+            b_max16 = tl.maximum(b_max16, b_h & 0x7FFF)
+        m16 = tl.max(b_max16, axis=0).to(tl.int16)
+        return _to_f32(m16.to(p_x.dtype.element_ty, bitcast=True), DT)
 
 
 @triton.jit

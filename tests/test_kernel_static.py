@@ -113,14 +113,14 @@ KNOWN_GAPS = {
     # wgmma result: its group is waited for (DEPBAR 0) before the next step's is issued. Without
     # the promotion the loop keeps one group in flight (wait 1, 87 SASS/iter), at fp8-accumulation
     # precision. Measured at git 1e2661e (128x128x128 w8 s4 TMA).
-    # the float8 quantize: per row a first pass for the row's max (its loop unrolled 4x by the
-    # compiler, 3.6 per element), then per element x * (1 / s) and one FMA correction (torchao
-    # divides; the correction makes it the IEEE quotient), the hardware e4m3 conversion and the
-    # row's largest |x / s| (8.25 per element); the straight-line rest (two cross-warp maxima, the
-    # scale, the unrolled pass's remainder) counts over the row's 32 elements per thread (7.5).
-    # Was 86.12 (an IEEE division and bit-level e4m3 per element) before the fast rows.
+    # the float8 quantize: per row a first pass for the row's max (16-bit SIMD maxima, its loop
+    # unrolled 4x by the compiler, 2.1 per element), then per element x * (1 / s) and one FMA
+    # correction (torchao divides; the correction makes it the IEEE quotient), the hardware e4m3
+    # conversion and the row's largest |x / s| (8.25 per element); the straight-line rest (two
+    # cross-warp maxima, the scale, the unrolled pass's remainder) counts over the row's 32
+    # elements per thread. Was 86.12 (an IEEE division and bit-level e4m3 per element).
     ("quantize float8 codes per-row", "lean_quantize"): (
-        "19.34 SASS per element on the common path vs 12"
+        "16.66 SASS per element on the common path vs 12"
     ),
     # the float8 backward: three passes over the row (its max and smallest nonzero |x|, the
     # scale gradient's sums, the gradient), x and g read in the last two; each element's terms
