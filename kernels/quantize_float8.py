@@ -304,6 +304,22 @@ def _row_max_and_min_nonzero(p_x, K, DT: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _f8_block_terms(p_x, p_g, k0, o_k, K, b_s, b_inv, DT: tl.constexpr, FAST: tl.constexpr,
+                    E4M3_CVT: tl.constexpr):  # fmt: skip
+    """(mask, x, g, then :func:`_f8_grad_terms`'s three terms) of the row's block at column
+    ``k0`` (``o_k``: the block's column offsets), the terms by :func:`_f8_grad_terms_fast`
+    (``FAST``) or :func:`_f8_grad_terms` (the caller's unused terms compile away)."""
+    m_k = (k0 + o_k) < K
+    b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
+    b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
+    if FAST:
+        b_d, b_gq, b_gts = _f8_grad_terms_fast(b_g, b_x, b_s, b_inv, DT != 0, E4M3_CVT)
+    else:
+        b_d, b_gq, b_gts = _f8_grad_terms(b_g, b_x, b_s)
+    return m_k, b_x, b_g, b_d, b_gq, b_gts
+
+
+@triton.jit
 def _f8_row_sums(p_x, p_g, K, b_s, b_inv, m_bits, DT: tl.constexpr, FAST: tl.constexpr,
                  E4M3_CVT: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """(how many |x| of the row have the bits ``m_bits``, sum g * q, sum -gt * (x / s) / s): the
@@ -314,13 +330,8 @@ def _f8_row_sums(p_x, p_g, K, b_s, b_inv, m_bits, DT: tl.constexpr, FAST: tl.con
     b_s1 = tl.zeros([BLOCK_K], dtype=tl.float32)
     b_s2 = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
-        b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
-        if FAST:
-            _, b_gq, b_gts = _f8_grad_terms_fast(b_g, b_x, b_s, b_inv, DT != 0, E4M3_CVT)
-        else:
-            _, b_gq, b_gts = _f8_grad_terms(b_g, b_x, b_s)
+        m_k, b_x, _, _, b_gq, b_gts = _f8_block_terms(p_x, p_g, k0, o_k, K, b_s, b_inv, DT, FAST,
+                                                      E4M3_CVT)  # fmt: skip
         b_s1 += tl.where(m_k, b_gq, 0.0)
         b_s2 += tl.where(m_k, b_gts, 0.0)
         b_cnt += (m_k & ((b_x.to(tl.int32, bitcast=True) & 0x7FFFFFFF) == m_bits)).to(tl.int32)
@@ -334,13 +345,8 @@ def _f8_row_grad(p_x, p_g, p_o, K, b_s, b_inv, m, b_share, DT: tl.constexpr,
     sgn(x)))``, g_direct by :func:`_f8_grad_terms_fast` (``FAST``) or :func:`_f8_grad_terms`."""
     o_k = tl.arange(0, BLOCK_K)  # [BK]
     for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = _to_f32(tl.load(p_x + k0 + o_k, mask=m_k, other=0.0), DT)
-        b_g = _to_f32(tl.load(p_g + k0 + o_k, mask=m_k, other=0.0), DT)
-        if FAST:
-            b_d, _, _ = _f8_grad_terms_fast(b_g, b_x, b_s, b_inv, DT != 0, E4M3_CVT)
-        else:
-            b_d, _, _ = _f8_grad_terms(b_g, b_x, b_s)
+        m_k, b_x, _, b_d, _, _ = _f8_block_terms(p_x, p_g, k0, o_k, K, b_s, b_inv, DT, FAST,
+                                                 E4M3_CVT)  # fmt: skip
         b_at = (tl.abs(b_x) == m).to(tl.float32)
         b_abs = round_to_dt(mul_rn(b_share, b_at), DT)  # (exact products, never contracted)
         b_sgn = (b_x > 0).to(tl.float32) - (b_x < 0).to(tl.float32)
