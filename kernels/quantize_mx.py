@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cast_to_dt, div_scalar, dtype_code, new_empty
+from ._common import INTERPRET, cast_to_dt, cdiv, div_scalar, dtype_code, new_empty
 from .quantize import _to_f32
 from .quantize_float8 import _f8_amax_kernel, _to_e4m3, e4m3_cvt_device
 
@@ -50,51 +50,64 @@ def _to_e5m2(t):
 
 
 @triton.jit
-def _to_e2m1(t):
-    """fp32 -> the nearest-even e2m1 value (0, 0.5, 1, 1.5, 2, 3, 4, 6) as fp32, saturating at
-    6 (inf too), as torchao's ``f32_to_f4_unpacked``: |t| < 1 rounds to a multiple of 0.5 (add
-    and subtract 2**22), [1, 6) keeps 1 mantissa bit (round at bit 22); -0.0 keeps its sign.
-    A NaN takes torchao's code too, which its bit arithmetic makes of the NaN's bits (+-1, 1.5
-    or 2; the NaN ``0 * inf`` gives is -1.5 on x86 CPUs, +2 on NVIDIA GPUs): where the block
-    scale is finite (NVFP4's zeros times a multiplier that overflowed) that is the value."""
-    bits = t.to(tl.uint32, bitcast=True)
-    sign = bits & 0x80000000
-    a = bits & 0x7FFFFFFF
-    v = a.to(tl.float32, bitcast=True)
-    rounded = (a + 0x1FFFFF + ((a >> 22) & 1)) & 0xFFC00000
-    normal = rounded.to(tl.float32, bitcast=True)
-    sub = (v + 4194304.0) - 4194304.0
-    # torchao's normal branch on a NaN's bits: its 8-bit exponent wraps to the e2m1 code 2, 3
-    # or 4 (1, 1.5, 2), the fp32 whose bits are the rounded NaN's minus 2**30
-    nan = (rounded - 0x40000000).to(tl.float32, bitcast=True)
-    r = tl.where(v != v, nan, tl.where(v >= 6.0, 6.0, tl.where(v < 1.0, sub, normal)))
-    return (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+def _e2m1_magnitude(t):
+    """min(|t|, 6) rounded to nearest even on the e2m1 grid (0, 0.5, 1, 1.5, 2, 3, 4, 6), as
+    fp32, t not NaN: the grid's step is 0.5 below 2, 1 in [2, 4), 2 from 4, so adding and
+    subtracting c = 2**22, 2**23 or 2**24 (2**22 times the larger of 1 and v's power of two)
+    rounds v to it, ties to the even code (codes count steps); 6 is on the grid, so the clamp
+    first is exact. Seven instructions on sm_90 (the clamp, three integer ops for c, two adds)."""
+    v = tl.minimum(tl.abs(t), 6.0)
+    c_bits = (tl.maximum(v.to(tl.uint32, bitcast=True), 0x3F800000) & 0x7F800000) + (22 << 23)
+    c = c_bits.to(tl.float32, bitcast=True)
+    return (v + c) - c
 
 
 @triton.jit
-def _round_elem(t, ELEM: tl.constexpr, FP8_CVT: tl.constexpr):
-    """t (clamped to the format's range, NaN kept) rounded to nearest even on the element grid,
-    as fp32: e4m3 / e5m2 by the hardware's saturating conversion where ``FP8_CVT`` (sm_89+,
-    compiled: ``cvt.rn.satfinite.e4m3x2 / e5m2x2.f32``, NaN kept, the clamp already done), else
-    at the bit level; e2m1 always at the bit level."""
-    if ELEM == 0:
-        if FP8_CVT:
-            return t.to(tl.float8e4nv).to(tl.float32)
-        else:
-            return _to_e4m3(t)
-    elif ELEM == 1:
-        if FP8_CVT:
-            return t.to(tl.float8e5).to(tl.float32)
-        else:
-            return _to_e5m2(t)
-    else:
-        return _to_e2m1(t)
+def _to_e2m1(t, NAN_CODES: tl.constexpr):
+    """fp32 -> the nearest-even e2m1 value as fp32, saturating at 6 (inf too), as torchao's
+    ``f32_to_f4_unpacked`` (the twin: kernels/quantize_mx_torch.py ``to_e2m1``); -0.0 and every
+    value rounding to zero keep their sign. A NaN t gives an unspecified value unless
+    ``NAN_CODES``: then the code torchao's bit arithmetic makes of the NaN's bits (+-1, 1.5 or
+    2; the NaN ``0 * inf`` gives is -1.5 on x86 CPUs, +2 on NVIDIA GPUs). MX blocks holding a
+    NaN dequantize with a NaN scale, so only NVFP4 (whose finite scale times a multiplier that
+    overflowed makes NaNs of zeros) needs it."""
+    bits = t.to(tl.uint32, bitcast=True)
+    sign = bits & 0x80000000
+    r = _e2m1_magnitude(t)
+    if NAN_CODES:
+        # torchao's normal branch on a NaN's bits: its 8-bit exponent wraps to the e2m1 code
+        # 2, 3 or 4 (1, 1.5, 2), the fp32 whose bits are the rounded NaN's minus 2**30
+        a = bits & 0x7FFFFFFF
+        rounded = (a + 0x1FFFFF + ((a >> 22) & 1)) & 0xFFC00000
+        r = tl.where(t != t, (rounded - 0x40000000).to(tl.float32, bitcast=True), r)
+    return (r.to(tl.uint32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _clamp_keep_nan(v, lo, hi):
     """torch.clamp(v, lo, hi): NaN stays NaN (tl.minimum / tl.maximum may drop it on a GPU)."""
     return tl.where(v != v, v, tl.minimum(tl.maximum(v, lo), hi))
+
+
+@triton.jit
+def _round_elem(t, ELEM: tl.constexpr, FP8_CVT: tl.constexpr):
+    """t rounded to nearest even on the element grid, saturating at the format's largest value,
+    as fp32, for an MX block (a NaN t gives a NaN or an unspecified value: its block's scale is
+    NaN). e4m3 / e5m2 by the hardware's saturating conversion where ``FP8_CVT`` (sm_89+,
+    compiled: ``cvt.rn.satfinite.e4m3x2 / e5m2x2.f32``, which clamps as torch's clamp then cast
+    does), else clamped and rounded at the bit level; e2m1 always at the bit level."""
+    if ELEM == 0:
+        if FP8_CVT:
+            return t.to(tl.float8e4nv).to(tl.float32)
+        else:
+            return _to_e4m3(_clamp_keep_nan(t, -448.0, 448.0))
+    elif ELEM == 1:
+        if FP8_CVT:
+            return t.to(tl.float8e5).to(tl.float32)
+        else:
+            return _to_e5m2(_clamp_keep_nan(t, -57344.0, 57344.0))
+    else:
+        return _to_e2m1(t, False)
 
 
 @triton.jit
@@ -158,7 +171,7 @@ def _mx_kernel(
         b_e = _rceil_exponent(b_d)
         b_r = tl.where(b_e == 0, 1.0, _pow2_f32(tl.maximum(254 - b_e, 0)))  # 254: 2**-127
         b_r = tl.where(b_e == 255, b_d, b_r)  # NaN
-        b_t = _clamp_keep_nan(b_x * b_r[:, None], -MAXV, MAXV)
+        b_t = b_x * b_r[:, None]
     else:  # floor / ceil / even: the exponent bits of (rounded) amax minus the format's
         b_k = b_m
         if MODE == 2:  # even: round amax to MBITS mantissa bits first
@@ -168,11 +181,12 @@ def _mx_kernel(
             b_p = b_p + ((b_m & 0x7FFFFF) != 0).to(tl.int32)
         b_e = tl.minimum(tl.maximum(b_p - TARGET, -127), 128) + 127
         b_e = tl.where(b_m > 0x7F800000, 255, b_e)
-        # torchao divides by max(2**(e-127), 2**-126): 2**-126 for e = 0, inf for e = 255
-        b_s = tl.where(b_e == 0, 0x800000, b_e << 23).to(tl.float32, bitcast=True)
-        b_t = tl.div_rn(b_x, tl.zeros([BLOCKS, BSP], tl.float32) + b_s[:, None])
-        if ELEM != 2:
-            b_t = _clamp_keep_nan(b_t, -MAXV, MAXV)
+        # torchao divides by max(2**(e-127), 2**-126): a power of two whose reciprocal is an
+        # fp32 (2**126 for e = 0, 2**(127-e) down to the subnormal 2**-127 for e = 254), so x
+        # times it is the quotient's exact value, rounded once as the division's. e = 255 (the
+        # block holds a NaN) dequantizes with a NaN scale, whatever the multiplier.
+        b_r = tl.where(b_e == 0, 2.0**126, _pow2_f32(tl.maximum(254 - b_e, 0)))
+        b_t = b_x * b_r[:, None]
     b_q = _round_elem(b_t, ELEM, FP8_CVT)
     # dequantize: q * 2**(e-127) (NaN for e = 255) is exact in fp32 (or overflows to inf)
     b_y = cast_to_dt(b_q * _pow2_f32(b_e)[:, None], DT)
@@ -207,7 +221,10 @@ def _nvfp4_kernel(
         b_s8 = _to_e4m3(_clamp_keep_nan(b_bs, 0.015625, 448.0))
         b_r = tl.div_rn(b_one, b_s8)
         b_sd = b_s8
-    b_q = _to_e2m1(_clamp_keep_nan(b_x * b_r[:, None], -6.0, 6.0))
+    # saturating, as torch's clamp to +-6 first. A NaN x * r with a finite scale (zeros times
+    # the multiplier of a tensor whose amax / 2688 underflowed) takes torchao's NaN codes; a
+    # NaN in x makes its block's scale NaN, and without a per-tensor scale r is finite
+    b_q = _to_e2m1(b_x * b_r[:, None], HAS_PTS)
     b_y = cast_to_dt(b_q * b_sd[:, None], DT)
     tl.store(y_ptr + p_x, b_y, mask=m_x)
 
@@ -253,7 +270,7 @@ def launch_mx_quantize(p: MXPlan, x2d: torch.Tensor) -> torch.Tensor:
     the fake-quantized values [R, K] in x's dtype."""
     y = new_empty(x2d.shape, x2d.dtype, x2d.device)
     n_blocks = x2d.numel() // p.block_size
-    grid = (triton.cdiv(n_blocks, p.blocks),)
+    grid = (cdiv(n_blocks, p.blocks),)
     _mx_kernel[grid](
         x2d, y, n_blocks, BS=p.block_size, BSP=p.bsp, BLOCKS=p.blocks, ELEM=p.elem,
         MODE=p.mode, DT=p.dt, DIV_BY_RECIP=p.div_by_recip, FP8_CVT=p.fp8_cvt,
@@ -283,7 +300,7 @@ def launch_nvfp4_quantize(p: MXPlan, x2d: torch.Tensor, per_tensor: bool) -> tor
     y = new_empty(x2d.shape, x2d.dtype, x2d.device)
     n_blocks = x2d.numel() // NVFP4_BLOCK
     amax = tensor_amax(x2d) if per_tensor else y  # (y: an unread placeholder)
-    grid = (triton.cdiv(n_blocks, p.blocks),)
+    grid = (cdiv(n_blocks, p.blocks),)
     _nvfp4_kernel[grid](x2d, y, amax, n_blocks, HAS_PTS=per_tensor, BLOCKS=p.blocks, DT=p.dt,
                         DIV_BY_RECIP=p.div_by_recip, num_warps=p.num_warps)  # fmt: skip
     return y

@@ -131,13 +131,15 @@ KNOWN_GAPS = {
         "86.5 SASS per element on the common path vs 12"
     ),
     ("quantize float8 backward per-row", "x_128bit"): "64-bit loads",
-    # MX / NVFP4 (kernels/quantize_mx.py): each block's scale from its max's exponent bits, then
-    # the element rounding (e4m3 by the hardware's conversion on sm_89+: 31.0 at the bit level;
-    # e2m1 at the bit level) and the bf16 store; nvfp4's per-tensor scale is one 32-bit load
-    # per program
-    ("quantize mxfp8 e4m3 rceil", "lean_quantize"): "22.0 SASS per element vs 12",
-    ("quantize mxfp4 rceil", "lean_quantize"): "33.0 SASS per element vs 12",
-    ("quantize nvfp4 per-tensor", "lean_quantize"): "33.12 SASS per element vs 12",
+    # MX / NVFP4 (kernels/quantize_mx.py): each block's scale from its max's exponent bits (RCEIL's
+    # ceil(log2) on bits: 34 per thread, each of a block's 4 threads), then the element rounding
+    # (e4m3 by the hardware's saturating conversion on sm_89+, no clamp: 31.0 at the bit level;
+    # e2m1 by adding and subtracting a power of two, 7 per element: was 13, 33.0 in all) and the
+    # bf16 store; nvfp4 adds two IEEE divisions per block and, with its per-tensor scale, the
+    # NaN codes (one 32-bit load per program)
+    ("quantize mxfp8 e4m3 rceil", "lean_quantize"): "19.0 SASS per element vs 12",
+    ("quantize mxfp4 rceil", "lean_quantize"): "24.0 SASS per element vs 12",
+    ("quantize nvfp4 per-tensor", "lean_quantize"): "31.12 SASS per element vs 12",
     ("quantize nvfp4 per-tensor", "x_128bit"): "loads of 32 and 128 bits",
     ("fwd float8 e4m3 per-row", "mma_in_flight"): "waits [0, 1], 151 SASS/iter",
     ("fwd float8 e4m3 per-row fp16", "mma_in_flight"): "waits [0, 1], 151 SASS/iter",

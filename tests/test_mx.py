@@ -13,10 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from torch import nn
 
 import triton_qat as tq
-from kernels.quantize_mx import mx_quantize, nvfp4_quantize
+from kernels.quantize_mx import _to_e2m1, mx_quantize, nvfp4_quantize
 from kernels.quantize_mx_torch import (
     mx_fake_quantize_torch,
     nvfp4_fake_quantize_torch,
@@ -173,6 +175,52 @@ def test_e2m1_rounding_of_nans_is_torchaos():
     _exact(to_e2m1(t), want, "twin")
 
 
+@triton.jit
+def _e2m1_kernel(t_ptr, out_ptr, N, NAN_CODES: tl.constexpr, BN: tl.constexpr):
+    """out = _to_e2m1(t), fp32."""
+    o = tl.program_id(0) * BN + tl.arange(0, BN)
+    t = tl.load(t_ptr + o, mask=o < N, other=0.0)
+    tl.store(out_ptr + o, _to_e2m1(t, NAN_CODES), mask=o < N)
+
+
+def _e2m1_inputs() -> torch.Tensor:
+    """Every bf16 (all 65536 bit patterns: both signs, subnormals, inf, NaN) and, in fp32, every
+    grid point and rounding midpoint of e2m1 up to 8 (k 2**-2, k < 32), their neighbours 1 to
+    4 ulps away, and the fp32 just around 6, 0 and 2**-126."""
+    bf16 = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    points = torch.arange(0, 33, dtype=torch.float32) * 0.25
+    bits = points.view(torch.int32)[:, None] + torch.arange(-4, 5, dtype=torch.int32)[None, :]
+    extra = torch.tensor([0, 1, 0x7FFFFF, 0x800000, 0x40BFFFFF, 0x40C00000, 0x40C00001],
+                         dtype=torch.int32)  # fmt: skip
+    f32 = torch.cat([bits.flatten().clamp(min=0), extra]).view(torch.float32)
+    return torch.cat([bf16.float(), f32, -f32])
+
+
+@pytest.mark.parametrize("nan_codes", [False, True], ids=["mx", "nvfp4"])
+def test_e2m1_rounding_by_adding_a_power_of_two_is_torchaos(nan_codes):
+    """The kernel's e2m1 rounding (clamp |t| to 6, add and subtract 2**22 / 2**23 / 2**24 by
+    t's binade, OR the sign back) == the twin's ``to_e2m1`` (torchao's bit arithmetic) and
+    torchao's own ``_f32_to_floatx_unpacked`` round trip, bit for bit with -0.0, on every bf16
+    and on the fp32 at and around each rounding midpoint; NaNs take torchao's code when
+    ``NAN_CODES`` (NVFP4's), and are left unspecified for MX blocks (a NaN scale follows)."""
+    from torchao.prototype.custom_fp_utils import (
+        _f32_to_floatx_unpacked,
+        _floatx_unpacked_to_f32,
+    )
+
+    from kernels.quantize_mx_torch import to_e2m1
+
+    t = _e2m1_inputs()
+    out = torch.empty_like(t)
+    _e2m1_kernel[(triton.cdiv(t.numel(), 8192),)](t, out, t.numel(), NAN_CODES=nan_codes,
+                                                   BN=8192)  # fmt: skip
+    want = _floatx_unpacked_to_f32(_f32_to_floatx_unpacked(t, 2, 1), 2, 1)
+    assert torch.equal(to_e2m1(t).view(torch.int32), want.view(torch.int32))
+    keep = slice(None) if nan_codes else ~t.isnan()
+    assert torch.equal(out[keep].view(torch.int32), want[keep].view(torch.int32))
+    assert t.isnan().sum() > 100 and (t.abs() == 6).any() and (t == -0.0).any()
+
+
 def test_rceil_exponent_is_torchs_ceil_log2():
     """RCEIL's exponent from bits (no log2 call) == torchao's clamp(ceil(log2(d))) + 127 for
     every fp32 d = 2**k (1 + j 2**-23), j < 64 (where log2 rounds to the integer k or not),
@@ -203,6 +251,30 @@ def test_op_torch_backend_equals_torchao(monkeypatch):
     x = _poisoned(13, 64, torch.bfloat16)
     _exact(tq.fake_quantize(x, tq.MXConfig()), _ao_mx(x, torch.float4_e2m1fn_x2, 32, "rceil"))
     _exact(tq.fake_quantize(x, tq.NVFP4Config()), _ao_nvfp4(x, True))
+
+
+def test_ops_plan_once_per_key(monkeypatch):
+    """The ops decide their kernel plan once per (dtype, device, format, capability query):
+    repeated calls only launch; a new dtype, format or capability query plans afresh."""
+    import triton_qat.mx as mx
+
+    planned = []
+    real = mx._k.plan_mx_quantize
+    monkeypatch.setattr(mx._k, "plan_mx_quantize", lambda *a: planned.append(a) or real(*a))
+    mx._PLANS.clear()
+    x = torch.randn(4, 64)
+    for _ in range(3):
+        _exact(torch.ops.triton_qat.mx_fake_quantize(x, "float4_e2m1fn_x2", 32, "rceil"),
+               _ao_mx(x, torch.float4_e2m1fn_x2, 32, "rceil"))  # fmt: skip
+        _exact(torch.ops.triton_qat.nvfp4_fake_quantize(x, True), _ao_nvfp4(x, True))
+    assert len(planned) == 2
+    torch.ops.triton_qat.mx_fake_quantize(x.bfloat16(), "float4_e2m1fn_x2", 32, "rceil")
+    torch.ops.triton_qat.mx_fake_quantize(x, "float8_e4m3fn", 32, "rceil")
+    assert len(planned) == 4
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    torch.ops.triton_qat.mx_fake_quantize(x, "float8_e4m3fn", 32, "rceil")
+    assert len(planned) == 5
+    mx._PLANS.clear()
 
 
 def test_fake_quantize_gradient_is_straight_through():

@@ -59,6 +59,25 @@ def _check_op_args(x: Tensor, block_size: int, elem: str = MX_ELEM_NAMES[2],
     check_mx_input(x, SimpleNamespace(block_size=block_size))
 
 
+def _plan(x: Tensor, elem: str, block_size: int, scaling_mode: str) -> _k.MXPlan:
+    """The kernel plan for ``x``'s dtype and device, decided once per key. Everything
+    ``plan_mx_quantize`` reads is in the key: INTERPRET is fixed at import, and the capability
+    query is in it, so a patched one (perf/kernel_static.py's fake GPU) is asked afresh."""
+    key = (x.dtype, x.device, elem, block_size, scaling_mode, torch.cuda.get_device_capability)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        fp8_cvt = scaling_mode != "nvfp4" and _k.e4m3_cvt_device(x.device)
+        plan = _PLANS[key] = _k.plan_mx_quantize(
+            x.dtype, elem, block_size, scaling_mode, x.is_cuda, _k.INTERPRET, fp8_cvt
+        )
+    return plan
+
+
+_PLANS: dict = {}
+
+
 @torch.library.custom_op("triton_qat::mx_fake_quantize", mutates_args=())
 def mx_fake_quantize_op(x: Tensor, elem: str, block_size: int, scaling_mode: str) -> Tensor:
     """x [R, K] fp32 / bf16 (K a multiple of block_size) -> the MX fake-quantized x, [R, K]
@@ -66,7 +85,7 @@ def mx_fake_quantize_op(x: Tensor, elem: str, block_size: int, scaling_mode: str
     _check_op_args(x, block_size, elem, scaling_mode)
     x = x.contiguous()
     if use_kernels(x):
-        return _k.mx_quantize(x, elem, block_size, scaling_mode)
+        return _k.launch_mx_quantize(_plan(x, elem, block_size, scaling_mode), x)
     return mx_fake_quantize_torch(x, elem, block_size, scaling_mode)
 
 
@@ -83,7 +102,8 @@ def nvfp4_fake_quantize_op(x: Tensor, per_tensor: bool) -> Tensor:
     _check_op_args(x, NVFP4_BLOCK_SIZE)
     x = x.contiguous()
     if use_kernels(x):
-        return _k.nvfp4_quantize(x, per_tensor)
+        plan = _plan(x, MX_ELEM_NAMES[2], NVFP4_BLOCK_SIZE, "nvfp4")
+        return _k.launch_nvfp4_quantize(plan, x, per_tensor)
     return nvfp4_fake_quantize_torch(x, per_tensor)
 
 
