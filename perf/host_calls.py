@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -118,6 +119,32 @@ def layer_calls(layer: torch.nn.Module, dtype=torch.bfloat16) -> dict[str, tuple
         layer(x).backward(g)
 
     return {"fwd": count(fwd), "fwd+bwd": count(fwd_bwd)}
+
+
+def cyclic_garbage(layer: torch.nn.Module, dtype=torch.bfloat16, warmup: int = 3) -> dict:
+    """{type name: count} of the objects one forward+backward of ``layer`` leaves in reference
+    cycles (what only the cycle collector frees: a tensor caught in one outlives the step), after
+    ``warmup`` steps. Empty on a host path that frees everything by reference counting."""
+    x = torch.randn(M, K, dtype=dtype, requires_grad=True)
+    g = torch.randn(M, N, dtype=dtype)
+    for _ in range(warmup):
+        layer(x).backward(g)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # collected objects go to gc.garbage instead of being freed
+    try:
+        layer(x).backward(g)
+        gc.collect()
+        kinds: dict[str, int] = {}
+        for obj in gc.garbage:
+            kinds[type(obj).__name__] = kinds.get(type(obj).__name__, 0) + 1
+        return kinds
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
 
 
 def make(kind: str, compiled: bool = False) -> torch.nn.Module:
