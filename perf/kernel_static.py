@@ -24,6 +24,7 @@ Run from a checkout with its venv (no GPU; a few minutes on 2 cores):
   .venv/bin/python perf/kernel_static.py --arch 90   # writes perf/results/static/sm90.md
   [--all] (every dtype and quantize flag, as the tests compile) [--only SUBSTR] [--json PATH|-]
   [--dump DIR] (keeps ttgir/ptx/sass/cubin per variant) [--jobs N] [--out PATH]
+  [--sass FAMILIES] (disassemble only these families, e.g. quantize)
 """
 
 from __future__ import annotations
@@ -769,8 +770,11 @@ def _load_names(src_file: str) -> dict[str, str]:
     return out
 
 
-def analyse(v: Variant, arch: int, dump: str) -> dict:
-    """Compile ``v`` for sm_<arch> and read its code (see the module doc for the fields)."""
+def analyse(v: Variant, arch: int, dump: str, read_sass: bool = True) -> dict:
+    """Compile ``v`` for sm_<arch> and read its code (see the module doc for the fields).
+    ``read_sass=False``: no disassembly (nvdisasm costs ~0.25 s a cubin), so the SASS fields
+    (hot loop, instruction classes, loads, FFMAs) are empty and ``row["sass"]`` is False; the
+    compile, ptxas's registers / spills, shared memory and the PTX fields are all there."""
     import inspect
 
     t0 = time.time()
@@ -786,9 +790,10 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
     for ext, text in ((".ttgir", ttgir), (".ptx", ptx)):
         with open(base + ext, "w") as f:
             f.write(text)
-    insns, labels, inner, out_of_line = sass(base + ".cubin")
-    with open(base + ".sass", "w") as f:
-        f.write("\n".join(f"{a:05x} {o}{r}  // {lc}" for a, o, r, lc in insns))
+    insns, labels, inner, out_of_line = sass(base + ".cubin") if read_sass else ([], {}, {}, 0)
+    if read_sass:
+        with open(base + ".sass", "w") as f:
+            f.write("\n".join(f"{a:05x} {o}{r}  // {lc}" for a, o, r, lc in insns))
     g = lambda rx: int(m.group(1)) if (m := re.search(rx, log)) else -1  # noqa: E731
     src = inspect.getsourcefile(launch.fn.fn)
     cold = _cold_calls(src, launch.fn.fn.__name__, v.meta["cold"]) if "cold" in v.meta else None
@@ -853,14 +858,15 @@ def analyse(v: Variant, arch: int, dump: str) -> dict:
     row["wgmma_serialized"] = next((ln.split("Potential Performance Loss:")[-1].strip()
                                     for ln in log.splitlines() if "wgmma.mma_async" in ln
                                     and "serialized" in ln), None)  # fmt: skip
+    row["sass"] = read_sass
     row["scope"] = "kernel" if len(loop) == len(insns) else "loop"
     row["out_of_line"] = out_of_line
-    if v.family in ("quantize", "dequantize", "mask"):
+    if v.family in ("quantize", "dequantize", "mask") and read_sass:
         # every instruction a thread runs (its loops run once per program at these shapes; the
         # out-of-line division slow path left out), over the elements it owns
         c = v.meta["config"]
         row["insns_per_elem"] = round(len(insns) * warps * 32 / (c["BLOCK_R"] * c["BLOCK_C"]), 2)
-    if cold:
+    if cold and read_sass:
         x_ptr = v.meta.get("x_ptr", ".*")
 
         def loads_x(a):  # the load's pointer, named at its innermost frame
@@ -922,10 +928,10 @@ def common_path_per_elem(insns, labels, cold: set, elems_per_thread: float, elem
     return round(per_elem + rest / elems_per_thread, 2), len(insns) - len(common)
 
 
-def _work(label: str, arch: int, dump: str) -> dict:
+def _work(label: str, arch: int, dump: str, sass_families: tuple[str, ...] | None = None) -> dict:
     v = next(x for x in variants() if x.label == label)
     try:
-        return analyse(v, arch, dump)
+        return analyse(v, arch, dump, sass_families is None or v.family in sass_families)
     except Exception as e:  # noqa: BLE001 - reported in the table and the JSON; the run goes on
         why = getattr(e, "error_message", None) or e.__cause__ or e  # Triton's CompilationError
         msg = " | ".join([ln for ln in str(why).strip().splitlines() if ln.strip(" ^")][-3:])[:400]
@@ -933,15 +939,17 @@ def _work(label: str, arch: int, dump: str) -> dict:
                 "anchor": v.anchor, "error": f"{type(e).__name__}: {msg}"}  # fmt: skip
 
 
-def run(arch: int, labels: list[str], dump: str, jobs: int = 2, log=sys.stderr) -> list[dict]:
+def run(arch: int, labels: list[str], dump: str, jobs: int = 2, log=sys.stderr,
+        sass_families: tuple[str, ...] | None = None) -> list[dict]:  # fmt: skip
     """Analyse the variants named in ``labels`` on sm_<arch> (``jobs`` processes), in that order,
-    and fill each GEMM's ``ratio``: hot-loop instructions per MAC over its anchor's."""
+    and fill each GEMM's ``ratio``: hot-loop instructions per MAC over its anchor's.
+    ``sass_families``: disassemble only these families' kernels (None: all)."""
     os.makedirs(dump, exist_ok=True)
     if os.environ.get(ARCH_ENV) != str(arch):
         os.environ[ARCH_ENV] = str(arch)
         _VARIANTS.clear()
     if jobs <= 1:
-        rows = {lb: _work(lb, arch, dump) for lb in labels}
+        rows = {lb: _work(lb, arch, dump, sass_families) for lb in labels}
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -950,7 +958,7 @@ def run(arch: int, labels: list[str], dump: str, jobs: int = 2, log=sys.stderr) 
         # GEMMs first: they take longest
         todo = sorted(labels, key=lambda lb: lb.startswith("quantize"))
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_work, lb, arch, dump): lb for lb in todo}
+            futs = {ex.submit(_work, lb, arch, dump, sass_families): lb for lb in todo}
             for f in as_completed(futs):
                 rows[futs[f]] = r = f.result()
                 print(f"sm{arch} {r.get('seconds', '-')}s {futs[f]}", file=log, flush=True)
@@ -1045,6 +1053,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dump", help="keep ttgir/ptx/sass/cubin of each variant here")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--quiet", action="store_true", help="print no markdown")
+    ap.add_argument("--sass", default="", help="comma-separated families whose SASS is read "
+                    "(default: all; the others' SASS fields stay empty)")  # fmt: skip
     a = ap.parse_args(argv)
     os.environ[ARCH_ENV] = str(a.arch)
     _VARIANTS.clear()
@@ -1053,7 +1063,8 @@ def main(argv=None) -> list[dict]:
         keep = {v.label for v in vs} | {v.anchor for v in vs if v.anchor}
         vs = [v for v in variants() if v.label in keep]
     with tempfile.TemporaryDirectory(prefix="kernel_static_") as tmp:
-        rows = run(a.arch, [v.label for v in vs], a.dump or tmp, a.jobs)
+        families = tuple(a.sass.split(",")) if a.sass else None
+        rows = run(a.arch, [v.label for v in vs], a.dump or tmp, a.jobs, sass_families=families)
     if a.json:
         text = json.dumps(rows, indent=1, default=list)
         if a.json == "-":
