@@ -221,10 +221,18 @@ def _nvfp4_kernel(
         b_s8 = _to_e4m3(_clamp_keep_nan(b_bs, 0.015625, 448.0))
         b_r = tl.div_rn(b_one, b_s8)
         b_sd = b_s8
-    # saturating, as torch's clamp to +-6 first. A NaN x * r with a finite scale (zeros times
-    # the multiplier of a tensor whose amax / 2688 underflowed) takes torchao's NaN codes; a
-    # NaN in x makes its block's scale NaN, and without a per-tensor scale r is finite
-    b_q = _to_e2m1(b_x * b_r[:, None], HAS_PTS)
+    # saturating, as torch's clamp to +-6 first
+    b_t = b_x * b_r[:, None]
+    b_q = _to_e2m1(b_t, False)
+    if HAS_PTS:
+        # A NaN x * r with a finite scale takes torchao's code for the NaN's bits. It is always
+        # +-0 * inf (a tiny tensor's multiplier overflowed; a NaN or inf in x makes the tensor's
+        # scale NaN or inf, so every block scale NaN or its values inf / NaN), and the device
+        # gives every 0 * inf the same NaN (x86 0xFFC00000, NVIDIA 0x7FFFFFFF), so the block's
+        # 0 * r has the code: one per block, not the NaN bit arithmetic per element. Without a
+        # per-tensor scale r is finite (1 / s8, s8 >= 2**-6) and a NaN x makes s8 NaN.
+        b_nan = _to_e2m1(0.0 * b_r, True)  # [BB]
+        b_q = tl.where(b_t != b_t, b_nan[:, None], b_q)
     b_y = cast_to_dt(b_q * b_sd[:, None], DT)
     tl.store(y_ptr + p_x, b_y, mask=m_x)
 

@@ -147,10 +147,13 @@ def test_nvfp4_tiny_tensor_matches_torchao(dtype):
     x = torch.randn(4, 32) * 1e-35
     x[1] *= 1e-4  # small blocks: s8 < 0.3, so (1 / pts) / s8 > 1e38 / 0.3 overflows
     x[1, :3] = 0
+    x[1, 3:5] = -0.0  # the kernel takes the block's 0 * inf NaN for every zero's: either sign
+    x[3, 16:] = 0  # a whole block of zeros: its s8 is 2**-6, the largest multiplier
     x[0, :3] = 0  # a block whose multiplier is finite: zeros stay zeros
     x = x.to(dtype)
     want = _ao_nvfp4(x, True)
-    assert (want[1, :3] != 0).all() and want.isfinite().all() and (want[0, :3] == 0).all()
+    assert (want[1, :5] != 0).all() and want.isfinite().all() and (want[0, :3] == 0).all()
+    assert (want[3, 16:] != 0).all()
     _exact(nvfp4_quantize(x, True), want, "kernel")
     _exact(nvfp4_fake_quantize_torch(x, True), want, "twin")
     _exact(tq.fake_quantize(x, tq.NVFP4Config(True)), want)
