@@ -7,7 +7,7 @@ import torch
 
 def _per_column(t: torch.Tensor, R: int, C: int) -> torch.Tensor:
     """A qparam given per row ([R], [R, 1]) or per group ([R, G]) repeated to [R, C]."""
-    t = t.reshape(R, -1)
+    t = t.reshape(R, t.shape[1] if t.dim() == 2 else 1)  # (not -1: R may be 0)
     return t.repeat_interleave(C // t.shape[1], 1)
 
 

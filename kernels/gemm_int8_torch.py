@@ -6,17 +6,22 @@ from __future__ import annotations
 import torch
 
 
+def _groups(qparam: torch.Tensor) -> int:
+    """Groups per row of a qparam given as [R], [R, 1] or [R, G]."""
+    return qparam.shape[1] if qparam.dim() == 2 else 1
+
+
 def dequantize_torch(
     codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None
 ) -> torch.Tensor:
     """fp32 ``(codes - zero_point) * scale`` of codes [R, C] with scale [R, G] (or [R]) per
     (row, group) and zero_point [R] / [R, 1] / [R, G] or None."""
     R, C = codes.shape
-    scale = scale.reshape(R, -1)
-    n_groups = scale.shape[1]
+    n_groups = _groups(scale)
+    scale = scale.reshape(R, n_groups)  # (not -1: R may be 0)
     q = codes.to(torch.float32).reshape(R, n_groups, C // n_groups)
     if zero_point is not None:
-        q = q - zero_point.reshape(R, -1, 1).to(torch.float32)
+        q = q - zero_point.reshape(R, _groups(zero_point), 1).to(torch.float32)
     return (q * scale[..., None]).reshape(R, C)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .quantize_mx import ELEM_CODES, ELEM_MAX, ELEM_MAX_POW2, ELEM_MBITS, NVFP4_PER_TENSOR_DIV
+from .quantize_torch import unaliased
 
 _F8 = {0: torch.float8_e4m3fn, 1: torch.float8_e5m2}
 _THRESHOLDS = (1, 1, 2, 3, 6, 12, 23)  # _log2_threshold by p = 0..6 (p < 0 reads p = 0)
@@ -112,7 +113,8 @@ def mx_codes_torch(
 def mx_dequantize_torch(q: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``dt(q * 2**(e - 127))``: q fp32 [R, G, B], e int32 [R, G, 1] (:func:`mx_codes_torch`)
     -> [R, G * B] in ``dtype``."""
-    return (q * pow2_e8m0(e)).to(dtype).reshape(q.shape[0], -1)
+    R, G, B = q.shape
+    return unaliased((q * pow2_e8m0(e)).to(dtype).reshape(R, G * B))
 
 
 def mx_fake_quantize_torch(
@@ -156,7 +158,8 @@ def nvfp4_dequantize_torch(
     """``dt(q * s8)`` or ``dt(q * (pts * s8))``: q fp32 [R, G, 16], s8 fp32 [R, G, 1], pts fp32
     0-dim or None (:func:`nvfp4_codes_torch`) -> [R, G * 16] in ``dtype``."""
     sd = s8 if pts is None else pts * s8
-    return (q * sd).to(dtype).reshape(q.shape[0], -1)
+    R, G, B = q.shape
+    return unaliased((q * sd).to(dtype).reshape(R, G * B))
 
 
 def nvfp4_fake_quantize_torch(x2d: torch.Tensor, per_tensor: bool) -> torch.Tensor:

@@ -95,15 +95,23 @@ def quantize_rows_torch(
     mask = pack_bits(keep) if pack_mask else keep.to(torch.uint8)
     y = None
     if with_y:
-        y = ((q.to(x.dtype) - zp3.to(x.dtype)) * s3).to(x.dtype).reshape(R, C)
+        y = unaliased(((q.to(x.dtype) - zp3.to(x.dtype)) * s3).to(x.dtype).reshape(R, C))
     return Quantized(codes.to(torch.int8), s, zp + offset, mask, code_sum, y)
+
+
+def unaliased(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy where it is a view of another tensor: what a twin returns is an op's
+    output, which must be a tensor of its own (autograd refuses in-place writes to a view made
+    inside a custom op, so ``y.mul_(2)`` on a fake-quantized ``y`` would fail)."""
+    return t if t._base is None else t.clone()
 
 
 def pack_bits(keep: torch.Tensor) -> torch.Tensor:
     """bool [R, C] -> uint8 [R, ceil(C/8)], element c in bit c % 8 of byte c // 8."""
     R, C = keep.shape
     pad = (-C) % 8
-    bits = torch.nn.functional.pad(keep.to(torch.uint8), (0, pad)).reshape(R, -1, 8).to(torch.int32)
+    bits = torch.nn.functional.pad(keep.to(torch.uint8), (0, pad)).reshape(R, (C + pad) // 8, 8)
+    bits = bits.to(torch.int32)
     weights = 1 << torch.arange(8, device=keep.device, dtype=torch.int32)
     return (bits * weights).sum(-1).to(torch.uint8)
 
@@ -112,4 +120,4 @@ def unpack_bits(mask: torch.Tensor, C: int) -> torch.Tensor:
     """uint8 [R, ceil(C/8)] -> bool [R, C]; inverse of :func:`pack_bits`."""
     shifts = torch.arange(8, device=mask.device, dtype=torch.int32)
     bits = (mask.to(torch.int32)[..., None] >> shifts) & 1
-    return bits.reshape(mask.shape[0], -1)[:, :C].to(torch.bool)
+    return bits.reshape(mask.shape[0], mask.shape[1] * 8)[:, :C].to(torch.bool)

@@ -48,3 +48,45 @@ def test_cpu_fallback_matches_the_kernels(tmp_path, device):
     assert_close_rel(got["y"], y.detach().cpu(), torch.bfloat16, "out")
     assert_close_rel(got["gx"], x.grad.cpu(), torch.bfloat16, "grad_x")
     assert_close_rel(got["gw"], lin.weight.grad.cpu(), torch.bfloat16, "grad_w")
+
+
+EDGE_SCRIPT = r"""
+import torch, triton_qat as tq
+assert tq.backend("cpu") == "torch"
+I4 = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True)
+kinds = {"default": {}, "int4": {"weight": I4},
+         "asym weight": {"weight": tq.QuantConfig(bits=4, granularity="per_group", group_size=16,
+                                                  symmetric=False)},
+         "weight-only": {"activation": None, "weight": I4},
+         "torch.ao": {"qconfig": torch.ao.quantization.default_dynamic_qat_qconfig}}
+for dt in (torch.float32, torch.bfloat16):
+    for name, kw in kinds.items():
+        lin = tq.Linear(32, 24, dtype=dt, **kw)
+        for shape in ((0, 32), (2, 0, 32)):
+            x = torch.randn(*shape, dtype=dt, requires_grad=True)
+            y = lin(x)
+            y.sum().backward()
+            assert y.shape == (*shape[:-1], 24) and x.grad.shape == x.shape, (name, shape)
+        lin.eval()
+        assert tq.convert(lin)(torch.randn(0, 32, dtype=dt)).shape == (0, 24), name
+for cfg in (tq.QuantConfig(), I4, tq.MXConfig(), tq.NVFP4Config(), tq.Float8Config()):
+    for rows in (0, 4):
+        x = torch.randn(rows, 32, requires_grad=True)
+        y = tq.fake_quantize(x, cfg)
+        want = y.detach() * 2
+        y.mul_(2)  # its own tensor: an in-place write works and backward still runs
+        assert torch.equal(y.detach(), want), cfg
+        y.sum().backward()
+print("ok")
+"""
+
+
+def test_torch_backend_empty_batches_and_outputs_of_their_own():
+    """The plain-torch backend (subprocess, CPU, no interpreter) as the kernels behave: every
+    layer kind takes an empty batch (2-D and 3-D) forward, backward and converted, and
+    ``tq.fake_quantize``'s output is a tensor of its own (an in-place write works: F.embedding's
+    ``max_norm`` renormalizes its weight in place)."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-c", EDGE_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
