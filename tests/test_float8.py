@@ -215,6 +215,30 @@ def test_prepare_qatconfig_and_torchao_round_trip():
     _exact(model(x), want)
 
 
+def test_double_backward_raises_instead_of_a_wrong_second_order_graph():
+    """``create_graph=True`` through a float8 fake quantization (the op, the layer on its eager
+    direct path and through the dispatcher, the float8-int4 weight) raises the project's message
+    at once: the backward kernel has no gradient of its own. First-order gradients still run."""
+    from triton_qat import calls
+
+    x = torch.randn(5, 32, requires_grad=True)
+    f8 = tq.Float8Config()
+    layers = [tq.Linear(32, 8, activation=f8, weight=f8),
+              tq.Linear(32, 8, activation=f8, weight=tq.Float8Int4WeightConfig(16))]  # fmt: skip
+    runs = [lambda: tq.fake_quantize(x, f8)] + [lambda lin=lin: lin(x) for lin in layers]
+    prev = calls.set_enabled(True)
+    try:
+        for direct in (True, False):  # the eager direct path, then through the ops
+            calls.set_enabled(direct)
+            for run in runs:
+                with pytest.raises(RuntimeError, match="double backward"):
+                    torch.autograd.grad(run().square().sum(), x, create_graph=True)
+                (g,) = torch.autograd.grad(run().square().sum(), x)
+                assert g.shape == x.shape and not g.requires_grad
+    finally:
+        calls.set_enabled(prev)
+
+
 def test_compile_fullgraph_and_opcheck():
     torch._dynamo.reset()
     lin = tq.Linear(24, 8, activation=tq.Float8Config("per_tensor"), weight=tq.Float8Config())

@@ -105,7 +105,22 @@ def _setup(ctx, inputs, output) -> None:
     ctx.args = (per_tensor, lb, ub)
 
 
+DOUBLE_BACKWARD_MSG = (
+    "triton_qat: the float8 fake quantization's backward (torchao's gradient, one kernel) is not "
+    "differentiable again (create_graph=True / double backward is not supported). For a "
+    "gradient penalty, run that layer or tensor without float8 fake quantization."
+)
+
+
+def _no_double_backward() -> None:
+    """RuntimeError under ``backward(create_graph=True)``: the backward kernels have no
+    gradient of their own, so a second-order graph through them would be silently wrong."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_MSG)
+
+
 def _backward(ctx, grad_y: Tensor, grad_scale: Tensor):
+    _no_double_backward()
     x, scale = ctx.saved_tensors
     grad_x = torch.ops.triton_qat.float8_fake_quantize_backward(grad_y, x, scale, *ctx.args)
     return grad_x, None, None, None
@@ -413,6 +428,7 @@ def _linear_setup(ctx, inputs, output) -> None:
 
 def _linear_backward(ctx, grad_y: Tensor):
     """The op's backward: :func:`_linear_grads` through the ops (traced by torch.compile)."""
+    _no_double_backward()
     ops = torch.ops.triton_qat
     return _linear_grads(ctx, grad_y, ops.float8_fake_quantize, ops.float8_fake_quantize_backward)
 
@@ -452,6 +468,7 @@ class _Float8LinearDirect(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        _no_double_backward()
         with torch.no_grad():
             return _linear_grads(ctx, grad_y, _fq_impl, _fq_backward_impl)
 
