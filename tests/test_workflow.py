@@ -404,3 +404,48 @@ def test_torchao_compat_does_not_import_model():
     }
     assert "triton_qat.model" not in imported
     assert "triton_qat.swap" in imported
+
+
+def test_bad_arguments_are_named_and_leave_the_model_as_it_was():
+    """What a hostile trial found: prepare with a config that is not one (a string, an int), an
+    fp16 model with MX configs (torchao's MX takes fp32 / bf16 only), from_float on a
+    parametrized module, a 3-D weight for the float8-int4 weight quantization: each raises
+    naming the argument (prepare: with the module's path), and prepare leaves the model as it
+    was."""
+    for kw, match in (({"weight": "int4"}, "weight: expected a triton_qat.QuantConfig, "),
+                      ({"activation": 8}, "activation: expected a triton_qat.QuantConfig, ")):  # fmt: skip
+        model = _mlp()
+        before = [type(m) for m in model.modules()]
+        with pytest.raises(TypeError, match=match):
+            tq.prepare(model, **kw)
+        assert [type(m) for m in model.modules()] == before
+    model = _mlp().half()
+    with pytest.raises(ValueError, match="dtype: MX / NVFP4 fake quantization takes float32"):
+        tq.prepare(model, activation=tq.MXConfig(), weight=tq.MXConfig())
+    assert not any(isinstance(m, tq.Linear) for m in model.modules())
+    for mod in (weight_norm(nn.Linear(32, 16)), weight_norm(nn.Embedding(10, 32))):
+        kind = type(mod).__name__
+        with pytest.raises(ValueError, match="mod: a parametrized nn"):
+            (tq.Linear if "Linear" in kind else tq.Embedding).from_float(mod)
+    with pytest.raises(ValueError, match="weight: expected a 2-D"):
+        tq.fake_quantize(torch.randn(2, 2, 32), tq.Float8Int4WeightConfig(16))
+
+
+def test_preparing_again_with_other_configs_warns_and_keeps_the_prepared_layers():
+    """prepare swaps nn.Linear only: a second prepare with explicit other configs names the
+    layers it leaves as they are; one with the same configs, or with the defaults left implicit
+    (a two-stage prepare: some layers by filter_fn first, then the rest), says nothing."""
+    import warnings
+
+    int4 = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True)
+    model = _mlp()
+    tq.prepare(model, weight=int4, filter_fn=lambda m, fqn: fqn == "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tq.prepare(model)  # the rest, with the defaults
+        tq.prepare(model, weight=int4, filter_fn=lambda m, fqn: fqn == "0")
+    with pytest.warns(UserWarning, match="other configs, left as they are .*: 0, 2.0, 3$"):
+        tq.prepare(model, weight=tq.QuantConfig(bits=4, granularity="per_channel", symmetric=True))
+    from triton_qat.config import DEFAULT_WEIGHT
+
+    assert model[0].weight_config == int4 and model[3].weight_config == DEFAULT_WEIGHT

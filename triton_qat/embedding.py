@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
-from triton_qat.checks import FLOAT_DTYPES
+from triton_qat.checks import FLOAT_DTYPES, check_not_parametrized
 from triton_qat.config import DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import fake_quantize
 from triton_qat.quantized import (
@@ -151,6 +151,7 @@ class Embedding(nn.Embedding):
         optimizer built before keeps training it)."""
         if not isinstance(mod, nn.Embedding):
             raise TypeError(f"mod: expected an nn.Embedding, got {type(mod).__name__}")
+        check_not_parametrized(mod, "nn.Embedding")
         new = cls(
             mod.num_embeddings,
             mod.embedding_dim,

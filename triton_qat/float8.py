@@ -183,7 +183,12 @@ def _int4_groups(weight: Tensor, config: Float8Int4WeightConfig) -> tuple[Tensor
     ``w8 * (1 / s)`` is: a group whose s is NaN or inf, or a zero of a group whose ``1 / s``
     overflows, fp16's s below about 2^-16) and group scales, with their gradients."""
     check_float_input(weight, "weight")
-    if weight.dim() != 2 or weight.shape[1] % config.group_size:
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight: expected a 2-D [N, K] weight (torchao's int4 weight fake quantization), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    if weight.shape[1] % config.group_size:
         raise ValueError(
             f"weight: expected [N, K] with K a multiple of group_size={config.group_size}, got "
             f"{tuple(weight.shape)}"

@@ -136,11 +136,12 @@ def check_configs(activation: object, weight: object, in_features: int) -> None:
         roles.insert(0, ("activation", activation))
     for role, cfg in roles:
         if not isinstance(cfg, QuantConfig):
-            raise TypeError(
-                f"{role}: expected a triton_qat.QuantConfig"
-                + (" or NOT_QUANTIZED" if role == "activation" else "")
-                + f", got {type(cfg).__name__}"
-            )
+            kinds = "QuantConfig, Float8Config, MXConfig or NVFP4Config"
+            if role == "activation":
+                kinds = kinds.replace(" or ", ", ") + " or NOT_QUANTIZED"
+            else:
+                kinds = kinds.replace("Float8Config, ", "Float8Config, Float8Int4WeightConfig, ")
+            raise TypeError(f"{role}: expected a triton_qat.{kinds}, got {type(cfg).__name__}")
         cfg.check_role(role)
     if not weight.symmetric and weight.granularity == "per_tensor":
         raise ValueError(

@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from triton_qat import ao
-from triton_qat.checks import FLOAT_DTYPES, check_in_features, check_linear_inputs
+from triton_qat.checks import (
+    FLOAT_DTYPES,
+    check_in_features,
+    check_linear_inputs,
+    check_not_parametrized,
+)
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
     DEFAULT_WEIGHT,
@@ -19,7 +24,7 @@ from triton_qat.config import (
     QuantConfig,
 )
 from triton_qat.functional import ao_fake_quantize, check_configs, fused_linear
-from triton_qat.mx import MXLinear
+from triton_qat.mx import MXLinear, check_mx_dtype
 from triton_qat.spec import ao_spec, spec_for
 
 
@@ -106,6 +111,8 @@ class Linear(nn.Linear):
             self.activation_config = activation if activation is not None else DEFAULT_ACTIVATION
             self.weight_config = weight if weight is not None else DEFAULT_WEIGHT
             check_configs(self.activation_config, self.weight_config, in_features)
+            if isinstance(self.weight_config, (MXConfig, NVFP4Config)):
+                check_mx_dtype(self.weight.dtype, "dtype")
             if self.weight_config.range_learning:  # torchao's range learning: trained scales
                 self.weight_scale = nn.Parameter(self._initial_weight_scale())
 
@@ -261,6 +268,7 @@ class Linear(nn.Linear):
         it is set and no configs are given; torchao numerics with ``activation`` / ``weight``."""
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"mod: expected an nn.Linear, got {type(mod).__name__}")
+        check_not_parametrized(mod, "nn.Linear")
         if qconfig is not None and (activation is not None or weight is not None):
             raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
         if qconfig is None:

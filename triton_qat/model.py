@@ -14,6 +14,8 @@ from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizat
 from triton_qat import ao, torchao_compat
 from triton_qat.checks import MAX_IN_FEATURES
 from triton_qat.config import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_WEIGHT,
     FLOAT8_FAMILY,
     Float8Config,
     Float8Int4WeightConfig,
@@ -159,6 +161,8 @@ def prepare(
             return Linear.from_float(mod, qconfig=ao_qconfig)
         return Linear.from_float(mod, activation=activation, weight=weight)
 
+    if explicit:
+        _warn_prepared_with_other_configs(model, activation, weight, filter_fn)
     plan = SwapPlan()  # linears and embeddings built first, then swapped together
     plan.add(model, select, make)
     if embedding is not None:
@@ -174,6 +178,30 @@ def prepare(
             stacklevel=2,
         )
     return prepared
+
+
+def _warn_prepared_with_other_configs(
+    model: nn.Module, activation: object, weight: object, filter_fn: FilterFn | None
+) -> None:
+    """Name the layers ``filter_fn`` accepts that are ``tq.Linear`` already, with configs other
+    than the explicit ones: prepare swaps ``nn.Linear`` only, so they keep what they have."""
+    want = (
+        DEFAULT_ACTIVATION if activation is None else activation,
+        DEFAULT_WEIGHT if weight is None else weight,
+    )
+
+    def other(mod: nn.Module, fqn: str) -> bool:
+        if not isinstance(mod, Linear) or (filter_fn is not None and not filter_fn(mod, fqn)):
+            return False
+        return mod.uses_ao_numerics or (mod.activation_config, mod.weight_config) != want
+
+    names = [module_path(fqn) for fqn, _ in find_modules(model, other)]
+    if names:
+        warnings.warn(
+            "triton_qat.prepare: already triton_qat.Linear with other configs, left as they are "
+            f"(prepare swaps nn.Linear only): {', '.join(names)}",
+            stacklevel=3,
+        )
 
 
 def _warn_parametrized_embeddings_left(
@@ -216,8 +244,10 @@ def _unquantizable(mod: nn.Linear, weight: object | None) -> str | None:
         group = None
     elif isinstance(weight, Float8Int4WeightConfig):
         group = weight.group_size
-    else:
-        group = spec_for(weight).group_size if weight is not None else None
+    elif isinstance(weight, QuantConfig):
+        group = spec_for(weight).group_size
+    else:  # None (the default), or not a config: tq.Linear's own check names it
+        group = None
     if group is not None and mod.in_features % group:
         return f"in_features={mod.in_features}: group_size={group} does not divide it"
     return None

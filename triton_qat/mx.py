@@ -125,16 +125,21 @@ mx_fake_quantize_op.register_autograd(_straight_through_mx)
 nvfp4_fake_quantize_op.register_autograd(_straight_through_nvfp4)
 
 
+def check_mx_dtype(dtype: torch.dtype, name: str) -> None:
+    """ValueError naming ``name`` for float16, which MX / NVFP4 fake quantization does not take."""
+    if dtype == torch.float16:
+        raise ValueError(
+            f"{name}: MX / NVFP4 fake quantization takes float32 or bfloat16 (torchao's to_mx / "
+            "to_nvfp4 reject float16, so there are no numerics to follow), got torch.float16"
+        )
+
+
 def check_mx_input(x: object, config: MXConfig | NVFP4Config | object, name: str = "x") -> None:
     """TypeError / ValueError naming ``name`` unless ``x`` is an fp32 / bf16 tensor whose last
     dim is a multiple of the config's block size (torchao's ``to_mx`` / ``to_nvfp4`` take
     these only: they reject fp16 and pad nothing)."""
     check_float_input(x, name)
-    if x.dtype == torch.float16:
-        raise ValueError(
-            f"{name}: MX / NVFP4 fake quantization takes float32 or bfloat16 (torchao's to_mx / "
-            "to_nvfp4 reject float16, so there are no numerics to follow), got torch.float16"
-        )
+    check_mx_dtype(x.dtype, name)
     k = x.shape[-1] if x.dim() else 1
     if k % config.block_size:
         raise ValueError(
