@@ -449,3 +449,19 @@ def test_preparing_again_with_other_configs_warns_and_keeps_the_prepared_layers(
     from triton_qat.config import DEFAULT_WEIGHT
 
     assert model[0].weight_config == int4 and model[3].weight_config == DEFAULT_WEIGHT
+
+
+def test_convert_names_layers_whose_fake_quantization_was_disabled():
+    """A layer trained with fake quantization off computed in float: convert quantizes it as
+    torch.ao's and torchao's convert do, and a warning names it (a torch.ao layer whose
+    FakeQuantize was switched off directly too)."""
+    model = _mlp()
+    tq.prepare(model)
+    model[2][0].disable_fake_quant()
+    with pytest.warns(UserWarning, match=r"fake quantization was disabled .*: 2\.0$"):
+        tq.convert(model)
+    ao_model = _mlp()
+    tq.prepare(ao_model, qconfig=q.default_dynamic_qat_qconfig)
+    ao_model[3].weight_fake_quant.disable_fake_quant()
+    with pytest.warns(UserWarning, match=r"fake quantization was disabled .*: 3$"):
+        tq.convert(ao_model)

@@ -287,9 +287,11 @@ def convert(model: nn.Module) -> nn.Module:
     # weight is held so that its id is not reused (a parametrized weight is a fresh tensor)
     tied: dict[int, tuple[torch.Tensor, str, dict[str, torch.Tensor]]] = {}
     biases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(bias) -> (it, converted)
-    untied = []
+    untied, disabled = [], []
 
     def make(mod: nn.Module, fqn: str) -> nn.Module:
+        if not mod.fake_quant_enabled:  # (torch.ao family: either half switched off)
+            disabled.append(module_path(fqn))
         if isinstance(mod, Embedding):
             new = QuantizedEmbedding.from_qat(mod)
         else:
@@ -316,6 +318,13 @@ def convert(model: nn.Module) -> nn.Module:
         warnings.warn(
             "triton_qat.convert: tied weights quantized differently (different configs or "
             f"layouts), so their quantized buffers are not shared: {', '.join(untied)}",
+            stacklevel=2,
+        )
+    if disabled:
+        warnings.warn(
+            "triton_qat.convert: quantized, though their fake quantization was disabled (they "
+            "computed in float until now, so their outputs change, as torch.ao's and torchao's "
+            f"convert do): {', '.join(disabled)}",
             stacklevel=2,
         )
     return model
