@@ -96,7 +96,7 @@ def _div_by_scale(x, s, r, NARROW: tl.constexpr):
 @triton.jit
 def _e4m3_value(t, E4M3_CVT: tl.constexpr):
     """e4m3(clamp(t, +-448)) as fp32 for a NaN-free t: the hardware's saturating conversion where
-    ``E4M3_CVT`` (sm_89+, compiled: ``cvt.rn.satfinite.e4m3x2.f32``, which clamps and rounds to
+    ``E4M3_CVT`` (:func:`e4m3_cvt_capability`, compiled: ``cvt.rn.satfinite.e4m3x2.f32``, which clamps and rounds to
     nearest even as torch's cast of the clamped value does), else the bit-level :func:`_to_e4m3`."""
     if E4M3_CVT:
         return t.to(tl.float8e4nv).to(tl.float32)
@@ -455,12 +455,26 @@ def plan_float8_quantize(
     )  # fmt: skip
 
 
+# Whether this Triton lowers an fp32 -> fp8 cast on sm_89 to the one correctly rounded
+# ``cvt.rn.satfinite.e4m3x2.f32`` (3.9 does). Triton 3.6 goes through ``cvt.rz.f16.f32`` first
+# there, a double rounding that is wrong just above an e4m3 midpoint; it emits the direct
+# conversion for sm_90 and later. (tests/test_float8.py compiles both and holds this to the PTX.)
+SM89_DIRECT_FP8_CVT = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+
+
+def e4m3_cvt_capability(capability: tuple[int, int]) -> bool:
+    """Whether Triton's fp32 -> e4m3 / e5m2 cast compiles for an NVIDIA GPU of ``capability``
+    to the hardware's correctly rounded saturating conversion: sm_90 and later, sm_89 where
+    :data:`SM89_DIRECT_FP8_CVT`."""
+    return capability >= (9, 0) or (capability >= (8, 9) and SM89_DIRECT_FP8_CVT)
+
+
 def e4m3_cvt_device(device: torch.device) -> bool:
     """Whether compiled kernels on ``device`` convert fp32 to e4m3 (and e5m2) in hardware
-    (``cvt.rn.satfinite.e4m3x2.f32``: NVIDIA compute capability 8.9+; never under the
+    (``cvt.rn.satfinite.e4m3x2.f32``, :func:`e4m3_cvt_capability`; never under the
     interpreter, whose fp8 cast differs from torch's for tiny values)."""
     return (not INTERPRET and torch.version.hip is None
-            and device_capability(device) >= (8, 9))  # fmt: skip
+            and e4m3_cvt_capability(device_capability(device)))  # fmt: skip
 
 
 def launch_float8_quantize(p: Float8Plan, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

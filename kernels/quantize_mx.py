@@ -93,7 +93,7 @@ def _clamp_keep_nan(v, lo, hi):
 def _round_elem(t, ELEM: tl.constexpr, FP8_CVT: tl.constexpr):
     """t rounded to nearest even on the element grid, saturating at the format's largest value,
     as fp32, for an MX block (a NaN t gives a NaN or an unspecified value: its block's scale is
-    NaN). e4m3 / e5m2 by the hardware's saturating conversion where ``FP8_CVT`` (sm_89+,
+    NaN). e4m3 / e5m2 by the hardware's saturating conversion where ``FP8_CVT`` (:func:`~.quantize_float8.e4m3_cvt_capability`,
     compiled: ``cvt.rn.satfinite.e4m3x2 / e5m2x2.f32``, which clamps as torch's clamp then cast
     does), else clamped and rounded at the bit level; e2m1 always at the bit level."""
     if ELEM == 0:
@@ -249,7 +249,7 @@ class MXPlan(NamedTuple):
     dt: int
     div_by_recip: bool
     num_warps: int
-    fp8_cvt: bool = False  # e4m3 / e5m2 elements by the hardware's conversion (sm_89+)
+    fp8_cvt: bool = False  # e4m3 / e5m2 elements by the hardware's conversion
 
 
 def plan_mx_quantize(

@@ -645,6 +645,56 @@ def _check_division(x: torch.Tensor, s: torch.Tensor, narrow: bool, what: str) -
 DIV_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+_CVT_PROBE = r"""
+import json, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from kernels.quantize_float8 import e4m3_cvt_capability
+
+@triton.jit
+def cast(x_ptr, y_ptr):
+    o = tl.arange(0, 128)
+    x = tl.load(x_ptr + o)
+    tl.store(y_ptr + o, x.to(tl.float8e4nv).to(tl.float32))
+    tl.store(y_ptr + 128 + o, x.to(tl.float8e5).to(tl.float32))
+
+src = triton.compiler.ASTSource(fn=cast, signature={"x_ptr": "*fp32", "y_ptr": "*fp32"},
+                                constexprs={})
+out = {}
+for cc in (89, 90, 100, 120):
+    ptx = triton.compile(src, target=GPUTarget("cuda", cc, 32)).asm["ptx"]
+    direct = ("cvt.rn.satfinite.e4m3x2.f32" in ptx and "cvt.rn.satfinite.e5m2x2.f32" in ptx
+              and "cvt.rz" not in ptx)
+    out[cc] = [direct, e4m3_cvt_capability((cc // 10, cc % 10))]
+print(json.dumps(out))
+"""
+
+
+def test_hardware_fp8_conversion_only_where_triton_compiles_the_direct_instruction(tmp_path):
+    """The kernels take Triton's fp32 -> e4m3 / e5m2 cast as the hardware's correctly rounded
+    conversion (:func:`e4m3_cvt_capability`) exactly where this Triton compiles it to
+    ``cvt.rn.satfinite.e4m3x2.f32`` / ``e5m2x2.f32`` alone: Triton 3.6 goes through
+    ``cvt.rz.f16.f32`` first on sm_89 (a double rounding), 3.9 does not; on sm_80 Triton has no
+    e4m3 cast at all, so the bit-level rounding runs there."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kernels.quantize_float8 import e4m3_cvt_capability
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(root)}
+    probe = tmp_path / "cvt_probe.py"  # (a file: @triton.jit reads its function's source)
+    probe.write_text(_CVT_PROBE)
+    res = subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=root)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    by_cc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert by_cc["90"] == [True, True] and not e4m3_cvt_capability((8, 0)), by_cc
+    assert all(direct == gate for direct, gate in by_cc.values()), by_cc
+
+
 @pytest.mark.skipif(DIV_DEVICE == "cpu" and __import__("os").environ.get("TRITON_INTERPRET") != "1",
                     reason="Triton runs on CPU tensors only in its interpreter")  # fmt: skip
 def test_division_without_a_divide_is_ieee_for_every_half_precision_pair():
