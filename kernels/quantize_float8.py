@@ -11,6 +11,7 @@ imports nothing from ``triton_qat``.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import torch
@@ -459,7 +460,10 @@ def plan_float8_quantize(
 # ``cvt.rn.satfinite.e4m3x2.f32`` (3.9 does). Triton 3.6 goes through ``cvt.rz.f16.f32`` first
 # there, a double rounding that is wrong just above an e4m3 midpoint; it emits the direct
 # conversion for sm_90 and later. (tests/test_float8.py compiles both and holds this to the PTX.)
-SM89_DIRECT_FP8_CVT = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 9)
+_TRITON_MAJOR_MINOR = re.match(r"(\d+)\.(\d+)", triton.__version__)
+SM89_DIRECT_FP8_CVT = bool(_TRITON_MAJOR_MINOR) and tuple(
+    map(int, _TRITON_MAJOR_MINOR.groups())
+) >= (3, 9)
 
 
 def e4m3_cvt_capability(capability: tuple[int, int]) -> bool:
