@@ -130,8 +130,9 @@ def cyclic_garbage(layer: torch.nn.Module, dtype=torch.bfloat16, warmup: int = 3
     for _ in range(warmup):
         layer(x).backward(g)
     gc.collect()
-    was_enabled = gc.isenabled()
+    was_enabled, debug, earlier = gc.isenabled(), gc.get_debug(), list(gc.garbage)
     gc.disable()
+    gc.garbage.clear()
     gc.set_debug(gc.DEBUG_SAVEALL)  # collected objects go to gc.garbage instead of being freed
     try:
         layer(x).backward(g)
@@ -141,8 +142,8 @@ def cyclic_garbage(layer: torch.nn.Module, dtype=torch.bfloat16, warmup: int = 3
             kinds[type(obj).__name__] = kinds.get(type(obj).__name__, 0) + 1
         return kinds
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+        gc.set_debug(debug)
+        gc.garbage[:] = earlier
         if was_enabled:
             gc.enable()
 

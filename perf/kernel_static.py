@@ -1063,7 +1063,10 @@ def main(argv=None) -> list[dict]:
         keep = {v.label for v in vs} | {v.anchor for v in vs if v.anchor}
         vs = [v for v in variants() if v.label in keep]
     with tempfile.TemporaryDirectory(prefix="kernel_static_") as tmp:
-        families = tuple(a.sass.split(",")) if a.sass else None
+        families = tuple(f.strip() for f in a.sass.split(",")) if a.sass else None
+        unknown = set(families or ()) - {v.family for v in variants()}
+        if unknown:
+            ap.error(f"--sass: no variant of the families {sorted(unknown)}")
         rows = run(a.arch, [v.label for v in vs], a.dump or tmp, a.jobs, sass_families=families)
     if a.json:
         text = json.dumps(rows, indent=1, default=list)

@@ -13,15 +13,14 @@ from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES as MAX_IN_FEATURES  # t
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_not_parametrized(mod: object, kind: str) -> None:
+def check_not_parametrized(mod: object, kind: str, instead: str) -> None:
     """ValueError for a parametrized module (``weight_norm``, ``spectral_norm``,
     ``register_parametrization``), whose weight is computed, so no module can share it;
-    ``tq.prepare`` moves the parametrizations onto the new module."""
+    ``instead`` says what does take it."""
     if is_parametrized(mod):
         raise ValueError(
             f"mod: a parametrized {kind} (weight_norm / spectral_norm / "
-            "register_parametrization): from_float shares plain parameters only; "
-            "tq.prepare(mod) moves the parametrizations onto the new module"
+            f"register_parametrization): from_float shares plain parameters only; {instead}"
         )
 
 

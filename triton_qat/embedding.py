@@ -151,7 +151,12 @@ class Embedding(nn.Embedding):
         optimizer built before keeps training it)."""
         if not isinstance(mod, nn.Embedding):
             raise TypeError(f"mod: expected an nn.Embedding, got {type(mod).__name__}")
-        check_not_parametrized(mod, "nn.Embedding")
+        check_not_parametrized(
+            mod,
+            "nn.Embedding",
+            "tq.prepare(model, QATConfig(weight_config=...), filter_fn) moves them onto the new "
+            "module, or fold them first (torch.nn.utils.parametrize.remove_parametrizations)",
+        )
         new = cls(
             mod.num_embeddings,
             mod.embedding_dim,

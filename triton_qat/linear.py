@@ -268,7 +268,9 @@ class Linear(nn.Linear):
         it is set and no configs are given; torchao numerics with ``activation`` / ``weight``."""
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"mod: expected an nn.Linear, got {type(mod).__name__}")
-        check_not_parametrized(mod, "nn.Linear")
+        check_not_parametrized(
+            mod, "nn.Linear", "tq.prepare(mod) moves the parametrizations onto the new module"
+        )
         if qconfig is not None and (activation is not None or weight is not None):
             raise ValueError("qconfig: pass a torch.ao qconfig or activation=/weight=, not both")
         if qconfig is None:

@@ -161,14 +161,14 @@ def prepare(
             return Linear.from_float(mod, qconfig=ao_qconfig)
         return Linear.from_float(mod, activation=activation, weight=weight)
 
-    if explicit:
-        _warn_prepared_with_other_configs(model, activation, weight, filter_fn)
     plan = SwapPlan()  # linears and embeddings built first, then swapped together
     plan.add(model, select, make)
     if embedding is not None:
         prepare_embeddings(model, embedding, filter_fn, plan.add)
         _warn_parametrized_embeddings_left(model, filter_fn, plan)
     prepared = plan.commit(model)
+    if explicit:  # (the layers just swapped in have these very configs)
+        _warn_prepared_with_other_configs(prepared, activation, weight, filter_fn)
     if qconfig is not None and prepared is model:  # (a swapped root has it from from_float)
         model.qconfig = qconfig
     if skipped:
