@@ -54,8 +54,8 @@ def _e2m1_magnitude(t):
     """min(|t|, 6) rounded to nearest even on the e2m1 grid (0, 0.5, 1, 1.5, 2, 3, 4, 6), as
     fp32, t not NaN: the grid's step is 0.5 below 2, 1 in [2, 4), 2 from 4, so adding and
     subtracting c = 2**22, 2**23 or 2**24 (2**22 times the larger of 1 and v's power of two)
-    rounds v to it, ties to the even code (codes count steps); 6 is on the grid, so the clamp
-    first is exact. Seven instructions on sm_90 (the clamp, three integer ops for c, two adds)."""
+    rounds v to it, ties to the even code (a value's code has the parity of its multiple of the
+    step); 6 is on the grid, so the clamp first is exact. Seven instructions on sm_90 (the clamp, three integer ops for c, two adds)."""
     v = tl.minimum(tl.abs(t), 6.0)
     c_bits = (tl.maximum(v.to(tl.uint32, bitcast=True), 0x3F800000) & 0x7F800000) + (22 << 23)
     c = c_bits.to(tl.float32, bitcast=True)

@@ -473,7 +473,8 @@ class _Float8LinearDirect(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        _no_double_backward()
+        if torch.is_grad_enabled():  # (_no_double_backward inline: the eager hot path)
+            raise RuntimeError(DOUBLE_BACKWARD_MSG)
         with torch.no_grad():
             return _linear_grads(ctx, grad_y, _fq_impl, _fq_backward_impl)
 

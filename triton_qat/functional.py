@@ -120,6 +120,12 @@ def qat_linear(
     return _shared_fused_linear(a_spec, spec_for(weight_config))(x, weight, bias)
 
 
+_CONFIG_KINDS = {
+    "activation": "QuantConfig, Float8Config, MXConfig, NVFP4Config or NOT_QUANTIZED",
+    "weight": "QuantConfig, Float8Config, Float8Int4WeightConfig, MXConfig or NVFP4Config",
+}
+
+
 def check_configs(activation: object, weight: object, in_features: int) -> None:
     """TypeError / ValueError naming the argument unless both configs fit a linear
     (``activation`` may be ``NOT_QUANTIZED``: weight-only)."""
@@ -136,11 +142,7 @@ def check_configs(activation: object, weight: object, in_features: int) -> None:
         roles.insert(0, ("activation", activation))
     for role, cfg in roles:
         if not isinstance(cfg, QuantConfig):
-            kinds = "QuantConfig, Float8Config, MXConfig or NVFP4Config"
-            if role == "activation":
-                kinds = kinds.replace(" or ", ", ") + " or NOT_QUANTIZED"
-            else:
-                kinds = kinds.replace("Float8Config, ", "Float8Config, Float8Int4WeightConfig, ")
+            kinds = _CONFIG_KINDS[role]
             raise TypeError(f"{role}: expected a triton_qat.{kinds}, got {type(cfg).__name__}")
         cfg.check_role(role)
     if not weight.symmetric and weight.granularity == "per_tensor":

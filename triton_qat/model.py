@@ -190,10 +190,12 @@ def _warn_prepared_with_other_configs(
         DEFAULT_WEIGHT if weight is None else weight,
     )
 
-    def other(mod: nn.Module, fqn: str) -> bool:
-        if not isinstance(mod, Linear) or (filter_fn is not None and not filter_fn(mod, fqn)):
+    def other(mod: nn.Module, fqn: str) -> bool:  # (filter_fn asked of those layers only)
+        if not isinstance(mod, Linear):
             return False
-        return mod.uses_ao_numerics or (mod.activation_config, mod.weight_config) != want
+        if not mod.uses_ao_numerics and (mod.activation_config, mod.weight_config) == want:
+            return False
+        return filter_fn is None or filter_fn(mod, fqn)
 
     names = [module_path(fqn) for fqn, _ in find_modules(model, other)]
     if names:
