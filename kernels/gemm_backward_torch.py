@@ -10,7 +10,8 @@ from .quantize_torch import unpack_bits
 def dgrad_torch(grad_y: torch.Tensor, w_fq: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
     """Twin of :func:`.gemm_backward.dgrad`."""
     dx = grad_y.to(torch.float32) @ w_fq.to(torch.float32)
-    return (dx * unpack_bits(x_mask, w_fq.shape[1])).to(grad_y.dtype)
+    # masked elements exactly +0.0, NaN and -0.0 too (the kernels' select, not a product)
+    return torch.where(unpack_bits(x_mask, w_fq.shape[1]), dx, 0.0).to(grad_y.dtype)
 
 
 def wgrad_torch(
@@ -27,7 +28,7 @@ def wgrad_torch(
     gradient; ``mask_bits``: w_mask holds bits [N, ceil(K/8)])."""
     dw = grad_y.to(torch.float32).T @ x_fq.to(torch.float32)
     keep = unpack_bits(w_mask, x_fq.shape[1]) if mask_bits else w_mask.to(torch.bool)
-    grad_w = (dw * keep).to(grad_y.dtype)
+    grad_w = torch.where(keep, dw, 0.0).to(grad_y.dtype)
     if weight is None:
         return grad_w
     N, K = weight.shape

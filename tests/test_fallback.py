@@ -77,6 +77,22 @@ for cfg in (tq.QuantConfig(), I4, tq.MXConfig(), tq.NVFP4Config(), tq.Float8Conf
         y.mul_(2)  # its own tensor: an in-place write works and backward still runs
         assert torch.equal(y.detach(), want), cfg
         y.sum().backward()
+# masked gradient elements are exactly +0.0 where the product is NaN or negative (the kernels'
+# select, not a multiply by the mask): a token holding inf makes wgrad's products NaN
+from triton_qat.reference import fake_quantize_with_mask
+LEARNED = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True,
+                         range_learning=True)
+for w_cfg in (I4, LEARNED):
+    lin = tq.Linear(32, 24, weight=w_cfg)
+    x = torch.randn(4, 32)
+    x[1, 3] = float("inf")
+    x.requires_grad_()
+    lin(x).backward(torch.randn(4, 24))
+    _, w_keep = fake_quantize_with_mask(lin.weight.detach(), I4)
+    _, x_keep = fake_quantize_with_mask(x.detach(), lin.activation_config)
+    for grad, keep in ((lin.weight.grad, w_keep), (x.grad, x_keep)):
+        masked = grad[~keep]
+        assert masked.numel() and masked.view(torch.int32).eq(0).all(), (w_cfg, masked)
 print("ok")
 """
 
@@ -85,7 +101,8 @@ def test_torch_backend_empty_batches_and_outputs_of_their_own():
     """The plain-torch backend (subprocess, CPU, no interpreter) as the kernels behave: every
     layer kind takes an empty batch (2-D and 3-D) forward, backward and converted, and
     ``tq.fake_quantize``'s output is a tensor of its own (an in-place write works: F.embedding's
-    ``max_norm`` renormalizes its weight in place)."""
+    ``max_norm`` renormalizes its weight in place); masked gradient elements are +0.0 where the
+    GEMM's product is NaN or negative, as the kernels' select makes them."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     res = subprocess.run([sys.executable, "-c", EDGE_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
