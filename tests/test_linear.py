@@ -3,6 +3,7 @@ fake-quantized values, shapes, toggles, conversion, saved-activation memory, bad
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from conftest import DTYPES, assert_close_rel, dt_id
 from torch import nn
@@ -299,6 +300,53 @@ def test_torch_func_vmap_works_and_grad_gives_a_clear_error(device, capfd):
         torch.func.grad(lambda v: lin(v).sum())(xb[0])
     with pytest.raises(RuntimeError, match="torch.func.grad"):
         torch.func.grad(lambda v: tq.fake_quantize(v, per_tensor).sum())(xb[0])
+
+
+FORMAT_CONFIGS = {
+    "int8": tq.QuantConfig(),
+    "float8": tq.Float8Config(),
+    "mx": tq.MXConfig(),
+    "nvfp4": tq.NVFP4Config(),
+}
+
+
+@pytest.mark.parametrize("kind", ["int8", "weight-only", "float8", "float8-int4", "mx", "nvfp4"])
+def test_forward_mode_ad_and_func_transforms_raise_instead_of_a_wrong_tangent(kind):
+    """No jvp is defined for the STE ops: forward-mode AD (a dual input) and torch.func's jvp /
+    jacfwd / grad raise triton_qat's error for every layer kind and fake-quant format, where
+    torch dropped the tangent silently (fake_quantize, the float8 / MX / NVFP4 layers), derived a
+    wrong one (torch.func.jvp of the float8 / MX layers) or raised its own error. A dual_level
+    with plain inputs, and vmap, still work."""
+    per_channel, f8 = tq.QuantConfig(granularity="per_channel", symmetric=True), tq.Float8Config()
+    act, weight = {
+        "int8": (tq.QuantConfig(), per_channel),
+        "weight-only": (None, per_channel),
+        "float8": (f8, f8),
+        "float8-int4": (f8, tq.Float8Int4WeightConfig(group_size=32)),
+        "mx": (tq.MXConfig(), tq.MXConfig()),
+        "nvfp4": (tq.NVFP4Config(), tq.NVFP4Config()),
+    }[kind]
+    lin = tq.Linear(64, 16, activation=act, weight=weight)
+    x, t = torch.randn(3, 64), torch.randn(3, 64)
+    fqs = [lambda v: lin(v)]
+    if kind in FORMAT_CONFIGS:
+        fqs.append(lambda v: tq.fake_quantize(v, FORMAT_CONFIGS[kind]))
+    for f in fqs:
+        with fwAD.dual_level():
+            assert torch.equal(f(x), f(x.clone()))  # plain inputs in a dual level run
+            with pytest.raises(RuntimeError, match="triton_qat.*forward-mode AD"):
+                f(fwAD.make_dual(x, t))
+        for transform in (
+            lambda f=f: torch.func.jvp(f, (x,), (t,)),
+            lambda f=f: torch.func.jacfwd(f)(x[:1]),
+            lambda f=f: torch.func.grad(lambda v: f(v).sum())(x),
+        ):
+            with pytest.raises(RuntimeError, match="triton_qat.*torch.func.grad / jvp"):
+                transform()
+    with fwAD.dual_level():  # a weight with a tangent (functional_call) is refused too
+        w = fwAD.make_dual(lin.weight.detach(), torch.randn_like(lin.weight))
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            torch.func.functional_call(lin, {"weight": w}, (x,))
 
 
 def test_unsupported_dtype_fails_at_construction_and_from_float_takes_qconfig():

@@ -5,6 +5,7 @@ callers; these are the callers' checks."""
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 from torch.nn.utils.parametrize import is_parametrized
 
@@ -133,3 +134,36 @@ def check_qparams(
             raise ValueError(
                 f"{prefix}{name}: expected a shape broadcastable to [{rows}, {groups}], got {shape}"
             )
+
+
+_FUNC_GRAD_MSG = (
+    "{what}: torch.func.grad / jvp / jacrev / jacfwd transforms are not supported (the ops' "
+    "autograd is registered with torch.library.register_autograd, which functorch cannot "
+    "transform); use torch.autograd.grad, or triton_qat.reference for a plain-torch version. "
+    "torch.func.vmap is supported."
+)
+_FORWARD_AD_MSG = (
+    "{what}: forward-mode AD (torch.autograd.forward_ad dual tensors) is not supported: the "
+    "straight-through estimator is defined for reverse mode (backward / torch.autograd.grad) "
+    "only; use triton_qat.reference for a plain-torch version."
+)
+
+
+def check_no_grad_transform(what: str, *tensors: Tensor | None) -> None:
+    """RuntimeError naming ``what`` inside a torch.func gradient transform (grad, jvp, jacrev,
+    jacfwd), or under forward-mode AD where one of ``tensors`` carries a tangent: the ops'
+    autograd has no jvp, so torch would raise an error of its own or silently drop (or
+    mis-derive) the tangent. Other calls (vmap, plain tensors in a ``dual_level``) pass."""
+    if torch.compiler.is_compiling():  # Dynamo handles functorch itself; nothing to peek at
+        return
+    try:
+        from torch._C._functorch import TransformType, peek_interpreter_stack
+    except ImportError:  # pragma: no cover - other torch builds: torch's own error remains
+        return
+    top = peek_interpreter_stack()
+    if top is not None and top.key() in (TransformType.Grad, TransformType.Jvp):
+        raise RuntimeError(_FUNC_GRAD_MSG.format(what=what))
+    if _forward_ad._current_level >= 0:
+        for t in tensors:
+            if t is not None and _forward_ad.unpack_dual(t).tangent is not None:
+                raise RuntimeError(_FORWARD_AD_MSG.format(what=what))

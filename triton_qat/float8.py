@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat import autotune, calls
-from triton_qat.checks import check_float_input
+from triton_qat.checks import check_float_input, check_no_grad_transform
 from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig
 from triton_qat.dispatch import rows_key, use_kernels
 from triton_qat.kernels import gemm_float8 as _g
@@ -141,6 +141,7 @@ def float8_fake_quantize(x: Tensor, config: Float8Config) -> Tensor:
     check_float_input(x, "x")
     if x.numel() == 0:
         return x * 1
+    check_no_grad_transform("triton_qat float8 fake quantization", x)
     x2d = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
     y, _ = torch.ops.triton_qat.float8_fake_quantize(
         x2d, config.per_tensor, config.hp_value_lb, config.hp_value_ub
@@ -175,6 +176,7 @@ def float8_int4_weight_fake_quantize(weight: Tensor, config: Float8Int4WeightCon
     Args:
         weight: [N, K] fp32 / fp16 / bf16, K a multiple of ``config.group_size``.
     Returns: [N, K] in the weight's dtype."""
+    check_no_grad_transform("triton_qat float8-int4 weight fake quantization", weight)
     return int4_dequantize(*_int4_groups(weight, config))
 
 
@@ -290,6 +292,7 @@ def float8_linear(
         if calls.usable(x2d, weight, bias):
             y = _Float8LinearDirect.apply(*args)
         else:
+            check_no_grad_transform("triton_qat.Linear (float8)", x2d, weight, bias)
             y = torch.ops.triton_qat.float8_linear(*args)
         return y.reshape(*x.shape[:-1], weight.shape[0])
     return linear_on_weight(x, float8_fake_quantize(weight, weight_config), bias, activation)

@@ -8,7 +8,12 @@ import torch
 from torch import Tensor
 
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
-from triton_qat.checks import check_float_input, check_group, check_linear_inputs
+from triton_qat.checks import (
+    check_float_input,
+    check_group,
+    check_linear_inputs,
+    check_no_grad_transform,
+)
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
     DEFAULT_WEIGHT,
@@ -23,27 +28,6 @@ from triton_qat.dispatch import activation_sum_group
 from triton_qat.fused import FusedLinear
 from triton_qat.mx import check_mx_configs, mx_fake_quantize, mx_linear
 from triton_qat.spec import QuantSpec, ao_spec, rows_2d, spec_for
-
-_FUNC_GRAD_MSG = (
-    "{what}: torch.func.grad / jvp / jacrev / jacfwd transforms are not supported (the ops' "
-    "autograd is registered with torch.library.register_autograd, which functorch cannot "
-    "transform); use torch.autograd.grad, or triton_qat.reference for a plain-torch version. "
-    "torch.func.vmap is supported."
-)
-
-
-def check_no_grad_transform(what: str) -> None:
-    """RuntimeError naming ``what`` inside a torch.func gradient transform (instead of a
-    torch-internal "setup_context" error)."""
-    if torch.compiler.is_compiling():  # Dynamo handles functorch itself; nothing to peek at
-        return
-    try:
-        from torch._C._functorch import TransformType, peek_interpreter_stack
-    except ImportError:  # pragma: no cover - other torch builds: torch's own error remains
-        return
-    top = peek_interpreter_stack()
-    if top is not None and top.key() in (TransformType.Grad, TransformType.Jvp):
-        raise RuntimeError(_FUNC_GRAD_MSG.format(what=what))
 
 
 def fake_quantize(x: Tensor, config: QuantConfig | Float8Config | MXConfig | NVFP4Config) -> Tensor:
@@ -82,7 +66,7 @@ def fake_quantize(x: Tensor, config: QuantConfig | Float8Config | MXConfig | NVF
         check_group(spec.group_size, x2d.shape[1], "group_size")
     if x2d.numel() == 0:
         return x * 1  # nothing to quantize; keeps autograd connected
-    check_no_grad_transform("triton_qat.fake_quantize")
+    check_no_grad_transform("triton_qat.fake_quantize", x)
     y, _ = _ops.fake_quantize(x2d, **spec.quantize_args(x2d.shape[1]), scale=None, zero_point=None)
     return y.reshape(x.shape)
 
@@ -174,7 +158,7 @@ def linear_ops(
     [1, 1] int32) and ``w_scale`` ([N, G] fp32: learned; torch.ao's as [N, 1]) are given where
     the caller has them."""
     check_linear_inputs(x, weight, bias)  # named errors before anything reads x
-    check_no_grad_transform("triton_qat.Linear / qat_linear")
+    check_no_grad_transform("triton_qat.Linear / qat_linear", x, weight, bias, w_scale)
     K = weight.shape[1]
     w_args = weight_spec.linear_args("w", K)
     # the ops run on x [M, K], so that their outputs are their GEMMs' own, and the view to
@@ -237,5 +221,6 @@ def ao_fake_quantize(
     scale = scale.to(torch.float32).reshape(-1, 1)
     zp = zero_point.to(torch.int32).reshape(-1, 1) if zero_point is not None else None
     args = spec.quantize_args(x2d.shape[1])
+    check_no_grad_transform("triton_qat (torch.ao fake quantization)", x)
     y, _ = _ops.fake_quantize(x2d, **args, scale=scale, zero_point=zp)
     return y.reshape(x.shape)

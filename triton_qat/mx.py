@@ -26,7 +26,12 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from triton_qat.checks import check_dims, check_float_input, check_linear_inputs
+from triton_qat.checks import (
+    check_dims,
+    check_float_input,
+    check_linear_inputs,
+    check_no_grad_transform,
+)
 from triton_qat.config import (
     MX_ELEM_NAMES,
     MX_SCALING_MODES,
@@ -164,6 +169,7 @@ def mx_fake_quantize(x: Tensor, config: MXConfig | NVFP4Config, name: str = "x")
     check_mx_input(x, config, name)
     if x.numel() == 0:
         return x * 1
+    check_no_grad_transform("triton_qat MX / NVFP4 fake quantization", x)
     x2d = x.reshape(-1, x.shape[-1])
     if isinstance(config, NVFP4Config):
         y = torch.ops.triton_qat.nvfp4_fake_quantize(x2d, config.use_per_tensor_scale)
