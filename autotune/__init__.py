@@ -19,11 +19,13 @@ import torch
 from triton_qat.kernels._common import INTERPRET
 
 from .cache import GENERATION, ConfigCache, make_key
-from .space import default_config, fit_config, fit_quantize
+from .space import as_dequantized, default_config, fit_config, fit_quantize, weight_narrower
 
 __all__ = [
     "quantize_config",
     "gemm_config",
+    "as_dequantized",
+    "weight_narrower",
     "quantize_key",
     "gemm_key",
     "device_name",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 
+import torch
 import triton
 
 from triton_qat.kernels.gemm_int8 import fwd_mode
@@ -392,6 +393,29 @@ def fit_config(kernel: str, cfg: dict, K: int, group_size: int) -> dict:
     if mode == 2:  # fp32 operand tiles: BLOCK_K 128 x 3 stages needs 256 KiB of shared memory
         return {**cfg, "BLOCK_K": min(cfg["BLOCK_K"], 32), "num_stages": min(cfg["num_stages"], 2)}
     return cfg
+
+
+def weight_narrower(w_dtype: torch.dtype | None, dtype: torch.dtype | None) -> bool:
+    """Whether a weight of ``w_dtype`` has fewer mantissa bits than inputs of ``dtype`` (bf16 with
+    fp16 / fp32 inputs, fp16 with fp32): its fake-quantized values ``dt_w(q * s)`` are rounded
+    more coarsely than x's dtype resolves, so the int8 GEMM (which scales the exact integer sum
+    and never forms them) would not compute the product of the documented values
+    (docs/numerics.md "Weights narrower than the input"); the dequantized path does."""
+    return (
+        w_dtype is not None
+        and dtype is not None
+        and torch.finfo(w_dtype).eps > torch.finfo(dtype).eps
+    )
+
+
+def as_dequantized(cfg: dict, elem_bytes: int) -> dict:
+    """The forward config ``cfg`` on the dequantized path (``DEQUANT``: x_fq and w_fq in the input
+    dtype, a plain float GEMM), its operand tiles cut to fit the shared memory of any sm_80+ GPU
+    (BLOCK_K at most 128 bytes of a row, at most 3 stages: 147 KiB at 256 x 128 tiles); fp32
+    operands by pointer (the backward's fp32 GEMMs' choice: no TMA)."""
+    return {**cfg, "DEQUANT": 1, "GLUON": 0, "BLOCK_K": max(16, min(cfg["BLOCK_K"], 128 // elem_bytes)),
+            "num_stages": min(cfg["num_stages"], 3),
+            "TMA": cfg.get("TMA", 0) if elem_bytes == 2 else 0}  # fmt: skip
 
 
 def _dedupe(configs: list[dict]) -> list[dict]:

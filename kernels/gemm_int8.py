@@ -264,7 +264,8 @@ def fwd_mode(K: int, group_size: int) -> int:
 def check_fwd_config(config: dict, K: int, group_size: int) -> None:
     """ValueError unless ``config`` can run the forward at this K / group size: MODE 1 needs
     BLOCK_K >= 32 dividing the group; MODE 2 (fp32 operand tiles) BLOCK_K <= 32, <= 2 stages;
-    ``DEQUANT`` (0 or 1) only for per-group weights, with any BLOCK_K >= 16 (a plain GEMM);
+    ``DEQUANT`` (0 or 1; the per-group default at 16-bit dtypes, and per channel for a weight
+    narrower than the output: ``autotune.weight_narrower``) with any BLOCK_K >= 16 (a plain GEMM);
     ``TMA`` (tensor-descriptor operand loads, where the operands allow) 0 or 1, 0 in MODE 2;
     ``GLUON`` 0 or 1, 1 only in MODE 0 / 1 (not DEQUANT) with a tile the Gluon kernel takes
     (MODE 1: groups of 32 / 64 / 128 with BLOCK_K = the group)."""
@@ -279,8 +280,8 @@ def check_fwd_config(config: dict, K: int, group_size: int) -> None:
     if glu and mode == 1 and (group_size not in GLUON_GROUP_SIZES or bk != group_size):
         raise ValueError(f"config: GLUON per group needs groups of {GLUON_GROUP_SIZES} and "
                          f"BLOCK_K = group_size={group_size}, got {config}")  # fmt: skip
-    if dq not in (0, 1) or (dq and mode == 0):
-        raise ValueError(f"config: DEQUANT={dq} needs per-group weights (0 or 1), got {config}")
+    if dq not in (0, 1):
+        raise ValueError(f"config: DEQUANT is 0 or 1, got {config}")
     if config.get("TMA", 0) not in (0, 1) or (config.get("TMA", 0) and mode == 2 and not dq):
         raise ValueError(
             f"config: TMA is 0 or 1, and 0 for MODE 2 (fp32 operand tiles), got {config}"

@@ -34,11 +34,16 @@ def int8_linear_torch(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     w_zero_point: torch.Tensor | None = None,
+    w_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Twin of :func:`.gemm_int8.int8_linear`: fp32 math on the dequantized codes; a token whose
-    scale is non-finite gives a NaN row, as in the kernel."""
+    scale is non-finite gives a NaN row, as in the kernel. A weight of a ``w_dtype`` with fewer
+    mantissa bits than ``out_dtype`` (the kernels' dequantized path): x_fq in ``out_dtype``,
+    w_fq in ``w_dtype``, as the kernels form them."""
     x = dequantize_torch(x_codes, x_scale, x_zero_point)
     w = dequantize_torch(w_codes, w_scale, w_zero_point)
+    if w_dtype is not None and torch.finfo(w_dtype).eps > torch.finfo(out_dtype).eps:
+        x, w = x.to(out_dtype).float(), w.to(w_dtype).float()
     out = x @ w.T
     finite_row = torch.isfinite(x_scale.reshape(-1, 1).to(torch.float32))
     out = torch.where(finite_row, out, float("nan"))

@@ -93,6 +93,14 @@ for w_cfg in (I4, LEARNED):
     for grad, keep in ((lin.weight.grad, w_keep), (x.grad, x_keep)):
         masked = grad[~keep]
         assert masked.numel() and masked.view(torch.int32).eq(0).all(), (w_cfg, masked)
+# a weight narrower than x: the product of w_fq formed in the weight's dtype, at x's precision
+lin = tq.Linear(64, 24).to(torch.bfloat16)
+x = torch.randn(5, 64)
+w_fq, _ = fake_quantize_with_mask(lin.weight.detach(), lin.weight_config)
+x_fq, _ = fake_quantize_with_mask(x, lin.activation_config)
+ref = x_fq.double() @ w_fq.double().T + lin.bias.double()
+err = ((lin(x).double() - ref).abs().max() / ref.abs().max()).item()
+assert err <= 2e-6, err
 print("ok")
 """
 
@@ -102,7 +110,8 @@ def test_torch_backend_empty_batches_and_outputs_of_their_own():
     layer kind takes an empty batch (2-D and 3-D) forward, backward and converted, and
     ``tq.fake_quantize``'s output is a tensor of its own (an in-place write works: F.embedding's
     ``max_norm`` renormalizes its weight in place); masked gradient elements are +0.0 where the
-    GEMM's product is NaN or negative, as the kernels' select makes them."""
+    GEMM's product is NaN or negative, as the kernels' select makes them; a bf16 weight with an
+    fp32 input computes the product of its bf16 w_fq at fp32 precision."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     res = subprocess.run([sys.executable, "-c", EDGE_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=300)  # fmt: skip

@@ -97,10 +97,15 @@ def test_dequantized_forward_equals_the_reference_gemm_of_the_fake_quantized_val
     assert_close_rel(out_b, qb.y.double() @ q16.y.double().T, torch.bfloat16, "out")
     with pytest.raises(ValueError, match="dequant_config"):
         launch(*args, torch.float32, asymmetric=True, config=cfg)
-    per_channel = quantize_rows(w, -128, 127, K, True, pack_mask=False)
+    # per channel (a weight narrower than x takes this path): a bf16 weight's w_fq, formed in
+    # bf16, feeding an fp32 forward is exactly the plain fp32 GEMM of those values
+    pc = quantize_rows(w.bfloat16(), -128, 127, K, True, pack_mask=False, with_y=True)
+    out_pc = launch(*args[:3], pc.codes, pc.scale, pc.code_sum, None, torch.float32,
+                    asymmetric=True, config=cfg, dequant_config=dq, w_dtype=torch.bfloat16)  # fmt: skip
+    assert torch.equal(out_pc, float_mm(qa.y, pc.y.float().t(), tiles=tiles, tma=bool(cfg["TMA"])))
     with pytest.raises(ValueError, match="DEQUANT"):
-        launch(*args[:3], per_channel.codes, per_channel.scale, per_channel.code_sum, None,
-               torch.float32, asymmetric=True, config=cfg, dequant_config=dq)  # fmt: skip
+        launch(*args, torch.float32, asymmetric=True, config={**cfg, "DEQUANT": 2},
+               dequant_config=dq)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=dt_id)

@@ -214,6 +214,43 @@ def test_fp32_parameters_bf16_input(device):
     assert torch.equal(tq.convert(lin)(x.detach()), lin(x.detach()))
 
 
+NARROW_WEIGHT_CONFIGS = {
+    "per_channel": tq.QuantConfig(granularity="per_channel", symmetric=True),
+    "per_tensor": tq.QuantConfig(granularity="per_tensor", symmetric=True),
+    "int4 g32": tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True),
+    "int4 g32 asym": tq.QuantConfig(bits=4, granularity="per_group", group_size=32,
+                                    symmetric=False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("w_cfg", list(NARROW_WEIGHT_CONFIGS), ids=str)
+@pytest.mark.parametrize(
+    "w_dtype,x_dtype",
+    [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+     (torch.bfloat16, torch.float16)],
+    ids=["bf16w-fp32x", "fp16w-fp32x", "bf16w-fp16x"],
+)  # fmt: skip
+def test_weight_narrower_than_input_forms_w_fq_in_its_dtype(device, w_cfg, w_dtype, x_dtype):
+    """A weight with fewer mantissa bits than x: the forward is ``x_fq @ w_fq.T`` with w_fq
+    rounded in the weight's dtype (the values the backward uses, docs/numerics.md), within x's
+    dtype's bound, where the int8 GEMM computed the unrounded ``q * s`` (2e-3 off in fp32) and
+    the forward's two paths disagreed; convert stays bit-identical to the prepared eval."""
+    cfg = NARROW_WEIGHT_CONFIGS[w_cfg]
+    lin = tq.Linear(64, 24, weight=cfg, device=device).to(w_dtype)
+    x = torch.randn(5, 64, device=device, dtype=x_dtype, requires_grad=True)
+    out = lin(x)
+    assert out.dtype == x_dtype
+    w_fq, w_mask = fake_quantize_with_mask(lin.weight.detach(), cfg)  # in the weight's dtype
+    x_fq, x_mask = fake_quantize_with_mask(x.detach(), lin.activation_config)
+    ref = x_fq.double() @ w_fq.double().T + lin.bias.double()
+    assert_close_rel(out, ref, x_dtype, "out")
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    assert_close_rel(x.grad, (dy.double() @ w_fq.double()) * x_mask, x_dtype, "grad_x")
+    lin.eval()
+    assert torch.equal(tq.convert(lin)(x.detach()), lin(x.detach()))
+
+
 def test_autocast_output_dtype_like_nn_linear(device):
     lin = tq.Linear(64, 24, device=device)
     ref = nn.Linear(64, 24, device=device)

@@ -249,12 +249,17 @@ def _quantize_torch(x, scale=None, zero_point=None, kernel=None, *, qmin, qmax, 
     )
 
 
-def forward_config(rows: int, N: int, K: int, w_group: int, dtype, device) -> dict | None:
+def forward_config(rows: int, N: int, K: int, w_group: int, dtype, device,
+                   w_dtype=None) -> dict | None:  # fmt: skip
     """The config the forward GEMM of ``rows`` x K -> N runs with, the weight scaled in groups of
-    ``w_group`` (K: per channel / tensor); None where the plain-torch twin runs."""
+    ``w_group`` (K: per channel / tensor); None where the plain-torch twin runs. A weight of a
+    ``w_dtype`` narrower than ``dtype`` takes the dequantized path (``autotune.weight_narrower``)."""
     if backend(device) == "torch":
         return None
-    return autotune.gemm_config("fwd", rows_key(rows), N, K, device, dtype, w_group if K else 1)
+    config = autotune.gemm_config("fwd", rows_key(rows), N, K, device, dtype, w_group if K else 1)
+    if autotune.weight_narrower(w_dtype, dtype):
+        return autotune.as_dequantized(config, dtype.itemsize)
+    return config
 
 
 def takes_code_sums(config: dict | None) -> bool:
@@ -294,10 +299,10 @@ def int8_linear_launch(
 def _make_int8_linear(rows, K, N, n_groups, out_dtype, device, asymmetric, has_bias, w_asym,
                       w_dtype, w_code_offset, config):  # fmt: skip
     if backend(device) == "torch":
-        return functools.partial(_int8_linear_torch, out_dtype=out_dtype)
+        return functools.partial(_int8_linear_torch, out_dtype=out_dtype, w_dtype=w_dtype)
     w_group = K // n_groups if n_groups else 1
     if config is None:
-        config = forward_config(rows, N, K, w_group, out_dtype, device)
+        config = forward_config(rows, N, K, w_group, out_dtype, device, w_dtype)
     dq_config = autotune.dequantize_config(rows, K, device, out_dtype)
     # a GLUON config runs the Gluon kernel only on an sm_90 GPU with compiled Triton (never under
     # the interpreter: Gluon has none), and in eager launches: traced ones (kernels= under
@@ -310,9 +315,9 @@ def _make_int8_linear(rows, K, N, n_groups, out_dtype, device, asymmetric, has_b
 
 
 def _int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, w_code_sum, bias,
-                       w_zero_point=None, x_code_sum=None, kernels=None, *, out_dtype):  # fmt: skip
+                       w_zero_point=None, x_code_sum=None, kernels=None, *, out_dtype, w_dtype):  # fmt: skip
     return int8_linear_torch(x_codes, x_scale, x_zero_point, w_codes, w_scale, bias, out_dtype,
-                             w_zero_point)  # fmt: skip
+                             w_zero_point, w_dtype)  # fmt: skip
 
 
 def dgrad_launch(rows: int, N: int, K: int, dtype, device) -> Callable[..., torch.Tensor]:
@@ -574,7 +579,7 @@ def _make_linear_plan(rows, K, N, dtype, w_dtype, device, a_spec, w_spec, has_bi
         )  # fmt: skip
         return LinearPlan(quantize_x=None, x_qparams="", x_sums=False, asymmetric=False,
                           quantize_w=quantize_w, gemm=None, dequantize_x=None, **common)  # fmt: skip
-    config = forward_config(rows, N, K, w_group, dtype, device)
+    config = forward_config(rows, N, K, w_group, dtype, device, w_dtype)
     quantize_w = quantize_launch(
         *w_rows, pack_mask=False, group_major=True, asym_weight=not w_sym, write_mask=False,
         write_sums=takes_code_sums(config), write_zero_point=not w_sym, **w_kind,
