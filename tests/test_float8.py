@@ -177,7 +177,7 @@ def test_linear_equals_torchao_fake_quantized_linear(dtype, grans, monkeypatch):
     fp64 bound in tests/test_float8_gemm.py."""
     import triton_qat.float8 as f8
 
-    monkeypatch.setattr(f8, "fp8_gemm_runs", lambda x, activation: False)
+    monkeypatch.setattr(f8, "fp8_gemm_runs", lambda x, activation, w_dtype=None: False)
     torch.manual_seed(0)
     lin, ref = _pair(dtype, *grans)
     x = torch.randn(3, 5, 37, dtype=dtype, requires_grad=True)

@@ -7,7 +7,7 @@ kernels run in the interpreter; on the plain-torch backend the dequantized path 
 
 import pytest
 import torch
-from conftest import REL_TOL
+from conftest import REL_TOL, assert_close_rel
 from torch import nn
 
 import triton_qat as tq
@@ -233,6 +233,19 @@ def test_fp32_and_weight_only_keep_the_dequantized_path():
     assert not f8.fp8_gemm_runs(torch.randn(2, 72), lin.activation_config)
     assert not f8.fp8_gemm_runs(torch.randn(2, 72, dtype=torch.bfloat16), tq.NOT_QUANTIZED)
     assert f8.fp8_gemm_runs(torch.randn(2, 72, dtype=torch.bfloat16), lin.activation_config)
+    # a weight narrower than x (bf16 with fp16 inputs) takes the dequantized path, whose w_fq
+    # is rounded in bf16 (the fp8 GEMM's epilogue scale never rounds it: 1.5e-3 off in fp16)
+    half = torch.randn(2, 72, dtype=torch.float16)
+    assert not f8.fp8_gemm_runs(half, lin.activation_config, torch.bfloat16)
+    assert f8.fp8_gemm_runs(half, lin.activation_config, torch.float32)
+    assert f8.fp8_gemm_runs(half, lin.activation_config, torch.float16)
+    bf16 = tq.Linear(72, 24, activation=tq.Float8Config(), weight=tq.Float8Config())
+    bf16 = bf16.to(torch.bfloat16)
+    w_fq = tq.fake_quantize(bf16.weight.detach(), bf16.weight_config)
+    ref = tq.fake_quantize(half, bf16.activation_config).double() @ w_fq.double().T
+    assert_close_rel(bf16(half), ref + bf16.bias.double(), torch.float16, "bf16 weight, fp16 x")
+    bf16.eval()
+    assert torch.equal(tq.convert(bf16)(half), bf16(half))
 
 
 @needs_kernels

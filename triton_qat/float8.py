@@ -286,7 +286,7 @@ def float8_linear(
     if isinstance(weight_config, Float8Int4WeightConfig):
         return linear_on_weight(x, float8_int4_weight_fake_quantize(weight, weight_config), bias,
                                 activation)  # fmt: skip
-    if fp8_gemm_runs(x, activation) and x.numel() and weight.numel():
+    if fp8_gemm_runs(x, activation, weight.dtype) and x.numel() and weight.numel():
         x2d = x.reshape(-1, x.shape[-1])
         args = (x2d, weight, bias, *_args(activation), *_args(weight_config))
         if calls.usable(x2d, weight, bias):
@@ -333,12 +333,16 @@ def _config(per_tensor: bool, lb: float | None, ub: float | None) -> Float8Confi
     return Float8Config("per_tensor" if per_tensor else "per_row", lb, ub)
 
 
-def fp8_gemm_runs(x: Tensor, activation: object) -> bool:
+def fp8_gemm_runs(x: Tensor, activation: object, w_dtype: torch.dtype | None = None) -> bool:
     """Whether a float8 layer's forward on ``x`` runs the fp8 tensor-core GEMM: a float8
     activation config, a 16-bit x (fp32 models keep fp32 GEMMs: Hopper's fp8 accumulation, even
-    promoted every 128 products, is not fp32-exact), and kernels on fp8 tensor cores (CUDA of
+    promoted every 128 products, is not fp32-exact), a weight of ``w_dtype`` no narrower than x
+    (a bf16 weight's ``w_fq`` is rounded in bf16, which the GEMM's epilogue scale never does:
+    docs/numerics.md "Weights narrower than the input"), and kernels on fp8 tensor cores (CUDA of
     compute capability 8.9+ with compiled Triton on NVIDIA) or the interpreter."""
     if activation is NOT_QUANTIZED or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if w_dtype is not x.dtype and autotune.weight_narrower(w_dtype, x.dtype):
         return False
     if not use_kernels(x):
         return False

@@ -557,7 +557,8 @@ class QuantizedFloat8Linear(QuantizedLinearModule):
         check_input(input, self.in_features, self.weight_codes.device)
         self._check_float_dtype()
         act = self.activation_config
-        if not self.int4 and fp8_gemm_runs(input, act):  # the prepared layer's fp8 GEMM
+        # the prepared layer's fp8 GEMM where it runs one (same rule, same weight dtype)
+        if not self.int4 and fp8_gemm_runs(input, act, self.weight_dtype):
             out = linear_on_codes(input, self.weight_codes, self.weight_scale, self.bias, act,
                                   self.weight_dtype)  # fmt: skip
             return _autocast_output(out)
