@@ -410,10 +410,14 @@ def weight_narrower(w_dtype: torch.dtype | None, dtype: torch.dtype | None) -> b
 
 def as_dequantized(cfg: dict, elem_bytes: int) -> dict:
     """The forward config ``cfg`` on the dequantized path (``DEQUANT``: x_fq and w_fq in the input
-    dtype, a plain float GEMM), its operand tiles cut to fit the shared memory of any sm_80+ GPU
-    (BLOCK_K at most 128 bytes of a row, at most 3 stages: 147 KiB at 256 x 128 tiles); fp32
-    operands by pointer (the backward's fp32 GEMMs' choice: no TMA)."""
-    return {**cfg, "DEQUANT": 1, "GLUON": 0, "BLOCK_K": max(16, min(cfg["BLOCK_K"], 128 // elem_bytes)),
+    dtype, a plain float GEMM), for a weight narrower than x (:func:`weight_narrower`; the int8
+    path's tuned tile, untimed on this path): tiles at most 128 x 128, BLOCK_K at most 128 bytes
+    of a row, at most 3 stages, so the operand buffers take at most 96 KiB (:func:`smem_bytes`),
+    within every sm_80+ GPU's 99 KiB; fp32 operands by pointer (the backward's fp32 GEMMs'
+    choice: no TMA)."""
+    return {**cfg, "DEQUANT": 1, "GLUON": 0, "BLOCK_M": min(cfg["BLOCK_M"], 128),
+            "BLOCK_N": min(cfg["BLOCK_N"], 128),
+            "BLOCK_K": max(16, min(cfg["BLOCK_K"], 128 // elem_bytes)),
             "num_stages": min(cfg["num_stages"], 3),
             "TMA": cfg.get("TMA", 0) if elem_bytes == 2 else 0}  # fmt: skip
 

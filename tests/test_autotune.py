@@ -276,6 +276,40 @@ def test_curated_candidates_are_short_start_with_the_default_and_fit():
     assert len(candidates("fwd", (8192, 4096, 4096), 9, 2, hopper)) > len(g128)
 
 
+def test_a_narrower_weights_dequantized_config_fits_every_gpu():
+    """A weight narrower than x runs the int8 key's config on the dequantized path
+    (``as_dequantized``): from the defaults, every candidate, the shipped tuned configs and an
+    oversized tile alike, its operand buffers fit the smallest sm_80+ shared memory (99 KiB)
+    at fp32 and fp16, and the rule picks exactly the narrower weight dtypes."""
+    from triton_qat.autotune.space import (
+        CURATED,
+        DEFAULTS,
+        HOPPER_DEFAULTS,
+        SMEM_FALLBACK,
+        as_dequantized,
+        smem_bytes,
+        weight_narrower,
+    )
+
+    shipped = Path(autotune.__file__).parent / "configs"
+    stored = [e["config"] for f in shipped.glob("*.json")
+              for k, e in json.loads(f.read_text())["entries"].items() if k.startswith("fwd|")]  # fmt: skip
+    huge = {"BLOCK_M": 256, "BLOCK_N": 256, "BLOCK_K": 256, "GROUP_M": 8, "num_warps": 8,
+            "num_stages": 5, "DEQUANT": 0, "TMA": 1, "GLUON": 1}  # fmt: skip
+    configs = [DEFAULTS["fwd"], HOPPER_DEFAULTS["fwd"], *CURATED["fwd"], *stored, huge]
+    for cfg in configs:
+        for elem_bytes in (4, 2):
+            dq = as_dequantized(cfg, elem_bytes)
+            assert dq["DEQUANT"] == 1 and dq["GLUON"] == 0 and dq["BLOCK_K"] >= 16, dq
+            assert smem_bytes("fwd", dq, elem_bytes) <= 96 * 1024 <= SMEM_FALLBACK, dq
+            assert elem_bytes == 2 or dq["TMA"] == 0
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    narrower = {(w, x) for w in (bf16, fp16, fp32) for x in (bf16, fp16, fp32)
+                if weight_narrower(w, x)}  # fmt: skip
+    assert narrower == {(bf16, fp16), (bf16, fp32), (fp16, fp32)}
+    assert not weight_narrower(None, fp32)
+
+
 def test_precompile_runs_launches_in_parallel_and_keeps_errors():
     import time
 

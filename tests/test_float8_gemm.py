@@ -7,7 +7,7 @@ kernels run in the interpreter; on the plain-torch backend the dequantized path 
 
 import pytest
 import torch
-from conftest import REL_TOL, assert_close_rel
+from conftest import REL_TOL
 from torch import nn
 
 import triton_qat as tq
@@ -243,7 +243,9 @@ def test_fp32_and_weight_only_keep_the_dequantized_path():
     bf16 = bf16.to(torch.bfloat16)
     w_fq = tq.fake_quantize(bf16.weight.detach(), bf16.weight_config)
     ref = tq.fake_quantize(half, bf16.activation_config).double() @ w_fq.double().T
-    assert_close_rel(bf16(half), ref + bf16.bias.double(), torch.float16, "bf16 weight, fp16 x")
+    ref = ref + bf16.bias.double()
+    err = ((bf16(half).double() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= 5e-4, err  # the fp8 GEMM's unrounded code * scale: 1.1e-3 .. 1.6e-3
     bf16.eval()
     assert torch.equal(tq.convert(bf16)(half), bf16(half))
 

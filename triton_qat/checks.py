@@ -136,6 +136,27 @@ def check_qparams(
             )
 
 
+try:  # functorch's transform stack (torch builds without its C module: torch's own errors)
+    from torch._C._functorch import TransformType
+    from torch._C._functorch import get_interpreter_stack as _interpreter_stack
+    from torch._C._functorch import get_unwrapped as _unwrapped
+    from torch._C._functorch import is_functorch_wrapped_tensor as _is_wrapped
+    from torch._C._functorch import peek_interpreter_stack as functorch_level
+
+    _GRAD_TRANSFORMS = (TransformType.Grad, TransformType.Jvp)
+except ImportError:  # pragma: no cover
+
+    def _interpreter_stack():
+        return None
+
+    def functorch_level():  # the innermost functorch transform, None outside any
+        return None
+
+    def _is_wrapped(t):
+        return False
+
+    _unwrapped, _GRAD_TRANSFORMS = None, ()
+
 _FUNC_GRAD_MSG = (
     "{what}: torch.func.grad / jvp / jacrev / jacfwd transforms are not supported (the ops' "
     "autograd is registered with torch.library.register_autograd, which functorch cannot "
@@ -151,19 +172,21 @@ _FORWARD_AD_MSG = (
 
 def check_no_grad_transform(what: str, *tensors: Tensor | None) -> None:
     """RuntimeError naming ``what`` inside a torch.func gradient transform (grad, jvp, jacrev,
-    jacfwd), or under forward-mode AD where one of ``tensors`` carries a tangent: the ops'
-    autograd has no jvp, so torch would raise an error of its own or silently drop (or
-    mis-derive) the tangent. Other calls (vmap, plain tensors in a ``dual_level``) pass."""
-    if torch.compiler.is_compiling():  # Dynamo handles functorch itself; nothing to peek at
+    jacfwd, at any level: ``grad(vmap(f))`` too), or under forward-mode AD where one of
+    ``tensors`` carries a tangent (under vmap too): the ops' autograd has no jvp, so torch would
+    raise an error of its own or silently drop (or mis-derive) the tangent. Other calls (vmap,
+    plain tensors in a ``dual_level``, and, since Dynamo handles functorch itself, compiled
+    code) pass."""
+    if _forward_ad._current_level < 0 and functorch_level() is None:
+        return  # plain code: the common case first, in the fewest calls
+    if torch.compiler.is_compiling():
         return
-    try:
-        from torch._C._functorch import TransformType, peek_interpreter_stack
-    except ImportError:  # pragma: no cover - other torch builds: torch's own error remains
-        return
-    top = peek_interpreter_stack()
-    if top is not None and top.key() in (TransformType.Grad, TransformType.Jvp):
+    stack = _interpreter_stack()
+    if stack and any(level.key() in _GRAD_TRANSFORMS for level in stack):
         raise RuntimeError(_FUNC_GRAD_MSG.format(what=what))
     if _forward_ad._current_level >= 0:
         for t in tensors:
+            while t is not None and _is_wrapped(t):  # vmap's batched tensor: the dual inside
+                t = _unwrapped(t)
             if t is not None and _forward_ad.unpack_dual(t).tangent is not None:
                 raise RuntimeError(_FORWARD_AD_MSG.format(what=what))

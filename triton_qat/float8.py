@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat import autotune, calls
-from triton_qat.checks import check_float_input, check_no_grad_transform
+from triton_qat.checks import check_float_input, check_no_grad_transform, functorch_level
 from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig
 from triton_qat.dispatch import rows_key, use_kernels
 from triton_qat.kernels import gemm_float8 as _g
@@ -161,6 +161,26 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
+class _RoundSTEBatchable(torch.autograd.Function):
+    """:class:`_RoundSTE` with forward and context apart, so torch.func.vmap can batch it (used
+    under functorch only: ``apply`` then binds its arguments with ``inspect.signature``, about 70
+    Python calls a call)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        return g
+
+
 # the e4m3 step of torchao's Int4WeightFakeQuantizer (fp8 activations): per row, lb 1e-12
 _INT4_WEIGHT_F8 = Float8Config("per_row", hp_value_lb=1e-12)
 
@@ -201,7 +221,9 @@ def _int4_groups(weight: Tensor, config: Float8Int4WeightConfig) -> tuple[Tensor
     scale = torch.clamp(torch.amax(torch.abs(grouped), dim=-1, keepdim=False) / 8, min=1e-6)
     scale = scale.view(N, -1, 1)
     zero = torch.zeros_like(scale)
-    return torch.clamp(_RoundSTE.apply(grouped * (1.0 / scale)) + zero, -8, 7), scale
+    v = grouped * (1.0 / scale)
+    rounded = _RoundSTE.apply(v) if functorch_level() is None else _RoundSTEBatchable.apply(v)
+    return torch.clamp(rounded + zero, -8, 7), scale
 
 
 def int4_dequantize(q: Tensor, scale: Tensor) -> Tensor:

@@ -28,18 +28,12 @@ from torch import Tensor
 
 from triton_qat import autotune, dispatch
 from triton_qat.checks import check_group, check_linear_inputs, check_qparams
+from triton_qat.checks import functorch_level as _functorch_level
 from triton_qat.dispatch import DIRECT, Kernels, LinearPlan
 from triton_qat.spec import QuantSpec
 
 _ENABLED = [True]
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-
-try:
-    from torch._C._functorch import peek_interpreter_stack as _functorch_level
-except ImportError:  # pragma: no cover - a torch build without functorch's C module
-
-    def _functorch_level():
-        return None
 
 
 def set_enabled(enabled: bool) -> bool:

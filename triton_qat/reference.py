@@ -105,7 +105,8 @@ class _STE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        # masked elements exactly +0.0, NaN too (torch's clamp backward selects the same way)
+        return torch.where(mask, grad, 0.0), None
 
 
 def fake_quantize_ref(x: Tensor, config: QuantConfig) -> Tensor:
