@@ -8,6 +8,7 @@ import ast
 import copy
 import inspect
 import pickle
+import warnings
 from contextlib import contextmanager
 
 import pytest
@@ -465,3 +466,46 @@ def test_convert_names_layers_whose_fake_quantization_was_disabled():
     ao_model[3].weight_fake_quant.disable_fake_quant()
     with pytest.warns(UserWarning, match=r"fake quantization was disabled .*: 3$"):
         tq.convert(ao_model)
+
+
+def test_linear_subclasses_and_torchao_modules_left_by_prepare_and_convert_are_named():
+    """prepare swaps exact nn.Linear modules (torch.ao's rule): a subclass it leaves is named
+    (its forward may differ), a torchao QAT module too (from_torchao takes it), and convert
+    names the torchao modules it leaves; MultiheadAttention's out_proj, filtered-out and
+    float-kept modules are not named."""
+    from torchao.quantization import qat as torchao_qat
+
+    class MyLinear(nn.Linear):
+        pass
+
+    def model():
+        return nn.Sequential(MyLinear(32, 32), nn.Linear(32, 32), nn.MultiheadAttention(32, 2))
+
+    with pytest.warns(UserWarning, match=r"subclasses of nn.Linear.*0 \(MyLinear\)") as got:
+        m = tq.prepare(model())
+    assert type(m[0]) is MyLinear and isinstance(m[1], tq.Linear)
+    assert not any("out_proj" in str(w.message) for w in got)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tq.prepare(model(), filter_fn=lambda mod, fqn: fqn != "0")
+    ao_linear = torchao_qat.FakeQuantizedLinear(32, 32)
+    with pytest.warns(UserWarning, match="torchao QAT modules.*FakeQuantizedLinear.*from_torchao"):
+        tq.prepare(nn.Sequential(ao_linear))
+    with pytest.warns(UserWarning, match="convert: left torchao QAT modules.*from_torchao"):
+        tq.convert(nn.Sequential(ao_linear).eval())
+
+
+@pytest.mark.parametrize("kind", ["linear", "converted", "embedding"])
+def test_torch_jit_script_is_refused_with_a_clear_error(kind):
+    """torch.jit.script cannot compile the modules' Python dispatch: it gets triton_qat's error
+    (naming the module and what works instead), not TorchScript's compiler internals."""
+    model = nn.Sequential(nn.Linear(32, 16))
+    tq.prepare(model)
+    if kind == "converted":
+        model = tq.convert(model.eval())
+    elif kind == "embedding":
+        model = nn.Sequential(tq.Embedding(10, 32))
+    with pytest.raises(
+        RuntimeError, match=r"torch.jit.script: triton_qat\.\w+ cannot be scripted.*torch.compile"
+    ):
+        torch.jit.script(model)

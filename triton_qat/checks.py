@@ -190,3 +190,14 @@ def check_no_grad_transform(what: str, *tensors: Tensor | None) -> None:
                 t = _unwrapped(t)
             if t is not None and _forward_ad.unpack_dual(t).tangent is not None:
                 raise RuntimeError(_FORWARD_AD_MSG.format(what=what))
+
+
+def refuse_script(module: object) -> None:
+    """RuntimeError for ``torch.jit.script`` of a triton_qat module (its ``__prepare_scriptable__``,
+    which TorchScript calls on every submodule first), instead of TorchScript's compiler errors
+    about the Python it cannot compile."""
+    raise RuntimeError(
+        f"torch.jit.script: triton_qat.{type(module).__name__} cannot be scripted (its forward "
+        "chooses kernels and torch.library ops in Python); use torch.compile, torch.export or "
+        "torch.jit.trace, which support it"
+    )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
-from triton_qat.checks import FLOAT_DTYPES, check_not_parametrized
+from triton_qat.checks import FLOAT_DTYPES, check_not_parametrized, refuse_script
 from triton_qat.config import DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import fake_quantize
 from triton_qat.quantized import (
@@ -186,6 +186,9 @@ class Embedding(nn.Embedding):
         )
         emb.weight = self.weight
         return emb
+
+    def __prepare_scriptable__(self):  # torch.jit.script: a clear refusal
+        refuse_script(self)
 
     def extra_repr(self) -> str:
         return (

@@ -12,6 +12,7 @@ from triton_qat.checks import (
     check_in_features,
     check_linear_inputs,
     check_not_parametrized,
+    refuse_script,
 )
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
@@ -299,6 +300,9 @@ class Linear(nn.Linear):
         lin.weight = self.weight
         lin.bias = self.bias
         return lin
+
+    def __prepare_scriptable__(self):  # torch.jit.script: a clear refusal
+        refuse_script(self)
 
     def extra_repr(self) -> str:
         base = super().extra_repr()

@@ -167,6 +167,10 @@ def prepare(
         prepare_embeddings(model, embedding, filter_fn, plan.add)
         _warn_parametrized_embeddings_left(model, filter_fn, plan)
     prepared = plan.commit(model)
+    _warn_linear_subclasses_left(
+        prepared, lambda mod, fqn: qconfigs.get(fqn) is not _KEEP_FLOAT and (
+            filter_fn is None or filter_fn(mod, fqn))
+    )  # fmt: skip
     if explicit:  # (the layers just swapped in have these very configs)
         _warn_prepared_with_other_configs(prepared, activation, weight, filter_fn)
     if qconfig is not None and prepared is model:  # (a swapped root has it from from_float)
@@ -204,6 +208,50 @@ def _warn_prepared_with_other_configs(
             f"(prepare swaps nn.Linear only): {', '.join(names)}",
             stacklevel=3,
         )
+
+
+def _torchao_qat_module(kind: type) -> bool:
+    """A torchao QAT module class (``FakeQuantizedLinear``, ``FakeQuantizedEmbedding``, ...),
+    told by its module path, without importing torchao."""
+    return kind.__module__.startswith("torchao.") and "FakeQuantized" in kind.__name__
+
+
+def _warn_linear_subclasses_left(model: nn.Module, accepts: FilterFn) -> None:
+    """Name the modules :func:`prepare` (its exact-type selection, as torch.ao's mappings) left
+    though they are ``nn.Linear`` subclasses ``accepts`` takes: torchao's QAT modules
+    (``tq.from_torchao`` takes those) and other subclasses, whose forward may not be
+    ``F.linear`` (MultiheadAttention's ``out_proj``, whose weight the attention reads directly,
+    and triton_qat's own are not named)."""
+    torchao, other = [], []
+    for fqn, mod in find_modules(model, lambda mod, fqn: _linear_subclass(mod)):
+        if accepts(mod, fqn):
+            kind = type_before_parametrizations(mod)
+            (torchao if _torchao_qat_module(kind) else other).append(
+                f"{module_path(fqn)} ({kind.__name__})"
+            )
+    if torchao:
+        warnings.warn(
+            f"triton_qat.prepare: left torchao QAT modules as they are: {', '.join(torchao)}; "
+            "tq.from_torchao(model) swaps them for triton_qat modules computing the same",
+            stacklevel=3,
+        )
+    if other:
+        warnings.warn(
+            "triton_qat.prepare: left as they are, subclasses of nn.Linear (prepare swaps exact "
+            f"nn.Linear modules, as torch.ao does: a subclass's forward may differ): "
+            f"{', '.join(other)}; tq.prepare(model, QATConfig(...)) swaps subclasses as "
+            "torchao's quantize_ does, or swap one yourself with tq.Linear.from_float",
+            stacklevel=3,
+        )
+
+
+def _linear_subclass(mod: nn.Module) -> bool:
+    kind = type_before_parametrizations(mod)
+    return (
+        issubclass(kind, nn.Linear)
+        and kind is not nn.Linear
+        and not issubclass(kind, (Linear, nn.modules.linear.NonDynamicallyQuantizableLinear))
+    )
 
 
 def _warn_parametrized_embeddings_left(
@@ -316,6 +364,15 @@ def convert(model: nn.Module) -> nn.Module:
 
     # a parametrized layer's weight is frozen as it is now: its parametrizations do not carry
     model = swap_selected(model, select, make, carry_parametrizations=False)
+    torchao = find_modules(model, lambda mod, fqn: _torchao_qat_module(type(mod)))
+    if torchao:
+        warnings.warn(
+            "triton_qat.convert: left torchao QAT modules as they are (convert takes triton_qat "
+            f"modules): {', '.join(module_path(fqn) for fqn, _ in torchao)}; call "
+            "tq.from_torchao(model) before tq.convert, or convert with torchao's "
+            'quantize_(model, QATConfig(..., step="convert"))',
+            stacklevel=2,
+        )
     if untied:
         warnings.warn(
             "triton_qat.convert: tied weights quantized differently (different configs or "

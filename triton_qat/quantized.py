@@ -31,6 +31,7 @@ from triton_qat.checks import (
     check_in_features,
     check_input,
     check_range,
+    refuse_script,
 )
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
@@ -169,6 +170,9 @@ class QuantizedModule(nn.Module):
     """
 
     dtype_attr = "weight_dtype"
+
+    def __prepare_scriptable__(self):  # torch.jit.script: a clear refusal
+        refuse_script(self)
 
     def keeps_dtype(self, buffer_name: str) -> bool:
         """Whether dtype casts leave this buffer's dtype as it is (all but a linear's bias)."""
