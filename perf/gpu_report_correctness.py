@@ -232,6 +232,41 @@ def check_linear_fp64(case: str, dtype, shape, device, sizes: Sizes) -> str:
     return f"{M}x{K}->{N} max rel err {max(errs):.2e} (tol {REL_TOL[dtype]:.1e})"
 
 
+NARROW_PAIRS = ((torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                (torch.bfloat16, torch.float16))  # (weight, input): fewer mantissa bits  # fmt: skip
+
+
+def check_narrow_weight(device, sizes: Sizes) -> str:
+    """A weight narrower than its input (docs/numerics.md "Weights narrower than the input"):
+    the forward takes the dequantized path (its per-channel launch and the capped tile compiled
+    here), within x's bound of the fp64 product of w_fq rounded in the weight's dtype; grad_x
+    likewise. Per channel and int4 per group of 32, each (weight, input) dtype pair."""
+    from triton_qat.reference import fake_quantize_with_mask
+
+    M, K, N = sizes.linear_shapes[0]
+    worst = 0.0
+    for w_dtype, x_dtype in NARROW_PAIRS:
+        for wcfg in (LINEAR_CASES["default"][1], tq.QuantConfig(bits=4, granularity="per_group",
+                                                                group_size=32, symmetric=True)):  # fmt: skip
+            torch.manual_seed(0)
+            lin = tq.Linear(K, N, weight=wcfg, device=device).to(w_dtype)
+            x = torch.randn(M, K, device=device, generator=_gen(device, 5)).to(x_dtype)
+            x.requires_grad_()
+            out = lin(x)
+            dy = torch.randn(out.shape, device=device, generator=_gen(device, 6)).to(x_dtype)
+            out.backward(dy)
+            x_fq, mx = fake_quantize_with_mask(x.detach(), lin.activation_config)
+            w_fq, _ = fake_quantize_with_mask(lin.weight.detach(), wcfg)
+            ref = x_fq.double() @ w_fq.double().T + lin.bias.detach().double()
+            what = f"{rel(str(w_dtype))} weight, {rel(str(x_dtype))} x"
+            worst = max(worst, _rel_err(out, ref, x_dtype, f"{what}: out"),
+                        _rel_err(x.grad, (dy.double() @ w_fq.double()) * mx, x_dtype,
+                                 f"{what}: grad_x"))  # fmt: skip
+    return (
+        f"{M}x{K}->{N}: {len(NARROW_PAIRS)} dtype pairs x 2 weight configs, max rel err {worst:.2e}"
+    )
+
+
 def check_ao_parity(name: str, device, sizes: Sizes) -> str:
     """torch.ao family: tq.Linear(qconfig=...) trains like prepare_qat with
     torch.ao.nn.qat.dynamic.Linear: outputs, gradients, observer state bit-identical per step."""
@@ -805,6 +840,7 @@ def correctness_checks(device, sizes: Sizes, folder: Path) -> tuple[list, list]:
           lambda c=case, t=dt, sh=(M, K, N): check_linear_fp64(c, t, sh, device, sizes))
          for (M, K, N) in sizes.linear_shapes for case in LINEAR_CASES for dt in sizes.dtypes
          if _group_fits(LINEAR_CASES[case][1], K)],
+        [("narrow_weight_vs_fp64", lambda: check_narrow_weight(device, sizes))],
         [(f"torch_ao_parity[{n}]", lambda n=n: check_ao_parity(n, device, sizes))
          for n in ("dynamic_default", "per_channel_weight")],
         [(f"gemm_paths_vs_fp64[{d(dt)}]", lambda t=dt: check_gemm_paths(t, device, sizes))
