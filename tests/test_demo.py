@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from triton_qat import demo
@@ -51,6 +52,44 @@ def test_demo_tiny_run(tmp_path, capsys, monkeypatch):
     assert abs(r["float8_ptq"] - r["float"]) < abs(r["ptq"] - r["float"])
     last = out.rstrip().splitlines()[-1]  # the table is the last thing printed
     assert last.startswith("time per step") and ("CPU time" in last) == (r["device"] == "cpu")
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--weight-bits", "9"], "--weight-bits"),
+        (["--act-bits", "1"], "--act-bits"),
+        (["--group-size", "-1"], "--group-size"),
+        (["--group-size", "7"], "--group-size"),  # divides no in_features: nothing quantized
+        (["--group-size", "64"], "--group-size"),  # divides fc2's 128 only, not d_model 32
+        (["--device", "cuda"], "--device"),  # torch.cuda.is_available() patched to False
+        (["--corpus", "{tmp}/missing.txt"], "--corpus"),
+        (["--corpus", "{tmp}/short.txt"], "--corpus"),  # fewer characters than a window
+        (["--steps", "0"], "--steps"),
+        (["--qat-steps", "-1"], "--qat-steps"),
+        (["--check-batches", "-1"], "--check-batches"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--out", "{tmp}/short.txt"], "--out"),  # a file, not a folder
+        (["--config", "huge"], "--config"),
+    ],
+)
+def test_demo_bad_arguments_are_argparse_errors(args, flag, tmp_path, capsys, monkeypatch):
+    """Each bad value is an argparse error (exit code 2) naming its flag, before any data is
+    loaded or any model trained (both patched to fail here)."""
+    (tmp_path / "short.txt").write_text("abc", encoding="utf-8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_work(*a, **k):
+        raise AssertionError("reached loading / training: the arguments were not checked first")
+
+    monkeypatch.setattr(demo, "load_corpus", no_work)
+    monkeypatch.setattr(demo, "train", no_work)
+    argv = ["--config", "tiny", "--quiet", *(a.format(tmp=tmp_path) for a in args)]
+    with pytest.raises(SystemExit) as exc:
+        demo.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err, err  # (the usage line names every flag: not enough)
 
 
 def test_kernels_and_plain_torch_give_the_same_qat_losses(tmp_path):

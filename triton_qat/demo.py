@@ -129,17 +129,52 @@ def keep_head_float(mod: nn.Module, fqn: str) -> bool:
     return fqn != "head"
 
 
+def act_config(bits: int) -> tq.QuantConfig:
+    """Per-token asymmetric activations (ValueError from QuantConfig on bits outside 2..8)."""
+    return tq.QuantConfig(bits=bits, granularity="per_token")
+
+
+def weight_config(bits: int, group_size: int) -> tq.QuantConfig:
+    """Symmetric weights per group of ``group_size`` (0: per output channel); ValueError from
+    QuantConfig on bits outside 2..8 or a negative group size."""
+    if group_size:
+        return tq.QuantConfig(
+            bits=bits, granularity="per_group", group_size=group_size, symmetric=True
+        )
+    return tq.QuantConfig(bits=bits, granularity="per_channel", symmetric=True)
+
+
 def quant_configs(weight_bits: int, group_size: int, act_bits: int):
     """(activation, weight) QuantConfigs: per-token asymmetric activations, symmetric weights per
     group of ``group_size`` (0: per output channel)."""
-    act = tq.QuantConfig(bits=act_bits, granularity="per_token")
-    if group_size:
-        w = tq.QuantConfig(
-            bits=weight_bits, granularity="per_group", group_size=group_size, symmetric=True
+    return act_config(act_bits), weight_config(weight_bits, group_size)
+
+
+def quantized_in_features(cfg: ModelConfig) -> list[int]:
+    """The distinct ``in_features`` of the linears :func:`keep_head_float` selects in a
+    :class:`TinyGPT` of ``cfg`` (built on the meta device: no memory, no weights)."""
+    with torch.device("meta"):
+        model = TinyGPT(1, cfg)
+    return sorted(
+        {
+            mod.in_features
+            for fqn, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and keep_head_float(mod, fqn)
+        }
+    )
+
+
+def prepare_quantized(model: nn.Module, act: object, weight: object) -> nn.Module:
+    """``tq.prepare`` every linear but the head; RuntimeError if it quantized none (prepare leaves
+    the linears whose shapes the configs cannot quantize as ``nn.Linear``, with a warning): the
+    demo would then compare the float model with itself."""
+    prepared = tq.prepare(model, activation=act, weight=weight, filter_fn=keep_head_float)
+    if not any(isinstance(mod, tq.Linear) for mod in prepared.modules()):
+        raise RuntimeError(
+            f"triton_qat demo: tq.prepare quantized no linear layer with weight config {weight} "
+            "(see its warning: a group size must divide the layers' in_features)"
         )
-    else:
-        w = tq.QuantConfig(bits=weight_bits, granularity="per_channel", symmetric=True)
-    return act, w
+    return prepared
 
 
 def describe(act: tq.QuantConfig, w: tq.QuantConfig) -> str:
@@ -308,7 +343,7 @@ def qat_check(payload: dict) -> dict:
     act, w = quant_configs(*payload["quant"])
     model = TinyGPT(payload["vocab"], cfg)
     model.load_state_dict(payload["state"])
-    model = tq.prepare(model, activation=act, weight=w, filter_fn=keep_head_float)
+    model = prepare_quantized(model, act, w)
     out = {"backend": tq.backend("cpu"), "loss": [], "grad": []}
     for x, y in zip(payload["x"], payload["y"], strict=True):
         loss = lm_loss(model, x, y)
@@ -426,10 +461,76 @@ def parse(argv):
     )
     p.add_argument("--check-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name in ("steps", "qat_steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}: expected a positive int")
+    if not args.check_worker:
+        check_args(p, args)
     return p, args
+
+
+def config_name(args: argparse.Namespace) -> str:
+    """--config, or the default for the device: small on CUDA, cpu on a CPU."""
+    return args.config or ("small" if args.device == "cuda" else "cpu")
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every flag argparse cannot check by type or choices, before any data or model: each bad
+    value is a ``p.error`` (exit code 2) naming the flag. Resolves ``args.device`` (None: cuda when
+    available, else cpu)."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("argument --device: cuda, but torch.cuda.is_available() is False")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = config_name(args)
+    cfg = CONFIGS[name]
+    for flag, value in (("--steps", args.steps), ("--qat-steps", args.qat_steps)):
+        if value is not None and value < 1:
+            p.error(f"argument {flag}: expected a positive int, got {value}")
+    if args.check_batches < 0:
+        p.error(
+            f"argument --check-batches: expected an int >= 0 (0: skip), got {args.check_batches}"
+        )
+    # the library's own checks (QuantConfig.__post_init__): bits in 2..8, a positive group size
+    try:
+        act_config(args.act_bits)
+    except ValueError as e:
+        p.error(f"argument --act-bits: {e}")
+    try:
+        weight_config(args.weight_bits, args.group_size)
+    except ValueError as e:
+        flag = "--group-size" if str(e).startswith("group_size") else "--weight-bits"
+        p.error(f"argument {flag}: {e}" + (" (0: per channel)" if flag == "--group-size" else ""))
+    in_features = quantized_in_features(cfg)
+    if args.group_size and any(k % args.group_size for k in in_features):
+        common = math.gcd(*in_features)
+        divisors = [d for d in range(1, common + 1) if common % d == 0]
+        p.error(
+            f"argument --group-size: {args.group_size} does not divide the in_features of every "
+            f"quantized linear layer of the {name} config ({', '.join(map(str, in_features))}): "
+            f"use 0 (per channel) or one of {', '.join(map(str, divisors))}"
+        )
+    for seed in (args.seed, args.seed + 1):  # the float and the fine-tuning batches
+        try:
+            torch.Generator().manual_seed(seed)
+        except (RuntimeError, ValueError, OverflowError) as e:
+            p.error(f"argument --seed: {args.seed} is not a torch seed ({e})")
+    check_corpus(p, args.corpus, cfg, name)
+    existing = next(d for d in (args.out, *args.out.absolute().parents) if d.exists())
+    if not existing.is_dir():
+        p.error(f"argument --out: {existing} exists and is not a directory")
+
+
+def check_corpus(p: argparse.ArgumentParser, path: Path, cfg: ModelConfig, name: str) -> None:
+    """``p.error`` naming --corpus unless ``path`` is UTF-8 text long enough for the windows of
+    :func:`batches` (training: the first 90%) and :func:`eval_windows` (held out: the last 10%)."""
+    try:
+        n = len(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        p.error(f"argument --corpus: cannot read {path} as UTF-8 text ({e})")
+    split = int(0.9 * n)
+    T = cfg.seq_len
+    if split < T + 2 or n - split < T + 1:
+        p.error(
+            f"argument --corpus: {path} has {n} characters; the {name} config (seq_len {T}) needs "
+            f"at least {T + 2} in its first 90% (training) and {T + 1} in its last 10% (held out)"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -437,11 +538,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.check_worker:
         check_worker(args.check_worker)
         return {}
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.rank, args.world, args.local_rank = setup_distributed(args.device)
     cuda = args.device == "cuda"
     args.compile = args.compile == "on" or (args.compile == "auto" and cuda)
-    name = args.config or ("small" if cuda else "cpu")
+    name = config_name(args)
     cfg = CONFIGS[name]
     steps = args.steps or cfg.steps
     qat_steps = args.qat_steps or cfg.qat_steps
@@ -496,11 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
     float_eval = pre["eval"]
 
     # 2. PTQ: quantize the trained float model as it is (prepare + convert, no training).
-    ptq_model = tq.convert(
-        tq.prepare(
-            copy.deepcopy(model), activation=act, weight=weight, filter_fn=keep_head_float
-        ).eval()
-    )
+    ptq_model = tq.convert(prepare_quantized(copy.deepcopy(model), act, weight).eval())
     ptq_eval = eval_loss(ptq_model, ev)
     say(
         f"float eval loss {float_eval:.4f} (unigram {unigram:.4f}); "
@@ -509,10 +605,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 2b. The float8 line: e4m3 weights and activations (torchao's float8 QAT numerics; on a
     #     Hopper GPU in bf16 the converted layers run the fp8 tensor-core GEMM), PTQ alone
     f8 = tq.Float8Config(hp_value_lb=1e-12)
-    f8_model = tq.convert(
-        tq.prepare(copy.deepcopy(model), activation=f8, weight=tq.Float8Config(),
-                   filter_fn=keep_head_float).eval()
-    )  # fmt: skip
+    f8_model = tq.convert(prepare_quantized(copy.deepcopy(model), f8, tq.Float8Config()).eval())
     f8_eval = eval_loss(f8_model, ev)
     del f8_model
     say(f"PTQ at float8 e4m3 W8A8 (per-row scales): {f8_eval:.4f} (+{f8_eval - float_eval:.4f})")
@@ -527,9 +620,7 @@ def main(argv: list[str] | None = None) -> dict:
         floor=0.0,
         seed=args.seed + 1,
     )
-    qat_model = tq.prepare(
-        copy.deepcopy(model), activation=act, weight=weight, filter_fn=keep_head_float
-    )
+    qat_model = prepare_quantized(copy.deepcopy(model), act, weight)
     qat = train("QAT fine-tune", qat_model, train_data, ev, cfg, args, **ft)
     #    convert: tq.Linear -> tq.QuantizedLinear (int8 codes, two int4 / int3 codes per byte)
     qat_model = tq.convert(qat_model.eval())
@@ -570,9 +661,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = args.out / "qat_converted.pt"
         torch.save(qat_model.state_dict(), path)
         loaded = TinyGPT(len(vocab), cfg).to(device=device, dtype=dtype)
-        loaded = tq.convert(
-            tq.prepare(loaded, activation=act, weight=weight, filter_fn=keep_head_float).eval()
-        )
+        loaded = tq.convert(prepare_quantized(loaded, act, weight).eval())
         loaded.load_state_dict(torch.load(path))
         result["reloaded"] = eval_loss(loaded, ev)
         result["saved"] = str(path)
