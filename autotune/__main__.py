@@ -33,6 +33,7 @@ from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES
 
 from . import device_name, get_cache
 from .cache import cache_dir
+from .problems import fp8_problems_run
 from .tune import KERNELS, LinearShape, entries_of, n_candidates, tune
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -243,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     p.add_argument("--granularity", choices=["per_channel", "per_group"], default="per_channel",
                    help="weight granularity")  # fmt: skip
-    p.add_argument("--group-size", type=_int_at_least(1), default=128,
-                   help="for --granularity per_group (a positive divisor of every K)")  # fmt: skip
+    p.add_argument("--group-size", type=_int_at_least(1), default=None,
+                   help="for --granularity per_group only (a positive divisor of every K; "
+                   "default 128)")  # fmt: skip
     p.add_argument("--bits", type=int, choices=[4, 8], default=8, help="weight bits")
-    p.add_argument("--kernels", default=",".join(KERNELS), help=f"subset of {','.join(KERNELS)}")
+    p.add_argument("--kernels", default=None,
+                   help=f"subset of {','.join(KERNELS)} (default: all; f8fwd only where the fp8 "
+                   "GEMM runs: --dtype bf16 / fp16 on fp8 tensor cores)")  # fmt: skip
     p.add_argument("--full", action="store_true",
                    help="time the whole config space instead of the curated lists")  # fmt: skip
     p.add_argument("--workers", type=_int_at_least(1), default=None,
@@ -261,11 +265,23 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and not INTERPRET:
         p.error("tuning needs a CUDA device, and none is available; on a CPU set "
                 "TRITON_INTERPRET=1 for a dry run (one config per kernel, nothing measured)")  # fmt: skip
-    kernels = [k for k in args.kernels.split(",") if k]
+    kernels = [k for k in (args.kernels if args.kernels is not None else ",".join(KERNELS)
+                           ).split(",") if k]  # fmt: skip
     bad = [k for k in kernels if k not in KERNELS]
     if bad or not kernels:
         p.error(f"--kernels: unknown {bad}; expected a subset of {list(KERNELS)}")
-    group = args.group_size if args.granularity == "per_group" else 0
+    dtype = DTYPES[args.dtype]
+    if args.kernels is not None and "f8fwd" in kernels and not fp8_problems_run(dtype, device):
+        # asked for by name, the fp8 GEMM is not silently left out (the default list skips it)
+        if dtype not in (torch.bfloat16, torch.float16):
+            p.error(f"--kernels f8fwd: the fp8 GEMM runs only at --dtype bf16 or fp16, got "
+                    f"--dtype {args.dtype}")  # fmt: skip
+        p.error(f"--kernels f8fwd: the fp8 GEMM needs fp8 tensor cores (compute capability "
+                f"8.9+), which {device_name(device)} lacks")  # fmt: skip
+    if args.group_size is not None and args.granularity != "per_group":
+        p.error(f"--group-size {args.group_size}: weights in groups need --granularity per_group "
+                f"(--granularity {args.granularity} tunes one scale per output channel)")  # fmt: skip
+    group = (args.group_size or 128) if args.granularity == "per_group" else 0
     if args.model is not None:
         try:
             shapes = model_tuning_shapes(args.model, args.tokens, group)
@@ -278,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         why = unrunnable(K, group)
         if why is not None:
             p.error(f"--shapes: no triton_qat layer runs {M}x{K}x{N}: {why}")
-        specs.append(LinearShape(M, K, N, DTYPES[args.dtype], args.bits, group))
+        specs.append(LinearShape(M, K, N, dtype, args.bits, group))
 
     cache = get_cache(device)
     save_error = cache_write_error()

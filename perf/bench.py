@@ -43,6 +43,7 @@ from torch import nn
 import triton_qat as tq
 from triton_qat.autotune.cache import slug
 from triton_qat.autotune.problems import LinearShape, problems
+from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES
 from triton_qat.reference import ReferenceLinear
 
 FIELDS = ["kernel", "provider", "backend", "mode", "metric", "M", "K", "N", "dtype", "value",
@@ -340,11 +341,37 @@ def add_speedups(rows: list[dict]) -> list[dict]:
 
 
 def parse_pairs(text: str) -> list[tuple[int, int]]:
+    """``KxN[,KxN...]`` (or ``K->N``) of positive ints (argparse type: ArgumentTypeError)."""
     pairs = []
-    for item in text.split(","):
-        k, _, n = item.partition("->") if "->" in item else item.partition("x")
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        k, _, n = item.partition("->") if "->" in item else item.lower().partition("x")
+        if not (k.strip().isdecimal() and n.strip().isdecimal() and int(k) > 0 and int(n) > 0):
+            raise argparse.ArgumentTypeError(
+                f"expected KxN pairs of positive ints (e.g. 4096x4096), got {item!r}"
+            )
         pairs.append((int(k), int(n)))
+    if not pairs:
+        raise argparse.ArgumentTypeError("expected at least one KxN pair")
     return pairs
+
+
+def positive_ints(text: str) -> list[int]:
+    """Comma-separated positive ints (argparse type: ArgumentTypeError)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or not all(t.isdecimal() and int(t) > 0 for t in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}")
+    return [int(t) for t in items]
+
+
+def positive_int(text: str) -> int:
+    """One positive int (argparse type: ArgumentTypeError)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -352,12 +379,13 @@ def main(argv: list[str] | None = None) -> Path:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="tiny sweep (CPU-friendly)")
-    p.add_argument("--tokens", default=None, help="comma-separated M values")
-    p.add_argument("--features", default=None, help="comma-separated KxN pairs, e.g. 4096x4096")
+    p.add_argument("--tokens", type=positive_ints, default=None, help="comma-separated M values")
+    p.add_argument("--features", type=parse_pairs, default=None,
+                   help="comma-separated KxN pairs, e.g. 4096x4096")  # fmt: skip
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--providers", default=",".join(PROVIDERS))
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--reps", type=positive_int, default=None)
     p.add_argument("--out", default=None, help="CSV path (default perf/results/<gpu>/bench.csv)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -366,8 +394,8 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         tokens = [512, 1024, 2048, 4096, 8192, 16384]
         pairs, reps, warmup = [(4096, 4096), (4096, 14336), (14336, 4096)], 50, 10
-    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else tokens
-    pairs = parse_pairs(args.features) if args.features else pairs
+    tokens = args.tokens or tokens
+    pairs = args.features or pairs
     reps = args.reps or reps
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     providers = [s for s in args.providers.split(",") if s]
@@ -375,6 +403,12 @@ def main(argv: list[str] | None = None) -> Path:
     for name, given, allowed in (("--providers", providers, PROVIDERS), ("--modes", modes, MODES)):
         if not given or any(g not in allowed for g in given):
             p.error(f"{name}: expected a subset of {allowed}, got {given}")
+    # every triton_qat layer, and the kernel rows where kernels run, take K <= MAX_IN_FEATURES
+    if any(s.startswith("triton_qat") for s in providers) or tq.backend(device) != "torch":
+        for K, N in pairs:
+            if K > MAX_IN_FEATURES:
+                p.error(f"--features {K}x{N}: in_features K at most {MAX_IN_FEATURES} (the int8 "
+                        f"GEMM's int32 accumulator) for triton_qat, got {K}")  # fmt: skip
     gpu = device_label(device)
     folder = "quick" if args.quick else slug(gpu)  # quick runs are rehearsals: git ignores them
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / folder / "bench.csv"

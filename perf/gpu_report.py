@@ -49,6 +49,7 @@ T_START = time.monotonic()  # the budget counts from here (imports included)
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -264,17 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     env_budget = os.environ.get("BUDGET_S", "").strip()
-    budget = (
-        args.budget
-        if args.budget is not None
-        else float(env_budget)
-        if env_budget
-        else dry_budget()
-        if args.dry_run
-        else DEFAULT_BUDGET_S
-    )
-    if not budget > 0:
-        p.error(f"budget: expected seconds > 0, got {budget}")
+    if args.budget is not None:
+        budget, source = args.budget, "--budget"
+    elif env_budget:
+        source = "BUDGET_S"
+        try:
+            budget = float(env_budget)
+        except ValueError:
+            p.error(f"BUDGET_S: expected a finite number of seconds > 0, got {env_budget!r}")
+    else:
+        budget, source = (dry_budget() if args.dry_run else DEFAULT_BUDGET_S), "budget"
+    if not (budget > 0 and math.isfinite(budget)):
+        p.error(f"{source}: expected a finite number of seconds > 0, got {budget}")
     if args.dry_run and os.environ.get("TRITON_INTERPRET") != "1":
         p.error("--dry-run: TRITON_INTERPRET=1 must be set before Triton is imported "
                 "(run it as a script: python perf/gpu_report.py --dry-run)")  # fmt: skip

@@ -132,20 +132,48 @@ def measure(tokens: list[int], layers: list[int], device: torch.device,
     return rows
 
 
+def positive_ints(text: str) -> list[int]:
+    """Comma-separated positive ints (argparse type: ArgumentTypeError)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or not all(t.isdecimal() and int(t) > 0 for t in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}")
+    return [int(t) for t in items]
+
+
+def parse_device(text: str) -> torch.device:
+    """cpu, cuda or cuda:N (argparse type: ArgumentTypeError); whether CUDA is there is checked
+    in :func:`main`."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return device
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--tokens", default="1024,4096", help="comma-separated token counts")
-    p.add_argument("--layers", default="1,4", help="comma-separated block counts")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tokens", type=positive_ints, default="1024,4096",
+                   help="comma-separated token counts")  # fmt: skip
+    p.add_argument("--layers", type=positive_ints, default="1,4",
+                   help="comma-separated block counts")  # fmt: skip
+    p.add_argument("--device", type=parse_device,
+                   default="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
     p.add_argument("--compiled", action="store_true", help="torch.compile every model")
     p.add_argument(
         "--out", default=None, help="CSV path (default perf/results/<device>/memory.csv)"
     )
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    rows = measure([int(t) for t in args.tokens.split(",")],
-                   [int(n) for n in args.layers.split(",")], device, args.compiled)  # fmt: skip
+    device = args.device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            p.error(f"--device {device}: no CUDA device is available here (use --device cpu)")
+        if device.index is not None and device.index >= count:
+            p.error(f"--device {device}: only {count} CUDA device(s) here")
+    rows = measure(args.tokens, args.layers, device, args.compiled)
     name = slug(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / name / "memory.csv"
     out.parent.mkdir(parents=True, exist_ok=True)

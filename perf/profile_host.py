@@ -14,7 +14,11 @@ Then it profiles one eager forward and one eager forward+backward of triton_qat 
 (Python functions by own time) and torch.profiler (operators by self CPU time).
 
     python3 perf/profile_host.py --out /tmp/prof          # on a CUDA machine
-    TRITON_INTERPRET=1 python perf/profile_host.py --dry-run   # the same code path on a CPU
+    python perf/profile_host.py --dry-run                 # the same code path on a CPU
+
+``--dry-run`` runs on the CPU in Triton's interpreter (run as a script, it sets
+``TRITON_INTERPRET=1`` before Triton is imported), with few calls and, unless ``--shapes`` names
+others, one tiny shape.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import sys
@@ -29,14 +34,21 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-import triton
-import triton.language as tl
+if __name__ == "__main__" and "--dry-run" in sys.argv[1:]:
+    # the CPU rehearsal runs the real kernels in Triton's interpreter, which must be chosen
+    # before Triton (and triton_qat) is imported: without it a CPU has no Triton driver at all
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Timer, make_layer, queued_ms  # noqa: E402
 
 import triton_qat as tq  # noqa: E402
+from triton_qat.kernels._common import INTERPRET  # noqa: E402
+from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES  # noqa: E402
 
 # compiled host time is judged against F.linear's compiled (issue 27: within 30 us); CUDA graphs
 # replay without host work per kernel
@@ -202,21 +214,62 @@ def _backward_steps(layer, x: torch.Tensor, device: torch.device, dtype: torch.d
     }
 
 
+DRY_SHAPES = [(32, 128, 48)]
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    """``MxKxN[,MxKxN...]`` of positive ints, K a triton_qat layer runs (argparse type)."""
+    shapes = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.lower().split("x")
+        if len(parts) != 3 or not all(p.isdecimal() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"expected MxKxN with positive ints (e.g. 2048x4096x4096), got {item!r}"
+            )
+        M, K, N = (int(p) for p in parts)
+        if K > MAX_IN_FEATURES:
+            raise argparse.ArgumentTypeError(
+                f"{item}: in_features K at most {MAX_IN_FEATURES} (the int8 GEMM's int32 "
+                f"accumulator), got {K}"
+            )
+        shapes.append((M, K, N))
+    if not shapes:
+        raise argparse.ArgumentTypeError("expected at least one MxKxN")
+    return shapes
+
+
+def providers_for(K: int) -> list[str]:
+    """:data:`PROVIDERS` whose layer takes ``K`` in_features (a weight group must divide K)."""
+    return [p for p in PROVIDERS if " i4g" not in p or K % int(p.split(" i4g")[1].split()[0]) == 0]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dry-run", action="store_true", help="tiny shapes (CPU, Triton interpreter)")
-    p.add_argument("--shapes", default="2048x4096x4096,8192x4096x4096", help="MxKxN,...")
+    p.add_argument("--dry-run", action="store_true",
+                   help="CPU, Triton interpreter, few calls; tiny shapes unless --shapes is given")  # fmt: skip
+    p.add_argument("--shapes", type=parse_shapes, default=None,
+                   help="MxKxN,... (default 2048x4096x4096,8192x4096x4096; --dry-run: 32x128x48)")  # fmt: skip
     p.add_argument("--ladder-only", action="store_true", help="only the host-time ladder")
     p.add_argument("--no-profiles", action="store_true", help="skip cProfile / torch.profiler")
     p.add_argument("--out", default=None, help="folder for profile.txt (default: print only)")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dry_run:
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not INTERPRET:
+        # the ladder launches Triton kernels itself: on a CPU only the interpreter runs them
+        if args.dry_run:
+            p.error("--dry-run: on a CPU the Triton kernels run in Triton's interpreter, and "
+                    "TRITON_INTERPRET=1 must be set before Triton is imported (run it as a "
+                    "script, python perf/profile_host.py --dry-run, which sets it)")  # fmt: skip
+        p.error("no CUDA device: on a CPU pass --dry-run (Triton's interpreter; or set "
+                "TRITON_INTERPRET=1 for these shapes in the interpreter)")  # fmt: skip
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shapes = (
-        [(32, 128, 48)]
-        if args.dry_run
-        else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    )
+    if args.shapes is not None:
+        shapes = args.shapes
+    else:
+        shapes = DRY_SHAPES if args.dry_run else [(2048, 4096, 4096), (8192, 4096, 4096)]
     n, top = (2, 12) if args.dry_run else (20, 40)
     lines = [f"# host vs device, {device}, torch {torch.__version__}, backend {tq.backend(device)}"]
 
@@ -235,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\n## {M}x{K}->{N} {dtype}: ms per call (median single; host/device over {n})")
         say("| provider | mode | single | host | device | syncs |")
         say("| --- | --- | ---: | ---: | ---: | ---: |")
-        for provider in PROVIDERS:
+        for provider in providers_for(K):
             layer = make_layer(provider, K, N, device, dtype)
             for mode in ("fwd", "fwd+bwd"):
                 t = split_times(layer, x, dy, mode, n, device)

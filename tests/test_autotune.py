@@ -402,9 +402,17 @@ def test_cli_without_gpu_or_interpreter_says_what_it_needs():
         (["--model", "no_such_module_xyz:make"], "--model"),
         (["--shapes", "32x64x64", "--model", "a:b"], "--model"),
         ([], "--shapes"),
+        # a group size without per-group weights would be ignored (per-channel tuned instead)
+        (["--shapes", "32x64x64", "--group-size", "32", "--bits", "4"], "--granularity per_group"),
+        (["--shapes", "32x64x64", "--granularity", "per_channel", "--group-size", "32"],
+         "--group-size 32"),
+        # the fp8 GEMM, asked for by name where it does not run, would tune nothing and exit 0
+        (["--shapes", "32x64x64", "--dtype", "fp32", "--kernels", "f8fwd"], "--dtype fp32"),
+        (["--shapes", "32x64x64", "--dtype", "fp32", "--kernels", "fwd,f8fwd"], "--kernels f8fwd"),
     ],
     ids=["group-0", "group-negative", "group-not-dividing", "device-meta", "device-bad",
-         "kernels", "model-missing", "shapes-and-model", "nothing"],
+         "kernels", "model-missing", "shapes-and-model", "nothing", "group-without-per-group",
+         "group-with-per-channel", "f8fwd-fp32", "f8fwd-fp32-with-fwd"],
 )  # fmt: skip
 def test_cli_bad_arguments_end_in_argparse_errors(args, needle, capsys):
     from triton_qat.autotune import __main__ as cli
@@ -414,6 +422,7 @@ def test_cli_bad_arguments_end_in_argparse_errors(args, needle, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and "usage:" in err and "Traceback" not in err
+    assert needle in err.strip().splitlines()[-1]  # the error line, not the usage's flag list
 
 
 TINY_MODEL = """

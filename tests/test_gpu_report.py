@@ -156,6 +156,26 @@ def test_too_small_budget_exits_cleanly_with_what_it_had(tmp_path):
     assert env and json.loads(env[0]["detail"])["dry_run"] is True
 
 
+@pytest.mark.parametrize(
+    "env_budget,args,needle",
+    [("abc", [], "BUDGET_S"), ("inf", [], "BUDGET_S"), ("-5", [], "BUDGET_S"),
+     ("abc", ["--budget", "inf"], "--budget")],
+    ids=["env-not-a-number", "env-inf", "env-negative", "arg-inf"],
+)  # fmt: skip
+def test_bad_budget_is_an_argparse_error_naming_its_source(
+    env_budget, args, needle, tmp_path, monkeypatch, capsys
+):
+    """The documented ``BUDGET_S`` knob is checked as ``--budget`` is (which wins over it):
+    seconds > 0 and finite, else exit 2 with the knob named, never a traceback."""
+    monkeypatch.setenv("BUDGET_S", env_budget)
+    with pytest.raises(SystemExit) as exc:
+        gpu_report.main([*args, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+    assert needle in err.strip().splitlines()[-1]  # the error line, not the usage's flag list
+
+
 def test_phase_limits_fit_the_default_budget():
     """The four phases' limits and the report's reserve fit the default 480 s; a smaller budget
     scales each phase down; the rehearsal's default budget holds each dry limit whole."""

@@ -4,6 +4,9 @@ import csv
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "perf"))  # the scripts and the modules they import from each other
 
@@ -90,6 +93,76 @@ def test_profile_host_dry_run(tmp_path):
     ):
         assert f"| {step}" in text
     assert "cProfile, triton_qat eager fwd+bwd" in text and "Self CPU time total" in text
+
+
+def test_profile_host_dry_run_without_triton_interpret_set(tmp_path):
+    """As the README says, ``--dry-run`` runs on a CPU as a script without TRITON_INTERPRET in
+    the environment (it picks Triton's interpreter itself: a CPU has no Triton driver), and at the
+    shapes --shapes names (the ladder's header is at its K and N; the ladder alone: fast)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, str(ROOT / "perf" / "profile_host.py"), "--dry-run",
+                          "--ladder-only", "--shapes", "16x64x8", "--out", str(tmp_path)],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = (tmp_path / "profile.txt").read_text()
+    assert "backend triton-interpreter" in text.splitlines()[0]
+    assert "64x64->8 torch.float32" in text and "| bare Triton launch" in text
+
+
+def test_profile_host_skips_the_providers_a_shape_cannot_take():
+    """--shapes is honoured: a group of 128 does not divide K = 64, so that provider is left out
+    (as bench.py leaves it out) instead of failing the run."""
+    import profile_host
+
+    assert "triton_qat i4g128 compiled" in profile_host.providers_for(128)
+    assert profile_host.providers_for(64) == [
+        p for p in profile_host.PROVIDERS if p != "triton_qat i4g128 compiled"
+    ]
+
+
+_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@pytest.mark.parametrize(
+    "script,args,needle",
+    [
+        ("bench", ["--tokens", "abc"], "--tokens"),
+        ("bench", ["--tokens", "0"], "--tokens"),
+        ("bench", ["--features", "64"], "--features"),
+        ("bench", ["--features", "0x8"], "--features"),
+        ("bench", ["--features", "70000x64"], "--features 70000x64"),
+        ("bench", ["--reps", "0"], "--reps"),
+        ("bench", ["--reps", "-1"], "--reps"),
+        ("memory", ["--tokens", "x"], "--tokens"),
+        ("memory", ["--layers", "0"], "--layers"),
+        ("memory", ["--device", "gpu"], "--device"),
+        pytest.param("memory", ["--device", "cuda"], "--device cuda", marks=_CUDA),
+        ("profile_host", ["--shapes", "abc"], "--shapes"),
+        ("profile_host", ["--shapes", "8x70000x8", "--ladder-only"], "--shapes"),
+    ],
+    ids=["bench-tokens-abc", "bench-tokens-0", "bench-features-64", "bench-features-0",
+         "bench-features-k-too-large", "bench-reps-0", "bench-reps-negative", "memory-tokens",
+         "memory-layers-0", "memory-device-bad", "memory-device-cuda-absent",
+         "profile-host-shapes-abc", "profile-host-shapes-k-too-large"],
+)  # fmt: skip
+def test_cli_bad_arguments_end_in_argparse_errors(script, args, needle, tmp_path, capsys):
+    """Malformed or impossible arguments of the perf scripts are argparse errors (exit 2, the
+    flag named on the error line), never a traceback or a sweep that ignores them."""
+    import importlib
+
+    main = importlib.import_module(script).main
+    out = ["--out", str(tmp_path / ("x" if script == "profile_host" else "x.csv"))]
+    base = ["--quick", "--providers", "F.linear,triton_qat eager", "--modes", "fwd"]
+    base = base if script == "bench" else []
+    with pytest.raises(SystemExit) as exc:
+        main([*base, *args, *out])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "Traceback" not in err
+    assert needle in err.strip().splitlines()[-1]  # the error line, not the usage's flag list
 
 
 def _fake_cuda_timing(monkeypatch, elapsed_ms: float):
