@@ -244,6 +244,8 @@ def check_narrow_weight(device, sizes: Sizes) -> str:
     from triton_qat.reference import fake_quantize_with_mask
 
     M, K, N = sizes.linear_shapes[0]
+    if K % 32:
+        raise Skipped(f"group 32 does not divide K={K}")
     worst = 0.0
     for w_dtype, x_dtype in NARROW_PAIRS:
         for wcfg in (LINEAR_CASES["default"][1], tq.QuantConfig(bits=4, granularity="per_group",
@@ -840,7 +842,6 @@ def correctness_checks(device, sizes: Sizes, folder: Path) -> tuple[list, list]:
           lambda c=case, t=dt, sh=(M, K, N): check_linear_fp64(c, t, sh, device, sizes))
          for (M, K, N) in sizes.linear_shapes for case in LINEAR_CASES for dt in sizes.dtypes
          if _group_fits(LINEAR_CASES[case][1], K)],
-        [("narrow_weight_vs_fp64", lambda: check_narrow_weight(device, sizes))],
         [(f"torch_ao_parity[{n}]", lambda n=n: check_ao_parity(n, device, sizes))
          for n in ("dynamic_default", "per_channel_weight")],
         [(f"gemm_paths_vs_fp64[{d(dt)}]", lambda t=dt: check_gemm_paths(t, device, sizes))
@@ -850,6 +851,8 @@ def correctness_checks(device, sizes: Sizes, folder: Path) -> tuple[list, list]:
          for (M, K, N) in sizes.linear_shapes for dt in sizes.dtypes if dt != torch.float32],
         [("mx_nvfp4_kernels_vs_twins", lambda: check_mx_kernels(device, sizes))],
         [("float8_quantize_kernels_vs_twin", lambda: check_float8_kernels(device, sizes))],
+        # last in the first round: a phase cut short by its time limit keeps the older checks
+        [("narrow_weight_vs_fp64", lambda: check_narrow_weight(device, sizes))],
     ]  # fmt: skip
     calls: dict = {}
 

@@ -142,3 +142,16 @@ def test_demo_under_torchrun_two_processes(tmp_path):
     assert res.stdout.count("PTQ gap recovered by QAT") == 1 and "2 process(es)" in res.stdout
     assert "torch.compile: on" in res.stdout
     assert (tmp_path / "qat_demo.png").exists() and (tmp_path / "qat_converted.pt").exists()
+
+
+def test_a_prepare_that_quantizes_no_layer_stops_the_demo():
+    """The guard behind --group-size's check: a weight config no layer takes (prepare leaves
+    them all nn.Linear, with a warning) is an error, not a float model compared with itself."""
+    import pytest
+
+    model = demo.TinyGPT(40, demo.CONFIGS["tiny"])
+    with pytest.warns(UserWarning, match="left as nn.Linear"):
+        with pytest.raises(RuntimeError, match="quantized no linear layer"):
+            demo.prepare_quantized(model, demo.act_config(8), demo.weight_config(3, 7))
+    prepared = demo.prepare_quantized(model, demo.act_config(8), demo.weight_config(3, 32))
+    assert any(isinstance(m, demo.tq.Linear) for m in prepared.modules())

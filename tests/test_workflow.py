@@ -470,9 +470,10 @@ def test_convert_names_layers_whose_fake_quantization_was_disabled():
 
 def test_linear_subclasses_and_torchao_modules_left_by_prepare_and_convert_are_named():
     """prepare swaps exact nn.Linear modules (torch.ao's rule): a subclass it leaves is named
-    (its forward may differ), a torchao QAT module too (from_torchao takes it), and convert
-    names the torchao modules it leaves; MultiheadAttention's out_proj, filtered-out and
-    float-kept modules are not named."""
+    (its forward may differ), a torchao QAT module too (from_torchao takes it; a legacy
+    subclass of one as torchao's), and convert names the torchao modules it leaves;
+    MultiheadAttention's out_proj and filtered-out modules are not named. filter_fn is asked
+    before anything is swapped: an error it raises leaves the model as it was."""
     from torchao.quantization import qat as torchao_qat
 
     class MyLinear(nn.Linear):
@@ -481,18 +482,39 @@ def test_linear_subclasses_and_torchao_modules_left_by_prepare_and_convert_are_n
     def model():
         return nn.Sequential(MyLinear(32, 32), nn.Linear(32, 32), nn.MultiheadAttention(32, 2))
 
-    with pytest.warns(UserWarning, match=r"subclasses of nn.Linear.*0 \(MyLinear\)") as got:
+    with pytest.warns(UserWarning, match=r"subclasses of nn.Linear.*: 0 \(.*MyLinear\)") as got:
         m = tq.prepare(model())
     assert type(m[0]) is MyLinear and isinstance(m[1], tq.Linear)
     assert not any("out_proj" in str(w.message) for w in got)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tq.prepare(model(), filter_fn=lambda mod, fqn: fqn != "0")
+
+    def only_plain_linears(mod, fqn):
+        if type(mod) is not nn.Linear:
+            raise TypeError(f"unexpected {type(mod).__name__}")
+        return True
+
+    m = model()
+    with pytest.raises(TypeError, match="unexpected MyLinear"):
+        tq.prepare(m, filter_fn=only_plain_linears)
+    assert type(m[1]) is nn.Linear  # all or nothing
     ao_linear = torchao_qat.FakeQuantizedLinear(32, 32)
-    with pytest.warns(UserWarning, match="torchao QAT modules.*FakeQuantizedLinear.*from_torchao"):
+
+    class LegacyQATLinear(torchao_qat.FakeQuantizedLinear):  # torchao's legacy classes are so
+        pass
+
+    LegacyQATLinear.__module__ = "torchao.quantization.qat.linear"
+    legacy = LegacyQATLinear(32, 32)
+    with pytest.warns(
+        UserWarning, match=r"torchao QAT modules.*from_torchao.*FakeQuantizedLinear\)"
+    ):
         tq.prepare(nn.Sequential(ao_linear))
-    with pytest.warns(UserWarning, match="convert: left torchao QAT modules.*from_torchao"):
-        tq.convert(nn.Sequential(ao_linear).eval())
+    with pytest.warns(UserWarning, match=r"torchao QAT modules.*LegacyQATLinear\)"):
+        tq.prepare(nn.Sequential(legacy))
+    for left in (ao_linear, legacy):
+        with pytest.warns(UserWarning, match="convert: left torchao QAT modules.*from_torchao"):
+            tq.convert(nn.Sequential(left).eval())
 
 
 @pytest.mark.parametrize("kind", ["linear", "converted", "embedding"])

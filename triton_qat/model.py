@@ -166,13 +166,17 @@ def prepare(
     if embedding is not None:
         prepare_embeddings(model, embedding, filter_fn, plan.add)
         _warn_parametrized_embeddings_left(model, filter_fn, plan)
-    prepared = plan.commit(model)
-    _warn_linear_subclasses_left(
-        prepared, lambda mod, fqn: qconfigs.get(fqn) is not _KEEP_FLOAT and (
+    # what the warnings name is found before anything is swapped (filter_fn is asked then, so an
+    # error it raises leaves the model as it was), and said once the swap is done
+    advice = _linear_subclasses_left(
+        model, lambda mod, fqn: qconfigs.get(fqn) is not _KEEP_FLOAT and (
             filter_fn is None or filter_fn(mod, fqn))
     )  # fmt: skip
-    if explicit:  # (the layers just swapped in have these very configs)
-        _warn_prepared_with_other_configs(prepared, activation, weight, filter_fn)
+    if explicit:  # (the layers this prepare swaps in have these very configs)
+        advice += _prepared_with_other_configs(model, activation, weight, filter_fn)
+    prepared = plan.commit(model)
+    for message in advice:
+        warnings.warn(message, stacklevel=2)
     if qconfig is not None and prepared is model:  # (a swapped root has it from from_float)
         model.qconfig = qconfig
     if skipped:
@@ -184,11 +188,12 @@ def prepare(
     return prepared
 
 
-def _warn_prepared_with_other_configs(
+def _prepared_with_other_configs(
     model: nn.Module, activation: object, weight: object, filter_fn: FilterFn | None
-) -> None:
-    """Name the layers ``filter_fn`` accepts that are ``tq.Linear`` already, with configs other
-    than the explicit ones: prepare swaps ``nn.Linear`` only, so they keep what they have."""
+) -> list[str]:
+    """The warning (a list of at most one) naming the layers ``filter_fn`` accepts that are
+    ``tq.Linear`` already, with configs other than the explicit ones: prepare swaps
+    ``nn.Linear`` only, so they keep what they have."""
     want = (
         DEFAULT_ACTIVATION if activation is None else activation,
         DEFAULT_WEIGHT if weight is None else weight,
@@ -202,55 +207,62 @@ def _warn_prepared_with_other_configs(
         return filter_fn is None or filter_fn(mod, fqn)
 
     names = [module_path(fqn) for fqn, _ in find_modules(model, other)]
-    if names:
-        warnings.warn(
-            "triton_qat.prepare: already triton_qat.Linear with other configs, left as they are "
-            f"(prepare swaps nn.Linear only): {', '.join(names)}",
-            stacklevel=3,
-        )
+    if not names:
+        return []
+    return [
+        "triton_qat.prepare: already triton_qat.Linear with other configs, left as they are "
+        f"(prepare swaps nn.Linear only): {', '.join(names)}"
+    ]
 
 
 def _torchao_qat_module(kind: type) -> bool:
-    """A torchao QAT module class (``FakeQuantizedLinear``, ``FakeQuantizedEmbedding``, ...),
-    told by its module path, without importing torchao."""
-    return kind.__module__.startswith("torchao.") and "FakeQuantized" in kind.__name__
+    """A torchao QAT module class (``FakeQuantizedLinear``, ``FakeQuantizedEmbedding``, their
+    subclasses such as the legacy ``Int8DynActInt4WeightQATLinear``), told by its class
+    hierarchy's module paths, without importing torchao."""
+    return any(
+        c.__module__.startswith("torchao.") and "FakeQuantized" in c.__name__ for c in kind.__mro__
+    )
 
 
-def _warn_linear_subclasses_left(model: nn.Module, accepts: FilterFn) -> None:
-    """Name the modules :func:`prepare` (its exact-type selection, as torch.ao's mappings) left
-    though they are ``nn.Linear`` subclasses ``accepts`` takes: torchao's QAT modules
-    (``tq.from_torchao`` takes those) and other subclasses, whose forward may not be
-    ``F.linear`` (MultiheadAttention's ``out_proj``, whose weight the attention reads directly,
-    and triton_qat's own are not named)."""
-    torchao, other = [], []
+def _linear_subclasses_left(model: nn.Module, accepts: FilterFn) -> list[str]:
+    """The warnings naming the modules :func:`prepare` (its exact-type selection, as torch.ao's
+    mappings) leaves though they are ``nn.Linear`` subclasses ``accepts`` takes: torchao's QAT
+    modules (``tq.from_torchao`` takes those it supports), torch.ao's (prepare takes float
+    models), and other subclasses, whose forward may not be ``F.linear``. Not named:
+    MultiheadAttention's ``out_proj`` (the attention reads its weight directly) and triton_qat's
+    own classes."""
+    groups: dict[str, list[str]] = {"torchao": [], "torch.ao": [], "other": []}
     for fqn, mod in find_modules(model, lambda mod, fqn: _linear_subclass(mod)):
         if accepts(mod, fqn):
             kind = type_before_parametrizations(mod)
-            (torchao if _torchao_qat_module(kind) else other).append(
-                f"{module_path(fqn)} ({kind.__name__})"
-            )
-    if torchao:
-        warnings.warn(
-            f"triton_qat.prepare: left torchao QAT modules as they are: {', '.join(torchao)}; "
-            "tq.from_torchao(model) swaps them for triton_qat modules computing the same",
-            stacklevel=3,
-        )
-    if other:
-        warnings.warn(
-            "triton_qat.prepare: left as they are, subclasses of nn.Linear (prepare swaps exact "
-            f"nn.Linear modules, as torch.ao does: a subclass's forward may differ): "
-            f"{', '.join(other)}; tq.prepare(model, QATConfig(...)) swaps subclasses as "
-            "torchao's quantize_ does, or swap one yourself with tq.Linear.from_float",
-            stacklevel=3,
-        )
+            group = ("torchao" if _torchao_qat_module(kind)
+                     else "torch.ao" if kind.__module__.startswith("torch.ao.") else "other")  # fmt: skip
+            groups[group].append(f"{module_path(fqn)} ({kind.__module__}.{kind.__qualname__})")
+    advice = {
+        "torchao": "torchao QAT modules: tq.from_torchao(model) swaps FakeQuantizedLinear / "
+        "FakeQuantizedEmbedding / MX / NVFP4 ones for triton_qat modules computing the same "
+        "(other torchao QAT classes are not supported)",
+        "torch.ao": "torch.ao QAT modules: tq.prepare takes the float model (with its qconfig, "
+        "or qconfig=) in place of torch.ao's prepare_qat",
+        "other": "subclasses of nn.Linear (prepare swaps exact nn.Linear modules, as torch.ao "
+        "does: a subclass's forward may differ); tq.prepare(model, QATConfig(...)) swaps "
+        "subclasses as torchao's quantize_ does, or swap one yourself with tq.Linear.from_float",
+    }
+    return [
+        f"triton_qat.prepare: left as they are, {advice[group]}: {', '.join(names)}"
+        for group, names in groups.items()
+        if names
+    ]
 
 
 def _linear_subclass(mod: nn.Module) -> bool:
     kind = type_before_parametrizations(mod)
+    own = kind.__module__.startswith("triton_qat.")  # tq.Linear, reference.ReferenceLinear
     return (
         issubclass(kind, nn.Linear)
         and kind is not nn.Linear
-        and not issubclass(kind, (Linear, nn.modules.linear.NonDynamicallyQuantizableLinear))
+        and not own
+        and not issubclass(kind, nn.modules.linear.NonDynamicallyQuantizableLinear)
     )
 
 
@@ -364,7 +376,9 @@ def convert(model: nn.Module) -> nn.Module:
 
     # a parametrized layer's weight is frozen as it is now: its parametrizations do not carry
     model = swap_selected(model, select, make, carry_parametrizations=False)
-    torchao = find_modules(model, lambda mod, fqn: _torchao_qat_module(type(mod)))
+    torchao = find_modules(
+        model, lambda mod, fqn: _torchao_qat_module(type_before_parametrizations(mod))
+    )
     if torchao:
         warnings.warn(
             "triton_qat.convert: left torchao QAT modules as they are (convert takes triton_qat "
