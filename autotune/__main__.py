@@ -33,24 +33,10 @@ from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES
 
 from . import device_name, get_cache
 from .cache import cache_dir
-from .problems import fp8_problems_run
+from .problems import fp8_problems_run, parse_shapes
 from .tune import KERNELS, LinearShape, entries_of, n_candidates, tune
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def parse_shapes(text: str) -> list[tuple[int, int, int]]:
-    shapes = []
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        parts = item.lower().split("x")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise argparse.ArgumentTypeError(
-                f"--shapes: expected MxKxN with positive ints (e.g. 8192x4096x4096), got {item!r}"
-            )
-        shapes.append(tuple(int(p) for p in parts))
-    if not shapes:
-        raise argparse.ArgumentTypeError("--shapes: expected at least one MxKxN")
-    return shapes
 
 
 def _int_at_least(lo: int):

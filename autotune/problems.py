@@ -8,6 +8,7 @@ in one place keeps the two measuring the same thing.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,22 @@ from . import dequantize_config, gemm_config, gemm_key, quantize_config, quantiz
 KERNELS = ("quantize_x", "quantize_w", "fwd", "dgrad", "wgrad", "f8fwd")
 # benchmarked against their ceiling, one fixed config (the MX / NVFP4 ones at fp32 / bf16)
 UNTUNED = ("dequantize_x", "quantize_f8", "quantize_mxfp8", "quantize_mxfp4", "quantize_nvfp4")
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    """``MxKxN[,MxKxN...]`` of positive ints (an argparse ``type``: the autotune CLI's and
+    perf/profile_host.py's ``--shapes``)."""
+    shapes = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"--shapes: expected MxKxN with positive ints (e.g. 8192x4096x4096), got {item!r}"
+            )
+        shapes.append(tuple(int(p) for p in parts))
+    if not shapes:
+        raise argparse.ArgumentTypeError("--shapes: expected at least one MxKxN")
+    return shapes
 
 
 def _f8_gemm(*args, config: dict) -> torch.Tensor:

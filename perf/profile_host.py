@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Timer, make_layer, queued_ms  # noqa: E402
 
 import triton_qat as tq  # noqa: E402
+from triton_qat.autotune.problems import parse_shapes as parse_mxkxn  # noqa: E402
 from triton_qat.kernels._common import INTERPRET  # noqa: E402
 from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES  # noqa: E402
 
@@ -218,23 +219,14 @@ DRY_SHAPES = [(32, 128, 48)]
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
-    """``MxKxN[,MxKxN...]`` of positive ints, K a triton_qat layer runs (argparse type)."""
-    shapes = []
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        parts = item.lower().split("x")
-        if len(parts) != 3 or not all(p.isdecimal() and int(p) > 0 for p in parts):
-            raise argparse.ArgumentTypeError(
-                f"expected MxKxN with positive ints (e.g. 2048x4096x4096), got {item!r}"
-            )
-        M, K, N = (int(p) for p in parts)
+    """``MxKxN[,MxKxN...]`` (the autotune CLI's parser), K a triton_qat layer runs."""
+    shapes = parse_mxkxn(text)
+    for M, K, N in shapes:
         if K > MAX_IN_FEATURES:
             raise argparse.ArgumentTypeError(
-                f"{item}: in_features K at most {MAX_IN_FEATURES} (the int8 GEMM's int32 "
+                f"{M}x{K}x{N}: in_features K at most {MAX_IN_FEATURES} (the int8 GEMM's int32 "
                 f"accumulator), got {K}"
             )
-        shapes.append((M, K, N))
-    if not shapes:
-        raise argparse.ArgumentTypeError("expected at least one MxKxN")
     return shapes
 
 
