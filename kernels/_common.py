@@ -74,6 +74,19 @@ def device_capability(device: torch.device) -> tuple[int, int]:
 _CAPABILITY: dict[tuple, tuple[int, int]] = {}
 
 
+def weight_narrower(w_dtype: torch.dtype | None, dtype: torch.dtype | None) -> bool:
+    """Whether a weight of ``w_dtype`` has fewer mantissa bits than inputs of ``dtype`` (bf16 with
+    fp16 / fp32 inputs, fp16 with fp32): its fake-quantized values ``dt_w(q * s)`` are rounded
+    more coarsely than x's dtype resolves, so the int8 GEMM (which scales the exact integer sum
+    and never forms them) would not compute the product of the documented values
+    (docs/numerics.md "Weights narrower than the input"); the dequantized path does."""
+    return (
+        w_dtype is not None
+        and dtype is not None
+        and torch.finfo(w_dtype).eps > torch.finfo(dtype).eps
+    )
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) of positive ints on the host (``triton.cdiv`` is a constexpr function object
     costing ~1.4 us a call in Triton 3.9)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ._common import weight_narrower
+
 
 def _groups(qparam: torch.Tensor) -> int:
     """Groups per row of a qparam given as [R], [R, 1] or [R, G]."""
@@ -42,7 +44,7 @@ def int8_linear_torch(
     w_fq in ``w_dtype``, as the kernels form them."""
     x = dequantize_torch(x_codes, x_scale, x_zero_point)
     w = dequantize_torch(w_codes, w_scale, w_zero_point)
-    if w_dtype is not None and torch.finfo(w_dtype).eps > torch.finfo(out_dtype).eps:
+    if weight_narrower(w_dtype, out_dtype):
         x, w = x.to(out_dtype).float(), w.to(w_dtype).float()
     out = x @ w.T
     finite_row = torch.isfinite(x_scale.reshape(-1, 1).to(torch.float32))

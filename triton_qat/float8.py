@@ -161,7 +161,7 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
-class _RoundSTEBatchable(torch.autograd.Function):
+class _RoundSTEBatchable(_RoundSTE):
     """:class:`_RoundSTE` with forward and context apart, so torch.func.vmap can batch it (used
     under functorch only: ``apply`` then binds its arguments with ``inspect.signature``, about 70
     Python calls a call)."""
@@ -175,10 +175,6 @@ class _RoundSTEBatchable(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         pass
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:
-        return g
 
 
 # the e4m3 step of torchao's Int4WeightFakeQuantizer (fp8 activations): per row, lb 1e-12
