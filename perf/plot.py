@@ -228,14 +228,14 @@ def plot_report(
     return written
 
 
-def _train_step_module():
-    """perf/train_step.py (beside this file), for its readers of the rows."""
+def _train_step_rows():
+    """perf/train_step_rows.py (beside this file): the readers of perf/train_step.py's rows."""
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:
         sys.path.insert(0, here)
-    import train_step
+    import train_step_rows
 
-    return train_step
+    return train_step_rows
 
 
 def plot_train_step(rows: list[dict], path: Path, dry_run: bool = False) -> Path | None:
@@ -244,7 +244,7 @@ def plot_train_step(rows: list[dict], path: Path, dry_run: bool = False) -> Path
     Only measured values are drawn; a bar that was not measured is left out and labelled so. The
     title names the device and the torch / Triton versions of the rows. Returns None (and writes
     nothing) when no value relative to bf16 was measured."""
-    ts = _train_step_module()
+    ts = _train_step_rows()
     mine = [r for r in rows if r.get("phase") == ts.PHASE]
     panels = [("tokens_per_s", "tokens/s relative to bf16 (x)", "tokens/s (median step)"),
               ("peak_mem_mb", "peak memory relative to bf16 (x)",

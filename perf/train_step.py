@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import math
 import os
 import sys
 import time
@@ -62,19 +61,24 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # perf/bench.py, perf/plot.py
+sys.path.insert(0, str(HERE))  # perf/bench.py, perf/plot.py, perf/train_step_rows.py
 
 import bench  # noqa: E402
+from train_step_rows import (  # noqa: E402, F401 (re-exported: readers use train_step.*)
+    MODES,
+    NOT_MEASURED,
+    PHASE,
+    PROVIDERS,
+    headline,
+    relative_to_bf16,
+    values,
+)
 
 import triton_qat as tq  # noqa: E402
 from triton_qat.autotune.cache import slug  # noqa: E402
 
-PHASE = "train_step"
-PROVIDERS = ("bf16", "torchao", "triton_qat")
-MODES = ("eager", "compiled")
 METRICS = ("tokens_per_s", "step_ms", "peak_mem_mb", "compile_s", "loss")
 FIELDS = bench.REPORT_FIELDS  # the columns of make gpu-report's report.csv: one CSV format
-NOT_MEASURED = "not measured"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -483,9 +487,9 @@ def measure(provider: str, mode: str, weights: str, settings: Settings, device) 
         torch.cuda.reset_peak_memory_stats(device)
     ms = queued_step_ms(step, settings.warmup, settings.steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    values = [v.item() for v in losses]
+    loss_values = [v.item() for v in losses]
     return Measured(step_ms=ms, compile_s=compile_s, warmup_s=warmup_s, peak_mem_mb=peak,
-                    loss=values[-1], losses=values, how=how)  # fmt: skip
+                    loss=loss_values[-1], losses=loss_values, how=how)  # fmt: skip
 
 
 def release(device: torch.device) -> None:
@@ -597,50 +601,6 @@ def run_items(
 
 # ------------------------------------------------------------------------------------------------
 # reading rows back: ratios to bf16, the headline
-
-
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def values(
-    rows: list[dict], metric: str, config: str | None = None
-) -> dict[tuple[str, str], float]:
-    """{(provider, mode): value} of measured ``metric`` rows (bf16's under every config; others'
-    under ``config``, default: the first quantized config present)."""
-    mine = [r for r in rows if r.get("phase") == PHASE and r.get("metric") == metric
-            and r.get("status") == "done" and _num(r.get("value")) is not None]  # fmt: skip
-    if config is None:
-        configs = [r["config"] for r in mine if r.get("config") not in ("none", None)]
-        config = configs[0] if configs else None
-    return {(r["provider"], r["mode"]): _num(r["value"]) for r in mine
-            if r.get("config") in ("none", config)}  # fmt: skip
-
-
-def relative_to_bf16(rows: list[dict], metric: str, config: str | None = None) -> dict:
-    """{(provider, mode): value / bf16's value in the same mode} where both were measured."""
-    got = values(rows, metric, config)
-    return {(p, m): v / got[("bf16", m)] for (p, m), v in got.items()
-            if got.get(("bf16", m))}  # fmt: skip
-
-
-def headline(rows: list[dict]) -> str:
-    """One line: triton_qat's tokens/s against bf16 and torchao, per mode, or not measured."""
-    tps = values(rows, "tokens_per_s")
-    parts = []
-    for mode in MODES:
-        ours = tps.get(("triton_qat", mode))
-        if ours is None:
-            parts.append(f"{mode}: {NOT_MEASURED}")
-            continue
-        vs = [f"{ours / tps[(p, mode)]:.2f}x {p}" for p in ("bf16", "torchao")
-              if tps.get((p, mode))]  # fmt: skip
-        parts.append(f"{mode} {ours:,.0f} tokens/s" + (f" ({', '.join(vs)})" if vs else ""))
-    return "training step, triton_qat: " + "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------
