@@ -33,12 +33,18 @@ LINEARS = {  # every QuantizedLinear flavour: tq.Linear keyword arguments
     "ao-per-tensor": dict(qconfig=q.default_dynamic_qat_qconfig),
     "ao-per-channel": dict(qconfig=AO_PER_CHANNEL),
 }
+MX8 = tq.MXConfig(torch.float8_e4m3fn)
+FORMATS = {  # the other converted layers (QuantizedFloat8Linear, QuantizedMXLinear)
+    "float8": dict(activation=tq.Float8Config(), weight=tq.Float8Config()),
+    "float8-int4": dict(activation=tq.Float8Config(), weight=tq.Float8Int4WeightConfig(16)),
+    "mx": dict(activation=MX8, weight=MX8),
+}
 BF16_TOL = dict(rtol=1e-2, atol=1e-2)  # test_model.py::test_convert_torch_ao_family, bf16
 
 
 def _prepared_linear(name: str, device, dtype=torch.float32, K: int = 32, N: int = 24):
     """A tq.Linear of flavour ``name`` in eval mode (torch.ao observers initialized)."""
-    lin = tq.Linear(K, N, device=device, dtype=dtype, **LINEARS[name])
+    lin = tq.Linear(K, N, device=device, dtype=dtype, **{**LINEARS, **FORMATS}[name])
     if lin.uses_ao_numerics:
         lin(torch.randn(4, K, device=device, dtype=dtype))
     return lin.eval()
@@ -359,6 +365,66 @@ def _pickled(module: nn.Module) -> nn.Module:
     buf = io.BytesIO()
     torch.save(module, buf)
     return torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+
+
+# -- gradients: the input gets the prepared layer's, the buffers none --------------------------
+
+GRAD_LINEARS = {**LINEARS, **FORMATS}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dt_id)
+@pytest.mark.parametrize("name", list(GRAD_LINEARS))
+def test_converted_input_gets_the_prepared_layers_gradient(name, dtype, device):
+    """The gradient to the input of a converted layer is the prepared eval layer's (weights
+    frozen): bit-identical, except the int8 families' fp32 dgrad, whose GEMM (torch.mm) sums in
+    another order than the prepared layer's kernel. A model that adds an adapter to the
+    converted layer's output gets both contributions (it got the adapter's only)."""
+    lin = _prepared_linear(name, device, dtype).requires_grad_(False)
+    conv = tq.convert(copy.deepcopy(lin))
+    x = torch.randn(3, 5, 32, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(3, 5, 24, device=device, dtype=dtype)
+    (want,) = torch.autograd.grad(lin(x), x, dy)
+    out = conv(x)
+    (got,) = torch.autograd.grad(out, x, dy)
+    assert not any(b.requires_grad for b in conv.buffers())
+    int8_fp32 = dtype == torch.float32 and isinstance(conv, tq.QuantizedLinear) and (
+        not conv.weight_only)  # fmt: skip
+    if int8_fp32:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(got, want)
+    adapter = nn.Linear(32, 24, bias=False, device=device, dtype=dtype)
+    (both,) = torch.autograd.grad(conv(x) + adapter(x), x, dy)
+    (alone,) = torch.autograd.grad(adapter(x), x, dy)
+    torch.testing.assert_close(both, got + alone, rtol=0, atol=0)
+    with torch.no_grad():  # inference: no graph, nothing kept
+        assert conv(x).grad_fn is None
+
+
+@pytest.mark.parametrize("name", ["i8", "asym-i4g16", "ao-per-tensor", "float8"])
+def test_converted_input_gradient_compiled_vmapped_and_refused(name, device):
+    """The same gradient compiled (fullgraph) and per sample under vmap; a second derivative,
+    forward-mode AD and torch.func.grad raise triton_qat's errors instead of a wrong result."""
+    import torch.autograd.forward_ad as fwAD
+
+    dtype = torch.bfloat16
+    conv = tq.convert(_prepared_linear(name, device, dtype))
+    x = torch.randn(2, 6, 32, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(2, 6, 24, device=device, dtype=dtype)
+    (want,) = torch.autograd.grad(conv(x), x, dy)
+    torch._dynamo.reset()
+    (compiled,) = torch.autograd.grad(torch.compile(conv, fullgraph=True)(x), x, dy)
+    assert torch.equal(compiled, want)
+    (batched,) = torch.autograd.grad(torch.vmap(conv)(x), x, dy)
+    for i in range(2):  # per sample (torch.ao's per-tensor qparams: each sample's own)
+        (one,) = torch.autograd.grad(conv(x[i]), x, dy[i])
+        assert torch.equal(batched[i], one[i])
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(conv(x), x, dy, create_graph=True)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
+        conv(fwAD.make_dual(x.detach(), torch.ones_like(x)))
+    with pytest.raises(RuntimeError, match="torch.func"):
+        torch.func.grad(lambda t: conv(t).float().sum())(x.detach())
 
 
 def test_forward_hooks_run_on_converted_modules(device):

@@ -224,6 +224,40 @@ def test_compile_ao_numerics_fullgraph(device):
     assert counters["stats"]["unique_graphs"] == 1
 
 
+_FRESH_LAYERS = {
+    "int8": {},
+    "weight-only": dict(activation=tq.NOT_QUANTIZED),
+    "float8": dict(activation=tq.Float8Config(), weight=tq.Float8Config()),
+    "mx": dict(
+        activation=tq.MXConfig(torch.float8_e4m3fn), weight=tq.MXConfig(torch.float8_e4m3fn)
+    ),
+    "torch.ao": dict(qconfig=torch.ao.quantization.default_dynamic_qat_qconfig),
+}
+
+
+@pytest.mark.parametrize("cfg", list(_FRESH_LAYERS), ids=list(_FRESH_LAYERS))
+def test_a_new_layer_compiles_once_and_under_checkpoint(cfg):
+    """A layer never called eagerly: its first compiled forward changes no attribute of it, so
+    the frame compiles once (not twice: a guard on a new attribute), and activation checkpointing
+    under fullgraph=True, which refuses side effects, compiles too."""
+    from torch._dynamo.testing import CompileCounter
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(4, 32, requires_grad=True)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(_mlp("cpu", **_FRESH_LAYERS[cfg]), fullgraph=True, backend=counter)
+    for _ in range(3):
+        compiled(x).sum().backward()
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+    model = _mlp("cpu", **_FRESH_LAYERS[cfg])
+    blocked = torch.compile(lambda t: checkpoint(model, t, use_reentrant=False), fullgraph=True,
+                            backend="aot_eager")  # fmt: skip
+    blocked(x).sum().backward()
+    assert model[0].weight.grad is not None
+
+
 def _qat_args(x, w, **kw):
     K = x.shape[-1]
     M = x.numel() // K if K else 0

@@ -428,6 +428,10 @@ def test_bad_arguments_are_named_and_leave_the_model_as_it_was():
         kind = type(mod).__name__
         with pytest.raises(ValueError, match="mod: a parametrized nn"):
             (tq.Linear if "Linear" in kind else tq.Embedding).from_float(mod)
+    i4 = tq.QuantConfig(bits=4, granularity="per_group", group_size=8, symmetric=True)
+    for mod in (weight_norm(tq.Linear(32, 16)), weight_norm(tq.Embedding(10, 32, weight=i4))):
+        with pytest.raises(ValueError, match="self: a parametrized tq.*to_float"):
+            mod.to_float()  # (it raised torch's "cannot assign 'torch.FloatTensor' as parameter")
     with pytest.raises(ValueError, match="weight: expected a 2-D"):
         tq.fake_quantize(torch.randn(2, 2, 32), tq.Float8Int4WeightConfig(16))
 

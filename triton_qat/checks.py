@@ -14,14 +14,16 @@ from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES as MAX_IN_FEATURES  # t
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_not_parametrized(mod: object, kind: str, instead: str) -> None:
-    """ValueError for a parametrized module (``weight_norm``, ``spectral_norm``,
-    ``register_parametrization``), whose weight is computed, so no module can share it;
-    ``instead`` says what does take it."""
+def check_not_parametrized(
+    mod: object, kind: str, instead: str, name: str = "mod", method: str = "from_float"
+) -> None:
+    """ValueError naming ``name`` for a parametrized module (``weight_norm``, ``spectral_norm``,
+    ``register_parametrization``), whose weight is computed, so no module can share it (what
+    ``method`` does); ``instead`` says what does take it."""
     if is_parametrized(mod):
         raise ValueError(
-            f"mod: a parametrized {kind} (weight_norm / spectral_norm / "
-            f"register_parametrization): from_float shares plain parameters only; {instead}"
+            f"{name}: a parametrized {kind} (weight_norm / spectral_norm / "
+            f"register_parametrization): {method} shares plain parameters only; {instead}"
         )
 
 

@@ -174,6 +174,10 @@ class Embedding(nn.Embedding):
 
     def to_float(self) -> nn.Embedding:
         """An ``nn.Embedding`` sharing this module's weight Parameter."""
+        check_not_parametrized(
+            self, "tq.Embedding", "fold them first "
+            "(torch.nn.utils.parametrize.remove_parametrizations)", "self", "to_float",
+        )  # fmt: skip
         emb = nn.Embedding(
             self.num_embeddings,
             self.embedding_dim,

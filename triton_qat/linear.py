@@ -64,7 +64,11 @@ class Linear(nn.Linear):
     the input (about 1.1 bytes per element), not the input itself.
     """
 
-    _fused = None  # the fused linear of the configs in _fused_for (made on first use)
+    # the fused linear of the configs in _fused_for: made with the layer, so that a forward
+    # changes no attribute (a compiled forward would guard on the new one and compile twice,
+    # and activation checkpointing under fullgraph=True refuses the side effect); a forward
+    # after the configs were replaced makes the new one
+    _fused = None
     _fused_for = (None, None)
 
     def __init__(
@@ -116,6 +120,7 @@ class Linear(nn.Linear):
                 check_mx_dtype(self.weight.dtype, "dtype")
             if self.weight_config.range_learning:  # torchao's range learning: trained scales
                 self.weight_scale = nn.Parameter(self._initial_weight_scale())
+            self._new_fused()
 
     @property
     def uses_ao_numerics(self) -> bool:
@@ -296,6 +301,7 @@ class Linear(nn.Linear):
 
     def to_float(self) -> nn.Linear:
         """An ``nn.Linear`` sharing this module's parameters."""
+        check_not_parametrized(self, "tq.Linear", _UNPARAMETRIZE, "self", "to_float")
         lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
         lin.weight = self.weight
         lin.bias = self.bias
@@ -312,6 +318,13 @@ class Linear(nn.Linear):
             f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
             f"fake_quant={self.fake_quant_enabled}"
         )
+
+
+# what takes a parametrized layer back to float, parametrizations and all
+_UNPARAMETRIZE = (
+    "tq.to_torchao(model) carries the parametrizations over; or fold them first "
+    "(torch.nn.utils.parametrize.remove_parametrizations)"
+)
 
 
 def _ao_fused(a_fq: nn.Module, w_fq: nn.Module):

@@ -30,7 +30,9 @@ from triton_qat.checks import (
     check_group,
     check_in_features,
     check_input,
+    check_no_grad_transform,
     check_range,
+    functorch_level,
     refuse_script,
 )
 from triton_qat.config import (
@@ -52,6 +54,8 @@ from triton_qat.float8 import (
     linear_on_weight,
 )
 from triton_qat.functional import check_configs
+from triton_qat.fused import DOUBLE_BACKWARD_MSG
+from triton_qat.kernels.quantize_torch import unpack_bits
 from triton_qat.linear import _autocast_output  # the prepared layer's autocast rule, shared
 from triton_qat.ops import float_linear
 from triton_qat.spec import ao_spec, spec_for
@@ -254,6 +258,76 @@ def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, d
     return (q * scale.reshape(N, G, 1)).to(dtype).reshape(N, K)
 
 
+def _needs_input_grad(input: Tensor) -> bool:
+    """Whether a converted layer's output may need a gradient to ``input`` (under vmap, whose
+    batched tensors do not say whether what they wrap requires one: assumed)."""
+    return torch.is_grad_enabled() and (input.requires_grad or functorch_level() is not None)
+
+
+def _no_double_backward() -> None:
+    if torch.is_grad_enabled():  # backward(create_graph=True): never a detached gradient
+        raise RuntimeError(DOUBLE_BACKWARD_MSG)
+
+
+class _Int8InputGrad(torch.autograd.Function):
+    """``out`` [M, N] (the int8 forward, computed without autograd) with the prepared layer's
+    straight-through gradient to x [M, K]: ``grad_x = (dy @ w_fq) * mask_x``, w_fq dequantized
+    from the stored codes in the backward (nothing weight-sized kept), mask_x the input's clamp
+    bits [M, ceil(K/8)] from the forward's quantize. The GEMM is ``torch.mm`` in dy's dtype (fp32
+    accumulation), as the prepared layer's 16-bit GPU default."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x2d, out, x_mask, codes, scale, zero_point, packed, w_dtype):
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x2d, _, x_mask, codes, scale, zero_point, packed, w_dtype = inputs
+        ctx.save_for_backward(x_mask, codes, scale, zero_point)
+        ctx.K, ctx.packed, ctx.w_dtype = x2d.shape[-1], packed, w_dtype
+
+    @staticmethod
+    def backward(ctx, dy):
+        _no_double_backward()
+        x_mask, codes, scale, zero_point = ctx.saved_tensors
+        if ctx.packed:
+            codes = unpack_int4(codes, ctx.K)
+        w_fq = dequantize_weight(codes, scale, zero_point, ctx.w_dtype)
+        grad = torch.where(unpack_bits(x_mask, ctx.K), torch.mm(dy, w_fq.to(dy.dtype)), 0)
+        return grad, None, None, None, None, None, None, None
+
+
+class _Float8InputGrad(torch.autograd.Function):
+    """``out`` [M, N] (the fp8 GEMM on the stored codes, computed without autograd) with the
+    prepared layer's gradient to x [M, K]: torchao's float8 gradient of ``fq(x)`` (through its
+    scale) of ``dy @ w_fq``, w_fq dequantized from the stored codes (the prepared layer's bits)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x2d, out, codes, scale, w_dtype, per_tensor, lb, ub):
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x2d, _, codes, scale, w_dtype, *args = inputs
+        ctx.save_for_backward(x2d, codes, scale)
+        ctx.w_dtype, ctx.args = w_dtype, args
+
+    @staticmethod
+    def backward(ctx, dy):
+        _no_double_backward()
+        x2d, codes, scale = ctx.saved_tensors
+        ops = torch.ops.triton_qat
+        _, x_scale = ops.float8_fake_quantize(x2d, *ctx.args)
+        w_fq = float8_dequantize(codes, scale, ctx.w_dtype).to(x2d.dtype)
+        grad = ops.float8_fake_quantize_backward(dy.to(x2d.dtype).mm(w_fq), x2d, x_scale,
+                                                 *ctx.args)  # fmt: skip
+        return grad, None, None, None, None, None, None, None
+
+
 class QuantizedLinearModule(QuantizedModule):
     """Base of the converted linear layers: dtype casts cast the bias only (the quantized
     weight's buffers keep their dtypes); ``in_features``, ``out_features``, ``weight_config``,
@@ -281,7 +355,9 @@ class QuantizedLinearModule(QuantizedModule):
 
 
 class QuantizedLinear(QuantizedLinearModule):
-    """Int8 inference linear layer (no gradients).
+    """Int8 inference linear layer. Its buffers get no gradient; the input gets the prepared
+    layer's (the straight-through estimator's ``(dy @ w_fq) * mask_x``, w_fq dequantized from the
+    codes), so layers trained on top of a converted one (adapters) get the gradient QAT gave.
 
     Buffers: ``weight_codes`` int8 [N, K] (or uint8 [N, ceil(K/2)] when ``weight_bits <= 4``),
     ``weight_scale`` fp32 [N, G], ``weight_code_sum`` int32 [N, G], ``weight_zero_point`` int32
@@ -409,17 +485,35 @@ class QuantizedLinear(QuantizedLinearModule):
         return _autocast_output(self._forward(input))
 
     def _forward(self, input: Tensor) -> Tensor:
-        codes = self.weight_codes
-        if self.packed:
-            codes = unpack_int4(codes, self.in_features)
         K, N = self.in_features, self.out_features
         w_zp = self.weight_zero_point
         if self.weight_only:  # the prepared layer's float GEMM on the same fake-quantized weight
+            codes = self.weight_codes
+            if self.packed:
+                codes = unpack_int4(codes, K)
             w_fq = dequantize_weight(codes, self.weight_scale, w_zp, self.weight_dtype)
             return float_linear(input, w_fq, self.bias)
+        check_no_grad_transform("triton_qat.QuantizedLinear", input)
         x2d = input.reshape(-1, K)
+        grad = _needs_input_grad(input)
         if x2d.shape[0] == 0:  # no rows (torch.ao qparams of no values do not exist)
-            return input.new_empty(*input.shape[:-1], N)
+            out = input.new_zeros(0, N)
+            x_mask = input.new_zeros(0, (K + 7) // 8, dtype=torch.uint8)
+        else:  # (the ops have no autograd: the gradient is _Int8InputGrad's)
+            out, x_mask = self._int8_forward(x2d.detach() if grad else x2d)
+        if grad:
+            out = _Int8InputGrad.apply(x2d, out, x_mask, self.weight_codes, self.weight_scale,
+                                       w_zp, self.packed, self.weight_dtype)  # fmt: skip
+        return out.reshape(*input.shape[:-1], N)
+
+    def _int8_forward(self, x2d: Tensor) -> tuple[Tensor, Tensor]:
+        """(out [M, N] in x's dtype, the input's clamp bits [M, ceil(K/8)]) of x2d [M, K] (M >=
+        1): the prepared layer's int8 forward on the stored codes."""
+        K = self.in_features
+        w_zp = self.weight_zero_point
+        codes = self.weight_codes
+        if self.packed:
+            codes = unpack_int4(codes, K)
         qmin, qmax = self.activation_range
         a_scale = a_zp = None
         if self.ao_activation:
@@ -429,7 +523,7 @@ class QuantizedLinear(QuantizedLinearModule):
             a_spec = spec_for(self.activation_config)
         G = self.weight_scale.shape[1]
         sum_group = activation_sum_group(K, K // G) if w_zp is not None else None
-        x_codes, x_scale, x_zp, _, x_sum = _ops.quantize(
+        x_codes, x_scale, x_zp, x_mask, x_sum = _ops.quantize(
             x2d, **a_spec.quantize_args(K), pack_mask=True, scale=a_scale, zero_point=a_zp,
             sum_group=sum_group or 0,
         )  # fmt: skip
@@ -442,16 +536,17 @@ class QuantizedLinear(QuantizedLinearModule):
             self.weight_scale,
             self.weight_code_sum,
             bias,
-            input.dtype,
+            x2d.dtype,
             w_zero_point=w_zp,
             x_code_sum=x_sum if w_zp is not None and x_sum.shape[1] == G else None,
             w_dtype=self.weight_dtype,  # w_fq formed in the weight's dtype, as in training
         )
-        return out.reshape(*input.shape[:-1], N)
+        return out, x_mask
 
 
 class QuantizedFloat8Linear(QuantizedLinearModule):
-    """Float8 (e4m3) inference linear layer (no gradients): what ``tq.convert`` makes of a
+    """Float8 (e4m3) inference linear layer (the input gets the prepared layer's gradient, the
+    buffers none): what ``tq.convert`` makes of a
     :class:`triton_qat.Linear` with :class:`Float8Config` configs, or with a
     :class:`Float8Int4WeightConfig` weight (float8 activations, int4 weights).
 
@@ -563,8 +658,16 @@ class QuantizedFloat8Linear(QuantizedLinearModule):
         act = self.activation_config
         # the prepared layer's fp8 GEMM where it runs one (same rule, same weight dtype)
         if not self.int4 and fp8_gemm_runs(input, act, self.weight_dtype):
-            out = linear_on_codes(input, self.weight_codes, self.weight_scale, self.bias, act,
-                                  self.weight_dtype)  # fmt: skip
+            check_no_grad_transform("triton_qat.QuantizedFloat8Linear", input)
+            grad = _needs_input_grad(input)  # (the dequantized path below has its own gradient)
+            out = linear_on_codes(input.detach() if grad else input, self.weight_codes,
+                                  self.weight_scale, self.bias, act, self.weight_dtype)  # fmt: skip
+            if grad:
+                out = _Float8InputGrad.apply(
+                    input.reshape(-1, self.in_features), out.reshape(-1, self.out_features),
+                    self.weight_codes, self.weight_scale, self.weight_dtype, act.per_tensor,
+                    act.hp_value_lb, act.hp_value_ub,
+                ).reshape(out.shape)  # fmt: skip
             return _autocast_output(out)
         w_fq = self.dequantized_weight()
         return _autocast_output(linear_on_weight(input, w_fq, self.bias, act))

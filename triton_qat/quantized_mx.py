@@ -95,7 +95,8 @@ def mx_dequantize(
 
 
 class QuantizedMXLinear(QuantizedLinearModule):
-    """MX / NVFP4 inference linear layer (no gradients): what ``tq.convert`` makes of a
+    """MX / NVFP4 inference linear layer (the input gets the prepared layer's gradient, the
+    buffers none): what ``tq.convert`` makes of a
     :class:`triton_qat.Linear` with :class:`MXConfig` or :class:`NVFP4Config` configs.
 
     Buffers (N = out_features, K = in_features, B = the weight's block size):
