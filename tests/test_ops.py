@@ -258,6 +258,34 @@ def test_a_new_layer_compiles_once_and_under_checkpoint(cfg):
     assert model[0].weight.grad is not None
 
 
+_I4G8 = dict(bits=4, granularity="per_group", group_size=8)
+_EAGER_FORWARDS = {
+    "int8": {},
+    "asym-int4-g8": dict(weight=tq.QuantConfig(**_I4G8)),
+    "range-learning": dict(weight=tq.QuantConfig(**_I4G8, symmetric=True, range_learning=True)),
+    "weight-only": dict(activation=tq.NOT_QUANTIZED, weight=tq.QuantConfig(**_I4G8)),
+    "torch.ao": dict(qconfig=torch.ao.quantization.default_dynamic_qat_qconfig),
+}
+
+
+@pytest.mark.parametrize("cfg", list(_EAGER_FORWARDS), ids=list(_EAGER_FORWARDS))
+def test_compiled_autograd_of_an_eager_forward(cfg):
+    """Compiled autograd traces the eager forward's backward (the direct path's
+    autograd.Function): it runs the backward op there, not the raw launches (Dynamo ran the
+    launchers on fake tensors and failed), with the eager backward's gradients."""
+    import torch._dynamo.config as dynamo_config
+
+    model = _mlp("cpu", **_EAGER_FORWARDS[cfg])
+    x = torch.randn(4, 32, requires_grad=True)
+    want = torch.autograd.grad(model(x).square().sum(), [x, *model.parameters()])
+    torch._dynamo.reset()
+    loss = model(x).square().sum()
+    with dynamo_config.patch(compiled_autograd=True):
+        got = torch.compile(lambda: torch.autograd.grad(loss, [x, *model.parameters()]),
+                            backend="aot_eager")()  # fmt: skip
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
 def _qat_args(x, w, **kw):
     K = x.shape[-1]
     M = x.numel() // K if K else 0

@@ -521,6 +521,7 @@ class LinearPlan(NamedTuple):
     dgrad: Callable
     dequantize_x: Callable | None  # x_fq from its codes (None: weight-only keeps x)
     wgrad: Callable
+    w_args: dict  # the weight's arguments of the ops (spec.linear_args): the traced backward's
 
 
 def linear_plan(
@@ -571,7 +572,7 @@ def _make_linear_plan(rows, K, N, dtype, w_dtype, device, a_spec, w_spec, has_bi
                   w_symmetric=w_sym,
                   w_qmin=w_spec.qmin, w_qmax=w_spec.qmax, w_group=w_group, quantize_w_bwd=bwd,
                   w_mask_bits=w_mask_bits,
-                  dgrad=dgrad, wgrad=wgrad)  # fmt: skip
+                  dgrad=dgrad, wgrad=wgrad, w_args=w_spec.linear_args("w", K))  # fmt: skip
     if a_spec is None:  # weight-only: a float GEMM on the fake-quantized weight
         quantize_w = quantize_launch(
             *w_rows, pack_mask=False, with_y=True, write_codes=False, asym_weight=not w_sym,

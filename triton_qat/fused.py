@@ -201,9 +201,20 @@ class _QATLinear(torch.autograd.Function):
         if torch.is_grad_enabled():  # backward(create_graph=True): never a detached gradient
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
+        if torch.compiler.is_compiling():  # compiled autograd traces this: the op, not launches
+            grads = torch.ops.triton_qat.qat_linear_backward(
+                dy, *ctx.saved_tensors[:5], **plan.w_args, w_scale=ctx.saved_tensors[5],
+                need_x=need_x, need_w=need_w, need_bias=need_b, need_w_scale=need_s,
+            )  # fmt: skip
+            return (*_needed(grads, (need_x, need_w, need_b, need_s)), None)
         grad_x, grad_w, grad_s = backward(plan, dy, *ctx.saved_tensors, need_x, need_w, need_s)
         grad_b = bias_grad(dy) if need_b else None
         return grad_x, grad_w, grad_b, grad_s, None
+
+
+def _needed(grads: tuple, needs: tuple) -> tuple:
+    """A backward op's gradients, None where not needed (the op returns empty ones there)."""
+    return tuple(g if need else None for g, need in zip(grads, needs, strict=True))
 
 
 class _WeightOnlyLinear(torch.autograd.Function):
@@ -222,6 +233,13 @@ class _WeightOnlyLinear(torch.autograd.Function):
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
         x2d, weight, w_scale = ctx.saved_tensors
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
+        if torch.compiler.is_compiling():  # compiled autograd traces this: the op, not launches
+            a = plan.w_args
+            grads = torch.ops.triton_qat.weight_only_linear_backward(
+                dy, x2d, weight, a["w_qmin"], a["w_qmax"], a["w_group_size"], a["w_symmetric"],
+                a["w_per_tensor"], need_x, need_w, need_b, w_scale, need_s,
+            )  # fmt: skip
+            return (*_needed(grads, (need_x, need_w, need_b, need_s)), None)
         grad_x, grad_w, grad_s = weight_only_backward(plan, dy, x2d, weight, w_scale, need_x,
                                                       need_w, need_s)  # fmt: skip
         grad_b = bias_grad(dy) if need_b else None
