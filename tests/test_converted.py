@@ -376,29 +376,70 @@ GRAD_LINEARS = {**LINEARS, **FORMATS}
 @pytest.mark.parametrize("name", list(GRAD_LINEARS))
 def test_converted_input_gets_the_prepared_layers_gradient(name, dtype, device):
     """The gradient to the input of a converted layer is the prepared eval layer's (weights
-    frozen): bit-identical, except the int8 families' fp32 dgrad, whose GEMM (torch.mm) sums in
-    another order than the prepared layer's kernel. A model that adds an adapter to the
-    converted layer's output gets both contributions (it got the adapter's only)."""
+    frozen): bit-identical, except the int8 families' dgrad, a torch.mm (the prepared layer's
+    16-bit GPU default) where the interpreter runs the Triton kernel, whose sums run in another
+    order (within a rounding of the dtype). The same with the backward run inside autocast
+    (torch.mm there would round to bf16), and with the output changed in place (a ReLU). A model
+    that adds an adapter to the converted layer's output gets both contributions (it got the
+    adapter's only)."""
     lin = _prepared_linear(name, device, dtype).requires_grad_(False)
     conv = tq.convert(copy.deepcopy(lin))
     x = torch.randn(3, 5, 32, device=device, dtype=dtype, requires_grad=True)
     dy = torch.randn(3, 5, 24, device=device, dtype=dtype)
     (want,) = torch.autograd.grad(lin(x), x, dy)
-    out = conv(x)
-    (got,) = torch.autograd.grad(out, x, dy)
+    (got,) = torch.autograd.grad(conv(x), x, dy)
     assert not any(b.requires_grad for b in conv.buffers())
-    int8_fp32 = dtype == torch.float32 and isinstance(conv, tq.QuantizedLinear) and (
-        not conv.weight_only)  # fmt: skip
-    if int8_fp32:
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    else:
-        assert torch.equal(got, want)
+    int8 = isinstance(conv, tq.QuantizedLinear) and not conv.weight_only
+
+    def assert_prepared(got, want):
+        if int8:
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(got, want, rtol=eps, atol=eps * want.abs().max().item())
+        else:
+            assert torch.equal(got, want)
+
+    assert_prepared(got, want)
+    grads = {}
+    for layer in (lin, conv):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):  # backward inside too
+            (grads[layer],) = torch.autograd.grad(layer(x), x, dy.to(torch.bfloat16))
+    assert_prepared(grads[conv], grads[lin])
+    (relu_got,) = torch.autograd.grad(conv(x).relu_(), x, dy)  # in place on the output
+    torch.testing.assert_close(relu_got, torch.autograd.grad(conv(x).relu(), x, dy)[0],
+                               rtol=0, atol=0)  # fmt: skip
     adapter = nn.Linear(32, 24, bias=False, device=device, dtype=dtype)
     (both,) = torch.autograd.grad(conv(x) + adapter(x), x, dy)
     (alone,) = torch.autograd.grad(adapter(x), x, dy)
     torch.testing.assert_close(both, got + alone, rtol=0, atol=0)
     with torch.no_grad():  # inference: no graph, nothing kept
         assert conv(x).grad_fn is None
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_converted_input_gradient_keeps_no_weight_sized_tensor(compiled, device):
+    """What the converted int4 layer's graph keeps for the input gradient: its buffers and the
+    input's clamp bits [M, K/8], nothing weight-sized (compiled, the backward's unpack of the
+    int4 codes was merged with the forward's and its [N, K] result kept)."""
+    torch.manual_seed(0)
+    lin = tq.Linear(256, 192, weight=I4G16, device=device).eval()
+    conv = tq.convert(lin)
+    storages = {b.untyped_storage().data_ptr() for b in conv.buffers()}
+    f = conv
+    if compiled:
+        torch._dynamo.reset()
+        f = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 256, device=device, requires_grad=True)
+    f(x)  # compiled: the first call compiles
+    new = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in storages:
+            new.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f(x)
+    assert sum(new) == 4 * 256 // 8, new
 
 
 @pytest.mark.parametrize("name", ["i8", "asym-i4g16", "ao-per-tensor", "float8"])

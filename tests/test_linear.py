@@ -1,6 +1,8 @@
 """tq.Linear (torchao numerics): forward and all gradients against an fp64 product of the same
 fake-quantized values, shapes, toggles, conversion, saved-activation memory, bad input."""
 
+import copy
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -394,6 +396,31 @@ def test_forward_mode_ad_and_func_transforms_raise_instead_of_a_wrong_tangent(ki
         w = fwAD.make_dual(lin.weight.detach(), torch.randn_like(lin.weight))
         with pytest.raises(RuntimeError, match="forward-mode AD"):
             torch.func.functional_call(lin, {"weight": w}, (x,))
+
+
+def test_compiled_inside_a_dual_level_never_drops_a_tangent():
+    """A trace cannot see tangents: compiled inside a dual_level, the layers refuse the trace,
+    Dynamo (no fullgraph) runs them eagerly, where a dual input raises triton_qat's error and a
+    plain one works; with fullgraph=True the trace fails with that message. (The eager and
+    aot_eager backends kept plain torch's tangents and dropped the converted layer's.)"""
+    torch.manual_seed(0)
+    lin = tq.Linear(32, 16).eval()
+    conv = tq.convert(copy.deepcopy(lin))
+    x = torch.randn(4, 32)
+    for layer in (lin, conv):
+        want = layer(x)
+        for backend in ("eager", "aot_eager"):
+            torch._dynamo.reset()
+            f = torch.compile(lambda t, layer=layer: layer(t) + t.sum(-1, keepdim=True),
+                              backend=backend)  # fmt: skip
+            with fwAD.dual_level():
+                with pytest.raises(RuntimeError, match="forward-mode AD"):
+                    f(fwAD.make_dual(x, torch.ones_like(x)))
+                assert torch.equal(f(x), want + x.sum(-1, keepdim=True))
+            torch._dynamo.reset()
+            strict = torch.compile(layer, backend=backend, fullgraph=True)
+            with fwAD.dual_level(), pytest.raises(Exception, match="dual_level is not supported"):
+                strict(x)
 
 
 def test_unsupported_dtype_fails_at_construction_and_from_float_takes_qconfig():

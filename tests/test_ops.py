@@ -265,6 +265,7 @@ _EAGER_FORWARDS = {
     "range-learning": dict(weight=tq.QuantConfig(**_I4G8, symmetric=True, range_learning=True)),
     "weight-only": dict(activation=tq.NOT_QUANTIZED, weight=tq.QuantConfig(**_I4G8)),
     "torch.ao": dict(qconfig=torch.ao.quantization.default_dynamic_qat_qconfig),
+    "float8": dict(activation=tq.Float8Config(), weight=tq.Float8Config()),
 }
 
 
@@ -275,8 +276,9 @@ def test_compiled_autograd_of_an_eager_forward(cfg):
     launchers on fake tensors and failed), with the eager backward's gradients."""
     import torch._dynamo.config as dynamo_config
 
-    model = _mlp("cpu", **_EAGER_FORWARDS[cfg])
-    x = torch.randn(4, 32, requires_grad=True)
+    dtype = torch.bfloat16 if cfg == "float8" else torch.float32  # float8: the fp8 GEMM's path
+    model = _mlp("cpu", dtype, **_EAGER_FORWARDS[cfg])
+    x = torch.randn(4, 32, dtype=dtype, requires_grad=True)
     want = torch.autograd.grad(model(x).square().sum(), [x, *model.parameters()])
     torch._dynamo.reset()
     loss = model(x).square().sum()

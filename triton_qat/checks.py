@@ -14,6 +14,13 @@ from triton_qat.kernels.gemm_int8 import MAX_IN_FEATURES as MAX_IN_FEATURES  # t
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# what takes a parametrized triton_qat layer back to float, parametrizations and all
+UNPARAMETRIZE = (
+    "tq.to_torchao(model) carries the parametrizations over; or fold them first "
+    "(torch.nn.utils.parametrize.remove_parametrizations)"
+)
+
+
 def check_not_parametrized(
     mod: object, kind: str, instead: str, name: str = "mod", method: str = "from_float"
 ) -> None:
@@ -172,16 +179,27 @@ _FORWARD_AD_MSG = (
 )
 
 
+_COMPILED_FORWARD_AD_MSG = (
+    "{what}: torch.compile inside a torch.autograd.forward_ad.dual_level is not supported: "
+    "the trace cannot see whether this input carries a tangent, and a compiled graph may drop "
+    "it (Inductor drops every op's); call the compiled function outside the dual_level, or "
+    "run eagerly (where dual inputs raise this library's error, plain ones work)."
+)
+
+
 def check_no_grad_transform(what: str, *tensors: Tensor | None) -> None:
     """RuntimeError naming ``what`` inside a torch.func gradient transform (grad, jvp, jacrev,
     jacfwd, at any level: ``grad(vmap(f))`` too), or under forward-mode AD where one of
     ``tensors`` carries a tangent (under vmap too): the ops' autograd has no jvp, so torch would
     raise an error of its own or silently drop (or mis-derive) the tangent. Other calls (vmap,
     plain tensors in a ``dual_level``, and, since Dynamo handles functorch itself, compiled
-    code) pass."""
+    code) pass, except compiled code inside a ``dual_level``: a trace cannot see tangents, so it
+    raises there (Dynamo without fullgraph then runs the call eagerly, which checks it)."""
     if _forward_ad._current_level < 0 and functorch_level() is None:
         return  # plain code: the common case first, in the fewest calls
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # Dynamo handles functorch; forward AD it may drop
+        if _forward_ad._current_level >= 0:  # (tangents are not visible while tracing)
+            raise RuntimeError(_COMPILED_FORWARD_AD_MSG.format(what=what))
         return
     stack = _interpreter_stack()
     if stack and any(level.key() in _GRAD_TRANSFORMS for level in stack):

@@ -521,7 +521,8 @@ class LinearPlan(NamedTuple):
     dgrad: Callable
     dequantize_x: Callable | None  # x_fq from its codes (None: weight-only keeps x)
     wgrad: Callable
-    w_args: dict  # the weight's arguments of the ops (spec.linear_args): the traced backward's
+    w_args: dict  # the weight's op arguments (spec.linear_args), for the backward op that
+    # compiled autograd traces in place of the launches
 
 
 def linear_plan(

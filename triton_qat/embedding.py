@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from triton_qat import calls as _ops  # the ops, skipping the dispatcher in plain eager code
-from triton_qat.checks import FLOAT_DTYPES, check_not_parametrized, refuse_script
+from triton_qat.checks import FLOAT_DTYPES, UNPARAMETRIZE, check_not_parametrized, refuse_script
 from triton_qat.config import DEFAULT_WEIGHT, QuantConfig
 from triton_qat.functional import fake_quantize
 from triton_qat.quantized import (
@@ -174,10 +174,7 @@ class Embedding(nn.Embedding):
 
     def to_float(self) -> nn.Embedding:
         """An ``nn.Embedding`` sharing this module's weight Parameter."""
-        check_not_parametrized(
-            self, "tq.Embedding", "fold them first "
-            "(torch.nn.utils.parametrize.remove_parametrizations)", "self", "to_float",
-        )  # fmt: skip
+        check_not_parametrized(self, "tq.Embedding", UNPARAMETRIZE, "self", "to_float")
         emb = nn.Embedding(
             self.num_embeddings,
             self.embedding_dim,

@@ -500,6 +500,8 @@ class _Float8LinearDirect(torch.autograd.Function):
     def backward(ctx, grad_y):
         if torch.is_grad_enabled():  # (_no_double_backward inline: the eager hot path)
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        if torch.compiler.is_compiling():  # compiled autograd traces this: the ops, not launches
+            return _linear_backward(ctx, grad_y)
         with torch.no_grad():
             return _linear_grads(ctx, grad_y, _fq_impl, _fq_backward_impl)
 

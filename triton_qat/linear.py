@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from triton_qat import ao
 from triton_qat.checks import (
     FLOAT_DTYPES,
+    UNPARAMETRIZE,
     check_in_features,
     check_linear_inputs,
     check_not_parametrized,
@@ -301,7 +302,7 @@ class Linear(nn.Linear):
 
     def to_float(self) -> nn.Linear:
         """An ``nn.Linear`` sharing this module's parameters."""
-        check_not_parametrized(self, "tq.Linear", _UNPARAMETRIZE, "self", "to_float")
+        check_not_parametrized(self, "tq.Linear", UNPARAMETRIZE, "self", "to_float")
         lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
         lin.weight = self.weight
         lin.bias = self.bias
@@ -318,13 +319,6 @@ class Linear(nn.Linear):
             f"{base}, activation={self.activation_config}, weight={self.weight_config}, "
             f"fake_quant={self.fake_quant_enabled}"
         )
-
-
-# what takes a parametrized layer back to float, parametrizations and all
-_UNPARAMETRIZE = (
-    "tq.to_torchao(model) carries the parametrizations over; or fold them first "
-    "(torch.nn.utils.parametrize.remove_parametrizations)"
-)
 
 
 def _ao_fused(a_fq: nn.Module, w_fq: nn.Module):

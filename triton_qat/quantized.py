@@ -54,7 +54,6 @@ from triton_qat.float8 import (
     linear_on_weight,
 )
 from triton_qat.functional import check_configs
-from triton_qat.fused import DOUBLE_BACKWARD_MSG
 from triton_qat.kernels.quantize_torch import unpack_bits
 from triton_qat.linear import _autocast_output  # the prepared layer's autocast rule, shared
 from triton_qat.ops import float_linear
@@ -264,9 +263,32 @@ def _needs_input_grad(input: Tensor) -> bool:
     return torch.is_grad_enabled() and (input.requires_grad or functorch_level() is not None)
 
 
+CONVERTED_DOUBLE_BACKWARD_MSG = (
+    "triton_qat: a converted layer's input gradient (the straight-through estimator's) is not "
+    "differentiable again (create_graph=True / double backward is not supported). For a "
+    "gradient penalty, run the float model, or the prepared one through "
+    "triton_qat.reference.qat_linear_ref."
+)
+
+
 def _no_double_backward() -> None:
     if torch.is_grad_enabled():  # backward(create_graph=True): never a detached gradient
-        raise RuntimeError(DOUBLE_BACKWARD_MSG)
+        raise RuntimeError(CONVERTED_DOUBLE_BACKWARD_MSG)
+
+
+def _unpacked_codes(packed: Tensor, K: int) -> Tensor:
+    """int8 [N, K] codes of packed int4 ``packed`` (uint8 [N, ceil(K/2)]): :func:`unpack_int4`'s
+    values, by other operations (a sign extension by shifts), so that a compiler does not merge
+    it with the forward's unpack and keep that weight-sized result for the backward."""
+    nibbles = torch.stack([packed << 4, packed & 0xF0], dim=-1).view(torch.int8) >> 4
+    return nibbles.reshape(packed.shape[0], -1)[:, :K]
+
+
+def _mm_fp32_accumulate(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in their dtype, outside autocast (a backward run under autocast would round
+    it to the autocast dtype; the prepared layer's backward GEMMs do not)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.mm(a, b)
 
 
 class _Int8InputGrad(torch.autograd.Function):
@@ -280,7 +302,7 @@ class _Int8InputGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(x2d, out, x_mask, codes, scale, zero_point, packed, w_dtype):
-        return out
+        return out.detach()  # not ``out`` itself: an input returned is a view, not changeable
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -293,9 +315,10 @@ class _Int8InputGrad(torch.autograd.Function):
         _no_double_backward()
         x_mask, codes, scale, zero_point = ctx.saved_tensors
         if ctx.packed:
-            codes = unpack_int4(codes, ctx.K)
+            codes = _unpacked_codes(codes, ctx.K)
         w_fq = dequantize_weight(codes, scale, zero_point, ctx.w_dtype)
-        grad = torch.where(unpack_bits(x_mask, ctx.K), torch.mm(dy, w_fq.to(dy.dtype)), 0)
+        grad_all = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype))
+        grad = torch.where(unpack_bits(x_mask, ctx.K), grad_all, 0)
         return grad, None, None, None, None, None, None, None
 
 
@@ -308,7 +331,7 @@ class _Float8InputGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(x2d, out, codes, scale, w_dtype, per_tensor, lb, ub):
-        return out
+        return out.detach()  # (as _Int8InputGrad's)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -323,8 +346,8 @@ class _Float8InputGrad(torch.autograd.Function):
         ops = torch.ops.triton_qat
         _, x_scale = ops.float8_fake_quantize(x2d, *ctx.args)
         w_fq = float8_dequantize(codes, scale, ctx.w_dtype).to(x2d.dtype)
-        grad = ops.float8_fake_quantize_backward(dy.to(x2d.dtype).mm(w_fq), x2d, x_scale,
-                                                 *ctx.args)  # fmt: skip
+        grad_fq = _mm_fp32_accumulate(dy.to(x2d.dtype), w_fq)
+        grad = ops.float8_fake_quantize_backward(grad_fq, x2d, x_scale, *ctx.args)
         return grad, None, None, None, None, None, None, None
 
 
