@@ -18,9 +18,11 @@ tensors only (``safetensors``, ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor, nn
 
 from triton_qat import ao
@@ -257,10 +259,22 @@ def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, d
     return (q * scale.reshape(N, G, 1)).to(dtype).reshape(N, K)
 
 
-def _needs_input_grad(input: Tensor) -> bool:
-    """Whether a converted layer's output may need a gradient to ``input`` (under vmap, whose
-    batched tensors do not say whether what they wrap requires one: assumed)."""
-    return torch.is_grad_enabled() and (input.requires_grad or functorch_level() is not None)
+def needs_input_grad(input: Tensor) -> bool:
+    """Whether a converted layer's output may need a gradient to ``input``: it requires one, or
+    (eagerly) it is a vmap's batched tensor, which does not say whether what it wraps does.
+    (While Dynamo traces, functorch's stack is never empty: requires_grad decides there.)"""
+    if not torch.is_grad_enabled():
+        return False
+    if input.requires_grad:
+        return True
+    return functorch_level() is not None and not torch.compiler.is_compiling()
+
+
+def _plain_input_grad(input: Tensor) -> bool:
+    """Whether ``input`` needs a gradient in plain code: reverse mode, no functorch transform
+    and no forward-mode AD level (where a weight-only layer keeps F.linear's autograd)."""
+    return (input.requires_grad and torch.is_grad_enabled() and _forward_ad._current_level < 0
+            and (functorch_level() is None or torch.compiler.is_compiling()))  # fmt: skip
 
 
 CONVERTED_DOUBLE_BACKWARD_MSG = (
@@ -291,64 +305,65 @@ def _mm_fp32_accumulate(a: Tensor, b: Tensor) -> Tensor:
         return torch.mm(a, b)
 
 
-class _Int8InputGrad(torch.autograd.Function):
-    """``out`` [M, N] (the int8 forward, computed without autograd) with the prepared layer's
-    straight-through gradient to x [M, K]: ``grad_x = (dy @ w_fq) * mask_x``, w_fq dequantized
-    from the stored codes in the backward (nothing weight-sized kept), mask_x the input's clamp
-    bits [M, ceil(K/8)] from the forward's quantize. The GEMM is ``torch.mm`` in dy's dtype (fp32
-    accumulation), as the prepared layer's 16-bit GPU default."""
+class _InputGrad(torch.autograd.Function):
+    """``out`` [M, N] (a converted layer's forward, computed without autograd) with the prepared
+    layer's gradient to x [M, K]: ``g = dy @ w_fq``, w_fq = ``weight_of(*weights)`` re-derived
+    from the layer's buffers in the backward (nothing weight-sized kept), then the activation's
+    gradient: ``x_grad`` "mask" (the int8 layers' straight-through estimator: g where the clamp
+    bits ``x_mask`` [M, ceil(K/8)] say kept, else 0), "float8" (torchao's float8 gradient through
+    the scale of ``fq(x)``, x kept; ``float8_args``: its per_tensor, lb, ub) or "identity"
+    (weight-only, MX / NVFP4). The GEMM is ``torch.mm`` outside autocast, in dy's dtype, as the
+    prepared layer's 16-bit GPU default."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x2d, out, x_mask, codes, scale, zero_point, packed, w_dtype):
+    def forward(x2d, out, x_grad, x_mask, float8_args, weight_of, *weights):
         return out.detach()  # not ``out`` itself: an input returned is a view, not changeable
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x2d, _, x_mask, codes, scale, zero_point, packed, w_dtype = inputs
-        ctx.save_for_backward(x_mask, codes, scale, zero_point)
-        ctx.K, ctx.packed, ctx.w_dtype = x2d.shape[-1], packed, w_dtype
+        x2d, _, x_grad, x_mask, float8_args, weight_of, *weights = inputs
+        x_kept = x2d if x_grad == "float8" else None
+        ctx.save_for_backward(x_kept, x_mask, *weights)
+        ctx.K, ctx.x_grad, ctx.float8_args, ctx.weight_of = x2d.shape[-1], x_grad, float8_args, (
+            weight_of)  # fmt: skip
 
     @staticmethod
     def backward(ctx, dy):
         _no_double_backward()
-        x_mask, codes, scale, zero_point = ctx.saved_tensors
-        if ctx.packed:
-            codes = _unpacked_codes(codes, ctx.K)
-        w_fq = dequantize_weight(codes, scale, zero_point, ctx.w_dtype)
-        grad_all = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype))
-        grad = torch.where(unpack_bits(x_mask, ctx.K), grad_all, 0)
-        return grad, None, None, None, None, None, None, None
+        x2d, x_mask, *weights = ctx.saved_tensors
+        w_fq = ctx.weight_of(*weights)
+        none = (None,) * (5 + len(weights))
+        if ctx.x_grad == "float8":
+            ops = torch.ops.triton_qat
+            _, x_scale = ops.float8_fake_quantize(x2d, *ctx.float8_args)
+            # in dy's dtype (x's, or the dtype autocast ran the dequantized path's F.linear in)
+            grad_fq = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype)).to(x2d.dtype)
+            return ops.float8_fake_quantize_backward(grad_fq, x2d, x_scale, *ctx.float8_args), *none
+        grad = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype))
+        if ctx.x_grad == "mask":
+            grad = torch.where(unpack_bits(x_mask, ctx.K), grad, 0)
+        return grad, *none
 
 
-class _Float8InputGrad(torch.autograd.Function):
-    """``out`` [M, N] (the fp8 GEMM on the stored codes, computed without autograd) with the
-    prepared layer's gradient to x [M, K]: torchao's float8 gradient of ``fq(x)`` (through its
-    scale) of ``dy @ w_fq``, w_fq dequantized from the stored codes (the prepared layer's bits)."""
+def with_input_grad(input: Tensor, out: Tensor, x_grad: str, weight_of, *weights: Tensor | None,
+                    x_mask: Tensor | None = None, float8_args: tuple = ()) -> Tensor:  # fmt: skip
+    """``out`` [..., N] (computed from ``input.detach()``) carrying :class:`_InputGrad`'s gradient
+    to ``input`` [..., K]."""
+    K, N = input.shape[-1], out.shape[-1]
+    out2d = _InputGrad.apply(input.reshape(-1, K), out.reshape(-1, N), x_grad, x_mask,
+                             float8_args, weight_of, *weights)  # fmt: skip
+    return out2d.reshape(out.shape)
 
-    generate_vmap_rule = True
 
-    @staticmethod
-    def forward(x2d, out, codes, scale, w_dtype, per_tensor, lb, ub):
-        return out.detach()  # (as _Int8InputGrad's)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x2d, _, codes, scale, w_dtype, *args = inputs
-        ctx.save_for_backward(x2d, codes, scale)
-        ctx.w_dtype, ctx.args = w_dtype, args
-
-    @staticmethod
-    def backward(ctx, dy):
-        _no_double_backward()
-        x2d, codes, scale = ctx.saved_tensors
-        ops = torch.ops.triton_qat
-        _, x_scale = ops.float8_fake_quantize(x2d, *ctx.args)
-        w_fq = float8_dequantize(codes, scale, ctx.w_dtype).to(x2d.dtype)
-        grad_fq = _mm_fp32_accumulate(dy.to(x2d.dtype), w_fq)
-        grad = ops.float8_fake_quantize_backward(grad_fq, x2d, x_scale, *ctx.args)
-        return grad, None, None, None, None, None, None, None
+def _int_weight_of(codes: Tensor, scale: Tensor, zero_point: Tensor | None, *, K: int,
+                   packed: bool, dtype: torch.dtype) -> Tensor:  # fmt: skip
+    """A QuantizedLinear's fake-quantized weight [N, K] from its buffers, in the backward."""
+    # from a view of the codes the forward never takes, so that a compiler merges none of the
+    # forward's weight-sized intermediates with these and keeps them for the backward
+    codes = _unpacked_codes(codes, K) if packed else codes.view(-1).view(codes.shape)
+    return dequantize_weight(codes, scale, zero_point, dtype)
 
 
 class QuantizedLinearModule(QuantizedModule):
@@ -515,19 +530,29 @@ class QuantizedLinear(QuantizedLinearModule):
             if self.packed:
                 codes = unpack_int4(codes, K)
             w_fq = dequantize_weight(codes, self.weight_scale, w_zp, self.weight_dtype)
-            return float_linear(input, w_fq, self.bias)
+            if not _plain_input_grad(input):  # (F.linear's own autograd: forward AD, vmap too)
+                return float_linear(input, w_fq, self.bias)
+            out = float_linear(input.detach(), w_fq, self.bias)  # F.linear would keep w_fq
+            return with_input_grad(input, out, "identity", self._weight_of(), self.weight_codes,
+                                   self.weight_scale, w_zp)  # fmt: skip
         check_no_grad_transform("triton_qat.QuantizedLinear", input)
         x2d = input.reshape(-1, K)
-        grad = _needs_input_grad(input)
+        grad = needs_input_grad(input)
         if x2d.shape[0] == 0:  # no rows (torch.ao qparams of no values do not exist)
             out = input.new_zeros(0, N)
             x_mask = input.new_zeros(0, (K + 7) // 8, dtype=torch.uint8)
         else:  # (the ops have no autograd: the gradient is _Int8InputGrad's)
             out, x_mask = self._int8_forward(x2d.detach() if grad else x2d)
+        out = out.reshape(*input.shape[:-1], N)
         if grad:
-            out = _Int8InputGrad.apply(x2d, out, x_mask, self.weight_codes, self.weight_scale,
-                                       w_zp, self.packed, self.weight_dtype)  # fmt: skip
-        return out.reshape(*input.shape[:-1], N)
+            out = with_input_grad(input, out, "mask", self._weight_of(), self.weight_codes,
+                                  self.weight_scale, w_zp, x_mask=x_mask)  # fmt: skip
+        return out
+
+    def _weight_of(self):
+        """What re-derives the fake-quantized weight from the buffers in the backward."""
+        return functools.partial(_int_weight_of, K=self.in_features, packed=self.packed,
+                                 dtype=self.weight_dtype)  # fmt: skip
 
     def _int8_forward(self, x2d: Tensor) -> tuple[Tensor, Tensor]:
         """(out [M, N] in x's dtype, the input's clamp bits [M, ceil(K/8)]) of x2d [M, K] (M >=
@@ -680,17 +705,26 @@ class QuantizedFloat8Linear(QuantizedLinearModule):
         self._check_float_dtype()
         act = self.activation_config
         # the prepared layer's fp8 GEMM where it runs one (same rule, same weight dtype)
-        if not self.int4 and fp8_gemm_runs(input, act, self.weight_dtype):
+        if act is not NOT_QUANTIZED:
             check_no_grad_transform("triton_qat.QuantizedFloat8Linear", input)
-            grad = _needs_input_grad(input)  # (the dequantized path below has its own gradient)
+        if not self.int4 and fp8_gemm_runs(input, act, self.weight_dtype):
+            grad = needs_input_grad(input)
             out = linear_on_codes(input.detach() if grad else input, self.weight_codes,
                                   self.weight_scale, self.bias, act, self.weight_dtype)  # fmt: skip
-            if grad:
-                out = _Float8InputGrad.apply(
-                    input.reshape(-1, self.in_features), out.reshape(-1, self.out_features),
-                    self.weight_codes, self.weight_scale, self.weight_dtype, act.per_tensor,
-                    act.hp_value_lb, act.hp_value_ub,
-                ).reshape(out.shape)  # fmt: skip
-            return _autocast_output(out)
-        w_fq = self.dequantized_weight()
-        return _autocast_output(linear_on_weight(input, w_fq, self.bias, act))
+        else:
+            grad = needs_input_grad(input) and act is not NOT_QUANTIZED
+            out = linear_on_weight(input.detach() if grad else input, self.dequantized_weight(),
+                                   self.bias, act)  # fmt: skip
+        if grad:  # (F.linear would keep the dequantized weight)
+            args = (act.per_tensor, act.hp_value_lb, act.hp_value_ub)
+            out = with_input_grad(input, out, "float8", self._weight_of, self.weight_codes,
+                                  self.weight_scale, float8_args=args)  # fmt: skip
+        return _autocast_output(out)
+
+    def _weight_of(self, codes: Tensor, scale: Tensor) -> Tensor:
+        """:meth:`dequantized_weight` of these buffers (the backward's)."""
+        if self.int4:
+            return float8_int4_dequantize(_unpacked_codes(codes, self.in_features), scale,
+                                          self.weight_dtype)  # fmt: skip
+        # (a view the forward never takes: as _int_weight_of's)
+        return float8_dequantize(codes.view(-1).view(codes.shape), scale, self.weight_dtype)

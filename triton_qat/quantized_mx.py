@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from triton_qat.checks import check_input
+from triton_qat.checks import check_input, check_no_grad_transform
 from triton_qat.config import MXConfig, NVFP4Config
 from triton_qat.kernels.quantize_mx_torch import (
     e2m1_codes,
@@ -29,8 +29,10 @@ from triton_qat.quantized import (
     QuantizedLinearModule,
     check_count,
     check_float_dtype,
+    needs_input_grad,
     pack_int4,
     unpack_nibbles,
+    with_input_grad,
 )
 
 _FP4 = torch.float4_e2m1fn_x2
@@ -199,12 +201,24 @@ class QuantizedMXLinear(QuantizedLinearModule):
 
     def dequantized_weight(self) -> Tensor:
         """The fake-quantized weight [N, K] in ``weight_dtype`` (:func:`mx_dequantize`)."""
-        return mx_dequantize(self.weight_codes, self.weight_scale, self.weight_tensor_scale,
-                             self.weight_config, self.in_features, self.weight_dtype)  # fmt: skip
+        return self._weight_of(*self._weight_buffers())
 
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
         self._check_float_dtype()
-        out = mx_linear_on_weight(input, self.dequantized_weight(), self.bias,
-                                  self.activation_config)  # fmt: skip
+        check_no_grad_transform("triton_qat.QuantizedMXLinear", input)
+        grad = needs_input_grad(input)  # the addmm would keep the dequantized weight
+        out = mx_linear_on_weight(input.detach() if grad else input, self.dequantized_weight(),
+                                  self.bias, self.activation_config)  # fmt: skip
+        if grad:  # the activation's gradient is the identity (torchao's)
+            out = with_input_grad(input, out, "identity", self._weight_of,
+                                  *self._weight_buffers())  # fmt: skip
         return _autocast_output(out)
+
+    def _weight_buffers(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.weight_codes, self.weight_scale, self.weight_tensor_scale
+
+    def _weight_of(self, codes: Tensor, scale: Tensor, tensor_scale: Tensor | None) -> Tensor:
+        """:meth:`dequantized_weight` of these buffers (the backward's)."""
+        return mx_dequantize(codes, scale, tensor_scale, self.weight_config, self.in_features,
+                             self.weight_dtype)  # fmt: skip
