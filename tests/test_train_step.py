@@ -195,3 +195,28 @@ def test_float8_weights_measure_triton_qat_and_torchao_on_the_same_numerics():
         losses[provider] = model.loss(*data[0]).item()
     assert abs(losses["torchao"] - losses["triton_qat"]) < 1e-2, losses
     assert ts.config_label("triton_qat", "float8") == "fp8-row"
+
+
+def test_torchao_compiled_falls_back_to_graph_breaks_where_fullgraph_fails(monkeypatch):
+    """torch 2.11's Dynamo cannot trace torchao 0.18's QAT whole (it skips torch.ao's
+    _per_token_quant_qparam_dim_check): the compiled torchao item is then measured with graph
+    breaks and says so, instead of a failed row; triton_qat's compiled item must hold
+    fullgraph=True (its failure is raised)."""
+    s = replace(ts.Settings.dry(), warmup=1, steps=1)
+    real = ts.compile_blocks
+
+    def no_fullgraph(model, fullgraph=True):
+        real(model, fullgraph)
+        if fullgraph:  # as the old Dynamo does on the first call
+
+            def refuse(*args, **kwargs):
+                raise torch._dynamo.exc.Unsupported("Attempted to call function marked as skipped")
+
+            model.loss = refuse
+
+    monkeypatch.setattr(ts, "compile_blocks", no_fullgraph)
+    m = ts.measure("torchao", "compiled", "int8", s, CPU)
+    assert "fullgraph=True failed (Attempted to call function marked as skipped)" in m.how
+    assert len(m.step_ms) == 1 and m.losses and all(x == x for x in m.losses)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        ts.measure("triton_qat", "compiled", "int8", s, CPU)
