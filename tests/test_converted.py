@@ -384,8 +384,8 @@ def test_converted_input_gets_the_prepared_layers_gradient(name, dtype, device):
     adapter's only)."""
     lin = _prepared_linear(name, device, dtype).requires_grad_(False)
     conv = tq.convert(copy.deepcopy(lin))
-    x = torch.randn(3, 5, 32, device=device, dtype=dtype, requires_grad=True)
-    dy = torch.randn(3, 5, 24, device=device, dtype=dtype)
+    x = torch.randn(2, 3, 32, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(2, 3, 24, device=device, dtype=dtype)
     (want,) = torch.autograd.grad(lin(x), x, dy)
     (got,) = torch.autograd.grad(conv(x), x, dy)
     assert not any(b.requires_grad for b in conv.buffers())

@@ -243,7 +243,7 @@ def test_a_new_layer_compiles_once_and_under_checkpoint(cfg):
     from torch._dynamo.testing import CompileCounter
     from torch.utils.checkpoint import checkpoint
 
-    x = torch.randn(4, 32, requires_grad=True)
+    x = torch.randn(2, 32, requires_grad=True)
     torch._dynamo.reset()
     counter = CompileCounter()
     compiled = torch.compile(_mlp("cpu", **_FRESH_LAYERS[cfg]), fullgraph=True, backend=counter)
@@ -278,7 +278,7 @@ def test_compiled_autograd_of_an_eager_forward(cfg):
 
     dtype = torch.bfloat16 if cfg == "float8" else torch.float32  # float8: the fp8 GEMM's path
     model = _mlp("cpu", dtype, **_EAGER_FORWARDS[cfg])
-    x = torch.randn(4, 32, dtype=dtype, requires_grad=True)
+    x = torch.randn(2, 32, dtype=dtype, requires_grad=True)
     want = torch.autograd.grad(model(x).square().sum(), [x, *model.parameters()])
     torch._dynamo.reset()
     loss = model(x).square().sum()
