@@ -467,6 +467,7 @@ def measure(provider: str, mode: str, weights: str, settings: Settings, device) 
     torch._dynamo.reset()  # each item compiles from scratch: its compile time is its own
     data = batches(settings.dims, 4, device, settings.seed)
     losses: list[torch.Tensor] = []
+    why = None
     try:
         model, opt, how = build(provider, mode, weights, settings, device)
         step, t0 = _first_step(model, opt, data, losses, device)
@@ -477,6 +478,8 @@ def measure(provider: str, mode: str, weights: str, settings: Settings, device) 
         if provider != "torchao" or mode != "compiled":
             raise
         why = str(e).splitlines()[0]
+    if why is not None:  # the failed attempt's model freed (its traceback's cycles too) first
+        model = opt = None
         losses.clear()
         release(device)
         model, opt, how = build(provider, mode, weights, settings, device, fullgraph=False)

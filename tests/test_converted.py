@@ -415,6 +415,35 @@ def test_converted_input_gets_the_prepared_layers_gradient(name, dtype, device):
         assert conv(x).grad_fn is None
 
 
+def test_converted_input_gradient_edge_cases(device):
+    """An empty batch through a per-tensor float8 layer has a gradient (the backward's per-tensor
+    scale of no rows raised); a module cast between forward and backward leaves the gradient
+    the forward's (the backward read the module's new dtype); under an autocast of the other
+    16-bit dtype the gradient is the prepared layer's (w_fq cast to x's dtype, then autocast's)."""
+    per_tensor = dict(activation=tq.Float8Config("per_tensor"), weight=tq.Float8Config())
+    lin = tq.Linear(32, 24, device=device, **per_tensor).eval().requires_grad_(False)
+    conv = tq.convert(copy.deepcopy(lin))
+    x = torch.zeros(0, 32, device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(conv(x), x, torch.zeros(0, 24, device=device))
+    assert g.shape == (0, 32)
+    x = torch.randn(4, 32, device=device, requires_grad=True)
+    dy = torch.randn(4, 24, device=device)
+    (want,) = torch.autograd.grad(conv(x), x, dy)
+    out = conv(x)
+    conv.to(torch.bfloat16)
+    (got,) = torch.autograd.grad(out, x, dy)
+    assert torch.equal(got, want)
+    for name in ("weight-only", "float8"):
+        lin = _prepared_linear(name, device).requires_grad_(False)
+        conv = tq.convert(copy.deepcopy(lin))
+        x = torch.randn(4, 32, device=device, dtype=torch.float16, requires_grad=True)
+        grads = []
+        for layer in (lin, conv):
+            with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                grads += torch.autograd.grad(layer(x), x, torch.ones(4, 24, device=device))
+        assert torch.equal(grads[0], grads[1]), name
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("name", ["i4g16-packed", "weight-only", "mx", "float8"])
 def test_converted_input_gradient_keeps_no_weight_sized_tensor(name, compiled, device):

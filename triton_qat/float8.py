@@ -468,6 +468,13 @@ def _linear_grads(ctx, grad_y: Tensor, fq, bwd):
     re-derived from the saved x and w by the forward's quantize (same bits), the GEMMs
     ``F.linear``'s backward runs, then torchao's float8 gradient of each fake quantization
     (``fq`` / ``bwd``: the ops, or their implementations on the eager direct path)."""
+    with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+        return _linear_grads_in_dtypes(ctx, grad_y, fq, bwd)
+
+
+def _linear_grads_in_dtypes(ctx, grad_y: Tensor, fq, bwd):
+    """:func:`_linear_grads` outside autocast (a backward run under autocast would round its
+    GEMMs to the autocast dtype)."""
     x, weight = ctx.saved_tensors
     a_pt, a_lb, a_ub, w_pt, w_lb, w_ub = ctx.args
     x_fq, sx = fq(x, a_pt, a_lb, a_ub)

@@ -159,8 +159,8 @@ def weight_only_backward(plan: LinearPlan, dy: Tensor, x2d: Tensor, weight: Tens
         # the learned-scale wgrad's epilogue reads a byte mask; the plain wgrad the plan's
         quantize_w = plan.quantize_w_bwd[need_x, "bytes" if need_w_scale else need_w]
         qw = quantize_w(weight, w_scale, kernel=kernels.quantize)
-        if need_x:
-            grad_x = torch.mm(dy, qw.y.to(dy.dtype))
+        if need_x:  # the forward's F.linear casts w_fq to x's dtype, then autocast to dy's
+            grad_x = torch.mm(dy, qw.y.to(x2d.dtype).to(dy.dtype))
         if need_w or need_w_scale:
             grad_w, grad_s = _weight_grads(plan, dy, x2d.to(dy.dtype), qw, weight, w_scale,
                                            need_w_scale, kernels)  # fmt: skip

@@ -262,7 +262,9 @@ def dequantize_weight(codes: Tensor, scale: Tensor, zero_point: Tensor | None, d
 def needs_input_grad(input: Tensor) -> bool:
     """Whether a converted layer's output may need a gradient to ``input``: it requires one, or
     (eagerly) it is a vmap's batched tensor, which does not say whether what it wraps does.
-    (While Dynamo traces, functorch's stack is never empty: requires_grad decides there.)"""
+    (While Dynamo traces, functorch's stack is never empty and its levels cannot be read:
+    requires_grad decides there, so vmap / torch.func.grad inside torch.compile are not
+    supported through converted layers.)"""
     if not torch.is_grad_enabled():
         return False
     if input.requires_grad:
@@ -290,12 +292,17 @@ def _no_double_backward() -> None:
         raise RuntimeError(CONVERTED_DOUBLE_BACKWARD_MSG)
 
 
-def _unpacked_codes(packed: Tensor, K: int) -> Tensor:
-    """int8 [N, K] codes of packed int4 ``packed`` (uint8 [N, ceil(K/2)]): :func:`unpack_int4`'s
-    values, by other operations (a sign extension by shifts), so that a compiler does not merge
-    it with the forward's unpack and keep that weight-sized result for the backward."""
-    nibbles = torch.stack([packed << 4, packed & 0xF0], dim=-1).view(torch.int8) >> 4
-    return nibbles.reshape(packed.shape[0], -1)[:, :K]
+@torch.library.custom_op("triton_qat::backward_copy", mutates_args=())
+def _backward_copy(codes: Tensor) -> Tensor:
+    """A copy of a converted layer's weight codes that a compiler cannot see through: the
+    backward re-derives the fake-quantized weight from it, so no weight-sized intermediate of
+    the forward's own derivation is merged with the backward's and kept for it."""
+    return codes.clone()
+
+
+@_backward_copy.register_fake
+def _(codes: Tensor) -> Tensor:
+    return torch.empty_like(codes)
 
 
 def _mm_fp32_accumulate(a: Tensor, b: Tensor) -> Tensor:
@@ -326,24 +333,30 @@ class _InputGrad(torch.autograd.Function):
         x2d, _, x_grad, x_mask, float8_args, weight_of, *weights = inputs
         x_kept = x2d if x_grad == "float8" else None
         ctx.save_for_backward(x_kept, x_mask, *weights)
-        ctx.K, ctx.x_grad, ctx.float8_args, ctx.weight_of = x2d.shape[-1], x_grad, float8_args, (
-            weight_of)  # fmt: skip
+        ctx.K, ctx.x_dtype, ctx.x_grad = x2d.shape[-1], x2d.dtype, x_grad
+        ctx.float8_args, ctx.weight_of = float8_args, weight_of
 
     @staticmethod
     def backward(ctx, dy):
         _no_double_backward()
-        x2d, x_mask, *weights = ctx.saved_tensors
-        w_fq = ctx.weight_of(*weights)
-        none = (None,) * (5 + len(weights))
-        if ctx.x_grad == "float8":
-            ops = torch.ops.triton_qat
-            _, x_scale = ops.float8_fake_quantize(x2d, *ctx.float8_args)
-            # in dy's dtype (x's, or the dtype autocast ran the dequantized path's F.linear in)
-            grad_fq = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype)).to(x2d.dtype)
-            return ops.float8_fake_quantize_backward(grad_fq, x2d, x_scale, *ctx.float8_args), *none
-        grad = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype))
-        if ctx.x_grad == "mask":
-            grad = torch.where(unpack_bits(x_mask, ctx.K), grad, 0)
+        x2d, x_mask, codes, *weights = ctx.saved_tensors
+        none = (None,) * (6 + len(weights))
+        if ctx.x_grad == "float8" and x2d.shape[0] == 0:  # (no rows: no per-tensor scale)
+            return torch.zeros_like(x2d), *none
+        if torch.compiler.is_compiling():
+            codes = _backward_copy(codes)
+        w_fq = ctx.weight_of(codes, *weights)
+        if ctx.x_grad == "mask":  # the prepared layer's dgrad: w_fq in dy's dtype
+            grad = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype))
+            return torch.where(unpack_bits(x_mask, ctx.K), grad, 0), *none
+        # F.linear's GEMM: w_fq cast to x's dtype, then by autocast to dy's
+        grad = _mm_fp32_accumulate(dy, w_fq.to(ctx.x_dtype).to(dy.dtype))
+        if ctx.x_grad == "identity":
+            return grad, *none
+        ops = torch.ops.triton_qat
+        _, x_scale = ops.float8_fake_quantize(x2d, *ctx.float8_args)
+        grad = ops.float8_fake_quantize_backward(grad.to(x2d.dtype), x2d, x_scale,
+                                                 *ctx.float8_args)  # fmt: skip
         return grad, *none
 
 
@@ -360,10 +373,16 @@ def with_input_grad(input: Tensor, out: Tensor, x_grad: str, weight_of, *weights
 def _int_weight_of(codes: Tensor, scale: Tensor, zero_point: Tensor | None, *, K: int,
                    packed: bool, dtype: torch.dtype) -> Tensor:  # fmt: skip
     """A QuantizedLinear's fake-quantized weight [N, K] from its buffers, in the backward."""
-    # from a view of the codes the forward never takes, so that a compiler merges none of the
-    # forward's weight-sized intermediates with these and keeps them for the backward
-    codes = _unpacked_codes(codes, K) if packed else codes.view(-1).view(codes.shape)
-    return dequantize_weight(codes, scale, zero_point, dtype)
+    return dequantize_weight(unpack_int4(codes, K) if packed else codes, scale, zero_point, dtype)
+
+
+def _float8_weight_of(codes: Tensor, scale: Tensor, *, K: int, int4: bool,
+                      dtype: torch.dtype) -> Tensor:  # fmt: skip
+    """A QuantizedFloat8Linear's fake-quantized weight [N, K] from its buffers (the backward's:
+    :meth:`QuantizedFloat8Linear.dequantized_weight`)."""
+    if int4:
+        return float8_int4_dequantize(unpack_int4(codes, K), scale, dtype)
+    return float8_dequantize(codes, scale, dtype)
 
 
 class QuantizedLinearModule(QuantizedModule):
@@ -695,10 +714,8 @@ class QuantizedFloat8Linear(QuantizedLinearModule):
     def dequantized_weight(self) -> Tensor:
         """The fake-quantized weight [N, K] in ``weight_dtype``: ``dt(fp32(q) * s)`` (int4:
         ``(dt(q) - 0) * dt(s)``)."""
-        if self.int4:
-            codes = unpack_int4(self.weight_codes, self.in_features)
-            return float8_int4_dequantize(codes, self.weight_scale, self.weight_dtype)
-        return float8_dequantize(self.weight_codes, self.weight_scale, self.weight_dtype)
+        return _float8_weight_of(self.weight_codes, self.weight_scale, K=self.in_features,
+                                 int4=self.int4, dtype=self.weight_dtype)  # fmt: skip
 
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
@@ -707,24 +724,28 @@ class QuantizedFloat8Linear(QuantizedLinearModule):
         # the prepared layer's fp8 GEMM where it runs one (same rule, same weight dtype)
         if act is not NOT_QUANTIZED:
             check_no_grad_transform("triton_qat.QuantizedFloat8Linear", input)
-        if not self.int4 and fp8_gemm_runs(input, act, self.weight_dtype):
+        fp8 = not self.int4 and fp8_gemm_runs(input, act, self.weight_dtype)
+        if fp8:
             grad = needs_input_grad(input)
             out = linear_on_codes(input.detach() if grad else input, self.weight_codes,
                                   self.weight_scale, self.bias, act, self.weight_dtype)  # fmt: skip
+        elif act is NOT_QUANTIZED:  # weight-only: F.linear's own autograd in forward AD
+            grad = _plain_input_grad(input)
         else:
-            grad = needs_input_grad(input) and act is not NOT_QUANTIZED
+            grad = needs_input_grad(input)
+        if not fp8:
             out = linear_on_weight(input.detach() if grad else input, self.dequantized_weight(),
                                    self.bias, act)  # fmt: skip
         if grad:  # (F.linear would keep the dequantized weight)
+            weight_of = functools.partial(_float8_weight_of, K=self.in_features, int4=self.int4,
+                                          dtype=self.weight_dtype)  # fmt: skip
+            if act is NOT_QUANTIZED:
+                return _autocast_output(
+                    with_input_grad(
+                        input, out, "identity", weight_of, self.weight_codes, self.weight_scale
+                    )
+                )
             args = (act.per_tensor, act.hp_value_lb, act.hp_value_ub)
-            out = with_input_grad(input, out, "float8", self._weight_of, self.weight_codes,
+            out = with_input_grad(input, out, "float8", weight_of, self.weight_codes,
                                   self.weight_scale, float8_args=args)  # fmt: skip
         return _autocast_output(out)
-
-    def _weight_of(self, codes: Tensor, scale: Tensor) -> Tensor:
-        """:meth:`dequantized_weight` of these buffers (the backward's)."""
-        if self.int4:
-            return float8_int4_dequantize(_unpacked_codes(codes, self.in_features), scale,
-                                          self.weight_dtype)  # fmt: skip
-        # (a view the forward never takes: as _int_weight_of's)
-        return float8_dequantize(codes.view(-1).view(codes.shape), scale, self.weight_dtype)

@@ -10,6 +10,8 @@ output is the prepared layer's eval output, bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -201,7 +203,8 @@ class QuantizedMXLinear(QuantizedLinearModule):
 
     def dequantized_weight(self) -> Tensor:
         """The fake-quantized weight [N, K] in ``weight_dtype`` (:func:`mx_dequantize`)."""
-        return self._weight_of(*self._weight_buffers())
+        return mx_dequantize(self.weight_codes, self.weight_scale, self.weight_tensor_scale,
+                             self.weight_config, self.in_features, self.weight_dtype)  # fmt: skip
 
     def forward(self, input: Tensor) -> Tensor:
         check_input(input, self.in_features, self.weight_codes.device)
@@ -211,14 +214,8 @@ class QuantizedMXLinear(QuantizedLinearModule):
         out = mx_linear_on_weight(input.detach() if grad else input, self.dequantized_weight(),
                                   self.bias, self.activation_config)  # fmt: skip
         if grad:  # the activation's gradient is the identity (torchao's)
-            out = with_input_grad(input, out, "identity", self._weight_of,
-                                  *self._weight_buffers())  # fmt: skip
+            weight_of = functools.partial(mx_dequantize, config=self.weight_config,
+                                          K=self.in_features, dtype=self.weight_dtype)  # fmt: skip
+            out = with_input_grad(input, out, "identity", weight_of, self.weight_codes,
+                                  self.weight_scale, self.weight_tensor_scale)  # fmt: skip
         return _autocast_output(out)
-
-    def _weight_buffers(self) -> tuple[Tensor, Tensor, Tensor | None]:
-        return self.weight_codes, self.weight_scale, self.weight_tensor_scale
-
-    def _weight_of(self, codes: Tensor, scale: Tensor, tensor_scale: Tensor | None) -> Tensor:
-        """:meth:`dequantized_weight` of these buffers (the backward's)."""
-        return mx_dequantize(codes, scale, tensor_scale, self.weight_config, self.in_features,
-                             self.weight_dtype)  # fmt: skip
