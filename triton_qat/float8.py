@@ -468,7 +468,10 @@ def _linear_grads(ctx, grad_y: Tensor, fq, bwd):
     re-derived from the saved x and w by the forward's quantize (same bits), the GEMMs
     ``F.linear``'s backward runs, then torchao's float8 gradient of each fake quantization
     (``fq`` / ``bwd``: the ops, or their implementations on the eager direct path)."""
-    with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+    device_type = grad_y.device.type
+    if not torch.is_autocast_enabled(device_type):  # (the context costs ~30 Python calls)
+        return _linear_grads_in_dtypes(ctx, grad_y, fq, bwd)
+    with torch.autocast(device_type, enabled=False):
         return _linear_grads_in_dtypes(ctx, grad_y, fq, bwd)
 
 

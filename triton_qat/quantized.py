@@ -308,6 +308,8 @@ def _(codes: Tensor) -> Tensor:
 def _mm_fp32_accumulate(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` in their dtype, outside autocast (a backward run under autocast would round
     it to the autocast dtype; the prepared layer's backward GEMMs do not)."""
+    if not torch.is_autocast_enabled(a.device.type):
+        return torch.mm(a, b)
     with torch.autocast(a.device.type, enabled=False):
         return torch.mm(a, b)
 
