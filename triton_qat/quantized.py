@@ -547,10 +547,7 @@ class QuantizedLinear(QuantizedLinearModule):
         K, N = self.in_features, self.out_features
         w_zp = self.weight_zero_point
         if self.weight_only:  # the prepared layer's float GEMM on the same fake-quantized weight
-            codes = self.weight_codes
-            if self.packed:
-                codes = unpack_int4(codes, K)
-            w_fq = dequantize_weight(codes, self.weight_scale, w_zp, self.weight_dtype)
+            w_fq = self._weight_of()(self.weight_codes, self.weight_scale, w_zp)
             if not _plain_input_grad(input):  # (F.linear's own autograd: forward AD, vmap too)
                 return float_linear(input, w_fq, self.bias)
             out = float_linear(input.detach(), w_fq, self.bias)  # F.linear would keep w_fq
@@ -562,7 +559,7 @@ class QuantizedLinear(QuantizedLinearModule):
         if x2d.shape[0] == 0:  # no rows (torch.ao qparams of no values do not exist)
             out = input.new_zeros(0, N)
             x_mask = input.new_zeros(0, (K + 7) // 8, dtype=torch.uint8)
-        else:  # (the ops have no autograd: the gradient is _Int8InputGrad's)
+        else:  # (the ops have no autograd: the gradient is _InputGrad's)
             out, x_mask = self._int8_forward(x2d.detach() if grad else x2d)
         out = out.reshape(*input.shape[:-1], N)
         if grad:
@@ -571,7 +568,8 @@ class QuantizedLinear(QuantizedLinearModule):
         return out
 
     def _weight_of(self):
-        """What re-derives the fake-quantized weight from the buffers in the backward."""
+        """What derives the fake-quantized weight from the buffers (codes, scale, zero point):
+        the weight-only forward's, and the backward's."""
         return functools.partial(_int_weight_of, K=self.in_features, packed=self.packed,
                                  dtype=self.weight_dtype)  # fmt: skip
 
