@@ -234,10 +234,9 @@ class _WeightOnlyLinear(torch.autograd.Function):
         x2d, weight, w_scale = ctx.saved_tensors
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
         if torch.compiler.is_compiling():  # compiled autograd traces this: the op, not launches
-            a = plan.w_args
             grads = torch.ops.triton_qat.weight_only_linear_backward(
-                dy, x2d, weight, a["w_qmin"], a["w_qmax"], a["w_group_size"], a["w_symmetric"],
-                a["w_per_tensor"], need_x, need_w, need_b, w_scale, need_s,
+                dy, x2d, weight, **plan.w_args, need_x=need_x, need_w=need_w, need_bias=need_b,
+                w_scale=w_scale, need_w_scale=need_s,
             )  # fmt: skip
             return (*_needed(grads, (need_x, need_w, need_b, need_s)), None)
         grad_x, grad_w, grad_s = weight_only_backward(plan, dy, x2d, weight, w_scale, need_x,
