@@ -398,6 +398,50 @@ def test_forward_mode_ad_and_func_transforms_raise_instead_of_a_wrong_tangent(ki
             torch.func.functional_call(lin, {"weight": w}, (x,))
 
 
+@pytest.mark.parametrize("ops", [False, True], ids=["direct", "ops"])
+@pytest.mark.parametrize("kind", ["int8", "i4g32", "weight-only", "torch.ao", "float8"])
+def test_a_module_cast_between_forward_and_backward(kind, ops):
+    """The backward re-derives w_fq from the weight parameter, which a module cast between the
+    forward and its backward changes in place: cast up (bf16 -> fp32) the gradients are the
+    uncast layer's bits (the backward casts back, exactly); cast down (fp32 -> bf16) the
+    forward's values are gone, and it raises naming the weight (the kernels read the new dtype's
+    bytes as the old one's, and the torch backend gave a silently different gradient). fp32
+    float8 layers keep the values F.linear read, so they give the uncast gradients."""
+    per_channel, f8 = tq.QuantConfig(granularity="per_channel", symmetric=True), tq.Float8Config()
+    i4g32 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
+    kw = {
+        "int8": {},
+        "i4g32": dict(weight=i4g32),
+        "weight-only": dict(activation=None, weight=per_channel),
+        "torch.ao": dict(qconfig=torch.ao.quantization.default_dynamic_qat_qconfig),
+        "float8": dict(activation=f8, weight=f8),  # bf16: the fp8 GEMM's direct path
+    }[kind]
+    prev = tq.fused.set_enabled(not ops)
+    try:
+        for dtype, cast in ((torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)):
+            torch.manual_seed(0)
+            lin = tq.Linear(64, 24, dtype=dtype, **kw)
+            twin = copy.deepcopy(lin)
+            x = torch.randn(5, 64, dtype=dtype, requires_grad=True)
+            dy = torch.randn(5, 24, dtype=dtype)
+            want = torch.autograd.grad(twin(x), (x, twin.weight, twin.bias), dy)
+            out = lin(x)
+            lin.to(cast)
+            # fp32 float8 layers run F.linear on a fake-quantized weight it keeps: no re-derivation
+            if cast == torch.bfloat16 and not (kind == "float8" and dtype == torch.float32):
+                with pytest.raises(
+                    RuntimeError, match="weight: its dtype changed from torch.float32"
+                ):
+                    out.backward(dy)
+                continue
+            out.backward(dy)
+            got = (x.grad, lin.weight.grad.to(dtype), lin.bias.grad.to(dtype))
+            for g, w in zip(got, want, strict=True):
+                assert torch.equal(g, w)
+    finally:
+        tq.fused.set_enabled(prev)
+
+
 def test_compiled_inside_a_dual_level_never_drops_a_tangent():
     """A trace cannot see tangents: compiled inside a dual_level, the layers refuse the trace,
     Dynamo (no fullgraph) runs them eagerly, where a dual input raises triton_qat's error and a

@@ -221,3 +221,24 @@ def refuse_script(module: object) -> None:
         "chooses kernels and torch.library ops in Python); use torch.compile, torch.export or "
         "torch.jit.trace, which support it"
     )
+
+
+def saved_weight(weight: Tensor, dtype: torch.dtype, name: str = "weight") -> Tensor:
+    """The tensor a backward re-derives fake-quantized values from (the weight, by default), as
+    its forward read it (in ``dtype``).
+
+    The backward keeps the parameter, not its values (nothing weight-sized is kept), and a module
+    cast between a forward and its backward (``.to(dtype)``, ``.float()``) changes the
+    parameter's dtype in place. Cast back where that is exact (the forward's 16-bit weight now
+    fp32 / fp64, or fp32 now fp64); else a RuntimeError naming ``name``: the values the forward
+    quantized are gone, and re-deriving from others would give a silently different gradient."""
+    if weight.dtype is dtype:
+        return weight
+    if weight.dtype.itemsize > dtype.itemsize and weight.dtype in (torch.float32, torch.float64):
+        return weight.to(dtype)  # bf16 / fp16 -> fp32 -> back: exact
+    raise RuntimeError(
+        f"{name}: its dtype changed from {dtype} to {weight.dtype} between a forward and its "
+        "backward (a module cast such as .to(dtype) in between); the backward re-derives the "
+        "fake-quantized values from the tensor itself (it keeps no copy), and the forward's "
+        "values cannot be recovered from the cast ones: run the backward before casting"
+    )

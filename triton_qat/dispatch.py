@@ -523,6 +523,7 @@ class LinearPlan(NamedTuple):
     wgrad: Callable
     w_args: dict  # the weight's op arguments (spec.linear_args), for the backward op that
     # compiled autograd traces in place of the launches
+    w_dtype: torch.dtype  # the weight's (the backward re-derives w_fq from it: checks.saved_weight)
 
 
 def linear_plan(
@@ -573,7 +574,8 @@ def _make_linear_plan(rows, K, N, dtype, w_dtype, device, a_spec, w_spec, has_bi
                   w_symmetric=w_sym,
                   w_qmin=w_spec.qmin, w_qmax=w_spec.qmax, w_group=w_group, quantize_w_bwd=bwd,
                   w_mask_bits=w_mask_bits,
-                  dgrad=dgrad, wgrad=wgrad, w_args=w_spec.linear_args("w", K))  # fmt: skip
+                  dgrad=dgrad, wgrad=wgrad, w_args=w_spec.linear_args("w", K),
+                  w_dtype=w_dtype)  # fmt: skip
     if a_spec is None:  # weight-only: a float GEMM on the fake-quantized weight
         quantize_w = quantize_launch(
             *w_rows, pack_mask=False, with_y=True, write_codes=False, asym_weight=not w_sym,

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat import autotune, calls
-from triton_qat.checks import check_float_input, check_no_grad_transform, functorch_level
+from triton_qat.checks import (
+    check_float_input,
+    check_no_grad_transform,
+    functorch_level,
+    saved_weight,
+)
 from triton_qat.config import FLOAT8_MAX, NOT_QUANTIZED, Float8Config, Float8Int4WeightConfig
 from triton_qat.dispatch import rows_key, use_kernels
 from triton_qat.kernels import gemm_float8 as _g
@@ -102,7 +107,7 @@ def _(grad, x, scale, per_tensor, lb, ub) -> Tensor:
 def _setup(ctx, inputs, output) -> None:
     x, per_tensor, lb, ub = inputs
     ctx.save_for_backward(x, output[1])
-    ctx.args = (per_tensor, lb, ub)
+    ctx.args, ctx.x_dtype = (per_tensor, lb, ub), x.dtype
 
 
 DOUBLE_BACKWARD_MSG = (
@@ -122,6 +127,8 @@ def _no_double_backward() -> None:
 def _backward(ctx, grad_y: Tensor, grad_scale: Tensor):
     _no_double_backward()
     x, scale = ctx.saved_tensors
+    if x.dtype is not ctx.x_dtype:  # a weight whose module was cast since the forward
+        x = saved_weight(x, ctx.x_dtype, "input")
     grad_x = torch.ops.triton_qat.float8_fake_quantize_backward(grad_y, x, scale, *ctx.args)
     return grad_x, None, None, None
 
@@ -453,7 +460,7 @@ def _(x, weight, bias, a_per_tensor, a_lb, a_ub, w_per_tensor, w_lb, w_ub) -> Te
 def _linear_setup(ctx, inputs, output) -> None:
     x, weight, bias, *args = inputs
     ctx.save_for_backward(x, weight)
-    ctx.args, ctx.bias_dtype = args, None if bias is None else bias.dtype
+    ctx.args, ctx.bias_dtype, ctx.w_dtype = args, None if bias is None else bias.dtype, weight.dtype
 
 
 def _linear_backward(ctx, grad_y: Tensor):
@@ -479,6 +486,8 @@ def _linear_grads_in_dtypes(ctx, grad_y: Tensor, fq, bwd):
     """:func:`_linear_grads` outside autocast (a backward run under autocast would round its
     GEMMs to the autocast dtype)."""
     x, weight = ctx.saved_tensors
+    if weight.dtype is not ctx.w_dtype:  # the module was cast since the forward
+        weight = saved_weight(weight, ctx.w_dtype)
     a_pt, a_lb, a_ub, w_pt, w_lb, w_ub = ctx.args
     x_fq, sx = fq(x, a_pt, a_lb, a_ub)
     w_fq, sw = fq(weight, w_pt, w_lb, w_ub)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from triton_qat import autotune, dispatch
-from triton_qat.checks import check_group, check_linear_inputs, check_qparams
+from triton_qat.checks import check_group, check_linear_inputs, check_qparams, saved_weight
 from triton_qat.checks import functorch_level as _functorch_level
 from triton_qat.dispatch import DIRECT, Kernels, LinearPlan
 from triton_qat.spec import QuantSpec
@@ -201,13 +201,17 @@ class _QATLinear(torch.autograd.Function):
         if torch.is_grad_enabled():  # backward(create_graph=True): never a detached gradient
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
+        *x_state, weight, w_scale = ctx.saved_tensors
+        if weight.dtype is not plan.w_dtype:  # the module was cast since the forward
+            weight = saved_weight(weight, plan.w_dtype)
         if torch.compiler.is_compiling():  # compiled autograd traces this: the op, not launches
             grads = torch.ops.triton_qat.qat_linear_backward(
-                dy, *ctx.saved_tensors[:5], **plan.w_args, w_scale=ctx.saved_tensors[5],
+                dy, *x_state, weight, **plan.w_args, w_scale=w_scale,
                 need_x=need_x, need_w=need_w, need_bias=need_b, need_w_scale=need_s,
             )  # fmt: skip
             return (*_needed(grads, (need_x, need_w, need_b, need_s)), None)
-        grad_x, grad_w, grad_s = backward(plan, dy, *ctx.saved_tensors, need_x, need_w, need_s)
+        grad_x, grad_w, grad_s = backward(plan, dy, *x_state, weight, w_scale, need_x, need_w,
+                                          need_s)  # fmt: skip
         grad_b = bias_grad(dy) if need_b else None
         return grad_x, grad_w, grad_b, grad_s, None
 
@@ -233,6 +237,8 @@ class _WeightOnlyLinear(torch.autograd.Function):
             raise RuntimeError(DOUBLE_BACKWARD_MSG)
         x2d, weight, w_scale = ctx.saved_tensors
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
+        if weight.dtype is not plan.w_dtype:  # the module was cast since the forward
+            weight = saved_weight(weight, plan.w_dtype)
         if torch.compiler.is_compiling():  # compiled autograd traces this: the op, not launches
             grads = torch.ops.triton_qat.weight_only_linear_backward(
                 dy, x2d, weight, **plan.w_args, need_x=need_x, need_w=need_w, need_bias=need_b,

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from triton_qat import dispatch, fused
-from triton_qat.checks import FLOAT_DTYPES
+from triton_qat.checks import FLOAT_DTYPES, saved_weight
 from triton_qat.op_checks import (
     check_backward,
     check_codes_linear,
@@ -419,6 +419,7 @@ def _qat_linear_setup(ctx, inputs, output):
     x, x_codes, x_scale, x_zp, x_mask, weight, bias, _asym = inputs[:8]
     w_args, w_scale = inputs[8:12], inputs[12]
     ctx.save_for_backward(x_codes, x_scale, x_zp, x_mask, weight, w_scale)
+    ctx.w_dtype = weight.dtype
     ctx.w_args = dict(zip(_SAVED_ARGS, w_args, strict=True))
     ctx.w_symmetric = inputs[13] if len(inputs) > 13 else True
     ctx.x_shape = x.shape
@@ -431,6 +432,7 @@ def _qat_linear_backward(ctx, grad_out, backward=None):
     if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
         raise RuntimeError(fused.DOUBLE_BACKWARD_MSG)
     x_codes, x_scale, x_zp, x_mask, weight, w_scale = ctx.saved_tensors
+    weight = saved_weight(weight, ctx.w_dtype)
     need_x, need_w, need_b, need_s = (ctx.needs_input_grad[i] for i in (0, 5, 6, 12))
     grad_x, grad_w, grad_b, grad_s = (backward or qat_linear_backward)(
         grad_out, x_codes, x_scale, x_zp, x_mask, weight, **ctx.w_args, w_scale=w_scale,
@@ -572,6 +574,7 @@ def _weight_only_setup(ctx, inputs, output):
     x, weight, bias, *w_args = inputs[:8]
     w_scale = inputs[8] if len(inputs) > 8 else None
     ctx.save_for_backward(x, weight, w_scale)
+    ctx.w_dtype = weight.dtype
     ctx.w_args = w_args
     ctx.has_bias = bias is not None
 
@@ -581,6 +584,7 @@ def _weight_only_backward(ctx, grad_out, backward=None):
     if torch.is_grad_enabled():
         raise RuntimeError(fused.DOUBLE_BACKWARD_MSG)
     x, weight, w_scale = ctx.saved_tensors
+    weight = saved_weight(weight, ctx.w_dtype)
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_s = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
     need_b = need_b and ctx.has_bias
