@@ -749,6 +749,31 @@ def test_range_learning_scales_follow_reset_parameters_after_to_empty():
     assert torch.equal(lin.weight_scale, lin._initial_weight_scale())
 
 
+@pytest.mark.parametrize("init", ["to_empty", "assign", "prepared"])
+def test_range_learning_scales_follow_a_loaded_float_checkpoint(init):
+    """A state dict with a weight and no weight_scale (a float checkpoint) initializes the
+    learned scales from the loaded weight (they were the uninitialized memory of to_empty, the
+    meta tensor under assign=True, or the scales of the weight before), still listed missing;
+    a state dict with its own weight_scale loads it as it is."""
+    cfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True,
+                         range_learning=True)  # fmt: skip
+    torch.manual_seed(0)
+    ckpt = {"0." + k: v for k, v in nn.Linear(32, 8).state_dict().items()}
+    device = "cpu" if init == "prepared" else "meta"
+    model = tq.prepare(nn.Sequential(nn.Linear(32, 8, device=device)), weight=cfg)
+    if init == "to_empty":
+        model.to_empty(device="cpu")
+        model[0].weight_scale.data.fill_(float("nan"))  # what empty memory may hold
+    keys = model.load_state_dict(ckpt, strict=False, assign=init == "assign")
+    assert keys.missing_keys == ["0.weight_scale"] and not keys.unexpected_keys
+    lin = model[0]
+    assert torch.equal(lin.weight, ckpt["0.weight"]) and lin.weight_scale.requires_grad
+    assert torch.equal(lin.weight_scale, lin._initial_weight_scale())
+    trained = {**ckpt, "0.weight_scale": lin.weight_scale.detach() * 3}
+    model.load_state_dict(trained)
+    assert torch.equal(lin.weight_scale, trained["0.weight_scale"])
+
+
 def test_weight_only_convert_keeps_its_dtype_through_the_state_dict():
     cfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True)
     lin = tq.Linear(32, 8, activation=tq.NOT_QUANTIZED, weight=cfg, dtype=torch.bfloat16)

@@ -216,11 +216,27 @@ class Linear(nn.Linear):
     def initialize_ranges(self) -> Linear:
         """Set the learned weight scales (``QuantConfig(range_learning=True)``) to the current
         weight's dynamic scales, as torchao's ``initialize_fake_quantizers`` does; done at
-        construction and by ``from_float``, again after loading other weights if wanted."""
+        construction, by ``from_float`` and by ``load_state_dict`` of a state dict with a weight
+        and no ``weight_scale`` (a float checkpoint), again after changing the weight if wanted."""
         if self.weight_config is None or not self.weight_config.range_learning:
             raise ValueError("range_learning: this layer's weight config does not learn ranges")
-        self.weight_scale.copy_(self._initial_weight_scale())
+        scale = self._initial_weight_scale()
+        if self.weight_scale.device != scale.device:  # a meta layer given a real weight (assign)
+            self.weight_scale = nn.Parameter(scale, self.weight_scale.requires_grad)
+        else:
+            self.weight_scale.copy_(scale)
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """``nn.Module``'s, then learned scales missing from a state dict that has the weight (a
+        float checkpoint) initialized from the loaded weight (:meth:`initialize_ranges`), not
+        left at the scales of the weight before (or the uninitialized memory of ``to_empty``).
+        ``load_state_dict`` still lists ``weight_scale`` among the missing keys."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        cfg = self.weight_config
+        if (cfg is not None and cfg.range_learning and prefix + "weight" in state_dict
+                and prefix + "weight_scale" not in state_dict):  # fmt: skip
+            self.initialize_ranges()
 
     # -- toggles (torch.ao names) -------------------------------------------------------------
     def disable_fake_quant(self) -> Linear:
