@@ -436,6 +436,24 @@ def test_bad_arguments_are_named_and_leave_the_model_as_it_was():
         tq.fake_quantize(torch.randn(2, 2, 32), tq.Float8Int4WeightConfig(16))
 
 
+def test_a_model_that_is_not_a_module_and_a_bad_filter_fn_are_named():
+    """A list or dict of modules, a checkpoint path, a filter_fn that is not callable or takes
+    one argument: TypeErrors naming model / filter_fn (they were AttributeErrors from the module
+    walk and Python's arity error from inside it, hostile trial 4), the model left as it was."""
+    for call in (lambda: tq.prepare([nn.Linear(32, 8)]), lambda: tq.prepare({"fc": _mlp()}),
+                 lambda: tq.convert("model.pt"), lambda: tq.to_torchao(None),
+                 lambda: tq.from_torchao([_mlp()]), lambda: tq.weight_nbytes("model")):  # fmt: skip
+        with pytest.raises(TypeError, match="^model: expected a torch.nn.Module, got "):
+            call()
+    for bad, match in ((3, "got int$"), (lambda m: True, r"signature \(m\)")):
+        model = _mlp()
+        with pytest.raises(TypeError, match="^filter_fn: expected a callable filter_fn.*" + match):
+            tq.prepare(model, filter_fn=bad)
+        assert not any(isinstance(m, tq.Linear) for m in model.modules())
+    tq.prepare(model, filter_fn=lambda mod, fqn, *rest: fqn == "0")  # (module, fqn) binds
+    assert isinstance(model[0], tq.Linear) and not isinstance(model[3], tq.Linear)
+
+
 def test_preparing_again_with_other_configs_warns_and_keeps_the_prepared_layers():
     """prepare swaps nn.Linear only: a second prepare with explicit other configs names the
     layers it leaves as they are; one with the same configs, or with the defaults left implicit

@@ -4,6 +4,8 @@ callers; these are the callers' checks."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
@@ -242,3 +244,32 @@ def saved_weight(weight: Tensor, dtype: torch.dtype, name: str = "weight") -> Te
         "fake-quantized values from the tensor itself (it keeps no copy), and the forward's "
         "values cannot be recovered from the cast ones: run the backward before casting"
     )
+
+
+def check_module(model: object, name: str = "model") -> None:
+    """TypeError naming ``name`` unless ``model`` is an ``nn.Module`` (a list, a dict of modules
+    or a checkpoint path failed deep inside the module walk)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_filter_fn(filter_fn: object) -> None:
+    """TypeError unless ``filter_fn`` is None or a callable taking (module, fqn)."""
+    if filter_fn is None:
+        return
+    if not callable(filter_fn):
+        raise TypeError(
+            "filter_fn: expected a callable filter_fn(module, fqn) -> bool, got "
+            f"{type(filter_fn).__name__}"
+        )
+    try:
+        signature = inspect.signature(filter_fn)
+    except (TypeError, ValueError):  # a builtin without a signature: called as it is
+        return
+    try:
+        signature.bind(None, "")
+    except TypeError as err:
+        raise TypeError(
+            f"filter_fn: expected a callable filter_fn(module, fqn) -> bool, got one with the "
+            f"signature {signature} ({err})"
+        ) from None

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
 from triton_qat import ao, torchao_compat
-from triton_qat.checks import MAX_IN_FEATURES
+from triton_qat.checks import MAX_IN_FEATURES, check_filter_fn, check_module
 from triton_qat.config import (
     DEFAULT_ACTIVATION,
     DEFAULT_WEIGHT,
@@ -116,6 +116,8 @@ def prepare(
     configs cannot quantize (a group size not dividing ``in_features``, no features, more
     ``in_features`` than the int8 GEMM sums) stay ``nn.Linear`` and are named in a warning.
     """
+    check_module(model)
+    check_filter_fn(filter_fn)
     if config is not None or torchao_compat.is_torchao_config(activation):
         if config is not None and activation is not None:
             raise ValueError(
@@ -133,6 +135,7 @@ def prepare(
             raise ValueError(
                 "config: a torchao QATConfig is not combined with activation= / weight="
             )
+        check_filter_fn(filter_fn)  # (given positionally: in weight's place)
         return torchao_compat.prepare_qat_config(model, config, filter_fn)
     explicit = activation is not None or weight is not None
     if embedding is not None:
@@ -345,6 +348,7 @@ def convert(model: nn.Module) -> nn.Module:
     that share a weight Parameter (tied weights, an embedding tied to ``lm_head`` too) share their
     codes and scales (linears: code sums and a shared bias too) after conversion; if they quantize
     it differently (different configs or layouts), they cannot, and a warning names them."""
+    check_module(model)
     # id(weight) -> (the weight, first module's fqn, {buffer name: the shared buffer}); the
     # weight is held so that its id is not reused (a parametrized weight is a fresh tensor)
     tied: dict[int, tuple[torch.Tensor, str, dict[str, torch.Tensor]]] = {}
@@ -417,6 +421,7 @@ def weight_nbytes(model: nn.Module) -> dict[str, int]:
     what the same layers take as plain bf16 ``nn.Linear`` weights and biases. A tensor shared
     by several layers (tied weights; after ``convert`` their shared codes and scales) counts
     once, on both sides."""
+    check_module(model)
     seen: set[int] = set()
 
     def new(t: torch.Tensor | None) -> bool:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
+from triton_qat.checks import check_module
 from triton_qat.config import (
     NOT_QUANTIZED,
     Float8Config,
@@ -504,6 +505,7 @@ def from_torchao(model: nn.Module) -> nn.Module:
     ``scale`` parameter becomes the ``tq.Linear``'s ``weight_scale`` (the same parameter; before
     ``initialize_fake_quantizers`` the scales are initialized from the weight, as that call
     would). Hooks and parametrizations carry over (:mod:`triton_qat.swap`)."""
+    check_module(model)
     ao = _torchao()
     mx_kinds = (ao.MXFakeQuantizedLinear, ao.NVFP4FakeQuantizedLinear)
     kinds = (ao.FakeQuantizedLinear, ao.FakeQuantizedEmbedding, *mx_kinds)
@@ -618,6 +620,7 @@ def to_torchao(model: nn.Module) -> nn.Module:
     carry over (:mod:`triton_qat.swap`), in both directions; torchao's convert step cannot
     convert a parametrized module: fold it first (``torch.nn.utils.parametrize.
     remove_parametrizations(module, "weight")``)."""
+    check_module(model)
     ao = _torchao()
 
     def make(mod: nn.Module, fqn: str) -> nn.Module:
