@@ -4,6 +4,7 @@ prepared eval, cast or autocast the same way), empty inputs, meta-device constru
 ``torch.save`` with ``weights_only=True``, ``deepcopy``, forward hooks and bad arguments."""
 
 import copy
+import dataclasses
 import io
 
 import pytest
@@ -167,6 +168,65 @@ def test_state_dict_of_the_previous_version_still_loads(device):
     old["wo._extra_state"] = torch.zeros(0, dtype=torch.int8)
     with pytest.raises(ValueError, match=r"wo\._extra_state.*floating"):
         fresh.load_state_dict(old)
+
+
+def _converted_layer(seed: int, activation, weight, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    return tq.convert(tq.Linear(64, 16, activation=activation, weight=weight, **kw).eval())
+
+
+I4G32 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
+I2G32 = tq.QuantConfig(bits=2, granularity="per_group", group_size=32, symmetric=True)
+OTHER_CONFIGS = {  # (saved from, loaded into): the same keys, shapes and dtypes, other outputs
+    "int4 into int2": ((None, I4G32), (None, I2G32)),
+    "per-token into per-tensor": ((None, I4G32), (tq.QuantConfig(granularity="per_tensor"), I4G32)),
+    "into weight-only": ((None, I4G32), (NOT_QUANTIZED, I4G32)),
+    "float8 rows into a float8 tensor": (
+        (tq.Float8Config(), tq.Float8Config()),
+        (tq.Float8Config("per_tensor"), tq.Float8Config()),
+    ),
+    "float8 bounds": (
+        (tq.Float8Config(), tq.Float8Config()),
+        (tq.Float8Config(hp_value_lb=1e-3), tq.Float8Config()),
+    ),  # fmt: skip
+    "mx block 32 into 16": ((MX8, MX8), (tq.MXConfig(torch.float8_e4m3fn, block_size=16), MX8)),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_CONFIGS))
+def test_a_state_dict_of_other_configs_is_refused(case):
+    """The state dict records the configs (the tag in _extra_state's shape): one saved from a
+    layer of other configs, whose keys, shapes and dtypes all match (int4 codes fit an int2 layer's
+    buffers, activations are quantized at run time), raises naming the key and the receiving
+    configs, and leaves the module as it was (it loaded silently and computed other outputs,
+    hostile trial 4); the same configs load, learned ranges or not (training-only)."""
+    (a_saved, w_saved), (a_into, w_into) = OTHER_CONFIGS[case]
+    saved = _converted_layer(0, a_saved, w_saved).state_dict()
+    into = _converted_layer(1, a_into, w_into)
+    before = {k: v.clone() for k, v in into.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^_extra_state: the state dict was saved from a "
+                       r"Quantized\w+ of other configs than this one's \(activation_config="):  # fmt: skip
+        into.load_state_dict(saved)
+    after = into.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    same = _converted_layer(2, a_saved, w_saved)
+    same.load_state_dict(saved)
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_the_config_record_ignores_training_only_fields_and_old_records_load():
+    """Learned ranges (training-only) do not change the record; a torch.ao layer's activation
+    range does; a record of shape [0] (before configs were recorded) loads unchecked."""
+    learned = dataclasses.replace(I4G32, range_learning=True)
+    saved = _converted_layer(0, None, learned).state_dict()
+    assert saved["_extra_state"].shape[0] == 0 and saved["_extra_state"].dim() == 2
+    _converted_layer(1, None, I4G32).load_state_dict(saved)
+    ao_layer = _converted_layer(0, None, None, qconfig=q.default_dynamic_qat_qconfig)
+    assert "activation_range=(0, 255)" in ao_layer.config_record()
+    saved["_extra_state"] = torch.empty(0)
+    into = _converted_layer(1, None, I2G32)
+    into.load_state_dict(saved)  # an old record: not checked (the int2 layer takes the codes)
+    assert torch.equal(into.weight_codes, saved["weight_codes"])
 
 
 # -- 9: dtype casts ---------------------------------------------------------------------------

@@ -363,7 +363,7 @@ def test_forward_mode_ad_and_func_transforms_raise_instead_of_a_wrong_tangent(ki
     per_channel, f8 = tq.QuantConfig(granularity="per_channel", symmetric=True), tq.Float8Config()
     act, weight = {
         "int8": (tq.QuantConfig(), per_channel),
-        "weight-only": (None, per_channel),
+        "weight-only": (tq.NOT_QUANTIZED, per_channel),
         "float8": (f8, f8),
         "float8-int4": (f8, tq.Float8Int4WeightConfig(group_size=32)),
         "mx": (tq.MXConfig(), tq.MXConfig()),
@@ -412,7 +412,7 @@ def test_a_module_cast_between_forward_and_backward(kind, ops):
     kw = {
         "int8": {},
         "i4g32": dict(weight=i4g32),
-        "weight-only": dict(activation=None, weight=per_channel),
+        "weight-only": dict(activation=tq.NOT_QUANTIZED, weight=per_channel),
         "torch.ao": dict(qconfig=torch.ao.quantization.default_dynamic_qat_qconfig),
         "float8": dict(activation=f8, weight=f8),  # bf16: the fp8 GEMM's direct path
     }[kind]

@@ -18,8 +18,10 @@ tensors only (``safetensors``, ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
+import zlib
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -156,6 +158,28 @@ def recorded_dtype(state: object, key: str, owner: str) -> torch.dtype:
     return dtype
 
 
+# training-only config fields: a converted layer computes the same whatever they were
+_TRAINING_ONLY_FIELDS = frozenset({"range_learning"})
+
+
+def config_text(config: object) -> str:
+    """A config as the state-dict record reads it: its class and the fields that differ from
+    their defaults (so a field added later, at its default, leaves old records valid), training-
+    only fields left out; ``"none"`` for ``NOT_QUANTIZED``. E.g. ``QuantConfig(bits=4,
+    granularity='per_group', symmetric=True, group_size=32)``."""
+    if config is NOT_QUANTIZED or config is None:
+        return "none"
+    fields = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+              if f.name not in _TRAINING_ONLY_FIELDS
+              and getattr(config, f.name) != f.default]  # fmt: skip
+    return f"{type(config).__name__}({', '.join(fields)})"
+
+
+def config_tag(record: str) -> int:
+    """The record's CRC-32: what a state dict stores of it (see :class:`QuantizedModule`)."""
+    return zlib.crc32(record.encode())
+
+
 class QuantizedModule(nn.Module):
     """Base of the converted modules (:class:`QuantizedLinear`, :class:`QuantizedFloat8Linear`,
     ``QuantizedMXLinear``, ``QuantizedEmbedding``).
@@ -172,6 +196,13 @@ class QuantizedModule(nn.Module):
     receiving module's dtype, as ``load_state_dict`` keeps any tensor's, so cast the model after
     loading to give everything one dtype. A state dict without a record (``QuantizedEmbedding``'s
     of earlier versions) leaves the module's own.
+
+    The record's shape, ``[0, tag]``, also records the configs: ``tag`` is the CRC-32 of
+    :meth:`config_record` (the configs the buffers were quantized with). Loading a state dict
+    saved from a module of other configs (int4 codes into an int2 layer, per-token activations
+    into a per-tensor or weight-only layer: the same keys, shapes and dtypes, other outputs)
+    raises a ValueError naming the key before anything of the module is loaded; a record of
+    shape ``[0]`` (earlier versions) is not checked.
     """
 
     dtype_attr = "weight_dtype"
@@ -208,9 +239,17 @@ class QuantizedModule(nn.Module):
                 "float32, float16 or bfloat16 only: cast it with .float(), .half() or .bfloat16()"
             )
 
+    def config_record(self) -> str:
+        """The configs this module's buffers were quantized with (:func:`config_text` of each),
+        as its state dict records them (see the class docstring)."""
+        return "; ".join(f"{name}={config_text(getattr(self, name))}"
+                         for name in ("activation_config", "weight_config") if hasattr(self, name))  # fmt: skip
+
     def get_extra_state(self) -> Tensor:
-        """The float dtype as a zero-element tensor of it (see the class docstring)."""
-        return torch.empty(0, dtype=self.float_dtype, device=self.weight_codes.device)
+        """The float dtype and the configs' tag, as a [0, tag] tensor of that dtype (see the
+        class docstring)."""
+        tag = config_tag(self.config_record())
+        return torch.empty(0, tag, dtype=self.float_dtype, device=self.weight_codes.device)
 
     def set_extra_state(self, state: Tensor | dict) -> None:
         setattr(self, self.dtype_attr, recorded_dtype(state, "_extra_state", type(self).__name__))
@@ -219,12 +258,26 @@ class QuantizedModule(nn.Module):
                               unexpected_keys, error_msgs):  # fmt: skip
         key = prefix + "_extra_state"
         if key in state_dict:  # checked before anything of this module is loaded
-            recorded_dtype(state_dict[key], key, type(self).__name__)
+            record = state_dict[key]
+            recorded_dtype(record, key, type(self).__name__)
+            if isinstance(record, Tensor) and record.dim() == 2:  # [0, tag]: configs recorded
+                self._check_config_tag(record.shape[1], key)
         self._check_quantized_dtypes(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)  # fmt: skip
         if key not in state_dict and key in missing_keys:  # no record: the module keeps its own
             missing_keys.remove(key)
+
+    def _check_config_tag(self, tag: int, key: str) -> None:
+        """ValueError naming ``key`` unless ``tag`` is this module's configs' (see the class
+        docstring)."""
+        record = self.config_record()
+        if tag != config_tag(record):
+            raise ValueError(
+                f"{key}: the state dict was saved from a {type(self).__name__} of other configs "
+                f"than this one's ({record}); its codes and scales would compute other outputs "
+                "here: build the module with the configs the state dict was saved from"
+            )
 
     def _check_quantized_dtypes(self, state_dict: dict, prefix: str) -> None:
         """ValueError naming the key where the state dict's quantized buffer (codes, scales, ...:
@@ -488,6 +541,13 @@ class QuantizedLinear(QuantizedLinearModule):
             self.weight_zero_point = None
         self.register_buffer(
             "bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None
+        )
+
+    def config_record(self) -> str:
+        """:meth:`QuantizedModule.config_record`, and a torch.ao layer's activation range."""
+        record = super().config_record()
+        return (
+            f"{record}; activation_range={self.activation_range}" if self.ao_activation else record
         )
 
     @classmethod
