@@ -216,13 +216,23 @@ def test_a_state_dict_of_other_configs_is_refused(case):
 
 def test_the_config_record_ignores_training_only_fields_and_old_records_load():
     """Learned ranges (training-only) do not change the record; a torch.ao layer's activation
-    range does; a record of shape [0] (before configs were recorded) loads unchecked."""
+    range does (as a tuple of ints, whatever sequence was given); a per-tensor weight is stored
+    per channel, so a skeleton of the prepared layer's per-tensor configs takes its conversion;
+    a record of shape [0] (before configs were recorded) loads unchecked."""
     learned = dataclasses.replace(I4G32, range_learning=True)
     saved = _converted_layer(0, None, learned).state_dict()
     assert saved["_extra_state"].shape[0] == 0 and saved["_extra_state"].dim() == 2
     _converted_layer(1, None, I4G32).load_state_dict(saved)
     ao_layer = _converted_layer(0, None, None, qconfig=q.default_dynamic_qat_qconfig)
     assert "activation_range=(0, 255)" in ao_layer.config_record()
+    skeleton = tq.QuantizedLinear(64, 16, activation=ao_layer.activation_config,
+                                  weight=ao_layer.weight_config, activation_range=[0, 255])  # fmt: skip
+    skeleton.load_state_dict(ao_layer.state_dict())  # a list range is the tuple's record
+    per_tensor = tq.QuantConfig(granularity="per_tensor", symmetric=True)
+    skeleton = tq.QuantizedLinear(64, 16, weight=per_tensor)  # the prepared layer's configs
+    skeleton.load_state_dict(
+        _converted_layer(0, None, per_tensor).state_dict()
+    )  # stored per channel
     saved["_extra_state"] = torch.empty(0)
     into = _converted_layer(1, None, I2G32)
     into.load_state_dict(saved)  # an old record: not checked (the int2 layer takes the codes)

@@ -38,7 +38,7 @@ def _dry_run(folder: Path, budget: str | None = None) -> subprocess.CompletedPro
     if budget is not None:
         env["BUDGET_S"] = budget
     return subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=400)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 def _assert_targets_listed(summary: str) -> None:

@@ -2,6 +2,7 @@
 fake-quantized values, shapes, toggles, conversion, saved-activation memory, bad input."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -399,14 +400,18 @@ def test_forward_mode_ad_and_func_transforms_raise_instead_of_a_wrong_tangent(ki
 
 
 @pytest.mark.parametrize("ops", [False, True], ids=["direct", "ops"])
-@pytest.mark.parametrize("kind", ["int8", "i4g32", "weight-only", "torch.ao", "float8"])
+@pytest.mark.parametrize(
+    "kind", ["int8", "i4g32", "weight-only", "torch.ao", "float8", "learned", "learned-weight-only"]
+)
 def test_a_module_cast_between_forward_and_backward(kind, ops):
     """The backward re-derives w_fq from the weight parameter, which a module cast between the
     forward and its backward changes in place: cast up (bf16 -> fp32) the gradients are the
     uncast layer's bits (the backward casts back, exactly); cast down (fp32 -> bf16) the
     forward's values are gone, and it raises naming the weight (the kernels read the new dtype's
     bytes as the old one's, and the torch backend gave a silently different gradient). fp32
-    float8 layers keep the values F.linear read, so they give the uncast gradients."""
+    float8 layers keep the values F.linear read, so they give the uncast gradients. Learned
+    scales (fp32 parameters) likewise: a bf16 layer cast to bf16 again narrows only them, and
+    raises naming weight_scale (the direct path's scale gradient was silently the bf16 one's)."""
     per_channel, f8 = tq.QuantConfig(granularity="per_channel", symmetric=True), tq.Float8Config()
     i4g32 = tq.QuantConfig(bits=4, granularity="per_group", group_size=32, symmetric=True)
     kw = {
@@ -415,29 +420,39 @@ def test_a_module_cast_between_forward_and_backward(kind, ops):
         "weight-only": dict(activation=tq.NOT_QUANTIZED, weight=per_channel),
         "torch.ao": dict(qconfig=torch.ao.quantization.default_dynamic_qat_qconfig),
         "float8": dict(activation=f8, weight=f8),  # bf16: the fp8 GEMM's direct path
+        "learned": dict(weight=dataclasses.replace(i4g32, range_learning=True)),
+        "learned-weight-only": dict(
+            activation=tq.NOT_QUANTIZED, weight=dataclasses.replace(i4g32, range_learning=True)
+        ),
     }[kind]
+    learned = kind.startswith("learned")
+    casts = [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)]
     prev = tq.fused.set_enabled(not ops)
     try:
-        for dtype, cast in ((torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)):
+        for dtype, cast in casts + [(torch.bfloat16, torch.bfloat16)] * learned:
             torch.manual_seed(0)
             lin = tq.Linear(64, 24, dtype=dtype, **kw)
             twin = copy.deepcopy(lin)
             x = torch.randn(5, 64, dtype=dtype, requires_grad=True)
             dy = torch.randn(5, 24, dtype=dtype)
-            want = torch.autograd.grad(twin(x), (x, twin.weight, twin.bias), dy)
+            params = [twin.weight, twin.bias] + ([twin.weight_scale] if learned else [])
+            want = torch.autograd.grad(twin(x), [x, *params], dy)
             out = lin(x)
             lin.to(cast)
             # fp32 float8 layers run F.linear on a fake-quantized weight it keeps: no re-derivation
             if cast == torch.bfloat16 and not (kind == "float8" and dtype == torch.float32):
+                name = "weight_scale" if dtype == cast else "weight"
                 with pytest.raises(
-                    RuntimeError, match="weight: its dtype changed from torch.float32"
+                    RuntimeError, match=f"^{name}: its dtype changed from torch.float32"
                 ):
                     out.backward(dy)
                 continue
             out.backward(dy)
-            got = (x.grad, lin.weight.grad.to(dtype), lin.bias.grad.to(dtype))
+            got = [x.grad, lin.weight.grad, lin.bias.grad] + (
+                [lin.weight_scale.grad] if learned else []
+            )
             for g, w in zip(got, want, strict=True):
-                assert torch.equal(g, w)
+                assert torch.equal(g.to(w.dtype), w)
     finally:
         tq.fused.set_enabled(prev)
 

@@ -749,29 +749,62 @@ def test_range_learning_scales_follow_reset_parameters_after_to_empty():
     assert torch.equal(lin.weight_scale, lin._initial_weight_scale())
 
 
-@pytest.mark.parametrize("init", ["to_empty", "assign", "prepared"])
+class _Same(nn.Module):
+    def forward(self, w):
+        return w
+
+
+@pytest.mark.parametrize("init", ["to_empty", "assign", "prepared", "parametrized", "fsdp2"])
 def test_range_learning_scales_follow_a_loaded_float_checkpoint(init):
     """A state dict with a weight and no weight_scale (a float checkpoint) initializes the
-    learned scales from the loaded weight (they were the uninitialized memory of to_empty, the
-    meta tensor under assign=True, or the scales of the weight before), still listed missing;
-    a state dict with its own weight_scale loads it as it is."""
+    learned scales from the loaded weight once the load is done (they were the uninitialized
+    memory of to_empty, the meta tensor under assign=True, or the scales of the weight before: a
+    parametrized weight's original, FSDP2's DTensors too), still listed missing; a state dict
+    with its own weight_scale, or whose weight fails to load, leaves the scales alone."""
+    import torch.distributed as dist
+    from torch.nn.utils import parametrize
+
     cfg = tq.QuantConfig(bits=4, granularity="per_group", group_size=16, symmetric=True,
                          range_learning=True)  # fmt: skip
     torch.manual_seed(0)
-    ckpt = {"0." + k: v for k, v in nn.Linear(32, 8).state_dict().items()}
-    device = "cpu" if init == "prepared" else "meta"
-    model = tq.prepare(nn.Sequential(nn.Linear(32, 8, device=device)), weight=cfg)
+    src = nn.Sequential(nn.Linear(32, 8))
+    device = "meta" if init in ("to_empty", "assign") else "cpu"
+    model = nn.Sequential(nn.Linear(32, 8, device=device))
+    if init == "parametrized":
+        for m in (src, model):
+            parametrize.register_parametrization(m[0], "weight", _Same())
+    ckpt = src.state_dict()
+    model = tq.prepare(model, weight=cfg)
+    lin = model[0]
     if init == "to_empty":
         model.to_empty(device="cpu")
-        model[0].weight_scale.data.fill_(float("nan"))  # what empty memory may hold
-    keys = model.load_state_dict(ckpt, strict=False, assign=init == "assign")
-    assert keys.missing_keys == ["0.weight_scale"] and not keys.unexpected_keys
-    lin = model[0]
-    assert torch.equal(lin.weight, ckpt["0.weight"]) and lin.weight_scale.requires_grad
-    assert torch.equal(lin.weight_scale, lin._initial_weight_scale())
-    trained = {**ckpt, "0.weight_scale": lin.weight_scale.detach() * 3}
-    model.load_state_dict(trained)
-    assert torch.equal(lin.weight_scale, trained["0.weight_scale"])
+        lin.weight_scale.data.fill_(float("nan"))  # what empty memory may hold
+    if init == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor import distribute_tensor
+
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        fully_shard(model)
+        mesh, placements = lin.weight.device_mesh, lin.weight.placements
+        ckpt = {k: distribute_tensor(v, mesh, placements) for k, v in ckpt.items()}
+    try:
+        keys = model.load_state_dict(ckpt, strict=False, assign=init == "assign")
+        assert keys.missing_keys == ["0.weight_scale"] and not keys.unexpected_keys
+        full = (lambda t: t.full_tensor()) if init == "fsdp2" else (lambda t: t)
+        assert torch.equal(full(lin.weight), src[0].weight) and lin.weight_scale.requires_grad
+        want = lin._scales_of(src[0].weight.detach())
+        assert torch.equal(full(lin.weight_scale), want)
+        trained = {**ckpt, "0.weight_scale": lin.weight_scale.detach() * 3}
+        model.load_state_dict(trained)
+        assert torch.equal(full(lin.weight_scale), want * 3)
+    finally:
+        if init == "fsdp2":
+            dist.destroy_process_group()
+    if init == "prepared":
+        bad = {k: v[:4] if k.endswith("weight") else v for k, v in ckpt.items()}
+        with pytest.raises(RuntimeError, match="size mismatch for 0.weight"):
+            model.load_state_dict(bad, strict=False)
+        assert torch.equal(lin.weight_scale, want * 3)
 
 
 def test_weight_only_convert_keeps_its_dtype_through_the_state_dict():

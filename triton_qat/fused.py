@@ -34,6 +34,7 @@ from triton_qat.spec import QuantSpec
 
 _ENABLED = [True]
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_F32 = torch.float32
 
 
 def set_enabled(enabled: bool) -> bool:
@@ -204,6 +205,8 @@ class _QATLinear(torch.autograd.Function):
         *x_state, weight, w_scale = ctx.saved_tensors
         if weight.dtype is not plan.w_dtype:  # the module was cast since the forward
             weight = saved_weight(weight, plan.w_dtype)
+        if w_scale is not None and w_scale.dtype is not _F32:  # (learned scales: fp32)
+            w_scale = saved_weight(w_scale, _F32, "weight_scale")
         if torch.compiler.is_compiling():  # compiled autograd traces this: the op, not launches
             grads = torch.ops.triton_qat.qat_linear_backward(
                 dy, *x_state, weight, **plan.w_args, w_scale=w_scale,
@@ -239,6 +242,8 @@ class _WeightOnlyLinear(torch.autograd.Function):
         plan, (need_x, need_w, need_b, need_s) = ctx.plan, ctx.needs_input_grad[:4]
         if weight.dtype is not plan.w_dtype:  # the module was cast since the forward
             weight = saved_weight(weight, plan.w_dtype)
+        if w_scale is not None and w_scale.dtype is not _F32:  # (learned scales: fp32)
+            w_scale = saved_weight(w_scale, _F32, "weight_scale")
         if torch.compiler.is_compiling():  # compiled autograd traces this: the op, not launches
             grads = torch.ops.triton_qat.weight_only_linear_backward(
                 dy, x2d, weight, **plan.w_args, need_x=need_x, need_w=need_w, need_bias=need_b,

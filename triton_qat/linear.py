@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -44,6 +46,24 @@ class _Float8Linear:
 
         check_linear_inputs(x, weight, bias)
         return float8_linear(x, weight, bias, self.activation, self.weight_config)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2's parameters), without importing torch.distributed's
+    tensor package where nothing uses it."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
+# where a state dict holds a Linear's weight: plain, or a parametrized weight's original
+_WEIGHT_KEYS = ("weight", "parametrizations.weight.original")
+
+
+def _ranges_from_a_loaded_weight(module: Linear, incompatible_keys) -> None:
+    """Load-state-dict post hook of a range-learning :class:`Linear`: the learned scales from the
+    weight just loaded, where :meth:`Linear._load_from_state_dict` marked them."""
+    if module.__dict__.pop("_ranges_from_loaded_weight", False):
+        module.initialize_ranges()
 
 
 class Linear(nn.Linear):
@@ -121,6 +141,7 @@ class Linear(nn.Linear):
                 check_mx_dtype(self.weight.dtype, "dtype")
             if self.weight_config.range_learning:  # torchao's range learning: trained scales
                 self.weight_scale = nn.Parameter(self._initial_weight_scale())
+                self.register_load_state_dict_post_hook(_ranges_from_a_loaded_weight)
             self._new_fused()
 
     @property
@@ -204,9 +225,27 @@ class Linear(nn.Linear):
     @torch.no_grad()
     def _initial_weight_scale(self) -> Tensor:
         """The weight's dynamic symmetric scales [N, G] (fp32), clamped at 1e-9 as torchao does
-        when it turns them into parameters."""
-        spec = spec_for(self.weight_config)
+        when it turns them into parameters. A DTensor weight (FSDP2) whose rows are sharded as
+        the scales' are (or replicated): each rank's scales from its own rows."""
         w = self.weight.detach()
+        if _is_dtensor(w):
+            from torch.distributed.tensor import DTensor
+
+            scale = getattr(self, "weight_scale", None)
+            if not (isinstance(scale, DTensor) and scale.device_mesh == w.device_mesh
+                    and scale.placements == w.placements
+                    and all(p.is_replicate() or p.is_shard(0) for p in w.placements)):  # fmt: skip
+                raise ValueError(
+                    "initialize_ranges: the weight is a DTensor whose rows are not sharded as "
+                    "weight_scale's; initialize the ranges before sharding the model"
+                )
+            local = self._scales_of(w.to_local())
+            return DTensor.from_local(local, scale.device_mesh, scale.placements,
+                                      shape=scale.shape, stride=scale.stride())  # fmt: skip
+        return self._scales_of(w)
+
+    def _scales_of(self, w: Tensor) -> Tensor:
+        spec = spec_for(self.weight_config)
         scale = torch.ops.triton_qat.quantize(
             w, **spec.quantize_args(w.shape[1]), pack_mask=False, scale=None, zero_point=None
         )[1]
@@ -227,16 +266,20 @@ class Linear(nn.Linear):
             self.weight_scale.copy_(scale)
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        """``nn.Module``'s, then learned scales missing from a state dict that has the weight (a
-        float checkpoint) initialized from the loaded weight (:meth:`initialize_ranges`), not
-        left at the scales of the weight before (or the uninitialized memory of ``to_empty``).
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:  # fmt: skip
+        """``nn.Module``'s; a state dict that has the weight (a parametrized weight's
+        ``original`` too) but no ``weight_scale`` (a float checkpoint) marks the learned scales
+        for :func:`_ranges_from_a_loaded_weight`, which sets them from the loaded weight once
+        the load is done (a parametrization's own state loads after this module's), instead of
+        leaving the scales of the weight before (or the uninitialized memory of ``to_empty``).
         ``load_state_dict`` still lists ``weight_scale`` among the missing keys."""
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        cfg = self.weight_config
-        if (cfg is not None and cfg.range_learning and prefix + "weight" in state_dict
-                and prefix + "weight_scale" not in state_dict):  # fmt: skip
-            self.initialize_ranges()
+        errors = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)  # fmt: skip
+        has_weight = any(prefix + k in state_dict for k in _WEIGHT_KEYS)
+        if has_weight and prefix + "weight_scale" not in state_dict and len(error_msgs) == errors:
+            self._ranges_from_loaded_weight = True
 
     # -- toggles (torch.ao names) -------------------------------------------------------------
     def disable_fake_quant(self) -> Linear:

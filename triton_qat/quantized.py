@@ -175,6 +175,14 @@ def config_text(config: object) -> str:
     return f"{type(config).__name__}({', '.join(fields)})"
 
 
+def stored_weight_config(config: QuantConfig) -> QuantConfig:
+    """The weight config a :class:`QuantizedLinear` stores codes of: a per-tensor weight's
+    (symmetric) scale is stored per channel, broadcast, so it is the per-channel config."""
+    if config.granularity != "per_tensor":
+        return config
+    return QuantConfig(bits=config.bits, granularity="per_channel", symmetric=True)
+
+
 def config_tag(record: str) -> int:
     """The record's CRC-32: what a state dict stores of it (see :class:`QuantizedModule`)."""
     return zlib.crc32(record.encode())
@@ -257,12 +265,12 @@ class QuantizedModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):  # fmt: skip
         key = prefix + "_extra_state"
+        record = state_dict.get(key)
         if key in state_dict:  # checked before anything of this module is loaded
-            record = state_dict[key]
             recorded_dtype(record, key, type(self).__name__)
-            if isinstance(record, Tensor) and record.dim() == 2:  # [0, tag]: configs recorded
-                self._check_config_tag(record.shape[1], key)
-        self._check_quantized_dtypes(state_dict, prefix)
+        self._check_quantized_dtypes(state_dict, prefix)  # (naming the buffer: more specific)
+        if isinstance(record, Tensor) and record.dim() == 2:  # [0, tag]: configs recorded
+            self._check_config_tag(record.shape[1], key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)  # fmt: skip
         if key not in state_dict and key in missing_keys:  # no record: the module keeps its own
@@ -510,6 +518,7 @@ class QuantizedLinear(QuantizedLinearModule):
         check_configs(activation, weight, in_features)
         if activation_range is not None:
             check_range(*activation_range, name="activation_range")
+            activation_range = (int(activation_range[0]), int(activation_range[1]))
         self.in_features, self.out_features = in_features, out_features
         self.activation_config, self.weight_config = activation, weight
         # torch.ao layers (activation_range given) quantize activations per tensor with fp32
@@ -544,8 +553,11 @@ class QuantizedLinear(QuantizedLinearModule):
         )
 
     def config_record(self) -> str:
-        """:meth:`QuantizedModule.config_record`, and a torch.ao layer's activation range."""
-        record = super().config_record()
+        """:meth:`QuantizedModule.config_record` of the weight config as stored (a per-tensor
+        weight's scale is stored per channel: :func:`stored_weight_config`), and a torch.ao
+        layer's activation range."""
+        record = (f"activation_config={config_text(self.activation_config)}; "
+                  f"weight_config={config_text(stored_weight_config(self.weight_config))}")  # fmt: skip
         return (
             f"{record}; activation_range={self.activation_range}" if self.ao_activation else record
         )
@@ -577,8 +589,7 @@ class QuantizedLinear(QuantizedLinearModule):
             codes, scale, zero_point, _, code_sum = _ops.quantize(
                 w, **w_spec.quantize_args(K), pack_mask=False, scale=learned, zero_point=None
             )
-            if w_spec.per_tensor:
-                wcfg = QuantConfig(bits=wcfg.bits, granularity="per_channel", symmetric=True)
+            wcfg = stored_weight_config(wcfg)
         new = cls(
             K,
             lin.out_features,
