@@ -59,13 +59,6 @@ def _is_dtensor(t: Tensor) -> bool:
 _WEIGHT_KEYS = ("weight", "parametrizations.weight.original")
 
 
-def _ranges_from_a_loaded_weight(module: Linear, incompatible_keys) -> None:
-    """Load-state-dict post hook of a range-learning :class:`Linear`: the learned scales from the
-    weight just loaded, where :meth:`Linear._load_from_state_dict` marked them."""
-    if module.__dict__.pop("_ranges_from_loaded_weight", False):
-        module.initialize_ranges()
-
-
 class Linear(nn.Linear):
     """Linear layer with dynamic fake quantization of its input and weight (QAT).
 
@@ -141,7 +134,8 @@ class Linear(nn.Linear):
                 check_mx_dtype(self.weight.dtype, "dtype")
             if self.weight_config.range_learning:  # torchao's range learning: trained scales
                 self.weight_scale = nn.Parameter(self._initial_weight_scale())
-                self.register_load_state_dict_post_hook(_ranges_from_a_loaded_weight)
+                # (a bound method: the class's own machinery, which swaps do not carry)
+                self.register_load_state_dict_post_hook(self._ranges_from_a_loaded_weight)
             self._new_fused()
 
     @property
@@ -266,11 +260,17 @@ class Linear(nn.Linear):
             self.weight_scale.copy_(scale)
         return self
 
+    def _ranges_from_a_loaded_weight(self, module: Linear, incompatible_keys) -> None:
+        """Load-state-dict post hook of a range-learning layer: the learned scales from the
+        weight just loaded, where :meth:`_load_from_state_dict` marked them."""
+        if self.__dict__.pop("_ranges_from_loaded_weight", False):
+            self.initialize_ranges()
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:  # fmt: skip
         """``nn.Module``'s; a state dict that has the weight (a parametrized weight's
         ``original`` too) but no ``weight_scale`` (a float checkpoint) marks the learned scales
-        for :func:`_ranges_from_a_loaded_weight`, which sets them from the loaded weight once
+        for :meth:`_ranges_from_a_loaded_weight`, which sets them from the loaded weight once
         the load is done (a parametrization's own state loads after this module's), instead of
         leaving the scales of the weight before (or the uninitialized memory of ``to_empty``).
         ``load_state_dict`` still lists ``weight_scale`` among the missing keys."""
