@@ -228,6 +228,8 @@ def test_the_config_record_ignores_training_only_fields_and_old_records_load():
     skeleton = tq.QuantizedLinear(64, 16, activation=ao_layer.activation_config,
                                   weight=ao_layer.weight_config, activation_range=[0, 255])  # fmt: skip
     skeleton.load_state_dict(ao_layer.state_dict())  # a list range is the tuple's record
+    skeleton = tq.QuantizedLinear(64, 16, activation_range=(0, 255))  # activation config unread
+    skeleton.load_state_dict(ao_layer.state_dict())
     per_tensor = tq.QuantConfig(granularity="per_tensor", symmetric=True)
     skeleton = tq.QuantizedLinear(64, 16, weight=per_tensor)  # the prepared layer's configs
     skeleton.load_state_dict(

@@ -754,13 +754,17 @@ class _Same(nn.Module):
         return w
 
 
-@pytest.mark.parametrize("init", ["to_empty", "assign", "prepared", "parametrized", "fsdp2"])
+@pytest.mark.parametrize(
+    "init", ["to_empty", "assign", "prepared", "parametrized", "weight_norm", "spectral", "fsdp2"]
+)
 def test_range_learning_scales_follow_a_loaded_float_checkpoint(init):
     """A state dict with a weight and no weight_scale (a float checkpoint) initializes the
     learned scales from the loaded weight once the load is done (they were the uninitialized
     memory of to_empty, the meta tensor under assign=True, or the scales of the weight before: a
-    parametrized weight's original, FSDP2's DTensors too), still listed missing; a state dict
-    with its own weight_scale, or whose weight fails to load, leaves the scales alone."""
+    parametrized weight's original, weight_norm's two, FSDP2's DTensors too), still listed
+    missing; a state dict with its own weight_scale, or whose weight fails to load, leaves the
+    scales alone; spectral_norm's loaded power-iteration vectors stay as loaded (the scales read
+    the weight in eval mode)."""
     import torch.distributed as dist
     from torch.nn.utils import parametrize
 
@@ -770,9 +774,13 @@ def test_range_learning_scales_follow_a_loaded_float_checkpoint(init):
     src = nn.Sequential(nn.Linear(32, 8))
     device = "meta" if init in ("to_empty", "assign") else "cpu"
     model = nn.Sequential(nn.Linear(32, 8, device=device))
-    if init == "parametrized":
-        for m in (src, model):
+    for m in (src, model):
+        if init == "parametrized":
             parametrize.register_parametrization(m[0], "weight", _Same())
+        elif init in ("weight_norm", "spectral"):
+            norm = nn.utils.parametrizations.weight_norm if init == "weight_norm" else (
+                nn.utils.parametrizations.spectral_norm)  # fmt: skip
+            norm(m[0])
     ckpt = src.state_dict()
     model = tq.prepare(model, weight=cfg)
     lin = model[0]
@@ -791,6 +799,11 @@ def test_range_learning_scales_follow_a_loaded_float_checkpoint(init):
         keys = model.load_state_dict(ckpt, strict=False, assign=init == "assign")
         assert keys.missing_keys == ["0.weight_scale"] and not keys.unexpected_keys
         full = (lambda t: t.full_tensor()) if init == "fsdp2" else (lambda t: t)
+        if init == "spectral":  # (before any read of the weight in train mode iterates)
+            for name in ("_u", "_v"):
+                key = f"0.parametrizations.weight.0.{name}"
+                assert torch.equal(model.state_dict()[key], ckpt[key])
+        model.eval(), src.eval()  # (spectral_norm: the weight without a power iteration)
         assert torch.equal(full(lin.weight), src[0].weight) and lin.weight_scale.requires_grad
         want = lin._scales_of(src[0].weight.detach())
         assert torch.equal(full(lin.weight_scale), want)

@@ -450,6 +450,11 @@ def test_a_model_that_is_not_a_module_and_a_bad_filter_fn_are_named():
         with pytest.raises(TypeError, match="^filter_fn: expected a callable filter_fn.*" + match):
             tq.prepare(model, filter_fn=bad)
         assert not any(isinstance(m, tq.Linear) for m in model.modules())
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
+
+    qat = QATConfig(weight_config=IntxFakeQuantizeConfig(torch.int4, group_size=16))
+    with pytest.raises(TypeError, match="^filter_fn: expected a callable filter_fn.*got str$"):
+        tq.prepare(model, qat, "0")  # a QATConfig's third positional argument is filter_fn
     tq.prepare(model, filter_fn=lambda mod, fqn, *rest: fqn == "0")  # (module, fqn) binds
     assert isinstance(model[0], tq.Linear) and not isinstance(model[3], tq.Linear)
 

@@ -7,6 +7,7 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from triton_qat import ao
 from triton_qat.checks import (
@@ -30,6 +31,7 @@ from triton_qat.config import (
 from triton_qat.functional import ao_fake_quantize, check_configs, fused_linear
 from triton_qat.mx import MXLinear, check_mx_dtype
 from triton_qat.spec import ao_spec, spec_for
+from triton_qat.swap import current_value
 
 
 class _Float8Linear:
@@ -53,10 +55,6 @@ def _is_dtensor(t: Tensor) -> bool:
     tensor package where nothing uses it."""
     dtensor = sys.modules.get("torch.distributed.tensor")
     return dtensor is not None and isinstance(t, dtensor.DTensor)
-
-
-# where a state dict holds a Linear's weight: plain, or a parametrized weight's original
-_WEIGHT_KEYS = ("weight", "parametrizations.weight.original")
 
 
 class Linear(nn.Linear):
@@ -221,7 +219,10 @@ class Linear(nn.Linear):
         """The weight's dynamic symmetric scales [N, G] (fp32), clamped at 1e-9 as torchao does
         when it turns them into parameters. A DTensor weight (FSDP2) whose rows are sharded as
         the scales' are (or replicated): each rank's scales from its own rows."""
-        w = self.weight.detach()
+        if parametrize.is_parametrized(self, "weight"):  # (spectral_norm: no power iteration)
+            w = current_value(self.parametrizations.weight)
+        else:
+            w = self.weight.detach()
         if _is_dtensor(w):
             from torch.distributed.tensor import DTensor
 
@@ -260,6 +261,17 @@ class Linear(nn.Linear):
             self.weight_scale.copy_(scale)
         return self
 
+    def _weight_keys(self) -> tuple[str, ...]:
+        """Where a state dict holds this layer's weight: ``weight``, or its parametrization's
+        originals (``original``; ``original0``, ``original1`` ... for weight_norm's g and v)."""
+        if not parametrize.is_parametrized(self, "weight"):
+            return ("weight",)
+        plist = self.parametrizations.weight
+        names = (
+            ("original",) if plist.is_tensor else [f"original{i}" for i in range(plist.ntensors)]
+        )
+        return tuple(f"parametrizations.weight.{name}" for name in names)
+
     def _ranges_from_a_loaded_weight(self, module: Linear, incompatible_keys) -> None:
         """Load-state-dict post hook of a range-learning layer: the learned scales from the
         weight just loaded, where :meth:`_load_from_state_dict` marked them."""
@@ -277,7 +289,7 @@ class Linear(nn.Linear):
         errors = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)  # fmt: skip
-        has_weight = any(prefix + k in state_dict for k in _WEIGHT_KEYS)
+        has_weight = any(prefix + k in state_dict for k in self._weight_keys())
         if has_weight and prefix + "weight_scale" not in state_dict and len(error_msgs) == errors:
             self._ranges_from_loaded_weight = True
 

@@ -36,6 +36,8 @@ from triton_qat.spec import spec_for
 from triton_qat.swap import SwapPlan, find_modules, module_path, swap_selected
 
 FilterFn = Callable[[nn.Module, str], bool]
+# what prepare's weight= takes (anything else in its place after a torchao QATConfig: filter_fn)
+_CONFIGS = (QuantConfig, Float8Config, Float8Int4WeightConfig, MXConfig, NVFP4Config)
 
 
 # the torch.ao qconfig of a module that an explicit ``qconfig = None`` keeps in float
@@ -129,8 +131,8 @@ def prepare(
             )
         if config is None:  # prepare(model, qat_config, filter_fn)
             config, activation = activation, None
-            if filter_fn is None and callable(weight):
-                filter_fn, weight = weight, None
+            if filter_fn is None and weight is not None and not isinstance(weight, _CONFIGS):
+                filter_fn, weight = weight, None  # (check_filter_fn names a non-callable one)
         if activation is not None or weight is not None:
             raise ValueError(
                 "config: a torchao QATConfig is not combined with activation= / weight="

@@ -554,13 +554,12 @@ class QuantizedLinear(QuantizedLinearModule):
 
     def config_record(self) -> str:
         """:meth:`QuantizedModule.config_record` of the weight config as stored (a per-tensor
-        weight's scale is stored per channel: :func:`stored_weight_config`), and a torch.ao
-        layer's activation range."""
-        record = (f"activation_config={config_text(self.activation_config)}; "
-                  f"weight_config={config_text(stored_weight_config(self.weight_config))}")  # fmt: skip
-        return (
-            f"{record}; activation_range={self.activation_range}" if self.ao_activation else record
-        )
+        weight's scale is stored per channel: :func:`stored_weight_config`); a torch.ao layer's
+        activation range in place of the activation config, which its forward does not read."""
+        weight = f"weight_config={config_text(stored_weight_config(self.weight_config))}"
+        if self.ao_activation:
+            return f"activation_range={self.activation_range}; {weight}"
+        return f"activation_config={config_text(self.activation_config)}; {weight}"
 
     @classmethod
     @torch.no_grad()

@@ -145,7 +145,7 @@ def _held_tensor(plist: nn.Module) -> Tensor:
     return plist.original if plist.is_tensor else plist.original0
 
 
-def _current_value(plist: nn.Module) -> Tensor:
+def current_value(plist: nn.Module) -> Tensor:
     """A parametrization's value as its module computes it in eval mode (spectral_norm: no
     power-iteration step), without gradient and outside autocast (in the originals' dtypes);
     every training flag is left as it was."""
@@ -177,7 +177,7 @@ def _unparametrized(mod: nn.Module) -> nn.Module:
     view._buffers = dict(mod._buffers)
     view._modules = {k: v for k, v in mod._modules.items() if k != "parametrizations"}
     for name, plist in mod.parametrizations.items():
-        value = _current_value(plist)
+        value = current_value(plist)
         held = _held_tensor(plist)
         if isinstance(held, nn.Parameter):
             view._parameters[name] = nn.Parameter(value, requires_grad=held.requires_grad)
