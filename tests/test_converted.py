@@ -214,6 +214,19 @@ def test_a_state_dict_of_other_configs_is_refused(case):
     assert all(torch.equal(same.state_dict()[k], v) for k, v in saved.items())
 
 
+@pytest.mark.parametrize("name", ["weight-only", "weight-only-asym", "i8"])
+def test_converted_equals_prepared_on_a_non_contiguous_input(name):
+    """An N-D input of any layout: the converted weight-only layer ran F.linear on it as it was,
+    whose bits depend on the layout (a transposed bf16 input differed in 28% of the outputs,
+    hostile trial 6); it runs on x [M, K] as the prepared layer does."""
+    lin = _prepared_linear(name, "cpu", torch.bfloat16, K=64, N=24)
+    conv = tq.convert(copy.deepcopy(lin))
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 64).transpose(0, 1).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(conv(x), lin(x)) and torch.equal(conv(x), conv(x.contiguous()))
+
+
 def test_the_config_record_ignores_training_only_fields_and_old_records_load():
     """Learned ranges (training-only) do not change the record; a torch.ao layer's activation
     range does (as a tuple of ints, whatever sequence was given); a per-tensor weight is stored

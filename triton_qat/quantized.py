@@ -618,9 +618,12 @@ class QuantizedLinear(QuantizedLinearModule):
         w_zp = self.weight_zero_point
         if self.weight_only:  # the prepared layer's float GEMM on the same fake-quantized weight
             w_fq = self._weight_of()(self.weight_codes, self.weight_scale, w_zp)
+            # on x [M, K] as the prepared layer runs it (F.linear's result on an N-D input
+            # depends on its layout: a transposed bf16 input gave other bits)
+            x2d, out_shape = input.reshape(-1, K), (*input.shape[:-1], N)
             if not _plain_input_grad(input):  # (F.linear's own autograd: forward AD, vmap too)
-                return float_linear(input, w_fq, self.bias)
-            out = float_linear(input.detach(), w_fq, self.bias)  # F.linear would keep w_fq
+                return float_linear(x2d, w_fq, self.bias).reshape(out_shape)
+            out = float_linear(x2d.detach(), w_fq, self.bias).reshape(out_shape)  # (no w_fq kept)
             return with_input_grad(input, out, "identity", self._weight_of(), self.weight_codes,
                                    self.weight_scale, w_zp)  # fmt: skip
         check_no_grad_transform("triton_qat.QuantizedLinear", input)
