@@ -376,61 +376,63 @@ def _mm_fp32_accumulate(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _InputGrad(torch.autograd.Function):
-    """``out`` [M, N] (a converted layer's forward, computed without autograd) with the prepared
-    layer's gradient to x [M, K]: ``g = dy @ w_fq``, w_fq = ``weight_of(*weights)`` re-derived
-    from the layer's buffers in the backward (nothing weight-sized kept), then the activation's
-    gradient: ``x_grad`` "mask" (the int8 layers' straight-through estimator: g where the clamp
-    bits ``x_mask`` [M, ceil(K/8)] say kept, else 0), "float8" (torchao's float8 gradient through
-    the scale of ``fq(x)``, x kept; ``float8_args``: its per_tensor, lb, ub) or "identity"
-    (weight-only, MX / NVFP4). The GEMM is ``torch.mm`` outside autocast, in dy's dtype, as the
-    prepared layer's 16-bit GPU default."""
+    """``out`` [..., N] (a converted layer's forward, computed without autograd) with the prepared
+    layer's gradient to x [..., K]: ``g = dy @ w_fq`` on the [M, K] / [M, N] views, w_fq =
+    ``weight_of(*weights)`` re-derived from the layer's buffers in the backward (nothing
+    weight-sized kept), then the activation's gradient: ``x_grad`` "mask" (the int8 layers'
+    straight-through estimator: g where the clamp bits ``x_mask`` [M, ceil(K/8)] say kept, else
+    0), "float8" (torchao's float8 gradient through the scale of ``fq(x)``, x kept;
+    ``float8_args``: its per_tensor, lb, ub) or "identity" (weight-only, MX / NVFP4). The GEMM is
+    ``torch.mm`` outside autocast, in dy's dtype, as the prepared layer's 16-bit GPU default.
+    (The tensors keep their shapes through the Function: a reshape of its output made
+    ``torch.export``'s non-strict trace guard on the dims.)"""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x2d, out, x_grad, x_mask, float8_args, weight_of, *weights):
+    def forward(x, out, x_grad, x_mask, float8_args, weight_of, *weights):
         return out.detach()  # not ``out`` itself: an input returned is a view, not changeable
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x2d, _, x_grad, x_mask, float8_args, weight_of, *weights = inputs
-        x_kept = x2d if x_grad == "float8" else None
+        x, _, x_grad, x_mask, float8_args, weight_of, *weights = inputs
+        x_kept = x if x_grad == "float8" else None
         ctx.save_for_backward(x_kept, x_mask, *weights)
-        ctx.K, ctx.x_dtype, ctx.x_grad = x2d.shape[-1], x2d.dtype, x_grad
+        ctx.x_shape, ctx.x_dtype, ctx.x_grad = x.shape, x.dtype, x_grad
         ctx.float8_args, ctx.weight_of = float8_args, weight_of
 
     @staticmethod
     def backward(ctx, dy):
         _no_double_backward()
-        x2d, x_mask, codes, *weights = ctx.saved_tensors
+        x, x_mask, codes, *weights = ctx.saved_tensors
         none = (None,) * (6 + len(weights))
-        if ctx.x_grad == "float8" and x2d.shape[0] == 0:  # (no rows: no per-tensor scale)
-            return torch.zeros_like(x2d), *none
+        K = ctx.x_shape[-1]
+        if ctx.x_grad == "float8" and x.numel() == 0:  # (no rows: no per-tensor scale)
+            return torch.zeros_like(x), *none
         if torch.compiler.is_compiling():
             codes = _backward_copy(codes)
         w_fq = ctx.weight_of(codes, *weights)
+        dy = dy.reshape(-1, dy.shape[-1])
         if ctx.x_grad == "mask":  # the prepared layer's dgrad: w_fq in dy's dtype
             grad = _mm_fp32_accumulate(dy, w_fq.to(dy.dtype))
-            return torch.where(unpack_bits(x_mask, ctx.K), grad, 0), *none
+            return torch.where(unpack_bits(x_mask, K), grad, 0).reshape(ctx.x_shape), *none
         # F.linear's GEMM: w_fq cast to x's dtype, then by autocast to dy's
         grad = _mm_fp32_accumulate(dy, w_fq.to(ctx.x_dtype).to(dy.dtype))
         if ctx.x_grad == "identity":
-            return grad, *none
+            return grad.reshape(ctx.x_shape), *none
         ops = torch.ops.triton_qat
+        x2d = x.reshape(-1, K)
         _, x_scale = ops.float8_fake_quantize(x2d, *ctx.float8_args)
         grad = ops.float8_fake_quantize_backward(grad.to(x2d.dtype), x2d, x_scale,
                                                  *ctx.float8_args)  # fmt: skip
-        return grad, *none
+        return grad.reshape(ctx.x_shape), *none
 
 
 def with_input_grad(input: Tensor, out: Tensor, x_grad: str, weight_of, *weights: Tensor | None,
                     x_mask: Tensor | None = None, float8_args: tuple = ()) -> Tensor:  # fmt: skip
     """``out`` [..., N] (computed from ``input.detach()``) carrying :class:`_InputGrad`'s gradient
     to ``input`` [..., K]."""
-    K, N = input.shape[-1], out.shape[-1]
-    out2d = _InputGrad.apply(input.reshape(-1, K), out.reshape(-1, N), x_grad, x_mask,
-                             float8_args, weight_of, *weights)  # fmt: skip
-    return out2d.reshape(out.shape)
+    return _InputGrad.apply(input, out, x_grad, x_mask, float8_args, weight_of, *weights)
 
 
 def _int_weight_of(codes: Tensor, scale: Tensor, zero_point: Tensor | None, *, K: int,
