@@ -140,6 +140,36 @@ def test_compiled_graph_holds_the_ops(device):
     assert "triton_qat.qat_linear" in graphs[0] and "triton_qat.quantize" in graphs[0]
 
 
+@pytest.mark.parametrize("kind", ["torch.ao", "float8-int4"])
+def test_jit_trace_save_and_load_of_prepared_layers(kind, device, tmp_path):
+    """torch.jit.trace of a prepared layer in eval mode, saved and loaded, computes the layer's
+    bits: a torch.ao layer failed to trace (trace compiles torch.ao's exported toggles, which
+    called an override TorchScript cannot compile), a float8-int4 layer to save (its rounding's
+    autograd Function was in the graph without any gradient to carry; hostile trial 6). The
+    torch.ao toggles still work."""
+    torch.manual_seed(0)
+    if kind == "torch.ao":
+        layer = tq.Linear(
+            32, 16, device=device, qconfig=torch.ao.quantization.default_dynamic_qat_qconfig
+        )
+        layer(torch.randn(4, 32, device=device))  # observe once
+        layer.apply(torch.ao.quantization.disable_fake_quant)
+        assert not layer.weight_fake_quant.fake_quant_on
+        layer.apply(torch.ao.quantization.enable_fake_quant)
+        assert layer.weight_fake_quant.fake_quant_on
+    else:
+        f8, w = tq.Float8Config(), tq.Float8Int4WeightConfig(group_size=16)
+        layer = tq.Linear(32, 16, device=device, activation=f8, weight=w)
+    layer.eval()
+    x = torch.randn(4, 32, device=device)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, x, check_trace=False)
+        torch.jit.save(traced, tmp_path / "layer.pt")
+        loaded = torch.jit.load(tmp_path / "layer.pt")
+        x2 = torch.randn(6, 32, device=device)
+        assert torch.equal(loaded(x2), layer(x2))
+
+
 def test_jit_trace_profiler_and_forward_ad_take_the_ops(device, monkeypatch):
     """torch.jit.trace records the ops (the direct path would hand the impls traced sizes and
     bake the launches' outputs in as constants); profiles name them; forward-mode AD keeps the

@@ -101,10 +101,16 @@ def _tracked_class() -> type:
         way torch.ao toggles it (``disable_fake_quant``, ``model.apply(...)``, loading a state
         dict) goes through the two methods below."""
 
-        @torch.jit.export
+        # training-only: not compiled by TorchScript (jit.trace of a module compiles torch.ao's
+        # exported methods, which call this; TorchScript cannot compile super())
+        @torch.jit.unused
         def enable_fake_quant(self, enabled: bool = True) -> None:
             super().enable_fake_quant(enabled)
             self.fake_quant_on = bool(enabled)
+
+        # (real annotations: ``from __future__ import annotations`` leaves strings, which
+        # TorchScript cannot resolve in a class made in a function)
+        enable_fake_quant.__annotations__ = {"enabled": bool, "return": None}
 
         def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
             super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -225,7 +225,12 @@ def _int4_groups(weight: Tensor, config: Float8Int4WeightConfig) -> tuple[Tensor
     scale = scale.view(N, -1, 1)
     zero = torch.zeros_like(scale)
     v = grouped * (1.0 / scale)
-    rounded = _RoundSTE.apply(v) if functorch_level() is None else _RoundSTEBatchable.apply(v)
+    if not (v.requires_grad and torch.is_grad_enabled()):  # no gradient: the same bits, and a
+        rounded = torch.round(v)  # traced graph torch.jit.save can write (no Python op in it)
+    elif functorch_level() is None:
+        rounded = _RoundSTE.apply(v)
+    else:
+        rounded = _RoundSTEBatchable.apply(v)
     return torch.clamp(rounded + zero, -8, 7), scale
 
 
