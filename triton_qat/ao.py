@@ -22,6 +22,9 @@ _MEMORYLESS_MSG = (
 )  # the seed's message, verbatim
 
 
+_SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+
+
 def _ao():
     import torch.ao.quantization as q  # noqa: PLC0415 - imported lazily: it prints a notice
 
@@ -173,31 +176,31 @@ def _check_supported(fq, role: str, q, allowed_qschemes) -> None:
         raise NotImplementedError(f"qconfig.{role}: qscheme {fq.qscheme} is not supported")
 
 
-def _moving_average(obs: nn.Module, cur_min: Tensor, cur_max: Tensor) -> tuple[Tensor, Tensor]:
-    """MovingAverage(PerChannel)MinMaxObserver's update; the first observation is taken as is."""
-    old_min, old_max = obs.min_val, obs.max_val
+def _moving_average(old_min: Tensor, old_max: Tensor, cur_min: Tensor, cur_max: Tensor,
+                    c: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """MovingAverage(PerChannel)MinMaxObserver's update with averaging constant ``c``; the first
+    observation is taken as is."""
     if old_min.numel() == 0:  # a per-channel state loaded from an untrained torch.ao module
         return cur_min, cur_max
-    c = obs.averaging_constant
     first = (old_min == float("inf")) & (old_max == float("-inf"))
     new_min = torch.where(first, cur_min, old_min + c * (cur_min - old_min))
     new_max = torch.where(first, cur_max, old_max + c * (cur_max - old_max))
     return new_min, new_max
 
 
-def _calculate_qparams(obs: nn.Module, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
+def _calculate_qparams(min_val: Tensor, max_val: Tensor, qmin: int, qmax: int, symmetric: bool,
+                       eps: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
     """UniformQuantizationObserverBase._calculate_qparams for the supported qschemes, branch-free."""
-    qmin, qmax = obs.quant_min, obs.quant_max
     zero = torch.zeros_like(min_val)
     min_neg = torch.min(min_val, zero)
     max_pos = torch.max(max_val, zero)
-    if obs.qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric):
+    if symmetric:
         scale = torch.max(-min_neg, max_pos) / (float(qmax - qmin) / 2)
-        scale = torch.max(scale, obs.eps)
+        scale = torch.max(scale, eps)
         zp = torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
     else:
         scale = (max_pos - min_neg) / float(qmax - qmin)
-        scale = torch.max(scale, obs.eps)
+        scale = torch.max(scale, eps)
         zp = qmin - torch.round(min_neg / scale).to(torch.int)
         zp = torch.clamp(zp, qmin, qmax).to(torch.int32)
     # torch.ao returns scale 1 / zero point 0 while nothing has been observed
@@ -205,6 +208,32 @@ def _calculate_qparams(obs: nn.Module, min_val: Tensor, max_val: Tensor) -> tupl
     scale = torch.where(valid, scale, torch.ones_like(scale))
     zp = torch.where(valid, zp, torch.zeros_like(zp))
     return scale, zp
+
+
+def _observer_update(old_min: Tensor, old_max: Tensor, cur_min: Tensor, cur_max: Tensor,
+                     eps: Tensor, c: float, qmin: int, qmax: int,
+                     symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(new min, new max, scale, zero point): the observer's update, then its qparams."""
+    new_min, new_max = _moving_average(old_min, old_max, cur_min, cur_max, c)
+    scale, zp = _calculate_qparams(new_min, new_max, qmin, qmax, symmetric, eps)
+    return new_min, new_max, scale, zp
+
+
+@torch.library.custom_op("triton_qat::ao_observer_update", mutates_args=())
+def _observer_update_op(old_min: Tensor, old_max: Tensor, cur_min: Tensor, cur_max: Tensor,
+                        eps: Tensor, c: float, qmin: int, qmax: int,
+                        symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """:func:`_observer_update` as one opaque op: what a compiled graph calls for 16-bit
+    observers, whose every step torch rounds to the dtype and Inductor, fusing them, would not
+    (hostile trial 6: one bf16 ulp in a scale)."""
+    out = _observer_update(old_min, old_max, cur_min, cur_max, eps, c, qmin, qmax, symmetric)
+    return tuple(t.clone() for t in out)  # (an op's outputs never alias its inputs)
+
+
+@_observer_update_op.register_fake
+def _(old_min, old_max, cur_min, cur_max, eps, c, qmin, qmax, symmetric):
+    out = _observer_update(old_min, old_max, cur_min, cur_max, eps, c, qmin, qmax, symmetric)
+    return tuple(torch.empty_like(t) for t in out)
 
 
 def observe(fq: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -218,8 +247,12 @@ def observe(fq: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         cur_min, cur_max = torch.aminmax(x32.reshape(x32.shape[0], -1), dim=1)
     else:
         cur_min, cur_max = torch.aminmax(x32)
-    new_min, new_max = _moving_average(obs, cur_min, cur_max)
-    scale, zp = _calculate_qparams(obs, new_min, new_max)
+    args = (obs.min_val, obs.max_val, cur_min, cur_max, obs.eps, float(obs.averaging_constant),
+            obs.quant_min, obs.quant_max, obs.qscheme in _SYMMETRIC)  # fmt: skip
+    if torch.compiler.is_compiling() and x32.dtype != torch.float32:  # see _observer_update_op
+        new_min, new_max, scale, zp = _observer_update_op(*args)
+    else:
+        new_min, new_max, scale, zp = _observer_update(*args)
     on = fq.observer_enabled[0] == 1
     if obs.min_val.shape == new_min.shape:
         obs.min_val.copy_(torch.where(on, new_min, obs.min_val))
