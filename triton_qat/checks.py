@@ -246,6 +246,15 @@ def saved_weight(weight: Tensor, dtype: torch.dtype, name: str = "weight") -> Te
     )
 
 
+def saved_weights(weight: Tensor, dtype: torch.dtype, w_scale: Tensor | None) -> tuple:
+    """(weight, learned w_scale or None) as a forward read them (:func:`saved_weight`; learned
+    scales are fp32). The op backwards' check; the direct path's backwards inline it."""
+    weight = saved_weight(weight, dtype)
+    if w_scale is not None:
+        w_scale = saved_weight(w_scale, torch.float32, "weight_scale")
+    return weight, w_scale
+
+
 def check_module(model: object, name: str = "model") -> None:
     """TypeError naming ``name`` unless ``model`` is an ``nn.Module`` (a list, a dict of modules
     or a checkpoint path failed deep inside the module walk)."""

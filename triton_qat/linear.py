@@ -240,6 +240,7 @@ class Linear(nn.Linear):
         return self._scales_of(w)
 
     def _scales_of(self, w: Tensor) -> Tensor:
+        """The dynamic symmetric scales [N, G] (fp32, clamped at 1e-9) of a plain weight w."""
         spec = spec_for(self.weight_config)
         scale = torch.ops.triton_qat.quantize(
             w, **spec.quantize_args(w.shape[1]), pack_mask=False, scale=None, zero_point=None

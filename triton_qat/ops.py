@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from triton_qat import dispatch, fused
-from triton_qat.checks import FLOAT_DTYPES, saved_weight
+from triton_qat.checks import FLOAT_DTYPES, saved_weights
 from triton_qat.op_checks import (
     check_backward,
     check_codes_linear,
@@ -432,9 +432,7 @@ def _qat_linear_backward(ctx, grad_out, backward=None):
     if torch.is_grad_enabled():  # backward(create_graph=True): never return a detached gradient
         raise RuntimeError(fused.DOUBLE_BACKWARD_MSG)
     x_codes, x_scale, x_zp, x_mask, weight, w_scale = ctx.saved_tensors
-    weight = saved_weight(weight, ctx.w_dtype)
-    if w_scale is not None:  # learned scales: fp32 (a module cast since the forward casts them)
-        w_scale = saved_weight(w_scale, torch.float32, "weight_scale")
+    weight, w_scale = saved_weights(weight, ctx.w_dtype, w_scale)  # (a module cast since)
     need_x, need_w, need_b, need_s = (ctx.needs_input_grad[i] for i in (0, 5, 6, 12))
     grad_x, grad_w, grad_b, grad_s = (backward or qat_linear_backward)(
         grad_out, x_codes, x_scale, x_zp, x_mask, weight, **ctx.w_args, w_scale=w_scale,
@@ -586,9 +584,7 @@ def _weight_only_backward(ctx, grad_out, backward=None):
     if torch.is_grad_enabled():
         raise RuntimeError(fused.DOUBLE_BACKWARD_MSG)
     x, weight, w_scale = ctx.saved_tensors
-    weight = saved_weight(weight, ctx.w_dtype)
-    if w_scale is not None:  # learned scales: fp32 (a module cast since the forward casts them)
-        w_scale = saved_weight(w_scale, torch.float32, "weight_scale")
+    weight, w_scale = saved_weights(weight, ctx.w_dtype, w_scale)  # (a module cast since)
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_s = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
     need_b = need_b and ctx.has_bias
